@@ -1,0 +1,2 @@
+//! dom0's host-testable logic.
+#![cfg_attr(not(test), no_std)]

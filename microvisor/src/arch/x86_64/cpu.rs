@@ -1,0 +1,207 @@
+//! Thin wrappers over privileged x86 instructions: port I/O, MSRs, control registers, TLB
+//! maintenance, FPU state and the QEMU exit device. Every other arch module builds on these.
+
+use core::arch::asm;
+
+/// Writes a byte to an I/O port.
+pub fn outb(port: u16, val: u8) {
+    // SAFETY: the hypervisor owns all I/O ports; callers pass ports of devices it drives.
+    unsafe { asm!("out dx, al", in("dx") port, in("al") val, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads a byte from an I/O port.
+pub fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: as for `outb`; reading a port has no memory effects.
+    unsafe { asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Writes a 32-bit value to an I/O port.
+pub fn outl(port: u16, val: u32) {
+    // SAFETY: as for `outb`.
+    unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags)) }
+}
+
+/// Reads a 32-bit value from an I/O port.
+pub fn inl(port: u16) -> u32 {
+    let v: u32;
+    // SAFETY: as for `inb`.
+    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Model-specific registers the hypervisor programs.
+pub mod msr {
+    pub const EFER: u32 = 0xC000_0080;
+    pub const STAR: u32 = 0xC000_0081;
+    pub const LSTAR: u32 = 0xC000_0082;
+    pub const CSTAR: u32 = 0xC000_0083;
+    pub const SFMASK: u32 = 0xC000_0084;
+    pub const FS_BASE: u32 = 0xC000_0100;
+    pub const GS_BASE: u32 = 0xC000_0101;
+    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
+    pub const APIC_BASE: u32 = 0x1B;
+    pub const TSC_DEADLINE: u32 = 0x6E0;
+}
+
+/// Reads an MSR.
+pub fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: callers only name MSRs that exist on every x86_64 CPU we boot on (see `msr`).
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Writes an MSR.
+pub fn wrmsr(msr: u32, val: u64) {
+    // SAFETY: callers name architectural MSRs with values valid for them; the hypervisor owns
+    // the CPU's configuration.
+    unsafe {
+        asm!("wrmsr", in("ecx") msr, in("eax") val as u32, in("edx") (val >> 32) as u32,
+            options(nostack, preserves_flags))
+    }
+}
+
+/// Reads CR2 (the last page-fault address).
+pub fn read_cr2() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR2 has no side effects.
+    unsafe { asm!("mov {}, cr2", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Reads CR3.
+pub fn read_cr3() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { asm!("mov {}, cr3", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Loads CR3, switching address space and flushing non-global TLB entries.
+///
+/// # Safety
+/// `cr3` must name a valid L4 table that maps the hypervisor (L4 slots 256..=271) exactly as
+/// every other address space does, so the code running now stays mapped.
+pub unsafe fn write_cr3(cr3: u64) {
+    // SAFETY: the caller guarantees the new tables map the hypervisor identically.
+    unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack, preserves_flags)) }
+}
+
+/// Reads CR0.
+pub fn read_cr0() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR0 has no side effects.
+    unsafe { asm!("mov {}, cr0", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Reads CR4.
+pub fn read_cr4() -> u64 {
+    let v: u64;
+    // SAFETY: reading CR4 has no side effects.
+    unsafe { asm!("mov {}, cr4", out(reg) v, options(nomem, nostack, preserves_flags)) }
+    v
+}
+
+/// Writes CR4.
+///
+/// # Safety
+/// The new value must keep PAE and the features the hypervisor relies on (OSFXSR).
+pub unsafe fn write_cr4(v: u64) {
+    // SAFETY: the caller guarantees the value keeps long mode intact.
+    unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
+}
+
+/// Invalidates the TLB entry of one virtual address.
+pub fn invlpg(va: u64) {
+    // SAFETY: invalidating a TLB entry is always safe; at worst it costs a refill.
+    unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
+}
+
+/// Flushes all non-global TLB entries by reloading CR3.
+pub fn flush_tlb_local() {
+    // SAFETY: reloading the current CR3 keeps the same address space.
+    unsafe { write_cr3(read_cr3()) }
+}
+
+/// Flushes the whole TLB including global entries by toggling CR4.PGE.
+pub fn flush_tlb_global() {
+    let cr4 = read_cr4();
+    const PGE: u64 = 1 << 7;
+    // SAFETY: toggling PGE only flushes the TLB; every other bit is kept.
+    unsafe {
+        write_cr4(cr4 ^ PGE);
+        write_cr4(cr4);
+    }
+}
+
+/// Reads the time-stamp counter.
+#[inline(always)]
+pub fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: rdtsc only reads the counter.
+    unsafe { asm!("rdtsc", out("eax") lo, out("edx") hi, options(nomem, nostack, preserves_flags)) }
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Executes CPUID.
+pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u32, u32, u32);
+    // SAFETY: CPUID has no side effects. rbx is reserved by LLVM, so it is saved by hand.
+    unsafe {
+        asm!("mov {t:r}, rbx", "cpuid", "xchg {t:r}, rbx",
+            t = out(reg) b, inout("eax") leaf => a, inout("ecx") subleaf => c, out("edx") d,
+            options(nomem, nostack, preserves_flags));
+    }
+    [a, b, c, d]
+}
+
+/// Size of an FXSAVE area.
+pub const FXSAVE_SIZE: usize = 512;
+
+/// A 16-byte aligned FXSAVE image of a vCPU's x87/SSE state.
+#[derive(Clone)]
+#[repr(C, align(16))]
+pub struct FpuState(pub [u8; FXSAVE_SIZE]);
+
+impl FpuState {
+    /// The state `fninit` produces, with MXCSR at its reset value (all exceptions masked).
+    pub fn initial() -> FpuState {
+        let mut s = FpuState([0; FXSAVE_SIZE]);
+        s.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes()); // FCW
+        s.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes()); // MXCSR
+        s
+    }
+
+    /// Saves the CPU's current FPU/SSE registers.
+    pub fn save(&mut self) {
+        // SAFETY: `self.0` is 512 bytes, 16-byte aligned as FXSAVE requires.
+        unsafe { asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack, preserves_flags)) }
+    }
+
+    /// Loads this state into the CPU.
+    pub fn restore(&self) {
+        // SAFETY: `self.0` is an aligned 512-byte image produced by `save` or `initial`; FXRSTOR
+        // faults on reserved MXCSR bits, which the hypervisor never lets a guest set.
+        unsafe { asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, preserves_flags)) }
+    }
+}
+
+/// QEMU's `isa-debug-exit` device; QEMU exits with status `(value << 1) | 1`.
+const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+/// Ends the QEMU run with `value`, or halts forever on a machine without the exit device.
+pub fn qemu_exit(value: u8) -> ! {
+    outl(DEBUG_EXIT_PORT, u32::from(value));
+    halt_forever()
+}
+
+/// Stops this CPU for good.
+pub fn halt_forever() -> ! {
+    loop {
+        // SAFETY: with interrupts disabled, `hlt` only waits for an NMI.
+        unsafe { asm!("cli", "hlt", options(nomem, nostack)) }
+    }
+}

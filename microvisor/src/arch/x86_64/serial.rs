@@ -1,0 +1,36 @@
+//! The COM1 UART: the hypervisor console, and the place test harnesses read from.
+
+use super::cpu::{inb, outb};
+
+const COM1: u16 = 0x3f8;
+
+/// Programs COM1 for 115200 8N1 with FIFOs.
+pub fn init() {
+    outb(COM1 + 1, 0x00); // no interrupts
+    outb(COM1 + 3, 0x80); // DLAB
+    outb(COM1, 0x01); // divisor 1: 115200 baud
+    outb(COM1 + 1, 0x00);
+    outb(COM1 + 3, 0x03); // 8N1
+    outb(COM1 + 2, 0xc7); // FIFO on, cleared, 14-byte threshold
+    outb(COM1 + 4, 0x03); // DTR, RTS
+}
+
+/// Writes bytes, waiting for the transmitter as needed.
+pub fn write_bytes(bytes: &[u8]) {
+    for &b in bytes {
+        if b == b'\n' {
+            put(b'\r');
+        }
+        put(b);
+    }
+}
+
+fn put(b: u8) {
+    while inb(COM1 + 5) & 0x20 == 0 {}
+    outb(COM1, b);
+}
+
+/// Returns a received byte, if any.
+pub fn try_read() -> Option<u8> {
+    (inb(COM1 + 5) & 1 != 0).then(|| inb(COM1))
+}

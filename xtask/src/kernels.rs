@@ -1,0 +1,168 @@
+//! Builds the kernel binaries: the hypervisor and the PV guests, each with its own bare-metal
+//! flags and target directory.
+//!
+//! Host and kernel crates share the `x86_64-unknown-linux-gnu` triple, so the flags cannot live
+//! in `.cargo/config.toml`; naming `--target` keeps `RUSTFLAGS` away from build scripts and
+//! proc-macros. The hypervisor is linked inside Xen's reserved hole, which rules out the kernel
+//! code model; the guests sit in the top 2 GiB like Linux PV kernels.
+
+use crate::{workspace_root, Result};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+/// Target triple of every kernel (the only one installed).
+pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+
+/// Flags of the hypervisor. SSE is disabled for microvisor's own code so that no hypercall
+/// path can clobber a guest's vector registers: guest FPU state is then saved only on vCPU
+/// switches, as Xen (built with `-mno-sse`) does. `cargo xtask` checks the linked image for
+/// any remaining SSE use (see [`check_hypervisor_image`]).
+const HV_RUSTFLAGS: &str = "-C relocation-model=pic -C code-model=small -C no-redzone=yes \
+    -C force-frame-pointers=yes -C target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2";
+
+/// Flags of the PV guest kernels (dom0 and domUs), linked at `0xffffffff80000000`.
+const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=kernel \
+    -C no-redzone=yes -C force-frame-pointers=yes";
+
+/// The binaries of one build.
+#[derive(Clone, Debug)]
+pub struct Kernels {
+    /// The hypervisor's Multiboot image.
+    pub microvisor: PathBuf,
+    /// dom0.
+    pub dom0: PathBuf,
+    /// The demo PV domU.
+    pub domu: PathBuf,
+    /// The test guest (hostile and conformance scenarios, chosen by its command line).
+    pub testguest: PathBuf,
+}
+
+static BUILT: Mutex<Option<Kernels>> = Mutex::new(None);
+
+/// Builds all kernels once per process (tests call this from many threads).
+pub fn build() -> Result<Kernels> {
+    let mut built = BUILT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(k) = built.as_ref() {
+        return Ok(k.clone());
+    }
+    let root = workspace_root();
+    let hv_dir = root.join("target/kernel/hv");
+    let guest_dir = root.join("target/kernel/guest");
+    cargo_build(&root, &hv_dir, HV_RUSTFLAGS, &["-p", "microvisor", "--bin", "microvisor"])?;
+    cargo_build(&root, &guest_dir, GUEST_RUSTFLAGS, &["-p", "dom0", "-p", "pv-guest-kernel", "--bins"])?;
+    let out = |dir: &Path, name: &str| dir.join(TARGET).join("release").join(name);
+    let k = Kernels {
+        microvisor: out(&hv_dir, "microvisor"),
+        dom0: out(&guest_dir, "dom0"),
+        domu: out(&guest_dir, "domu"),
+        testguest: out(&guest_dir, "testguest"),
+    };
+    check_hypervisor_image(&k.microvisor)?;
+    *built = Some(k.clone());
+    Ok(k)
+}
+
+fn cargo_build(root: &Path, target_dir: &Path, rustflags: &str, what: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(cargo)
+        .current_dir(root)
+        .env("RUSTFLAGS", rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .arg(target_dir)
+        .args(what)
+        .status()
+        .map_err(|e| format!("cannot run cargo: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("building {} failed", what.join(" ")))
+    }
+}
+
+/// Checks what the hypervisor's link must guarantee:
+/// * Multiboot's a.out kludge loads the file as one blob, so every loadable segment must sit at
+///   the same (file offset − physical address);
+/// * no instruction touches an SSE/x87 register, so hypercalls never clobber guest FPU state.
+pub fn check_hypervisor_image(path: &Path) -> Result<()> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let segs = elf_load_segments(&bytes).ok_or_else(|| format!("{}: not an ELF64 file", path.display()))?;
+    let deltas: Vec<i128> = segs.iter().filter(|s| s.filesz > 0).map(|s| s.offset as i128 - s.paddr as i128).collect();
+    if deltas.windows(2).any(|w| w[0] != w[1]) {
+        return Err(format!(
+            "{}: loadable segments are not laid out as one flat image (offset - paddr differs: {segs:x?})",
+            path.display()
+        ));
+    }
+    let sse = sse_users(path)?;
+    if !sse.is_empty() {
+        return Err(format!(
+            "{}: these functions use SSE/x87 registers, which would clobber guest state on hypercalls:\n  {}",
+            path.display(),
+            sse.join("\n  ")
+        ));
+    }
+    Ok(())
+}
+
+/// A loadable ELF segment.
+#[derive(Debug)]
+pub struct LoadSegment {
+    pub offset: u64,
+    pub vaddr: u64,
+    pub paddr: u64,
+    pub filesz: u64,
+    pub memsz: u64,
+}
+
+/// The `PT_LOAD` segments of an ELF64 little-endian file.
+pub fn elf_load_segments(b: &[u8]) -> Option<Vec<LoadSegment>> {
+    let u16_at = |o: usize| Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?));
+    let u32_at = |o: usize| Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?));
+    let u64_at = |o: usize| Some(u64::from_le_bytes(b.get(o..o + 8)?.try_into().ok()?));
+    if b.get(..5)? != b"\x7fELF\x02" {
+        return None;
+    }
+    let phoff = u64_at(0x20)? as usize;
+    let phentsize = u16_at(0x36)? as usize;
+    let phnum = u16_at(0x38)? as usize;
+    let mut out = Vec::new();
+    for i in 0..phnum {
+        let p = phoff + i * phentsize;
+        if u32_at(p)? == 1 {
+            out.push(LoadSegment {
+                offset: u64_at(p + 8)?,
+                vaddr: u64_at(p + 16)?,
+                paddr: u64_at(p + 24)?,
+                filesz: u64_at(p + 32)?,
+                memsz: u64_at(p + 40)?,
+            });
+        }
+    }
+    Some(out)
+}
+
+/// Functions of the image whose disassembly names an SSE or x87 register.
+fn sse_users(path: &Path) -> Result<Vec<String>> {
+    let out = match Command::new("objdump").args(["-d", "--no-show-raw-insn"]).arg(path).output() {
+        Ok(o) if o.status.success() => o,
+        // Without binutils the check cannot run; the build itself is still valid.
+        _ => return Ok(Vec::new()),
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut current = String::new();
+    let mut users = Vec::new();
+    for line in text.lines() {
+        if let Some(name) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")).map(|(_, n)| n) {
+            current = name.to_string();
+        } else if (line.contains("%xmm") || line.contains("%ymm") || line.contains("%mm") || line.contains("%st"))
+            && !line.contains("fxsave")
+            && !line.contains("fxrstor")
+            && users.last() != Some(&current)
+        {
+            users.push(current.clone());
+        }
+    }
+    Ok(users)
+}

@@ -1,0 +1,83 @@
+//! `cargo xtask`: build, run, test and benchmark microvisor. See the README for the commands.
+
+use std::process::ExitCode;
+use std::time::Duration;
+use xtask::qemu::{ensure_qemu, Machine, Outcome};
+use xtask::{kernels, Result};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build                 build the hypervisor and guest kernels
+  run [--gdb] [--kvm] [--icount] [-- <qemu args>]
+                        boot microvisor + dom0 + domU in QEMU (serial console here)
+  test                  run every test: host unit/property tests and QEMU boot tests
+  bench [--mode wall|insns] [--accel kvm]
+                        boot the bench configuration and print the figures
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("build") => kernels::build().map(|_| ExitCode::SUCCESS),
+        Some("run") => run(&args[1..]),
+        Some("test") => test(),
+        Some("help") | Some("--help") | Some("-h") | None => {
+            print!("{USAGE}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<ExitCode> {
+    ensure_qemu()?;
+    let k = kernels::build()?;
+    let mut m = Machine::standard(&k);
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--gdb" => m.gdb = true,
+            "--kvm" => m.kvm = true,
+            "--icount" => m.icount = true,
+            "--" => m.extra_args.extend(it.by_ref().cloned()),
+            other => return Err(format!("run: unknown option `{other}`")),
+        }
+    }
+    if m.gdb {
+        println!("QEMU is halted with a gdb stub on :1234. In another terminal:");
+        println!(
+            "  gdb {} -ex 'target remote :1234' -ex 'add-symbol-file {}' -ex 'add-symbol-file {}'",
+            k.microvisor.display(),
+            k.dom0.display(),
+            k.domu.display()
+        );
+    }
+    let status = m.command().status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let outcome = Outcome::from_status(status.code());
+    if outcome != Outcome::Poweroff {
+        eprintln!("xtask: machine ended with {outcome:?}");
+    }
+    Ok(ExitCode::from(outcome.exit_code() as u8))
+}
+
+fn test() -> Result<ExitCode> {
+    ensure_qemu()?;
+    kernels::build()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .current_dir(xtask::workspace_root())
+        .args(["test", "--workspace"])
+        .status()
+        .map_err(|e| format!("cannot run cargo test: {e}"))?;
+    let _ = Duration::ZERO;
+    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}

@@ -1,0 +1,266 @@
+//! QEMU machines: the command line for a microvisor boot, installing QEMU where it is missing,
+//! and running a machine with a deadline while collecting its serial log.
+
+use crate::kernels::Kernels;
+use crate::Result;
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// The QEMU binary.
+pub const QEMU: &str = "qemu-system-x86_64";
+
+/// Values the hypervisor writes to `isa-debug-exit`; QEMU exits with `(value << 1) | 1`.
+pub mod exit_value {
+    /// dom0 powered off cleanly (or a test configuration finished with success).
+    pub const POWEROFF: u8 = 0x10;
+    /// dom0 shut down with reason crash (or asked for anything but poweroff).
+    pub const DOM0_CRASH: u8 = 0x11;
+    /// The hypervisor itself stopped on a fault or panic.
+    pub const HYPERVISOR_FAULT: u8 = 0x12;
+}
+
+/// How a machine ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// dom0 powered off: the run succeeded.
+    Poweroff,
+    /// dom0 crashed or asked for a reboot.
+    Dom0Crash,
+    /// The hypervisor stopped on a fault or panic.
+    HypervisorFault,
+    /// The deadline passed; the machine was killed.
+    Timeout,
+    /// QEMU exited some other way (bad arguments, killed by a signal, ...).
+    Other(Option<i32>),
+}
+
+impl Outcome {
+    /// Decodes QEMU's exit status.
+    pub fn from_status(code: Option<i32>) -> Outcome {
+        let is = |v: u8| code == Some(i32::from(v) << 1 | 1);
+        if is(exit_value::POWEROFF) {
+            Outcome::Poweroff
+        } else if is(exit_value::DOM0_CRASH) {
+            Outcome::Dom0Crash
+        } else if is(exit_value::HYPERVISOR_FAULT) {
+            Outcome::HypervisorFault
+        } else {
+            Outcome::Other(code)
+        }
+    }
+
+    /// The exit status `cargo xtask run` passes on.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Outcome::Poweroff => 0,
+            Outcome::Dom0Crash => 2,
+            Outcome::HypervisorFault => 3,
+            Outcome::Timeout => 4,
+            Outcome::Other(_) => 1,
+        }
+    }
+}
+
+/// A Multiboot module: a guest kernel plus its options.
+#[derive(Clone, Debug)]
+pub struct Module {
+    pub path: PathBuf,
+    /// Options the hypervisor reads (`name=`, `mem=`), then `--` and the guest's command line.
+    pub args: String,
+}
+
+impl Module {
+    pub fn new(path: &Path, args: &str) -> Module {
+        Module { path: path.to_path_buf(), args: args.to_string() }
+    }
+}
+
+/// Everything that makes one boot.
+#[derive(Clone, Debug)]
+pub struct Machine {
+    pub hypervisor: PathBuf,
+    pub hv_cmdline: String,
+    /// dom0 first, then the domUs.
+    pub modules: Vec<Module>,
+    pub memory_mib: u32,
+    /// Raw disk images attached as virtio-blk devices.
+    pub disks: Vec<PathBuf>,
+    /// `-icount shift=0`: guest time follows the instruction count (deterministic figures).
+    pub icount: bool,
+    /// Use KVM instead of TCG (for users on real hardware; not used by the tests).
+    pub kvm: bool,
+    /// Start halted with a gdb stub on :1234.
+    pub gdb: bool,
+    pub extra_args: Vec<String>,
+}
+
+impl Machine {
+    /// The standard machine: the hypervisor, dom0 and the demo domU.
+    pub fn standard(k: &Kernels) -> Machine {
+        Machine {
+            hypervisor: k.microvisor.clone(),
+            hv_cmdline: String::new(),
+            modules: vec![
+                Module::new(&k.dom0, "name=dom0 mem=64M"),
+                Module::new(&k.domu, "name=domU mem=32M"),
+            ],
+            memory_mib: 512,
+            disks: Vec::new(),
+            icount: false,
+            kvm: false,
+            gdb: false,
+            extra_args: Vec::new(),
+        }
+    }
+
+    /// The QEMU command for this machine, with the serial console on stdout.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(QEMU);
+        if self.kvm {
+            c.args(["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            c.args(["-accel", "tcg", "-cpu", "max"]);
+        }
+        c.args(["-machine", "q35", "-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
+        c.args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
+        c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
+        if self.icount {
+            c.args(["-icount", "shift=0,align=off,sleep=off"]);
+        }
+        if self.gdb {
+            c.args(["-s", "-S"]);
+        }
+        c.arg("-kernel").arg(&self.hypervisor);
+        c.arg("-append").arg(&self.hv_cmdline);
+        let modules: Vec<String> = self
+            .modules
+            .iter()
+            // QEMU splits modules on ',' and takes ",," as a literal comma.
+            .map(|m| format!("{} {}", m.path.display(), m.args).trim_end().replace(',', ",,"))
+            .collect();
+        if !modules.is_empty() {
+            c.arg("-initrd").arg(modules.join(","));
+        }
+        for (i, d) in self.disks.iter().enumerate() {
+            c.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk{i},cache=unsafe", d.display()));
+            c.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
+        }
+        c.args(&self.extra_args);
+        c
+    }
+
+    /// Runs the machine to its end or `deadline`, collecting the serial log.
+    pub fn run(&self, deadline: Duration) -> Result<Run> {
+        ensure_qemu()?;
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|e| format!("cannot start {QEMU}: {e}"))?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).split(b'\n') {
+                let Ok(line) = line else { break };
+                let s = String::from_utf8_lossy(&line).trim_end_matches('\r').to_string();
+                if tx.send(s).is_err() {
+                    break;
+                }
+            }
+        });
+        let started = Instant::now();
+        let mut log = Vec::new();
+        let mut timed_out = false;
+        loop {
+            let left = deadline.saturating_sub(started.elapsed());
+            match rx.recv_timeout(left.min(Duration::from_millis(100))) {
+                Ok(line) => log.push(line),
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if started.elapsed() >= deadline {
+                        timed_out = true;
+                        let _ = child.kill();
+                        break;
+                    }
+                }
+            }
+        }
+        let status = wait(&mut child)?;
+        let _ = reader.join();
+        log.extend(rx.try_iter());
+        let mut stderr = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut stderr);
+        }
+        let outcome = if timed_out { Outcome::Timeout } else { Outcome::from_status(status) };
+        Ok(Run { log, outcome, stderr, elapsed: started.elapsed() })
+    }
+}
+
+fn wait(child: &mut Child) -> Result<Option<i32>> {
+    child.wait().map(|s| s.code()).map_err(|e| format!("waiting for {QEMU}: {e}"))
+}
+
+/// A finished machine.
+#[derive(Debug)]
+pub struct Run {
+    /// Serial console lines.
+    pub log: Vec<String>,
+    pub outcome: Outcome,
+    /// What QEMU itself printed on stderr.
+    pub stderr: String,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    /// The whole serial log as text.
+    pub fn text(&self) -> String {
+        self.log.join("\n")
+    }
+
+    /// True if some line contains `needle`.
+    pub fn has(&self, needle: &str) -> bool {
+        self.log.iter().any(|l| l.contains(needle))
+    }
+
+    /// Index of the first line containing `needle`.
+    pub fn find(&self, needle: &str) -> Option<usize> {
+        self.log.iter().position(|l| l.contains(needle))
+    }
+
+    /// Lines containing `needle`.
+    pub fn lines_with<'a>(&'a self, needle: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.log.iter().filter(move |l| l.contains(needle))
+    }
+}
+
+/// Makes sure QEMU is installed: installs it with apt-get when running as root, otherwise
+/// stops with the exact command to run.
+pub fn ensure_qemu() -> Result<()> {
+    if qemu_present() {
+        return Ok(());
+    }
+    const INSTALL: &str = "apt-get install -y qemu-system-x86";
+    let is_root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let have_apt = Command::new("apt-get").arg("--version").stdout(Stdio::null()).status().is_ok();
+    if is_root && have_apt {
+        eprintln!("xtask: {QEMU} is missing; installing it with: apt-get update && {INSTALL}");
+        let ok = Command::new("apt-get").arg("update").status().map(|s| s.success()).unwrap_or(false)
+            && Command::new("apt-get")
+                .args(["install", "-y", "qemu-system-x86"])
+                .env("DEBIAN_FRONTEND", "noninteractive")
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+        if ok && qemu_present() {
+            return Ok(());
+        }
+        return Err(format!("installing QEMU failed; run: sudo apt-get update && sudo {INSTALL}"));
+    }
+    Err(format!("{QEMU} is not installed; run: sudo apt-get update && sudo {INSTALL}"))
+}
+
+fn qemu_present() -> bool {
+    Command::new(QEMU).arg("--version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
