@@ -5,3 +5,6 @@
 #![forbid(unsafe_code)]
 
 extern crate alloc;
+
+pub mod loader;
+pub mod mm;
