@@ -3,4 +3,6 @@
 #![no_main]
 use kernel_rt as _;
 #[panic_handler]
-fn panic(_: &core::panic::PanicInfo<'_>) -> ! { loop {} }
+fn panic(_: &core::panic::PanicInfo<'_>) -> ! {
+    loop {}
+}

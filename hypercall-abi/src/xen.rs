@@ -225,8 +225,16 @@ pub struct VcpuTimeInfo {
     pub flags: u8,
     pub pad1: [u8; 2],
 }
-assert_layout!(VcpuTimeInfo, size = 32, version = 0, tsc_timestamp = 8, system_time = 16,
-    tsc_to_system_mul = 24, tsc_shift = 28, flags = 29);
+assert_layout!(
+    VcpuTimeInfo,
+    size = 32,
+    version = 0,
+    tsc_timestamp = 8,
+    system_time = 16,
+    tsc_to_system_mul = 24,
+    tsc_shift = 28,
+    flags = 29
+);
 
 /// `struct arch_vcpu_info`.
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -251,8 +259,16 @@ pub struct VcpuInfo {
     pub arch: ArchVcpuInfo,
     pub time: VcpuTimeInfo,
 }
-assert_layout!(VcpuInfo, size = 64, evtchn_upcall_pending = 0, evtchn_upcall_mask = 1,
-    evtchn_pending_sel = 8, arch.cr2 = 16, arch.pad = 24, time = 32);
+assert_layout!(
+    VcpuInfo,
+    size = 64,
+    evtchn_upcall_pending = 0,
+    evtchn_upcall_mask = 1,
+    evtchn_pending_sel = 8,
+    arch.cr2 = 16,
+    arch.pad = 24,
+    time = 32
+);
 
 /// `struct arch_shared_info`.
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -281,11 +297,24 @@ pub struct SharedInfo {
     pub wc_sec_hi: u32,
     pub arch: ArchSharedInfo,
 }
-assert_layout!(SharedInfo, size = 3136, vcpu_info = 0, evtchn_pending = 2048,
-    evtchn_mask = 2560, wc_version = 3072, wc_sec = 3076, wc_nsec = 3080, wc_sec_hi = 3084,
-    arch = 3088, arch.max_pfn = 3088, arch.pfn_to_mfn_frame_list_list = 3096,
-    arch.nmi_reason = 3104, arch.p2m_cr3 = 3112, arch.p2m_vaddr = 3120,
-    arch.p2m_generation = 3128);
+assert_layout!(
+    SharedInfo,
+    size = 3136,
+    vcpu_info = 0,
+    evtchn_pending = 2048,
+    evtchn_mask = 2560,
+    wc_version = 3072,
+    wc_sec = 3076,
+    wc_nsec = 3080,
+    wc_sec_hi = 3084,
+    arch = 3088,
+    arch.max_pfn = 3088,
+    arch.pfn_to_mfn_frame_list_list = 3096,
+    arch.nmi_reason = 3104,
+    arch.p2m_cr3 = 3112,
+    arch.p2m_vaddr = 3120,
+    arch.p2m_generation = 3128
+);
 
 impl SharedInfo {
     /// Byte offset of `vcpu_info[vcpu]` in the page.
@@ -352,10 +381,26 @@ pub struct StartInfo {
     /// Number of frames of the initial P2M.
     pub nr_p2m_frames: u64,
 }
-assert_layout!(StartInfo, size = 1168, magic = 0, nr_pages = 32, shared_info = 40, flags = 48,
-    store_mfn = 56, store_evtchn = 64, console.mfn = 72, console.evtchn = 80, pt_base = 88,
-    nr_pt_frames = 96, mfn_list = 104, mod_start = 112, mod_len = 120, cmd_line = 128,
-    first_p2m_pfn = 1152, nr_p2m_frames = 1160);
+assert_layout!(
+    StartInfo,
+    size = 1168,
+    magic = 0,
+    nr_pages = 32,
+    shared_info = 40,
+    flags = 48,
+    store_mfn = 56,
+    store_evtchn = 64,
+    console.mfn = 72,
+    console.evtchn = 80,
+    pt_base = 88,
+    nr_pt_frames = 96,
+    mfn_list = 104,
+    mod_start = 112,
+    mod_len = 120,
+    cmd_line = 128,
+    first_p2m_pfn = 1152,
+    nr_p2m_frames = 1160
+);
 
 impl StartInfo {
     /// A zeroed start_info with the magic filled in.
@@ -447,11 +492,37 @@ pub struct CpuUserRegs {
     pub gs: u16,
     pub _pad6: [u16; 3],
 }
-assert_layout!(CpuUserRegs, size = 200, r15 = 0, r14 = 8, r13 = 16, r12 = 24, rbp = 32,
-    rbx = 40, r11 = 48, r10 = 56, r9 = 64, r8 = 72, rax = 80, rcx = 88, rdx = 96, rsi = 104,
-    rdi = 112, error_code = 120, entry_vector = 124, rip = 128, cs = 136,
-    saved_upcall_mask = 140, rflags = 144, rsp = 152, ss = 160, es = 168, ds = 176, fs = 184,
-    gs = 192);
+assert_layout!(
+    CpuUserRegs,
+    size = 200,
+    r15 = 0,
+    r14 = 8,
+    r13 = 16,
+    r12 = 24,
+    rbp = 32,
+    rbx = 40,
+    r11 = 48,
+    r10 = 56,
+    r9 = 64,
+    r8 = 72,
+    rax = 80,
+    rcx = 88,
+    rdx = 96,
+    rsi = 104,
+    rdi = 112,
+    error_code = 120,
+    entry_vector = 124,
+    rip = 128,
+    cs = 136,
+    saved_upcall_mask = 140,
+    rflags = 144,
+    rsp = 152,
+    ss = 160,
+    es = 168,
+    ds = 176,
+    fs = 184,
+    gs = 192
+);
 
 /// `struct vcpu_guest_context` (x86_64): a whole vCPU, for `VCPUOP_initialise` and domctls.
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -480,11 +551,29 @@ pub struct VcpuGuestContext {
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
 }
-assert_layout!(VcpuGuestContext, size = 5168, fpu_ctxt = 0, flags = 512, user_regs = 520,
-    trap_ctxt = 720, ldt_base = 4816, ldt_ents = 4824, gdt_frames = 4832, gdt_ents = 4960,
-    kernel_ss = 4968, kernel_sp = 4976, ctrlreg = 4984, debugreg = 5048,
-    event_callback_eip = 5112, failsafe_callback_eip = 5120, syscall_callback_eip = 5128,
-    vm_assist = 5136, fs_base = 5144, gs_base_kernel = 5152, gs_base_user = 5160);
+assert_layout!(
+    VcpuGuestContext,
+    size = 5168,
+    fpu_ctxt = 0,
+    flags = 512,
+    user_regs = 520,
+    trap_ctxt = 720,
+    ldt_base = 4816,
+    ldt_ents = 4824,
+    gdt_frames = 4832,
+    gdt_ents = 4960,
+    kernel_ss = 4968,
+    kernel_sp = 4976,
+    ctrlreg = 4984,
+    debugreg = 5048,
+    event_callback_eip = 5112,
+    failsafe_callback_eip = 5120,
+    syscall_callback_eip = 5128,
+    vm_assist = 5136,
+    fs_base = 5144,
+    gs_base_kernel = 5152,
+    gs_base_user = 5160
+);
 
 /// `struct iret_context`: what the `iret` hypercall reads at the guest's stack pointer.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
@@ -501,8 +590,19 @@ pub struct IretContext {
     pub rsp: u64,
     pub ss: u64,
 }
-assert_layout!(IretContext, size = 72, rax = 0, r11 = 8, rcx = 16, flags = 24, rip = 32, cs = 40,
-    rflags = 48, rsp = 56, ss = 64);
+assert_layout!(
+    IretContext,
+    size = 72,
+    rax = 0,
+    r11 = 8,
+    rcx = 16,
+    flags = 24,
+    rip = 32,
+    cs = 40,
+    rflags = 48,
+    rsp = 56,
+    ss = 64
+);
 
 /// `struct mmu_update`: one request of the `mmu_update` hypercall.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

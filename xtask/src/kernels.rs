@@ -88,7 +88,8 @@ fn cargo_build(root: &Path, target_dir: &Path, rustflags: &str, what: &[&str]) -
 pub fn check_hypervisor_image(path: &Path) -> Result<()> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let segs = elf_load_segments(&bytes).ok_or_else(|| format!("{}: not an ELF64 file", path.display()))?;
-    let deltas: Vec<i128> = segs.iter().filter(|s| s.filesz > 0).map(|s| s.offset as i128 - s.paddr as i128).collect();
+    let deltas: Vec<i128> =
+        segs.iter().filter(|s| s.filesz > 0).map(|s| s.offset as i128 - s.paddr as i128).collect();
     if deltas.windows(2).any(|w| w[0] != w[1]) {
         return Err(format!(
             "{}: loadable segments are not laid out as one flat image (offset - paddr differs: {segs:x?})",
@@ -156,7 +157,10 @@ fn sse_users(path: &Path) -> Result<Vec<String>> {
     for line in text.lines() {
         if let Some(name) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")).map(|(_, n)| n) {
             current = name.to_string();
-        } else if (line.contains("%xmm") || line.contains("%ymm") || line.contains("%mm") || line.contains("%st"))
+        } else if (line.contains("%xmm")
+            || line.contains("%ymm")
+            || line.contains("%mm")
+            || line.contains("%st"))
             && !line.contains("fxsave")
             && !line.contains("fxrstor")
             && users.last() != Some(&current)

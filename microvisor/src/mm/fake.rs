@@ -30,7 +30,10 @@ impl FakeMemory {
 
     fn range(&self, ma: u64, len: usize) -> std::ops::Range<usize> {
         let start = ma as usize;
-        assert!(start / PAGE_SIZE == (start + len.max(1) - 1) / PAGE_SIZE, "access crosses a frame: {ma:#x}+{len}");
+        assert!(
+            start / PAGE_SIZE == (start + len.max(1) - 1) / PAGE_SIZE,
+            "access crosses a frame: {ma:#x}+{len}"
+        );
         assert!(ma / PAGE_SIZE as u64 + 1 <= self.frames, "access beyond RAM: {ma:#x}");
         start..start + len
     }
