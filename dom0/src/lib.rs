@@ -1,2 +1,9 @@
-//! dom0's host-testable logic.
+//! dom0's host-testable logic: the parts of the control and device domain that are pure
+//! computation (xenstored's store and protocol, backend request validation) live here so they
+//! run under `cargo test` on the host; `main.rs` wires them to the hypervisor.
 #![cfg_attr(not(test), no_std)]
+#![forbid(unsafe_code)]
+
+extern crate alloc;
+
+pub mod xenstore;

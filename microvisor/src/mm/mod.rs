@@ -2,6 +2,9 @@
 //! (the hypervisor implements it over its direct map, host tests over a `Vec`), the page-table
 //! entry format, the frame table with Xen's page-type rules, and guest page-table validation.
 
+pub mod frame_table;
+pub mod mmu;
+pub mod pagetable;
 pub mod pte;
 
 #[cfg(test)]
