@@ -6,5 +6,18 @@
 
 extern crate alloc;
 
+pub mod console;
+pub mod cpuid;
+pub mod domain;
+pub mod event;
+pub mod guest_mem;
+pub mod hv;
+pub mod hypercall;
 pub mod loader;
 pub mod mm;
+pub mod platform;
+pub mod sched;
+pub mod time;
+pub mod traps;
+pub mod vcpu;
+pub mod version;

@@ -1,0 +1,134 @@
+//! Domains: identity, privilege, lifecycle state, vCPUs, the shared_info page, event channels
+//! and the per-domain console line buffer.
+
+use crate::console::LineBuffer;
+use crate::event::{Bitmaps, EventChannels};
+use crate::vcpu::Vcpu;
+use alloc::boxed::Box;
+use alloc::string::String;
+use alloc::vec::Vec;
+use hypercall_abi::{DomId, Mfn};
+
+/// Why a domain stopped (`SHUTDOWN_*`), or that the hypervisor crashed it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ShutdownReason {
+    Poweroff,
+    Reboot,
+    Suspend,
+    Crash,
+    Watchdog,
+    SoftReset,
+}
+
+impl ShutdownReason {
+    /// Decodes a `SCHEDOP_shutdown` reason.
+    pub fn from_code(code: u32) -> Option<ShutdownReason> {
+        Some(match code {
+            0 => ShutdownReason::Poweroff,
+            1 => ShutdownReason::Reboot,
+            2 => ShutdownReason::Suspend,
+            3 => ShutdownReason::Crash,
+            4 => ShutdownReason::Watchdog,
+            5 => ShutdownReason::SoftReset,
+            _ => return None,
+        })
+    }
+
+    /// The `SHUTDOWN_*` number.
+    pub fn code(self) -> u32 {
+        self as u32
+    }
+
+    /// Xen's name for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            ShutdownReason::Poweroff => "poweroff",
+            ShutdownReason::Reboot => "reboot",
+            ShutdownReason::Suspend => "suspend",
+            ShutdownReason::Crash => "crash",
+            ShutdownReason::Watchdog => "watchdog",
+            ShutdownReason::SoftReset => "soft_reset",
+        }
+    }
+}
+
+/// Lifecycle of a domain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DomainState {
+    /// Built, vCPUs may run.
+    Running,
+    /// Paused by the toolstack.
+    Paused,
+    /// Shut down (its vCPUs no longer run); the toolstack may still inspect and destroy it.
+    Shutdown(ShutdownReason),
+    /// Being destroyed: resources are being released.
+    Dying,
+}
+
+/// Per-domain configuration given at build time.
+#[derive(Clone, Debug)]
+pub struct DomainConfig {
+    pub name: String,
+    pub privileged: bool,
+    pub max_pages: u64,
+    pub max_vcpus: u32,
+    pub max_evtchn_ports: u32,
+}
+
+/// A PV domain.
+pub struct Domain {
+    pub id: DomId,
+    pub name: String,
+    /// dom0: may use privileged operations (domctl, foreign mappings, device access).
+    pub privileged: bool,
+    pub state: DomainState,
+    pub vcpus: Vec<Box<Vcpu>>,
+    /// The shared_info page (hypervisor-allocated, shared with the guest).
+    pub shared_info: Mfn,
+    pub evtchn: EventChannels,
+    /// `vm_assist` bits enabled.
+    pub vm_assist: u64,
+    pub max_pages: u64,
+    pub console: LineBuffer,
+    /// Machine frame of the console ring and its port (domUs), for the dom0 hand-over.
+    pub console_ring: Option<(Mfn, u32)>,
+    /// Machine frame of the xenstore ring and its port (domUs).
+    pub store_ring: Option<(Mfn, u32)>,
+}
+
+impl Domain {
+    pub fn new(id: DomId, cfg: &DomainConfig, shared_info: Mfn) -> Domain {
+        Domain {
+            id,
+            name: cfg.name.clone(),
+            privileged: cfg.privileged,
+            state: DomainState::Running,
+            vcpus: (0..cfg.max_vcpus).map(|i| Box::new(Vcpu::new(i))).collect(),
+            shared_info,
+            evtchn: EventChannels::new(cfg.max_vcpus, cfg.max_evtchn_ports),
+            vm_assist: 0,
+            max_pages: cfg.max_pages,
+            console: LineBuffer::default(),
+            console_ring: None,
+            store_ring: None,
+        }
+    }
+
+    /// The 2-level event bitmaps in this domain's shared_info.
+    pub fn bitmaps(&self) -> Bitmaps {
+        Bitmaps { shared_info: self.shared_info }
+    }
+
+    /// True while the domain's vCPUs may run.
+    pub fn is_alive(&self) -> bool {
+        self.state == DomainState::Running
+    }
+
+    pub fn vcpu(&self, id: u32) -> Option<&Vcpu> {
+        self.vcpus.get(id as usize).map(|b| &**b)
+    }
+
+    pub fn vcpu_mut(&mut self, id: u32) -> Option<&mut Vcpu> {
+        self.vcpus.get_mut(id as usize).map(|b| &mut **b)
+    }
+}

@@ -1,0 +1,288 @@
+//! The small hypercalls of a PV vCPU's life: traps and callbacks, the kernel stack, segment
+//! bases, FPU task switching, `vm_assist`, `xen_version`, `console_io` and the debug op.
+
+use super::Hc;
+use crate::hv::Hypervisor;
+use crate::mm::FrameAllocator;
+use crate::platform::Platform;
+use crate::version;
+use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
+use hypercall_abi::hypercall::debug;
+use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
+use hypercall_abi::elfnote::feature;
+use hypercall_abi::xen::{
+    consoleio, in_hypervisor_hole, is_canonical, segbase, vmasst, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
+    FLAT_RING3_CS32, FLAT_RING3_DS32, HYPERVISOR_VIRT_START,
+};
+use hypercall_abi::Errno;
+
+/// A guest code address a handler may be set to: canonical and outside the hypervisor hole.
+fn valid_guest_code(addr: u64) -> bool {
+    is_canonical(addr) && !in_hypervisor_hole(addr)
+}
+
+/// Raises a guest-supplied code selector to RPL 3 and checks it is one of the flat ones.
+fn fixup_code_selector(cs: u16) -> Option<u16> {
+    let cs = cs | 3;
+    (cs == FLAT_KERNEL_CS || cs == FLAT_RING3_CS32).then_some(cs)
+}
+
+pub fn set_trap_table<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, table: u64) -> Result<i64, Errno> {
+    if table == 0 {
+        hv.cur_vcpu_mut().traps = [TrapInfo::default(); 256];
+        return Ok(0);
+    }
+    // Copy and validate the whole table before changing anything.
+    let mut new = hv.cur_vcpu().traps;
+    for i in 0..256u64 {
+        let t: TrapInfo = hv.guest().read_elem(table, i)?;
+        if t.address == 0 {
+            break;
+        }
+        if !valid_guest_code(t.address) {
+            return Err(Errno::EINVAL);
+        }
+        let cs = fixup_code_selector(t.cs).ok_or(Errno::EINVAL)?;
+        new[t.vector as usize] = TrapInfo { cs, ..t };
+    }
+    hv.cur_vcpu_mut().traps = new;
+    Ok(0)
+}
+
+pub fn stack_switch<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, ss: u64, sp: u64) -> Result<i64, Errno> {
+    let ss = (ss as u16) | 3;
+    if ss != FLAT_KERNEL_SS && ss != FLAT_RING3_DS32 {
+        return Err(Errno::EPERM);
+    }
+    let v = hv.cur_vcpu_mut();
+    v.kernel_ss = ss;
+    v.kernel_sp = sp;
+    Ok(0)
+}
+
+pub fn set_callbacks<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    event: u64,
+    failsafe: u64,
+    syscall: u64,
+) -> Result<i64, Errno> {
+    if [event, failsafe, syscall].iter().any(|&a| a != 0 && !valid_guest_code(a)) {
+        return Err(Errno::EINVAL);
+    }
+    let cb = &mut hv.cur_vcpu_mut().callbacks;
+    cb.event = event;
+    cb.failsafe = failsafe;
+    cb.syscall = syscall;
+    Ok(0)
+}
+
+pub fn callback_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+    match cmd as u32 {
+        cbop::REGISTER => {
+            let r: CallbackRegister = hv.guest().read_obj(arg)?;
+            if r.address != 0 && !valid_guest_code(r.address) {
+                return Err(Errno::EINVAL);
+            }
+            let mask = r.flags & callbackf::MASK_EVENTS != 0;
+            let cb = &mut hv.cur_vcpu_mut().callbacks;
+            match r.type_ {
+                callback_type::EVENT => cb.event = r.address,
+                callback_type::FAILSAFE => {
+                    cb.failsafe = r.address;
+                    cb.failsafe_masks_events = mask;
+                }
+                callback_type::SYSCALL => {
+                    cb.syscall = r.address;
+                    cb.syscall_masks_events = mask;
+                }
+                callback_type::SYSCALL32 => cb.syscall32 = r.address,
+                callback_type::SYSENTER => cb.sysenter = r.address,
+                callback_type::NMI => cb.nmi = r.address,
+                _ => return Err(Errno::EINVAL),
+            }
+            Ok(0)
+        }
+        cbop::UNREGISTER => {
+            let u: CallbackUnregister = hv.guest().read_obj(arg)?;
+            let cb = &mut hv.cur_vcpu_mut().callbacks;
+            match u.type_ {
+                // Xen refuses to unregister the event and failsafe callbacks.
+                callback_type::EVENT | callback_type::FAILSAFE => return Err(Errno::EINVAL),
+                callback_type::SYSCALL => cb.syscall = 0,
+                callback_type::SYSCALL32 => cb.syscall32 = 0,
+                callback_type::SYSENTER => cb.sysenter = 0,
+                callback_type::NMI => cb.nmi = 0,
+                _ => return Err(Errno::EINVAL),
+            }
+            Ok(0)
+        }
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+pub fn fpu_taskswitch<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, set: u64) -> Result<i64, Errno> {
+    hv.cur_vcpu_mut().fpu_ts = set != 0;
+    Ok(0)
+}
+
+pub fn set_segment_base<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    which: u64,
+    base: u64,
+) -> Result<i64, Errno> {
+    let v = hv.cur_vcpu_mut();
+    match which as u32 {
+        segbase::FS | segbase::GS_USER | segbase::GS_KERNEL if !is_canonical(base) => Err(Errno::EINVAL),
+        segbase::FS => {
+            v.fs_base = base;
+            Ok(0)
+        }
+        segbase::GS_USER => {
+            v.gs_base_user = base;
+            Ok(0)
+        }
+        segbase::GS_KERNEL => {
+            v.gs_base_kernel = base;
+            Ok(0)
+        }
+        // Only the flat selectors exist; loading one (or null) leaves a zero base.
+        segbase::GS_USER_SEL if base == 0 || (base as u16 | 3) == FLAT_RING3_DS32 => {
+            v.gs_base_user = 0;
+            Ok(0)
+        }
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+pub fn vm_assist<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, ty: u64) -> Result<i64, Errno> {
+    // Writable page tables need trap-and-emulate of PTE writes, which microvisor does not
+    // offer; guests fall back to explicit updates.
+    if ty >= 64 || vmasst::VALID_MASK & (1 << ty) == 0 || ty == u64::from(vmasst::TYPE_WRITABLE_PAGETABLES) {
+        return Err(Errno::EINVAL);
+    }
+    let d = hv.cur_dom_mut();
+    match cmd as u32 {
+        vmasst::CMD_ENABLE => d.vm_assist |= 1 << ty,
+        vmasst::CMD_DISABLE => d.vm_assist &= !(1 << ty),
+        _ => return Err(Errno::ENOSYS),
+    }
+    Ok(0)
+}
+
+/// Copies a NUL-padded string into a fixed guest buffer of `N` bytes.
+fn put_string<P: Platform, F: FrameAllocator, const N: usize>(
+    hv: &Hypervisor<P, F>,
+    arg: u64,
+    s: &str,
+) -> Result<i64, Errno> {
+    let mut buf = [0u8; N];
+    let n = s.len().min(N - 1);
+    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+    hv.guest().write(arg, &buf)?;
+    Ok(0)
+}
+
+pub fn xen_version<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+    match cmd as u32 {
+        xenver::VERSION => Ok(i64::from(version::XEN_VERSION)),
+        xenver::EXTRAVERSION => put_string::<P, F, 16>(hv, arg, version::EXTRAVERSION),
+        xenver::COMPILE_INFO => {
+            let mut ci = [0u8; 64 + 16 + 32 + 32];
+            let fields: [(&str, usize, usize); 4] =
+                [("rustc", 0, 64), ("microvisor", 64, 16), ("localdomain", 80, 32), ("2026", 112, 32)];
+            for (s, off, len) in fields {
+                let n = s.len().min(len - 1);
+                ci[off..off + n].copy_from_slice(&s.as_bytes()[..n]);
+            }
+            hv.guest().write(arg, &ci)?;
+            Ok(0)
+        }
+        xenver::CAPABILITIES => put_string::<P, F, 1024>(hv, arg, version::CAPABILITIES),
+        xenver::CHANGESET => put_string::<P, F, 64>(hv, arg, "microvisor"),
+        xenver::PLATFORM_PARAMETERS => {
+            hv.guest().write_obj(arg, &XenPlatformParameters { virt_start: HYPERVISOR_VIRT_START })?;
+            Ok(0)
+        }
+        xenver::GET_FEATURES => {
+            let mut fi: XenFeatureInfo = hv.guest().read_obj(arg)?;
+            fi.submap = match fi.submap_idx {
+                0 => {
+                    let mut m = 1 << feature::MMU_PT_UPDATE_PRESERVE_AD;
+                    if hv.cur_dom().privileged {
+                        m |= 1 << feature::DOM0;
+                    }
+                    m
+                }
+                _ => 0,
+            };
+            hv.guest().write_obj(arg, &fi)?;
+            Ok(0)
+        }
+        xenver::PAGESIZE => Ok(4096),
+        xenver::GUEST_HANDLE => {
+            hv.guest().write(arg, &[0u8; 16])?;
+            Ok(0)
+        }
+        xenver::COMMANDLINE => {
+            if !hv.cur_dom().privileged {
+                return Err(Errno::EPERM);
+            }
+            let cmdline = hv.cmdline.clone();
+            put_string::<P, F, 1024>(hv, arg, &cmdline)
+        }
+        xenver::BUILD_ID => Err(Errno::ENODATA),
+        _ => Err(Errno::ENOSYS),
+    }
+}
+
+/// Bytes of console output handled per call before the call continues itself.
+const CONSOLE_CHUNK: u64 = 4096;
+
+pub fn console_io<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, a: [u64; 5]) -> Hc {
+    let [cmd, count, buf, ..] = a;
+    match cmd {
+        consoleio::WRITE => {
+            let n = count.min(CONSOLE_CHUNK);
+            let mut bytes = alloc::vec![0u8; n as usize];
+            if let Err(e) = hv.guest().read(buf, &mut bytes) {
+                return Hc::Ret(e.to_ret());
+            }
+            let id = hv.current().domid;
+            let printable_only = !hv.cur_dom().privileged;
+            let mut lines = alloc::vec::Vec::new();
+            hv.cur_dom_mut().console.push(&bytes, printable_only, |l| lines.push(l.to_vec()));
+            for l in lines {
+                hv.guest_console_line(id, &l);
+            }
+            if count > n {
+                Hc::Continue([cmd, count - n, buf.wrapping_add(n), a[3], a[4]])
+            } else {
+                Hc::Ret(0)
+            }
+        }
+        consoleio::READ => {
+            if !hv.cur_dom().privileged {
+                return Hc::Ret(Errno::EPERM.to_ret());
+            }
+            let mut got = alloc::vec::Vec::new();
+            while (got.len() as u64) < count.min(CONSOLE_CHUNK) {
+                match hv.plat.console_read() {
+                    Some(b) => got.push(b),
+                    None => break,
+                }
+            }
+            match hv.guest().write(buf, &got) {
+                Ok(()) => Hc::Ret(got.len() as i64),
+                Err(e) => Hc::Ret(e.to_ret()),
+            }
+        }
+        _ => Hc::Ret(Errno::ENOSYS.to_ret()),
+    }
+}
+
+pub fn debug_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, _arg: u64) -> Result<i64, Errno> {
+    match cmd {
+        debug::FREE_FRAMES => Ok(hv.frames.free_frames() as i64),
+        _ => Err(Errno::ENOSYS),
+    }
+}

@@ -1,0 +1,123 @@
+//! Hypercall dispatch: from a number and five argument registers to the handler, for the
+//! register-only fast path and the full-frame path alike.
+//!
+//! Handlers copy guest arguments in once (through [`GuestSpace`]), validate the copy, act on
+//! it and copy results out; they return Xen's `-errno` on bad input and never trust a guest
+//! pointer. Long operations return [`Hc::Continue`] with updated arguments; the exit path then
+//! rewinds the guest's RIP over the `syscall` so the call resumes where it stopped, letting
+//! other vCPUs run in between.
+
+mod evtchn;
+mod misc;
+mod sched;
+
+pub use evtchn::EvtchnOps;
+
+use crate::guest_mem::GuestSpace;
+use crate::hv::Hypervisor;
+use crate::mm::FrameAllocator;
+use crate::platform::Platform;
+use crate::traps;
+use crate::vcpu::GuestFrame;
+use hypercall_abi::hypercall::nr;
+use hypercall_abi::Errno;
+
+/// A handler's result.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hc {
+    /// Return this value in `%rax`.
+    Ret(i64),
+    /// Not finished: re-execute with these arguments after letting others run.
+    Continue([u64; 5]),
+    /// The handler rewrote the guest frame itself (`iret`).
+    FrameDone,
+}
+
+impl From<Result<i64, Errno>> for Hc {
+    fn from(r: Result<i64, Errno>) -> Hc {
+        Hc::Ret(r.unwrap_or_else(|e| e.to_ret()))
+    }
+}
+
+impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
+    /// The running vCPU's address space, for copying arguments.
+    pub fn guest(&self) -> GuestSpace<'_, P::Mem> {
+        GuestSpace::new(self.mem(), self.cur_vcpu().current_l4())
+    }
+
+    /// Fast path: a hypercall from guest kernel mode with nothing but registers. Returns the
+    /// value for `%rax` and whether the slow exit path must run (a reschedule, an event to
+    /// deliver, a continuation, or a stopped domain).
+    pub fn hypercall_fast(&mut self, nr: u64, args: [u64; 5]) -> (u64, bool) {
+        match dispatch(self, nr, args, None) {
+            Hc::Ret(r) => {
+                let slow = self.need_resched || self.halt.is_some() || self.upcall_deliverable();
+                (r as u64, slow)
+            }
+            Hc::Continue(a) => {
+                self.pending_edit.continuation = Some(a);
+                // `%rax` must still hold the number when the `syscall` re-executes.
+                (nr, true)
+            }
+            Hc::FrameDone => (Errno::ENOSYS.to_ret() as u64, true),
+        }
+    }
+
+    /// Full-frame path: a `syscall` whose registers are all in `frame` — from guest user mode
+    /// (bounced to the guest kernel), or a hypercall that needs the frame (`iret`).
+    pub fn syscall_with_frame(&mut self, frame: &mut GuestFrame) {
+        if !self.cur_vcpu().kernel_mode {
+            if let Err(e) = traps::user_syscall(self, frame) {
+                let id = self.current().domid;
+                self.crash_domain(id, format_args!("{e}"));
+            }
+            return;
+        }
+        let nr = frame.rax;
+        match dispatch(self, nr, frame.hypercall_args(), Some(frame)) {
+            Hc::Ret(r) => frame.rax = r as u64,
+            Hc::Continue(a) => {
+                frame.set_hypercall_args(a);
+                frame.rip = frame.rip.wrapping_sub(2);
+            }
+            Hc::FrameDone => {}
+        }
+    }
+}
+
+/// Calls the handler of hypercall `nr`.
+pub fn dispatch<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    nr: u64,
+    a: [u64; 5],
+    frame: Option<&mut GuestFrame>,
+) -> Hc {
+    match nr {
+        nr::SET_TRAP_TABLE => misc::set_trap_table(hv, a[0]).into(),
+        nr::STACK_SWITCH => misc::stack_switch(hv, a[0], a[1]).into(),
+        nr::SET_CALLBACKS => misc::set_callbacks(hv, a[0], a[1], a[2]).into(),
+        nr::FPU_TASKSWITCH => misc::fpu_taskswitch(hv, a[0]).into(),
+        nr::SET_TIMER_OP => sched::set_timer_op(hv, a[0]).into(),
+        nr::XEN_VERSION => misc::xen_version(hv, a[0], a[1]).into(),
+        nr::CONSOLE_IO => misc::console_io(hv, a),
+        nr::VM_ASSIST => misc::vm_assist(hv, a[0], a[1]).into(),
+        nr::IRET => match frame {
+            Some(f) => match traps::do_iret(hv, f) {
+                Ok(()) => Hc::FrameDone,
+                Err(why) => {
+                    let id = hv.current().domid;
+                    hv.crash_domain(id, format_args!("{why}"));
+                    Hc::FrameDone
+                }
+            },
+            None => Hc::Ret(Errno::ENOSYS.to_ret()),
+        },
+        nr::VCPU_OP => sched::vcpu_op(hv, a[0], a[1], a[2]).into(),
+        nr::SET_SEGMENT_BASE => misc::set_segment_base(hv, a[0], a[1]).into(),
+        nr::SCHED_OP => sched::sched_op(hv, a[0], a[1]).into(),
+        nr::CALLBACK_OP => misc::callback_op(hv, a[0], a[1]).into(),
+        nr::EVENT_CHANNEL_OP => evtchn::event_channel_op(hv, a[0], a[1]).into(),
+        nr::ARCH_DEBUG => misc::debug_op(hv, a[0], a[1]).into(),
+        _ => Hc::Ret(Errno::ENOSYS.to_ret()),
+    }
+}

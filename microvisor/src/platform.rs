@@ -1,0 +1,22 @@
+//! What the core logic needs from the machine, as a trait: memory, a clock and a console.
+//! The kernel binary implements it over the real hardware; host tests implement it over fake
+//! memory, a settable clock and a byte buffer.
+
+use crate::mm::MachineMemory;
+
+/// Machine services for the core logic.
+pub trait Platform {
+    type Mem: MachineMemory;
+    /// Machine memory.
+    fn mem(&self) -> &Self::Mem;
+    /// Current TSC value.
+    fn tsc(&self) -> u64;
+    /// Writes bytes to the hypervisor console.
+    fn console_write(&mut self, bytes: &[u8]);
+    /// Executes CPUID on the real CPU (guests see a filtered view, see `cpuid`).
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// A byte typed on the hypervisor console, if any.
+    fn console_read(&mut self) -> Option<u8> {
+        None
+    }
+}

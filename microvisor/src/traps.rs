@@ -1,0 +1,421 @@
+//! Guest traps: bounce frames (how exceptions, events and user-mode syscalls reach a PV
+//! kernel), the `iret` hypercall, the PV clock, and emulation of the few privileged
+//! instructions a PV kernel may execute in ring 3.
+//!
+//! The bounce frame follows Xen's `create_bounce_frame`: on the guest kernel stack (switching
+//! to `kernel_sp` first if the guest was in user mode), from low to high address
+//! `RCX, R11, [error code], RIP, CS (+ saved upcall mask in bits 32-39), RFLAGS, RSP, SS`.
+//! One deliberate difference: when the guest is interrupted in kernel mode, the frame is put
+//! 128 bytes below its stack pointer, leaving the System V red zone intact. Guests cannot
+//! tell (they find the frame at their stack pointer) and kernels built without
+//! `-mno-red-zone` discipline stay correct.
+
+use crate::guest_mem::GuestSpace;
+use crate::hv::Hypervisor;
+use crate::mm::{FrameAllocator, MachineMemory};
+use crate::platform::Platform;
+use crate::time::TimeBase;
+use crate::vcpu::{rflags, GuestFrame, RunState};
+use hypercall_abi::xen::{
+    in_hypervisor_hole, is_canonical, trap_flags, vgcf, IretContext, SharedInfo, VcpuTimeInfo,
+    FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
+};
+use hypercall_abi::Mfn;
+
+/// x86 exception vectors.
+pub mod vector {
+    pub const DE: u8 = 0;
+    pub const DB: u8 = 1;
+    pub const NMI: u8 = 2;
+    pub const BP: u8 = 3;
+    pub const OF: u8 = 4;
+    pub const BR: u8 = 5;
+    pub const UD: u8 = 6;
+    pub const NM: u8 = 7;
+    pub const DF: u8 = 8;
+    pub const TS: u8 = 10;
+    pub const NP: u8 = 11;
+    pub const SS: u8 = 12;
+    pub const GP: u8 = 13;
+    pub const PF: u8 = 14;
+    pub const MF: u8 = 16;
+    pub const AC: u8 = 17;
+    pub const MC: u8 = 18;
+    pub const XM: u8 = 19;
+
+    /// Short mnemonic for messages.
+    pub fn name(v: u8) -> &'static str {
+        const N: [&str; 22] = [
+            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP",
+            "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+        ];
+        N.get(v as usize).copied().unwrap_or("#??")
+    }
+
+    /// True if the CPU pushes an error code for this vector.
+    pub fn has_error_code(v: u8) -> bool {
+        matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
+    }
+}
+
+/// Size of the red zone below a guest kernel's stack pointer that bounce frames skip.
+const RED_ZONE: u64 = 128;
+
+/// Why a bounce could not be delivered (the domain is crashed with this reason).
+#[derive(Debug)]
+pub enum BounceError {
+    NoHandler { vector: &'static str, rip: u64 },
+    BadStack(u64),
+    StackFault(u64),
+}
+
+impl core::fmt::Display for BounceError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            BounceError::NoHandler { vector, rip } => write!(f, "unhandled {vector} at rip {rip:#x} (no trap handler)"),
+            BounceError::BadStack(sp) => write!(f, "bounce frame stack {sp:#x} is in the hypervisor's range"),
+            BounceError::StackFault(sp) => write!(f, "cannot write bounce frame at {sp:#x} (kernel stack unmapped)"),
+        }
+    }
+}
+
+/// Switches the running vCPU between guest kernel and user mode (`toggle_guest_mode`): the
+/// page-table base and the active GS base follow the mode; the arch layer applies them.
+pub fn toggle_guest_mode<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>) {
+    let v = hv.cur_vcpu_mut();
+    v.kernel_mode = !v.kernel_mode;
+}
+
+/// Builds a bounce frame and points the vCPU at `handler`.
+///
+/// `error_code` is pushed when `Some`. `mask_events` sets `evtchn_upcall_mask` (interrupt-gate
+/// semantics). `frame` holds the interrupted registers and is rewritten for the handler.
+pub fn bounce<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+    handler: u64,
+    error_code: Option<u64>,
+    mask_events: bool,
+) -> Result<(), BounceError> {
+    let r = hv.current();
+    let bm = hv.cur_dom().bitmaps();
+    let from_user = !hv.cur_vcpu().kernel_mode;
+    let base = if from_user {
+        toggle_guest_mode(hv);
+        hv.cur_vcpu().kernel_sp
+    } else {
+        frame.rsp.wrapping_sub(RED_ZONE)
+    };
+    let sp = base & !15;
+    if in_hypervisor_hole(sp) || in_hypervisor_hole(sp.wrapping_sub(1)) || (sp >> 47 != 0 && sp >> 47 != 0x1ffff) {
+        return Err(BounceError::BadStack(sp));
+    }
+    let saved_mask = bm.upcall_state(hv.mem(), r.vcpu).1;
+    let cs = if from_user { frame.cs } else { frame.cs & !3 };
+    let mut rf = frame.rflags & !rflags::IF;
+    if !saved_mask {
+        rf |= rflags::IF;
+    }
+    let mut words: heapless::Vec<u64, 8> = heapless::Vec::new();
+    let _ = words.push(frame.rcx);
+    let _ = words.push(frame.r11);
+    if let Some(e) = error_code {
+        let _ = words.push(e);
+    }
+    let _ = words.extend_from_slice(&[frame.rip, cs | (u64::from(saved_mask) << 32), rf, frame.rsp, frame.ss]);
+    let new_sp = sp - 8 * words.len() as u64;
+    let mut bytes = [0u8; 64];
+    for (i, w) in words.iter().enumerate() {
+        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
+    }
+    let l4 = hv.cur_vcpu().current_l4();
+    GuestSpace::new(hv.mem(), l4)
+        .write(new_sp, &bytes[..words.len() * 8])
+        .map_err(|_| BounceError::StackFault(new_sp))?;
+    frame.rsp = new_sp;
+    frame.rip = handler;
+    frame.cs = u64::from(FLAT_KERNEL_CS);
+    frame.ss = u64::from(FLAT_KERNEL_SS);
+    frame.rflags = (frame.rflags & !(rflags::TF | rflags::NT | rflags::RF | rflags::VM | rflags::AC))
+        | rflags::IF
+        | rflags::FIXED;
+    if mask_events {
+        bm.set_upcall_mask(hv.mem(), r.vcpu, true);
+    }
+    Ok(())
+}
+
+/// Bounces exception `vec` to the guest's handler from its trap table.
+pub fn bounce_exception<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+    vec: u8,
+    error_code: Option<u64>,
+) -> Result<(), BounceError> {
+    let ti = hv.cur_vcpu().traps[vec as usize];
+    if ti.address == 0 {
+        return Err(BounceError::NoHandler { vector: vector::name(vec), rip: frame.rip });
+    }
+    bounce(hv, frame, ti.address, error_code, ti.flags & trap_flags::DISABLES_EVENTS != 0)
+}
+
+/// Delivers a pending event upcall to the event callback.
+pub fn deliver_event<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+) -> Result<(), BounceError> {
+    let handler = hv.cur_vcpu().callbacks.event;
+    if handler == 0 {
+        // Nowhere to deliver: leave it pending, as Xen does for a guest without a callback.
+        return Ok(());
+    }
+    bounce(hv, frame, handler, None, true)
+}
+
+/// Writes vCPU `vcpu`'s PV clock in the shared_info page at `si` (seqlock: odd version while
+/// the fields change).
+pub fn write_pvclock(mem: &impl MachineMemory, si: Mfn, vcpu: u32, tb: &TimeBase, tsc: u64) {
+    let base = si.addr() + SharedInfo::vcpu_info_offset(vcpu as usize) as u64 + 32;
+    let version = mem.read_u64(base) as u32;
+    let v_odd = version.wrapping_add(1) | 1;
+    mem.write_u64(base, u64::from(v_odd));
+    let mut t: VcpuTimeInfo = tb.pvclock(tsc);
+    t.version = v_odd;
+    mem.write_obj(base, &t);
+    mem.write_u64(base, u64::from(v_odd.wrapping_add(1)));
+}
+
+/// The `iret` hypercall: return from a bounce frame (`struct iret_context` at the guest's
+/// stack pointer). Returns `Err` with a reason when the guest must be crashed.
+pub fn do_iret<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+) -> Result<(), &'static str> {
+    let r = hv.current();
+    let l4 = hv.cur_vcpu().current_l4();
+    let ctx: IretContext =
+        GuestSpace::new(hv.mem(), l4).read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
+    let to_user = ctx.cs & 3 == 3;
+    let cs = check_selector(ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
+    let ss = check_selector(ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
+    if !is_canonical(ctx.rip) || in_hypervisor_hole(ctx.rip) {
+        return Err("iret to a non-canonical or hypervisor rip");
+    }
+    if to_user && hv.cur_vcpu().kernel_mode {
+        if hv.cur_vcpu().user_l4.is_none() {
+            // Xen allows the user base to equal the kernel's; a guest that never set one
+            // returns to user mode on its kernel tables.
+            hv.cur_vcpu_mut().user_l4 = Some(hv.cur_vcpu().kernel_l4);
+        }
+        toggle_guest_mode(hv);
+    }
+    frame.rax = ctx.rax;
+    if ctx.flags & vgcf::IN_SYSCALL == 0 {
+        frame.r11 = ctx.r11;
+        frame.rcx = ctx.rcx;
+    }
+    frame.rip = ctx.rip;
+    frame.cs = u64::from(cs);
+    frame.rflags = (ctx.rflags & rflags::GUEST_SETTABLE) | rflags::IF | rflags::FIXED;
+    frame.rsp = ctx.rsp;
+    frame.ss = u64::from(ss);
+    let masked = ctx.rflags & rflags::IF == 0;
+    hv.cur_dom().bitmaps().set_upcall_mask(hv.mem(), r.vcpu, masked);
+    Ok(())
+}
+
+/// Accepts the flat selectors a PV guest may load (with RPL forced to 3).
+fn check_selector(sel: u16, code: bool) -> Option<u16> {
+    let ok = if code { sel == FLAT_RING3_CS64 || sel == FLAT_RING3_CS32 } else { sel == FLAT_RING3_DS32 || sel == 3 };
+    ok.then_some(if sel == 3 { FLAT_RING3_DS32 } else { sel })
+}
+
+/// A `syscall` executed in guest user mode: bounce it to the guest kernel's syscall callback
+/// (`switch_to_kernel`), or raise #UD if it registered none.
+pub fn user_syscall<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+) -> Result<(), BounceError> {
+    let cb = hv.cur_vcpu().callbacks;
+    if cb.syscall == 0 {
+        return bounce_exception(hv, frame, vector::UD, None);
+    }
+    frame.rflags &= !rflags::DF;
+    bounce(hv, frame, cb.syscall, None, cb.syscall_masks_events)
+}
+
+/// What a guest exception turned into.
+pub enum ExceptionOutcome {
+    /// Handled (emulated or bounced); return to the guest.
+    Handled,
+    /// The domain must be crashed for this reason.
+    Crash(alloc::string::String),
+}
+
+/// Handles an exception raised by a guest (in ring 3): emulate the privileged instructions PV
+/// kernels use, bounce everything else to the guest's trap table.
+pub fn guest_exception<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+    vec: u8,
+    cr2: u64,
+) -> ExceptionOutcome {
+    use alloc::string::ToString;
+    let err = vector::has_error_code(vec).then_some(frame.error_code);
+    let result = match vec {
+        vector::GP => {
+            if let Some(done) = emulate_privileged(hv, frame) {
+                done
+            } else if frame.error_code & 3 == 2 {
+                // `int $n` through a gate the guest may not use directly: bounce it if the
+                // virtual IDT's DPL allows the current guest mode.
+                let n = (frame.error_code >> 3) as u8;
+                let ti = hv.cur_vcpu().traps[n as usize];
+                let dpl = ti.flags & trap_flags::DPL_MASK;
+                let allowed = if hv.cur_vcpu().kernel_mode { dpl >= 1 } else { dpl == 3 };
+                if ti.address != 0 && allowed {
+                    frame.rip = frame.rip.wrapping_add(2);
+                    bounce(hv, frame, ti.address, None, ti.flags & trap_flags::DISABLES_EVENTS != 0)
+                } else {
+                    bounce_exception(hv, frame, vector::GP, err)
+                }
+            } else {
+                bounce_exception(hv, frame, vector::GP, err)
+            }
+        }
+        vector::UD => {
+            if emulate_forced_cpuid(hv, frame) {
+                Ok(())
+            } else {
+                bounce_exception(hv, frame, vector::UD, None)
+            }
+        }
+        vector::PF => {
+            let r = hv.current();
+            let vi = hv.cur_dom().shared_info.addr() + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64 + 16;
+            hv.mem().write_u64(vi, cr2);
+            bounce_exception(hv, frame, vector::PF, err).map_err(|e| match e {
+                BounceError::NoHandler { rip, .. } => BounceError::NoHandler { vector: "#PF", rip },
+                other => other,
+            })
+        }
+        vector::NM if hv.cur_vcpu().fpu_ts => {
+            hv.cur_vcpu_mut().fpu_ts = false;
+            bounce_exception(hv, frame, vector::NM, None)
+        }
+        _ => bounce_exception(hv, frame, vec, err),
+    };
+    match result {
+        Ok(()) => ExceptionOutcome::Handled,
+        Err(BounceError::NoHandler { vector, rip }) if vector == "#PF" => {
+            ExceptionOutcome::Crash(alloc::format!("unhandled #PF at rip {rip:#x}, address {cr2:#x} (no trap handler)"))
+        }
+        Err(e) => ExceptionOutcome::Crash(e.to_string()),
+    }
+}
+
+/// Decodes and emulates a privileged instruction that raised #GP in guest kernel mode.
+/// Returns `None` when the instruction is not one we emulate.
+fn emulate_privileged<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+) -> Option<Result<(), BounceError>> {
+    if !hv.cur_vcpu().kernel_mode || frame.error_code != 0 {
+        return None;
+    }
+    let mut insn = [0u8; 16];
+    let l4 = hv.cur_vcpu().current_l4();
+    let space = GuestSpace::new(hv.mem(), l4);
+    // Fetch what is readable; instructions we emulate are at most 4 bytes.
+    let n = (1..=4).rev().find(|&n| space.read(frame.rip, &mut insn[..n]).is_ok())?;
+    let code = &insn[..n];
+    let (rex, body) = match code.first() {
+        Some(&b) if b & 0xf0 == 0x40 => (b, &code[1..]),
+        _ => (0, code),
+    };
+    let len = (code.len() - body.len()) as u64;
+    match body {
+        // mov %crN, %reg
+        [0x0f, 0x20, modrm, ..] if modrm >> 6 == 3 => {
+            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
+            let reg = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
+            let v = hv.cur_vcpu();
+            let val = match cr {
+                0 => 0x8005_0033 | if v.fpu_ts { 1 << 3 } else { 0 },
+                2 => {
+                    let r = hv.current();
+                    let vi = hv.cur_dom().shared_info.addr()
+                        + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64
+                        + 16;
+                    hv.mem().read_u64(vi)
+                }
+                3 => v.current_l4().addr(),
+                4 => 0x6f0,
+                _ => return None,
+            };
+            frame.set_gpr(reg, val);
+            frame.rip = frame.rip.wrapping_add(len + 3);
+            Some(Ok(()))
+        }
+        // rdmsr
+        [0x0f, 0x32, ..] => {
+            let v = hv.cur_vcpu();
+            let val = match frame.rcx as u32 {
+                0xC000_0080 => (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11), // EFER: SCE LME LMA NXE
+                0xC000_0100 => v.fs_base,
+                0xC000_0101 => v.gs_base_kernel,
+                0xC000_0102 => v.gs_base_user,
+                _ => return Some(bounce_exception(hv, frame, vector::GP, Some(0))),
+            };
+            frame.rax = val & 0xffff_ffff;
+            frame.rdx = val >> 32;
+            frame.rip = frame.rip.wrapping_add(len + 2);
+            Some(Ok(()))
+        }
+        // wrmsr of the segment bases
+        [0x0f, 0x30, ..] => {
+            let val = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
+            let msr = frame.rcx as u32;
+            if !is_canonical(val) || !matches!(msr, 0xC000_0100..=0xC000_0102) {
+                return Some(bounce_exception(hv, frame, vector::GP, Some(0)));
+            }
+            let v = hv.cur_vcpu_mut();
+            match msr {
+                0xC000_0100 => v.fs_base = val,
+                0xC000_0101 => v.gs_base_kernel = val,
+                _ => v.gs_base_user = val,
+            }
+            frame.rip = frame.rip.wrapping_add(len + 2);
+            Some(Ok(()))
+        }
+        _ => None,
+    }
+}
+
+/// Xen's forced-emulation prefix: `ud2; .ascii "xen"; cpuid`.
+const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
+
+/// Emulates `cpuid` behind Xen's forced-emulation prefix. Returns false if the bytes at RIP
+/// are not that sequence.
+fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, frame: &mut GuestFrame) -> bool {
+    let mut insn = [0u8; 7];
+    let l4 = hv.cur_vcpu().current_l4();
+    if GuestSpace::new(hv.mem(), l4).read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
+        return false;
+    }
+    let privileged = hv.cur_dom().privileged;
+    let [a, b, c, d] = hv.plat.cpuid(frame.rax as u32, frame.rcx as u32);
+    let [a, b, c, d] = crate::cpuid::pv_cpuid(frame.rax as u32, [a, b, c, d], privileged);
+    frame.rax = u64::from(a);
+    frame.rbx = u64::from(b);
+    frame.rcx = u64::from(c);
+    frame.rdx = u64::from(d);
+    frame.rip = frame.rip.wrapping_add(FORCED_CPUID.len() as u64);
+    true
+}
+
+/// Makes sure a blocked vCPU that has an event pending is runnable again.
+pub fn vcpu_is_blocked<P: Platform, F: FrameAllocator>(hv: &Hypervisor<P, F>, r: crate::sched::VcpuRef) -> bool {
+    hv.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_some_and(|v| v.state == RunState::Blocked)
+}
+

@@ -1,0 +1,246 @@
+//! Virtual CPUs: the register frame the entry paths save, and everything else the hypervisor
+//! keeps per vCPU for a PV guest (mode, trap table, callbacks, kernel stack, segment bases,
+//! page-table bases, timer).
+
+use hypercall_abi::xen::{TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS};
+use hypercall_abi::Mfn;
+
+/// `GuestFrame::vector` of a frame saved by the `syscall` entry (not a hardware vector).
+pub const VECTOR_SYSCALL: u64 = 0x100;
+
+/// A guest's general registers as the entry paths save them.
+///
+/// The layout is fixed because assembly builds it: the CPU (or the `syscall` entry) pushes the
+/// five-word interrupt frame at the end, the entry stub pushes `error_code` (a dummy 0 for
+/// vectors without one) and `vector`, then the fifteen general registers. The last five fields
+/// are therefore exactly what `iretq` pops.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[repr(C)]
+pub struct GuestFrame {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    /// Exception vector, or [`VECTOR_SYSCALL`].
+    pub vector: u64,
+    pub error_code: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub rflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+}
+
+const _: () = {
+    assert!(core::mem::size_of::<GuestFrame>() == 22 * 8);
+    assert!(core::mem::offset_of!(GuestFrame, vector) == 15 * 8);
+    assert!(core::mem::offset_of!(GuestFrame, rip) == 17 * 8);
+    assert!(core::mem::offset_of!(GuestFrame, cs) == 18 * 8);
+};
+
+/// RFLAGS bits the hypervisor cares about.
+pub mod rflags {
+    pub const CF: u64 = 1 << 0;
+    pub const FIXED: u64 = 1 << 1;
+    pub const TF: u64 = 1 << 8;
+    pub const IF: u64 = 1 << 9;
+    pub const DF: u64 = 1 << 10;
+    pub const IOPL: u64 = 3 << 12;
+    pub const NT: u64 = 1 << 14;
+    pub const RF: u64 = 1 << 16;
+    pub const VM: u64 = 1 << 17;
+    pub const AC: u64 = 1 << 18;
+    pub const VIF: u64 = 1 << 19;
+    pub const VIP: u64 = 1 << 20;
+    pub const ID: u64 = 1 << 21;
+    /// Flags a guest may set in its real RFLAGS (everything else is forced).
+    pub const GUEST_SETTABLE: u64 = CF | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 7) | TF | DF | (1 << 11) | AC | ID;
+}
+
+impl GuestFrame {
+    /// The general registers as `[rax, rbx, rcx, rdx, rsp, rbp, rsi, rdi, r8..r15]`, the
+    /// order of x86 register numbers in ModRM encodings.
+    pub fn gpr(&self, n: u8) -> u64 {
+        match n & 15 {
+            0 => self.rax,
+            1 => self.rcx,
+            2 => self.rdx,
+            3 => self.rbx,
+            4 => self.rsp,
+            5 => self.rbp,
+            6 => self.rsi,
+            7 => self.rdi,
+            8 => self.r8,
+            9 => self.r9,
+            10 => self.r10,
+            11 => self.r11,
+            12 => self.r12,
+            13 => self.r13,
+            14 => self.r14,
+            _ => self.r15,
+        }
+    }
+
+    /// Sets register number `n` (x86 encoding order).
+    pub fn set_gpr(&mut self, n: u8, v: u64) {
+        let r = match n & 15 {
+            0 => &mut self.rax,
+            1 => &mut self.rcx,
+            2 => &mut self.rdx,
+            3 => &mut self.rbx,
+            4 => &mut self.rsp,
+            5 => &mut self.rbp,
+            6 => &mut self.rsi,
+            7 => &mut self.rdi,
+            8 => &mut self.r8,
+            9 => &mut self.r9,
+            10 => &mut self.r10,
+            11 => &mut self.r11,
+            12 => &mut self.r12,
+            13 => &mut self.r13,
+            14 => &mut self.r14,
+            _ => &mut self.r15,
+        };
+        *r = v;
+    }
+
+    /// Hypercall arguments 1-5 (`rdi, rsi, rdx, r10, r8`).
+    pub fn hypercall_args(&self) -> [u64; 5] {
+        [self.rdi, self.rsi, self.rdx, self.r10, self.r8]
+    }
+
+    /// Replaces hypercall arguments 1-5 (a continuation records its progress there).
+    pub fn set_hypercall_args(&mut self, a: [u64; 5]) {
+        [self.rdi, self.rsi, self.rdx, self.r10, self.r8] = a;
+    }
+}
+
+/// What a vCPU is doing, from the scheduler's point of view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    /// May run.
+    Runnable,
+    /// Waiting for an event (`SCHEDOP_block` / `SCHEDOP_poll`).
+    Blocked,
+    /// Not brought up, or its domain has shut down.
+    Offline,
+}
+
+/// Callbacks a PV kernel registers (`set_callbacks`, `callback_op`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Callbacks {
+    pub event: u64,
+    pub failsafe: u64,
+    pub syscall: u64,
+    pub syscall32: u64,
+    pub sysenter: u64,
+    pub nmi: u64,
+    /// `CALLBACKF_mask_events` on the syscall callback.
+    pub syscall_masks_events: bool,
+    /// `CALLBACKF_mask_events` on the failsafe callback.
+    pub failsafe_masks_events: bool,
+}
+
+/// One vCPU of a PV domain.
+pub struct Vcpu {
+    pub id: u32,
+    /// Registers while not running (the live copy is the entry frame while it runs).
+    pub frame: GuestFrame,
+    pub state: RunState,
+    /// Guest kernel mode (true) or guest user mode; both run in ring 3 (`TF_kernel_mode`).
+    pub kernel_mode: bool,
+    /// The virtual IDT from `set_trap_table`.
+    pub traps: [TrapInfo; 256],
+    pub callbacks: Callbacks,
+    /// `stack_switch`: where bounce frames go when an event or trap arrives in user mode.
+    pub kernel_ss: u16,
+    pub kernel_sp: u64,
+    /// Kernel page-table base (`ctrlreg[3]`).
+    pub kernel_l4: Mfn,
+    /// User page-table base (`ctrlreg[1]`); `None` until `MMUEXT_NEW_USER_BASEPTR`.
+    pub user_l4: Option<Mfn>,
+    pub fs_base: u64,
+    pub gs_base_kernel: u64,
+    pub gs_base_user: u64,
+    /// Absolute system time (ns) of the `set_timer_op` / singleshot timer, if armed.
+    pub timer_deadline: Option<u64>,
+    /// Port bound to VIRQ_TIMER on this vCPU, if any.
+    pub virq_timer_port: Option<u32>,
+    /// `fpu_taskswitch(1)`: the guest's virtual CR0.TS.
+    pub fpu_ts: bool,
+    /// Nanoseconds of CPU this vCPU has run.
+    pub cpu_time_ns: u64,
+}
+
+impl Vcpu {
+    /// A fresh offline vCPU.
+    pub fn new(id: u32) -> Vcpu {
+        Vcpu {
+            id,
+            frame: GuestFrame::default(),
+            state: RunState::Offline,
+            kernel_mode: true,
+            traps: [TrapInfo::default(); 256],
+            callbacks: Callbacks::default(),
+            kernel_ss: FLAT_KERNEL_SS,
+            kernel_sp: 0,
+            kernel_l4: Mfn(0),
+            user_l4: None,
+            fs_base: 0,
+            gs_base_kernel: 0,
+            gs_base_user: 0,
+            timer_deadline: None,
+            virq_timer_port: None,
+            fpu_ts: false,
+            cpu_time_ns: 0,
+        }
+    }
+
+    /// The page-table base the vCPU runs on now.
+    pub fn current_l4(&self) -> Mfn {
+        if self.kernel_mode {
+            self.kernel_l4
+        } else {
+            self.user_l4.unwrap_or(self.kernel_l4)
+        }
+    }
+
+    /// The GS base that is active in the current mode.
+    pub fn active_gs_base(&self) -> u64 {
+        if self.kernel_mode {
+            self.gs_base_kernel
+        } else {
+            self.gs_base_user
+        }
+    }
+
+    /// Initial register state of a PV guest's boot vCPU (`vcpu_x86_64` in libxc).
+    pub fn boot(&mut self, entry: u64, stack_top: u64, start_info_va: u64, l4: Mfn) {
+        self.frame = GuestFrame {
+            rip: entry,
+            rsp: stack_top,
+            rsi: start_info_va,
+            cs: u64::from(FLAT_KERNEL_CS),
+            ss: u64::from(FLAT_KERNEL_SS),
+            rflags: rflags::FIXED | rflags::IF,
+            ..GuestFrame::default()
+        };
+        self.kernel_mode = true;
+        self.kernel_ss = FLAT_KERNEL_SS;
+        self.kernel_sp = stack_top;
+        self.kernel_l4 = l4;
+        self.user_l4 = None;
+        self.state = RunState::Runnable;
+    }
+}
