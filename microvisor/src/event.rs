@@ -147,7 +147,11 @@ impl EventChannels {
 
     /// Every allocated port with its channel.
     pub fn iter(&self) -> impl Iterator<Item = (Port, Channel)> + '_ {
-        self.ports.iter().enumerate().filter(|(_, c)| c.state != PortState::Free).map(|(i, c)| (Port(i as u32), *c))
+        self.ports
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.state != PortState::Free)
+            .map(|(i, c)| (Port(i as u32), *c))
     }
 
     /// Port limit.

@@ -7,8 +7,8 @@
 //! [`Hypervisor::resume`], which switches vCPUs, delivers pending events by building bounce
 //! frames, and reports what the hardware must be set to ([`HwState`]).
 
-use crate::hypercall::EvtchnOps;
 use crate::domain::{Domain, DomainConfig, DomainState, ShutdownReason};
+use crate::hypercall::EvtchnOps;
 use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::sched::{Scheduler, VcpuRef};
@@ -96,6 +96,13 @@ pub struct Hypervisor<P: Platform, F: FrameAllocator> {
     pub need_resched: bool,
     pub(crate) pending_edit: PendingFrameEdit,
     pub flush: Flush,
+    /// A handler changed state the hardware must reflect (page-table base, segment bases,
+    /// virtual TS, a TLB flush), so the exit path must resynchronise the CPU.
+    pub hw_dirty: bool,
+    /// Whose x87/SSE state the CPU's registers hold. The hypervisor is built without SSE, so
+    /// the registers keep the running guest's state across hypercalls; only formatting (the
+    /// precompiled libcore uses SSE) and vCPU switches disturb them, and both save first.
+    pub fpu_loaded: Option<VcpuRef>,
     /// Set when the machine must stop.
     pub halt: Option<u8>,
     /// The hypervisor's command line.
@@ -115,6 +122,8 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
             need_resched: false,
             pending_edit: PendingFrameEdit::default(),
             flush: Flush::None,
+            hw_dirty: false,
+            fpu_loaded: None,
             halt: None,
             cmdline: alloc::string::String::new(),
             next_domid: 0,
@@ -130,8 +139,31 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
         self.time.now_ns(self.plat.tsc())
     }
 
+    /// Saves the guest FPU state the registers hold, so code that may use SSE can run.
+    pub fn fpu_save_live(&mut self) {
+        if let Some(r) = self.fpu_loaded.take() {
+            if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
+                self.plat.fpu_save(&mut v.fpu);
+            }
+        }
+    }
+
+    /// Loads the running vCPU's FPU state unless the registers already hold it.
+    pub fn fpu_load_running(&mut self) {
+        if self.fpu_loaded == self.running {
+            return;
+        }
+        self.fpu_save_live();
+        if let Some(r) = self.running {
+            let v = self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).expect("running vCPU exists");
+            self.plat.fpu_restore(&v.fpu);
+            self.fpu_loaded = Some(r);
+        }
+    }
+
     /// Prints a hypervisor message: `(XEN) <msg>`.
     pub fn log(&mut self, args: fmt::Arguments<'_>) {
+        self.fpu_save_live();
         let mut w = ConsoleLine::new(b"(XEN) ");
         let _ = w.write_fmt(args);
         w.finish(&mut self.plat);
@@ -179,11 +211,11 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
             v.state = RunState::Offline;
             v.timer_deadline = None;
         }
-        let mut pending = LineFlush::default();
-        d.console.flush(|l| pending.set(l));
+        let mut pending = alloc::vec::Vec::new();
+        d.console.flush(|l| pending.extend_from_slice(l));
         let name = d.name.clone();
-        if let Some(l) = pending.line() {
-            self.guest_console_line(id, l.as_bytes());
+        if !pending.is_empty() {
+            self.guest_console_line(id, &pending);
         }
         self.sched.remove_domain(id);
         self.need_resched = true;
@@ -214,17 +246,15 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
             };
             self.log(format_args!("  d{id} ({name}): {what}"));
         }
-        let code = if dom0_reason == ShutdownReason::Poweroff {
-            exit_code::POWEROFF
-        } else {
-            exit_code::DOM0_CRASH
-        };
+        let code =
+            if dom0_reason == ShutdownReason::Poweroff { exit_code::POWEROFF } else { exit_code::DOM0_CRASH };
         self.log(format_args!("dom0 {}: stopping the machine", dom0_reason.name()));
         self.halt = Some(code);
     }
 
     /// Prints a complete guest console line as `(d<id>) line`.
     pub fn guest_console_line(&mut self, id: DomId, line: &[u8]) {
+        self.fpu_save_live();
         let mut w = ConsoleLine::new(b"(d");
         let _ = write!(w, "{}) ", id.0);
         w.push(line);
@@ -267,8 +297,13 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
     fn running_is_stopped(&self) -> bool {
         match self.running {
             None => true,
-            Some(r) => self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_none_or(|v| v.state != RunState::Runnable)
-                || !self.domains[&r.domid].is_alive(),
+            Some(r) => {
+                self.domains
+                    .get(&r.domid)
+                    .and_then(|d| d.vcpu(r.vcpu))
+                    .is_none_or(|v| v.state != RunState::Runnable)
+                    || !self.domains[&r.domid].is_alive()
+            }
         }
     }
 
@@ -352,7 +387,8 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
     /// Earliest time (ns) at which the timer must interrupt: the end of the running vCPU's
     /// slice or the earliest guest timer.
     pub fn next_deadline_ns(&self) -> Option<u64> {
-        let timers = self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline).min();
+        let timers =
+            self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline).min();
         match (self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -406,18 +442,5 @@ impl Write for ConsoleLine {
     fn write_str(&mut self, s: &str) -> fmt::Result {
         self.push(s.as_bytes());
         Ok(())
-    }
-}
-
-/// Holds a flushed partial line until the domain borrow ends.
-#[derive(Default)]
-struct LineFlush(Option<alloc::string::String>);
-
-impl LineFlush {
-    fn set(&mut self, l: &[u8]) {
-        self.0 = Some(alloc::string::String::from_utf8_lossy(l).into_owned());
-    }
-    fn line(&self) -> Option<&str> {
-        self.0.as_deref()
     }
 }

@@ -1,25 +1,110 @@
 //! The microvisor kernel binary: the x86_64 architecture layer plus the glue that hands the
-//! machine to the core logic of the `microvisor` library.
+//! machine to the core logic of the `microvisor` library. `kmain` brings the machine up and
+//! builds the boot domains from the Multiboot modules; from then on the hypervisor only runs
+//! in response to hypercalls, exceptions and timer interrupts.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use kernel_rt as _;
 
 mod arch;
+mod boot_domains;
+mod machine;
 
-use arch::x86_64::{cpu, serial};
+use arch::x86_64::{apic, bootmem, cpu, entry, paging, serial};
+use core::fmt::Write;
+use linked_list_allocator::LockedHeap;
+use microvisor::hv::Hypervisor;
+use microvisor::time::TimeBase;
+
+#[global_allocator]
+static HEAP: LockedHeap = LockedHeap::empty();
 
 /// Rust entry from `boot.rs`, on the boot stack with the early page tables.
 pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     serial::init();
-    serial::write_bytes(b"(XEN) microvisor booting\n");
-    let _ = (mb_magic, mb_info);
-    cpu::qemu_exit(0x10)
+    let tsc_at_boot = cpu::rdtsc();
+    let mut w = machine::SerialWriter;
+    let _ = writeln!(
+        w,
+        "(XEN) microvisor {} (Xen {}.{} PV ABI)",
+        env!("CARGO_PKG_VERSION"),
+        microvisor::version::XEN_MAJOR,
+        microvisor::version::XEN_MINOR
+    );
+    if mb_magic != hypercall_abi::multiboot::BOOTLOADER_MAGIC {
+        let _ = writeln!(w, "(XEN) not started by a Multiboot loader (magic {mb_magic:#x})");
+        cpu::qemu_exit(machine_exit_fault());
+    }
+    let bi = bootmem::parse(u64::from(mb_info));
+    let mut balloc = bootmem::BootAllocator::new(&bi);
+    let ram: u64 = bi.ram.iter().map(|r| r.end - r.start).sum();
+    let _ = writeln!(
+        w,
+        "(XEN) RAM {} MiB, {} module(s), command line \"{}\"",
+        ram >> 20,
+        bi.modules.len(),
+        bi.cmdline
+    );
+
+    let aspace = paging::init(&mut balloc);
+    let mem = paging::DirectMap { max_mfn: aspace.max_mfn };
+
+    // Heap for the core's tables: a fixed base plus room per frame of RAM.
+    let heap_bytes: u64 = (16 << 20) + aspace.max_mfn.0 * 24;
+    let heap_pa = balloc.alloc_contiguous(heap_bytes.div_ceil(4096), u64::MAX);
+    // SAFETY: the range was just handed out by the boot allocator (RAM nobody else uses) and
+    // is mapped read-write by the direct map; the heap owns it from now on.
+    unsafe { HEAP.lock().init(paging::DirectMap::virt(heap_pa) as *mut u8, heap_bytes as usize) };
+
+    entry::init();
+    let rates = apic::init();
+    let _ = writeln!(
+        w,
+        "(XEN) TSC {} MHz, APIC timer {} MHz",
+        rates.tsc_hz / 1_000_000,
+        rates.apic_hz / 1_000_000
+    );
+
+    // Everything left (except the modules, freed once their domains are built) is free.
+    let mut free = alloc::vec::Vec::new();
+    for r in balloc.remaining() {
+        let mut pa = r.start;
+        while pa < r.end {
+            if !balloc.is_reserved(pa) {
+                free.push(hypercall_abi::Mfn(pa >> 12));
+            }
+            pa += 4096;
+        }
+    }
+    free.reverse();
+    let frames = machine::FreeFrames { free, mem };
+    let mut hv = Hypervisor::new(machine::Machine { mem }, frames, TimeBase::new(tsc_at_boot, rates.tsc_hz));
+    hv.cmdline = alloc::string::String::from(bi.cmdline.as_str());
+    boot_domains::build_all(&mut hv, &bi, &aspace);
+    machine::install(hv);
+    machine::start()
+}
+
+fn machine_exit_fault() -> u8 {
+    microvisor::hv::exit_code::HYPERVISOR_FAULT
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let _ = info;
-    serial::write_bytes(b"(XEN) PANIC\n");
-    cpu::qemu_exit(0x12)
+    let mut w = machine::SerialWriter;
+    let _ = writeln!(w, "(XEN) ****************************************");
+    let _ = writeln!(w, "(XEN) PANIC: {info}");
+    match machine::running() {
+        Some((d, v)) => {
+            let _ = writeln!(w, "(XEN) running: d{d}v{v}");
+        }
+        None => {
+            let _ = writeln!(w, "(XEN) running: idle or boot");
+        }
+    }
+    let _ = writeln!(w, "(XEN) ****************************************");
+    cpu::qemu_exit(microvisor::hv::exit_code::HYPERVISOR_FAULT)
 }

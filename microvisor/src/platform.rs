@@ -15,6 +15,10 @@ pub trait Platform {
     fn console_write(&mut self, bytes: &[u8]);
     /// Executes CPUID on the real CPU (guests see a filtered view, see `cpuid`).
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4];
+    /// Saves the CPU's x87/SSE registers into `area`.
+    fn fpu_save(&mut self, area: &mut crate::vcpu::FpuArea);
+    /// Loads the CPU's x87/SSE registers from `area`.
+    fn fpu_restore(&mut self, area: &crate::vcpu::FpuArea);
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

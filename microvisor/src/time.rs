@@ -19,7 +19,7 @@ impl TimeScale {
         const NS_PER_S: u64 = 1_000_000_000;
         let mut shift: i8 = 0;
         let mut tps = tsc_hz; // ticks per second after shifting
-        // Scale so that ns_per_s / tps lies in [0.5, 1).
+                              // Scale so that ns_per_s / tps lies in [0.5, 1).
         while tps > 2 * NS_PER_S {
             tps >>= 1;
             shift -= 1;

@@ -46,8 +46,8 @@ pub mod vector {
     /// Short mnemonic for messages.
     pub fn name(v: u8) -> &'static str {
         const N: [&str; 22] = [
-            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS", "#GP",
-            "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS",
+            "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
         ];
         N.get(v as usize).copied().unwrap_or("#??")
     }
@@ -72,9 +72,13 @@ pub enum BounceError {
 impl core::fmt::Display for BounceError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            BounceError::NoHandler { vector, rip } => write!(f, "unhandled {vector} at rip {rip:#x} (no trap handler)"),
+            BounceError::NoHandler { vector, rip } => {
+                write!(f, "unhandled {vector} at rip {rip:#x} (no trap handler)")
+            }
             BounceError::BadStack(sp) => write!(f, "bounce frame stack {sp:#x} is in the hypervisor's range"),
-            BounceError::StackFault(sp) => write!(f, "cannot write bounce frame at {sp:#x} (kernel stack unmapped)"),
+            BounceError::StackFault(sp) => {
+                write!(f, "cannot write bounce frame at {sp:#x} (kernel stack unmapped)")
+            }
         }
     }
 }
@@ -107,7 +111,10 @@ pub fn bounce<P: Platform, F: FrameAllocator>(
         frame.rsp.wrapping_sub(RED_ZONE)
     };
     let sp = base & !15;
-    if in_hypervisor_hole(sp) || in_hypervisor_hole(sp.wrapping_sub(1)) || (sp >> 47 != 0 && sp >> 47 != 0x1ffff) {
+    if in_hypervisor_hole(sp)
+        || in_hypervisor_hole(sp.wrapping_sub(1))
+        || (sp >> 47 != 0 && sp >> 47 != 0x1ffff)
+    {
         return Err(BounceError::BadStack(sp));
     }
     let saved_mask = bm.upcall_state(hv.mem(), r.vcpu).1;
@@ -122,7 +129,8 @@ pub fn bounce<P: Platform, F: FrameAllocator>(
     if let Some(e) = error_code {
         let _ = words.push(e);
     }
-    let _ = words.extend_from_slice(&[frame.rip, cs | (u64::from(saved_mask) << 32), rf, frame.rsp, frame.ss]);
+    let _ =
+        words.extend_from_slice(&[frame.rip, cs | (u64::from(saved_mask) << 32), rf, frame.rsp, frame.ss]);
     let new_sp = sp - 8 * words.len() as u64;
     let mut bytes = [0u8; 64];
     for (i, w) in words.iter().enumerate() {
@@ -226,7 +234,11 @@ pub fn do_iret<P: Platform, F: FrameAllocator>(
 
 /// Accepts the flat selectors a PV guest may load (with RPL forced to 3).
 fn check_selector(sel: u16, code: bool) -> Option<u16> {
-    let ok = if code { sel == FLAT_RING3_CS64 || sel == FLAT_RING3_CS32 } else { sel == FLAT_RING3_DS32 || sel == 3 };
+    let ok = if code {
+        sel == FLAT_RING3_CS64 || sel == FLAT_RING3_CS32
+    } else {
+        sel == FLAT_RING3_DS32 || sel == 3
+    };
     ok.then_some(if sel == 3 { FLAT_RING3_DS32 } else { sel })
 }
 
@@ -249,7 +261,24 @@ pub enum ExceptionOutcome {
     /// Handled (emulated or bounced); return to the guest.
     Handled,
     /// The domain must be crashed for this reason.
-    Crash(alloc::string::String),
+    Crash(CrashReason),
+}
+
+/// Why a guest exception crashes its domain (formatted only when reported).
+pub enum CrashReason {
+    Bounce(BounceError),
+    UnhandledPageFault { rip: u64, addr: u64 },
+}
+
+impl core::fmt::Display for CrashReason {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            CrashReason::Bounce(b) => b.fmt(f),
+            CrashReason::UnhandledPageFault { rip, addr } => {
+                write!(f, "unhandled #PF at rip {rip:#x}, address {addr:#x} (no trap handler)")
+            }
+        }
+    }
 }
 
 /// Handles an exception raised by a guest (in ring 3): emulate the privileged instructions PV
@@ -260,7 +289,6 @@ pub fn guest_exception<P: Platform, F: FrameAllocator>(
     vec: u8,
     cr2: u64,
 ) -> ExceptionOutcome {
-    use alloc::string::ToString;
     let err = vector::has_error_code(vec).then_some(frame.error_code);
     let result = match vec {
         vector::GP => {
@@ -292,7 +320,8 @@ pub fn guest_exception<P: Platform, F: FrameAllocator>(
         }
         vector::PF => {
             let r = hv.current();
-            let vi = hv.cur_dom().shared_info.addr() + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64 + 16;
+            let vi =
+                hv.cur_dom().shared_info.addr() + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64 + 16;
             hv.mem().write_u64(vi, cr2);
             bounce_exception(hv, frame, vector::PF, err).map_err(|e| match e {
                 BounceError::NoHandler { rip, .. } => BounceError::NoHandler { vector: "#PF", rip },
@@ -308,9 +337,9 @@ pub fn guest_exception<P: Platform, F: FrameAllocator>(
     match result {
         Ok(()) => ExceptionOutcome::Handled,
         Err(BounceError::NoHandler { vector, rip }) if vector == "#PF" => {
-            ExceptionOutcome::Crash(alloc::format!("unhandled #PF at rip {rip:#x}, address {cr2:#x} (no trap handler)"))
+            ExceptionOutcome::Crash(CrashReason::UnhandledPageFault { rip, addr: cr2 })
         }
-        Err(e) => ExceptionOutcome::Crash(e.to_string()),
+        Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),
     }
 }
 
@@ -397,7 +426,10 @@ const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
 
 /// Emulates `cpuid` behind Xen's forced-emulation prefix. Returns false if the bytes at RIP
 /// are not that sequence.
-fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, frame: &mut GuestFrame) -> bool {
+fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    frame: &mut GuestFrame,
+) -> bool {
     let mut insn = [0u8; 7];
     let l4 = hv.cur_vcpu().current_l4();
     if GuestSpace::new(hv.mem(), l4).read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
@@ -415,7 +447,9 @@ fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F
 }
 
 /// Makes sure a blocked vCPU that has an event pending is runnable again.
-pub fn vcpu_is_blocked<P: Platform, F: FrameAllocator>(hv: &Hypervisor<P, F>, r: crate::sched::VcpuRef) -> bool {
+pub fn vcpu_is_blocked<P: Platform, F: FrameAllocator>(
+    hv: &Hypervisor<P, F>,
+    r: crate::sched::VcpuRef,
+) -> bool {
     hv.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_some_and(|v| v.state == RunState::Blocked)
 }
-

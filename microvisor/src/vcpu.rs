@@ -65,7 +65,8 @@ pub mod rflags {
     pub const VIP: u64 = 1 << 20;
     pub const ID: u64 = 1 << 21;
     /// Flags a guest may set in its real RFLAGS (everything else is forced).
-    pub const GUEST_SETTABLE: u64 = CF | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 7) | TF | DF | (1 << 11) | AC | ID;
+    pub const GUEST_SETTABLE: u64 =
+        CF | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 7) | TF | DF | (1 << 11) | AC | ID;
 }
 
 impl GuestFrame {
@@ -152,6 +153,23 @@ pub struct Callbacks {
     pub failsafe_masks_events: bool,
 }
 
+/// A vCPU's x87/SSE state in FXSAVE format (saved and restored by the arch layer on vCPU
+/// switches; the hypervisor itself never touches these registers).
+#[derive(Clone)]
+#[repr(C, align(16))]
+pub struct FpuArea(pub [u8; 512]);
+
+impl FpuArea {
+    /// The state after `fninit` with MXCSR at its reset value (all SIMD exceptions masked).
+    pub fn initial() -> FpuArea {
+        let mut a = FpuArea([0; 512]);
+        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
+        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
+        a.0[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+        a
+    }
+}
+
 /// One vCPU of a PV domain.
 pub struct Vcpu {
     pub id: u32,
@@ -181,6 +199,8 @@ pub struct Vcpu {
     pub fpu_ts: bool,
     /// Nanoseconds of CPU this vCPU has run.
     pub cpu_time_ns: u64,
+    /// x87/SSE registers while not running.
+    pub fpu: FpuArea,
 }
 
 impl Vcpu {
@@ -204,6 +224,7 @@ impl Vcpu {
             virq_timer_port: None,
             fpu_ts: false,
             cpu_time_ns: 0,
+            fpu: FpuArea::initial(),
         }
     }
 

@@ -44,7 +44,10 @@ impl<P: Platform, F: FrameAllocator> EvtchnOps for Hypervisor<P, F> {
     }
 
     fn send_global_virq(&mut self, domid: DomId, v: u32) {
-        let port = self.domains.get(&domid).and_then(|d| (0..d.evtchn.nr_vcpus()).find_map(|c| d.evtchn.virq_port(c, v)));
+        let port = self
+            .domains
+            .get(&domid)
+            .and_then(|d| (0..d.evtchn.nr_vcpus()).find_map(|c| d.evtchn.virq_port(c, v)));
         if let Some(p) = port {
             self.evtchn_set_pending(domid, p);
         }
@@ -90,7 +93,10 @@ pub fn event_channel_op<P: Platform, F: FrameAllocator>(
                 PortState::Unbound { remote: allowed } if allowed == me || allowed == DomId::ANY => {}
                 _ => return Err(Errno::EINVAL),
             }
-            let local = hv.cur_dom_mut().evtchn.alloc(PortState::Interdomain { remote, remote_port: b.remote_port }, 0)?;
+            let local = hv
+                .cur_dom_mut()
+                .evtchn
+                .alloc(PortState::Interdomain { remote, remote_port: b.remote_port }, 0)?;
             let rd = hv.domains.get_mut(&remote).expect("checked above");
             rd.evtchn
                 .set_state(b.remote_port, PortState::Interdomain { remote: me, remote_port: local })
@@ -211,7 +217,11 @@ pub fn event_channel_op<P: Platform, F: FrameAllocator>(
 }
 
 /// Closes `port` of `domid`; the peer of an interdomain channel goes back to unbound.
-pub fn close_port<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, domid: DomId, port: Port) -> Result<(), Errno> {
+pub fn close_port<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    domid: DomId,
+    port: Port,
+) -> Result<(), Errno> {
     let d = hv.domains.get_mut(&domid).ok_or(Errno::ESRCH)?;
     let ch = d.evtchn.free(port)?;
     let bm = d.bitmaps();

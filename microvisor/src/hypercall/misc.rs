@@ -7,9 +7,9 @@ use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::version;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
+use hypercall_abi::elfnote::feature;
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
-use hypercall_abi::elfnote::feature;
 use hypercall_abi::xen::{
     consoleio, in_hypervisor_hole, is_canonical, segbase, vmasst, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
     FLAT_RING3_CS32, FLAT_RING3_DS32, HYPERVISOR_VIRT_START,
@@ -27,7 +27,10 @@ fn fixup_code_selector(cs: u16) -> Option<u16> {
     (cs == FLAT_KERNEL_CS || cs == FLAT_RING3_CS32).then_some(cs)
 }
 
-pub fn set_trap_table<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, table: u64) -> Result<i64, Errno> {
+pub fn set_trap_table<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    table: u64,
+) -> Result<i64, Errno> {
     if table == 0 {
         hv.cur_vcpu_mut().traps = [TrapInfo::default(); 256];
         return Ok(0);
@@ -49,7 +52,11 @@ pub fn set_trap_table<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>,
     Ok(0)
 }
 
-pub fn stack_switch<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, ss: u64, sp: u64) -> Result<i64, Errno> {
+pub fn stack_switch<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    ss: u64,
+    sp: u64,
+) -> Result<i64, Errno> {
     let ss = (ss as u16) | 3;
     if ss != FLAT_KERNEL_SS && ss != FLAT_RING3_DS32 {
         return Err(Errno::EPERM);
@@ -76,7 +83,11 @@ pub fn set_callbacks<P: Platform, F: FrameAllocator>(
     Ok(0)
 }
 
-pub fn callback_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+pub fn callback_op<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    cmd: u64,
+    arg: u64,
+) -> Result<i64, Errno> {
     match cmd as u32 {
         cbop::REGISTER => {
             let r: CallbackRegister = hv.guest().read_obj(arg)?;
@@ -120,8 +131,12 @@ pub fn callback_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cm
     }
 }
 
-pub fn fpu_taskswitch<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, set: u64) -> Result<i64, Errno> {
+pub fn fpu_taskswitch<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    set: u64,
+) -> Result<i64, Errno> {
     hv.cur_vcpu_mut().fpu_ts = set != 0;
+    hv.hw_dirty = true;
     Ok(0)
 }
 
@@ -130,6 +145,7 @@ pub fn set_segment_base<P: Platform, F: FrameAllocator>(
     which: u64,
     base: u64,
 ) -> Result<i64, Errno> {
+    hv.hw_dirty = true;
     let v = hv.cur_vcpu_mut();
     match which as u32 {
         segbase::FS | segbase::GS_USER | segbase::GS_KERNEL if !is_canonical(base) => Err(Errno::EINVAL),
@@ -154,7 +170,11 @@ pub fn set_segment_base<P: Platform, F: FrameAllocator>(
     }
 }
 
-pub fn vm_assist<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, ty: u64) -> Result<i64, Errno> {
+pub fn vm_assist<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    cmd: u64,
+    ty: u64,
+) -> Result<i64, Errno> {
     // Writable page tables need trap-and-emulate of PTE writes, which microvisor does not
     // offer; guests fall back to explicit updates.
     if ty >= 64 || vmasst::VALID_MASK & (1 << ty) == 0 || ty == u64::from(vmasst::TYPE_WRITABLE_PAGETABLES) {
@@ -182,7 +202,11 @@ fn put_string<P: Platform, F: FrameAllocator, const N: usize>(
     Ok(0)
 }
 
-pub fn xen_version<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+pub fn xen_version<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    cmd: u64,
+    arg: u64,
+) -> Result<i64, Errno> {
     match cmd as u32 {
         xenver::VERSION => Ok(i64::from(version::XEN_VERSION)),
         xenver::EXTRAVERSION => put_string::<P, F, 16>(hv, arg, version::EXTRAVERSION),
@@ -280,7 +304,11 @@ pub fn console_io<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, a: 
     }
 }
 
-pub fn debug_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, _arg: u64) -> Result<i64, Errno> {
+pub fn debug_op<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    cmd: u64,
+    _arg: u64,
+) -> Result<i64, Errno> {
     match cmd {
         debug::FREE_FRAMES => Ok(hv.frames.free_frames() as i64),
         _ => Err(Errno::ENOSYS),

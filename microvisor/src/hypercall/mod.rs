@@ -51,7 +51,11 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
     pub fn hypercall_fast(&mut self, nr: u64, args: [u64; 5]) -> (u64, bool) {
         match dispatch(self, nr, args, None) {
             Hc::Ret(r) => {
-                let slow = self.need_resched || self.halt.is_some() || self.upcall_deliverable();
+                let slow = self.need_resched
+                    || self.hw_dirty
+                    || self.fpu_loaded != self.running
+                    || self.halt.is_some()
+                    || self.upcall_deliverable();
                 (r as u64, slow)
             }
             Hc::Continue(a) => {

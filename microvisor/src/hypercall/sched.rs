@@ -3,16 +3,20 @@
 
 use crate::domain::ShutdownReason;
 use crate::hv::Hypervisor;
+use crate::hypercall::EvtchnOps;
 use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::vcpu::RunState;
 use hypercall_abi::sched::{op, SchedRemoteShutdown, SchedShutdown};
 use hypercall_abi::vcpu::{op as vcpuop, sshottmr, VcpuSetSingleshotTimer};
 use hypercall_abi::xen::virq;
-use crate::hypercall::EvtchnOps;
 use hypercall_abi::Errno;
 
-pub fn sched_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+pub fn sched_op<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    cmd: u64,
+    arg: u64,
+) -> Result<i64, Errno> {
     match cmd as u32 {
         op::YIELD => {
             hv.sched.yield_current();
@@ -62,7 +66,10 @@ pub fn sched_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, cmd: 
 
 /// Arms (or with 0 cancels) the running vCPU's one-shot timer at absolute system time
 /// `deadline_ns`; a deadline already past fires at once.
-pub fn set_timer_op<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, deadline_ns: u64) -> Result<i64, Errno> {
+pub fn set_timer_op<P: Platform, F: FrameAllocator>(
+    hv: &mut Hypervisor<P, F>,
+    deadline_ns: u64,
+) -> Result<i64, Errno> {
     arm_timer(hv, (deadline_ns != 0).then_some(deadline_ns));
     Ok(0)
 }
@@ -91,7 +98,9 @@ pub fn vcpu_op<P: Platform, F: FrameAllocator>(
     }
     let own = vcpuid == hv.current().vcpu;
     match cmd as u32 {
-        vcpuop::IS_UP => Ok(i64::from(hv.cur_dom().vcpu(vcpuid).is_some_and(|v| v.state != RunState::Offline))),
+        vcpuop::IS_UP => {
+            Ok(i64::from(hv.cur_dom().vcpu(vcpuid).is_some_and(|v| v.state != RunState::Offline)))
+        }
         vcpuop::SET_SINGLESHOT_TIMER if own => {
             let t: VcpuSetSingleshotTimer = hv.guest().read_obj(arg)?;
             if t.flags & sshottmr::FUTURE != 0 && t.timeout_abs_ns < hv.now_ns() {

@@ -160,34 +160,29 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
-/// Size of an FXSAVE area.
-pub const FXSAVE_SIZE: usize = 512;
+/// Saves the CPU's x87/SSE registers into a vCPU's save area.
+pub fn fxsave(area: &mut microvisor::vcpu::FpuArea) {
+    // SAFETY: `FpuArea` is 512 bytes and 16-byte aligned, as FXSAVE requires.
+    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack, preserves_flags)) }
+}
 
-/// A 16-byte aligned FXSAVE image of a vCPU's x87/SSE state.
-#[derive(Clone)]
-#[repr(C, align(16))]
-pub struct FpuState(pub [u8; FXSAVE_SIZE]);
+/// Loads a vCPU's x87/SSE registers.
+pub fn fxrstor(area: &microvisor::vcpu::FpuArea) {
+    // SAFETY: the area is aligned and holds an image produced by `fxsave` or
+    // `FpuArea::initial`; the hypervisor never lets a guest write MXCSR reserved bits into it.
+    unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags)) }
+}
 
-impl FpuState {
-    /// The state `fninit` produces, with MXCSR at its reset value (all exceptions masked).
-    pub fn initial() -> FpuState {
-        let mut s = FpuState([0; FXSAVE_SIZE]);
-        s.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes()); // FCW
-        s.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes()); // MXCSR
-        s
-    }
-
-    /// Saves the CPU's current FPU/SSE registers.
-    pub fn save(&mut self) {
-        // SAFETY: `self.0` is 512 bytes, 16-byte aligned as FXSAVE requires.
-        unsafe { asm!("fxsave64 [{}]", in(reg) self.0.as_mut_ptr(), options(nostack, preserves_flags)) }
-    }
-
-    /// Loads this state into the CPU.
-    pub fn restore(&self) {
-        // SAFETY: `self.0` is an aligned 512-byte image produced by `save` or `initial`; FXRSTOR
-        // faults on reserved MXCSR bits, which the hypervisor never lets a guest set.
-        unsafe { asm!("fxrstor64 [{}]", in(reg) self.0.as_ptr(), options(nostack, preserves_flags)) }
+/// Sets or clears CR0.TS (the guest's virtual TS from `fpu_taskswitch`).
+pub fn set_cr0_ts(on: bool) {
+    const TS: u64 = 1 << 3;
+    let cr0 = read_cr0();
+    let new = if on { cr0 | TS } else { cr0 & !TS };
+    if new != cr0 {
+        // SAFETY: only the TS bit changes; the hypervisor never executes x87/SSE
+        // instructions itself (it is built without SSE), so TS cannot fault in ring 0 except
+        // in fxsave/fxrstor, which the switch path runs with TS clear.
+        unsafe { asm!("mov cr0, {}", in(reg) new, options(nostack, preserves_flags)) }
     }
 }
 

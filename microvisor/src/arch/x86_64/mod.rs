@@ -3,6 +3,12 @@
 //! core logic in the library crate reaches the hardware only through the interfaces exported
 //! here.
 
+pub mod apic;
 pub mod boot;
+pub mod bootmem;
 pub mod cpu;
+pub mod entry;
+pub mod gdt;
+pub mod idt;
+pub mod paging;
 pub mod serial;

@@ -1,0 +1,288 @@
+//! Entry and exit paths between guests (ring 3) and the hypervisor (ring 0).
+//!
+//! * **Live frame.** The running vCPU's registers are saved in one static [`GuestFrame`],
+//!   `LIVE_FRAME`. TSS.RSP0 points at its end, so an interrupt or exception from ring 3 has
+//!   the CPU push its iret frame straight into it; the stub adds the error code, the vector
+//!   and the general registers, completing the frame in place. The core logic switches vCPUs
+//!   by copying frames in and out of it, and every slow exit pops it and `iretq`s.
+//! * **Hypercall fast path.** `syscall` from guest kernel mode (other than `iret`) saves only
+//!   what the Rust call would clobber and the guest must keep (`%rcx`, `%r11`, `%r9`), calls
+//!   the dispatcher with the arguments in registers and returns with `sysretq`. Only when the
+//!   dispatcher asks for the exit path (reschedule, event, continuation) is a full frame built.
+//!   The RIP `sysretq` returns to is the one the CPU saved, so it is always canonical.
+//! * **Full-frame syscalls.** `iret` and `syscall` from guest user mode need every register,
+//!   so they build the frame before anything is clobbered.
+//! * The hypervisor runs on one stack, reset on every entry from a guest, with interrupts
+//!   disabled (all IDT gates are interrupt gates and SFMASK clears IF), so it never nests.
+//!   Only the idle loop enables interrupts, and an interrupt there is handled on its stack.
+
+use super::gdt;
+use crate::arch::x86_64::cpu;
+use core::arch::global_asm;
+use core::cell::UnsafeCell;
+use core::mem::offset_of;
+use hypercall_abi::hypercall::nr;
+use hypercall_abi::xen::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+use microvisor::vcpu::{GuestFrame, VECTOR_SYSCALL};
+
+/// The running vCPU's registers (see the module documentation).
+#[repr(C, align(16))]
+pub struct LiveFrame(pub UnsafeCell<GuestFrame>);
+
+// SAFETY: only the hypervisor (one CPU, interrupts disabled, never nested) and the CPU's own
+// interrupt delivery touch it.
+unsafe impl Sync for LiveFrame {}
+
+#[no_mangle]
+static LIVE_FRAME: LiveFrame = LiveFrame(UnsafeCell::new(GuestFrame {
+    r15: 0,
+    r14: 0,
+    r13: 0,
+    r12: 0,
+    rbp: 0,
+    rbx: 0,
+    r11: 0,
+    r10: 0,
+    r9: 0,
+    r8: 0,
+    rax: 0,
+    rcx: 0,
+    rdx: 0,
+    rsi: 0,
+    rdi: 0,
+    vector: 0,
+    error_code: 0,
+    rip: 0,
+    cs: 0,
+    rflags: 0,
+    rsp: 0,
+    ss: 0,
+}));
+
+/// Guest `%rsp` at `syscall` (the instruction does not switch stacks).
+#[no_mangle]
+static mut GUEST_RSP_SCRATCH: u64 = 0;
+
+/// 1 while the running vCPU is in guest kernel mode: `syscall` is then a hypercall.
+#[no_mangle]
+pub static mut GUEST_KERNEL_MODE: u8 = 0;
+
+const FRAME_SIZE: usize = core::mem::size_of::<GuestFrame>();
+const _: () = assert!(FRAME_SIZE % 16 == 0);
+
+/// The live frame.
+///
+/// # Safety
+/// Callers must be hypervisor code running with interrupts disabled and must not keep the
+/// reference across a return to a guest (the CPU writes the frame on the next entry).
+pub unsafe fn live_frame() -> &'static mut GuestFrame {
+    // SAFETY: the caller guarantees exclusive access (see above).
+    unsafe { &mut *LIVE_FRAME.0.get() }
+}
+
+/// Address of the end of the live frame, for TSS.RSP0.
+pub fn live_frame_end() -> u64 {
+    LIVE_FRAME.0.get() as u64 + FRAME_SIZE as u64
+}
+
+/// Sets whether `syscall` is a hypercall (guest kernel mode) for the fast path.
+pub fn set_guest_kernel_mode(kernel: bool) {
+    // SAFETY: single CPU, interrupts disabled; the entry stub reads it only on later entries.
+    unsafe { GUEST_KERNEL_MODE = u8::from(kernel) };
+}
+
+/// Return value of the fast hypercall dispatcher (in `%rax:%rdx`).
+#[repr(C)]
+pub struct FastRet {
+    pub rax: u64,
+    /// Nonzero: build the frame and run the exit path.
+    pub slow: u64,
+}
+
+extern "C" {
+    static boot_stack_top: u8;
+    /// First of 256 16-byte interrupt stubs.
+    pub static vector_stubs: u8;
+    fn exit_to_guest() -> !;
+}
+
+global_asm!(
+    r#"
+    .macro PUSH_GPRS
+        push %rdi
+        push %rsi
+        push %rdx
+        push %rcx
+        push %rax
+        push %r8
+        push %r9
+        push %r10
+        push %r11
+        push %rbx
+        push %rbp
+        push %r12
+        push %r13
+        push %r14
+        push %r15
+    .endm
+    .macro POP_GPRS
+        pop %r15
+        pop %r14
+        pop %r13
+        pop %r12
+        pop %rbp
+        pop %rbx
+        pop %r11
+        pop %r10
+        pop %r9
+        pop %r8
+        pop %rax
+        pop %rcx
+        pop %rdx
+        pop %rsi
+        pop %rdi
+    .endm
+
+    .section .text.entry, "ax"
+
+    /* ---- syscall: hypercalls and guest-user system calls ---- */
+    .balign 16
+    .globl syscall_entry
+syscall_entry:
+    mov %rsp, GUEST_RSP_SCRATCH(%rip)
+    lea boot_stack_top(%rip), %rsp
+    cmpb $0, GUEST_KERNEL_MODE(%rip)
+    je syscall_full
+    cmp ${iret}, %eax
+    je syscall_full
+    /* Fast path: keep what the call clobbers and the guest keeps (rcx/r11 hold the
+       return rip/rflags for sysret, r9 is not an argument register). Four pushes keep
+       the stack 16-byte aligned at the call. */
+    push %rcx
+    push %r11
+    push %r9
+    push %rax
+    mov %r10, %rcx
+    mov %rax, %r9
+    call {hc_fast}
+    test %rdx, %rdx
+    jnz 1f
+    add $8, %rsp
+    pop %r9
+    pop %r11
+    pop %rcx
+    mov GUEST_RSP_SCRATCH(%rip), %rsp
+    sysretq
+1:  /* The dispatcher wants the exit path: build the frame (rax = its result). */
+    add $8, %rsp
+    pop %r9
+    pop %r11
+    pop %rcx
+    lea LIVE_FRAME+{frame_size}(%rip), %rsp
+    pushq ${ss}
+    pushq GUEST_RSP_SCRATCH(%rip)
+    push %r11
+    pushq ${cs}
+    push %rcx
+    pushq $0
+    pushq ${vsyscall}
+    PUSH_GPRS
+    lea boot_stack_top(%rip), %rsp
+    call {hc_exit}
+    jmp exit_to_guest
+
+syscall_full:
+    lea LIVE_FRAME+{frame_size}(%rip), %rsp
+    pushq ${ss}
+    pushq GUEST_RSP_SCRATCH(%rip)
+    push %r11
+    pushq ${cs}
+    push %rcx
+    pushq $0
+    pushq ${vsyscall}
+    PUSH_GPRS
+    lea boot_stack_top(%rip), %rsp
+    call {syscall_slow}
+    jmp exit_to_guest
+
+    /* ---- exceptions and interrupts ---- */
+    .balign 16
+    .globl vector_stubs
+vector_stubs:
+    .set vec, 0
+    .rept 256
+        .balign 16
+        .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+            pushq $vec
+        .else
+            pushq $0
+            pushq $vec
+        .endif
+        jmp common_entry
+        .set vec, vec + 1
+    .endr
+
+common_entry:
+    PUSH_GPRS
+    mov %rsp, %rdi
+    testb $3, {off_cs}(%rsp)
+    jz 2f
+    lea boot_stack_top(%rip), %rsp
+    call {trap_guest}
+    jmp exit_to_guest
+2:  /* From ring 0: the idle loop's interrupt, or a hypervisor fault (which does not return). */
+    call {trap_hv}
+    POP_GPRS
+    add $16, %rsp
+    iretq
+
+    /* ---- back to the guest in the live frame ---- */
+    .balign 16
+    .globl exit_to_guest
+exit_to_guest:
+    lea LIVE_FRAME(%rip), %rsp
+    POP_GPRS
+    add $16, %rsp
+    iretq
+"#,
+    iret = const nr::IRET,
+    frame_size = const FRAME_SIZE,
+    ss = const FLAT_RING3_SS64 as u64,
+    cs = const FLAT_RING3_CS64 as u64,
+    vsyscall = const VECTOR_SYSCALL,
+    off_cs = const offset_of!(GuestFrame, cs),
+    hc_fast = sym crate::machine::hypercall_fast,
+    hc_exit = sym crate::machine::hypercall_exit,
+    syscall_slow = sym crate::machine::syscall_slow,
+    trap_guest = sym crate::machine::trap_from_guest,
+    trap_hv = sym crate::machine::trap_in_hypervisor,
+    options(att_syntax)
+);
+
+/// Installs the syscall entry and the interrupt stubs.
+pub fn init() {
+    extern "C" {
+        fn syscall_entry();
+    }
+    gdt::init(live_frame_end());
+    // SAFETY: taking the address of the linker-visible stub table.
+    super::idt::init(unsafe { &vector_stubs as *const u8 as u64 });
+    cpu::wrmsr(cpu::msr::LSTAR, syscall_entry as usize as u64);
+    cpu::wrmsr(cpu::msr::CSTAR, 0);
+    // SFMASK: clear IF (the hypervisor runs with interrupts off), DF, TF, AC and NT on entry.
+    cpu::wrmsr(cpu::msr::SFMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18) | (1 << 14));
+    let _ = boot_stack_top_addr();
+}
+
+/// Top of the hypervisor stack.
+pub fn boot_stack_top_addr() -> u64 {
+    // SAFETY: taking the address of a linker symbol.
+    unsafe { &boot_stack_top as *const u8 as u64 }
+}
+
+/// Leaves the hypervisor for the guest in the live frame.
+pub fn enter_guest() -> ! {
+    // SAFETY: called at the end of boot on the hypervisor stack once the core has put a vCPU's
+    // registers in the live frame; `exit_to_guest` never returns.
+    unsafe { exit_to_guest() }
+}

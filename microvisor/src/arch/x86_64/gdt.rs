@@ -1,0 +1,118 @@
+//! The GDT and TSS.
+//!
+//! Guests see Xen's selector layout: their own descriptors below entry 7168, and in the
+//! reserved area the flat selectors of `arch-x86/xen-x86_64.h` (`0xe023`, `0xe02b`,
+//! `0xe033`) next to the hypervisor's own ring-0 code and data. The TSS points ring-3 entries
+//! at the live guest frame (see `entry.rs`) and gives NMI, #DF and #MC their own stacks.
+
+use super::cpu;
+use core::arch::asm;
+use core::cell::UnsafeCell;
+use hypercall_abi::xen::{FIRST_RESERVED_GDT_BYTE, FIRST_RESERVED_GDT_ENTRY};
+
+/// Hypervisor code selector.
+pub const HV_CS: u16 = 0xe008;
+/// Hypervisor data/stack selector.
+pub const HV_DS: u16 = 0xe010;
+/// TSS selector.
+pub const TSS_SEL: u16 = 0xe040;
+
+/// STAR: `syscall` loads CS = 0xe008 / SS = 0xe010; `sysretq` loads CS = 0xe023 + 16 =
+/// 0xe033 and SS = 0xe023 + 8 = 0xe02b, exactly Xen's flat ring-3 selectors.
+pub const STAR: u64 = (0xe023u64 << 48) | ((HV_CS as u64) << 32);
+
+const GDT_ENTRIES: usize = FIRST_RESERVED_GDT_ENTRY + 10;
+
+/// The 64-bit TSS.
+#[repr(C, packed(4))]
+pub struct Tss {
+    _r0: u32,
+    pub rsp: [u64; 3],
+    _r1: u64,
+    pub ist: [u64; 7],
+    _r2: u64,
+    _r3: u16,
+    pub iomap_base: u16,
+}
+
+/// IST stack numbers (1-based as in IDT entries).
+pub const IST_NMI: u8 = 1;
+pub const IST_DF: u8 = 2;
+pub const IST_MC: u8 = 3;
+const IST_STACK_SIZE: usize = 16 * 1024;
+
+#[repr(C, align(4096))]
+struct Tables {
+    gdt: [u64; GDT_ENTRIES],
+    tss: Tss,
+    ist_stacks: [[u8; IST_STACK_SIZE]; 3],
+}
+
+struct TablesCell(UnsafeCell<Tables>);
+// SAFETY: the tables are written only during boot (single CPU, before any guest runs) and by
+// `set_rsp0` from the hypervisor, which runs with interrupts disabled on one CPU; the CPU
+// itself reads them.
+unsafe impl Sync for TablesCell {}
+
+static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
+    gdt: [0; GDT_ENTRIES],
+    tss: Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap_base: 0 },
+    ist_stacks: [[0; IST_STACK_SIZE]; 3],
+}));
+
+const fn seg(access: u64, flags: u64) -> u64 {
+    0xffff | (access << 40) | (0xf << 48) | (flags << 52)
+}
+
+/// Fills and loads the GDT and TSS; `rsp0` is where ring-3 interrupts push their frame.
+pub fn init(rsp0: u64) {
+    // SAFETY: boot time, single CPU, nothing else references the tables yet.
+    let t = unsafe { &mut *TABLES.0.get() };
+    let r = FIRST_RESERVED_GDT_ENTRY;
+    t.gdt[r + 1] = seg(0x9a, 0xa); // 0xe008: ring-0 64-bit code (L, G)
+    t.gdt[r + 2] = seg(0x92, 0xc); // 0xe010: ring-0 data
+    t.gdt[r + 4] = seg(0xfa, 0xc); // 0xe023: ring-3 32-bit code
+    t.gdt[r + 5] = seg(0xf2, 0xc); // 0xe02b: ring-3 data / 64-bit stack
+    t.gdt[r + 6] = seg(0xfa, 0xa); // 0xe033: ring-3 64-bit code
+    let tss_addr = &t.tss as *const Tss as u64;
+    let limit = (core::mem::size_of::<Tss>() - 1) as u64;
+    t.gdt[r + 8] =
+        (limit & 0xffff) | ((tss_addr & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_addr >> 24) & 0xff) << 56);
+    t.gdt[r + 9] = tss_addr >> 32;
+    t.tss.rsp[0] = rsp0;
+    for (i, stack) in t.ist_stacks.iter().enumerate() {
+        t.tss.ist[i] = stack.as_ptr() as u64 + IST_STACK_SIZE as u64;
+    }
+    // No I/O bitmap: every port access from ring 3 faults.
+    t.tss.iomap_base = core::mem::size_of::<Tss>() as u16;
+
+    #[repr(C, packed)]
+    struct Pointer {
+        limit: u16,
+        base: u64,
+    }
+    let ptr = Pointer { limit: (GDT_ENTRIES * 8 - 1) as u16, base: t.gdt.as_ptr() as u64 };
+    const _: () = assert!(FIRST_RESERVED_GDT_BYTE + 0x40 == TSS_SEL as usize);
+    // SAFETY: the GDT is valid and static; reloading CS/SS/DS with its ring-0 selectors keeps
+    // executing the same code; the TSS descriptor is valid and not busy.
+    unsafe {
+        asm!(
+            "lgdt [{p}]",
+            "push {cs}",
+            "lea {tmp}, [rip + 2f]",
+            "push {tmp}",
+            "retfq",
+            "2:",
+            "mov ss, {ds:x}",
+            "mov ds, {ds:x}",
+            "mov es, {ds:x}",
+            "ltr {tss:x}",
+            p = in(reg) &ptr,
+            cs = in(reg) u64::from(HV_CS),
+            ds = in(reg) u64::from(HV_DS),
+            tss = in(reg) u64::from(TSS_SEL),
+            tmp = out(reg) _,
+        );
+    }
+    cpu::wrmsr(cpu::msr::STAR, STAR);
+}

@@ -1,0 +1,334 @@
+//! The kernel's glue between the architecture layer and the core: the one `Hypervisor`
+//! instance, the `Platform` it runs on, the Rust ends of the entry paths, the idle loop, the
+//! hardware synchronisation on the way back to a guest, and the fatal-fault report.
+
+use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
+use core::cell::UnsafeCell;
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use hypercall_abi::{DomId, Mfn};
+use microvisor::hv::{exit_code, Hypervisor, Resume};
+use microvisor::mm::{FrameAllocator, MachineMemory};
+use microvisor::platform::Platform;
+use microvisor::traps::{self, ExceptionOutcome};
+use microvisor::vcpu::GuestFrame;
+
+/// The machine as the core sees it.
+pub struct Machine {
+    pub mem: DirectMap,
+}
+
+impl Platform for Machine {
+    type Mem = DirectMap;
+    fn mem(&self) -> &DirectMap {
+        &self.mem
+    }
+    fn tsc(&self) -> u64 {
+        cpu::rdtsc()
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        serial::write_bytes(bytes);
+    }
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpu::cpuid(leaf, subleaf)
+    }
+    fn console_read(&mut self) -> Option<u8> {
+        serial::try_read()
+    }
+    fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
+        cpu::fxsave(area);
+    }
+    fn fpu_restore(&mut self, area: &microvisor::vcpu::FpuArea) {
+        cpu::fxrstor(area);
+    }
+}
+
+/// Free frames after boot, until the frame table takes over allocation.
+pub struct FreeFrames {
+    pub free: alloc::vec::Vec<Mfn>,
+    pub mem: DirectMap,
+}
+
+impl FrameAllocator for FreeFrames {
+    fn alloc_frame(&mut self, _owner: DomId) -> Option<Mfn> {
+        let m = self.free.pop()?;
+        self.mem.zero_frame(m);
+        Some(m)
+    }
+    fn free_frames(&self) -> u64 {
+        self.free.len() as u64
+    }
+}
+
+pub type Hv = Hypervisor<Machine, FreeFrames>;
+
+struct HvCell(UnsafeCell<Option<Hv>>);
+// SAFETY: one CPU; the hypervisor runs with interrupts disabled and never nests (see
+// entry.rs), and the only ring-0 interrupt handler (`trap_in_hypervisor`) does not touch it.
+unsafe impl Sync for HvCell {}
+
+static HV: HvCell = HvCell(UnsafeCell::new(None));
+static IN_HV: AtomicBool = AtomicBool::new(false);
+/// `domid << 16 | vcpu` of the running vCPU, for fault reports (0xffff_ffff: none).
+static RUNNING: AtomicU32 = AtomicU32::new(u32::MAX);
+/// Set by the timer interrupt while idle.
+static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
+
+/// Installs the hypervisor instance at the end of boot.
+pub fn install(hv: Hv) {
+    // SAFETY: boot time, before any entry path can run.
+    unsafe { *HV.0.get() = Some(hv) };
+}
+
+/// Runs `f` with the hypervisor. Entry paths call this exactly once per entry.
+fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
+    assert!(!IN_HV.swap(true, Ordering::Acquire), "hypervisor re-entered");
+    // SAFETY: the flag above proves no other reference exists (single CPU, no nesting).
+    let hv = unsafe { (*HV.0.get()).as_mut().expect("hypervisor installed before guests run") };
+    let r = f(hv);
+    IN_HV.store(false, Ordering::Release);
+    r
+}
+
+/// Fast hypercall (see entry.rs): arguments in registers, result in `%rax`.
+pub extern "C" fn hypercall_fast(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
+    with_hv(|hv| {
+        let (rax, slow) = hv.hypercall_fast(nr, [a1, a2, a3, a4, a5]);
+        entry::FastRet { rax, slow: u64::from(slow) }
+    })
+}
+
+/// A fast hypercall that needs the exit path; its frame is in the live frame.
+pub extern "C" fn hypercall_exit() {
+    with_hv(exit_path);
+}
+
+/// `syscall` with the whole frame saved (guest user mode, or `iret`).
+pub extern "C" fn syscall_slow() {
+    with_hv(|hv| {
+        // SAFETY: in the hypervisor with interrupts off; the reference ends before the return.
+        let frame = unsafe { entry::live_frame() };
+        hv.syscall_with_frame(frame);
+        exit_path(hv);
+    });
+}
+
+/// An exception or interrupt from a guest; `frame` is the live frame (or an IST stack).
+pub extern "C" fn trap_from_guest(frame: *mut GuestFrame) {
+    // SAFETY: the stub passes the frame it just built on the stack it runs on.
+    let f = unsafe { &mut *frame };
+    let vector = f.vector as u8;
+    if matches!(vector, 2 | 8 | 18) {
+        fatal(f, "machine exception while a guest ran");
+    }
+    with_hv(|hv| {
+        match vector {
+            apic::TIMER_VECTOR => {
+                apic::eoi();
+                hv.timer_tick();
+            }
+            apic::SPURIOUS_VECTOR => {}
+            0..=31 => {
+                let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
+                if let ExceptionOutcome::Crash(why) = traps::guest_exception(hv, f, vector, cr2) {
+                    let id = hv.current().domid;
+                    hv.crash_domain(id, format_args!("{why}"));
+                }
+            }
+            v => {
+                apic::eoi();
+                hv.log(format_args!("unexpected interrupt vector {v:#x}"));
+            }
+        }
+        exit_path(hv);
+    });
+}
+
+/// An interrupt or exception in ring 0: the timer while idle, or a hypervisor bug.
+pub extern "C" fn trap_in_hypervisor(frame: *mut GuestFrame) {
+    // SAFETY: the stub passes the frame it just pushed on the current stack.
+    let f = unsafe { &mut *frame };
+    match f.vector as u8 {
+        apic::TIMER_VECTOR => {
+            apic::eoi();
+            TIMER_FIRED.store(true, Ordering::Release);
+        }
+        apic::SPURIOUS_VECTOR => {}
+        _ => fatal(f, "fault in the hypervisor"),
+    }
+}
+
+/// Decides what runs next and returns once the live frame holds a guest to return to.
+fn exit_path(hv: &mut Hv) {
+    // SAFETY: in the hypervisor with interrupts off; the reference ends when we return.
+    let frame = unsafe { entry::live_frame() };
+    loop {
+        match hv.resume(frame) {
+            Resume::Guest => {
+                sync_hardware(hv);
+                return;
+            }
+            Resume::Idle => idle(hv),
+            Resume::Halt(code) => {
+                serial::write_bytes(b"");
+                cpu::qemu_exit(code);
+            }
+        }
+    }
+}
+
+/// Waits for the next timer interrupt with nothing to run.
+fn idle(hv: &mut Hv) {
+    RUNNING.store(u32::MAX, Ordering::Relaxed);
+    match hv.next_deadline_ns() {
+        Some(t) => {
+            let now = hv.now_ns();
+            if t <= now {
+                hv.timer_tick();
+                return;
+            }
+            apic::arm_after_tsc_ticks(hv.time.scale.ns_to_ticks(t - now));
+        }
+        None => {
+            hv.log(format_args!("no domain can run and no timer is pending: stopping"));
+            cpu::qemu_exit(exit_code::HYPERVISOR_FAULT);
+        }
+    }
+    TIMER_FIRED.store(false, Ordering::Relaxed);
+    while !TIMER_FIRED.load(Ordering::Acquire) {
+        // SAFETY: `sti; hlt` atomically enables interrupts and waits (no lost wake-up);
+        // the ring-0 interrupt path only sets TIMER_FIRED and returns here; interrupts are
+        // disabled again before any other hypervisor code runs.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    hv.timer_tick();
+}
+
+/// What the CPU was last set to, so the exit path only writes what changed.
+struct Loaded {
+    vcpu: Option<microvisor::sched::VcpuRef>,
+    cr3: u64,
+    fs_base: u64,
+    gs_base: u64,
+    fpu_ts: bool,
+    timer_deadline: Option<u64>,
+}
+
+static mut LOADED: Loaded =
+    Loaded { vcpu: None, cr3: 0, fs_base: 0, gs_base: 0, fpu_ts: false, timer_deadline: None };
+
+/// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
+/// fast path's mode flag, and the next timer deadline.
+fn sync_hardware(hv: &mut Hv) {
+    // SAFETY: only touched here, with interrupts off, on the one CPU.
+    let l = unsafe { &mut *core::ptr::addr_of_mut!(LOADED) };
+    let hw = hv.hw_state();
+    if hv.fpu_loaded != hv.running {
+        // fxsave/fxrstor must not fault on the guest's virtual TS.
+        cpu::set_cr0_ts(false);
+        l.fpu_ts = false;
+        hv.fpu_load_running();
+    }
+    if l.vcpu != Some(hw.vcpu) {
+        if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
+            // Guests may have global mappings of their own; none may leak to another domain.
+            cpu::flush_tlb_global();
+        }
+        l.vcpu = Some(hw.vcpu);
+        RUNNING.store(u32::from(hw.vcpu.domid.0) << 16 | hw.vcpu.vcpu, Ordering::Relaxed);
+    }
+    if l.cr3 != hw.cr3 {
+        // SAFETY: every guest L4 carries the hypervisor's slots (the builder and the
+        // page-table validator install them), so the hypervisor stays mapped.
+        unsafe { cpu::write_cr3(hw.cr3) };
+        l.cr3 = hw.cr3;
+        hv.flush = microvisor::hv::Flush::None;
+    }
+    match core::mem::take(&mut hv.flush) {
+        microvisor::hv::Flush::None => {}
+        microvisor::hv::Flush::All => cpu::flush_tlb_local(),
+        microvisor::hv::Flush::Page(va) => cpu::invlpg(va),
+    }
+    if l.fs_base != hw.fs_base {
+        cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
+        l.fs_base = hw.fs_base;
+    }
+    if l.gs_base != hw.gs_base {
+        cpu::wrmsr(cpu::msr::GS_BASE, hw.gs_base);
+        l.gs_base = hw.gs_base;
+    }
+    if l.fpu_ts != hw.fpu_ts {
+        cpu::set_cr0_ts(hw.fpu_ts);
+        l.fpu_ts = hw.fpu_ts;
+    }
+    entry::set_guest_kernel_mode(hw.kernel_mode);
+    hv.hw_dirty = false;
+    let deadline = hv.next_deadline_ns();
+    if deadline != l.timer_deadline {
+        match deadline {
+            Some(t) => apic::arm_after_tsc_ticks(hv.time.scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),
+            None => apic::disarm(),
+        }
+        l.timer_deadline = deadline;
+    }
+}
+
+/// Prints a readable report of a fault the hypervisor cannot survive and stops QEMU.
+pub fn fatal(f: &GuestFrame, what: &str) -> ! {
+    let mut w = SerialWriter;
+    let running = RUNNING.load(Ordering::Relaxed);
+    let _ = writeln!(w, "(XEN) ****************************************");
+    let _ = writeln!(w, "(XEN) FATAL: {what}");
+    let _ = writeln!(
+        w,
+        "(XEN) vector {:#x} ({}) error code {:#x}",
+        f.vector,
+        traps::vector::name(f.vector as u8),
+        f.error_code
+    );
+    let _ = writeln!(w, "(XEN) rip {:#018x} cs {:#x} rflags {:#x}", f.rip, f.cs, f.rflags);
+    let _ = writeln!(
+        w,
+        "(XEN) rsp {:#018x} ss {:#x} cr2 {:#018x} cr3 {:#018x}",
+        f.rsp,
+        f.ss,
+        cpu::read_cr2(),
+        cpu::read_cr3()
+    );
+    let _ =
+        writeln!(w, "(XEN) rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    let _ =
+        writeln!(w, "(XEN) rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
+    let _ =
+        writeln!(w, "(XEN) r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
+    let _ = writeln!(w, "(XEN) r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15);
+    if running == u32::MAX {
+        let _ = writeln!(w, "(XEN) running: idle");
+    } else {
+        let _ = writeln!(w, "(XEN) running: d{}v{}", running >> 16, running & 0xffff);
+    }
+    let _ = writeln!(w, "(XEN) ****************************************");
+    cpu::qemu_exit(exit_code::HYPERVISOR_FAULT)
+}
+
+/// Unbuffered writes straight to COM1, for fatal paths that cannot rely on any state.
+pub struct SerialWriter;
+
+impl Write for SerialWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        serial::write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The running vCPU as `(domid, vcpu)`, if any (for the panic report).
+pub fn running() -> Option<(u32, u32)> {
+    let r = RUNNING.load(Ordering::Relaxed);
+    (r != u32::MAX).then_some((r >> 16, r & 0xffff))
+}
+
+/// Leaves boot: runs the scheduler for the first time and enters the chosen guest.
+pub fn start() -> ! {
+    with_hv(exit_path);
+    entry::enter_guest()
+}
