@@ -30,6 +30,7 @@ pub mod grant_table;
 pub mod hypercall;
 pub mod io;
 pub mod memory;
+pub mod microvisor;
 pub mod multiboot;
 pub mod physdev;
 pub mod sched;

@@ -108,6 +108,7 @@ fn build_one(
         mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
     }
     let d = hv.domains.get_mut(&id).expect("just added");
+    d.tot_pages = built.p2m.len() as u64;
     d.store_ring = built.store_mfn.map(|m| (m, store_port.0));
     d.console_ring = built.console_mfn.map(|m| (m, console_port.0));
     d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);

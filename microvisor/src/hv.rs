@@ -19,14 +19,7 @@ use core::fmt::{self, Write};
 use hypercall_abi::{DomId, Mfn};
 
 /// Values written to QEMU's exit device when the machine stops.
-pub mod exit_code {
-    /// dom0 powered off.
-    pub const POWEROFF: u8 = 0x10;
-    /// dom0 crashed or asked for anything but poweroff.
-    pub const DOM0_CRASH: u8 = 0x11;
-    /// The hypervisor itself failed.
-    pub const HYPERVISOR_FAULT: u8 = 0x12;
-}
+pub use hypercall_abi::microvisor::exit as exit_code;
 
 /// What the arch layer does after `resume`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

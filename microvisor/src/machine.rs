@@ -121,6 +121,15 @@ pub extern "C" fn trap_from_guest(frame: *mut GuestFrame) {
     if matches!(vector, 2 | 8 | 18) {
         fatal(f, "machine exception while a guest ran");
     }
+    if crate::arch::x86_64::floor::active() {
+        if vector != 13 {
+            fatal(f, "unexpected exception in the floor benchmark");
+        }
+        return with_hv(|hv| {
+            crate::arch::x86_64::floor::finish(hv);
+            exit_path(hv);
+        });
+    }
     with_hv(|hv| {
         match vector {
             apic::TIMER_VECTOR => {
@@ -327,8 +336,12 @@ pub fn running() -> Option<(u32, u32)> {
     (r != u32::MAX).then_some((r >> 16, r & 0xffff))
 }
 
-/// Leaves boot: runs the scheduler for the first time and enters the chosen guest.
-pub fn start() -> ! {
-    with_hv(exit_path);
+/// Leaves boot: runs the scheduler for the first time and enters the chosen guest. With
+/// `floor_iters`, the ring-3 latency floor is measured first (its end starts the guests).
+pub fn start(floor_iters: Option<u64>, hv_slots: &[u64; crate::arch::x86_64::paging::NR_HV_SLOTS]) -> ! {
+    match floor_iters {
+        Some(n) => with_hv(|hv| crate::arch::x86_64::floor::prepare(hv, n, hv_slots)),
+        None => with_hv(exit_path),
+    }
     entry::enter_guest()
 }

@@ -41,12 +41,12 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     let bi = bootmem::parse(u64::from(mb_info));
     let mut balloc = bootmem::BootAllocator::new(&bi);
     let ram: u64 = bi.ram.iter().map(|r| r.end - r.start).sum();
+    let options = bi.cmdline.split_once(' ').map_or("", |(_, rest)| rest).trim();
     let _ = writeln!(
         w,
-        "(XEN) RAM {} MiB, {} module(s), command line \"{}\"",
+        "(XEN) RAM {} MiB, {} boot module(s), options \"{options}\"",
         ram >> 20,
-        bi.modules.len(),
-        bi.cmdline
+        bi.modules.len()
     );
 
     let aspace = paging::init(&mut balloc);
@@ -82,10 +82,21 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     free.reverse();
     let frames = machine::FreeFrames { free, mem };
     let mut hv = Hypervisor::new(machine::Machine { mem }, frames, TimeBase::new(tsc_at_boot, rates.tsc_hz));
-    hv.cmdline = alloc::string::String::from(bi.cmdline.as_str());
+    // QEMU and GRUB put the image's path first; the options follow it.
+    hv.cmdline = alloc::string::String::from(options);
     boot_domains::build_all(&mut hv, &bi, &aspace);
+    let floor = floor_iterations(&hv.cmdline);
     machine::install(hv);
-    machine::start()
+    machine::start(floor, &aspace.hv_slots)
+}
+
+/// `floor=<iterations>` on the command line asks for the ring-3 latency floor.
+fn floor_iterations(cmdline: &str) -> Option<u64> {
+    cmdline
+        .split_whitespace()
+        .find_map(|o| o.strip_prefix("floor="))
+        .and_then(|n| n.parse().ok())
+        .filter(|&n| n > 0 && n <= 10_000_000)
 }
 
 fn machine_exit_fault() -> u8 {

@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 /// The QEMU binary.
 pub const QEMU: &str = "qemu-system-x86_64";
 
-/// Values the hypervisor writes to `isa-debug-exit`; QEMU exits with `(value << 1) | 1`.
-pub mod exit_value {
-    /// dom0 powered off cleanly (or a test configuration finished with success).
-    pub const POWEROFF: u8 = 0x10;
-    /// dom0 shut down with reason crash (or asked for anything but poweroff).
-    pub const DOM0_CRASH: u8 = 0x11;
-    /// The hypervisor itself stopped on a fault or panic.
-    pub const HYPERVISOR_FAULT: u8 = 0x12;
-}
+use hypercall_abi::microvisor::exit as exit_value;
 
 /// How a machine ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,7 +32,7 @@ pub enum Outcome {
 impl Outcome {
     /// Decodes QEMU's exit status.
     pub fn from_status(code: Option<i32>) -> Outcome {
-        let is = |v: u8| code == Some(i32::from(v) << 1 | 1);
+        let is = |v: u8| code == Some(exit_value::qemu_status(v));
         if is(exit_value::POWEROFF) {
             Outcome::Poweroff
         } else if is(exit_value::DOM0_CRASH) {

@@ -7,6 +7,7 @@
 //! rewinds the guest's RIP over the `syscall` so the call resumes where it stopped, letting
 //! other vCPUs run in between.
 
+mod domctl;
 mod evtchn;
 mod misc;
 mod sched;
@@ -121,6 +122,7 @@ pub fn dispatch<P: Platform, F: FrameAllocator>(
         nr::SCHED_OP => sched::sched_op(hv, a[0], a[1]).into(),
         nr::CALLBACK_OP => misc::callback_op(hv, a[0], a[1]).into(),
         nr::EVENT_CHANNEL_OP => evtchn::event_channel_op(hv, a[0], a[1]).into(),
+        nr::DOMCTL => domctl::domctl(hv, a[0]).into(),
         nr::ARCH_DEBUG => misc::debug_op(hv, a[0], a[1]).into(),
         _ => Hc::Ret(Errno::ENOSYS.to_ret()),
     }

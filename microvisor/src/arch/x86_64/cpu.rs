@@ -23,26 +23,15 @@ pub fn outl(port: u16, val: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags)) }
 }
 
-/// Reads a 32-bit value from an I/O port.
-pub fn inl(port: u16) -> u32 {
-    let v: u32;
-    // SAFETY: as for `inb`.
-    unsafe { asm!("in eax, dx", in("dx") port, out("eax") v, options(nomem, nostack, preserves_flags)) }
-    v
-}
-
 /// Model-specific registers the hypervisor programs.
 pub mod msr {
-    pub const EFER: u32 = 0xC000_0080;
     pub const STAR: u32 = 0xC000_0081;
     pub const LSTAR: u32 = 0xC000_0082;
     pub const CSTAR: u32 = 0xC000_0083;
     pub const SFMASK: u32 = 0xC000_0084;
     pub const FS_BASE: u32 = 0xC000_0100;
     pub const GS_BASE: u32 = 0xC000_0101;
-    pub const KERNEL_GS_BASE: u32 = 0xC000_0102;
     pub const APIC_BASE: u32 = 0x1B;
-    pub const TSC_DEADLINE: u32 = 0x6E0;
 }
 
 /// Reads an MSR.

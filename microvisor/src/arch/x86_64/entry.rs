@@ -100,7 +100,6 @@ pub struct FastRet {
 }
 
 extern "C" {
-    static boot_stack_top: u8;
     /// First of 256 16-byte interrupt stubs.
     pub static vector_stubs: u8;
     fn exit_to_guest() -> !;
@@ -261,23 +260,21 @@ exit_to_guest:
 
 /// Installs the syscall entry and the interrupt stubs.
 pub fn init() {
-    extern "C" {
-        fn syscall_entry();
-    }
     gdt::init(live_frame_end());
     // SAFETY: taking the address of the linker-visible stub table.
     super::idt::init(unsafe { &vector_stubs as *const u8 as u64 });
-    cpu::wrmsr(cpu::msr::LSTAR, syscall_entry as usize as u64);
+    init_syscall_entry();
+}
+
+/// Points `syscall` at the hypercall entry.
+pub fn init_syscall_entry() {
+    extern "C" {
+        fn syscall_entry();
+    }
+    cpu::wrmsr(cpu::msr::LSTAR, syscall_entry as *const () as u64);
     cpu::wrmsr(cpu::msr::CSTAR, 0);
     // SFMASK: clear IF (the hypervisor runs with interrupts off), DF, TF, AC and NT on entry.
     cpu::wrmsr(cpu::msr::SFMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18) | (1 << 14));
-    let _ = boot_stack_top_addr();
-}
-
-/// Top of the hypervisor stack.
-pub fn boot_stack_top_addr() -> u64 {
-    // SAFETY: taking the address of a linker symbol.
-    unsafe { &boot_stack_top as *const u8 as u64 }
 }
 
 /// Leaves the hypervisor for the guest in the live frame.

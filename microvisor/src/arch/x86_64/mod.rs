@@ -8,6 +8,7 @@ pub mod boot;
 pub mod bootmem;
 pub mod cpu;
 pub mod entry;
+pub mod floor;
 pub mod gdt;
 pub mod idt;
 pub mod paging;

@@ -27,14 +27,10 @@ pub const NR_HV_SLOTS: usize = LAST_HYPERVISOR_L4_SLOT - FIRST_HYPERVISOR_L4_SLO
 
 /// What paging set up.
 pub struct AddressSpace {
-    /// The hypervisor's own L4 (used while idle).
-    pub idle_l4: u64,
     /// The 16 entries every guest L4 gets in slots 256..=271.
     pub hv_slots: [u64; NR_HV_SLOTS],
     /// First frame of the (physically contiguous) M2P table.
     pub m2p_base: Mfn,
-    /// Frames of the M2P table.
-    pub m2p_frames: u64,
     /// One past the highest RAM frame.
     pub max_mfn: Mfn,
 }
@@ -175,7 +171,7 @@ pub fn init(alloc: &mut BootAllocator) -> AddressSpace {
     for i in 0..m2p_frames {
         mem.fill_frame(Mfn(m2p_pa / PAGE_SIZE as u64 + i), 0xff);
     }
-    AddressSpace { idle_l4: l4, hv_slots, m2p_base: Mfn(m2p_pa / PAGE_SIZE as u64), m2p_frames, max_mfn }
+    AddressSpace { hv_slots, m2p_base: Mfn(m2p_pa / PAGE_SIZE as u64), max_mfn }
 }
 
 /// Machine memory through the direct map. Valid once `init` has switched page tables.

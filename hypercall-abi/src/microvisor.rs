@@ -1,0 +1,80 @@
+//! microvisor's own extensions next to Xen's interface, shared by the hypervisor, the guests
+//! and the host runner so they can never disagree: the QEMU exit values that tell poweroff
+//! from crash, and the `BENCH` line format benchmarks print.
+
+/// Values the hypervisor writes to QEMU's `isa-debug-exit` device (QEMU then exits with
+/// `(value << 1) | 1`).
+pub mod exit {
+    /// dom0 powered off.
+    pub const POWEROFF: u8 = 0x10;
+    /// dom0 crashed, or shut down for any reason but poweroff.
+    pub const DOM0_CRASH: u8 = 0x11;
+    /// The hypervisor stopped on a fault or panic.
+    pub const HYPERVISOR_FAULT: u8 = 0x12;
+
+    /// QEMU's process exit status for `value`.
+    pub const fn qemu_status(value: u8) -> i32 {
+        ((value as i32) << 1) | 1
+    }
+}
+
+/// Benchmark results as kernels print them:
+/// `BENCH name=<metric> unit=<unit> n=<samples> min=<x> median=<x> p99=<x>`.
+pub mod bench {
+    use core::fmt;
+
+    /// Summary of a latency sample.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Stats {
+        pub n: u64,
+        pub min: u64,
+        pub median: u64,
+        pub p99: u64,
+    }
+
+    impl Stats {
+        /// Sorts `samples` and summarises them; `None` for an empty sample.
+        pub fn compute(samples: &mut [u32]) -> Option<Stats> {
+            if samples.is_empty() {
+                return None;
+            }
+            samples.sort_unstable();
+            let n = samples.len();
+            let at = |q_num: usize, q_den: usize| u64::from(samples[((n - 1) * q_num) / q_den]);
+            Some(Stats { n: n as u64, min: u64::from(samples[0]), median: at(1, 2), p99: at(99, 100) })
+        }
+    }
+
+    /// One printable `BENCH` line.
+    pub struct Line<'a> {
+        pub name: &'a str,
+        pub unit: &'a str,
+        pub stats: Stats,
+    }
+
+    impl fmt::Display for Line<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            let s = self.stats;
+            write!(
+                f,
+                "BENCH name={} unit={} n={} min={} median={} p99={}",
+                self.name, self.unit, s.n, s.min, s.median, s.p99
+            )
+        }
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn quantiles() {
+            let mut v: [u32; 5] = [50, 10, 40, 20, 30];
+            let s = Stats::compute(&mut v).unwrap();
+            assert_eq!(s, Stats { n: 5, min: 10, median: 30, p99: 40 });
+            let mut big: [u32; 100] = core::array::from_fn(|i| i as u32);
+            assert_eq!(Stats::compute(&mut big).unwrap().p99, 98);
+            assert!(Stats::compute(&mut []).is_none());
+        }
+    }
+}
