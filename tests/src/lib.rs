@@ -1,1 +1,71 @@
-//! Shared helpers for the QEMU boot tests in `tests/tests/`.
+//! Shared helpers for the QEMU boot tests in `tests/tests/`: build the kernels once, boot a
+//! machine with a deadline, and assert on its serial log, printing the whole log when an
+//! assertion fails so a failure explains itself.
+
+use std::time::Duration;
+pub use xtask::kernels::Kernels;
+pub use xtask::qemu::{Machine, Module, Outcome, Run};
+
+/// Deadline for one boot. A full boot takes well under a second under TCG; the margin
+/// covers a loaded CI machine.
+pub const DEADLINE: Duration = Duration::from_secs(120);
+
+/// The kernels, built once per test binary.
+pub fn kernels() -> Kernels {
+    xtask::kernels::build().unwrap_or_else(|e| panic!("building the kernels failed: {e}"))
+}
+
+/// Boots `m` and returns its run.
+pub fn boot(m: &Machine) -> Run {
+    m.run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"))
+}
+
+/// Assertions on a finished run.
+pub trait RunExt {
+    /// Panics with the log unless the run ended with `outcome`.
+    fn expect_outcome(&self, outcome: Outcome) -> &Self;
+    /// Panics with the log unless some line contains `needle`.
+    fn expect_line(&self, needle: &str) -> &Self;
+    /// Panics with the log if some line contains `needle`.
+    fn expect_no_line(&self, needle: &str) -> &Self;
+    /// Panics with the log unless the first line containing `a` comes before the first with `b`.
+    fn expect_order(&self, a: &str, b: &str) -> &Self;
+}
+
+impl RunExt for Run {
+    fn expect_outcome(&self, outcome: Outcome) -> &Self {
+        if self.outcome != outcome {
+            fail(self, &format!("expected {outcome:?}, got {:?}", self.outcome));
+        }
+        self
+    }
+    fn expect_line(&self, needle: &str) -> &Self {
+        if !self.has(needle) {
+            fail(self, &format!("no line contains {needle:?}"));
+        }
+        self
+    }
+    fn expect_no_line(&self, needle: &str) -> &Self {
+        if self.has(needle) {
+            fail(self, &format!("a line contains {needle:?}"));
+        }
+        self
+    }
+    fn expect_order(&self, a: &str, b: &str) -> &Self {
+        match (self.find(a), self.find(b)) {
+            (Some(i), Some(j)) if i < j => {}
+            _ => fail(self, &format!("expected {a:?} before {b:?}")),
+        }
+        self
+    }
+}
+
+fn fail(run: &Run, why: &str) -> ! {
+    panic!(
+        "{why}\n---- serial log ({:?}, {:.2?}) ----\n{}\n---- qemu stderr ----\n{}",
+        run.outcome,
+        run.elapsed,
+        run.text(),
+        run.stderr
+    );
+}

@@ -1,1 +1,133 @@
-//! Benchmark results: parsing the `BENCH` lines the kernels print and writing them as JSON.
+//! Benchmark results: parsing the `BENCH` lines the kernels print, the terminal table, the
+//! JSON file and the comparison with an earlier run.
+
+use serde::{Deserialize, Serialize};
+
+/// One metric of one run (the JSON schema of `target/bench/results.json`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchResult {
+    pub name: String,
+    pub unit: String,
+    pub n: u64,
+    pub min: u64,
+    pub median: u64,
+    pub p99: u64,
+    /// `wall` (TSC under TCG) or `insns` (`-icount`, instruction counts).
+    pub mode: String,
+}
+
+/// Parses every `BENCH name=... unit=... n=... min=... median=... p99=...` line in `log`
+/// (the line may carry a console prefix such as `(d1) `).
+pub fn parse(log: &[String], mode: &str) -> Vec<BenchResult> {
+    log.iter().filter_map(|l| parse_line(l, mode)).collect()
+}
+
+/// Parses one `BENCH` line.
+pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
+    let rest = &line[line.find("BENCH ")? + 6..];
+    let mut r = BenchResult {
+        name: String::new(),
+        unit: String::new(),
+        n: 0,
+        min: 0,
+        median: 0,
+        p99: 0,
+        mode: mode.to_string(),
+    };
+    let mut seen = 0u8;
+    for kv in rest.split_whitespace() {
+        let (k, v) = kv.split_once('=')?;
+        match k {
+            "name" => (r.name, seen) = (v.to_string(), seen | 1),
+            "unit" => (r.unit, seen) = (v.to_string(), seen | 2),
+            "n" => (r.n, seen) = (v.parse().ok()?, seen | 4),
+            "min" => (r.min, seen) = (v.parse().ok()?, seen | 8),
+            "median" => (r.median, seen) = (v.parse().ok()?, seen | 16),
+            "p99" => (r.p99, seen) = (v.parse().ok()?, seen | 32),
+            _ => {}
+        }
+    }
+    (seen == 63).then_some(r)
+}
+
+/// The ratio of `name`'s median to the floor's (`floor.syscall_sysret`), if both exist.
+pub fn ratio_to_floor(results: &[BenchResult], name: &str) -> Option<f64> {
+    let floor = results.iter().find(|r| r.name == "floor.syscall_sysret")?;
+    let r = results.iter().find(|r| r.name == name)?;
+    (floor.median > 0).then(|| r.median as f64 / floor.median as f64)
+}
+
+/// The results as an aligned table with each metric's ratio to the floor.
+pub fn table(results: &[BenchResult]) -> String {
+    let mut out = format!(
+        "{:<28} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
+        "metric", "unit", "n", "min", "median", "p99", "x floor"
+    );
+    for r in results {
+        let ratio = ratio_to_floor(results, &r.name).map_or_else(|| "-".to_string(), |x| format!("{x:.2}"));
+        out += &format!(
+            "{:<28} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
+            r.name, r.unit, r.n, r.min, r.median, r.p99, ratio
+        );
+    }
+    out
+}
+
+/// Per-metric change of the medians from `old` to `new`.
+pub fn compare(old: &[BenchResult], new: &[BenchResult]) -> String {
+    let mut out = format!("{:<28} {:>12} {:>12} {:>9}\n", "metric", "old median", "new median", "change");
+    for n in new {
+        match old.iter().find(|o| o.name == n.name && o.mode == n.mode) {
+            Some(o) if o.median > 0 => {
+                let pct = (n.median as f64 - o.median as f64) * 100.0 / o.median as f64;
+                out += &format!("{:<28} {:>12} {:>12} {:>+8.1}%\n", n.name, o.median, n.median, pct);
+            }
+            _ => out += &format!("{:<28} {:>12} {:>12} {:>9}\n", n.name, "-", n.median, "new"),
+        }
+    }
+    for o in old {
+        if !new.iter().any(|n| n.name == o.name && n.mode == o.mode) {
+            out += &format!("{:<28} {:>12} {:>12} {:>9}\n", o.name, o.median, "-", "gone");
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_prefixed_lines_and_rejects_partial_ones() {
+        let log = vec![
+            "(XEN) BENCH name=floor.syscall_sysret unit=tsc n=1000 min=150 median=158 p99=164".to_string(),
+            "(d1) BENCH name=hypercall.null unit=tsc n=1000 min=170 median=180 p99=200".to_string(),
+            "(d1) BENCH name=broken unit=tsc n=1000 min=1".to_string(),
+            "noise".to_string(),
+        ];
+        let r = parse(&log, "wall");
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[1].name, "hypercall.null");
+        assert_eq!((r[1].min, r[1].median, r[1].p99), (170, 180, 200));
+        let ratio = ratio_to_floor(&r, "hypercall.null").unwrap();
+        assert!((ratio - 180.0 / 158.0).abs() < 1e-9);
+        assert!(table(&r).contains("hypercall.null"));
+    }
+
+    #[test]
+    fn compare_reports_changes() {
+        let mk = |name: &str, median| BenchResult {
+            name: name.into(),
+            unit: "tsc".into(),
+            n: 1,
+            min: 1,
+            median,
+            p99: 1,
+            mode: "wall".into(),
+        };
+        let c = compare(&[mk("a", 100), mk("gone", 5)], &[mk("a", 110), mk("b", 7)]);
+        assert!(c.contains("+10.0%"));
+        assert!(c.lines().any(|l| l.starts_with("b ") && l.contains("new")));
+        assert!(c.lines().any(|l| l.starts_with("gone") && l.contains("gone")));
+    }
+}

@@ -13,8 +13,9 @@ commands:
   run [--gdb] [--kvm] [--icount] [-- <qemu args>]
                         boot microvisor + dom0 + domU in QEMU (serial console here)
   test                  run every test: host unit/property tests and QEMU boot tests
-  bench [--mode wall|insns] [--accel kvm]
-                        boot the bench configuration and print the figures
+  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
+                        boot the bench configuration, print the figures, write
+                        target/bench/results.json
 ";
 
 fn main() -> ExitCode {
@@ -23,6 +24,7 @@ fn main() -> ExitCode {
         Some("build") => kernels::build().map(|_| ExitCode::SUCCESS),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("bench") => bench(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -69,6 +71,52 @@ fn run(args: &[String]) -> Result<ExitCode> {
     Ok(ExitCode::from(outcome.exit_code() as u8))
 }
 
+fn bench(args: &[String]) -> Result<ExitCode> {
+    use xtask::bench;
+    ensure_qemu()?;
+    let k = kernels::build()?;
+    let mut mode = "wall".to_string();
+    let mut iters: u64 = 100_000;
+    let mut compare = None;
+    let mut kvm = false;
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut value = || it.next().cloned().ok_or_else(|| format!("bench: `{a}` needs a value"));
+        match a.as_str() {
+            "--mode" => mode = value()?,
+            "--iters" => iters = value()?.parse().map_err(|_| "bench: --iters needs a number".to_string())?,
+            "--compare" => compare = Some(value()?),
+            "--accel" => kvm = value()? == "kvm",
+            other => return Err(format!("bench: unknown option `{other}`")),
+        }
+    }
+    if mode != "wall" && mode != "insns" {
+        return Err(format!("bench: --mode must be wall or insns, not `{mode}`"));
+    }
+    let mut m = xtask::qemu::Machine::bench(&k, iters);
+    m.icount = mode == "insns";
+    m.kvm = kvm;
+    let run = m.run(Duration::from_secs(600))?;
+    let results = bench::parse(&run.log, &mode);
+    if run.outcome != Outcome::Poweroff || results.is_empty() {
+        eprintln!("{}", run.text());
+        return Err(format!("bench run ended with {:?} and {} results", run.outcome, results.len()));
+    }
+    print!("{}", bench::table(&results));
+    let dir = xtask::workspace_root().join("target/bench");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join("results.json");
+    let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
+    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    if let Some(old) = compare {
+        let text = std::fs::read_to_string(&old).map_err(|e| format!("{old}: {e}"))?;
+        let old: Vec<bench::BenchResult> = serde_json::from_str(&text).map_err(|e| format!("{old}: {e}"))?;
+        print!("{}", bench::compare(&old, &results));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 fn test() -> Result<ExitCode> {
     ensure_qemu()?;
     kernels::build()?;
@@ -78,6 +126,5 @@ fn test() -> Result<ExitCode> {
         .args(["test", "--workspace"])
         .status()
         .map_err(|e| format!("cannot run cargo test: {e}"))?;
-    let _ = Duration::ZERO;
     Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

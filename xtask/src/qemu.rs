@@ -108,6 +108,28 @@ impl Machine {
         }
     }
 
+    /// The benchmark machine: the latency floor measured by the hypervisor, dom0, and the
+    /// test guest running the benchmark scenarios with `iters` iterations.
+    pub fn bench(k: &Kernels, iters: u64) -> Machine {
+        let mut m = Machine::standard(k);
+        m.hv_cmdline = format!("floor={iters}");
+        m.modules = vec![
+            Module::new(&k.dom0, "name=dom0 mem=64M"),
+            Module::new(&k.testguest, &format!("name=bench mem=32M -- scenario=bench-null iters={iters}")),
+        ];
+        m
+    }
+
+    /// dom0 plus the test guest running `scenario` (with extra guest options).
+    pub fn scenario(k: &Kernels, scenario: &str) -> Machine {
+        let mut m = Machine::standard(k);
+        m.modules = vec![
+            Module::new(&k.dom0, "name=dom0 mem=64M"),
+            Module::new(&k.testguest, &format!("name=tg mem=32M -- scenario={scenario}")),
+        ];
+        m
+    }
+
     /// The QEMU command for this machine, with the serial console on stdout.
     pub fn command(&self) -> Command {
         let mut c = Command::new(QEMU);

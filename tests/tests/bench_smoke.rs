@@ -1,0 +1,20 @@
+//! The bench configuration boots and prints every expected BENCH line with sane values
+//! (positive, min ≤ median ≤ p99). Timings themselves are never pass/fail.
+
+use tests::{boot, kernels, Machine, Outcome, RunExt};
+
+#[test]
+fn bench_lines_are_printed_and_sane() {
+    let k = kernels();
+    let run = boot(&Machine::bench(&k, 2_000));
+    run.expect_outcome(Outcome::Poweroff);
+    let results = xtask::bench::parse(&run.log, "wall");
+    for name in ["floor.syscall_sysret", "hypercall.null"] {
+        let r = results
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no BENCH line for {name}:\n{}", run.text()));
+        assert!(r.n >= 1_000, "{name}: too few samples: {r:?}");
+        assert!(r.min > 0 && r.min <= r.median && r.median <= r.p99, "{name}: insane figures {r:?}");
+    }
+}

@@ -1,0 +1,16 @@
+//! A guest with a trap table gets its exceptions bounced with Xen's frame: #PF with the right
+//! `cr2` and error code, #UD at the right RIP, and the forced-emulation CPUID prefix emulated.
+
+use tests::{boot, kernels, Machine, Outcome, RunExt};
+
+#[test]
+fn page_fault_is_bounced_with_cr2() {
+    let k = kernels();
+    boot(&Machine::scenario(&k, "trap-pf")).expect_outcome(Outcome::Poweroff).expect_line("TEST trap-pf PASS");
+}
+
+#[test]
+fn invalid_opcode_is_bounced_and_forced_cpuid_emulated() {
+    let k = kernels();
+    boot(&Machine::scenario(&k, "trap-ud")).expect_outcome(Outcome::Poweroff).expect_line("TEST trap-ud PASS");
+}
