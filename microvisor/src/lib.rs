@@ -22,3 +22,8 @@ pub mod time;
 pub mod traps;
 pub mod vcpu;
 pub mod version;
+
+#[cfg(test)]
+mod hv_tests;
+#[cfg(test)]
+pub mod testkit;

@@ -827,9 +827,11 @@ impl FrameTable {
         let before = self.count_owned(d);
 
         for &b in held_bases {
+            // A base holds a general and an L4 type reference of its own (the allocation
+            // reference may already be gone: the guest can give back a frame in use).
             let ok = self.page(b).is_some_and(|p| {
                 p.owner == d.0
-                    && p.count & PGC_COUNT_MASK > 1
+                    && p.count & PGC_COUNT_MASK > 0
                     && type_of(p.type_info) == PageType::L4
                     && p.type_info & PGT_COUNT_MASK > 0
             });
@@ -865,10 +867,11 @@ impl FrameTable {
                 continue;
             }
             let mfn = Mfn(i as u64);
-            if self.frames[i].count & PGC_XEN_SHARED != 0 && self.frames[i].type_info & PGT_COUNT_MASK != 0 {
-                self.put_page_type(mem, mfn);
-            }
             if self.frames[i].count & PGC_ALLOCATED != 0 {
+                if self.frames[i].count & PGC_XEN_SHARED != 0 {
+                    // The share's permanent type reference goes with its allocation reference.
+                    self.put_page_type(mem, mfn);
+                }
                 self.frames[i].count &= !PGC_ALLOCATED;
                 self.put_page(mfn);
             }
@@ -1346,7 +1349,7 @@ mod tests {
         assert_eq!(m.update(&mut d0, s0.l1, 9, 0, SELF), Ok(()));
         assert_eq!(m.update(&mut d0, s0.l1, 10, 0, SELF), Ok(()));
         let mut ctx_guest = g.clone();
-        m.run(&mut ctx_guest, |ft, mem, ctx| mmu::destroy_baseptrs(ft, mem, ctx));
+        m.run(&mut ctx_guest, mmu::destroy_baseptrs);
         assert_eq!(m.ft.tot_pages(g.domid), 0);
         assert_eq!(m.ft.remove_domain(g.domid), Ok(()));
         m.audit(&[&d0]);
@@ -1374,6 +1377,25 @@ mod tests {
         assert_eq!(decrease(&mut m, g.domid, x), Err(Errno::EINVAL));
         assert_eq!(m.ft.tot_pages(g.domid), 8, "shared frames are not counted");
         m.audit(&[&g]);
+
+        // A writable share mapped by a privileged domain outlives the dying domain, and
+        // relinquishing twice does not take the mapping's reference away.
+        let mut d0 = m.guest(0, true, 16);
+        let s0 = m.build_space(&mut d0);
+        let w = m.ft.alloc_xen_frame(&m.mem).unwrap();
+        m.ft.share_xen_frame(w, g.domid, true).unwrap();
+        assert_eq!(m.update(&mut d0, s0.l1, 9, make(w, RWF), 1), Ok(()));
+        let bases: Vec<Mfn> = g.kernel_l4.into_iter().collect();
+        g.kernel_l4 = None;
+        assert_eq!(m.ft.relinquish(&m.mem, g.domid, &bases).still_referenced, 1);
+        assert_eq!(m.ft.relinquish(&m.mem, g.domid, &[]).still_referenced, 1);
+        assert_eq!((m.info(w).count, m.info(w).type_count), (1, 1));
+        m.audit(&[&d0]);
+        assert_eq!(m.update(&mut d0, s0.l1, 9, 0, SELF), Ok(()));
+        assert_eq!(m.ft.owner(w), Some(Owner::Xen));
+        assert_eq!(m.ft.owner(x), Some(Owner::Xen));
+        assert_eq!(m.ft.remove_domain(g.domid), Ok(()));
+        m.audit(&[&d0]);
     }
 
     fn decrease(m: &mut Machine, d: DomId, f: Mfn) -> Result<(), Errno> {

@@ -528,13 +528,25 @@ mod tests {
     fn superpages_are_refused() {
         // XSA-148.
         let (mut m, mut g, s) = one_guest();
-        assert_eq!(m.update(&mut g, s.l2, 1, make(s.data[0], RWF | PSE), SELF), Err(Errno::EINVAL));
+        // Fresh frames that would become valid L1/L2 tables without the PSE bit.
+        let f = m.alloc(&g);
+        assert_eq!(m.update(&mut g, s.l2, 1, make(f, RWF | PSE), SELF), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut g, s.l3, 1, make(f, RWF | PSE), SELF), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut g, s.l2, 1, make(f, RO | PSE), SELF), Err(Errno::EINVAL));
+        assert_eq!(m.info(f).ty, PageType::None);
+        assert_eq!(m.update(&mut g, s.l2, 1, make(f, RWF), SELF), Ok(()));
+        assert_eq!(m.info(f).ty, PageType::L1);
+        assert_eq!(m.update(&mut g, s.l2, 1, make(f, RWF | PSE), SELF), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut g, s.l2, 2, make(s.data[0], RWF | PSE), SELF), Err(Errno::EINVAL));
         assert_eq!(m.update(&mut g, s.l3, 1, make(s.data[0], RWF | PSE), SELF), Err(Errno::EINVAL));
         assert_eq!(m.update(&mut g, s.l2, 1, make(Mfn(0), RO | PSE), SELF), Err(Errno::EINVAL));
         // In a table being promoted, too.
         let t = m.alloc(&g);
-        m.mem.write_pte(t, 0, make(Mfn(0x200), RO | PSE));
+        let u = m.alloc(&g);
+        m.mem.write_pte(t, 0, make(u, RO | PSE));
         assert_eq!(m.ext(&mut g, mmuext::PIN_L2_TABLE, t.0, 0).result, Err(Errno::EINVAL));
+        assert_eq!(m.ext(&mut g, mmuext::PIN_L3_TABLE, t.0, 0).result, Err(Errno::EINVAL));
+        assert_eq!((m.info(t).ty, m.info(u).ty), (PageType::None, PageType::None));
         m.audit(&[&g]);
     }
 

@@ -1,0 +1,345 @@
+//! Host tests of hypercall semantics through the real dispatcher, on domains built by the real
+//! builder in fake memory (see `testkit`).
+
+use crate::hypercall::{dispatch, Hc};
+use crate::mm::MachineMemory;
+use crate::testkit::{console, run_as, two_domains, TestHv, SCRATCH_VA};
+use crate::vcpu::{GuestFrame, RunState};
+use hypercall_abi::event_channel::{
+    evtchnstat, op, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnClose, EvtchnSend, EvtchnStatus,
+};
+use hypercall_abi::hypercall::nr;
+use hypercall_abi::xen::{consoleio, IretContext, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS};
+use hypercall_abi::{DomId, Errno, Port};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+fn put<T: IntoBytes + Immutable>(hv: &TestHv, v: &T) -> u64 {
+    hv.guest().write_obj(SCRATCH_VA, v).unwrap();
+    SCRATCH_VA
+}
+
+fn get<T: FromBytes + IntoBytes>(hv: &TestHv) -> T {
+    hv.guest().read_obj(SCRATCH_VA).unwrap()
+}
+
+fn call(hv: &mut TestHv, n: u64, a: [u64; 5]) -> i64 {
+    match dispatch(hv, n, a, None) {
+        Hc::Ret(r) => r,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn evtchn<T: IntoBytes + Immutable + FromBytes>(hv: &mut TestHv, cmd: u32, arg: &T) -> (i64, T) {
+    let p = put(hv, arg);
+    let r = call(hv, nr::EVENT_CHANNEL_OP, [u64::from(cmd), p, 0, 0, 0]);
+    (r, get(hv))
+}
+
+fn status(hv: &mut TestHv, port: Port) -> EvtchnStatus {
+    let (r, st) = evtchn(hv, op::STATUS, &EvtchnStatus { dom: DomId::SELF, port, ..Default::default() });
+    assert_eq!(r, 0);
+    st
+}
+
+#[test]
+fn interdomain_channel_lifecycle_follows_xen() {
+    let mut hv = two_domains();
+    // domU offers a port to dom0.
+    run_as(&mut hv, DomId(1));
+    let (r, a) = evtchn(
+        &mut hv,
+        op::ALLOC_UNBOUND,
+        &EvtchnAllocUnbound { dom: DomId::SELF, remote_dom: DomId(0), port: Port(0) },
+    );
+    assert_eq!(r, 0);
+    let u_port = a.port;
+    assert_eq!(status(&mut hv, u_port).status, evtchnstat::UNBOUND);
+    // dom0 binds it.
+    run_as(&mut hv, DomId(0));
+    let (r, b) = evtchn(
+        &mut hv,
+        op::BIND_INTERDOMAIN,
+        &EvtchnBindInterdomain { remote_dom: DomId(1), remote_port: u_port, ..Default::default() },
+    );
+    assert_eq!(r, 0);
+    let d_port = b.local_port;
+    let st = status(&mut hv, d_port);
+    assert_eq!((st.status, st.interdomain()), (evtchnstat::INTERDOMAIN, (DomId(1), u_port)));
+    // Binding it a second time fails: it is no longer unbound.
+    let (r, _) = evtchn(
+        &mut hv,
+        op::BIND_INTERDOMAIN,
+        &EvtchnBindInterdomain { remote_dom: DomId(1), remote_port: u_port, ..Default::default() },
+    );
+    assert_eq!(r, Errno::EINVAL.to_ret());
+    // domU sends: dom0's port becomes pending.
+    let bm0 = hv.domains[&DomId(0)].bitmaps();
+    bm0.clear_pending(hv.mem(), d_port);
+    run_as(&mut hv, DomId(1));
+    let (r, _) = evtchn(&mut hv, op::SEND, &EvtchnSend { port: u_port });
+    assert_eq!(r, 0);
+    assert!(bm0.is_pending(hv.mem(), d_port));
+    // dom0 closes: domU's end goes back to unbound (towards dom0); sends are dropped silently.
+    run_as(&mut hv, DomId(0));
+    assert_eq!(evtchn(&mut hv, op::CLOSE, &EvtchnClose { port: d_port }).0, 0);
+    assert_eq!(evtchn(&mut hv, op::CLOSE, &EvtchnClose { port: d_port }).0, Errno::EINVAL.to_ret());
+    assert_eq!(evtchn(&mut hv, op::SEND, &EvtchnSend { port: d_port }).0, Errno::EINVAL.to_ret());
+    run_as(&mut hv, DomId(1));
+    let st = status(&mut hv, u_port);
+    assert_eq!((st.status, st.unbound_dom()), (evtchnstat::UNBOUND, DomId(0)));
+    assert_eq!(evtchn(&mut hv, op::SEND, &EvtchnSend { port: u_port }).0, 0);
+}
+
+#[test]
+fn event_channel_hostile_arguments() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    // A domU may not allocate in another domain.
+    let (r, _) = evtchn(
+        &mut hv,
+        op::ALLOC_UNBOUND,
+        &EvtchnAllocUnbound { dom: DomId(0), remote_dom: DomId(1), port: Port(0) },
+    );
+    assert_eq!(r, Errno::EPERM.to_ret());
+    // Ports out of range, port 0, never-allocated ports.
+    for p in [0, 63, 64, 4095, 4096, u32::MAX] {
+        assert_eq!(
+            evtchn(&mut hv, op::SEND, &EvtchnSend { port: Port(p) }).0,
+            Errno::EINVAL.to_ret(),
+            "port {p}"
+        );
+        assert_eq!(
+            evtchn(&mut hv, op::CLOSE, &EvtchnClose { port: Port(p) }).0,
+            Errno::EINVAL.to_ret(),
+            "port {p}"
+        );
+    }
+    // Binding to a domain that does not exist.
+    let (r, _) = evtchn(
+        &mut hv,
+        op::BIND_INTERDOMAIN,
+        &EvtchnBindInterdomain { remote_dom: DomId(77), remote_port: Port(1), ..Default::default() },
+    );
+    assert_eq!(r, Errno::ESRCH.to_ret());
+    // Binding to a port that was offered to somebody else (the domU's own pre-allocated
+    // console port is reserved for dom0).
+    let (r, _) = evtchn(
+        &mut hv,
+        op::BIND_INTERDOMAIN,
+        &EvtchnBindInterdomain { remote_dom: DomId::SELF, remote_port: Port(1), ..Default::default() },
+    );
+    assert_eq!(r, Errno::EINVAL.to_ret());
+    // Unknown command.
+    assert_eq!(call(&mut hv, nr::EVENT_CHANNEL_OP, [99, SCRATCH_VA, 0, 0, 0]), Errno::ENOSYS.to_ret());
+}
+
+#[test]
+fn bad_pointers_and_numbers_are_refused() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let bad = [
+        0u64,                  // null
+        0x0000_8000_0000_0000, // non-canonical
+        0xffff_8000_0000_0000, // M2P: hypervisor hole
+        0xffff_82d0_8020_0000, // hypervisor text
+        0x0000_1000_0000_0000, // unmapped
+    ];
+    for p in bad {
+        let r = call(&mut hv, nr::EVENT_CHANNEL_OP, [u64::from(op::SEND), p, 0, 0, 0]);
+        assert_eq!(r, Errno::EFAULT.to_ret(), "pointer {p:#x}");
+        let r = call(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, 16, p, 0, 0]);
+        assert_eq!(r, Errno::EFAULT.to_ret(), "pointer {p:#x}");
+    }
+    // A buffer that starts in the last mapped page of the bootstrap region and runs past it.
+    let mut end = hv.cur_vcpu().kernel_sp;
+    while hv.guest().translate(end, crate::guest_mem::Access::Read).is_ok() {
+        end += 4096;
+    }
+    assert_eq!(call(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, 8, end - 8, 0, 0]), 0);
+    assert_eq!(call(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, 16, end - 8, 0, 0]), Errno::EFAULT.to_ret());
+    for n in [11u64, 45, 56, 64, 200, u64::MAX] {
+        assert_eq!(call(&mut hv, n, [0; 5]), Errno::ENOSYS.to_ret(), "hypercall {n}");
+    }
+    // domctl is dom0's alone.
+    assert_eq!(call(&mut hv, nr::DOMCTL, [SCRATCH_VA, 0, 0, 0, 0]), Errno::EPERM.to_ret());
+}
+
+#[test]
+fn console_output_is_tagged_and_long_writes_continue() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let text = b"hello from the domU\n\x1b[31mred\n";
+    hv.guest().write(SCRATCH_VA, text).unwrap();
+    assert_eq!(call(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, text.len() as u64, SCRATCH_VA, 0, 0]), 0);
+    let out = console(&hv);
+    assert!(out.contains("(d1) hello from the domU\n"), "{out}");
+    assert!(out.contains("(d1) [31mred\n"), "escape filtered: {out}");
+    // More than one chunk: the call continues itself with the rest.
+    let r = dispatch(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, 5000, SCRATCH_VA, 0, 0], None);
+    assert_eq!(r, Hc::Continue([consoleio::WRITE, 5000 - 4096, SCRATCH_VA + 4096, 0, 0]));
+}
+
+#[test]
+fn block_sleeps_until_an_event_and_send_wakes() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let (_, a) = evtchn(
+        &mut hv,
+        op::ALLOC_UNBOUND,
+        &EvtchnAllocUnbound { dom: DomId::SELF, remote_dom: DomId(0), port: Port(0) },
+    );
+    run_as(&mut hv, DomId(0));
+    let (_, b) = evtchn(
+        &mut hv,
+        op::BIND_INTERDOMAIN,
+        &EvtchnBindInterdomain { remote_dom: DomId(1), remote_port: a.port, ..Default::default() },
+    );
+    run_as(&mut hv, DomId(1));
+    // Clear what the bind left pending, then block: nothing pending, so the vCPU sleeps.
+    let bm1 = hv.domains[&DomId(1)].bitmaps();
+    hv.mem().write_u8(hv.domains[&DomId(1)].shared_info.addr(), 0);
+    assert_eq!(call(&mut hv, nr::SCHED_OP, [u64::from(hypercall_abi::sched::op::BLOCK), 0, 0, 0, 0]), 0);
+    assert_eq!(hv.cur_vcpu().state, RunState::Blocked);
+    assert!(!bm1.upcall_state(hv.mem(), 0).1, "block re-enables event delivery");
+    // dom0 sends: the domU wakes.
+    run_as(&mut hv, DomId(0));
+    assert_eq!(evtchn(&mut hv, op::SEND, &EvtchnSend { port: b.local_port }).0, 0);
+    assert_eq!(hv.domains[&DomId(1)].vcpus[0].state, RunState::Runnable);
+    assert!(bm1.upcall_state(hv.mem(), 0).0);
+}
+
+#[test]
+fn event_upcall_bounce_frame_and_iret_round_trip() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let callback = crate::loader::elf::testelf::BASE + 0x100;
+    assert_eq!(call(&mut hv, nr::SET_CALLBACKS, [callback, callback + 0x10, 0, 0, 0]), 0);
+    // The interrupted context.
+    let sp = hv.cur_vcpu().kernel_sp - 0x200;
+    let mut frame = GuestFrame {
+        rip: crate::loader::elf::testelf::BASE + 0x42,
+        cs: u64::from(FLAT_KERNEL_CS),
+        ss: u64::from(FLAT_KERNEL_SS),
+        rflags: 0x202,
+        rsp: sp,
+        rcx: 0x1111,
+        r11: 0x2222,
+        rbx: 0x3333,
+        ..Default::default()
+    };
+    let bm = hv.domains[&DomId(1)].bitmaps();
+    bm.set_upcall_mask(hv.mem(), 0, false);
+    assert!(bm.set_pending(hv.mem(), 0, Port(5)));
+    crate::traps::deliver_event(&mut hv, &mut frame).unwrap();
+    // Xen's frame: RCX, R11, RIP, CS|mask<<32, RFLAGS, RSP, SS, below the red zone.
+    assert_eq!(frame.rip, callback);
+    let words: [u64; 7] = hv.guest().read_obj(frame.rsp).unwrap();
+    assert_eq!(
+        words,
+        [
+            0x1111,
+            0x2222,
+            crate::loader::elf::testelf::BASE + 0x42,
+            u64::from(FLAT_KERNEL_CS & !3),
+            0x202,
+            sp,
+            u64::from(FLAT_KERNEL_SS)
+        ]
+    );
+    assert!(frame.rsp <= sp - 128 - 56 && frame.rsp % 8 == 0);
+    assert!(bm.upcall_state(hv.mem(), 0).1, "delivery masks events");
+    // The handler pops rcx/r11, then jumps to the iret stub, which pushes rax, r11, rcx
+    // over a zero flags word.
+    let ctx = IretContext {
+        rax: 7,
+        r11: 0x2222,
+        rcx: 0x1111,
+        flags: 0,
+        rip: words[2],
+        cs: words[3],
+        rflags: words[4],
+        rsp: words[5],
+        ss: words[6],
+    };
+    frame.rsp = frame.rsp + 16 - 8 - 24;
+    hv.guest().write_obj(frame.rsp, &ctx).unwrap();
+    crate::traps::do_iret(&mut hv, &mut frame).unwrap();
+    assert_eq!(
+        (frame.rip, frame.rsp, frame.rcx, frame.r11, frame.rax, frame.rbx),
+        (ctx.rip, sp, 0x1111, 0x2222, 7, 0x3333)
+    );
+    assert_eq!(frame.cs, u64::from(FLAT_KERNEL_CS));
+    assert!(!bm.upcall_state(hv.mem(), 0).1, "iret with IF set unmasks events");
+}
+
+#[test]
+fn iret_refuses_bad_frames() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let sp = hv.cur_vcpu().kernel_sp - 0x200;
+    let good = IretContext {
+        rip: 0xffff_ffff_8000_0040,
+        cs: u64::from(FLAT_KERNEL_CS),
+        rflags: 0x202,
+        rsp: sp,
+        ss: u64::from(FLAT_KERNEL_SS),
+        ..Default::default()
+    };
+    for bad in [
+        IretContext { rip: 0x0000_8000_0000_0000, ..good },
+        IretContext { rip: 0xffff_82d0_8020_0000, ..good },
+        IretContext { cs: 0xe008, ..good },
+        IretContext { ss: 0x10, ..good },
+    ] {
+        let mut frame = GuestFrame { rsp: sp, ..Default::default() };
+        hv.guest().write_obj(sp, &bad).unwrap();
+        assert!(crate::traps::do_iret(&mut hv, &mut frame).is_err(), "{bad:?}");
+    }
+    let mut frame = GuestFrame { rsp: 0x10, ..Default::default() };
+    assert!(crate::traps::do_iret(&mut hv, &mut frame).is_err(), "unreadable frame");
+}
+
+#[test]
+fn trap_table_validation() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let table = [
+        TrapInfo {
+            vector: 14,
+            flags: 0,
+            cs: FLAT_KERNEL_CS & !3,
+            address: 0xffff_ffff_8000_0100,
+            ..Default::default()
+        },
+        TrapInfo::default(),
+    ];
+    let p = put(&hv, &table);
+    assert_eq!(call(&mut hv, nr::SET_TRAP_TABLE, [p, 0, 0, 0, 0]), 0);
+    assert_eq!(hv.cur_vcpu().traps[14].cs, FLAT_KERNEL_CS, "RPL raised to 3");
+    let bad = [
+        TrapInfo { vector: 13, address: 0xffff_82d0_8020_0000, cs: FLAT_KERNEL_CS, ..Default::default() },
+        TrapInfo::default(),
+    ];
+    let p = put(&hv, &bad);
+    assert_eq!(call(&mut hv, nr::SET_TRAP_TABLE, [p, 0, 0, 0, 0]), Errno::EINVAL.to_ret());
+    assert_eq!(hv.cur_vcpu().traps[13].address, 0, "nothing changed on error");
+}
+
+#[test]
+fn shutdown_reports_reason_and_dom0_poweroff_halts() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let s = hypercall_abi::sched::SchedShutdown { reason: 3 };
+    let p = put(&hv, &s);
+    assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
+    assert!(console(&hv).contains("Domain 1 (domU) shut down: crash"));
+    assert_eq!(hv.halt, None);
+    let bad = hypercall_abi::sched::SchedShutdown { reason: 99 };
+    run_as(&mut hv, DomId(0));
+    let p = put(&hv, &bad);
+    assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), Errno::EINVAL.to_ret());
+    let s = hypercall_abi::sched::SchedShutdown { reason: 0 };
+    let p = put(&hv, &s);
+    assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
+    assert_eq!(hv.halt, Some(hypercall_abi::microvisor::exit::POWEROFF));
+}
