@@ -17,6 +17,7 @@ pub mod nr {
     pub const SET_DEBUGREG: u64 = 8;
     pub const GET_DEBUGREG: u64 = 9;
     pub const UPDATE_DESCRIPTOR: u64 = 10;
+    pub const MEMORY_OP: u64 = 12;
     pub const MULTICALL: u64 = 13;
     pub const UPDATE_VA_MAPPING: u64 = 14;
     pub const SET_TIMER_OP: u64 = 15;

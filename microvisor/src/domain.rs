@@ -89,8 +89,6 @@ pub struct Domain {
     /// `vm_assist` bits enabled.
     pub vm_assist: u64,
     pub max_pages: u64,
-    /// Frames the domain owns now.
-    pub tot_pages: u64,
     pub console: LineBuffer,
     /// Machine frame of the console ring and its port (domUs), for the dom0 hand-over.
     pub console_ring: Option<(Mfn, u32)>,
@@ -110,7 +108,6 @@ impl Domain {
             evtchn: EventChannels::new(cfg.max_vcpus, cfg.max_evtchn_ports),
             vm_assist: 0,
             max_pages: cfg.max_pages,
-            tot_pages: 0,
             console: LineBuffer::default(),
             console_ring: None,
             store_ring: None,

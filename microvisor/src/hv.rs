@@ -9,7 +9,8 @@
 
 use crate::domain::{Domain, DomainConfig, DomainState, ShutdownReason};
 use crate::hypercall::EvtchnOps;
-use crate::mm::FrameAllocator;
+use crate::mm::frame_table::FrameTable;
+use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::sched::{Scheduler, VcpuRef};
 use crate::time::TimeBase;
@@ -77,9 +78,12 @@ pub(crate) struct PendingFrameEdit {
 }
 
 /// The whole hypervisor state.
-pub struct Hypervisor<P: Platform, F: FrameAllocator> {
+pub struct Hypervisor<P: Platform> {
     pub plat: P,
-    pub frames: F,
+    /// Every machine frame: owner, references, page type.
+    pub frames: FrameTable,
+    /// First frame of the (physically contiguous) M2P table.
+    pub m2p_base: Mfn,
     pub domains: BTreeMap<DomId, Domain>,
     pub sched: Scheduler,
     pub time: TimeBase,
@@ -103,11 +107,12 @@ pub struct Hypervisor<P: Platform, F: FrameAllocator> {
     next_domid: u16,
 }
 
-impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
-    pub fn new(plat: P, frames: F, time: TimeBase) -> Self {
+impl<P: Platform> Hypervisor<P> {
+    pub fn new(plat: P, frames: FrameTable, m2p_base: Mfn, time: TimeBase) -> Self {
         Hypervisor {
             plat,
             frames,
+            m2p_base,
             domains: BTreeMap::new(),
             sched: Scheduler::new(),
             time,
@@ -125,6 +130,11 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
 
     pub fn mem(&self) -> &P::Mem {
         self.plat.mem()
+    }
+
+    /// Writes M2P entry `mfn` := `pfn` (the table guests read at `MACH2PHYS_VIRT_START`).
+    pub fn set_m2p(&self, mfn: Mfn, pfn: u64) {
+        set_m2p(self.plat.mem(), self.m2p_base, self.frames.max_mfn(), mfn, pfn);
     }
 
     /// System time now, in ns since boot.
@@ -407,6 +417,13 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
         if self.sched.slice_expired(now) {
             self.need_resched = true;
         }
+    }
+}
+
+/// Writes M2P entry `mfn` := `pfn` in the table starting at frame `base`.
+pub fn set_m2p(mem: &impl MachineMemory, base: Mfn, max_mfn: Mfn, mfn: Mfn, pfn: u64) {
+    if mfn < max_mfn {
+        mem.write_u64(base.addr() + mfn.0 * 8, pfn);
     }
 }
 

@@ -10,6 +10,7 @@ pub mod bootcfg;
 pub mod console;
 pub mod cpuid;
 pub mod domain;
+pub mod domain_build;
 pub mod event;
 pub mod guest_mem;
 pub mod hv;

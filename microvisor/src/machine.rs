@@ -6,9 +6,7 @@ use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
 use core::cell::UnsafeCell;
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use hypercall_abi::{DomId, Mfn};
 use microvisor::hv::{exit_code, Hypervisor, Resume};
-use microvisor::mm::{FrameAllocator, MachineMemory};
 use microvisor::platform::Platform;
 use microvisor::traps::{self, ExceptionOutcome};
 use microvisor::vcpu::GuestFrame;
@@ -43,24 +41,7 @@ impl Platform for Machine {
     }
 }
 
-/// Free frames after boot, until the frame table takes over allocation.
-pub struct FreeFrames {
-    pub free: alloc::vec::Vec<Mfn>,
-    pub mem: DirectMap,
-}
-
-impl FrameAllocator for FreeFrames {
-    fn alloc_frame(&mut self, _owner: DomId) -> Option<Mfn> {
-        let m = self.free.pop()?;
-        self.mem.zero_frame(m);
-        Some(m)
-    }
-    fn free_frames(&self) -> u64 {
-        self.free.len() as u64
-    }
-}
-
-pub type Hv = Hypervisor<Machine, FreeFrames>;
+pub type Hv = Hypervisor<Machine>;
 
 struct HvCell(UnsafeCell<Option<Hv>>);
 // SAFETY: one CPU; the hypervisor runs with interrupts disabled and never nests (see
@@ -240,8 +221,8 @@ fn sync_hardware(hv: &mut Hv) {
     }
     if l.vcpu != Some(hw.vcpu) {
         if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
-            // Guests may have global mappings of their own; none may leak to another domain.
-            cpu::flush_tlb_global();
+            // Guest user mappings are global (Xen's rule); none may leak to another domain.
+            hv.flush = microvisor::hv::Flush::All;
         }
         l.vcpu = Some(hw.vcpu);
         RUNNING.store(u32::from(hw.vcpu.domid.0) << 16 | hw.vcpu.vcpu, Ordering::Relaxed);
@@ -251,11 +232,18 @@ fn sync_hardware(hv: &mut Hv) {
         // page-table validator install them), so the hypervisor stays mapped.
         unsafe { cpu::write_cr3(hw.cr3) };
         l.cr3 = hw.cr3;
-        hv.flush = microvisor::hv::Flush::None;
+        if let microvisor::hv::Flush::Page(_) = hv.flush {
+            // The CR3 load flushed all non-global entries, which covers one page.
+            hv.flush = microvisor::hv::Flush::None;
+        }
     }
     match core::mem::take(&mut hv.flush) {
         microvisor::hv::Flush::None => {}
-        microvisor::hv::Flush::All => cpu::flush_tlb_local(),
+        microvisor::hv::Flush::All => {
+            // Global entries too: guest user mappings carry G.
+            cpu::flush_tlb_global();
+            hv.frames.tlb_flushed();
+        }
         microvisor::hv::Flush::Page(va) => cpu::invlpg(va),
     }
     if l.fs_base != hw.fs_base {

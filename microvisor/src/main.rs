@@ -15,8 +15,10 @@ mod machine;
 
 use arch::x86_64::{apic, bootmem, cpu, entry, paging, serial};
 use core::fmt::Write;
+use hypercall_abi::{DomId, Mfn};
 use linked_list_allocator::LockedHeap;
 use microvisor::hv::Hypervisor;
+use microvisor::mm::frame_table::{FrameTable, XenL4Slots};
 use microvisor::time::TimeBase;
 
 #[global_allocator]
@@ -68,23 +70,36 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         rates.apic_hz / 1_000_000
     );
 
-    // Everything left (except the modules, freed once their domains are built) is free.
-    let mut free = alloc::vec::Vec::new();
+    // The frame table: free RAM is everything the boot allocator has not handed out, except
+    // the modules (released once their domains are built); the M2P is readable by guests.
+    let mut frames = FrameTable::new(aspace.max_mfn);
     for r in balloc.remaining() {
         let mut pa = r.start;
         while pa < r.end {
-            if !balloc.is_reserved(pa) {
-                free.push(hypercall_abi::Mfn(pa >> 12));
+            let run_start = pa;
+            while pa < r.end && !balloc.is_reserved(pa) {
+                pa += 4096;
             }
-            pa += 4096;
+            if pa > run_start {
+                frames.release_to_free(Mfn(run_start >> 12), Mfn(pa >> 12));
+            }
+            while pa < r.end && balloc.is_reserved(pa) {
+                pa += 4096;
+            }
         }
     }
-    free.reverse();
-    let frames = machine::FreeFrames { free, mem };
-    let mut hv = Hypervisor::new(machine::Machine { mem }, frames, TimeBase::new(tsc_at_boot, rates.tsc_hz));
-    // QEMU and GRUB put the image's path first; the options follow it.
+    for i in 0..aspace.m2p_frames {
+        frames.share_xen_frame(Mfn(aspace.m2p_base.0 + i), DomId::XEN, false).expect("M2P frames are fresh");
+    }
+    frames.set_xen_l4_slots(XenL4Slots { entries: aspace.hv_slots, self_slot: None });
+    let mut hv = Hypervisor::new(
+        machine::Machine { mem },
+        frames,
+        aspace.m2p_base,
+        TimeBase::new(tsc_at_boot, rates.tsc_hz),
+    );
     hv.cmdline = alloc::string::String::from(options);
-    boot_domains::build_all(&mut hv, &bi, &aspace);
+    boot_domains::build_all(&mut hv, &bi);
     let floor = floor_iterations(&hv.cmdline);
     machine::install(hv);
     machine::start(floor, &aspace.hv_slots)

@@ -2,18 +2,16 @@
 //! built by the real domain builder in fake memory, so hypercalls, traps and the exit path
 //! can be exercised on the host exactly as guests would call them.
 
-use crate::domain::DomainConfig;
-use crate::event::PortState;
+use crate::domain_build::DomainSpec;
 use crate::hv::Hypervisor;
-use crate::loader::builder::{build_pv_domain, BuildConfig};
-use crate::loader::elf::{parse_pv_image, testelf};
+use crate::loader::elf::testelf;
 use crate::mm::fake::FakeMemory;
-use crate::mm::{FrameAllocator, MachineMemory};
+use crate::mm::frame_table::FrameTable;
 use crate::platform::Platform;
 use crate::sched::VcpuRef;
 use crate::time::TimeBase;
 use crate::vcpu::{FpuArea, GuestFrame};
-use hypercall_abi::{DomId, Mfn, Port};
+use hypercall_abi::{DomId, Mfn};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -42,24 +40,7 @@ impl Platform for FakePlatform {
     fn fpu_restore(&mut self, _area: &FpuArea) {}
 }
 
-/// Frames handed out from the fake memory, zeroed like the real allocator does.
-pub struct FakeFrames {
-    pub mem: Rc<FakeMemory>,
-    pub free: Vec<Mfn>,
-}
-
-impl FrameAllocator for FakeFrames {
-    fn alloc_frame(&mut self, _owner: DomId) -> Option<Mfn> {
-        let m = self.free.pop()?;
-        self.mem.zero_frame(m);
-        Some(m)
-    }
-    fn free_frames(&self) -> u64 {
-        self.free.len() as u64
-    }
-}
-
-pub type TestHv = Hypervisor<FakePlatform, FakeFrames>;
+pub type TestHv = Hypervisor<FakePlatform>;
 
 /// TSC rate of the fake clock: 1 GHz, so ticks are nanoseconds.
 pub const TSC_HZ: u64 = 1_000_000_000;
@@ -67,50 +48,25 @@ pub const TSC_HZ: u64 = 1_000_000_000;
 /// A VA in the test kernel's writable data segment, free for hypercall arguments.
 pub const SCRATCH_VA: u64 = testelf::BASE + 0x3000;
 
+/// Frames of fake RAM; the first 16 are "hypervisor" frames (the M2P lives there).
+pub const FAKE_FRAMES: u64 = 4096;
+
 /// A hypervisor with dom0 and one domU (4 MiB each), both runnable; dom0 is running.
 pub fn two_domains() -> TestHv {
-    let mem = Rc::new(FakeMemory::new(4096, 16));
-    let frames = FakeFrames { mem: mem.clone(), free: (16..4096).rev().map(Mfn).collect() };
+    let mem = Rc::new(FakeMemory::new(FAKE_FRAMES, 16));
+    let mut ft = FrameTable::new(Mfn(FAKE_FRAMES));
+    ft.release_to_free(Mfn(16), Mfn(FAKE_FRAMES));
+    // The M2P: FAKE_FRAMES * 8 bytes in frames 8..16, readable by guests.
+    let m2p_base = Mfn(8);
+    for f in 8..16 {
+        ft.share_xen_frame(Mfn(f), DomId::XEN, false).unwrap();
+    }
     let plat = FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new() };
-    let mut hv = Hypervisor::new(plat, frames, TimeBase::new(0, TSC_HZ));
-    let image_bytes = testelf::TestElf::kernel().build();
-    let image = parse_pv_image(&image_bytes, 1 << 20).expect("test image parses");
-    for (id, name) in [(0u16, "dom0"), (1, "domU")] {
-        let id = DomId(id);
-        let shared_info = hv.frames.alloc_frame(id).unwrap();
-        let cfg = DomainConfig {
-            name: name.into(),
-            privileged: id == DomId::DOM0,
-            max_pages: 1024,
-            max_vcpus: 1,
-            max_evtchn_ports: 64,
-        };
-        hv.add_domain(id, &cfg, shared_info);
-        let (store, console) = if id == DomId::DOM0 {
-            (Port(0), Port(0))
-        } else {
-            let d = hv.domains.get_mut(&id).unwrap();
-            let unbound = PortState::Unbound { remote: DomId::DOM0 };
-            (d.evtchn.alloc(unbound, 0).unwrap(), d.evtchn.alloc(unbound, 0).unwrap())
-        };
-        let bc = BuildConfig {
-            domid: id,
-            nr_pages: 1024,
-            is_dom0: id == DomId::DOM0,
-            shared_info_maddr: shared_info.addr(),
-            store_evtchn: store,
-            console_evtchn: console,
-            cmdline: b"",
-            initrd: &[],
-            hypervisor_l4: [0; 16],
-        };
-        let mem = hv.plat.mem.clone();
-        let built =
-            build_pv_domain(&*mem, &mut hv.frames, &image, &image_bytes, &bc).expect("test domain builds");
-        let d = hv.domains.get_mut(&id).unwrap();
-        d.tot_pages = built.p2m.len() as u64;
-        d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);
-        hv.start_domain(id);
+    let mut hv = Hypervisor::new(plat, ft, m2p_base, TimeBase::new(0, TSC_HZ));
+    let image = testelf::TestElf::kernel().build();
+    for (name, is_dom0) in [("dom0", true), ("domU", false)] {
+        let spec = DomainSpec { name, is_dom0, mem_bytes: 4 << 20, vcpus: 1, cmdline: "" };
+        hv.create_domain(&spec, &image).expect("test domain builds");
     }
     let mut frame = GuestFrame::default();
     assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Guest);

@@ -12,7 +12,7 @@
 
 use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
-use crate::mm::{FrameAllocator, MachineMemory};
+use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::time::TimeBase;
 use crate::vcpu::{rflags, GuestFrame, RunState};
@@ -85,7 +85,7 @@ impl core::fmt::Display for BounceError {
 
 /// Switches the running vCPU between guest kernel and user mode (`toggle_guest_mode`): the
 /// page-table base and the active GS base follow the mode; the arch layer applies them.
-pub fn toggle_guest_mode<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>) {
+pub fn toggle_guest_mode<P: Platform>(hv: &mut Hypervisor<P>) {
     let v = hv.cur_vcpu_mut();
     v.kernel_mode = !v.kernel_mode;
 }
@@ -94,8 +94,8 @@ pub fn toggle_guest_mode<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, 
 ///
 /// `error_code` is pushed when `Some`. `mask_events` sets `evtchn_upcall_mask` (interrupt-gate
 /// semantics). `frame` holds the interrupted registers and is rewritten for the handler.
-pub fn bounce<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+pub fn bounce<P: Platform>(
+    hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
     handler: u64,
     error_code: Option<u64>,
@@ -154,8 +154,8 @@ pub fn bounce<P: Platform, F: FrameAllocator>(
 }
 
 /// Bounces exception `vec` to the guest's handler from its trap table.
-pub fn bounce_exception<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+pub fn bounce_exception<P: Platform>(
+    hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
     vec: u8,
     error_code: Option<u64>,
@@ -168,10 +168,7 @@ pub fn bounce_exception<P: Platform, F: FrameAllocator>(
 }
 
 /// Delivers a pending event upcall to the event callback.
-pub fn deliver_event<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    frame: &mut GuestFrame,
-) -> Result<(), BounceError> {
+pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
     let handler = hv.cur_vcpu().callbacks.event;
     if handler == 0 {
         // Nowhere to deliver: leave it pending, as Xen does for a guest without a callback.
@@ -195,10 +192,7 @@ pub fn write_pvclock(mem: &impl MachineMemory, si: Mfn, vcpu: u32, tb: &TimeBase
 
 /// The `iret` hypercall: return from a bounce frame (`struct iret_context` at the guest's
 /// stack pointer). Returns `Err` with a reason when the guest must be crashed.
-pub fn do_iret<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    frame: &mut GuestFrame,
-) -> Result<(), &'static str> {
+pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), &'static str> {
     let r = hv.current();
     let l4 = hv.cur_vcpu().current_l4();
     let ctx: IretContext =
@@ -244,10 +238,7 @@ fn check_selector(sel: u16, code: bool) -> Option<u16> {
 
 /// A `syscall` executed in guest user mode: bounce it to the guest kernel's syscall callback
 /// (`switch_to_kernel`), or raise #UD if it registered none.
-pub fn user_syscall<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    frame: &mut GuestFrame,
-) -> Result<(), BounceError> {
+pub fn user_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
     let cb = hv.cur_vcpu().callbacks;
     if cb.syscall == 0 {
         return bounce_exception(hv, frame, vector::UD, None);
@@ -283,8 +274,8 @@ impl core::fmt::Display for CrashReason {
 
 /// Handles an exception raised by a guest (in ring 3): emulate the privileged instructions PV
 /// kernels use, bounce everything else to the guest's trap table.
-pub fn guest_exception<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+pub fn guest_exception<P: Platform>(
+    hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
     vec: u8,
     cr2: u64,
@@ -345,8 +336,8 @@ pub fn guest_exception<P: Platform, F: FrameAllocator>(
 
 /// Decodes and emulates a privileged instruction that raised #GP in guest kernel mode.
 /// Returns `None` when the instruction is not one we emulate.
-fn emulate_privileged<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+fn emulate_privileged<P: Platform>(
+    hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
 ) -> Option<Result<(), BounceError>> {
     if !hv.cur_vcpu().kernel_mode || frame.error_code != 0 {
@@ -426,10 +417,7 @@ const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
 
 /// Emulates `cpuid` behind Xen's forced-emulation prefix. Returns false if the bytes at RIP
 /// are not that sequence.
-fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    frame: &mut GuestFrame,
-) -> bool {
+fn emulate_forced_cpuid<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> bool {
     let mut insn = [0u8; 7];
     let l4 = hv.cur_vcpu().current_l4();
     if GuestSpace::new(hv.mem(), l4).read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
@@ -447,9 +435,6 @@ fn emulate_forced_cpuid<P: Platform, F: FrameAllocator>(
 }
 
 /// Makes sure a blocked vCPU that has an event pending is runnable again.
-pub fn vcpu_is_blocked<P: Platform, F: FrameAllocator>(
-    hv: &Hypervisor<P, F>,
-    r: crate::sched::VcpuRef,
-) -> bool {
+pub fn vcpu_is_blocked<P: Platform>(hv: &Hypervisor<P>, r: crate::sched::VcpuRef) -> bool {
     hv.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_some_and(|v| v.state == RunState::Blocked)
 }

@@ -3,13 +3,12 @@
 
 use crate::domain::DomainState;
 use crate::hv::Hypervisor;
-use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::vcpu::RunState;
 use hypercall_abi::domctl::{cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
 use hypercall_abi::{DomId, Errno};
 
-pub fn domctl<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, arg: u64) -> Result<i64, Errno> {
+pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errno> {
     if !hv.cur_dom().privileged {
         return Err(Errno::EPERM);
     }
@@ -52,10 +51,7 @@ pub fn domctl<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, arg: u6
 }
 
 /// `xen_domctl_getdomaininfo` of domain `id`.
-pub fn getdomaininfo<P: Platform, F: FrameAllocator>(
-    hv: &Hypervisor<P, F>,
-    id: DomId,
-) -> XenDomctlGetdomaininfo {
+pub fn getdomaininfo<P: Platform>(hv: &Hypervisor<P>, id: DomId) -> XenDomctlGetdomaininfo {
     let d = &hv.domains[&id];
     let mut flags = 0;
     match d.state {
@@ -72,7 +68,7 @@ pub fn getdomaininfo<P: Platform, F: FrameAllocator>(
     let mut info = <XenDomctlGetdomaininfo as zerocopy::FromZeros>::new_zeroed();
     info.domain = id;
     info.flags = flags;
-    info.tot_pages = d.tot_pages;
+    info.tot_pages = hv.frames.tot_pages(id);
     info.max_pages = d.max_pages;
     info.shared_info_frame = d.shared_info.0;
     info.cpu_time = d.vcpus.iter().map(|v| v.cpu_time_ns).sum();

@@ -3,7 +3,6 @@
 
 use crate::event::{is_global_virq, PortState};
 use crate::hv::Hypervisor;
-use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::sched::VcpuRef;
 use crate::vcpu::RunState;
@@ -26,7 +25,7 @@ pub trait EvtchnOps {
     fn kick_vcpu(&mut self, r: VcpuRef);
 }
 
-impl<P: Platform, F: FrameAllocator> EvtchnOps for Hypervisor<P, F> {
+impl<P: Platform> EvtchnOps for Hypervisor<P> {
     fn evtchn_set_pending(&mut self, domid: DomId, port: Port) {
         let Some(d) = self.domains.get(&domid) else { return };
         let Ok(ch) = d.evtchn.get(port) else { return };
@@ -62,11 +61,7 @@ impl<P: Platform, F: FrameAllocator> EvtchnOps for Hypervisor<P, F> {
     }
 }
 
-pub fn event_channel_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    arg: u64,
-) -> Result<i64, Errno> {
+pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     let me = hv.current().domid;
     match cmd as u32 {
         op::ALLOC_UNBOUND => {
@@ -217,11 +212,7 @@ pub fn event_channel_op<P: Platform, F: FrameAllocator>(
 }
 
 /// Closes `port` of `domid`; the peer of an interdomain channel goes back to unbound.
-pub fn close_port<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    domid: DomId,
-    port: Port,
-) -> Result<(), Errno> {
+pub fn close_port<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port) -> Result<(), Errno> {
     let d = hv.domains.get_mut(&domid).ok_or(Errno::ESRCH)?;
     let ch = d.evtchn.free(port)?;
     let bm = d.bitmaps();

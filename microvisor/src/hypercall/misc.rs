@@ -3,7 +3,6 @@
 
 use super::Hc;
 use crate::hv::Hypervisor;
-use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::version;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
@@ -27,10 +26,7 @@ fn fixup_code_selector(cs: u16) -> Option<u16> {
     (cs == FLAT_KERNEL_CS || cs == FLAT_RING3_CS32).then_some(cs)
 }
 
-pub fn set_trap_table<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    table: u64,
-) -> Result<i64, Errno> {
+pub fn set_trap_table<P: Platform>(hv: &mut Hypervisor<P>, table: u64) -> Result<i64, Errno> {
     if table == 0 {
         hv.cur_vcpu_mut().traps = [TrapInfo::default(); 256];
         return Ok(0);
@@ -52,11 +48,7 @@ pub fn set_trap_table<P: Platform, F: FrameAllocator>(
     Ok(0)
 }
 
-pub fn stack_switch<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    ss: u64,
-    sp: u64,
-) -> Result<i64, Errno> {
+pub fn stack_switch<P: Platform>(hv: &mut Hypervisor<P>, ss: u64, sp: u64) -> Result<i64, Errno> {
     let ss = (ss as u16) | 3;
     if ss != FLAT_KERNEL_SS && ss != FLAT_RING3_DS32 {
         return Err(Errno::EPERM);
@@ -67,8 +59,8 @@ pub fn stack_switch<P: Platform, F: FrameAllocator>(
     Ok(0)
 }
 
-pub fn set_callbacks<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+pub fn set_callbacks<P: Platform>(
+    hv: &mut Hypervisor<P>,
     event: u64,
     failsafe: u64,
     syscall: u64,
@@ -83,11 +75,7 @@ pub fn set_callbacks<P: Platform, F: FrameAllocator>(
     Ok(0)
 }
 
-pub fn callback_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    arg: u64,
-) -> Result<i64, Errno> {
+pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     match cmd as u32 {
         cbop::REGISTER => {
             let r: CallbackRegister = hv.guest().read_obj(arg)?;
@@ -131,20 +119,13 @@ pub fn callback_op<P: Platform, F: FrameAllocator>(
     }
 }
 
-pub fn fpu_taskswitch<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    set: u64,
-) -> Result<i64, Errno> {
+pub fn fpu_taskswitch<P: Platform>(hv: &mut Hypervisor<P>, set: u64) -> Result<i64, Errno> {
     hv.cur_vcpu_mut().fpu_ts = set != 0;
     hv.hw_dirty = true;
     Ok(0)
 }
 
-pub fn set_segment_base<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    which: u64,
-    base: u64,
-) -> Result<i64, Errno> {
+pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u64) -> Result<i64, Errno> {
     hv.hw_dirty = true;
     let v = hv.cur_vcpu_mut();
     match which as u32 {
@@ -170,11 +151,7 @@ pub fn set_segment_base<P: Platform, F: FrameAllocator>(
     }
 }
 
-pub fn vm_assist<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    ty: u64,
-) -> Result<i64, Errno> {
+pub fn vm_assist<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, ty: u64) -> Result<i64, Errno> {
     // Writable page tables need trap-and-emulate of PTE writes, which microvisor does not
     // offer; guests fall back to explicit updates.
     if ty >= 64 || vmasst::VALID_MASK & (1 << ty) == 0 || ty == u64::from(vmasst::TYPE_WRITABLE_PAGETABLES) {
@@ -190,11 +167,7 @@ pub fn vm_assist<P: Platform, F: FrameAllocator>(
 }
 
 /// Copies a NUL-padded string into a fixed guest buffer of `N` bytes.
-fn put_string<P: Platform, F: FrameAllocator, const N: usize>(
-    hv: &Hypervisor<P, F>,
-    arg: u64,
-    s: &str,
-) -> Result<i64, Errno> {
+fn put_string<P: Platform, const N: usize>(hv: &Hypervisor<P>, arg: u64, s: &str) -> Result<i64, Errno> {
     let mut buf = [0u8; N];
     let n = s.len().min(N - 1);
     buf[..n].copy_from_slice(&s.as_bytes()[..n]);
@@ -202,14 +175,10 @@ fn put_string<P: Platform, F: FrameAllocator, const N: usize>(
     Ok(0)
 }
 
-pub fn xen_version<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    arg: u64,
-) -> Result<i64, Errno> {
+pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     match cmd as u32 {
         xenver::VERSION => Ok(i64::from(version::XEN_VERSION)),
-        xenver::EXTRAVERSION => put_string::<P, F, 16>(hv, arg, version::EXTRAVERSION),
+        xenver::EXTRAVERSION => put_string::<P, 16>(hv, arg, version::EXTRAVERSION),
         xenver::COMPILE_INFO => {
             let mut ci = [0u8; 64 + 16 + 32 + 32];
             let fields: [(&str, usize, usize); 4] =
@@ -221,8 +190,8 @@ pub fn xen_version<P: Platform, F: FrameAllocator>(
             hv.guest().write(arg, &ci)?;
             Ok(0)
         }
-        xenver::CAPABILITIES => put_string::<P, F, 1024>(hv, arg, version::CAPABILITIES),
-        xenver::CHANGESET => put_string::<P, F, 64>(hv, arg, "microvisor"),
+        xenver::CAPABILITIES => put_string::<P, 1024>(hv, arg, version::CAPABILITIES),
+        xenver::CHANGESET => put_string::<P, 64>(hv, arg, "microvisor"),
         xenver::PLATFORM_PARAMETERS => {
             hv.guest().write_obj(arg, &XenPlatformParameters { virt_start: HYPERVISOR_VIRT_START })?;
             Ok(0)
@@ -252,7 +221,7 @@ pub fn xen_version<P: Platform, F: FrameAllocator>(
                 return Err(Errno::EPERM);
             }
             let cmdline = hv.cmdline.clone();
-            put_string::<P, F, 1024>(hv, arg, &cmdline)
+            put_string::<P, 1024>(hv, arg, &cmdline)
         }
         xenver::BUILD_ID => Err(Errno::ENODATA),
         _ => Err(Errno::ENOSYS),
@@ -262,7 +231,7 @@ pub fn xen_version<P: Platform, F: FrameAllocator>(
 /// Bytes of console output handled per call before the call continues itself.
 const CONSOLE_CHUNK: u64 = 4096;
 
-pub fn console_io<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, a: [u64; 5]) -> Hc {
+pub fn console_io<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     let [cmd, count, buf, ..] = a;
     match cmd {
         consoleio::WRITE => {
@@ -304,13 +273,9 @@ pub fn console_io<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, a: 
     }
 }
 
-pub fn debug_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    _arg: u64,
-) -> Result<i64, Errno> {
+pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, _arg: u64) -> Result<i64, Errno> {
     match cmd {
-        debug::FREE_FRAMES => Ok(hv.frames.free_frames() as i64),
+        debug::FREE_FRAMES => Ok(hv.frames.nr_free() as i64),
         _ => Err(Errno::ENOSYS),
     }
 }

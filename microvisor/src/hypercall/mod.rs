@@ -9,14 +9,15 @@
 
 mod domctl;
 mod evtchn;
+mod memory;
 mod misc;
+mod mm;
 mod sched;
 
-pub use evtchn::EvtchnOps;
+pub use evtchn::{close_port, EvtchnOps};
 
 use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
-use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::traps;
 use crate::vcpu::GuestFrame;
@@ -40,7 +41,7 @@ impl From<Result<i64, Errno>> for Hc {
     }
 }
 
-impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
+impl<P: Platform> Hypervisor<P> {
     /// The running vCPU's address space, for copying arguments.
     pub fn guest(&self) -> GuestSpace<'_, P::Mem> {
         GuestSpace::new(self.mem(), self.cur_vcpu().current_l4())
@@ -50,7 +51,9 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
     /// value for `%rax` and whether the slow exit path must run (a reschedule, an event to
     /// deliver, a continuation, or a stopped domain).
     pub fn hypercall_fast(&mut self, nr: u64, args: [u64; 5]) -> (u64, bool) {
-        match dispatch(self, nr, args, None) {
+        let hc = dispatch(self, nr, args, None);
+        self.after_hypercall();
+        match hc {
             Hc::Ret(r) => {
                 let slow = self.need_resched
                     || self.hw_dirty
@@ -68,6 +71,14 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
         }
     }
 
+    /// Flushes the frame table owes (a frame changed type or owner) must happen before the
+    /// guest runs again.
+    fn after_hypercall(&mut self) {
+        if self.frames.take_flush_pending() {
+            self.request_flush(crate::mm::mmu::FlushKind::All);
+        }
+    }
+
     /// Full-frame path: a `syscall` whose registers are all in `frame` — from guest user mode
     /// (bounced to the guest kernel), or a hypercall that needs the frame (`iret`).
     pub fn syscall_with_frame(&mut self, frame: &mut GuestFrame) {
@@ -79,7 +90,9 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
             return;
         }
         let nr = frame.rax;
-        match dispatch(self, nr, frame.hypercall_args(), Some(frame)) {
+        let hc = dispatch(self, nr, frame.hypercall_args(), Some(frame));
+        self.after_hypercall();
+        match hc {
             Hc::Ret(r) => frame.rax = r as u64,
             Hc::Continue(a) => {
                 frame.set_hypercall_args(a);
@@ -91,14 +104,20 @@ impl<P: Platform, F: FrameAllocator> Hypervisor<P, F> {
 }
 
 /// Calls the handler of hypercall `nr`.
-pub fn dispatch<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
+pub fn dispatch<P: Platform>(
+    hv: &mut Hypervisor<P>,
     nr: u64,
     a: [u64; 5],
     frame: Option<&mut GuestFrame>,
 ) -> Hc {
     match nr {
         nr::SET_TRAP_TABLE => misc::set_trap_table(hv, a[0]).into(),
+        nr::MMU_UPDATE => mm::mmu_update(hv, a),
+        nr::MMUEXT_OP => mm::mmuext_op(hv, a),
+        nr::UPDATE_VA_MAPPING => mm::update_va_mapping(hv, a[0], a[1], a[2]).into(),
+        nr::UPDATE_VA_MAPPING_OTHERDOMAIN => mm::update_va_mapping_otherdomain(hv, a).into(),
+        nr::MULTICALL => mm::multicall(hv, a[0], a[1]),
+        nr::MEMORY_OP => memory::memory_op(hv, a[0], a[1]),
         nr::STACK_SWITCH => misc::stack_switch(hv, a[0], a[1]).into(),
         nr::SET_CALLBACKS => misc::set_callbacks(hv, a[0], a[1], a[2]).into(),
         nr::FPU_TASKSWITCH => misc::fpu_taskswitch(hv, a[0]).into(),

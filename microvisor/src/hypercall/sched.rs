@@ -4,7 +4,6 @@
 use crate::domain::ShutdownReason;
 use crate::hv::Hypervisor;
 use crate::hypercall::EvtchnOps;
-use crate::mm::FrameAllocator;
 use crate::platform::Platform;
 use crate::vcpu::RunState;
 use hypercall_abi::sched::{op, SchedRemoteShutdown, SchedShutdown};
@@ -12,11 +11,7 @@ use hypercall_abi::vcpu::{op as vcpuop, sshottmr, VcpuSetSingleshotTimer};
 use hypercall_abi::xen::virq;
 use hypercall_abi::Errno;
 
-pub fn sched_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    arg: u64,
-) -> Result<i64, Errno> {
+pub fn sched_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     match cmd as u32 {
         op::YIELD => {
             hv.sched.yield_current();
@@ -66,15 +61,12 @@ pub fn sched_op<P: Platform, F: FrameAllocator>(
 
 /// Arms (or with 0 cancels) the running vCPU's one-shot timer at absolute system time
 /// `deadline_ns`; a deadline already past fires at once.
-pub fn set_timer_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    deadline_ns: u64,
-) -> Result<i64, Errno> {
+pub fn set_timer_op<P: Platform>(hv: &mut Hypervisor<P>, deadline_ns: u64) -> Result<i64, Errno> {
     arm_timer(hv, (deadline_ns != 0).then_some(deadline_ns));
     Ok(0)
 }
 
-fn arm_timer<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, deadline: Option<u64>) {
+fn arm_timer<P: Platform>(hv: &mut Hypervisor<P>, deadline: Option<u64>) {
     let r = hv.current();
     let now = hv.now_ns();
     match deadline {
@@ -86,12 +78,7 @@ fn arm_timer<P: Platform, F: FrameAllocator>(hv: &mut Hypervisor<P, F>, deadline
     }
 }
 
-pub fn vcpu_op<P: Platform, F: FrameAllocator>(
-    hv: &mut Hypervisor<P, F>,
-    cmd: u64,
-    vcpuid: u64,
-    arg: u64,
-) -> Result<i64, Errno> {
+pub fn vcpu_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, vcpuid: u64, arg: u64) -> Result<i64, Errno> {
     let vcpuid = vcpuid as u32;
     if hv.cur_dom().vcpu(vcpuid).is_none() {
         return Err(Errno::ENOENT);

@@ -257,6 +257,11 @@ impl FrameTable {
         self.xen_l4 = slots;
     }
 
+    /// The hypervisor entries installed in every validated guest L4.
+    pub fn xen_l4_slots(&self) -> &XenL4Slots {
+        &self.xen_l4
+    }
+
     /// Replaces the policy for mapping non-RAM frames.
     pub fn set_iomem_policy(&mut self, policy: IomemPolicy) {
         self.iomem_policy = policy;

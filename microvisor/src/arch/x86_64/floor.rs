@@ -11,8 +11,8 @@ use crate::machine::Hv;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
 use hypercall_abi::microvisor::bench::{Line, Stats};
-use hypercall_abi::{DomId, Mfn, PAGE_SIZE};
-use microvisor::mm::{pte, FrameAllocator, MachineMemory};
+use hypercall_abi::{Mfn, PAGE_SIZE};
+use microvisor::mm::{pte, MachineMemory};
 
 /// Where the loop's code and samples live in the bench address space.
 const CODE_VA: u64 = 0x40_0000;
@@ -63,7 +63,7 @@ pub fn active() -> bool {
 /// then enters it (see [`finish`] for the way back).
 pub fn prepare(hv: &mut Hv, iters: u64, hv_slots: &[u64; paging::NR_HV_SLOTS]) {
     let mem = hv.plat.mem;
-    let mut alloc = || hv.frames.alloc_frame(DomId::XEN).expect("memory for the floor benchmark");
+    let mut alloc = || hv.frames.alloc_xen_frame(&mem).expect("memory for the floor benchmark");
     let l4 = alloc();
     for (i, e) in hv_slots.iter().enumerate() {
         mem.write_pte(l4, 256 + i, *e);
@@ -134,5 +134,7 @@ pub fn finish(hv: &mut Hv) {
     if let Some(stats) = Stats::compute(&mut samples[warm..]) {
         hv.log(format_args!("{}", Line { name: "floor.syscall_sysret", unit: "tsc", stats }));
     }
-    hv.frames.free.extend(frames);
+    for f in frames {
+        let _ = hv.frames.free_frame(&mem, f);
+    }
 }

@@ -31,6 +31,8 @@ pub struct AddressSpace {
     pub hv_slots: [u64; NR_HV_SLOTS],
     /// First frame of the (physically contiguous) M2P table.
     pub m2p_base: Mfn,
+    /// Frames of the M2P table.
+    pub m2p_frames: u64,
     /// One past the highest RAM frame.
     pub max_mfn: Mfn,
 }
@@ -171,7 +173,7 @@ pub fn init(alloc: &mut BootAllocator) -> AddressSpace {
     for i in 0..m2p_frames {
         mem.fill_frame(Mfn(m2p_pa / PAGE_SIZE as u64 + i), 0xff);
     }
-    AddressSpace { hv_slots, m2p_base: Mfn(m2p_pa / PAGE_SIZE as u64), max_mfn }
+    AddressSpace { hv_slots, m2p_base: Mfn(m2p_pa / PAGE_SIZE as u64), m2p_frames, max_mfn }
 }
 
 /// Machine memory through the direct map. Valid once `init` has switched page tables.

@@ -1,0 +1,147 @@
+//! Creating and destroying domains: the steps around the loader's builder that make a built
+//! image a live domain (frame accounting, the shared_info page, pre-allocated console and
+//! xenstore ports for domUs, the M2P, pinned and validated bootstrap page tables, the boot
+//! vCPU), and tearing one down so every frame returns to the free pool.
+
+use crate::domain::{DomainConfig, DomainState};
+use crate::event::PortState;
+use crate::hv::Hypervisor;
+use crate::loader::builder::{build_pv_domain, BuildConfig};
+use crate::loader::elf::parse_pv_image;
+use crate::mm::frame_table::PageType;
+use crate::mm::MachineMemory;
+use crate::platform::Platform;
+use alloc::string::{String, ToString};
+use alloc::vec::Vec;
+use hypercall_abi::xen::SharedInfo;
+use hypercall_abi::{DomId, Mfn, Port, PAGE_SIZE};
+
+/// Largest kernel image accepted.
+pub const MAX_IMAGE: u64 = 256 << 20;
+/// Ports a boot domain may allocate.
+pub const MAX_EVTCHN_PORTS: u32 = 1024;
+
+/// What a boot domain is to be.
+#[derive(Clone, Debug)]
+pub struct DomainSpec<'a> {
+    pub name: &'a str,
+    /// dom0: privileged, gets id 0, may map I/O memory.
+    pub is_dom0: bool,
+    pub mem_bytes: u64,
+    pub vcpus: u32,
+    pub cmdline: &'a str,
+}
+
+impl<P: Platform> Hypervisor<P> {
+    /// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable. On failure
+    /// nothing is left behind and the reason is a one-line message.
+    pub fn create_domain(&mut self, spec: &DomainSpec<'_>, image: &[u8]) -> Result<DomId, String> {
+        let parsed = parse_pv_image(image, MAX_IMAGE).map_err(|e| e.to_string())?;
+        let id = if spec.is_dom0 { DomId::DOM0 } else { self.alloc_domid() };
+        if self.domains.contains_key(&id) {
+            return Err(alloc::format!("domain {} exists already", id.0));
+        }
+        let nr_pages = spec.mem_bytes / PAGE_SIZE as u64;
+        self.frames.add_domain(id, nr_pages, spec.is_dom0).map_err(|e| e.to_string())?;
+        let mem = self.plat.mem();
+        let Some(shared_info) = self.frames.alloc_xen_frame(mem) else {
+            let _ = self.frames.remove_domain(id);
+            return Err("out of memory for shared_info".into());
+        };
+        self.frames.share_xen_frame(shared_info, id, true).expect("fresh hypervisor frame can be shared");
+        let cfg = DomainConfig {
+            name: spec.name.into(),
+            privileged: spec.is_dom0,
+            max_pages: nr_pages,
+            max_vcpus: spec.vcpus,
+            max_evtchn_ports: MAX_EVTCHN_PORTS,
+        };
+        self.add_domain(id, &cfg, shared_info);
+        let (store_port, console_port) = if spec.is_dom0 {
+            (Port(0), Port(0))
+        } else {
+            // The toolstack's alloc_unbound(domU, remote = dom0) for xenstore and console.
+            let d = self.domains.get_mut(&id).expect("just added");
+            let unbound = PortState::Unbound { remote: DomId::DOM0 };
+            let store = d.evtchn.alloc(unbound, 0).expect("fresh port table");
+            let console = d.evtchn.alloc(unbound, 0).expect("fresh port table");
+            (store, console)
+        };
+        let bc = BuildConfig {
+            domid: id,
+            nr_pages,
+            is_dom0: spec.is_dom0,
+            shared_info_maddr: shared_info.addr(),
+            store_evtchn: store_port,
+            console_evtchn: console_port,
+            cmdline: spec.cmdline.as_bytes(),
+            initrd: &[],
+            hypervisor_l4: self.frames.xen_l4_slots().entries,
+        };
+        let mem = self.plat.mem();
+        let built = match build_pv_domain(mem, &mut self.frames.allocator(mem), &parsed, image, &bc) {
+            Ok(b) => b,
+            Err(e) => {
+                self.destroy_domain(id);
+                return Err(e.to_string());
+            }
+        };
+        for (pfn, mfn) in built.p2m.iter().enumerate() {
+            self.set_m2p(*mfn, pfn as u64);
+        }
+        // Validate and pin the bootstrap tables as libxc does (MMUEXT_PIN_L4_TABLE), then take
+        // the vCPU's own reference on its base table.
+        let mem = self.plat.mem();
+        let pinned = self
+            .frames
+            .pin(mem, built.l4, id, 4)
+            .and_then(|()| self.frames.get_page_and_type(mem, built.l4, id, PageType::L4));
+        if let Err(e) = pinned {
+            self.destroy_domain(id);
+            return Err(alloc::format!("bootstrap page tables do not validate: {e}"));
+        }
+        // Xen starts every vCPU with event delivery masked; the guest unmasks when ready.
+        for v in 0..spec.vcpus as usize {
+            mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
+        }
+        let d = self.domains.get_mut(&id).expect("just added");
+        d.store_ring = built.store_mfn.map(|m| (m, store_port.0));
+        d.console_ring = built.console_mfn.map(|m| (m, console_port.0));
+        d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);
+        self.start_domain(id);
+        Ok(id)
+    }
+
+    /// Destroys a domain: its vCPUs stop, its event channels close (peers see them unbound),
+    /// and every frame it owns goes back to the free pool once nobody else references it.
+    /// Returns the number of frames released now.
+    pub fn destroy_domain(&mut self, id: DomId) -> u64 {
+        let Some(d) = self.domains.get_mut(&id) else { return 0 };
+        d.state = DomainState::Dying;
+        self.sched.remove_domain(id);
+        if self.running.is_some_and(|r| r.domid == id) {
+            self.need_resched = true;
+        }
+        let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
+        for p in ports {
+            let _ = crate::hypercall::close_port(self, id, p);
+        }
+        let d = &self.domains[&id];
+        let bases: Vec<Mfn> = d
+            .vcpus
+            .iter()
+            .filter(|v| v.kernel_l4 != Mfn(0))
+            .flat_map(|v| core::iter::once(v.kernel_l4).chain(v.user_l4.filter(|&u| u != v.kernel_l4)))
+            .collect();
+        let mem = self.plat.mem();
+        let stats = self.frames.relinquish(mem, id, &bases);
+        if self.frames.tot_pages(id) == 0 {
+            let _ = self.frames.remove_domain(id);
+            self.domains.remove(&id);
+        }
+        if self.frames.take_flush_pending() {
+            self.request_flush(crate::mm::mmu::FlushKind::All);
+        }
+        stats.released
+    }
+}

@@ -1,0 +1,209 @@
+//! Page-table hypercalls: `mmu_update`, `mmuext_op`, `update_va_mapping[_otherdomain]` and
+//! `multicall`. Requests are copied in (a bounded batch at a time), handed to the frame
+//! table's validator (`mm::mmu`), and long batches continue themselves with Xen's encoding
+//! (`count | MMU_UPDATE_PREEMPTED`, progress in `*pdone`), so one guest cannot hold the CPU.
+
+use super::{dispatch, Hc};
+use crate::hv::{set_m2p, Flush, Hypervisor};
+use crate::mm::frame_table::FrameTable;
+use crate::mm::mmu::{self, FlushKind, MmuCtx};
+use crate::platform::Platform;
+use alloc::vec::Vec;
+use hypercall_abi::hypercall::nr;
+use hypercall_abi::xen::{MmuUpdate, MmuextOp, MulticallEntry};
+use hypercall_abi::{DomId, Errno};
+
+/// Bit of `count` that marks a continuation (`MMU_UPDATE_PREEMPTED`).
+pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
+/// Requests handled per call before continuing.
+pub const BATCH: u32 = 512;
+/// Multicall entries handled per call before continuing.
+pub const MULTICALL_BATCH: u64 = 64;
+
+/// Runs `f` with the frame table, memory and the running vCPU's MMU context, then writes back
+/// the vCPU's page-table bases and the flush `f` reports.
+fn with_mmu<P: Platform, R>(
+    hv: &mut Hypervisor<P>,
+    f: impl FnOnce(&mut FrameTable, &P::Mem, &mut MmuCtx<'_>) -> (R, FlushKind),
+) -> R {
+    let r = hv.current();
+    let privileged = hv.cur_dom().privileged;
+    let (k, u) = (hv.cur_vcpu().kernel_l4, hv.cur_vcpu().user_l4);
+    let (m2p_base, max_mfn) = (hv.m2p_base, hv.frames.max_mfn());
+    let mem = hv.plat.mem();
+    let mut m2p = |mfn, pfn| set_m2p(mem, m2p_base, max_mfn, mfn, pfn);
+    let mut ctx = MmuCtx { domid: r.domid, privileged, kernel_l4: Some(k), user_l4: u, set_m2p: &mut m2p };
+    let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
+    let (nk, nu) = (ctx.kernel_l4, ctx.user_l4);
+    let v = hv.cur_vcpu_mut();
+    if let Some(nk) = nk {
+        v.kernel_l4 = nk;
+    }
+    v.user_l4 = nu;
+    if nk != Some(k) || nu != u {
+        hv.hw_dirty = true;
+    }
+    hv.request_flush(flush);
+    out
+}
+
+impl<P: Platform> Hypervisor<P> {
+    /// Records a TLB flush the guest must not run without.
+    pub fn request_flush(&mut self, f: FlushKind) {
+        let f = match f {
+            FlushKind::None => Flush::None,
+            FlushKind::InvlpgLocal(va) | FlushKind::InvlpgAll(va) => Flush::Page(va),
+            FlushKind::Local | FlushKind::All => Flush::All,
+        };
+        if f != Flush::None {
+            self.flush = self.flush.merge(f);
+            self.hw_dirty = true;
+        }
+    }
+}
+
+/// Reads `*pdone` (a `u32`) when continuing.
+fn read_done<P: Platform>(hv: &Hypervisor<P>, pdone: u64) -> u32 {
+    if pdone == 0 {
+        0
+    } else {
+        hv.guest().read_obj::<u32>(pdone).unwrap_or(0)
+    }
+}
+
+/// The batch loop shared by `mmu_update` and `mmuext_op`: copy in up to [`BATCH`] requests of
+/// type `T`, let `op` process them, account `*pdone` and continue if requests remain.
+fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
+    hv: &mut Hypervisor<P>,
+    a: [u64; 5],
+    op: impl FnOnce(&mut FrameTable, &P::Mem, &mut MmuCtx<'_>, &[T]) -> mmu::BatchOutcome,
+) -> Hc {
+    let [ureqs, count, pdone, foreigndom, a5] = a;
+    let mut count = count as u32;
+    let mut done = 0;
+    if count & MMU_UPDATE_PREEMPTED != 0 {
+        count &= !MMU_UPDATE_PREEMPTED;
+        done = read_done(hv, pdone);
+    }
+    let want = count.min(BATCH) as usize;
+    let mut reqs: Vec<T> = Vec::with_capacity(want);
+    let mut fault = false;
+    for i in 0..want as u64 {
+        match hv.guest().read_elem::<T>(ureqs, i) {
+            Ok(r) => reqs.push(r),
+            Err(_) => {
+                fault = true;
+                break;
+            }
+        }
+    }
+    let outcome = with_mmu(hv, |ft, mem, ctx| {
+        let o = if reqs.is_empty() { None } else { Some(op(ft, mem, ctx, &reqs)) };
+        let flush = o.map_or(FlushKind::None, |o| o.flush);
+        (o, flush)
+    });
+    let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
+    done = done.wrapping_add(i as u32);
+    if pdone != 0 && hv.guest().write_obj(pdone, &done).is_err() {
+        return Hc::Ret(Errno::EFAULT.to_ret());
+    }
+    if let Err(e) = result {
+        return Hc::Ret(e.to_ret());
+    }
+    if fault && i == reqs.len() {
+        return Hc::Ret(Errno::EFAULT.to_ret());
+    }
+    if (i as u32) < count {
+        let next = ureqs.wrapping_add(i as u64 * core::mem::size_of::<T>() as u64);
+        return Hc::Continue([
+            next,
+            u64::from((count - i as u32) | MMU_UPDATE_PREEMPTED),
+            pdone,
+            foreigndom,
+            a5,
+        ]);
+    }
+    Hc::Ret(0)
+}
+
+/// `mmu_update(reqs, count, pdone, foreigndom)`.
+pub fn mmu_update<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
+    let foreigndom = a[3] as u32;
+    batch::<P, MmuUpdate>(hv, a, |ft, mem, ctx, reqs| {
+        mmu::mmu_update(ft, mem, ctx, reqs, foreigndom, BATCH as usize)
+    })
+}
+
+/// `mmuext_op(ops, count, pdone, foreigndom)`.
+pub fn mmuext_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
+    let foreigndom = DomId(a[3] as u16);
+    batch::<P, MmuextOp>(hv, a, |ft, mem, ctx, ops| {
+        mmu::mmuext_op(ft, mem, ctx, ops, foreigndom, BATCH as usize)
+    })
+}
+
+/// `update_va_mapping(va, val, flags)`.
+pub fn update_va_mapping<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    va: u64,
+    val: u64,
+    flags: u64,
+) -> Result<i64, Errno> {
+    with_mmu(hv, |ft, mem, ctx| match mmu::update_va_mapping(ft, mem, ctx, va, val, flags) {
+        Ok(f) => (Ok(0), f),
+        Err(e) => (Err(e), FlushKind::None),
+    })
+}
+
+/// `update_va_mapping_otherdomain(va, val, flags, domid)`.
+pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Result<i64, Errno> {
+    let [va, val, flags, domid, _] = a;
+    with_mmu(hv, |ft, mem, ctx| {
+        match mmu::update_va_mapping_otherdomain(ft, mem, ctx, va, val, flags, DomId(domid as u16)) {
+            Ok(f) => (Ok(0), f),
+            Err(e) => (Err(e), FlushKind::None),
+        }
+    })
+}
+
+/// `multicall(entries, nr)`: each entry's call runs as if made directly; its result goes into
+/// the entry. Nested multicalls and `iret` are refused (XSA-213: `iret` would rewrite the
+/// frame of the whole batch). A call that continues itself suspends the batch at that entry
+/// with the call's updated arguments written back.
+pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
+    for i in 0..count.min(MULTICALL_BATCH) {
+        let mut e: MulticallEntry = match hv.guest().read_elem(entries, i) {
+            Ok(e) => e,
+            Err(err) => return Hc::Ret(err.to_ret()),
+        };
+        let args = [e.args[0], e.args[1], e.args[2], e.args[3], e.args[4]];
+        match e.op {
+            nr::MULTICALL | nr::IRET => {
+                e.result = Errno::EINVAL.to_ret() as u64;
+            }
+            op => match dispatch(hv, op, args, None) {
+                Hc::Ret(r) => e.result = r as u64,
+                Hc::Continue(newargs) => {
+                    e.args[..5].copy_from_slice(&newargs);
+                    if let Err(err) = hv.guest().write_elem(entries, i, &e) {
+                        return Hc::Ret(err.to_ret());
+                    }
+                    let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
+                    return Hc::Continue([at, count - i, 0, 0, 0]);
+                }
+                Hc::FrameDone => e.result = Errno::EINVAL.to_ret() as u64,
+            },
+        }
+        if let Err(err) = hv.guest().write_elem(entries, i, &e) {
+            return Hc::Ret(err.to_ret());
+        }
+        if hv.halt.is_some() || !hv.cur_dom().is_alive() {
+            return Hc::Ret(0);
+        }
+    }
+    if count > MULTICALL_BATCH {
+        let at = entries.wrapping_add(MULTICALL_BATCH * core::mem::size_of::<MulticallEntry>() as u64);
+        return Hc::Continue([at, count - MULTICALL_BATCH, 0, 0, 0]);
+    }
+    Hc::Ret(0)
+}
