@@ -133,8 +133,13 @@ impl<P: Platform> Hypervisor<P> {
             .filter(|v| v.kernel_l4 != Mfn(0))
             .flat_map(|v| core::iter::once(v.kernel_l4).chain(v.user_l4.filter(|&u| u != v.kernel_l4)))
             .collect();
+        let shared_info = d.shared_info;
         let mem = self.plat.mem();
         let stats = self.frames.relinquish(mem, id, &bases);
+        // The shared_info page went back to the hypervisor; it is free memory again.
+        if self.frames.owner(shared_info) == Some(crate::mm::frame_table::Owner::Xen) {
+            let _ = self.frames.free_frame(mem, shared_info);
+        }
         if self.frames.tot_pages(id) == 0 {
             let _ = self.frames.remove_domain(id);
             self.domains.remove(&id);

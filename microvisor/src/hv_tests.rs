@@ -343,3 +343,55 @@ fn shutdown_reports_reason_and_dom0_poweroff_halts() {
     assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
     assert_eq!(hv.halt, Some(hypercall_abi::microvisor::exit::POWEROFF));
 }
+
+#[test]
+fn destroying_a_domain_returns_every_frame() {
+    let mut hv = two_domains();
+    let before = hv.frames.nr_free();
+    let owned = hv.frames.tot_pages(DomId(1));
+    assert!(owned >= 1024, "the domU owns its memory: {owned}");
+    // A domU may not destroy anybody; dom0 may destroy the domU.
+    run_as(&mut hv, DomId(1));
+    let dc = hypercall_abi::domctl::XenDomctl::new(hypercall_abi::domctl::cmd::DESTROYDOMAIN, DomId(1));
+    let p = put(&hv, &dc);
+    assert_eq!(call(&mut hv, nr::DOMCTL, [p, 0, 0, 0, 0]), Errno::EPERM.to_ret());
+    run_as(&mut hv, DomId(0));
+    let p = put(&hv, &dc);
+    assert_eq!(call(&mut hv, nr::DOMCTL, [p, 0, 0, 0, 0]), 0);
+    assert!(!hv.domains.contains_key(&DomId(1)));
+    // Its frames and its shared_info page are free again.
+    assert_eq!(hv.frames.nr_free(), before + owned + 1);
+    let bases: Vec<_> = hv
+        .domains
+        .values()
+        .flat_map(|d| {
+            d.vcpus.iter().map(|v| crate::mm::frame_table::ExternalRef { mfn: v.kernel_l4, typed: true })
+        })
+        .collect();
+    hv.frames.audit(hv.mem(), &bases).unwrap();
+}
+
+#[test]
+fn mmu_update_batches_continue_and_stop_at_a_fault() {
+    use crate::hypercall::mm::MMU_UPDATE_PREEMPTED;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    // count = 2^32 - 1 with a buffer of a few bad requests: Xen reads the top bit as "this is
+    // a continuation", so the call works through the buffer and fails at the first bad entry,
+    // reporting how far it got.
+    let reqs = [hypercall_abi::xen::MmuUpdate { ptr: 0x1234_5678_9000, val: 0 }; 4];
+    let p = put(&hv, &reqs);
+    let done_va = SCRATCH_VA + 0x800;
+    hv.guest().write_obj(done_va, &0u32).unwrap();
+    let r = dispatch(
+        &mut hv,
+        nr::MMU_UPDATE,
+        [p, u64::from(u32::MAX), done_va, u64::from(DomId::SELF.0), 0],
+        None,
+    );
+    assert!(matches!(r, Hc::Ret(e) if e < 0), "{r:?}");
+    // Continuation encoding: more requests than one batch continue with the rest.
+    let r = dispatch(&mut hv, nr::MMU_UPDATE, [SCRATCH_VA, 0, done_va, u64::from(DomId::SELF.0), 0], None);
+    assert_eq!(r, Hc::Ret(0), "an empty batch does nothing");
+    let _ = MMU_UPDATE_PREEMPTED;
+}

@@ -27,6 +27,22 @@ pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errn
             hv.guest().write_obj(arg, &op)?;
             Ok(0)
         }
+        cmd::DESTROYDOMAIN => {
+            let id = op.domain;
+            if id == hv.current().domid || id == DomId::DOM0 {
+                return Err(Errno::EINVAL);
+            }
+            if !hv.domains.contains_key(&id) {
+                return Err(Errno::ESRCH);
+            }
+            let released = hv.destroy_domain(id);
+            let left = hv.frames.tot_pages(id);
+            hv.log(format_args!(
+                "Domain {} destroyed: {released} frames released, {left} still referenced",
+                id.0
+            ));
+            Ok(0)
+        }
         cmd::PAUSEDOMAIN | cmd::UNPAUSEDOMAIN => {
             let id = op.domain;
             if id == hv.current().domid {

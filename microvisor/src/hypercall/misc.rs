@@ -273,9 +273,25 @@ pub fn console_io<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     }
 }
 
-pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, _arg: u64) -> Result<i64, Errno> {
+/// microvisor's debug hypercall: frame accounting that tests and benchmarks assert on.
+pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     match cmd {
         debug::FREE_FRAMES => Ok(hv.frames.nr_free() as i64),
+        debug::DOMAIN_FRAMES => {
+            let d = hypercall_abi::xen::resolve_domid(hypercall_abi::DomId(arg as u16), hv.current().domid);
+            hv.frames.domain(d).map(|m| m.tot_pages as i64).ok_or(Errno::ESRCH)
+        }
+        debug::DUMP_MEMORY => {
+            let free = hv.frames.nr_free();
+            hv.log(format_args!("memory: {free} frames free"));
+            let ids: alloc::vec::Vec<_> = hv.domains.keys().copied().collect();
+            for id in ids {
+                let owned = hv.frames.tot_pages(id);
+                let name = hv.domains[&id].name.clone();
+                hv.log(format_args!("  d{} ({name}): {owned} frames", id.0));
+            }
+            Ok(0)
+        }
         _ => Err(Errno::ENOSYS),
     }
 }

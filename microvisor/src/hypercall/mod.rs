@@ -11,7 +11,7 @@ mod domctl;
 mod evtchn;
 mod memory;
 mod misc;
-mod mm;
+pub(crate) mod mm;
 mod sched;
 
 pub use evtchn::{close_port, EvtchnOps};
