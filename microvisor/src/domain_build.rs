@@ -127,14 +127,25 @@ impl<P: Platform> Hypervisor<P> {
             let _ = crate::hypercall::close_port(self, id, p);
         }
         let d = &self.domains[&id];
+        let shared_info = d.shared_info;
         let bases: Vec<Mfn> = d
             .vcpus
             .iter()
             .filter(|v| v.kernel_l4 != Mfn(0))
             .flat_map(|v| core::iter::once(v.kernel_l4).chain(v.user_l4.filter(|&u| u != v.kernel_l4)))
             .collect();
-        let shared_info = d.shared_info;
+        let gdt_frames: Vec<Mfn> = self
+            .domains
+            .get_mut(&id)
+            .expect("exists")
+            .vcpus
+            .iter_mut()
+            .flat_map(|v| core::mem::take(&mut v.gdt_frames))
+            .collect();
         let mem = self.plat.mem();
+        for f in gdt_frames {
+            self.frames.put_page_and_type(mem, f);
+        }
         let stats = self.frames.relinquish(mem, id, &bases);
         // The shared_info page went back to the hypervisor; it is free memory again.
         if self.frames.owner(shared_info) == Some(crate::mm::frame_table::Owner::Xen) {

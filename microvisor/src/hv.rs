@@ -45,6 +45,8 @@ pub struct HwState {
     pub gs_base: u64,
     /// The guest's virtual CR0.TS.
     pub fpu_ts: bool,
+    /// Generation of the vCPU's guest GDT (see `Vcpu::gdt`).
+    pub gdt_generation: u64,
 }
 
 /// A TLB flush the hypercalls asked for, applied by the arch layer before returning.
@@ -328,6 +330,7 @@ impl<P: Platform> Hypervisor<P> {
             fs_base: v.fs_base,
             gs_base: v.active_gs_base(),
             fpu_ts: v.fpu_ts,
+            gdt_generation: v.gdt_generation,
         }
     }
 

@@ -395,3 +395,36 @@ fn mmu_update_batches_continue_and_stop_at_a_fault() {
     assert_eq!(r, Hc::Ret(0), "an empty batch does nothing");
     let _ = MMU_UPDATE_PREEMPTED;
 }
+
+#[test]
+fn gdt_frames_must_be_read_only_and_descriptors_are_checked() {
+    use crate::mm::pte;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    // A data page of the kernel, mapped writable by the builder.
+    let va = SCRATCH_VA + 0x1000;
+    let ma = hv.guest().translate(va, crate::guest_mem::Access::Read).unwrap();
+    let mfn = hypercall_abi::Mfn::containing(ma);
+    let list = SCRATCH_VA;
+    hv.guest().write_obj(list, &mfn.0).unwrap();
+    assert_eq!(call(&mut hv, nr::SET_GDT, [list, 16, 0, 0, 0]), Errno::EINVAL.to_ret(), "mapped writable");
+    // Map it read-only, then it can become a GDT frame.
+    let ro = pte::make(mfn, pte::PRESENT | pte::ACCESSED | pte::DIRTY | pte::USER);
+    assert_eq!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, ro, 2, 0, 0]), 0);
+    assert_eq!(call(&mut hv, nr::SET_GDT, [list, 16, 0, 0, 0]), 0);
+    assert_eq!(hv.cur_vcpu().gdt.len(), 16);
+    // Now it can be neither mapped writable nor written as a descriptor with a call gate.
+    let rw = ro | pte::RW;
+    assert!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, rw, 2, 0, 0]) < 0);
+    assert_eq!(
+        call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 8, 0x0000_ec00_e008_1000, 0, 0, 0]),
+        Errno::EINVAL.to_ret()
+    );
+    // A ring-0 code descriptor is accepted with its DPL raised to 3, in memory and in the copy.
+    assert_eq!(call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 8, 0x00af_9a00_0000_ffff, 0, 0, 0]), 0);
+    assert_eq!(hv.mem().read_u64(ma + 8), 0x00af_fa00_0000_ffff);
+    assert_eq!(hv.cur_vcpu().gdt[1], 0x00af_fa00_0000_ffff);
+    // Too many entries, unaligned descriptor address.
+    assert_eq!(call(&mut hv, nr::SET_GDT, [list, 7169, 0, 0, 0]), Errno::EINVAL.to_ret());
+    assert_eq!(call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 4, 0, 0, 0, 0]), Errno::EINVAL.to_ret());
+}

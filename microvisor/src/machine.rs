@@ -202,10 +202,21 @@ struct Loaded {
     gs_base: u64,
     fpu_ts: bool,
     timer_deadline: Option<u64>,
+    /// Whose guest descriptors are in the GDT: vCPU, generation, number of entries.
+    gdt: Option<(microvisor::sched::VcpuRef, u64)>,
+    gdt_len: usize,
 }
 
-static mut LOADED: Loaded =
-    Loaded { vcpu: None, cr3: 0, fs_base: 0, gs_base: 0, fpu_ts: false, timer_deadline: None };
+static mut LOADED: Loaded = Loaded {
+    vcpu: None,
+    cr3: 0,
+    fs_base: 0,
+    gs_base: 0,
+    fpu_ts: false,
+    timer_deadline: None,
+    gdt: None,
+    gdt_len: 0,
+};
 
 /// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
 /// fast path's mode flag, and the next timer deadline.
@@ -246,6 +257,13 @@ fn sync_hardware(hv: &mut Hv) {
         }
         microvisor::hv::Flush::Page(va) => cpu::invlpg(va),
     }
+    let gdt = Some((hw.vcpu, hw.gdt_generation));
+    if l.gdt != gdt && (l.gdt_len > 0 || !hv.cur_vcpu().gdt.is_empty()) {
+        let entries = &hv.cur_vcpu().gdt;
+        crate::arch::x86_64::gdt::load_guest_descriptors(entries, l.gdt_len);
+        l.gdt_len = entries.len();
+    }
+    l.gdt = gdt;
     if l.fs_base != hw.fs_base {
         cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
         l.fs_base = hw.fs_base;

@@ -201,6 +201,12 @@ pub struct Vcpu {
     pub cpu_time_ns: u64,
     /// x87/SSE registers while not running.
     pub fpu: FpuArea,
+    /// `set_gdt` frames (each holding a general and a segment-descriptor type reference).
+    pub gdt_frames: alloc::vec::Vec<Mfn>,
+    /// The validated descriptors of those frames, which the arch layer loads.
+    pub gdt: alloc::vec::Vec<u64>,
+    /// Bumped whenever `gdt` changes, so the arch layer knows to reload it.
+    pub gdt_generation: u64,
 }
 
 impl Vcpu {
@@ -225,6 +231,9 @@ impl Vcpu {
             fpu_ts: false,
             cpu_time_ns: 0,
             fpu: FpuArea::initial(),
+            gdt_frames: alloc::vec::Vec::new(),
+            gdt: alloc::vec::Vec::new(),
+            gdt_generation: 0,
         }
     }
 

@@ -7,6 +7,7 @@
 //! rewinds the guest's RIP over the `syscall` so the call resumes where it stopped, letting
 //! other vCPUs run in between.
 
+mod desc;
 mod domctl;
 mod evtchn;
 mod memory;
@@ -113,6 +114,8 @@ pub fn dispatch<P: Platform>(
     match nr {
         nr::SET_TRAP_TABLE => misc::set_trap_table(hv, a[0]).into(),
         nr::MMU_UPDATE => mm::mmu_update(hv, a),
+        nr::SET_GDT => desc::set_gdt(hv, a[0], a[1]).into(),
+        nr::UPDATE_DESCRIPTOR => desc::update_descriptor(hv, a[0], a[1]).into(),
         nr::MMUEXT_OP => mm::mmuext_op(hv, a),
         nr::UPDATE_VA_MAPPING => mm::update_va_mapping(hv, a[0], a[1], a[2]).into(),
         nr::UPDATE_VA_MAPPING_OTHERDOMAIN => mm::update_va_mapping_otherdomain(hv, a).into(),

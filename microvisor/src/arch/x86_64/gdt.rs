@@ -116,3 +116,16 @@ pub fn init(rsp0: u64) {
     }
     cpu::wrmsr(cpu::msr::STAR, STAR);
 }
+
+/// Loads a guest's validated descriptors (from `set_gdt`) below the reserved entries, clearing
+/// any left from a longer table of the previous vCPU.
+pub fn load_guest_descriptors(entries: &[u64], previous_len: usize) {
+    // SAFETY: single CPU with interrupts off; the CPU reads GDT entries only when a selector is
+    // loaded, which happens after this returns. Reserved entries are never touched.
+    let t = unsafe { &mut *TABLES.0.get() };
+    let n = entries.len().min(FIRST_RESERVED_GDT_ENTRY);
+    t.gdt[..n].copy_from_slice(&entries[..n]);
+    if previous_len > n {
+        t.gdt[n..previous_len.min(FIRST_RESERVED_GDT_ENTRY)].fill(0);
+    }
+}

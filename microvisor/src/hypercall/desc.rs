@@ -1,0 +1,156 @@
+//! Guest descriptor tables: `set_gdt` and `update_descriptor`. GDT frames take the
+//! segment-descriptor page type (so they can be neither written directly nor used as page
+//! tables), every descriptor is checked as Xen's `check_descriptor` does for a 64-bit PV
+//! guest (DPL raised to 3, no system descriptors but the harmless type 0), and the vCPU keeps a
+//! validated copy that the arch layer loads below the reserved GDT entries on vCPU switches.
+
+use crate::hv::Hypervisor;
+use crate::mm::frame_table::PageType;
+use crate::mm::MachineMemory;
+use crate::platform::Platform;
+use alloc::vec::Vec;
+use hypercall_abi::xen::{FIRST_RESERVED_GDT_ENTRY, MAX_GUEST_GDT_FRAMES};
+use hypercall_abi::{Errno, Mfn, PAGE_SIZE};
+
+const P: u64 = 1 << 47;
+const DPL_SHIFT: u32 = 45;
+const S: u64 = 1 << 44;
+const TYPE_MASK: u64 = 0xf << 40;
+const ENTRIES_PER_FRAME: usize = PAGE_SIZE / 8;
+
+/// Checks (and fixes up) one descriptor; `None` if a 64-bit PV guest may not have it.
+pub fn check_descriptor(d: u64) -> Option<u64> {
+    if d & P == 0 {
+        // A not-present descriptor always faults when loaded: harmless.
+        return Some(d);
+    }
+    // Guests run in ring 3: raise the DPL to 3 so no descriptor grants more.
+    let d = d | (3 << DPL_SHIFT);
+    if d & S != 0 {
+        // Code and data segments: no base/limit checks needed in long mode.
+        return Some(d);
+    }
+    // System descriptors: only type 0 (the upper half of a 16-byte descriptor) is harmless;
+    // call gates, TSS and LDT descriptors could reach ring 0.
+    (d & TYPE_MASK == 0).then_some(d)
+}
+
+/// The descriptors of a validated GDT frame.
+fn read_frame(mem: &impl MachineMemory, mfn: Mfn, out: &mut Vec<u64>, n: usize) {
+    for i in 0..n {
+        out.push(mem.read_u64(mfn.addr() + (i * 8) as u64));
+    }
+}
+
+/// `set_gdt(frame_list, entries)`.
+pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> Result<i64, Errno> {
+    if entries > FIRST_RESERVED_GDT_ENTRY as u64 {
+        return Err(Errno::EINVAL);
+    }
+    let entries = entries as usize;
+    let nr_frames = entries.div_ceil(ENTRIES_PER_FRAME);
+    debug_assert!(nr_frames <= MAX_GUEST_GDT_FRAMES);
+    let mut frames = Vec::with_capacity(nr_frames);
+    for i in 0..nr_frames as u64 {
+        frames.push(Mfn(hv.guest().read_elem::<u64>(list, i)?));
+    }
+    let me = hv.current().domid;
+    // Take the new frames' references first, so a failure changes nothing.
+    let mem = hv.plat.mem();
+    for (i, &f) in frames.iter().enumerate() {
+        // Validating the frame fixes each descriptor up in place, as Xen's alloc_segdesc_page.
+        let mut check = |m: Mfn| {
+            (0..ENTRIES_PER_FRAME as u64).all(|e| {
+                let ma = m.addr() + e * 8;
+                check_descriptor(mem.read_u64(ma)).map(|d| mem.write_u64(ma, d)).is_some()
+            })
+        };
+        let ok = hv.frames.get_page(f, me).and_then(|()| {
+            hv.frames
+                .get_page_type_with(mem, f, PageType::SegDesc, &mut check)
+                .inspect_err(|_| hv.frames.put_page(f))
+        });
+        if let Err(e) = ok {
+            for &g in &frames[..i] {
+                hv.frames.put_page_and_type(mem, g);
+            }
+            return Err(e);
+        }
+    }
+    let mut copy = Vec::with_capacity(entries);
+    for (i, &f) in frames.iter().enumerate() {
+        let n = (entries - i * ENTRIES_PER_FRAME).min(ENTRIES_PER_FRAME);
+        read_frame(mem, f, &mut copy, n);
+    }
+    let copy: Vec<u64> = copy.into_iter().map(|d| check_descriptor(d).unwrap_or(0)).collect();
+    let v = hv.cur_vcpu_mut();
+    let old = core::mem::replace(&mut v.gdt_frames, frames);
+    v.gdt = copy;
+    v.gdt_generation = v.gdt_generation.wrapping_add(1);
+    let mem = hv.plat.mem();
+    for f in old {
+        hv.frames.put_page_and_type(mem, f);
+    }
+    hv.hw_dirty = true;
+    Ok(0)
+}
+
+/// `update_descriptor(maddr, desc)`: writes one descriptor in a frame the caller owns.
+pub fn update_descriptor<P: Platform>(hv: &mut Hypervisor<P>, maddr: u64, desc: u64) -> Result<i64, Errno> {
+    if maddr % 8 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let desc = check_descriptor(desc).ok_or(Errno::EINVAL)?;
+    let mfn = Mfn::containing(maddr);
+    let me = hv.current().domid;
+    let mem = hv.plat.mem();
+    hv.frames.get_page(mfn, me)?;
+    // A live GDT frame keeps its type; any other frame must be writable-typeable (not a page
+    // table, not mapped as one).
+    let is_gdt = hv.frames.info(mfn).is_some_and(|i| i.ty == PageType::SegDesc && i.type_count > 0);
+    let ty = if is_gdt { PageType::SegDesc } else { PageType::Writable };
+    if let Err(e) = hv.frames.get_page_type(mem, mfn, ty) {
+        hv.frames.put_page(mfn);
+        return Err(e);
+    }
+    mem.write_u64(maddr, desc);
+    hv.frames.put_page_and_type(mem, mfn);
+    // Refresh the copies of every vCPU whose GDT includes this frame.
+    let index_in_frame = ((maddr % PAGE_SIZE as u64) / 8) as usize;
+    let d = hv.cur_dom_mut();
+    let mut touched = false;
+    for v in d.vcpus.iter_mut() {
+        if let Some(pos) = v.gdt_frames.iter().position(|&f| f == mfn) {
+            let e = pos * ENTRIES_PER_FRAME + index_in_frame;
+            if e < v.gdt.len() {
+                v.gdt[e] = desc;
+                v.gdt_generation = v.gdt_generation.wrapping_add(1);
+                touched = true;
+            }
+        }
+    }
+    if touched {
+        hv.hw_dirty = true;
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn descriptor_rules_follow_xen() {
+        let code64_dpl0 = 0x00af_9a00_0000_ffff;
+        assert_eq!(check_descriptor(code64_dpl0), Some(code64_dpl0 | (3 << DPL_SHIFT)));
+        let data_dpl3 = 0x00cf_f200_0000_ffff;
+        assert_eq!(check_descriptor(data_dpl3), Some(data_dpl3));
+        assert_eq!(check_descriptor(0), Some(0), "not present");
+        let call_gate = 0x0000_ec00_e008_1000; // type 0xc, present
+        assert_eq!(check_descriptor(call_gate), None);
+        let tss = 0x0000_8900_0000_0067;
+        assert_eq!(check_descriptor(tss), None);
+        let upper_half = 0x0000_8000_0000_0000; // present, system, type 0
+        assert!(check_descriptor(upper_half).is_some());
+    }
+}
