@@ -47,6 +47,8 @@ pub struct HwState {
     pub fpu_ts: bool,
     /// Generation of the vCPU's guest GDT (see `Vcpu::gdt`).
     pub gdt_generation: u64,
+    /// The domain may use I/O ports directly (dom0, for its device drivers).
+    pub io_ports: bool,
 }
 
 /// A TLB flush the hypercalls asked for, applied by the arch layer before returning.
@@ -331,6 +333,7 @@ impl<P: Platform> Hypervisor<P> {
             gs_base: v.active_gs_base(),
             fpu_ts: v.fpu_ts,
             gdt_generation: v.gdt_generation,
+            io_ports: self.cur_dom().privileged,
         }
     }
 

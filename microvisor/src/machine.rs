@@ -205,6 +205,7 @@ struct Loaded {
     /// Whose guest descriptors are in the GDT: vCPU, generation, number of entries.
     gdt: Option<(microvisor::sched::VcpuRef, u64)>,
     gdt_len: usize,
+    io_ports: bool,
 }
 
 static mut LOADED: Loaded = Loaded {
@@ -216,6 +217,7 @@ static mut LOADED: Loaded = Loaded {
     timer_deadline: None,
     gdt: None,
     gdt_len: 0,
+    io_ports: false,
 };
 
 /// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
@@ -264,6 +266,10 @@ fn sync_hardware(hv: &mut Hv) {
         l.gdt_len = entries.len();
     }
     l.gdt = gdt;
+    if l.io_ports != hw.io_ports {
+        crate::arch::x86_64::gdt::set_io_access(hw.io_ports);
+        l.io_ports = hw.io_ports;
+    }
     if l.fs_base != hw.fs_base {
         cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
         l.fs_base = hw.fs_base;

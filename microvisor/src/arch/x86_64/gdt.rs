@@ -14,14 +14,22 @@ use hypercall_abi::xen::{FIRST_RESERVED_GDT_BYTE, FIRST_RESERVED_GDT_ENTRY};
 pub const HV_CS: u16 = 0xe008;
 /// Hypervisor data/stack selector.
 pub const HV_DS: u16 = 0xe010;
-/// TSS selector.
+/// TSS selector: no I/O bitmap, every port access from ring 3 faults (domUs).
 pub const TSS_SEL: u16 = 0xe040;
+/// TSS with an I/O bitmap that lets ring 3 reach the ports the hypervisor does not use
+/// (loaded while dom0 runs: its drivers reach PCI configuration space and device ports).
+pub const TSS_IO_SEL: u16 = 0xe050;
+
+/// Ports only the hypervisor may touch: the PICs, the PIT and its gate, COM1 (the
+/// hypervisor console), the reset register and QEMU's exit device.
+const HYPERVISOR_PORTS: &[(u16, u16)] =
+    &[(0x20, 0x21), (0x40, 0x43), (0x61, 0x61), (0xa0, 0xa1), (0xf4, 0xf7), (0x3f8, 0x3ff), (0xcf9, 0xcf9)];
 
 /// STAR: `syscall` loads CS = 0xe008 / SS = 0xe010; `sysretq` loads CS = 0xe023 + 16 =
 /// 0xe033 and SS = 0xe023 + 8 = 0xe02b, exactly Xen's flat ring-3 selectors.
 pub const STAR: u64 = (0xe023u64 << 48) | ((HV_CS as u64) << 32);
 
-const GDT_ENTRIES: usize = FIRST_RESERVED_GDT_ENTRY + 10;
+const GDT_ENTRIES: usize = FIRST_RESERVED_GDT_ENTRY + 12;
 
 /// The 64-bit TSS.
 #[repr(C, packed(4))]
@@ -41,10 +49,20 @@ pub const IST_DF: u8 = 2;
 pub const IST_MC: u8 = 3;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
+/// A TSS followed by its I/O permission bitmap (a set bit denies the port) and the
+/// terminating byte the CPU requires.
+#[repr(C, packed(4))]
+struct TssWithIo {
+    tss: Tss,
+    bitmap: [u8; 8192],
+    end: u8,
+}
+
 #[repr(C, align(4096))]
 struct Tables {
     gdt: [u64; GDT_ENTRIES],
     tss: Tss,
+    tss_io: TssWithIo,
     ist_stacks: [[u8; IST_STACK_SIZE]; 3],
 }
 
@@ -57,6 +75,11 @@ unsafe impl Sync for TablesCell {}
 static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
     gdt: [0; GDT_ENTRIES],
     tss: Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap_base: 0 },
+    tss_io: TssWithIo {
+        tss: Tss { _r0: 0, rsp: [0; 3], _r1: 0, ist: [0; 7], _r2: 0, _r3: 0, iomap_base: 0 },
+        bitmap: [0; 8192],
+        end: 0xff,
+    },
     ist_stacks: [[0; IST_STACK_SIZE]; 3],
 }));
 
@@ -74,17 +97,33 @@ pub fn init(rsp0: u64) {
     t.gdt[r + 4] = seg(0xfa, 0xc); // 0xe023: ring-3 32-bit code
     t.gdt[r + 5] = seg(0xf2, 0xc); // 0xe02b: ring-3 data / 64-bit stack
     t.gdt[r + 6] = seg(0xfa, 0xa); // 0xe033: ring-3 64-bit code
-    let tss_addr = &t.tss as *const Tss as u64;
-    let limit = (core::mem::size_of::<Tss>() - 1) as u64;
-    t.gdt[r + 8] =
-        (limit & 0xffff) | ((tss_addr & 0xff_ffff) << 16) | (0x89 << 40) | (((tss_addr >> 24) & 0xff) << 56);
-    t.gdt[r + 9] = tss_addr >> 32;
-    t.tss.rsp[0] = rsp0;
-    for (i, stack) in t.ist_stacks.iter().enumerate() {
-        t.tss.ist[i] = stack.as_ptr() as u64 + IST_STACK_SIZE as u64;
+    let tss_desc = |addr: u64, size: usize| -> (u64, u64) {
+        let limit = (size - 1) as u64;
+        let lo = (limit & 0xffff)
+            | ((addr & 0xff_ffff) << 16)
+            | (0x89 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((addr >> 24) & 0xff) << 56);
+        (lo, addr >> 32)
+    };
+    (t.gdt[r + 8], t.gdt[r + 9]) = tss_desc(&t.tss as *const Tss as u64, core::mem::size_of::<Tss>());
+    (t.gdt[r + 10], t.gdt[r + 11]) =
+        tss_desc(&t.tss_io as *const TssWithIo as u64, core::mem::size_of::<TssWithIo>());
+    let ist: [u64; 3] = core::array::from_fn(|i| t.ist_stacks[i].as_ptr() as u64 + IST_STACK_SIZE as u64);
+    for tss in [&mut t.tss, &mut t.tss_io.tss] {
+        tss.rsp[0] = rsp0;
+        let mut ists = tss.ist;
+        ists[..3].copy_from_slice(&ist);
+        tss.ist = ists;
+        // The bitmap starts right after the TSS; for the plain TSS that is beyond its limit,
+        // so every port faults.
+        tss.iomap_base = core::mem::size_of::<Tss>() as u16;
     }
-    // No I/O bitmap: every port access from ring 3 faults.
-    t.tss.iomap_base = core::mem::size_of::<Tss>() as u16;
+    for &(first, last) in HYPERVISOR_PORTS {
+        for port in first..=last {
+            t.tss_io.bitmap[usize::from(port / 8)] |= 1 << (port % 8);
+        }
+    }
 
     #[repr(C, packed)]
     struct Pointer {
@@ -93,6 +132,7 @@ pub fn init(rsp0: u64) {
     }
     let ptr = Pointer { limit: (GDT_ENTRIES * 8 - 1) as u16, base: t.gdt.as_ptr() as u64 };
     const _: () = assert!(FIRST_RESERVED_GDT_BYTE + 0x40 == TSS_SEL as usize);
+    const _: () = assert!(FIRST_RESERVED_GDT_BYTE + 0x50 == TSS_IO_SEL as usize);
     // SAFETY: the GDT is valid and static; reloading CS/SS/DS with its ring-0 selectors keeps
     // executing the same code; the TSS descriptor is valid and not busy.
     unsafe {
@@ -127,5 +167,18 @@ pub fn load_guest_descriptors(entries: &[u64], previous_len: usize) {
     t.gdt[..n].copy_from_slice(&entries[..n]);
     if previous_len > n {
         t.gdt[n..previous_len.min(FIRST_RESERVED_GDT_ENTRY)].fill(0);
+    }
+}
+
+/// Switches between the TSS without I/O access and the one with dom0's I/O bitmap.
+pub fn set_io_access(allowed: bool) {
+    let (sel, r) = if allowed { (TSS_IO_SEL, 10) } else { (TSS_SEL, 8) };
+    // SAFETY: single CPU, interrupts off. `ltr` requires an available (not busy) TSS
+    // descriptor, so its busy bit (type 0xb → 0x9) is cleared first; both TSSes carry the same
+    // RSP0 and IST stacks, so entries behave the same whichever is loaded.
+    unsafe {
+        let t = &mut *TABLES.0.get();
+        t.gdt[FIRST_RESERVED_GDT_ENTRY + r] &= !(1 << 41);
+        asm!("ltr {0:x}", in(reg) u64::from(sel), options(nostack, preserves_flags));
     }
 }
