@@ -428,3 +428,69 @@ fn gdt_frames_must_be_read_only_and_descriptors_are_checked() {
     assert_eq!(call(&mut hv, nr::SET_GDT, [list, 7169, 0, 0, 0]), Errno::EINVAL.to_ret());
     assert_eq!(call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 4, 0, 0, 0, 0]), Errno::EINVAL.to_ret());
 }
+
+#[test]
+fn balloon_down_and_up_with_a_contiguous_extent() {
+    use hypercall_abi::memory::{op as memop, XenMemoryReservation};
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let free0 = hv.frames.nr_free();
+    let tot0 = hv.frames.tot_pages(DomId(1));
+    // Give back 16 frames of the kernel's padding region (the top of the bootstrap area).
+    let mut end = hv.cur_vcpu().kernel_sp;
+    while hv.guest().translate(end, crate::guest_mem::Access::Read).is_ok() {
+        end += 4096;
+    }
+    let mut mfns = Vec::new();
+    for i in 1..=16u64 {
+        // Unmap each page first so its frame is not mapped any more.
+        let va = end - i * 4096;
+        let ma = hv.guest().translate(va, crate::guest_mem::Access::Read).unwrap();
+        mfns.push(ma >> 12);
+        assert_eq!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, 0, 2, 0, 0]), 0);
+    }
+    let list = SCRATCH_VA + 0x400;
+    hv.guest().write(list, mfns.as_bytes()).unwrap();
+    let r = XenMemoryReservation {
+        extent_start: list,
+        nr_extents: 16,
+        extent_order: 0,
+        mem_flags: 0,
+        domid: DomId::SELF,
+        ..Default::default()
+    };
+    let p = put(&hv, &r);
+    assert_eq!(call(&mut hv, nr::MEMORY_OP, [u64::from(memop::DECREASE_RESERVATION), p, 0, 0, 0]), 16);
+    assert_eq!(hv.frames.tot_pages(DomId(1)), tot0 - 16);
+    assert_eq!(hv.frames.nr_free(), free0 + 16);
+    // Take 16 back as one machine-contiguous, aligned extent.
+    let r = XenMemoryReservation {
+        extent_start: list,
+        nr_extents: 1,
+        extent_order: 4,
+        mem_flags: 0,
+        domid: DomId::SELF,
+        ..Default::default()
+    };
+    let p = put(&hv, &r);
+    assert_eq!(call(&mut hv, nr::MEMORY_OP, [u64::from(memop::INCREASE_RESERVATION), p, 0, 0, 0]), 1);
+    let first: u64 = hv.guest().read_obj(list).unwrap();
+    assert_eq!(first % 16, 0, "extent is naturally aligned");
+    for m in first..first + 16 {
+        assert_eq!(
+            hv.frames.owner(hypercall_abi::Mfn(m)),
+            Some(crate::mm::frame_table::Owner::Domain(DomId(1)))
+        );
+    }
+    assert_eq!(hv.frames.tot_pages(DomId(1)), tot0);
+    assert_eq!(hv.frames.nr_free(), free0);
+    // Beyond max_pages: nothing more.
+    let p = put(&hv, &r);
+    assert_eq!(call(&mut hv, nr::MEMORY_OP, [u64::from(memop::INCREASE_RESERVATION), p, 0, 0, 0]), 0);
+    // Queries.
+    let p = put(&hv, &DomId::SELF);
+    assert_eq!(
+        call(&mut hv, nr::MEMORY_OP, [u64::from(memop::CURRENT_RESERVATION), p, 0, 0, 0]),
+        tot0 as i64
+    );
+}

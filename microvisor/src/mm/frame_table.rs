@@ -114,6 +114,8 @@ pub(crate) struct PageInfo {
 const _: () = assert!(core::mem::size_of::<PageInfo>() <= 16);
 
 const OWNER_FREE: u16 = u16::MAX;
+/// Largest contiguous extent a domain may ask for (2 MiB).
+pub const MAX_CONTIGUOUS_ORDER: u32 = 9;
 const NIL: u32 = u32::MAX;
 
 /// General count bits of `PageInfo::count`.
@@ -465,6 +467,63 @@ impl FrameTable {
             m.tot_pages += 1;
         }
         Ok(mfn)
+    }
+
+    /// `2^order` machine-contiguous, naturally aligned, zeroed frames for domain `d` (the
+    /// extents of `increase_reservation`/`populate_physmap` with `extent_order > 0`, which a
+    /// driver domain needs for DMA buffers larger than a page). Scans for a free run, so it
+    /// is linear in memory size: a boot- or driver-setup-time operation.
+    pub fn alloc_domain_contiguous<M: MachineMemory>(
+        &mut self,
+        mem: &M,
+        d: DomId,
+        order: u32,
+    ) -> Result<Mfn, Errno> {
+        if order > MAX_CONTIGUOUS_ORDER {
+            return Err(Errno::EINVAL);
+        }
+        if order == 0 {
+            return self.alloc_domain_frame(mem, d);
+        }
+        let n = 1usize << order;
+        let m = self.domain(d).ok_or(Errno::ESRCH)?;
+        if m.dying || m.tot_pages + n as u64 > m.max_pages {
+            return Err(Errno::ENOMEM);
+        }
+        let start = (0..self.frames.len().saturating_sub(n - 1))
+            .step_by(n)
+            .find(|&s| self.frames[s..s + n].iter().all(|p| p.owner == OWNER_FREE))
+            .ok_or(Errno::ENOMEM)?;
+        // Unlink the run from the free list.
+        let mut prev = NIL;
+        let mut cur = self.free_head;
+        while cur != NIL {
+            let next = self.frames[cur as usize].aux;
+            if (start..start + n).contains(&(cur as usize)) {
+                if prev == NIL {
+                    self.free_head = next;
+                } else {
+                    self.frames[prev as usize].aux = next;
+                }
+                self.nr_free -= 1;
+            } else {
+                prev = cur;
+            }
+            cur = next;
+        }
+        if self.free_dirty {
+            self.flush_pending = true;
+        }
+        let stamp = self.clean_stamp();
+        for i in start..start + n {
+            mem.zero_frame(Mfn(i as u64));
+            self.frames[i] =
+                PageInfo { count: PGC_ALLOCATED | 1, type_info: 0, owner: d.0, linear: 0, aux: stamp };
+        }
+        if let Some(m) = self.domain_mut(d) {
+            m.tot_pages += n as u64;
+        }
+        Ok(Mfn(start as u64))
     }
 
     /// A zeroed frame for the hypervisor's own use.

@@ -508,10 +508,10 @@ fn find_l1<M: MachineMemory>(ft: &FrameTable, mem: &M, ctx: &MmuCtx<'_>, va: u64
 /// for domUs).
 pub const MAX_EXTENT_ORDER: u32 = 9;
 
-/// `XENMEM_increase_reservation`: allocates one frame per element of `out_mfns` for `d` and
-/// stores their numbers there; their M2P entries are cleared. Returns the number done and the
-/// error that stopped it (allocation beyond `max_pages` or out of memory). Only
-/// `extent_order == 0`: the allocator does not find contiguous frames.
+/// `XENMEM_increase_reservation`: allocates one extent per element of `out_mfns` for `d` and
+/// stores their first frames there; their M2P entries are cleared. Returns the number done and
+/// the error that stopped it (allocation beyond `max_pages` or out of memory). An extent of
+/// `extent_order > 0` is `2^order` machine-contiguous frames.
 pub fn increase_reservation<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
@@ -520,13 +520,12 @@ pub fn increase_reservation<M: MachineMemory>(
     out_mfns: &mut [u64],
     set_m2p: &mut dyn FnMut(Mfn, u64),
 ) -> (usize, Result<(), Errno>) {
-    if extent_order != 0 {
-        return (0, Err(Errno::ENOMEM));
-    }
     for (i, slot) in out_mfns.iter_mut().enumerate() {
-        match ft.alloc_domain_frame(mem, d) {
+        match ft.alloc_domain_contiguous(mem, d, extent_order) {
             Ok(mfn) => {
-                set_m2p(mfn, hypercall_abi::xen::INVALID_P2M_ENTRY);
+                for j in 0..1u64 << extent_order {
+                    set_m2p(Mfn(mfn.0 + j), hypercall_abi::xen::INVALID_P2M_ENTRY);
+                }
                 *slot = mfn.0;
             }
             Err(e) => return (i, Err(e)),
@@ -537,7 +536,8 @@ pub fn increase_reservation<M: MachineMemory>(
 
 /// `XENMEM_populate_physmap` for a PV domain: allocates a frame for each pseudo-physical
 /// frame in `gpfns`, records `M2P[mfn] = gpfn` and stores the frame numbers in `out_mfns`
-/// (same length). Only `extent_order == 0`.
+/// (same length). Extents of `2^order` frames are machine-contiguous and fill
+/// `gpfn .. gpfn + 2^order`.
 pub fn populate_physmap<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
@@ -547,13 +547,12 @@ pub fn populate_physmap<M: MachineMemory>(
     out_mfns: &mut [u64],
     set_m2p: &mut dyn FnMut(Mfn, u64),
 ) -> (usize, Result<(), Errno>) {
-    if extent_order != 0 {
-        return (0, Err(Errno::ENOMEM));
-    }
     for (i, (&gpfn, slot)) in gpfns.iter().zip(out_mfns.iter_mut()).enumerate() {
-        match ft.alloc_domain_frame(mem, d) {
+        match ft.alloc_domain_contiguous(mem, d, extent_order) {
             Ok(mfn) => {
-                set_m2p(mfn, gpfn);
+                for j in 0..1u64 << extent_order {
+                    set_m2p(Mfn(mfn.0 + j), gpfn.wrapping_add(j));
+                }
                 *slot = mfn.0;
             }
             Err(e) => return (i, Err(e)),
