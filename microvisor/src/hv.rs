@@ -106,6 +106,10 @@ pub struct Hypervisor<P: Platform> {
     pub fpu_loaded: Option<VcpuRef>,
     /// Set when the machine must stop.
     pub halt: Option<u8>,
+    /// GSIs mapped as pirqs (pirq number = GSI).
+    pub pirqs: BTreeMap<u32, crate::irq::Pirq>,
+    /// Interrupt-controller changes for the arch layer to apply on the way out.
+    pub irq_ops: alloc::vec::Vec<crate::irq::IrqOp>,
     /// The hypervisor's command line.
     pub cmdline: alloc::string::String,
     next_domid: u16,
@@ -127,6 +131,8 @@ impl<P: Platform> Hypervisor<P> {
             hw_dirty: false,
             fpu_loaded: None,
             halt: None,
+            pirqs: BTreeMap::new(),
+            irq_ops: alloc::vec::Vec::new(),
             cmdline: alloc::string::String::new(),
             next_domid: 0,
         }
@@ -401,6 +407,22 @@ impl<P: Platform> Hypervisor<P> {
         match (self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
+        }
+    }
+
+    /// Queues an interrupt-controller change (applied before the next return to a guest).
+    pub fn queue_irq_op(&mut self, op: crate::irq::IrqOp) {
+        self.irq_ops.push(op);
+        self.hw_dirty = true;
+    }
+
+    /// A device interrupt on `gsi` (the arch layer has masked the pin): tell the owner.
+    pub fn pirq_fired(&mut self, gsi: u32) {
+        let Some(p) = self.pirqs.get_mut(&gsi) else { return };
+        let (owner, port) = (p.owner, p.port);
+        if let Some(port) = port {
+            p.in_service = true;
+            self.evtchn_set_pending(owner, port);
         }
     }
 

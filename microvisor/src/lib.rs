@@ -15,6 +15,7 @@ pub mod event;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
+pub mod irq;
 pub mod loader;
 pub mod mm;
 pub mod platform;

@@ -54,6 +54,15 @@ static IN_HV: AtomicBool = AtomicBool::new(false);
 static RUNNING: AtomicU32 = AtomicU32::new(u32::MAX);
 /// Set by the timer interrupt while idle.
 static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
+/// GSIs that fired while idle (bit n = GSI n), handed to the core when idling ends.
+static GSIS_FIRED: AtomicU32 = AtomicU32::new(0);
+
+/// First half of a device interrupt: mask the level-triggered pin so it cannot fire again
+/// before its owner has served the device, then acknowledge the local APIC.
+fn device_interrupt(gsi: u32) {
+    crate::arch::x86_64::ioapic::set_masked(gsi, true);
+    apic::eoi();
+}
 
 /// Installs the hypervisor instance at the end of boot.
 pub fn install(hv: Hv) {
@@ -118,6 +127,11 @@ pub extern "C" fn trap_from_guest(frame: *mut GuestFrame) {
                 hv.timer_tick();
             }
             apic::SPURIOUS_VECTOR => {}
+            v if microvisor::irq::vector_to_gsi(v).is_some() => {
+                let gsi = microvisor::irq::vector_to_gsi(v).expect("checked");
+                device_interrupt(gsi);
+                hv.pirq_fired(gsi);
+            }
             0..=31 => {
                 let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
                 if let ExceptionOutcome::Crash(why) = traps::guest_exception(hv, f, vector, cr2) {
@@ -144,6 +158,12 @@ pub extern "C" fn trap_in_hypervisor(frame: *mut GuestFrame) {
             TIMER_FIRED.store(true, Ordering::Release);
         }
         apic::SPURIOUS_VECTOR => {}
+        v if microvisor::irq::vector_to_gsi(v).is_some() => {
+            let gsi = microvisor::irq::vector_to_gsi(v).expect("checked");
+            device_interrupt(gsi);
+            GSIS_FIRED.fetch_or(1 << gsi, Ordering::AcqRel);
+            TIMER_FIRED.store(true, Ordering::Release);
+        }
         _ => fatal(f, "fault in the hypervisor"),
     }
 }
@@ -190,6 +210,12 @@ fn idle(hv: &mut Hv) {
         // the ring-0 interrupt path only sets TIMER_FIRED and returns here; interrupts are
         // disabled again before any other hypervisor code runs.
         unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
+    }
+    let fired = GSIS_FIRED.swap(0, Ordering::AcqRel);
+    for gsi in 0..32 {
+        if fired & (1 << gsi) != 0 {
+            hv.pirq_fired(gsi);
+        }
     }
     hv.timer_tick();
 }
@@ -281,6 +307,13 @@ fn sync_hardware(hv: &mut Hv) {
     if l.fpu_ts != hw.fpu_ts {
         cpu::set_cr0_ts(hw.fpu_ts);
         l.fpu_ts = hw.fpu_ts;
+    }
+    for op in core::mem::take(&mut hv.irq_ops) {
+        match op {
+            microvisor::irq::IrqOp::Route(g) => crate::arch::x86_64::ioapic::route(g),
+            microvisor::irq::IrqOp::Mask(g) => crate::arch::x86_64::ioapic::set_masked(g, true),
+            microvisor::irq::IrqOp::Unmask(g) => crate::arch::x86_64::ioapic::set_masked(g, false),
+        }
     }
     entry::set_guest_kernel_mode(hw.kernel_mode);
     hv.hw_dirty = false;

@@ -63,6 +63,7 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
 
     entry::init();
     let rates = apic::init();
+    arch::x86_64::ioapic::init();
     let _ = writeln!(
         w,
         "(XEN) TSC {} MHz, APIC timer {} MHz",

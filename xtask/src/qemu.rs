@@ -138,7 +138,7 @@ impl Machine {
         } else {
             c.args(["-accel", "tcg", "-cpu", "max"]);
         }
-        c.args(["-machine", "q35", "-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
+        c.args(["-machine", "pc", "-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
         c.args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         if self.icount {

@@ -3,12 +3,13 @@
 
 use crate::event::{is_global_virq, PortState};
 use crate::hv::Hypervisor;
+use crate::irq::IrqOp;
 use crate::platform::Platform;
 use crate::sched::VcpuRef;
 use crate::vcpu::RunState;
 use hypercall_abi::event_channel::{
-    evtchnstat, op, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindVcpu, EvtchnBindVirq,
-    EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
+    evtchnstat, op, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindPirq, EvtchnBindVcpu,
+    EvtchnBindVirq, EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
 };
 use hypercall_abi::xen::{resolve_domid, virq};
 use hypercall_abi::{DomId, Errno, Port};
@@ -126,6 +127,27 @@ pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64)
             hv.guest().write_obj(arg, &b)?;
             Ok(0)
         }
+        op::BIND_PIRQ => {
+            let mut b: EvtchnBindPirq = hv.guest().read_obj(arg)?;
+            match hv.pirqs.get(&b.pirq) {
+                Some(p) if p.owner == me && p.port.is_none() => {}
+                Some(p) if p.owner == me => return Err(Errno::EBUSY),
+                _ => return Err(Errno::EINVAL),
+            }
+            let port = hv.cur_dom_mut().evtchn.alloc(PortState::Pirq(b.pirq), 0)?;
+            b.port = port;
+            if let Err(e) = hv.guest().write_obj(arg, &b) {
+                let _ = hv.cur_dom_mut().evtchn.free(port);
+                return Err(e);
+            }
+            if let Some(p) = hv.pirqs.get_mut(&b.pirq) {
+                p.port = Some(port);
+                p.in_service = false;
+            }
+            hv.queue_irq_op(IrqOp::Route(b.pirq));
+            hv.queue_irq_op(IrqOp::Unmask(b.pirq));
+            Ok(0)
+        }
         op::BIND_IPI => {
             let mut b: EvtchnBindIpi = hv.guest().read_obj(arg)?;
             let d = hv.cur_dom_mut();
@@ -222,6 +244,13 @@ pub fn close_port<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port)
         }
     }
     bm.clear_pending(hv.plat.mem(), port);
+    if let PortState::Pirq(pirq) = ch.state {
+        if let Some(p) = hv.pirqs.get_mut(&pirq) {
+            p.port = None;
+            p.in_service = false;
+        }
+        hv.queue_irq_op(IrqOp::Mask(pirq));
+    }
     if let PortState::Interdomain { remote, remote_port } = ch.state {
         if let Some(rd) = hv.domains.get_mut(&remote) {
             let _ = rd.evtchn.set_state(remote_port, PortState::Unbound { remote: domid });

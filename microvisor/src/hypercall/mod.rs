@@ -13,6 +13,7 @@ mod evtchn;
 mod memory;
 mod misc;
 pub(crate) mod mm;
+mod physdev;
 mod sched;
 
 pub use evtchn::{close_port, EvtchnOps};
@@ -145,6 +146,7 @@ pub fn dispatch<P: Platform>(
         nr::CALLBACK_OP => misc::callback_op(hv, a[0], a[1]).into(),
         nr::EVENT_CHANNEL_OP => evtchn::event_channel_op(hv, a[0], a[1]).into(),
         nr::DOMCTL => domctl::domctl(hv, a[0]).into(),
+        nr::PHYSDEV_OP => physdev::physdev_op(hv, a[0], a[1]).into(),
         nr::ARCH_DEBUG => misc::debug_op(hv, a[0], a[1]).into(),
         _ => Hc::Ret(Errno::ENOSYS.to_ret()),
     }

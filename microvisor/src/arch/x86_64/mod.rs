@@ -11,5 +11,6 @@ pub mod entry;
 pub mod floor;
 pub mod gdt;
 pub mod idt;
+pub mod ioapic;
 pub mod paging;
 pub mod serial;

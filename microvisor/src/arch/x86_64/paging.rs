@@ -21,6 +21,8 @@ use microvisor::mm::{pte, MachineMemory};
 pub const DIRECTMAP_BASE: u64 = 0xffff_8300_0000_0000;
 /// Where the local APIC's registers are mapped (uncached).
 pub const FIXMAP_LAPIC: u64 = 0xffff_82d0_c000_0000;
+/// Where the IOAPIC's registers are mapped (uncached).
+pub const FIXMAP_IOAPIC: u64 = FIXMAP_LAPIC + 0x1000;
 
 /// Number of hypervisor L4 slots.
 pub const NR_HV_SLOTS: usize = LAST_HYPERVISOR_L4_SLOT - FIRST_HYPERVISOR_L4_SLOT + 1;
@@ -155,6 +157,13 @@ pub fn init(alloc: &mut BootAllocator) -> AddressSpace {
     // Local APIC registers, uncached.
     let apic_pa = cpu::rdmsr(cpu::msr::APIC_BASE) & 0xf_ffff_f000;
     b.map(FIXMAP_LAPIC, apic_pa, 1, pte::PRESENT | pte::RW | pte::PCD | pte::PWT | pte::NX | g, sup);
+    b.map(
+        FIXMAP_IOAPIC,
+        super::ioapic::IOAPIC_PHYS,
+        1,
+        pte::PRESENT | pte::RW | pte::PCD | pte::PWT | pte::NX | g,
+        sup,
+    );
 
     let l4 = b.l4;
     let mut hv_slots = [0u64; NR_HV_SLOTS];
