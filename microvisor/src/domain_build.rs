@@ -118,11 +118,11 @@ impl<P: Platform> Hypervisor<P> {
     pub fn destroy_domain(&mut self, id: DomId) -> u64 {
         let Some(d) = self.domains.get_mut(&id) else { return 0 };
         d.state = DomainState::Dying;
+        let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
         self.sched.remove_domain(id);
         if self.running.is_some_and(|r| r.domid == id) {
-            self.need_resched = true;
+            self.resched();
         }
-        let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
         for p in ports {
             let _ = crate::hypercall::close_port(self, id, p);
         }

@@ -17,6 +17,7 @@ use crate::time::TimeBase;
 use crate::vcpu::{GuestFrame, RunState};
 use alloc::collections::BTreeMap;
 use core::fmt::{self, Write};
+use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn};
 
 /// Values written to QEMU's exit device when the machine stops.
@@ -93,13 +94,20 @@ pub struct Hypervisor<P: Platform> {
     pub time: TimeBase,
     /// The vCPU whose registers are in the live frame.
     pub running: Option<VcpuRef>,
-    /// Something changed that needs the scheduler on the way out.
+    /// Something changed that needs the scheduler on the way out (set with `resched`).
     pub need_resched: bool,
     pub(crate) pending_edit: PendingFrameEdit,
     pub flush: Flush,
     /// A handler changed state the hardware must reflect (page-table base, segment bases,
-    /// virtual TS, a TLB flush), so the exit path must resynchronise the CPU.
+    /// virtual TS, a TLB flush), so the exit path must resynchronise the CPU (set with
+    /// `mark_hw_dirty`).
     pub hw_dirty: bool,
+    /// The fast path must take the exit path: a reschedule, hardware state to change, a halt,
+    /// or the FPU registers no longer holding the running vCPU's state. One flag, so the fast
+    /// path tests it with one instruction; cleared by the arch layer once the exit path ran.
+    pub exit_work: bool,
+    /// Machine address of the running vCPU's `vcpu_info`, for the fast path's upcall check.
+    pub cur_vcpu_info: u64,
     /// Whose x87/SSE state the CPU's registers hold. The hypervisor is built without SSE, so
     /// the registers keep the running guest's state across hypercalls; only formatting (the
     /// precompiled libcore uses SSE) and vCPU switches disturb them, and both save first.
@@ -129,6 +137,8 @@ impl<P: Platform> Hypervisor<P> {
             pending_edit: PendingFrameEdit::default(),
             flush: Flush::None,
             hw_dirty: false,
+            exit_work: true,
+            cur_vcpu_info: 0,
             fpu_loaded: None,
             halt: None,
             pirqs: BTreeMap::new(),
@@ -152,9 +162,22 @@ impl<P: Platform> Hypervisor<P> {
         self.time.now_ns(self.plat.tsc())
     }
 
+    /// Asks for the scheduler on the way out.
+    pub fn resched(&mut self) {
+        self.need_resched = true;
+        self.exit_work = true;
+    }
+
+    /// Notes that the CPU must be resynchronised with the running vCPU on the way out.
+    pub fn mark_hw_dirty(&mut self) {
+        self.hw_dirty = true;
+        self.exit_work = true;
+    }
+
     /// Saves the guest FPU state the registers hold, so code that may use SSE can run.
     pub fn fpu_save_live(&mut self) {
         if let Some(r) = self.fpu_loaded.take() {
+            self.exit_work = true;
             if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
                 self.plat.fpu_save(&mut v.fpu);
             }
@@ -231,7 +254,7 @@ impl<P: Platform> Hypervisor<P> {
             self.guest_console_line(id, &pending);
         }
         self.sched.remove_domain(id);
-        self.need_resched = true;
+        self.resched();
         self.log(format_args!("Domain {} ({}) shut down: {}", id.0, name, reason.name()));
         if id == DomId::DOM0 {
             self.stop_machine(reason);
@@ -263,6 +286,7 @@ impl<P: Platform> Hypervisor<P> {
             if dom0_reason == ShutdownReason::Poweroff { exit_code::POWEROFF } else { exit_code::DOM0_CRASH };
         self.log(format_args!("dom0 {}: stopping the machine", dom0_reason.name()));
         self.halt = Some(code);
+        self.exit_work = true;
     }
 
     /// Prints a complete guest console line as `(d<id>) line`.
@@ -320,11 +344,11 @@ impl<P: Platform> Hypervisor<P> {
         }
     }
 
-    /// True if the running vCPU has an event to deliver (pending and not masked).
+    /// True if the running vCPU has an event to deliver: `evtchn_upcall_pending` set and
+    /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
+    #[inline]
     pub fn upcall_deliverable(&self) -> bool {
-        let r = self.current();
-        let (pending, masked) = self.domains[&r.domid].bitmaps().upcall_state(self.mem(), r.vcpu);
-        pending && !masked
+        self.mem().read_u64(self.cur_vcpu_info) & 0xffff == 1
     }
 
     /// What the hardware must be set to for the running vCPU.
@@ -388,9 +412,11 @@ impl<P: Platform> Hypervisor<P> {
             }
         }
         self.running = next;
+        self.exit_work = true;
         if let Some(n) = next {
             let tsc = self.plat.tsc();
             let d = self.domains.get_mut(&n.domid).expect("scheduled domain exists");
+            self.cur_vcpu_info = d.shared_info.addr() + SharedInfo::vcpu_info_offset(n.vcpu as usize) as u64;
             let v = d.vcpu_mut(n.vcpu).expect("scheduled vCPU exists");
             *frame = v.frame;
             let si = d.shared_info;
@@ -413,7 +439,7 @@ impl<P: Platform> Hypervisor<P> {
     /// Queues an interrupt-controller change (applied before the next return to a guest).
     pub fn queue_irq_op(&mut self, op: crate::irq::IrqOp) {
         self.irq_ops.push(op);
-        self.hw_dirty = true;
+        self.mark_hw_dirty();
     }
 
     /// A device interrupt on `gsi` (the arch layer has masked the pin): tell the owner.
@@ -443,7 +469,7 @@ impl<P: Platform> Hypervisor<P> {
             self.send_vcpu_virq(r, hypercall_abi::xen::virq::TIMER);
         }
         if self.sched.slice_expired(now) {
-            self.need_resched = true;
+            self.resched();
         }
     }
 }

@@ -316,13 +316,30 @@ fn trap_table_validation() {
     let p = put(&hv, &table);
     assert_eq!(call(&mut hv, nr::SET_TRAP_TABLE, [p, 0, 0, 0, 0]), 0);
     assert_eq!(hv.cur_vcpu().traps[14].cs, FLAT_KERNEL_CS, "RPL raised to 3");
+    // Xen refuses only non-canonical handlers; the whole table is checked before any entry
+    // changes.
     let bad = [
-        TrapInfo { vector: 13, address: 0xffff_82d0_8020_0000, cs: FLAT_KERNEL_CS, ..Default::default() },
+        TrapInfo { vector: 6, address: 0xffff_ffff_8000_0200, cs: FLAT_KERNEL_CS, ..Default::default() },
+        TrapInfo { vector: 13, address: 0x0000_8000_0000_0000, cs: FLAT_KERNEL_CS, ..Default::default() },
         TrapInfo::default(),
     ];
     let p = put(&hv, &bad);
     assert_eq!(call(&mut hv, nr::SET_TRAP_TABLE, [p, 0, 0, 0, 0]), Errno::EINVAL.to_ret());
+    assert_eq!(hv.cur_vcpu().traps[6].address, 0, "nothing changed on error");
     assert_eq!(hv.cur_vcpu().traps[13].address, 0, "nothing changed on error");
+}
+
+#[test]
+fn bounce_to_a_non_canonical_handler_crashes_the_guest_not_the_hypervisor() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    // set_callbacks records any address, as Xen does...
+    assert_eq!(call(&mut hv, nr::SET_CALLBACKS, [0x0000_8000_0000_0000, 0, 0, 0, 0]), 0);
+    let sp = hv.cur_vcpu().kernel_sp - 0x100;
+    let mut frame = GuestFrame { rsp: sp, rip: 0xffff_ffff_8000_0040, ..Default::default() };
+    // ...but delivering to it is refused before any `iretq` could see it.
+    let e = crate::traps::bounce(&mut hv, &mut frame, 0x0000_8000_0000_0000, None, true).unwrap_err();
+    assert!(matches!(e, crate::traps::BounceError::BadHandler(_)));
 }
 
 #[test]

@@ -232,6 +232,7 @@ struct Loaded {
     gdt: Option<(microvisor::sched::VcpuRef, u64)>,
     gdt_len: usize,
     io_ports: bool,
+    kernel_mode: Option<bool>,
 }
 
 static mut LOADED: Loaded = Loaded {
@@ -244,6 +245,7 @@ static mut LOADED: Loaded = Loaded {
     gdt: None,
     gdt_len: 0,
     io_ports: false,
+    kernel_mode: None,
 };
 
 /// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
@@ -315,8 +317,12 @@ fn sync_hardware(hv: &mut Hv) {
             microvisor::irq::IrqOp::Unmask(g) => crate::arch::x86_64::ioapic::set_masked(g, false),
         }
     }
-    entry::set_guest_kernel_mode(hw.kernel_mode);
+    if l.kernel_mode != Some(hw.kernel_mode) {
+        entry::set_guest_kernel_mode(hw.kernel_mode);
+        l.kernel_mode = Some(hw.kernel_mode);
+    }
     hv.hw_dirty = false;
+    hv.exit_work = false;
     let deadline = hv.next_deadline_ns();
     if deadline != l.timer_deadline {
         match deadline {

@@ -67,6 +67,7 @@ pub enum BounceError {
     NoHandler { vector: &'static str, rip: u64 },
     BadStack(u64),
     StackFault(u64),
+    BadHandler(u64),
 }
 
 impl core::fmt::Display for BounceError {
@@ -78,6 +79,9 @@ impl core::fmt::Display for BounceError {
             BounceError::BadStack(sp) => write!(f, "bounce frame stack {sp:#x} is in the hypervisor's range"),
             BounceError::StackFault(sp) => {
                 write!(f, "cannot write bounce frame at {sp:#x} (kernel stack unmapped)")
+            }
+            BounceError::BadHandler(a) => {
+                write!(f, "callback or trap handler at non-canonical address {a:#x}")
             }
         }
     }
@@ -101,6 +105,11 @@ pub fn bounce<P: Platform>(
     error_code: Option<u64>,
     mask_events: bool,
 ) -> Result<(), BounceError> {
+    // Guests may register any address (Xen checks nothing); a non-canonical one must not
+    // reach `iretq`, where it would fault in ring 0.
+    if !is_canonical(handler) {
+        return Err(BounceError::BadHandler(handler));
+    }
     let r = hv.current();
     let bm = hv.cur_dom().bitmaps();
     let from_user = !hv.cur_vcpu().kernel_mode;
@@ -314,6 +323,11 @@ pub fn guest_exception<P: Platform>(
             let vi =
                 hv.cur_dom().shared_info.addr() + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64 + 16;
             hv.mem().write_u64(vi, cr2);
+            // The CPU saw ring 3 either way; the guest must see which of its own modes
+            // faulted (Xen's pv_inject_event adjusts PFEC_user_mode the same way).
+            const PFEC_USER: u64 = 1 << 2;
+            let user = if hv.cur_vcpu().kernel_mode { 0 } else { PFEC_USER };
+            let err = err.map(|e| (e & !PFEC_USER) | user);
             bounce_exception(hv, frame, vector::PF, err).map_err(|e| match e {
                 BounceError::NoHandler { rip, .. } => BounceError::NoHandler { vector: "#PF", rip },
                 other => other,

@@ -2,6 +2,10 @@
 //! load us, the hypercall page, and the boot stack. A kernel binary invokes [`pv_kernel!`]
 //! once with its main function.
 
+/// Where the kernel is linked and the builder starts the bootstrap mapping
+/// (`XEN_ELFNOTE_VIRT_BASE`; pfn `p` is at `VIRT_BASE + p * 4096`). Must match guest.ld.
+pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
+
 /// Size of the boot stack the entry code switches to (the builder's stack is one page).
 pub const BOOT_STACK_SIZE: usize = 64 * 1024;
 /// Size of the kernel heap carved out of .bss.
@@ -39,7 +43,7 @@ macro_rules! pv_kernel {
 64:         .asciz "generic"
 65:
             XEN_NOTE 3, 66f, 67f
-66:         .quad 0xffffffff80000000
+66:         .quad {virt_base}
 67:
             XEN_NOTE 4, 68f, 69f
 68:         .quad 0
@@ -78,6 +82,7 @@ __pv_boot_stack_top:
             .previous
             "#),
             stack = const $crate::entry::BOOT_STACK_SIZE,
+            virt_base = const $crate::entry::VIRT_BASE,
             entry = sym __pv_kernel_entry,
             options(att_syntax)
         );
@@ -90,9 +95,10 @@ __pv_boot_stack_top:
         extern "C" fn __pv_kernel_entry(si: *const $crate::start_info::StartInfo) -> ! {
             // SAFETY: runs once, first thing at entry; the area is used by nothing else.
             unsafe { __PV_HEAP.lock().init(__PV_HEAP_AREA.0.get() as *mut u8, $crate::entry::HEAP_SIZE) };
+            let si_va = si as u64;
             // SAFETY: the domain builder passes start_info's virtual address in %rsi and maps it.
             let si = unsafe { $crate::start_info::take(si) };
-            $crate::runtime_init(&si);
+            $crate::runtime_init(&si, si_va);
             $main(&si);
             $crate::hypercall::shutdown(hypercall_abi::sched::shutdown::POWEROFF)
         }

@@ -1,11 +1,15 @@
 //! Hypercalls through the hypercall page, as every Xen PV guest makes them: call
 //! `hypercall_page + nr * 32` with arguments in `%rdi, %rsi, %rdx, %r10, %r8`; the stub's
 //! `syscall` enters the hypervisor. All argument registers may be clobbered.
+//!
+//! The typed wrappers below return the raw `%rax` value (negative = -errno) so that callers
+//! can print exactly what the hypervisor answered; [`check`] turns it into a `Result`.
 
 use core::arch::asm;
 use hypercall_abi::hypercall::nr;
-use hypercall_abi::Errno;
-use zerocopy::{Immutable, IntoBytes};
+use hypercall_abi::xen::{MmuUpdate, MmuextOp, TrapInfo};
+use hypercall_abi::{DomId, Errno};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 /// Raw hypercall with up to five arguments; returns `%rax`.
 #[inline(always)]
@@ -42,6 +46,32 @@ extern "C" {
     static hypercall_page_symbol: u8;
 }
 
+/// A hypercall made with a bare `syscall` instead of the hypercall page, for numbers the
+/// page has no stub for (it holds 128). In guest kernel mode every `syscall` is a hypercall,
+/// with the full 64-bit `%rax` as its number.
+#[inline(always)]
+pub fn raw_syscall(n: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: the same contract as the page's stubs: a `syscall` from guest kernel mode enters
+    // the hypervisor, which returns to the next instruction with `%rax` set and `%rcx`/`%r11`
+    // clobbered by `sysret`; the argument registers are declared clobbered too.
+    unsafe {
+        asm!(
+            "syscall",
+            inlateout("rax") n => ret,
+            inout("rdi") a1 => _,
+            inout("rsi") a2 => _,
+            inout("rdx") a3 => _,
+            inout("r10") a4 => _,
+            inout("r8") a5 => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(att_syntax),
+        );
+    }
+    ret
+}
+
 /// Hypercall with no pointer arguments.
 #[inline(always)]
 pub fn hypercall2(n: u64, a1: u64, a2: u64) -> i64 {
@@ -56,6 +86,11 @@ pub fn check(ret: i64) -> Result<u64, Errno> {
 /// Address of a value passed by pointer.
 pub fn ptr<T>(v: &T) -> u64 {
     v as *const T as u64
+}
+
+/// Address of a value the hypervisor writes to.
+pub fn ptr_mut<T>(v: &mut T) -> u64 {
+    v as *mut T as u64
 }
 
 /// `console_io(CONSOLEIO_write)`: writes straight to the hypervisor console.
@@ -96,4 +131,56 @@ pub fn shutdown(reason: u32) -> ! {
     loop {
         sched_op(hypercall_abi::sched::op::SHUTDOWN, &s);
     }
+}
+
+/// `set_trap_table(table)`. `table` must end with an entry whose `address` is 0; an empty
+/// slice clears the whole virtual IDT (Xen's `set_trap_table(NULL)`).
+pub fn set_trap_table(table: &[TrapInfo]) -> i64 {
+    let p = if table.is_empty() { 0 } else { table.as_ptr() as u64 };
+    hypercall2(nr::SET_TRAP_TABLE, p, 0)
+}
+
+/// `set_callbacks(event, failsafe, syscall)`.
+pub fn set_callbacks(event: u64, failsafe: u64, syscall: u64) -> i64 {
+    hypercall5(nr::SET_CALLBACKS, event, failsafe, syscall, 0, 0)
+}
+
+/// `callback_op(cmd, arg)`.
+pub fn callback_op<T: IntoBytes + Immutable>(cmd: u32, arg: &T) -> i64 {
+    hypercall2(nr::CALLBACK_OP, u64::from(cmd), ptr(arg))
+}
+
+/// `update_va_mapping(va, new_pte, flags)` (`UVMF_*`).
+pub fn update_va_mapping(va: u64, pte: u64, flags: u64) -> i64 {
+    hypercall5(nr::UPDATE_VA_MAPPING, va, pte, flags, 0, 0)
+}
+
+/// `mmu_update(reqs, count, &done, domid)`; `done` receives how many requests succeeded.
+pub fn mmu_update(reqs: &[MmuUpdate], done: &mut u32, domid: DomId) -> i64 {
+    hypercall5(nr::MMU_UPDATE, reqs.as_ptr() as u64, reqs.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
+}
+
+/// `mmuext_op(ops, count, &done, domid)`.
+pub fn mmuext_op(ops: &[MmuextOp], done: &mut u32, domid: DomId) -> i64 {
+    hypercall5(nr::MMUEXT_OP, ops.as_ptr() as u64, ops.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
+}
+
+/// `set_timer_op(deadline)`: VIRQ_TIMER at absolute system time `deadline` ns; 0 cancels.
+pub fn set_timer_op(deadline_ns: u64) -> i64 {
+    hypercall2(nr::SET_TIMER_OP, deadline_ns, 0)
+}
+
+/// `event_channel_op(cmd, arg)`; `arg` is in/out.
+pub fn event_channel_op<T: IntoBytes + FromBytes>(cmd: u32, arg: &mut T) -> i64 {
+    hypercall2(nr::EVENT_CHANNEL_OP, u64::from(cmd), ptr_mut(arg))
+}
+
+/// `vcpu_op(cmd, vcpu, arg)` with a raw argument pointer.
+pub fn vcpu_op(cmd: u32, vcpu: u32, arg: u64) -> i64 {
+    hypercall5(nr::VCPU_OP, u64::from(cmd), u64::from(vcpu), arg, 0, 0)
+}
+
+/// `domctl(op)`: the toolstack interface (dom0 only).
+pub fn domctl(op: &mut hypercall_abi::domctl::XenDomctl) -> i64 {
+    hypercall2(nr::DOMCTL, ptr_mut(op), 0)
 }

@@ -37,7 +37,9 @@ fn demo_boots_interleaves_and_powers_off() {
 fn hypervisor_reports_each_domains_shutdown_reason() {
     let k = kernels();
     let run = boot(&Machine::standard(&k));
-    run.expect_outcome(Outcome::Poweroff).expect_line("d0 (dom0): poweroff").expect_line("d1 (domU): poweroff");
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("d0 (dom0): poweroff")
+        .expect_line("d1 (domU): poweroff");
 }
 
 #[test]
@@ -47,5 +49,7 @@ fn malformed_module_is_refused_with_a_clear_message() {
     // The hypervisor image itself is an ELF without Xen notes: not a PV kernel.
     m.modules.push(tests::Module::new(&k.microvisor, "name=bogus"));
     let run = boot(&m);
-    run.expect_outcome(Outcome::Poweroff).expect_line("module 2").expect_line("Domain 1 (domU) shut down: poweroff");
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("module 2")
+        .expect_line("Domain 1 (domU) shut down: poweroff");
 }

@@ -6,11 +6,15 @@ use tests::{boot, kernels, Machine, Outcome, RunExt};
 #[test]
 fn page_fault_is_bounced_with_cr2() {
     let k = kernels();
-    boot(&Machine::scenario(&k, "trap-pf")).expect_outcome(Outcome::Poweroff).expect_line("TEST trap-pf PASS");
+    boot(&Machine::scenario(&k, "trap-pf"))
+        .expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST trap-pf PASS");
 }
 
 #[test]
 fn invalid_opcode_is_bounced_and_forced_cpuid_emulated() {
     let k = kernels();
-    boot(&Machine::scenario(&k, "trap-ud")).expect_outcome(Outcome::Poweroff).expect_line("TEST trap-ud PASS");
+    boot(&Machine::scenario(&k, "trap-ud"))
+        .expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST trap-ud PASS");
 }

@@ -19,7 +19,7 @@ pub const TARGET: &str = "x86_64-unknown-linux-gnu";
 /// switches, as Xen (built with `-mno-sse`) does. `cargo xtask` checks the linked image for
 /// any remaining SSE use (see [`check_hypervisor_image`]).
 const HV_RUSTFLAGS: &str = "-C relocation-model=pic -C code-model=small -C no-redzone=yes \
-    -C force-frame-pointers=yes -C target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2";
+    -C target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2";
 
 /// Flags of the PV guest kernels (dom0 and domUs), linked at `0xffffffff80000000`.
 const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=kernel \

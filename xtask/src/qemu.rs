@@ -114,7 +114,7 @@ impl Machine {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("floor={iters}");
         m.modules = vec![
-            Module::new(&k.dom0, "name=dom0 mem=64M"),
+            Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0"),
             Module::new(&k.testguest, &format!("name=bench mem=32M -- scenario=bench-null iters={iters}")),
         ];
         m
@@ -124,7 +124,7 @@ impl Machine {
     pub fn scenario(k: &Kernels, scenario: &str) -> Machine {
         let mut m = Machine::standard(k);
         m.modules = vec![
-            Module::new(&k.dom0, "name=dom0 mem=64M"),
+            Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0"),
             Module::new(&k.testguest, &format!("name=tg mem=32M -- scenario={scenario}")),
         ];
         m

@@ -91,7 +91,7 @@ pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> 
     for f in old {
         hv.frames.put_page_and_type(mem, f);
     }
-    hv.hw_dirty = true;
+    hv.mark_hw_dirty();
     Ok(0)
 }
 
@@ -130,7 +130,7 @@ pub fn update_descriptor<P: Platform>(hv: &mut Hypervisor<P>, maddr: u64, desc: 
         }
     }
     if touched {
-        hv.hw_dirty = true;
+        hv.mark_hw_dirty();
     }
     Ok(0)
 }

@@ -10,21 +10,10 @@ use hypercall_abi::elfnote::feature;
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
 use hypercall_abi::xen::{
-    consoleio, in_hypervisor_hole, is_canonical, segbase, vmasst, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
-    FLAT_RING3_CS32, FLAT_RING3_DS32, HYPERVISOR_VIRT_START,
+    consoleio, is_canonical, segbase, vmasst, TrapInfo, FLAT_KERNEL_SS, FLAT_RING3_DS32,
+    HYPERVISOR_VIRT_START,
 };
 use hypercall_abi::Errno;
-
-/// A guest code address a handler may be set to: canonical and outside the hypervisor hole.
-fn valid_guest_code(addr: u64) -> bool {
-    is_canonical(addr) && !in_hypervisor_hole(addr)
-}
-
-/// Raises a guest-supplied code selector to RPL 3 and checks it is one of the flat ones.
-fn fixup_code_selector(cs: u16) -> Option<u16> {
-    let cs = cs | 3;
-    (cs == FLAT_KERNEL_CS || cs == FLAT_RING3_CS32).then_some(cs)
-}
 
 pub fn set_trap_table<P: Platform>(hv: &mut Hypervisor<P>, table: u64) -> Result<i64, Errno> {
     if table == 0 {
@@ -38,11 +27,12 @@ pub fn set_trap_table<P: Platform>(hv: &mut Hypervisor<P>, table: u64) -> Result
         if t.address == 0 {
             break;
         }
-        if !valid_guest_code(t.address) {
+        // Xen checks only that the handler is canonical; the selector gets RPL 3 (bounces
+        // always enter on the flat kernel selector).
+        if !is_canonical(t.address) {
             return Err(Errno::EINVAL);
         }
-        let cs = fixup_code_selector(t.cs).ok_or(Errno::EINVAL)?;
-        new[t.vector as usize] = TrapInfo { cs, ..t };
+        new[t.vector as usize] = TrapInfo { cs: t.cs | 3, ..t };
     }
     hv.cur_vcpu_mut().traps = new;
     Ok(0)
@@ -65,9 +55,8 @@ pub fn set_callbacks<P: Platform>(
     failsafe: u64,
     syscall: u64,
 ) -> Result<i64, Errno> {
-    if [event, failsafe, syscall].iter().any(|&a| a != 0 && !valid_guest_code(a)) {
-        return Err(Errno::EINVAL);
-    }
+    // As Xen: the addresses are recorded as given (a bad one crashes the domain when it is
+    // used) and the call always succeeds.
     let cb = &mut hv.cur_vcpu_mut().callbacks;
     cb.event = event;
     cb.failsafe = failsafe;
@@ -79,9 +68,6 @@ pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
     match cmd as u32 {
         cbop::REGISTER => {
             let r: CallbackRegister = hv.guest().read_obj(arg)?;
-            if r.address != 0 && !valid_guest_code(r.address) {
-                return Err(Errno::EINVAL);
-            }
             let mask = r.flags & callbackf::MASK_EVENTS != 0;
             let cb = &mut hv.cur_vcpu_mut().callbacks;
             match r.type_ {
@@ -97,7 +83,7 @@ pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
                 callback_type::SYSCALL32 => cb.syscall32 = r.address,
                 callback_type::SYSENTER => cb.sysenter = r.address,
                 callback_type::NMI => cb.nmi = r.address,
-                _ => return Err(Errno::EINVAL),
+                _ => return Err(Errno::ENOSYS),
             }
             Ok(0)
         }
@@ -105,13 +91,14 @@ pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
             let u: CallbackUnregister = hv.guest().read_obj(arg)?;
             let cb = &mut hv.cur_vcpu_mut().callbacks;
             match u.type_ {
-                // Xen refuses to unregister the event and failsafe callbacks.
-                callback_type::EVENT | callback_type::FAILSAFE => return Err(Errno::EINVAL),
-                callback_type::SYSCALL => cb.syscall = 0,
-                callback_type::SYSCALL32 => cb.syscall32 = 0,
-                callback_type::SYSENTER => cb.sysenter = 0,
+                // Xen lets only the NMI callback be unregistered.
+                callback_type::EVENT
+                | callback_type::FAILSAFE
+                | callback_type::SYSCALL
+                | callback_type::SYSCALL32
+                | callback_type::SYSENTER => return Err(Errno::EINVAL),
                 callback_type::NMI => cb.nmi = 0,
-                _ => return Err(Errno::EINVAL),
+                _ => return Err(Errno::ENOSYS),
             }
             Ok(0)
         }
@@ -121,12 +108,12 @@ pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
 
 pub fn fpu_taskswitch<P: Platform>(hv: &mut Hypervisor<P>, set: u64) -> Result<i64, Errno> {
     hv.cur_vcpu_mut().fpu_ts = set != 0;
-    hv.hw_dirty = true;
+    hv.mark_hw_dirty();
     Ok(0)
 }
 
 pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u64) -> Result<i64, Errno> {
-    hv.hw_dirty = true;
+    hv.mark_hw_dirty();
     let v = hv.cur_vcpu_mut();
     match which as u32 {
         segbase::FS | segbase::GS_USER | segbase::GS_KERNEL if !is_canonical(base) => Err(Errno::EINVAL),

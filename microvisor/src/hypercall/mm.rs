@@ -41,7 +41,7 @@ fn with_mmu<P: Platform, R>(
     }
     v.user_l4 = nu;
     if nk != Some(k) || nu != u {
-        hv.hw_dirty = true;
+        hv.mark_hw_dirty();
     }
     hv.request_flush(flush);
     out
@@ -57,7 +57,7 @@ impl<P: Platform> Hypervisor<P> {
         };
         if f != Flush::None {
             self.flush = self.flush.merge(f);
-            self.hw_dirty = true;
+            self.mark_hw_dirty();
         }
     }
 }

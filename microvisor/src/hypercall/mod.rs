@@ -56,14 +56,7 @@ impl<P: Platform> Hypervisor<P> {
         let hc = dispatch(self, nr, args, None);
         self.after_hypercall();
         match hc {
-            Hc::Ret(r) => {
-                let slow = self.need_resched
-                    || self.hw_dirty
-                    || self.fpu_loaded != self.running
-                    || self.halt.is_some()
-                    || self.upcall_deliverable();
-                (r as u64, slow)
-            }
+            Hc::Ret(r) => (r as u64, self.exit_work || self.upcall_deliverable()),
             Hc::Continue(a) => {
                 self.pending_edit.continuation = Some(a);
                 // `%rax` must still hold the number when the `syscall` re-executes.
@@ -75,8 +68,10 @@ impl<P: Platform> Hypervisor<P> {
 
     /// Flushes the frame table owes (a frame changed type or owner) must happen before the
     /// guest runs again.
+    #[inline]
     fn after_hypercall(&mut self) {
-        if self.frames.take_flush_pending() {
+        if self.frames.flush_pending() {
+            self.frames.take_flush_pending();
             self.request_flush(crate::mm::mmu::FlushKind::All);
         }
     }
@@ -105,7 +100,9 @@ impl<P: Platform> Hypervisor<P> {
     }
 }
 
-/// Calls the handler of hypercall `nr`.
+/// Calls the handler of hypercall `nr`. Inlined so that the fast path keeps the result in
+/// registers.
+#[inline(always)]
 pub fn dispatch<P: Platform>(
     hv: &mut Hypervisor<P>,
     nr: u64,

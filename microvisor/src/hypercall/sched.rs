@@ -15,7 +15,7 @@ pub fn sched_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Resu
     match cmd as u32 {
         op::YIELD => {
             hv.sched.yield_current();
-            hv.need_resched = true;
+            hv.resched();
             Ok(0)
         }
         op::BLOCK => {
@@ -27,7 +27,7 @@ pub fn sched_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Resu
             if !bm.upcall_state(hv.mem(), r.vcpu).0 {
                 hv.cur_vcpu_mut().state = RunState::Blocked;
                 hv.sched.sleep(r);
-                hv.need_resched = true;
+                hv.resched();
             }
             Ok(0)
         }

@@ -1,13 +1,47 @@
-//! The demo PV domU: prints, runs a CPU-bound loop long enough to be preempted, and powers off.
+//! The demo PV domU: prints, runs a CPU-bound loop long enough to be preempted (its lines
+//! interleave with dom0's on the console), and powers off.
+//!
+//! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration.
 #![no_std]
 #![no_main]
 
 use kernel_rt as _;
-use pv_guest_kernel::println;
 use pv_guest_kernel::start_info::StartInfo;
+use pv_guest_kernel::{cmdline, println, time};
 
 pv_guest_kernel::pv_kernel!(main, "microvisor-domU");
 
 fn main(si: &StartInfo) {
-    println!("domU up: {} pages, command line \"{}\"", si.nr_pages, si.cmdline());
+    let cmd = si.cmdline();
+    println!("domU: up, {} pages, command line \"{cmd}\"", si.nr_pages);
+    let steps = option(cmd, "steps", 30, 1, 10_000);
+    let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
+    let t0 = time::now_ns();
+    let mut acc = 0u64;
+    for step in 1..=steps {
+        acc = acc.wrapping_add(busy_work(work, step));
+        println!("domU: step {step}/{steps}");
+    }
+    let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
+    println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
+}
+
+/// A numeric option, its default if absent or malformed (with a message).
+fn option(cmd: &str, key: &str, default: u64, min: u64, max: u64) -> u64 {
+    cmdline::get_u64(cmd, key, default, min, max).unwrap_or_else(|e| {
+        println!("domU: ignoring {key}= ({e:?}), using {default}");
+        default
+    })
+}
+
+/// A CPU-bound computation of `n` xorshift steps.
+fn busy_work(n: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = core::hint::black_box(x);
+    }
+    x
 }

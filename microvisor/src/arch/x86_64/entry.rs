@@ -63,10 +63,6 @@ static LIVE_FRAME: LiveFrame = LiveFrame(UnsafeCell::new(GuestFrame {
 #[no_mangle]
 static mut GUEST_RSP_SCRATCH: u64 = 0;
 
-/// 1 while the running vCPU is in guest kernel mode: `syscall` is then a hypercall.
-#[no_mangle]
-pub static mut GUEST_KERNEL_MODE: u8 = 0;
-
 const FRAME_SIZE: usize = core::mem::size_of::<GuestFrame>();
 const _: () = assert!(FRAME_SIZE % 16 == 0);
 
@@ -85,10 +81,15 @@ pub fn live_frame_end() -> u64 {
     LIVE_FRAME.0.get() as u64 + FRAME_SIZE as u64
 }
 
-/// Sets whether `syscall` is a hypercall (guest kernel mode) for the fast path.
+/// Points `syscall` at the hypercall entry (guest kernel mode) or at the entry that bounces
+/// it to the guest kernel (guest user mode), so the fast path needs no mode test.
 pub fn set_guest_kernel_mode(kernel: bool) {
-    // SAFETY: single CPU, interrupts disabled; the entry stub reads it only on later entries.
-    unsafe { GUEST_KERNEL_MODE = u8::from(kernel) };
+    extern "C" {
+        fn syscall_entry();
+        fn syscall_user_entry();
+    }
+    let target = if kernel { syscall_entry as *const () } else { syscall_user_entry as *const () };
+    cpu::wrmsr(cpu::msr::LSTAR, target as u64);
 }
 
 /// Return value of the fast hypercall dispatcher (in `%rax:%rdx`).
@@ -145,13 +146,12 @@ global_asm!(
     .section .text.entry, "ax"
 
     /* ---- syscall: hypercalls and guest-user system calls ---- */
+    /* LSTAR points here while the vCPU is in guest kernel mode (a hypercall)... */
     .balign 16
     .globl syscall_entry
 syscall_entry:
     mov %rsp, GUEST_RSP_SCRATCH(%rip)
     lea boot_stack_top(%rip), %rsp
-    cmpb $0, GUEST_KERNEL_MODE(%rip)
-    je syscall_full
     cmp ${iret}, %eax
     je syscall_full
     /* Fast path: keep what the call clobbers and the guest keeps (rcx/r11 hold the
@@ -190,6 +190,11 @@ syscall_entry:
     call {hc_exit}
     jmp exit_to_guest
 
+    /* ...and here while it is in guest user mode (a system call for the guest kernel). */
+    .balign 16
+    .globl syscall_user_entry
+syscall_user_entry:
+    mov %rsp, GUEST_RSP_SCRATCH(%rip)
 syscall_full:
     lea LIVE_FRAME+{frame_size}(%rip), %rsp
     pushq ${ss}
