@@ -23,25 +23,38 @@ pub mod exit {
 pub mod bench {
     use core::fmt;
 
-    /// Summary of a latency sample.
+    /// Summary of a latency sample. Percentiles use the nearest-rank definition, so every
+    /// figure is a sample that was actually measured.
     #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     pub struct Stats {
         pub n: u64,
         pub min: u64,
         pub median: u64,
         pub p99: u64,
+        pub max: u64,
+    }
+
+    /// Nearest-rank percentile `p` (0..=100) of an ascending, non-empty sample.
+    pub fn percentile<T: Copy + Into<u64>>(sorted: &[T], p: u64) -> u64 {
+        let n = sorted.len() as u64;
+        let rank = (p.min(100) * n).div_ceil(100).max(1);
+        sorted[(rank - 1) as usize].into()
     }
 
     impl Stats {
         /// Sorts `samples` and summarises them; `None` for an empty sample.
-        pub fn compute(samples: &mut [u32]) -> Option<Stats> {
+        pub fn compute<T: Copy + Ord + Into<u64>>(samples: &mut [T]) -> Option<Stats> {
             if samples.is_empty() {
                 return None;
             }
             samples.sort_unstable();
-            let n = samples.len();
-            let at = |q_num: usize, q_den: usize| u64::from(samples[((n - 1) * q_num) / q_den]);
-            Some(Stats { n: n as u64, min: u64::from(samples[0]), median: at(1, 2), p99: at(99, 100) })
+            Some(Stats {
+                n: samples.len() as u64,
+                min: samples[0].into(),
+                median: percentile(samples, 50),
+                p99: percentile(samples, 99),
+                max: samples[samples.len() - 1].into(),
+            })
         }
     }
 
@@ -71,10 +84,13 @@ pub mod bench {
         fn quantiles() {
             let mut v: [u32; 5] = [50, 10, 40, 20, 30];
             let s = Stats::compute(&mut v).unwrap();
-            assert_eq!(s, Stats { n: 5, min: 10, median: 30, p99: 40 });
-            let mut big: [u32; 100] = core::array::from_fn(|i| i as u32);
-            assert_eq!(Stats::compute(&mut big).unwrap().p99, 98);
-            assert!(Stats::compute(&mut []).is_none());
+            assert_eq!(s, Stats { n: 5, min: 10, median: 30, p99: 50, max: 50 });
+            let mut big: [u32; 100] = core::array::from_fn(|i| i as u32 + 1);
+            let s = Stats::compute(&mut big).unwrap();
+            assert_eq!((s.median, s.p99, s.max), (50, 99, 100));
+            let mut one = [7u64];
+            assert_eq!(Stats::compute(&mut one).unwrap(), Stats { n: 1, min: 7, median: 7, p99: 7, max: 7 });
+            assert!(Stats::compute::<u32>(&mut []).is_none());
         }
     }
 }

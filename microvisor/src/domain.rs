@@ -3,6 +3,7 @@
 
 use crate::console::LineBuffer;
 use crate::event::{Bitmaps, EventChannels};
+use crate::grant::{GrantTable, MAX_GRANT_FRAMES};
 use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use alloc::string::String;
@@ -94,6 +95,8 @@ pub struct Domain {
     pub console_ring: Option<(Mfn, u32)>,
     /// Machine frame of the xenstore ring and its port (domUs).
     pub store_ring: Option<(Mfn, u32)>,
+    /// Its grant table and the mappings it holds of other domains' grants.
+    pub grant: GrantTable,
 }
 
 impl Domain {
@@ -111,6 +114,7 @@ impl Domain {
             console: LineBuffer::default(),
             console_ring: None,
             store_ring: None,
+            grant: GrantTable::new(MAX_GRANT_FRAMES),
         }
     }
 

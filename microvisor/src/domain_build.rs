@@ -1,10 +1,12 @@
 //! Creating and destroying domains: the steps around the loader's builder that make a built
 //! image a live domain (frame accounting, the shared_info page, pre-allocated console and
-//! xenstore ports for domUs, the M2P, pinned and validated bootstrap page tables, the boot
-//! vCPU), and tearing one down so every frame returns to the free pool.
+//! xenstore ports for domUs, the grant table with the console and xenstore references seeded
+//! for dom0, the M2P, pinned and validated bootstrap page tables, the boot vCPU), and tearing
+//! one down so every frame returns to the free pool.
 
 use crate::domain::{DomainConfig, DomainState};
 use crate::event::PortState;
+use crate::grant::{GrantCtx, INITIAL_GRANT_FRAMES};
 use crate::hv::Hypervisor;
 use crate::loader::builder::{build_pv_domain, BuildConfig};
 use crate::loader::elf::parse_pv_image;
@@ -13,6 +15,7 @@ use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use alloc::string::{String, ToString};
 use alloc::vec::Vec;
+use hypercall_abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn, Port, PAGE_SIZE};
 
@@ -57,6 +60,14 @@ impl<P: Platform> Hypervisor<P> {
             max_evtchn_ports: MAX_EVTCHN_PORTS,
         };
         self.add_domain(id, &cfg, shared_info);
+        // The table exists from creation (as Xen's domain_create makes it), so the reserved
+        // references can be seeded before the domain runs.
+        let mem = self.plat.mem();
+        let d = self.domains.get_mut(&id).expect("just added");
+        if d.grant.grow(&mut self.frames, mem, id, INITIAL_GRANT_FRAMES).is_err() {
+            self.destroy_domain(id);
+            return Err("out of memory for the grant table".into());
+        }
         let (store_port, console_port) = if spec.is_dom0 {
             (Port(0), Port(0))
         } else {
@@ -105,6 +116,14 @@ impl<P: Platform> Hypervisor<P> {
             mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
         }
         let d = self.domains.get_mut(&id).expect("just added");
+        // libxc's xc_dom_gnttab_init: the rings are granted to dom0 (console daemon, xenstored).
+        for (gref, ring) in
+            [(GNTTAB_RESERVED_CONSOLE, built.console_mfn), (GNTTAB_RESERVED_XENSTORE, built.store_mfn)]
+        {
+            if let Some(mfn) = ring {
+                d.grant.seed(mem, gref, DomId::DOM0, mfn).expect("initial table holds the reserved entries");
+            }
+        }
         d.store_ring = built.store_mfn.map(|m| (m, store_port.0));
         d.console_ring = built.console_mfn.map(|m| (m, console_port.0));
         d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);
@@ -146,18 +165,39 @@ impl<P: Platform> Hypervisor<P> {
         for f in gdt_frames {
             self.frames.put_page_and_type(mem, f);
         }
+        // Grants: the mappings it holds of others' grants go first, while its page tables
+        // are still live; its own table is given up (others' mappings of its frames keep
+        // their references and are released without it).
+        let mut cx = GrantCtx { domains: &mut self.domains, ft: &mut self.frames, mem };
+        let granters = cx.release_mappings(id);
+        let grant_frames = self.domains.get_mut(&id).expect("exists").grant.teardown();
         let stats = self.frames.relinquish(mem, id, &bases);
-        // The shared_info page went back to the hypervisor; it is free memory again.
-        if self.frames.owner(shared_info) == Some(crate::mm::frame_table::Owner::Xen) {
-            let _ = self.frames.free_frame(mem, shared_info);
+        // The shared_info page and the grant-table frames went back to the hypervisor; they
+        // are free memory again.
+        for f in core::iter::once(shared_info).chain(grant_frames) {
+            if self.frames.owner(f) == Some(crate::mm::frame_table::Owner::Xen) {
+                let _ = self.frames.free_frame(mem, f);
+            }
         }
-        if self.frames.tot_pages(id) == 0 {
-            let _ = self.frames.remove_domain(id);
-            self.domains.remove(&id);
+        self.reap_if_dead(id);
+        for g in granters {
+            self.reap_if_dead(g);
         }
         if self.frames.take_flush_pending() {
             self.request_flush(crate::mm::mmu::FlushKind::All);
         }
         stats.released
+    }
+
+    /// Forgets a dying domain once it owns no frame any more (others' grant mappings or
+    /// foreign mappings can keep its frames, and so the domain, alive after destruction).
+    pub fn reap_if_dead(&mut self, id: DomId) -> bool {
+        let dying = self.domains.get(&id).is_some_and(|d| d.state == DomainState::Dying);
+        if !dying || self.frames.tot_pages(id) != 0 {
+            return false;
+        }
+        let _ = self.frames.remove_domain(id);
+        self.domains.remove(&id);
+        true
     }
 }

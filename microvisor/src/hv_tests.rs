@@ -376,8 +376,8 @@ fn destroying_a_domain_returns_every_frame() {
     let p = put(&hv, &dc);
     assert_eq!(call(&mut hv, nr::DOMCTL, [p, 0, 0, 0, 0]), 0);
     assert!(!hv.domains.contains_key(&DomId(1)));
-    // Its frames and its shared_info page are free again.
-    assert_eq!(hv.frames.nr_free(), before + owned + 1);
+    // Its frames, its shared_info page and its grant-table frame are free again.
+    assert_eq!(hv.frames.nr_free(), before + owned + 1 + u64::from(crate::grant::INITIAL_GRANT_FRAMES));
     let bases: Vec<_> = hv
         .domains
         .values()

@@ -12,6 +12,7 @@ pub mod cpuid;
 pub mod domain;
 pub mod domain_build;
 pub mod event;
+pub mod grant;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
@@ -25,6 +26,8 @@ pub mod traps;
 pub mod vcpu;
 pub mod version;
 
+#[cfg(test)]
+mod grant_tests;
 #[cfg(test)]
 mod hv_tests;
 #[cfg(test)]

@@ -3,9 +3,8 @@
 //! hardware synchronisation on the way back to a guest, and the fatal-fault report.
 
 use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
-use core::cell::UnsafeCell;
 use core::fmt::Write;
-use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use microvisor::hv::{exit_code, Hypervisor, Resume};
 use microvisor::platform::Platform;
 use microvisor::traps::{self, ExceptionOutcome};
@@ -43,12 +42,10 @@ impl Platform for Machine {
 
 pub type Hv = Hypervisor<Machine>;
 
-struct HvCell(UnsafeCell<Option<Hv>>);
-// SAFETY: one CPU; the hypervisor runs with interrupts disabled and never nests (see
-// entry.rs), and the only ring-0 interrupt handler (`trap_in_hypervisor`) does not touch it.
-unsafe impl Sync for HvCell {}
-
-static HV: HvCell = HvCell(UnsafeCell::new(None));
+/// The hypervisor, installed once at the end of boot (leaked: it lives as long as the
+/// machine). One CPU; the hypervisor runs with interrupts disabled and never nests (see
+/// entry.rs), and the only ring-0 interrupt handler (`trap_in_hypervisor`) does not touch it.
+static HV: AtomicPtr<Hv> = AtomicPtr::new(core::ptr::null_mut());
 static IN_HV: AtomicBool = AtomicBool::new(false);
 /// `domid << 16 | vcpu` of the running vCPU, for fault reports (0xffff_ffff: none).
 static RUNNING: AtomicU32 = AtomicU32::new(u32::MAX);
@@ -66,15 +63,17 @@ fn device_interrupt(gsi: u32) {
 
 /// Installs the hypervisor instance at the end of boot.
 pub fn install(hv: Hv) {
-    // SAFETY: boot time, before any entry path can run.
-    unsafe { *HV.0.get() = Some(hv) };
+    HV.store(alloc::boxed::Box::leak(alloc::boxed::Box::new(hv)), Ordering::Release);
 }
 
 /// Runs `f` with the hypervisor. Entry paths call this exactly once per entry.
 fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
     assert!(!IN_HV.swap(true, Ordering::Acquire), "hypervisor re-entered");
-    // SAFETY: the flag above proves no other reference exists (single CPU, no nesting).
-    let hv = unsafe { (*HV.0.get()).as_mut().expect("hypervisor installed before guests run") };
+    let p = HV.load(Ordering::Acquire);
+    assert!(!p.is_null(), "hypervisor installed before guests run");
+    // SAFETY: `p` came from `Box::leak` in `install` and is never freed; the flag above proves
+    // no other reference exists (single CPU, no nesting).
+    let hv = unsafe { &mut *p };
     let r = f(hv);
     IN_HV.store(false, Ordering::Release);
     r
@@ -82,10 +81,25 @@ fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
 
 /// Fast hypercall (see entry.rs): arguments in registers, result in `%rax`.
 pub extern "C" fn hypercall_fast(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
-    with_hv(|hv| {
-        let (rax, slow) = hv.hypercall_fast(nr, [a1, a2, a3, a4, a5]);
-        entry::FastRet { rax, slow: u64::from(slow) }
-    })
+    // SAFETY: `syscall` from a guest is the only way here, and guests run only after
+    // `install`; the hypervisor never executes `syscall` and runs with interrupts off, so no
+    // other reference to the hypervisor exists. (This hot path skips `with_hv`'s re-entry
+    // check, which cannot fire here for the same reasons.)
+    let hv = unsafe { &mut *HV.load(Ordering::Relaxed) };
+    match hv.hypercall_fastpath(nr, a1) {
+        Some(rax) => entry::FastRet { rax, slow: u64::from(hv.exit_work) },
+        // Same argument registers: a tail call.
+        None => hypercall_general(a1, a2, a3, a4, a5, nr),
+    }
+}
+
+/// The general dispatcher, for everything the fast path does not answer.
+#[inline(never)]
+extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
+    // SAFETY: as for `hypercall_fast`, whose fallback this is.
+    let hv = unsafe { &mut *HV.load(Ordering::Relaxed) };
+    let (rax, slow) = hv.hypercall_general(nr, a1, a2, a3, a4, a5);
+    entry::FastRet { rax, slow: u64::from(slow) }
 }
 
 /// A fast hypercall that needs the exit path; its frame is in the live frame.
@@ -233,6 +247,7 @@ struct Loaded {
     gdt_len: usize,
     io_ports: bool,
     kernel_mode: Option<bool>,
+    vcpu_info: u64,
 }
 
 static mut LOADED: Loaded = Loaded {
@@ -246,6 +261,7 @@ static mut LOADED: Loaded = Loaded {
     gdt_len: 0,
     io_ports: false,
     kernel_mode: None,
+    vcpu_info: 0,
 };
 
 /// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
@@ -294,6 +310,12 @@ fn sync_hardware(hv: &mut Hv) {
         l.gdt_len = entries.len();
     }
     l.gdt = gdt;
+    if l.vcpu_info != hv.cur_vcpu_info {
+        // The fast path reads this word in place; make sure it is RAM.
+        assert!(hv.cur_vcpu_info >> 12 < hv.plat.mem.max_mfn.0 && hv.cur_vcpu_info % 8 == 0);
+        entry::set_cur_vcpu_info(DirectMap::virt(hv.cur_vcpu_info));
+        l.vcpu_info = hv.cur_vcpu_info;
+    }
     if l.io_ports != hw.io_ports {
         crate::arch::x86_64::gdt::set_io_access(hw.io_ports);
         l.io_ports = hw.io_ports;

@@ -72,10 +72,54 @@ pub fn raw_syscall(n: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
     ret
 }
 
-/// Hypercall with no pointer arguments.
+/// Hypercall `NR` (a constant) with two arguments, as a direct `call hypercall_page+NR*32`:
+/// no address arithmetic, and only `%rdi`/`%rsi` loaded (the other argument registers are
+/// still declared clobbered, as Xen may clobber all five).
 #[inline(always)]
-pub fn hypercall2(n: u64, a1: u64, a2: u64) -> i64 {
-    hypercall5(n, a1, a2, 0, 0, 0)
+pub fn call2<const NR: u64>(a1: u64, a2: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as for `hypercall5`; the stub address is fixed at build time.
+    unsafe {
+        asm!(
+            "call {page}+{off}",
+            page = sym hypercall_page_symbol,
+            off = const NR * 32,
+            lateout("rax") ret,
+            inout("rdi") a1 => _,
+            inout("rsi") a2 => _,
+            lateout("rdx") _,
+            lateout("r10") _,
+            lateout("r8") _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(att_syntax),
+        );
+    }
+    ret
+}
+
+/// Hypercall `NR` (a constant) with up to five arguments, as a direct call (see [`call2`]).
+#[inline(always)]
+pub fn call5<const NR: u64>(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> i64 {
+    let ret: i64;
+    // SAFETY: as for `hypercall5`; the stub address is fixed at build time.
+    unsafe {
+        asm!(
+            "call {page}+{off}",
+            page = sym hypercall_page_symbol,
+            off = const NR * 32,
+            lateout("rax") ret,
+            inout("rdi") a1 => _,
+            inout("rsi") a2 => _,
+            inout("rdx") a3 => _,
+            inout("r10") a4 => _,
+            inout("r8") a5 => _,
+            lateout("rcx") _,
+            lateout("r11") _,
+            options(att_syntax),
+        );
+    }
+    ret
 }
 
 /// Converts a return value to `Result`.
@@ -95,8 +139,7 @@ pub fn ptr_mut<T>(v: &mut T) -> u64 {
 
 /// `console_io(CONSOLEIO_write)`: writes straight to the hypervisor console.
 pub fn console_write(bytes: &[u8]) -> i64 {
-    hypercall5(
-        nr::CONSOLE_IO,
+    call5::<{ nr::CONSOLE_IO }>(
         hypercall_abi::xen::consoleio::WRITE,
         bytes.len() as u64,
         bytes.as_ptr() as u64,
@@ -107,22 +150,22 @@ pub fn console_write(bytes: &[u8]) -> i64 {
 
 /// `xen_version(cmd, arg)`.
 pub fn xen_version(cmd: u32, arg: u64) -> i64 {
-    hypercall2(nr::XEN_VERSION, u64::from(cmd), arg)
+    call2::<{ nr::XEN_VERSION }>(u64::from(cmd), arg)
 }
 
 /// `sched_op(cmd, arg)` with a struct argument.
 pub fn sched_op<T: IntoBytes + Immutable>(cmd: u32, arg: &T) -> i64 {
-    hypercall2(nr::SCHED_OP, u64::from(cmd), ptr(arg))
+    call2::<{ nr::SCHED_OP }>(u64::from(cmd), ptr(arg))
 }
 
 /// Gives up the CPU.
 pub fn yield_cpu() {
-    hypercall2(nr::SCHED_OP, u64::from(hypercall_abi::sched::op::YIELD), 0);
+    call2::<{ nr::SCHED_OP }>(u64::from(hypercall_abi::sched::op::YIELD), 0);
 }
 
 /// Blocks until an event arrives (re-enables event delivery first).
 pub fn block() {
-    hypercall2(nr::SCHED_OP, u64::from(hypercall_abi::sched::op::BLOCK), 0);
+    call2::<{ nr::SCHED_OP }>(u64::from(hypercall_abi::sched::op::BLOCK), 0);
 }
 
 /// Shuts this domain down with `reason`; does not return.
@@ -137,50 +180,50 @@ pub fn shutdown(reason: u32) -> ! {
 /// slice clears the whole virtual IDT (Xen's `set_trap_table(NULL)`).
 pub fn set_trap_table(table: &[TrapInfo]) -> i64 {
     let p = if table.is_empty() { 0 } else { table.as_ptr() as u64 };
-    hypercall2(nr::SET_TRAP_TABLE, p, 0)
+    call2::<{ nr::SET_TRAP_TABLE }>(p, 0)
 }
 
 /// `set_callbacks(event, failsafe, syscall)`.
 pub fn set_callbacks(event: u64, failsafe: u64, syscall: u64) -> i64 {
-    hypercall5(nr::SET_CALLBACKS, event, failsafe, syscall, 0, 0)
+    call5::<{ nr::SET_CALLBACKS }>(event, failsafe, syscall, 0, 0)
 }
 
 /// `callback_op(cmd, arg)`.
 pub fn callback_op<T: IntoBytes + Immutable>(cmd: u32, arg: &T) -> i64 {
-    hypercall2(nr::CALLBACK_OP, u64::from(cmd), ptr(arg))
+    call2::<{ nr::CALLBACK_OP }>(u64::from(cmd), ptr(arg))
 }
 
 /// `update_va_mapping(va, new_pte, flags)` (`UVMF_*`).
 pub fn update_va_mapping(va: u64, pte: u64, flags: u64) -> i64 {
-    hypercall5(nr::UPDATE_VA_MAPPING, va, pte, flags, 0, 0)
+    call5::<{ nr::UPDATE_VA_MAPPING }>(va, pte, flags, 0, 0)
 }
 
 /// `mmu_update(reqs, count, &done, domid)`; `done` receives how many requests succeeded.
 pub fn mmu_update(reqs: &[MmuUpdate], done: &mut u32, domid: DomId) -> i64 {
-    hypercall5(nr::MMU_UPDATE, reqs.as_ptr() as u64, reqs.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
+    call5::<{ nr::MMU_UPDATE }>(reqs.as_ptr() as u64, reqs.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
 }
 
 /// `mmuext_op(ops, count, &done, domid)`.
 pub fn mmuext_op(ops: &[MmuextOp], done: &mut u32, domid: DomId) -> i64 {
-    hypercall5(nr::MMUEXT_OP, ops.as_ptr() as u64, ops.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
+    call5::<{ nr::MMUEXT_OP }>(ops.as_ptr() as u64, ops.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
 }
 
 /// `set_timer_op(deadline)`: VIRQ_TIMER at absolute system time `deadline` ns; 0 cancels.
 pub fn set_timer_op(deadline_ns: u64) -> i64 {
-    hypercall2(nr::SET_TIMER_OP, deadline_ns, 0)
+    call2::<{ nr::SET_TIMER_OP }>(deadline_ns, 0)
 }
 
 /// `event_channel_op(cmd, arg)`; `arg` is in/out.
 pub fn event_channel_op<T: IntoBytes + FromBytes>(cmd: u32, arg: &mut T) -> i64 {
-    hypercall2(nr::EVENT_CHANNEL_OP, u64::from(cmd), ptr_mut(arg))
+    call2::<{ nr::EVENT_CHANNEL_OP }>(u64::from(cmd), ptr_mut(arg))
 }
 
 /// `vcpu_op(cmd, vcpu, arg)` with a raw argument pointer.
 pub fn vcpu_op(cmd: u32, vcpu: u32, arg: u64) -> i64 {
-    hypercall5(nr::VCPU_OP, u64::from(cmd), u64::from(vcpu), arg, 0, 0)
+    call5::<{ nr::VCPU_OP }>(u64::from(cmd), u64::from(vcpu), arg, 0, 0)
 }
 
 /// `domctl(op)`: the toolstack interface (dom0 only).
 pub fn domctl(op: &mut hypercall_abi::domctl::XenDomctl) -> i64 {
-    hypercall2(nr::DOMCTL, ptr_mut(op), 0)
+    call2::<{ nr::DOMCTL }>(ptr_mut(op), 0)
 }

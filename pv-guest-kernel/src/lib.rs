@@ -19,7 +19,6 @@ pub mod hypercall;
 pub mod mm;
 pub mod shared;
 pub mod start_info;
-pub mod stats;
 pub mod time;
 pub mod traps;
 

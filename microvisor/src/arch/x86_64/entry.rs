@@ -63,6 +63,23 @@ static LIVE_FRAME: LiveFrame = LiveFrame(UnsafeCell::new(GuestFrame {
 #[no_mangle]
 static mut GUEST_RSP_SCRATCH: u64 = 0;
 
+/// Virtual address (direct map) of the running vCPU's `vcpu_info`, for the fast path's
+/// upcall test. Points at a zero word until a vCPU runs.
+#[no_mangle]
+static mut CUR_VCPU_INFO: u64 = 0;
+static NO_VCPU_INFO: u64 = 0;
+
+/// Sets the `vcpu_info` the fast path tests (a direct-map address the caller validated).
+pub fn set_cur_vcpu_info(va: u64) {
+    // SAFETY: single CPU with interrupts off; the stub reads it only on later entries.
+    unsafe { CUR_VCPU_INFO = va };
+}
+
+/// The fast path's `vcpu_info` pointer before any vCPU runs.
+pub fn init_cur_vcpu_info() {
+    set_cur_vcpu_info(&NO_VCPU_INFO as *const u64 as u64);
+}
+
 const FRAME_SIZE: usize = core::mem::size_of::<GuestFrame>();
 const _: () = assert!(FRAME_SIZE % 16 == 0);
 
@@ -164,8 +181,13 @@ syscall_entry:
     mov %r10, %rcx
     mov %rax, %r9
     call {hc_fast}
+    /* Exit work the core reported, or an event to deliver: Xen's test_guest_events, the
+       {{evtchn_upcall_pending, evtchn_upcall_mask}} word of the running vCPU == 0x0001. */
     test %rdx, %rdx
     jnz 1f
+    mov CUR_VCPU_INFO(%rip), %rdx
+    cmpw $1, (%rdx)
+    je 1f
     add $8, %rsp
     pop %r9
     pop %r11
@@ -265,6 +287,7 @@ exit_to_guest:
 
 /// Installs the syscall entry and the interrupt stubs.
 pub fn init() {
+    init_cur_vcpu_info();
     gdt::init(live_frame_end());
     // SAFETY: taking the address of the linker-visible stub table.
     super::idt::init(unsafe { &vector_stubs as *const u8 as u64 });

@@ -185,6 +185,14 @@ pub fn init(alloc: &mut BootAllocator) -> AddressSpace {
     AddressSpace { hv_slots, m2p_base: Mfn(m2p_pa / PAGE_SIZE as u64), m2p_frames, max_mfn }
 }
 
+/// A machine access outside RAM or misaligned: a hypervisor bug (callers validate frame
+/// numbers first). Out of line so the checks cost two instructions on hot paths.
+#[cold]
+#[inline(never)]
+fn bad_access(ma: u64, len: usize) -> ! {
+    panic!("hypervisor bug: machine access {ma:#x}+{len} outside one RAM frame or misaligned")
+}
+
 /// Machine memory through the direct map. Valid once `init` has switched page tables.
 #[derive(Clone, Copy)]
 pub struct DirectMap {
@@ -193,12 +201,13 @@ pub struct DirectMap {
 
 impl DirectMap {
     /// Pointer to machine address `ma`, checked to lie in RAM, for `len` bytes in one frame.
+    #[inline(always)]
     fn ptr(&self, ma: u64, len: usize) -> *mut u8 {
-        assert!(
-            ma / PAGE_SIZE as u64 == (ma + len.max(1) as u64 - 1) / PAGE_SIZE as u64
-                && ma >> 12 < self.max_mfn.0,
-            "hypervisor bug: machine access {ma:#x}+{len} outside one RAM frame"
-        );
+        if ma / PAGE_SIZE as u64 != (ma + len.max(1) as u64 - 1) / PAGE_SIZE as u64
+            || ma >> 12 >= self.max_mfn.0
+        {
+            bad_access(ma, len);
+        }
         (DIRECTMAP_BASE + ma) as *mut u8
     }
 
@@ -207,8 +216,11 @@ impl DirectMap {
         unsafe { core::ptr::write_bytes(self.ptr(mfn.addr(), PAGE_SIZE), byte, PAGE_SIZE) }
     }
 
+    #[inline(always)]
     fn atomic_u64(&self, ma: u64) -> &core::sync::atomic::AtomicU64 {
-        assert_eq!(ma % 8, 0, "hypervisor bug: unaligned atomic access {ma:#x}");
+        if ma % 8 != 0 {
+            bad_access(ma, 8);
+        }
         // SAFETY: `ptr` checked the address is RAM mapped by the direct map; it is 8-byte
         // aligned; guests may write the same memory concurrently, which is why it is only ever
         // accessed atomically through this reference.
