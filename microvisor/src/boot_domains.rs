@@ -4,9 +4,38 @@
 //! domain to xenstored and the console daemon (see `Hypervisor::create_domain`).
 
 use crate::arch::x86_64::bootmem::{self, BootInfo};
+use crate::arch::x86_64::ioapic::IOAPIC_PHYS;
 use crate::machine::Hv;
-use hypercall_abi::Mfn;
+use core::sync::atomic::{AtomicU32, Ordering};
+use hypercall_abi::{DomId, Mfn};
 use microvisor::domain_build::DomainSpec;
+use microvisor::mm::frame_table::{FrameTable, Owner};
+
+/// Physical address width of the CPU (CPUID 0x80000008).
+static PHYS_ADDR_BITS: AtomicU32 = AtomicU32::new(36);
+
+/// Records the CPU's physical address width for [`iomem_policy`].
+pub fn set_phys_addr_bits(bits: u32) {
+    PHYS_ADDR_BITS.store(bits.clamp(32, 52), Ordering::Relaxed);
+}
+
+/// Which device frames a domain with I/O access (dom0) may map: non-RAM frames below the
+/// CPU's physical address width (XSA-173), never RAM, hypervisor frames, or the interrupt
+/// controllers, which stay the hypervisor's.
+pub fn iomem_policy(ft: &FrameTable, d: DomId, mfn: Mfn) -> bool {
+    if !ft.domain(d).is_some_and(|m| m.iomem) {
+        return false;
+    }
+    let lapic = crate::arch::x86_64::cpu::rdmsr(crate::arch::x86_64::cpu::msr::APIC_BASE) & !0xfff;
+    if mfn.addr() == lapic || mfn.addr() == IOAPIC_PHYS {
+        return false;
+    }
+    match ft.owner(mfn) {
+        Some(Owner::Io) => true,
+        Some(_) => false,
+        None => mfn.0 < 1u64 << (PHYS_ADDR_BITS.load(Ordering::Relaxed) - 12),
+    }
+}
 
 /// Builds every module's domain; a module that cannot be built is reported and skipped,
 /// except dom0, without which the machine cannot run.

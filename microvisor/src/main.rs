@@ -93,6 +93,16 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         frames.share_xen_frame(Mfn(aspace.m2p_base.0 + i), DomId::XEN, false).expect("M2P frames are fresh");
     }
     frames.set_xen_l4_slots(XenL4Slots { entries: aspace.hv_slots, self_slot: None });
+    // Holes in the RAM map below the top of RAM are device memory (VGA, ROMs, PCI windows).
+    let mut ram: heapless::Vec<bootmem::Range, 64> = bi.ram.clone();
+    ram.sort_unstable_by_key(|r| r.start);
+    for w in ram.windows(2) {
+        if w[1].start > w[0].end {
+            frames.mark_io(Mfn(w[0].end >> 12), Mfn(w[1].start >> 12));
+        }
+    }
+    boot_domains::set_phys_addr_bits(cpu::cpuid(0x8000_0008, 0)[0] & 0xff);
+    frames.set_iomem_policy(boot_domains::iomem_policy);
     let mut hv = Hypervisor::new(
         machine::Machine { mem },
         frames,
