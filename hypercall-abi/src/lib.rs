@@ -27,6 +27,7 @@ pub mod elfnote;
 pub mod errno;
 pub mod event_channel;
 pub mod grant_table;
+pub mod hvm;
 pub mod hypercall;
 pub mod io;
 pub mod memory;

@@ -511,3 +511,23 @@ fn balloon_down_and_up_with_a_contiguous_extent() {
         tot0 as i64
     );
 }
+
+#[test]
+fn dom0_learns_boot_domains_rings_through_hvm_params() {
+    use hypercall_abi::hvm::{op as hvmop, param, XenHvmParam};
+    let mut hv = two_domains();
+    let (store, console) =
+        (hv.domains[&DomId(1)].store_ring.unwrap(), hv.domains[&DomId(1)].console_ring.unwrap());
+    let ask = |hv: &mut TestHv, index| {
+        let p = put(hv, &XenHvmParam { domid: DomId(1), index, ..Default::default() });
+        let r = call(hv, nr::HVM_OP, [u64::from(hvmop::GET_PARAM), p, 0, 0, 0]);
+        (r, get::<XenHvmParam>(hv).value)
+    };
+    assert_eq!(ask(&mut hv, param::STORE_PFN), (0, store.0 .0));
+    assert_eq!(ask(&mut hv, param::STORE_EVTCHN), (0, u64::from(store.1)));
+    assert_eq!(ask(&mut hv, param::CONSOLE_PFN), (0, console.0 .0));
+    assert_eq!(ask(&mut hv, param::CONSOLE_EVTCHN), (0, u64::from(console.1)));
+    assert_eq!(ask(&mut hv, 99).0, Errno::EINVAL.to_ret());
+    run_as(&mut hv, DomId(1));
+    assert_eq!(ask(&mut hv, param::STORE_PFN).0, Errno::EPERM.to_ret());
+}

@@ -10,7 +10,8 @@
 mod desc;
 mod domctl;
 mod evtchn;
-mod grant;
+pub(crate) mod grant;
+mod hvm;
 mod memory;
 mod misc;
 pub(crate) mod mm;
@@ -170,6 +171,7 @@ pub fn dispatch<P: Platform>(
         nr::EVENT_CHANNEL_OP => evtchn::event_channel_op(hv, a[0], a[1]).into(),
         nr::DOMCTL => domctl::domctl(hv, a[0]).into(),
         nr::PHYSDEV_OP => physdev::physdev_op(hv, a[0], a[1]).into(),
+        nr::HVM_OP => hvm::hvm_op(hv, a[0], a[1]).into(),
         nr::GRANT_TABLE_OP => grant::grant_table_op(hv, a),
         nr::ARCH_DEBUG => misc::debug_op(hv, a[0], a[1]).into(),
         _ => Hc::Ret(Errno::ENOSYS.to_ret()),
