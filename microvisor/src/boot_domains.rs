@@ -45,7 +45,7 @@ pub fn build_all(hv: &mut Hv, bi: &BootInfo) {
         crate::arch::x86_64::cpu::qemu_exit(microvisor::hv::exit_code::HYPERVISOR_FAULT);
     }
     for (i, m) in bi.modules.iter().enumerate() {
-        let default_name = if i == 0 { alloc::format!("dom0") } else { alloc::format!("domU{i}") };
+        let default_name = if i == 0 { "dom0".into() } else { alloc::format!("domU{i}") };
         // SAFETY: modules stay reserved (out of the frame table's free pool) until this loop
         // is over.
         let bytes = unsafe { bootmem::module_bytes(m) };

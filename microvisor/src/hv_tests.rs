@@ -246,7 +246,7 @@ fn event_upcall_bounce_frame_and_iret_round_trip() {
             u64::from(FLAT_KERNEL_SS)
         ]
     );
-    assert!(frame.rsp <= sp - 128 - 56 && frame.rsp % 8 == 0);
+    assert!(frame.rsp <= sp - 128 - 56 && frame.rsp.is_multiple_of(8));
     assert!(bm.upcall_state(hv.mem(), 0).1, "delivery masks events");
     // The handler pops rcx/r11, then jumps to the iret stub, which pushes rax, r11, rcx
     // over a zero flags word.

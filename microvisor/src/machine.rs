@@ -312,7 +312,7 @@ fn sync_hardware(hv: &mut Hv) {
     l.gdt = gdt;
     if l.vcpu_info != hv.cur_vcpu_info {
         // The fast path reads this word in place; make sure it is RAM.
-        assert!(hv.cur_vcpu_info >> 12 < hv.plat.mem.max_mfn.0 && hv.cur_vcpu_info % 8 == 0);
+        assert!(hv.cur_vcpu_info >> 12 < hv.plat.mem.max_mfn.0 && hv.cur_vcpu_info.is_multiple_of(8));
         entry::set_cur_vcpu_info(DirectMap::virt(hv.cur_vcpu_info));
         l.vcpu_info = hv.cur_vcpu_info;
     }

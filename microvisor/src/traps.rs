@@ -341,7 +341,7 @@ pub fn guest_exception<P: Platform>(
     };
     match result {
         Ok(()) => ExceptionOutcome::Handled,
-        Err(BounceError::NoHandler { vector, rip }) if vector == "#PF" => {
+        Err(BounceError::NoHandler { vector: "#PF", rip }) => {
             ExceptionOutcome::Crash(CrashReason::UnhandledPageFault { rip, addr: cr2 })
         }
         Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),

@@ -97,7 +97,7 @@ pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> 
 
 /// `update_descriptor(maddr, desc)`: writes one descriptor in a frame the caller owns.
 pub fn update_descriptor<P: Platform>(hv: &mut Hypervisor<P>, maddr: u64, desc: u64) -> Result<i64, Errno> {
-    if maddr % 8 != 0 {
+    if !maddr.is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     let desc = check_descriptor(desc).ok_or(Errno::EINVAL)?;

@@ -34,7 +34,7 @@ impl FakeMemory {
             start / PAGE_SIZE == (start + len.max(1) - 1) / PAGE_SIZE,
             "access crosses a frame: {ma:#x}+{len}"
         );
-        assert!(ma / PAGE_SIZE as u64 + 1 <= self.frames, "access beyond RAM: {ma:#x}");
+        assert!(ma / (PAGE_SIZE as u64) < self.frames, "access beyond RAM: {ma:#x}");
         start..start + len
     }
 

@@ -111,12 +111,6 @@ pub fn invlpg(va: u64) {
     unsafe { asm!("invlpg [{}]", in(reg) va, options(nostack, preserves_flags)) }
 }
 
-/// Flushes all non-global TLB entries by reloading CR3.
-pub fn flush_tlb_local() {
-    // SAFETY: reloading the current CR3 keeps the same address space.
-    unsafe { write_cr3(read_cr3()) }
-}
-
 /// Flushes the whole TLB including global entries by toggling CR4.PGE.
 pub fn flush_tlb_global() {
     let cr4 = read_cr4();

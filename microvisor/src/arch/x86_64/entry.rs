@@ -81,7 +81,7 @@ pub fn init_cur_vcpu_info() {
 }
 
 const FRAME_SIZE: usize = core::mem::size_of::<GuestFrame>();
-const _: () = assert!(FRAME_SIZE % 16 == 0);
+const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 
 /// The live frame.
 ///

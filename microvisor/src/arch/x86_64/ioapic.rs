@@ -49,7 +49,7 @@ pub fn route(gsi: u32) {
         return;
     }
     write(redir_low(gsi) + 1, 0);
-    write(redir_low(gsi), MASKED | LEVEL | u32::from(GSI_VECTOR_BASE) + gsi);
+    write(redir_low(gsi), MASKED | LEVEL | (u32::from(GSI_VECTOR_BASE) + gsi));
 }
 
 /// Masks or unmasks `gsi`.

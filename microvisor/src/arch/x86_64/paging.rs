@@ -218,7 +218,7 @@ impl DirectMap {
 
     #[inline(always)]
     fn atomic_u64(&self, ma: u64) -> &core::sync::atomic::AtomicU64 {
-        if ma % 8 != 0 {
+        if !ma.is_multiple_of(8) {
             bad_access(ma, 8);
         }
         // SAFETY: `ptr` checked the address is RAM mapped by the direct map; it is 8-byte
