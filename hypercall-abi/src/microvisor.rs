@@ -94,3 +94,34 @@ pub mod bench {
         }
     }
 }
+
+/// Trace records the hypervisor emits with `trace=1` on its command line: postcard-encoded,
+/// COBS-framed (each record ends with a 0 byte), written to the second serial port, decoded
+/// by `cargo xtask trace` in the spirit of xentrace/xenalyze. Timestamps are TSC values.
+pub mod trace {
+    use serde::{Deserialize, Serialize};
+
+    /// A vCPU as `(domid, vcpu)`.
+    pub type VcpuId = (u16, u32);
+
+    /// One trace event.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub enum Record {
+        /// The hypervisor's TSC rate, first in every trace.
+        Start { tsc_hz: u64 },
+        /// A hypercall enters the dispatcher.
+        Hypercall { tsc: u64, vcpu: VcpuId, nr: u64, a1: u64 },
+        /// The same vCPU's hypercall returns (or continues, `ret` = the number).
+        HypercallDone { tsc: u64, vcpu: VcpuId, nr: u64, ret: i64 },
+        /// An event-channel port becomes pending in `dom`.
+        EventSend { tsc: u64, dom: u16, port: u32 },
+        /// An event upcall is bounced into a vCPU.
+        EventDeliver { tsc: u64, vcpu: VcpuId },
+        /// The CPU switches between vCPUs (`None` = idle).
+        Switch { tsc: u64, from: Option<VcpuId>, to: Option<VcpuId> },
+        /// A guest exception (vector) reached the hypervisor.
+        Exception { tsc: u64, vcpu: VcpuId, vector: u8 },
+        /// Records dropped because the buffer was full.
+        Lost { count: u64 },
+    }
+}

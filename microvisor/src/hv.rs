@@ -17,6 +17,7 @@ use crate::time::TimeBase;
 use crate::vcpu::{GuestFrame, RunState};
 use alloc::collections::BTreeMap;
 use core::fmt::{self, Write};
+use hypercall_abi::microvisor::trace::Record;
 use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn};
 
@@ -120,6 +121,8 @@ pub struct Hypervisor<P: Platform> {
     pub irq_ops: alloc::vec::Vec<crate::irq::IrqOp>,
     /// The hypervisor's command line.
     pub cmdline: alloc::string::String,
+    /// Event trace (off unless enabled at boot).
+    pub trace: crate::trace::Tracer,
     next_domid: u16,
 }
 
@@ -144,6 +147,7 @@ impl<P: Platform> Hypervisor<P> {
             pirqs: BTreeMap::new(),
             irq_ops: alloc::vec::Vec::new(),
             cmdline: alloc::string::String::new(),
+            trace: crate::trace::Tracer::default(),
             next_domid: 0,
         }
     }
@@ -410,6 +414,11 @@ impl<P: Platform> Hypervisor<P> {
             if let Some(v) = self.domains.get_mut(&prev.domid).and_then(|d| d.vcpu_mut(prev.vcpu)) {
                 v.frame = *frame;
             }
+        }
+        if self.trace.is_on() {
+            let id = |r: Option<VcpuRef>| r.map(|r| (r.domid.0, r.vcpu));
+            let tsc = self.plat.tsc();
+            self.trace.record(&Record::Switch { tsc, from: id(self.running), to: id(next) });
         }
         self.running = next;
         self.exit_work = true;

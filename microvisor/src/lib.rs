@@ -22,6 +22,7 @@ pub mod mm;
 pub mod platform;
 pub mod sched;
 pub mod time;
+pub mod trace;
 pub mod traps;
 pub mod vcpu;
 pub mod version;

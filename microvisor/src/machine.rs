@@ -95,7 +95,7 @@ pub extern "C" fn hypercall_fast(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr
 
 /// The general dispatcher, for everything the fast path does not answer.
 #[inline(never)]
-extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
+pub extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
     // SAFETY: as for `hypercall_fast`, whose fallback this is.
     let hv = unsafe { &mut *HV.load(Ordering::Relaxed) };
     let (rax, slow) = hv.hypercall_general(nr, a1, a2, a3, a4, a5);
@@ -194,7 +194,9 @@ fn exit_path(hv: &mut Hv) {
             }
             Resume::Idle => idle(hv),
             Resume::Halt(code) => {
-                serial::write_bytes(b"");
+                if hv.trace.is_on() {
+                    serial::write_raw(serial::COM2, hv.trace.finish());
+                }
                 cpu::qemu_exit(code);
             }
         }
@@ -340,7 +342,7 @@ fn sync_hardware(hv: &mut Hv) {
         }
     }
     if l.kernel_mode != Some(hw.kernel_mode) {
-        entry::set_guest_kernel_mode(hw.kernel_mode);
+        entry::set_guest_kernel_mode(hw.kernel_mode, hv.trace.is_on());
         l.kernel_mode = Some(hw.kernel_mode);
     }
     hv.hw_dirty = false;

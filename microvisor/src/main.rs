@@ -112,6 +112,9 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     hv.cmdline = alloc::string::String::from(options);
     boot_domains::build_all(&mut hv, &bi);
     let floor = floor_iterations(&hv.cmdline);
+    if hv.cmdline.split_whitespace().any(|o| o == "trace=1") {
+        hv.trace = microvisor::trace::Tracer::enabled(microvisor::trace::DEFAULT_CAPACITY, rates.tsc_hz);
+    }
     machine::install(hv);
     machine::start(floor, &aspace.hv_slots)
 }

@@ -179,6 +179,13 @@ pub fn bounce_exception<P: Platform>(
 /// Delivers a pending event upcall to the event callback.
 pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
     let handler = hv.cur_vcpu().callbacks.event;
+    if hv.trace.is_on() {
+        let (tsc, r) = (hv.plat.tsc(), hv.current());
+        hv.trace.record(&hypercall_abi::microvisor::trace::Record::EventDeliver {
+            tsc,
+            vcpu: (r.domid.0, r.vcpu),
+        });
+    }
     if handler == 0 {
         // Nowhere to deliver: leave it pending, as Xen does for a guest without a callback.
         return Ok(());
@@ -289,6 +296,14 @@ pub fn guest_exception<P: Platform>(
     vec: u8,
     cr2: u64,
 ) -> ExceptionOutcome {
+    if hv.trace.is_on() {
+        let (tsc, r) = (hv.plat.tsc(), hv.current());
+        hv.trace.record(&hypercall_abi::microvisor::trace::Record::Exception {
+            tsc,
+            vcpu: (r.domid.0, r.vcpu),
+            vector: vec,
+        });
+    }
     let err = vector::has_error_code(vec).then_some(frame.error_code);
     let result = match vec {
         vector::GP => {

@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod kernels;
 pub mod qemu;
+pub mod trace;
 
 use std::path::PathBuf;
 

@@ -13,6 +13,8 @@ commands:
   run [--gdb] [--kvm] [--icount] [-- <qemu args>]
                         boot microvisor + dom0 + domU in QEMU (serial console here)
   test                  run every test: host unit/property tests and QEMU boot tests
+  trace [--bench]        boot with the hypervisor's event trace on and print a decoded
+                        timeline with per-hypercall counts and latencies
   bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
                         boot the bench configuration, print the figures, write
                         target/bench/results.json
@@ -25,6 +27,7 @@ fn main() -> ExitCode {
         Some("run") => run(&args[1..]),
         Some("test") => test(),
         Some("bench") => bench(&args[1..]),
+        Some("trace") => trace(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -114,6 +117,35 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         let old: Vec<bench::BenchResult> = serde_json::from_str(&text).map_err(|e| format!("{old}: {e}"))?;
         print!("{}", bench::compare(&old, &results));
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn trace(args: &[String]) -> Result<ExitCode> {
+    ensure_qemu()?;
+    let k = kernels::build()?;
+    let mut m = match args.first().map(String::as_str) {
+        Some("--bench") => Machine::bench(&k, 2_000),
+        None => Machine::standard(&k),
+        Some(other) => return Err(format!("trace: unknown option `{other}`")),
+    };
+    m.hv_cmdline = format!("{} trace=1", m.hv_cmdline).trim().to_string();
+    let dir = xtask::workspace_root().join("target/trace");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let file = dir.join("trace.bin");
+    let _ = std::fs::remove_file(&file);
+    m.trace_file = Some(file.clone());
+    let run = m.run(Duration::from_secs(600))?;
+    if run.outcome != Outcome::Poweroff {
+        eprintln!("{}", run.text());
+        return Err(format!("traced run ended with {:?}", run.outcome));
+    }
+    let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let (records, bad) = xtask::trace::decode(&bytes);
+    print!("{}", xtask::trace::report(&records, 40, 20));
+    if bad > 0 {
+        println!("{bad} undecodable frames skipped");
+    }
+    println!("raw trace: {} ({} bytes)", file.display(), bytes.len());
     Ok(ExitCode::SUCCESS)
 }
 

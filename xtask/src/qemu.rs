@@ -86,6 +86,8 @@ pub struct Machine {
     pub kvm: bool,
     /// Start halted with a gdb stub on :1234.
     pub gdb: bool,
+    /// Where the hypervisor's second serial port (the trace records) goes.
+    pub trace_file: Option<PathBuf>,
     pub extra_args: Vec<String>,
 }
 
@@ -104,6 +106,7 @@ impl Machine {
             icount: false,
             kvm: false,
             gdb: false,
+            trace_file: None,
             extra_args: Vec::new(),
         }
     }
@@ -140,6 +143,9 @@ impl Machine {
         }
         c.args(["-machine", "pc", "-smp", "1", "-m"]).arg(format!("{}M", self.memory_mib));
         c.args(["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"]);
+        if let Some(t) = &self.trace_file {
+            c.arg("-serial").arg(format!("file:{}", t.display()));
+        }
         c.args(["-device", "isa-debug-exit,iobase=0xf4,iosize=0x04"]);
         if self.icount {
             c.args(["-icount", "shift=0,align=off,sleep=off"]);

@@ -31,6 +31,15 @@ impl<P: Platform> EvtchnOps for Hypervisor<P> {
         let Some(d) = self.domains.get(&domid) else { return };
         let Ok(ch) = d.evtchn.get(port) else { return };
         let vcpu = ch.notify_vcpu;
+        if self.trace.is_on() {
+            let tsc = self.plat.tsc();
+            self.trace.record(&hypercall_abi::microvisor::trace::Record::EventSend {
+                tsc,
+                dom: domid.0,
+                port: port.0,
+            });
+        }
+        let d = &self.domains[&domid];
         if d.bitmaps().set_pending(self.plat.mem(), vcpu, port) {
             self.kick_vcpu(VcpuRef { domid, vcpu });
         }

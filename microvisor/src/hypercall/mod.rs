@@ -26,6 +26,7 @@ use crate::platform::Platform;
 use crate::traps;
 use crate::vcpu::GuestFrame;
 use hypercall_abi::hypercall::nr;
+use hypercall_abi::microvisor::trace::Record;
 use hypercall_abi::Errno;
 
 /// A handler's result.
@@ -80,7 +81,9 @@ impl<P: Platform> Hypervisor<P> {
     #[inline(never)]
     pub fn hypercall_general(&mut self, nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, bool) {
         let args = [a1, a2, a3, a4, a5];
+        self.trace_hypercall(nr, a1);
         let hc = dispatch(self, nr, args, None);
+        self.trace_hypercall_done(nr, &hc);
         self.after_hypercall();
         match hc {
             Hc::Ret(r) => (r as u64, self.exit_work || self.upcall_deliverable()),
@@ -90,6 +93,26 @@ impl<P: Platform> Hypervisor<P> {
                 (nr, true)
             }
             Hc::FrameDone => (Errno::ENOSYS.to_ret() as u64, true),
+        }
+    }
+
+    #[inline]
+    fn trace_hypercall(&mut self, nr: u64, a1: u64) {
+        if self.trace.is_on() {
+            let (tsc, r) = (self.plat.tsc(), self.current());
+            self.trace.record(&Record::Hypercall { tsc, vcpu: (r.domid.0, r.vcpu), nr, a1 });
+        }
+    }
+
+    #[inline]
+    fn trace_hypercall_done(&mut self, nr: u64, hc: &Hc) {
+        if self.trace.is_on() {
+            let ret = match *hc {
+                Hc::Ret(r) => r,
+                Hc::Continue(_) | Hc::FrameDone => nr as i64,
+            };
+            let (tsc, r) = (self.plat.tsc(), self.current());
+            self.trace.record(&Record::HypercallDone { tsc, vcpu: (r.domid.0, r.vcpu), nr, ret });
         }
     }
 
@@ -114,7 +137,9 @@ impl<P: Platform> Hypervisor<P> {
             return;
         }
         let nr = frame.rax;
+        self.trace_hypercall(nr, frame.rdi);
         let hc = dispatch(self, nr, frame.hypercall_args(), Some(frame));
+        self.trace_hypercall_done(nr, &hc);
         self.after_hypercall();
         match hc {
             Hc::Ret(r) => frame.rax = r as u64,

@@ -100,12 +100,17 @@ pub fn live_frame_end() -> u64 {
 
 /// Points `syscall` at the hypercall entry (guest kernel mode) or at the entry that bounces
 /// it to the guest kernel (guest user mode), so the fast path needs no mode test.
-pub fn set_guest_kernel_mode(kernel: bool) {
+pub fn set_guest_kernel_mode(kernel: bool, traced: bool) {
     extern "C" {
         fn syscall_entry();
+        fn syscall_entry_general();
         fn syscall_user_entry();
     }
-    let target = if kernel { syscall_entry as *const () } else { syscall_user_entry as *const () };
+    let target = match (kernel, traced) {
+        (true, false) => syscall_entry as *const (),
+        (true, true) => syscall_entry_general as *const (),
+        (false, _) => syscall_user_entry as *const (),
+    };
     cpu::wrmsr(cpu::msr::LSTAR, target as u64);
 }
 
@@ -163,38 +168,47 @@ global_asm!(
     .section .text.entry, "ax"
 
     /* ---- syscall: hypercalls and guest-user system calls ---- */
-    /* LSTAR points here while the vCPU is in guest kernel mode (a hypercall)... */
+    /* A hypercall entry calling `target` (the fast path, or the general dispatcher for
+       traced boots, which record every hypercall). */
+    .macro HYPERCALL_ENTRY name, target
     .balign 16
-    .globl syscall_entry
-syscall_entry:
+    .globl \name
+\name:
     mov %rsp, GUEST_RSP_SCRATCH(%rip)
     lea boot_stack_top(%rip), %rsp
     cmp ${iret}, %eax
     je syscall_full
-    /* Fast path: keep what the call clobbers and the guest keeps (rcx/r11 hold the
-       return rip/rflags for sysret, r9 is not an argument register). Four pushes keep
-       the stack 16-byte aligned at the call. */
+    /* Keep what the call clobbers and the guest keeps (rcx/r11 hold the return rip/rflags
+       for sysret, r9 is not an argument register). Four pushes keep the stack 16-byte
+       aligned at the call. */
     push %rcx
     push %r11
     push %r9
     push %rax
     mov %r10, %rcx
     mov %rax, %r9
-    call {hc_fast}
+    call \target
     /* Exit work the core reported, or an event to deliver: Xen's test_guest_events, the
        {{evtchn_upcall_pending, evtchn_upcall_mask}} word of the running vCPU == 0x0001. */
     test %rdx, %rdx
-    jnz 1f
+    jnz hypercall_exit_path
     mov CUR_VCPU_INFO(%rip), %rdx
     cmpw $1, (%rdx)
-    je 1f
+    je hypercall_exit_path
     add $8, %rsp
     pop %r9
     pop %r11
     pop %rcx
     mov GUEST_RSP_SCRATCH(%rip), %rsp
     sysretq
-1:  /* The dispatcher wants the exit path: build the frame (rax = its result). */
+    .endm
+
+    /* LSTAR points here while the vCPU is in guest kernel mode (a hypercall)... */
+    HYPERCALL_ENTRY syscall_entry, {hc_fast}
+    HYPERCALL_ENTRY syscall_entry_general, {hc_general}
+
+hypercall_exit_path:
+    /* The dispatcher wants the exit path: build the frame (rax = its result). */
     add $8, %rsp
     pop %r9
     pop %r11
@@ -278,6 +292,7 @@ exit_to_guest:
     vsyscall = const VECTOR_SYSCALL,
     off_cs = const offset_of!(GuestFrame, cs),
     hc_fast = sym crate::machine::hypercall_fast,
+    hc_general = sym crate::machine::hypercall_general,
     hc_exit = sym crate::machine::hypercall_exit,
     syscall_slow = sym crate::machine::syscall_slow,
     trap_guest = sym crate::machine::trap_from_guest,

@@ -2,17 +2,30 @@
 
 use super::cpu::{inb, outb};
 
-const COM1: u16 = 0x3f8;
+/// The console port.
+pub const COM1: u16 = 0x3f8;
+/// The trace port (binary records for `cargo xtask trace`).
+pub const COM2: u16 = 0x2f8;
 
-/// Programs COM1 for 115200 8N1 with FIFOs.
+/// Programs COM1 and COM2 for 115200 8N1 with FIFOs.
 pub fn init() {
-    outb(COM1 + 1, 0x00); // no interrupts
-    outb(COM1 + 3, 0x80); // DLAB
-    outb(COM1, 0x01); // divisor 1: 115200 baud
-    outb(COM1 + 1, 0x00);
-    outb(COM1 + 3, 0x03); // 8N1
-    outb(COM1 + 2, 0xc7); // FIFO on, cleared, 14-byte threshold
-    outb(COM1 + 4, 0x03); // DTR, RTS
+    for port in [COM1, COM2] {
+        outb(port + 1, 0x00); // no interrupts
+        outb(port + 3, 0x80); // DLAB
+        outb(port, 0x01); // divisor 1: 115200 baud
+        outb(port + 1, 0x00);
+        outb(port + 3, 0x03); // 8N1
+        outb(port + 2, 0xc7); // FIFO on, cleared, 14-byte threshold
+        outb(port + 4, 0x03); // DTR, RTS
+    }
+}
+
+/// Writes bytes unchanged (no newline translation) to `port`.
+pub fn write_raw(port: u16, bytes: &[u8]) {
+    for &b in bytes {
+        while inb(port + 5) & 0x20 == 0 {}
+        outb(port, b);
+    }
 }
 
 /// Writes bytes, waiting for the transmitter as needed.
