@@ -15,7 +15,7 @@
 //!   is spelled out as `_pad*` fields.
 //! * Frame numbers, domain ids, ports and grant references are newtypes ([`Mfn`], [`Pfn`],
 //!   [`DomId`], [`Port`], [`GrantRef`]) so the compiler keeps them apart.
-#![no_std]
+#![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
 
 #[macro_use]

@@ -58,6 +58,48 @@ pub mod bench {
         }
     }
 
+    /// Number of buckets in a [`Histogram`].
+    pub const HIST_BUCKETS: usize = 24;
+
+    /// The distribution of a sample between its minimum and its p99 (values above p99 fall in
+    /// the last bucket), for the runner's plots.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Histogram {
+        pub lo: u64,
+        pub width: u64,
+        pub counts: [u32; HIST_BUCKETS],
+    }
+
+    impl Histogram {
+        /// The histogram of an ascending sample summarised by `stats`.
+        pub fn of_sorted<T: Copy + Into<u64>>(sorted: &[T], stats: &Stats) -> Histogram {
+            let lo = stats.min;
+            let width = (stats.p99 - stats.min).div_ceil(HIST_BUCKETS as u64).max(1);
+            let mut counts = [0u32; HIST_BUCKETS];
+            for &v in sorted {
+                let b = ((v.into() - lo) / width).min(HIST_BUCKETS as u64 - 1) as usize;
+                counts[b] = counts[b].saturating_add(1);
+            }
+            Histogram { lo, width, counts }
+        }
+    }
+
+    /// One printable `BENCHHIST name=<metric> lo=<x> width=<w> counts=<c0>,<c1>,...` line.
+    pub struct HistLine<'a> {
+        pub name: &'a str,
+        pub hist: Histogram,
+    }
+
+    impl fmt::Display for HistLine<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "BENCHHIST name={} lo={} width={} counts=", self.name, self.hist.lo, self.hist.width)?;
+            for (i, c) in self.hist.counts.iter().enumerate() {
+                write!(f, "{}{c}", if i == 0 { "" } else { "," })?;
+            }
+            Ok(())
+        }
+    }
+
     /// One printable `BENCH` line.
     pub struct Line<'a> {
         pub name: &'a str,
@@ -123,5 +165,22 @@ pub mod trace {
         Exception { tsc: u64, vcpu: VcpuId, vector: u8 },
         /// Records dropped because the buffer was full.
         Lost { count: u64 },
+    }
+}
+
+#[cfg(test)]
+mod hist_tests {
+    use super::bench::*;
+
+    #[test]
+    fn histogram_buckets_cover_min_to_p99() {
+        let mut v: Vec<u32> = (1..=1000).collect();
+        let s = Stats::compute(&mut v).unwrap();
+        let h = Histogram::of_sorted(&v, &s);
+        assert_eq!(h.lo, 1);
+        assert_eq!(h.counts.iter().map(|&c| u64::from(c)).sum::<u64>(), 1000);
+        let line = HistLine { name: "x", hist: h }.to_string();
+        assert!(line.starts_with("BENCHHIST name=x lo=1 width="));
+        assert_eq!(line.split("counts=").nth(1).unwrap().split(',').count(), HIST_BUCKETS);
     }
 }

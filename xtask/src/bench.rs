@@ -131,3 +131,38 @@ mod tests {
         assert!(c.lines().any(|l| l.starts_with("gone") && l.contains("gone")));
     }
 }
+
+#[cfg(test)]
+mod fixture_tests {
+    use super::*;
+
+    fn load(name: &str) -> Vec<BenchResult> {
+        let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures").join(name);
+        serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn json_schema_round_trips() {
+        let r = load("results-new.json");
+        assert_eq!(r.len(), 3);
+        assert_eq!(r[1].name, "hypercall.null");
+        let json = serde_json::to_string(&r).unwrap();
+        for key in ["\"name\"", "\"unit\"", "\"n\"", "\"min\"", "\"median\"", "\"p99\"", "\"mode\""] {
+            assert!(json.contains(key), "{key} missing from {json}");
+        }
+        let back: Vec<BenchResult> = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, r);
+    }
+
+    #[test]
+    fn compare_shows_each_change_of_the_fixture_runs() {
+        let c = compare(&load("results-old.json"), &load("results-new.json"));
+        let line = |m: &str| {
+            c.lines().find(|l| l.starts_with(m)).unwrap_or_else(|| panic!("{m} missing:\n{c}")).to_string()
+        };
+        assert!(line("hypercall.null").contains("-80.8%"), "{c}");
+        assert!(line("floor.syscall_sysret").contains("+0.0%"), "{c}");
+        assert!(line("evtchn.send").contains("new"), "{c}");
+        assert!(line("mmu.update_one").contains("gone"), "{c}");
+    }
+}

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod kernels;
+pub mod plot;
 pub mod qemu;
 pub mod trace;
 

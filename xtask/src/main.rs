@@ -112,6 +112,15 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let json = serde_json::to_string_pretty(&results).map_err(|e| e.to_string())?;
     std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
     println!("wrote {}", path.display());
+    for h in xtask::plot::parse_hists(&run.log) {
+        let unit = results.iter().find(|r| r.name == h.name).map_or("tsc", |r| r.unit.as_str());
+        let svg = dir.join(format!("{}.svg", h.name));
+        xtask::plot::histogram_svg(&h, unit, &svg)?;
+        println!("wrote {}", svg.display());
+    }
+    let summary = dir.join("summary.svg");
+    xtask::plot::summary_svg(&results, &summary)?;
+    println!("wrote {}", summary.display());
     if let Some(old) = compare {
         let text = std::fs::read_to_string(&old).map_err(|e| format!("{old}: {e}"))?;
         let old: Vec<bench::BenchResult> = serde_json::from_str(&text).map_err(|e| format!("{old}: {e}"))?;

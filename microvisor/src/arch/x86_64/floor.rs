@@ -10,7 +10,7 @@ use super::{cpu, entry, paging};
 use crate::machine::Hv;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicBool, Ordering};
-use hypercall_abi::microvisor::bench::{Line, Stats};
+use hypercall_abi::microvisor::bench::{HistLine, Histogram, Line, Stats};
 use hypercall_abi::{Mfn, PAGE_SIZE};
 use microvisor::mm::{pte, MachineMemory};
 
@@ -131,8 +131,11 @@ pub fn finish(hv: &mut Hv) {
     }
     // Skip the first 1% as warm-up.
     let warm = samples.len() / 100;
-    if let Some(stats) = Stats::compute(&mut samples[warm..]) {
-        hv.log(format_args!("{}", Line { name: "floor.syscall_sysret", unit: "tsc", stats }));
+    let measured = &mut samples[warm..];
+    if let Some(stats) = Stats::compute(measured) {
+        let name = "floor.syscall_sysret";
+        hv.log(format_args!("{}", Line { name, unit: "tsc", stats }));
+        hv.log(format_args!("{}", HistLine { name, hist: Histogram::of_sorted(measured, &stats) }));
     }
     for f in frames {
         let _ = hv.frames.free_frame(&mem, f);
