@@ -6,7 +6,9 @@
 //! atomic loads and sets `GTF_reading`/`GTF_writing` with `cmpxchg` while a grantee uses the
 //! frame, which is what stops the granter from revoking (its own `cmpxchg` to 0 then fails).
 //! Nothing read from an entry is trusted twice: one load gives flags, domid and frame together,
-//! the checks run on that copy, and the flags `cmpxchg` expects exactly the flags checked.
+//! the checks run on that copy, and the flags `cmpxchg` expects exactly the flags checked
+//! (`MachineMemory` offers a 16-bit `cmpxchg` only, where Xen swaps flags and domid as one
+//! 32-bit word, so domid and frame are loaded again afterwards and a change undoes the pin).
 //!
 //! The hypervisor keeps a private "active" record per entry (who pinned it, which frame, how
 //! many read-only and writable uses), and each mapping domain a maptrack table of its
@@ -427,7 +429,7 @@ impl Maptrack {
 
     /// A free handle (its slot stays free until [`Maptrack::set`]), or `None` when the
     /// domain holds [`MAX_MAPTRACK`] mappings or memory ran out.
-    pub fn alloc(&mut self) -> Option<u32> {
+    fn alloc(&mut self) -> Option<u32> {
         if self.free == NIL {
             let base = self.limit();
             if base >= MAX_MAPTRACK {
@@ -449,7 +451,7 @@ impl Maptrack {
     }
 
     /// Records `m` under `h` (from [`Maptrack::alloc`]).
-    pub fn set(&mut self, h: u32, m: Mapping) {
+    fn set(&mut self, h: u32, m: Mapping) {
         if let Some(s) = self.slot_mut(h) {
             debug_assert!(!s.is_live());
             *s = Mapping { next_free: NIL, ..m };
@@ -458,7 +460,7 @@ impl Maptrack {
     }
 
     /// Returns a handle from [`Maptrack::alloc`] that was never [`Maptrack::set`].
-    pub fn unalloc(&mut self, h: u32) {
+    fn unalloc(&mut self, h: u32) {
         let next = self.free;
         if let Some(s) = self.slot_mut(h) {
             *s = Mapping { next_free: next, ..Mapping::default() };
@@ -547,7 +549,7 @@ fn locate_pte<M: MachineMemory>(
     contains_pte: bool,
 ) -> Option<PteLoc> {
     let loc = if contains_pte {
-        if host_addr % 8 != 0 {
+        if !host_addr.is_multiple_of(8) {
             return None;
         }
         PteLoc { l1: Mfn(host_addr >> 12), idx: ((host_addr & (PAGE_SIZE as u64 - 1)) / 8) as u16 }
