@@ -146,7 +146,6 @@ impl<P: Platform> Hypervisor<P> {
             let _ = crate::hypercall::close_port(self, id, p);
         }
         let d = &self.domains[&id];
-        let shared_info = d.shared_info;
         let bases: Vec<Mfn> = d
             .vcpus
             .iter()
@@ -170,15 +169,10 @@ impl<P: Platform> Hypervisor<P> {
         // their references and are released without it).
         let mut cx = GrantCtx { domains: &mut self.domains, ft: &mut self.frames, mem };
         let granters = cx.release_mappings(id);
-        let grant_frames = self.domains.get_mut(&id).expect("exists").grant.teardown();
+        // The table's frames, like shared_info, are lent hypervisor frames: relinquish drops
+        // the loan and the frame table frees each once nobody maps it any more.
+        self.domains.get_mut(&id).expect("exists").grant.teardown();
         let stats = self.frames.relinquish(mem, id, &bases);
-        // The shared_info page and the grant-table frames went back to the hypervisor; they
-        // are free memory again.
-        for f in core::iter::once(shared_info).chain(grant_frames) {
-            if self.frames.owner(f) == Some(crate::mm::frame_table::Owner::Xen) {
-                let _ = self.frames.free_frame(mem, f);
-            }
-        }
         self.reap_if_dead(id);
         for g in granters {
             self.reap_if_dead(g);

@@ -590,11 +590,9 @@ fn remove_host_pte<M: MachineMemory>(ft: &FrameTable, mem: &M, caller: DomId, m:
     host_flush(m.flags, m.host_addr)
 }
 
-/// Drops the frame references `uses` uses of a mapping hold. If that releases a hypervisor
-/// frame its dead owner had lent out (a grant-table or shared_info frame granted to us), the
-/// frame goes back to the free pool: nobody else will.
+/// Drops the frame references `uses` uses of a mapping hold (a lent hypervisor frame whose
+/// last reference this was is freed by the frame table).
 fn put_refs<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, readonly: bool, uses: u32) {
-    let lent = ft.info(mfn).is_some_and(|i| i.xen_shared && matches!(i.owner, Owner::Domain(_)));
     if !readonly {
         for _ in 0..uses {
             ft.put_page_type(mem, mfn);
@@ -602,9 +600,6 @@ fn put_refs<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, readonly: 
     }
     for _ in 0..uses {
         ft.put_page(mfn);
-    }
-    if lent && ft.owner(mfn) == Some(Owner::Xen) {
-        let _ = ft.free_frame(mem, mfn);
     }
 }
 

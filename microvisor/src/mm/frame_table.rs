@@ -646,8 +646,18 @@ impl FrameTable {
         debug_assert_eq!(p.type_info & PGT_COUNT_MASK, 0, "frame {i:#x} freed with type references");
         debug_assert_eq!(p.count & PGC_ALLOCATED, 0, "frame {i:#x} freed while allocated");
         self.free_dirty = true;
-        if p.count & PGC_XEN_SHARED != 0 {
+        // A hypervisor frame lent to a domain (shared_info, grant-table frames) has no use
+        // once its last reference goes: the loan ended with the domain. It is free memory,
+        // whether the domain's teardown or a late unmap by another domain dropped it last.
+        // (Frames shared with DOMID_XEN, like the M2P, keep their allocation reference and
+        // never get here.)
+        if p.count & PGC_XEN_SHARED != 0 && !matches!(owner_of(p.owner), Owner::Domain(_)) {
             self.frames[i] = PageInfo { owner: DomId::XEN.0, aux: self.epoch, ..PageInfo::default() };
+            return;
+        }
+        if p.count & PGC_XEN_SHARED != 0 {
+            self.frames[i] = PageInfo { owner: OWNER_FREE, ..PageInfo::default() };
+            self.push_free(i);
             return;
         }
         if let Owner::Domain(d) = owner_of(p.owner) {
@@ -1384,12 +1394,13 @@ mod tests {
         g.user_l4 = None;
         assert_eq!(st, RelinquishStats { released: owned + 1, still_referenced: 0 });
         assert_eq!(m.ft.tot_pages(g.domid), 0);
-        assert_eq!(m.ft.owner(shared), Some(Owner::Xen));
-        assert_eq!(m.ft.nr_free(), free0 - 1);
+        // The lent frame's loan ended with the domain: it is free memory again.
+        assert_eq!(m.ft.owner(shared), Some(Owner::Free));
+        assert_eq!(m.ft.nr_free(), free0);
         assert_eq!(m.ft.alloc_domain_frame(&m.mem, g.domid), Err(Errno::ENOMEM), "dying");
         m.audit(&[]);
         assert_eq!(m.ft.remove_domain(g.domid), Ok(()));
-        assert_eq!(m.ft.free_frame(&m.mem, shared), Ok(()));
+        assert_eq!(m.ft.free_frame(&m.mem, shared), Err(Errno::EINVAL), "already free");
         assert_eq!(m.ft.nr_free(), free0);
         m.audit(&[]);
     }
@@ -1455,9 +1466,10 @@ mod tests {
         assert_eq!(m.ft.relinquish(&m.mem, g.domid, &[]).still_referenced, 1);
         assert_eq!((m.info(w).count, m.info(w).type_count), (1, 1));
         m.audit(&[&d0]);
+        // The late unmap drops the last reference: the frame is freed, not leaked.
         assert_eq!(m.update(&mut d0, s0.l1, 9, 0, SELF), Ok(()));
-        assert_eq!(m.ft.owner(w), Some(Owner::Xen));
-        assert_eq!(m.ft.owner(x), Some(Owner::Xen));
+        assert_eq!(m.ft.owner(w), Some(Owner::Free));
+        assert_eq!(m.ft.owner(x), Some(Owner::Free));
         assert_eq!(m.ft.remove_domain(g.domid), Ok(()));
         m.audit(&[&d0]);
     }
