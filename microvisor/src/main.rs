@@ -112,6 +112,12 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     hv.cmdline = alloc::string::String::from(options);
     boot_domains::build_all(&mut hv, &bi);
     let floor = floor_iterations(&hv.cmdline);
+    if hv.cmdline.split_whitespace().any(|o| o == "selftest=fault") {
+        // Proves the ring-0 fault report: a read of a non-canonical address raises #GP here.
+        // SAFETY: deliberately faulting; the fault handler reports and stops the machine, so
+        // the read never completes.
+        unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u64) };
+    }
     if hv.cmdline.split_whitespace().any(|o| o == "trace=1") {
         hv.trace = microvisor::trace::Tracer::enabled(microvisor::trace::DEFAULT_CAPACITY, rates.tsc_hz);
     }

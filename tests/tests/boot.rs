@@ -53,3 +53,18 @@ fn malformed_module_is_refused_with_a_clear_message() {
         .expect_line("module 2")
         .expect_line("Domain 1 (domU) shut down: poweroff");
 }
+
+#[test]
+fn hypervisor_fault_prints_a_readable_dump_and_fails_the_run() {
+    let k = kernels();
+    let mut m = Machine::standard(&k);
+    m.hv_cmdline = "selftest=fault".into();
+    let run = boot(&m);
+    run.expect_outcome(Outcome::HypervisorFault)
+        .expect_line("(XEN) FATAL: fault in the hypervisor")
+        .expect_line("vector 0xd (#GP)")
+        .expect_line("(XEN) rip 0xffff82d0")
+        .expect_line("(XEN) rax ")
+        .expect_line("cr2")
+        .expect_line("(XEN) running: ");
+}
