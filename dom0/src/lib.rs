@@ -6,4 +6,11 @@
 
 extern crate alloc;
 
+pub mod blkback;
+pub mod boot_domains;
+pub mod console_backend;
+pub mod local_xs;
+pub mod pci;
+pub mod store_ring;
+pub mod virtq;
 pub mod xenstore;

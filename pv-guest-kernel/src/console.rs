@@ -18,7 +18,9 @@ struct Buffered {
 impl Buffered {
     fn flush(&mut self) {
         if self.len > 0 {
-            crate::hypercall::console_write(&self.buf[..self.len]);
+            if !crate::console_ring::write(&self.buf[..self.len]) {
+                crate::hypercall::console_write(&self.buf[..self.len]);
+            }
             self.len = 0;
         }
     }

@@ -227,3 +227,25 @@ pub fn vcpu_op(cmd: u32, vcpu: u32, arg: u64) -> i64 {
 pub fn domctl(op: &mut hypercall_abi::domctl::XenDomctl) -> i64 {
     call2::<{ nr::DOMCTL }>(ptr_mut(op), 0)
 }
+
+/// `memory_op(cmd, arg)` with a raw argument pointer (`XENMEM_*`; for the reservation
+/// commands the result is the number of extents done, or -errno).
+pub fn memory_op_raw(cmd: u32, arg: u64) -> i64 {
+    call2::<{ nr::MEMORY_OP }>(u64::from(cmd), arg)
+}
+
+/// `memory_op(cmd, arg)` with an in/out structure argument.
+pub fn memory_op<T: IntoBytes + FromBytes>(cmd: u32, arg: &mut T) -> i64 {
+    memory_op_raw(cmd, ptr_mut(arg))
+}
+
+/// `stack_switch(ss, sp)`: the kernel stack the hypervisor switches to when an event,
+/// exception or system call arrives while the guest is in user mode.
+pub fn stack_switch(ss: u16, sp: u64) -> i64 {
+    call2::<{ nr::STACK_SWITCH }>(u64::from(ss), sp)
+}
+
+/// microvisor's debug hypercall (`arch_7`): `cmd` from `hypercall_abi::hypercall::debug`.
+pub fn debug_op(cmd: u64, arg: u64) -> i64 {
+    call2::<{ nr::ARCH_DEBUG }>(cmd, arg)
+}

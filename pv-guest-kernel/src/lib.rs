@@ -11,16 +11,22 @@
 
 extern crate alloc;
 
+pub mod balloon;
+pub mod blkfront;
 pub mod cmdline;
 pub mod console;
+pub mod console_ring;
 pub mod entry;
 pub mod events;
+pub mod gnttab;
 pub mod hypercall;
 pub mod mm;
 pub mod shared;
 pub mod start_info;
 pub mod time;
 pub mod traps;
+pub mod xenbus;
+pub mod xenbus_state;
 
 /// What [`runtime_init`] managed to set up; a kernel (or a test) can check before relying on
 /// a part.

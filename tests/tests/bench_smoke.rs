@@ -7,9 +7,18 @@ use tests::{boot, kernels, Machine, Outcome, RunExt};
 fn bench_lines_are_printed_and_sane() {
     let k = kernels();
     let run = boot(&Machine::bench(&k, 2_000));
-    run.expect_outcome(Outcome::Poweroff);
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST bench-null PASS")
+        .expect_line("TEST bench-mm PASS");
     let results = xtask::bench::parse(&run.log, "wall");
-    for name in ["floor.syscall_sysret", "hypercall.null"] {
+    for name in [
+        "floor.syscall_sysret",
+        "hypercall.null",
+        "mmu.update_one",
+        "mmu.update_batch512",
+        "mmu.update_va_mapping",
+        "mmu.pin_unpin_l4",
+    ] {
         let r = results
             .iter()
             .find(|r| r.name == name)

@@ -1,13 +1,16 @@
-//! The demo PV domU: prints, runs a CPU-bound loop long enough to be preempted (its lines
-//! interleave with dom0's on the console), and powers off.
+//! The demo PV domU: connects to xenstore, moves its console output onto the PV console ring
+//! served by dom0 (its lines then appear as dom0's `[domU] ...`), prints, runs a CPU-bound
+//! loop long enough to be preempted (its lines interleave with dom0's on the console), echoes
+//! any console input it receives, and powers off.
 //!
-//! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration.
+//! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration,
+//! `xstest` to run the xenstore self-test ([`pv_guest_kernel::xenbus::selftest`]) first.
 #![no_std]
 #![no_main]
 
 use kernel_rt as _;
 use pv_guest_kernel::start_info::StartInfo;
-use pv_guest_kernel::{cmdline, println, time};
+use pv_guest_kernel::{cmdline, console_ring, println, time, xenbus};
 
 pv_guest_kernel::pv_kernel!(main, "microvisor-domU");
 
@@ -16,14 +19,38 @@ fn main(si: &StartInfo) {
     println!("domU: up, {} pages, command line \"{cmd}\"", si.nr_pages);
     let steps = option(cmd, "steps", 30, 1, 10_000);
     let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
+    match xenbus::connect(si) {
+        Ok(mut xb) => {
+            match console_ring::connect(&mut xb, si) {
+                // From here on, output goes through dom0's console backend.
+                Ok(backend) => println!("domU: console ring connected (backend {backend})"),
+                Err(e) => println!("domU: console ring not connected ({e}), staying on console_io"),
+            }
+            if cmdline::flag(cmd, "xstest") {
+                xenbus::selftest::run(&mut xb);
+            }
+            pv_guest_kernel::blkfront::demo::run(&mut xb);
+        }
+        Err(e) => println!("domU: no xenstore ({e}), staying on console_io"),
+    }
     let t0 = time::now_ns();
     let mut acc = 0u64;
     for step in 1..=steps {
         acc = acc.wrapping_add(busy_work(work, step));
         println!("domU: step {step}/{steps}");
+        echo_input();
     }
     let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
     println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
+}
+
+/// Prints what arrived on the console input, line by line.
+fn echo_input() {
+    let mut buf = [0u8; 128];
+    let n = console_ring::read_input(&mut buf);
+    for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        println!("domU: console input: {}", core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
+    }
 }
 
 /// A numeric option, its default if absent or malformed (with a message).

@@ -2,6 +2,8 @@
 //! on its command line. Each prints `TEST <name> PASS ...` or `TEST <name> FAIL <why>` for the
 //! host tests to grep and powers off; the hostile ones (`privop`, `unmapped`, `hvspace`)
 //! instead expect the hypervisor to crash the domain and print FAIL only if they survive.
+//! The memory-management scenarios (`mm-hostile`, `user-mode`, `balloon`, `bench-mm`, and
+//! `bench`, which runs every benchmark) live in the modules under `testguest/`.
 //!
 //! Expected values are Xen's behaviour, not whatever microvisor happens to do, so a failure
 //! here is a conformance bug in the hypervisor (or in this runtime).
@@ -45,7 +47,16 @@ fn main(si: &StartInfo) {
         "trap-ud" => trap_ud(),
         "events" => events_test(),
         "bench-null" => bench_null(cmd),
+        "bench-mm" => bench_mm::run(cmd),
+        "bench" => {
+            bench_null(cmd);
+            bench_mm::run(cmd);
+        }
         "mm" => mm_test(si),
+        "mm-hostile" => mm_hostile::run(si),
+        "mm-leak" => mm_hostile::leave_mess(),
+        "user-mode" => user_mode::run(),
+        "balloon" => balloon::run(si),
         "" => println!("TEST none FAIL no scenario= on the command line"),
         other => println!("TEST {other} FAIL unknown scenario"),
     }
@@ -73,6 +84,17 @@ macro_rules! check {
         }
     };
 }
+
+// A crate root's modules sit beside it; these live in `testguest/` so that cargo does not
+// take them for binaries of their own.
+#[path = "testguest/balloon.rs"]
+mod balloon;
+#[path = "testguest/bench_mm.rs"]
+mod bench_mm;
+#[path = "testguest/mm_hostile.rs"]
+mod mm_hostile;
+#[path = "testguest/user_mode.rs"]
+mod user_mode;
 
 // ---------------------------------------------------------------------------------------------
 // Hostile scenarios: the hypervisor must crash the domain.

@@ -5,7 +5,8 @@ use super::layout::{self, BootInfo};
 use super::pt;
 use crate::hypercall;
 use hypercall_abi::xen::{
-    in_hypervisor_hole, mmu, uvmf, MmuUpdate, StartInfo, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
+    in_hypervisor_hole, mmu, mmuext, uvmf, MmuUpdate, MmuextOp, StartInfo, INVALID_P2M_ENTRY,
+    MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
 };
 use hypercall_abi::{DomId, Errno, Mfn, Pfn, PAGE_SIZE};
 use spin::Mutex;
@@ -144,8 +145,17 @@ impl Mm {
 
     /// The L1 table covering `va`, creating the missing levels.
     fn ensure_l1(&mut self, va: u64) -> Result<Mfn, Errno> {
+        self.ensure_table(va, 1)
+    }
+
+    /// The table at `level` (1 = L1 .. 4 = the L4) covering `va`, creating the missing
+    /// levels above it.
+    fn ensure_table(&mut self, va: u64, level: u32) -> Result<Mfn, Errno> {
+        if !(1..=4).contains(&level) {
+            return Err(Errno::EINVAL);
+        }
         let mut table = self.l4;
-        for level in [4, 3, 2] {
+        for level in (level + 1..=4).rev() {
             let idx = pt::index(va, level);
             let e = self.read_pte(table, idx)?;
             table = if pt::is_present(e) {
@@ -366,5 +376,121 @@ pub fn set_p2m(pfn: Pfn, mfn: Mfn) -> Result<(), Errno> {
         mmu_update(&[MmuUpdate { ptr: (mfn.0 << 12) | mmu::MACHPHYS_UPDATE, val: pfn.0 }])?;
         *slot = mfn.0;
         Ok(())
+    })
+}
+
+/// The machine address of the entry at `level` (1 = the L1 entry .. 4 = the L4 entry) that
+/// maps `va`, creating the tables above it. For `mmu_update` requests on entries the memory
+/// manager does not track itself (tests, benchmarks, user page tables).
+pub fn entry_maddr(va: u64, level: u32) -> Result<u64, Errno> {
+    if !pt::is_canonical(va) || in_hypervisor_hole(va) {
+        return Err(Errno::EINVAL);
+    }
+    with(|mm| Ok(mm.ensure_table(va, level)?.addr() + pt::index(va, level) as u64 * 8))
+}
+
+/// The entry at `level` that maps `va` (present or not), or `None` if a table above it is
+/// missing.
+pub fn lookup_level(va: u64, level: u32) -> Result<Option<u64>, Errno> {
+    if !pt::is_canonical(va) || in_hypervisor_hole(va) || !(1..=4).contains(&level) {
+        return Err(Errno::EINVAL);
+    }
+    with(|mm| Ok(mm.walk(va, level)?.map(|(_, e)| e)))
+}
+
+/// Entry `idx` of `table`, one of this domain's page tables (read through the direct map,
+/// where tables are mapped read-only). The hypervisor's own slots of the L4 are readable too.
+pub fn read_table(table: Mfn, idx: usize) -> Result<u64, Errno> {
+    if idx >= pt::ENTRIES {
+        return Err(Errno::EINVAL);
+    }
+    with(|mm| mm.read_pte(table, idx))
+}
+
+/// `mmu_update` requests clearing or setting the direct-map L1 entries of `pfns`, issued in
+/// batches; returns how many took effect before the first error.
+fn set_direct_map_entries(mm: &Mm, pfns: &[Pfn], val: impl Fn(usize) -> u64) -> (usize, Result<(), Errno>) {
+    let mut batch: alloc::vec::Vec<MmuUpdate> = alloc::vec::Vec::new();
+    if batch.try_reserve_exact(pfns.len().min(pt::ENTRIES)).is_err() {
+        return (0, Err(Errno::ENOMEM));
+    }
+    let mut done = 0;
+    for (chunk_no, chunk) in pfns.chunks(pt::ENTRIES).enumerate() {
+        batch.clear();
+        for (i, pfn) in chunk.iter().enumerate() {
+            let at = chunk_no * pt::ENTRIES + i;
+            match mm.walk(mm.va(pfn.0), 1) {
+                Ok(Some((l1, _))) => batch.push(MmuUpdate {
+                    ptr: (l1.addr() + pt::index(mm.va(pfn.0), 1) as u64 * 8) | mmu::NORMAL_PT_UPDATE,
+                    val: val(at),
+                }),
+                Ok(None) => return (done, Err(Errno::EFAULT)),
+                Err(e) => return (done, Err(e)),
+            }
+        }
+        let mut ok = 0u32;
+        let r = hypercall::check(hypercall::mmu_update(&batch, &mut ok, DomId::SELF));
+        done += (ok as usize).min(batch.len());
+        if let Err(e) = r {
+            return (done, Err(e));
+        }
+        if ok as usize != batch.len() {
+            return (done, Err(Errno::EIO));
+        }
+    }
+    (done, Ok(()))
+}
+
+/// Takes the frames of `pfns` (pages the caller holds from [`alloc_page`]) away from the
+/// direct map, ready to be handed back to the hypervisor (ballooning): each page is unmapped,
+/// the TLB flushed, and its P2M entry set to `INVALID_P2M_ENTRY`. The machine frames are
+/// appended to `mfns`, in order, for those that were unmapped; on an error the rest are
+/// untouched and still mapped.
+pub fn release_frames(pfns: &[Pfn], mfns: &mut alloc::vec::Vec<Mfn>) -> Result<(), Errno> {
+    with(|mm| {
+        for p in pfns {
+            if p.0 >= mm.mapped_end || !mm.alloc.is_used(*p) || mm.pfn_to_mfn(p.0).is_none() {
+                return Err(Errno::EINVAL);
+            }
+            if mm.p2m[p.0 as usize] == INVALID_P2M_ENTRY {
+                return Err(Errno::EINVAL);
+            }
+        }
+        mfns.try_reserve(pfns.len()).map_err(|_| Errno::ENOMEM)?;
+        let (done, r) = set_direct_map_entries(mm, pfns, |_| 0);
+        for p in &pfns[..done] {
+            mfns.push(Mfn(mm.p2m[p.0 as usize]));
+            mm.p2m[p.0 as usize] = INVALID_P2M_ENTRY;
+        }
+        if done > 0 {
+            // The pages may still be in this CPU's TLB; they must not be reachable once the
+            // hypervisor hands the frames to someone else.
+            let flush = [MmuextOp { cmd: mmuext::TLB_FLUSH_LOCAL, ..Default::default() }];
+            let mut ok = 0u32;
+            hypercall::check(hypercall::mmuext_op(&flush, &mut ok, DomId::SELF))?;
+        }
+        r
+    })
+}
+
+/// The reverse of [`release_frames`]: `pfns[i]` is backed by `mfns[i]` again (a frame the
+/// hypervisor gave us, e.g. from `populate_physmap`, which also set its M2P entry). Records
+/// the P2M entry and maps the page writable in the direct map. The caller still holds the
+/// pages (free them to the allocator afterwards). Returns how many were restored.
+pub fn restore_frames(pfns: &[Pfn], mfns: &[Mfn]) -> Result<usize, Errno> {
+    if pfns.len() != mfns.len() {
+        return Err(Errno::EINVAL);
+    }
+    with(|mm| {
+        for p in pfns {
+            if p.0 >= mm.mapped_end || !mm.alloc.is_used(*p) {
+                return Err(Errno::EINVAL);
+            }
+        }
+        let (done, r) = set_direct_map_entries(mm, pfns, |i| pt::make(mfns[i], pt::PAGE_KERNEL));
+        for (p, m) in pfns.iter().zip(mfns).take(done) {
+            mm.p2m[p.0 as usize] = m.0;
+        }
+        r.map(|()| done)
     })
 }

@@ -23,15 +23,8 @@ pub const TSS_IO_SEL: u16 = 0xe050;
 /// Ports only the hypervisor may touch: the PICs, the PIT and its gate, COM1 (the
 /// hypervisor console), COM2 (the trace port) and QEMU's exit device. (0xCF9, the reset
 /// register, stays open: a 32-bit access to the PCI address port 0xCF8 covers it.)
-const HYPERVISOR_PORTS: &[(u16, u16)] = &[
-    (0x20, 0x21),
-    (0x40, 0x43),
-    (0x61, 0x61),
-    (0xa0, 0xa1),
-    (0xf4, 0xf7),
-    (0x2f8, 0x2ff),
-    (0x3f8, 0x3ff),
-];
+const HYPERVISOR_PORTS: &[(u16, u16)] =
+    &[(0x20, 0x21), (0x40, 0x43), (0x61, 0x61), (0xa0, 0xa1), (0xf4, 0xf7), (0x2f8, 0x2ff), (0x3f8, 0x3ff)];
 
 /// STAR: `syscall` loads CS = 0xe008 / SS = 0xe010; `sysretq` loads CS = 0xe023 + 16 =
 /// 0xe033 and SS = 0xe023 + 8 = 0xe02b, exactly Xen's flat ring-3 selectors.

@@ -1,0 +1,500 @@
+//! blkback's request engine: takes blkif requests off a frontend's ring, checks them, has
+//! their granted pages made reachable by the disk, submits them, and answers each one.
+//!
+//! The frontend is hostile. Every request is copied out of the shared ring once
+//! ([`BackRing::take_request`]) and only the copy is looked at; a producer index more than a
+//! ring ahead (or moving backwards) breaks the connection, everything else gets a response:
+//! * READ/WRITE with 0 or more than 11 segments, a segment with `first_sect > last_sect` or
+//!   past the page, a sector range past the disk's end or overflowing: `BLKIF_RSP_ERROR`;
+//! * WRITE to a read-only disk: `ERROR`;
+//! * a grant that cannot be mapped: `ERROR` (the segments mapped before it are released);
+//! * an `id` equal to one still in flight: `ERROR` (the first request is not disturbed);
+//! * an operation not advertised (barrier, discard, indirect) or unknown: `EOPNOTSUPP`.
+//!
+//! Responses are built whole from zeroed values, so no padding byte carries old memory
+//! (XSA-216). Requests in flight are bounded by the ring size, so nothing here grows with
+//! what the frontend sends.
+//!
+//! How a granted page reaches the disk is the [`DataPath`]'s business: dom0 maps grants for
+//! device access only (`GNTMAP_device_map`, which yields the frame's machine address and
+//! touches no page table) and lets the disk DMA straight into the domU's frame; the
+//! alternative, copying through dom0 buffers with `GNTTABOP_copy`, plugs in the same way.
+//! The disk is a [`Disk`]: virtio-blk in dom0, a model in the host tests.
+
+use alloc::vec;
+use alloc::vec::Vec;
+use hypercall_abi::io::blkif::{
+    op, rsp, BlkifBackRing, BlkifRequest, BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE,
+    BLK_RING_SIZE,
+};
+use hypercall_abi::io::ring::{RingError, RingMemory};
+use hypercall_abi::{DomId, GrantRef};
+
+pub mod handshake;
+#[cfg(test)]
+mod tests;
+
+/// One segment of a checked request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegReq {
+    pub gref: GrantRef,
+    pub first_sect: u8,
+    pub last_sect: u8,
+}
+
+impl SegReq {
+    /// Bytes transferred.
+    pub fn len(&self) -> u32 {
+        (u32::from(self.last_sect) - u32::from(self.first_sect) + 1) * BLKIF_SECTOR_SIZE as u32
+    }
+    /// Offset of the transfer in the page.
+    pub fn offset(&self) -> u64 {
+        u64::from(self.first_sect) * BLKIF_SECTOR_SIZE
+    }
+}
+
+/// Makes granted pages reachable by the disk and releases them afterwards.
+pub trait DataPath {
+    /// Gets the disk addresses of `segs` (granted by `dom`) for request slot `slot`: fills
+    /// `out[i]` with the machine address where segment `i`'s data starts. `disk_reads` says
+    /// the disk reads the pages (a WRITE request). On failure nothing stays mapped and the
+    /// `GNTST_*` status is returned.
+    fn prepare(
+        &mut self,
+        dom: DomId,
+        slot: u16,
+        disk_reads: bool,
+        segs: &[SegReq],
+        out: &mut [u64],
+    ) -> Result<(), i16>;
+    /// The disk is done with slot `slot` (`ok`: the transfer succeeded, so data read from disk
+    /// must reach the frontend's pages). Release may be deferred to [`flush`](Self::flush);
+    /// an error means the data could not be delivered.
+    fn finish(
+        &mut self,
+        dom: DomId,
+        slot: u16,
+        disk_reads: bool,
+        segs: &[SegReq],
+        ok: bool,
+    ) -> Result<(), i16>;
+    /// Carries out deferred releases (one batch per service round).
+    fn flush(&mut self) {}
+}
+
+/// Operations a [`Disk`] performs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskOp {
+    Read,
+    Write,
+    Flush,
+}
+
+/// Why a disk did not take a request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DiskError {
+    /// Try again after completions.
+    Busy,
+    /// It never will.
+    Invalid,
+}
+
+/// The device behind a backend.
+pub trait Disk {
+    /// Queues a request; `data` are (machine address, bytes) pieces. The completion comes
+    /// back through [`Blkback::complete`] with `cookie`.
+    fn submit(&mut self, op: DiskOp, sector: u64, data: &[(u64, u32)], cookie: u64) -> Result<(), DiskError>;
+    /// Makes queued requests visible to the device.
+    fn kick(&mut self);
+}
+
+/// What the backend exports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskInfo {
+    /// 512-byte sectors.
+    pub capacity: u64,
+    pub readonly: bool,
+    /// The disk has a write cache to flush (`feature-flush-cache`).
+    pub flush: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Free,
+    /// Checked (and its pages prepared), waiting for the disk to take its current stage.
+    Ready,
+    /// With the disk.
+    Submitted,
+    /// Finished; the response is waiting to be published.
+    Done,
+}
+
+/// What the disk does for the slot next: its data transfer, or (FLUSH_DISKCACHE) the flush,
+/// which for a flush carrying data comes after the data was written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    Data,
+    Flush,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    phase: Phase,
+    stage: Stage,
+    id: u64,
+    operation: u8,
+    sector: u64,
+    nsegs: u8,
+    segs: [SegReq; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    mas: [u64; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    status: i16,
+}
+
+const EMPTY_SEG: SegReq = SegReq { gref: GrantRef(0), first_sect: 0, last_sect: 0 };
+const EMPTY_SLOT: Slot = Slot {
+    phase: Phase::Free,
+    stage: Stage::Data,
+    id: 0,
+    operation: 0,
+    sector: 0,
+    nsegs: 0,
+    segs: [EMPTY_SEG; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    mas: [0; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    status: rsp::OKAY,
+};
+
+impl Slot {
+    fn segs(&self) -> &[SegReq] {
+        &self.segs[..self.nsegs as usize]
+    }
+    /// The disk reads the pages (data goes to disk).
+    fn disk_reads(&self) -> bool {
+        self.operation != op::READ
+    }
+}
+
+/// Counters of one backend.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub requests: u64,
+    pub errors: u64,
+    pub unsupported: u64,
+    pub sectors_read: u64,
+    pub sectors_written: u64,
+    pub flushes: u64,
+}
+
+/// What a service round did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Round {
+    /// Requests taken off the ring.
+    pub taken: u32,
+    /// Responses published.
+    pub answered: u32,
+    /// The frontend asked to be notified of the responses: send an event.
+    pub notify: bool,
+}
+
+/// One frontend's backend.
+pub struct Blkback<M: RingMemory> {
+    ring: BlkifBackRing,
+    mem: M,
+    frontend: DomId,
+    info: DiskInfo,
+    slots: Vec<Slot>,
+    free: Vec<u16>,
+    /// Slots whose responses are ready, in completion order.
+    done: Vec<u16>,
+    /// Requests answered at once (never reached a slot): (id, operation, status).
+    immediate: Vec<(u64, u8, i16)>,
+    broken: Option<RingError>,
+    closing: bool,
+    /// Added to slot numbers to make the disk cookies of this backend.
+    cookie_base: u64,
+    pub stats: Stats,
+}
+
+impl<M: RingMemory> core::fmt::Debug for Blkback<M> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Blkback")
+            .field("frontend", &self.frontend)
+            .field("in_flight", &self.in_flight())
+            .field("broken", &self.broken)
+            .finish()
+    }
+}
+
+impl<M: RingMemory> Blkback<M> {
+    /// A backend for `frontend` on the ring in `mem` (already mapped), serving `info`. Disk
+    /// cookies are `cookie_base + slot`.
+    pub fn new(mem: M, frontend: DomId, info: DiskInfo, cookie_base: u64) -> Blkback<M> {
+        let n = BLK_RING_SIZE as usize;
+        Blkback {
+            ring: BlkifBackRing::new(),
+            mem,
+            frontend,
+            info,
+            slots: vec![EMPTY_SLOT; n],
+            free: (0..n as u16).rev().collect(),
+            done: Vec::with_capacity(n),
+            immediate: Vec::with_capacity(n),
+            broken: None,
+            closing: false,
+            cookie_base,
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn frontend(&self) -> DomId {
+        self.frontend
+    }
+    pub fn info(&self) -> DiskInfo {
+        self.info
+    }
+    /// The ring memory (for the glue that unmaps it).
+    pub fn memory(&self) -> &M {
+        &self.mem
+    }
+    /// Requests taken and not answered yet.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+    /// Requests with the disk (their pages must stay mapped until they complete).
+    pub fn with_disk(&self) -> usize {
+        self.slots.iter().filter(|s| s.phase == Phase::Submitted).count()
+    }
+    /// Why the ring was given up, if it was.
+    pub fn broken(&self) -> Option<RingError> {
+        self.broken
+    }
+    /// True if `cookie` belongs to this backend.
+    pub fn owns(&self, cookie: u64) -> bool {
+        cookie.checked_sub(self.cookie_base).is_some_and(|s| s < self.slots.len() as u64)
+    }
+
+    /// Stops taking requests (the frontend is going away or misbehaved); those in flight
+    /// still complete.
+    pub fn close(&mut self) {
+        self.closing = true;
+    }
+
+    /// True once closing and nothing is in flight: the ring may be unmapped.
+    pub fn quiescent(&self) -> bool {
+        (self.closing || self.broken.is_some()) && self.in_flight() == 0
+    }
+
+    /// A disk completion for one of our cookies (others are ignored).
+    pub fn complete<P: DataPath>(&mut self, data: &mut P, cookie: u64, ok: bool) {
+        let Some(slot) = cookie.checked_sub(self.cookie_base).and_then(|s| u16::try_from(s).ok()) else {
+            return;
+        };
+        if self.slots.get(slot as usize).is_none_or(|s| s.phase != Phase::Submitted) {
+            // Not with the disk: a confused device; nothing to do.
+            return;
+        }
+        self.finish_stage(data, slot, ok);
+    }
+
+    /// Ends the slot's current stage: releases its pages after a data transfer, then either
+    /// queues the flush stage or marks the slot done.
+    fn finish_stage<P: DataPath>(&mut self, data: &mut P, slot: u16, ok: bool) {
+        let frontend = self.frontend;
+        let s = &mut self.slots[slot as usize];
+        if s.stage == Stage::Data && s.nsegs > 0 {
+            let (disk_reads, segs, n) = (s.disk_reads(), s.segs, s.nsegs as usize);
+            if data.finish(frontend, slot, disk_reads, &segs[..n], ok).is_err() {
+                s.status = rsp::ERROR;
+            }
+        }
+        if !ok {
+            s.status = rsp::ERROR;
+        }
+        if s.stage == Stage::Data && s.operation == op::FLUSH_DISKCACHE && s.status == rsp::OKAY {
+            s.stage = Stage::Flush;
+            s.phase = Phase::Ready;
+        } else {
+            s.phase = Phase::Done;
+            self.done.push(slot);
+        }
+    }
+
+    /// One round: take new requests, prepare and submit them, answer finished ones. Call when
+    /// the frontend notified, after completions, and whenever the disk may have room again.
+    pub fn service<P: DataPath, D: Disk>(&mut self, data: &mut P, disk: &mut D) -> Round {
+        let mut round = Round::default();
+        self.take_requests(data, &mut round);
+        self.submit_ready(data, disk);
+        data.flush();
+        self.respond(&mut round);
+        round
+    }
+
+    fn take_requests<P: DataPath>(&mut self, data: &mut P, round: &mut Round) {
+        if self.broken.is_some() || self.closing {
+            return;
+        }
+        loop {
+            // Each request needs a slot (even one answered at once, so that a response slot
+            // on the ring is guaranteed to exist when we answer it).
+            if self.free.len() <= self.immediate.len() {
+                return;
+            }
+            let req = match self.ring.take_request(&self.mem) {
+                Ok(Some(r)) => r,
+                Ok(None) => match self.ring.final_check_for_requests(&self.mem) {
+                    Ok(true) => continue,
+                    Ok(false) => return,
+                    Err(e) => return self.break_ring(e),
+                },
+                Err(e) => return self.break_ring(e),
+            };
+            round.taken += 1;
+            self.stats.requests += 1;
+            match self.accept(data, &req) {
+                Ok(()) => {}
+                Err(status) => {
+                    if status == rsp::EOPNOTSUPP {
+                        self.stats.unsupported += 1;
+                    } else {
+                        self.stats.errors += 1;
+                    }
+                    self.immediate.push((req.id, req.operation, status));
+                }
+            }
+        }
+    }
+
+    fn break_ring(&mut self, e: RingError) {
+        self.broken = Some(e);
+    }
+
+    /// Checks a request copy and, if it is good, gives it a slot with its pages prepared.
+    fn accept<P: DataPath>(&mut self, data: &mut P, req: &BlkifRequest) -> Result<(), i16> {
+        let operation = req.operation;
+        let with_data = match operation {
+            op::READ | op::WRITE => true,
+            op::FLUSH_DISKCACHE if !self.info.flush => return Err(rsp::EOPNOTSUPP),
+            op::FLUSH_DISKCACHE => req.nr_segments > 0,
+            // Not advertised (no feature-barrier, feature-discard, max-indirect-segments), or
+            // unknown: blkback answers EOPNOTSUPP.
+            _ => return Err(rsp::EOPNOTSUPP),
+        };
+        if with_data {
+            req.check_rw(self.info.capacity).map_err(|_| rsp::ERROR)?;
+            if operation != op::READ && self.info.readonly {
+                return Err(rsp::ERROR);
+            }
+        }
+        if self.slots.iter().any(|s| s.phase != Phase::Free && s.id == req.id) {
+            return Err(rsp::ERROR);
+        }
+        let slot = self.free.pop().ok_or(rsp::ERROR)?;
+        let mut s = Slot {
+            phase: Phase::Ready,
+            stage: if with_data { Stage::Data } else { Stage::Flush },
+            id: req.id,
+            operation,
+            sector: req.sector_number,
+            nsegs: 0,
+            segs: [EMPTY_SEG; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+            mas: [0; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+            status: rsp::OKAY,
+        };
+        if with_data {
+            let segs = req.segments().unwrap_or(&[]);
+            for (d, src) in s.segs.iter_mut().zip(segs) {
+                *d = SegReq { gref: src.gref, first_sect: src.first_sect, last_sect: src.last_sect };
+            }
+            s.nsegs = segs.len() as u8;
+            let n = s.nsegs as usize;
+            if data.prepare(self.frontend, slot, s.disk_reads(), &s.segs[..n], &mut s.mas[..n]).is_err() {
+                self.free.push(slot);
+                return Err(rsp::ERROR);
+            }
+        }
+        self.slots[slot as usize] = s;
+        Ok(())
+    }
+
+    /// Hands every prepared stage to the disk, in slot order, until it is busy.
+    fn submit_ready<P: DataPath, D: Disk>(&mut self, data: &mut P, disk: &mut D) {
+        let mut any = false;
+        for i in 0..self.slots.len() {
+            let s = &self.slots[i];
+            if s.phase != Phase::Ready {
+                continue;
+            }
+            let dop = match (s.stage, s.operation) {
+                (Stage::Flush, _) => DiskOp::Flush,
+                (Stage::Data, op::READ) => DiskOp::Read,
+                (Stage::Data, _) => DiskOp::Write,
+            };
+            let mut pieces: heapless::Vec<(u64, u32), BLKIF_MAX_SEGMENTS_PER_REQUEST> = heapless::Vec::new();
+            if s.stage == Stage::Data {
+                for (seg, &ma) in s.segs().iter().zip(&s.mas) {
+                    let len = seg.len();
+                    // Pieces that continue each other in machine memory go as one.
+                    match pieces.last_mut() {
+                        Some(last) if last.0.checked_add(u64::from(last.1)) == Some(ma) => last.1 += len,
+                        _ => {
+                            let _ = pieces.push((ma, len));
+                        }
+                    }
+                }
+            }
+            let sector = if dop == DiskOp::Flush { 0 } else { s.sector };
+            match disk.submit(dop, sector, &pieces, self.cookie_base + i as u64) {
+                Ok(()) => {
+                    any = true;
+                    let sectors = u64::from(pieces.iter().map(|p| p.1).sum::<u32>()) / BLKIF_SECTOR_SIZE;
+                    match dop {
+                        DiskOp::Read => self.stats.sectors_read += sectors,
+                        DiskOp::Write => self.stats.sectors_written += sectors,
+                        DiskOp::Flush => self.stats.flushes += 1,
+                    }
+                    self.slots[i].phase = Phase::Submitted;
+                }
+                Err(DiskError::Busy) => break,
+                // Refused outright: the request fails, its pages are released.
+                Err(DiskError::Invalid) => self.finish_stage(data, i as u16, false),
+            }
+        }
+        if any {
+            disk.kick();
+        }
+    }
+
+    /// Publishes responses: those answered at once, then finished slots.
+    fn respond(&mut self, round: &mut Round) {
+        if self.broken.is_some() {
+            // The ring is not trusted any more: free the slots without touching it.
+            for slot in self.done.drain(..) {
+                self.slots[slot as usize] = EMPTY_SLOT;
+                self.free.push(slot);
+            }
+            self.immediate.clear();
+            return;
+        }
+        let mut pushed = 0;
+        for (id, operation, status) in self.immediate.drain(..) {
+            let r = BlkifResponse { id, operation, status, ..Default::default() };
+            if self.ring.push_response(&self.mem, &r).is_ok() {
+                pushed += 1;
+            }
+        }
+        for slot in self.done.drain(..) {
+            let s = &mut self.slots[slot as usize];
+            let r =
+                BlkifResponse { id: s.id, operation: s.operation, status: s.status, ..Default::default() };
+            *s = EMPTY_SLOT;
+            self.free.push(slot);
+            if self.ring.push_response(&self.mem, &r).is_ok() {
+                pushed += 1;
+            }
+        }
+        if pushed > 0 {
+            round.answered += pushed;
+            round.notify |= self.ring.push_responses_and_check_notify(&self.mem);
+        }
+    }
+}

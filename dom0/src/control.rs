@@ -1,0 +1,600 @@
+//! dom0's control plane: xenstored serving every domU's ring, the toolstack that writes each
+//! domU's nodes and introduces it, and the console backend (xenconsoled) that prints each
+//! domU's console ring as `[name] line` on the machine console.
+//!
+//! dom0 plays the toolstack for the domains the hypervisor built at boot, as Xen's
+//! `init-dom0less` does: it enumerates them (`XEN_DOMCTL_getdomaininfo`), learns their
+//! xenstore and console rings and ports (`HVMOP_get_param`; the builder allocates the two
+//! ports unbound for dom0 before anything else, so they are the domU's ports 1 (xenstore)
+//! and 2 (console), but dom0 reads them rather than assuming), writes their nodes, and
+//! INTRODUCEs them.
+//! Rings are mapped through the grants the builder reserved for dom0 (refs 0 and 1), or by
+//! foreign mapping where there is no grant ([`crate::foreign`]); every ring port and
+//! VIRQ_DOM_EXC only raise a flag, and all the work happens in [`ControlPlane::poll`] on the
+//! main path, which blocks in `SCHEDOP_block` between events ([`ControlPlane::run`]).
+//!
+//! When a domU shuts down, dom0 drains its console, RELEASEs it from xenstore (firing
+//! `@releaseDomain`), removes its nodes, closes its ports, unmaps its rings and destroys it.
+//!
+//! Two small services make the split drivers observable from a domU: dom0's console backend
+//! walks the XenBus handshake with the domU's console frontend (backend InitWait → frontend
+//! Connected → backend Connected), and an echo service copies any value a domU writes to its
+//! `data/ping` node into `data/pong` (so a domU can watch a node dom0 writes).
+//!
+//! Options: `conin=<domid>:<text>` pushes `<text>` (underscores as spaces) and a newline into
+//! that domain's console input; `ringmap=foreign` maps the rings by foreign mapping even
+//! where a grant exists.
+
+use alloc::collections::BTreeMap;
+use alloc::format;
+use alloc::rc::Rc;
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::cell::RefCell;
+use core::sync::atomic::{AtomicBool, Ordering};
+
+use dom0::boot_domains;
+use dom0::console_backend::{self, ConsoleLog};
+use dom0::local_xs::{self, LocalTransport};
+use dom0::store_ring::StoreRing;
+use dom0::xenstore::toolstack::{backend_path, Console, DomainConfig, StoreRing as StoreNodes};
+use dom0::xenstore::{Action, Xenstore};
+use hypercall_abi::domctl::{cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
+use hypercall_abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
+use hypercall_abi::hvm::{op as hvmop, param, XenHvmParam};
+use hypercall_abi::hypercall::nr;
+use hypercall_abi::io::xenbus::XenbusState;
+use hypercall_abi::sched::shutdown;
+use hypercall_abi::{DomId, Errno, Mfn, Port};
+use pv_guest_kernel::xenbus::{TxId, Xenbus};
+use pv_guest_kernel::xenbus_state::{Role, Step, XenbusDevice};
+use pv_guest_kernel::{cmdline, events, hypercall, println, time};
+
+use crate::foreign::{self, ForeignPage, How};
+
+/// First domain id that is not a real domain (`DOMID_FIRST_RESERVED`).
+const DOMID_FIRST_RESERVED: u16 = 0x7ff0;
+/// How long [`ControlPlane::run`] sleeps at most before re-checking the domains anyway.
+const RECHECK_NS: u64 = 200_000_000;
+/// Passes of one poll while rings keep moving (a write on one ring can fire watches whose
+/// events go out on another).
+const MAX_PASSES: usize = 8;
+
+/// Raised by every ring port and by VIRQ_DOM_EXC: there is work for [`ControlPlane::poll`].
+static KICK: AtomicBool = AtomicBool::new(false);
+/// Raised by VIRQ_DOM_EXC: some domain changed state.
+static EXC: AtomicBool = AtomicBool::new(false);
+
+fn on_ring_event(_port: Port) {
+    KICK.store(true, Ordering::SeqCst);
+}
+
+/// To be called from the VIRQ_DOM_EXC handler.
+pub fn on_dom_exc() {
+    EXC.store(true, Ordering::SeqCst);
+    KICK.store(true, Ordering::SeqCst);
+}
+
+/// The xenstore side of a domU.
+struct StoreSide {
+    ring: StoreRing,
+    page: ForeignPage,
+    port: Port,
+}
+
+/// The console backend of a domU.
+struct ConsoleSide {
+    page: ForeignPage,
+    port: Port,
+    log: ConsoleLog,
+    dev: XenbusDevice,
+}
+
+struct DomU {
+    name: String,
+    store: Option<StoreSide>,
+    console: Option<ConsoleSide>,
+}
+
+/// Every domain but dom0, as `getdomaininfo` reports them (it returns the first domain whose
+/// id is at least the one asked for, so asking for last + 1 enumerates).
+pub fn list_domus() -> Result<Vec<XenDomctlGetdomaininfo>, Errno> {
+    let mut out = Vec::new();
+    let mut next = 1u16;
+    while next < DOMID_FIRST_RESERVED {
+        let mut op = XenDomctl::new(cmd::GETDOMAININFO, DomId(next));
+        match hypercall::check(hypercall::domctl(&mut op)) {
+            Ok(_) => {}
+            Err(Errno::ESRCH) => break,
+            Err(e) => return Err(e),
+        }
+        let info: XenDomctlGetdomaininfo = op.payload();
+        // Guard against a hypervisor answering with an id below the one asked for.
+        if info.domain.0 < next || info.domain.0 >= DOMID_FIRST_RESERVED {
+            break;
+        }
+        next = info.domain.0 + 1;
+        out.push(info);
+    }
+    Ok(out)
+}
+
+/// How a domain ended, for the log.
+pub fn describe(flags: u32) -> String {
+    if flags & dominf::SHUTDOWN != 0 {
+        let code = dominf::shutdown_code(flags);
+        format!("shut down ({}, code {code})", shutdown::name(code))
+    } else if flags & dominf::DYING != 0 {
+        String::from("dying")
+    } else if flags & dominf::PAUSED != 0 {
+        String::from("paused")
+    } else {
+        String::from("still running")
+    }
+}
+
+fn gone(flags: u32) -> bool {
+    flags & (dominf::SHUTDOWN | dominf::DYING) != 0
+}
+
+/// `HVMOP_get_param` of another domain.
+fn hvm_param(domid: DomId, index: u32) -> Result<u64, Errno> {
+    let mut p = XenHvmParam { domid, _pad: 0, index, value: 0 };
+    hypercall::check(hypercall::hypercall5(
+        nr::HVM_OP,
+        u64::from(hvmop::GET_PARAM),
+        hypercall::ptr_mut(&mut p),
+        0,
+        0,
+        0,
+    ))?;
+    Ok(p.value)
+}
+
+fn destroy(domid: DomId) -> Result<(), Errno> {
+    let mut op = XenDomctl::new(cmd::DESTROYDOMAIN, domid);
+    hypercall::check(hypercall::domctl(&mut op)).map(drop)
+}
+
+/// Binds a local port to `domid`'s `remote` port with the ring handler, unmasked.
+fn bind(domid: DomId, remote: Port) -> Result<Port, Errno> {
+    let port = events::bind_interdomain(domid, remote)?;
+    if let Err(e) = events::attach(port, on_ring_event) {
+        let _ = events::close(port);
+        return Err(e);
+    }
+    Ok(port)
+}
+
+fn console_token(id: DomId) -> String {
+    format!("console:{}", id.0)
+}
+
+fn ping_token(id: DomId) -> String {
+    format!("ping:{}", id.0)
+}
+
+fn ping_path(id: DomId) -> String {
+    format!("/local/domain/{}/data/ping", id.0)
+}
+
+/// xenstored, the toolstack and the console backend.
+pub struct ControlPlane {
+    xs: Rc<RefCell<Xenstore>>,
+    /// dom0's own connection, through the same client the domUs use.
+    local: Xenbus<LocalTransport>,
+    doms: BTreeMap<DomId, DomU>,
+    /// `conin=`: console input for one domain.
+    input: Option<(DomId, Vec<u8>)>,
+    /// blkback (`vbd=`), served from the same loop.
+    blk: Option<crate::hw::blkif::BlkService>,
+}
+
+impl ControlPlane {
+    /// Starts xenstored, then adopts every domU the hypervisor built.
+    pub fn start(cmd: &str) -> ControlPlane {
+        let xs = Rc::new(RefCell::new(Xenstore::default()));
+        let local = local_xs::client(&xs, DomId::DOM0);
+        let input = cmdline::get(cmd, "conin").and_then(boot_domains::parse_console_input);
+        foreign::use_grants(cmdline::get(cmd, "ringmap") != Some("foreign"));
+        let mut cp = ControlPlane { xs, local, doms: BTreeMap::new(), input, blk: None };
+        for (k, v) in [("name", "Domain-0"), ("domid", "0")] {
+            let _ = cp.local.write(TxId::NONE, &format!("/local/domain/0/{k}"), v.as_bytes());
+        }
+        match list_domus() {
+            Ok(list) => {
+                for info in list {
+                    cp.adopt(&info);
+                }
+            }
+            Err(e) => println!("dom0: cannot list domains: {e}"),
+        }
+        println!("dom0: xenstored up, {} domU(s) introduced", cp.doms.len());
+        cp
+    }
+
+    /// Starts blkback over `disks` for the domains `vbd=` names.
+    pub fn attach_blk(&mut self, cmd: &str, disks: Vec<crate::hw::virtio_blk::VirtioBlk>) {
+        self.blk = crate::hw::blkif::BlkService::new(cmd, disks, &self.xs);
+    }
+
+    /// Domains still served.
+    pub fn domus_left(&self) -> usize {
+        self.doms.len()
+    }
+
+    /// The toolstack's part for one boot-built domain: nodes, INTRODUCE, console backend.
+    fn adopt(&mut self, info: &XenDomctlGetdomaininfo) {
+        let id = info.domain;
+        let name = boot_domains::domain_name(&info.handle, info.domain);
+        if gone(info.flags) {
+            println!("dom0: d{} ({name}) already {}, destroying it", id.0, describe(info.flags));
+            if let Err(e) = destroy(id) {
+                println!("dom0: destroying d{} failed: {e}", id.0);
+            }
+            return;
+        }
+        let params = (|| {
+            Ok::<_, Errno>((
+                hvm_param(id, param::STORE_PFN)?,
+                hvm_param(id, param::STORE_EVTCHN)?,
+                hvm_param(id, param::CONSOLE_PFN)?,
+                hvm_param(id, param::CONSOLE_EVTCHN)?,
+            ))
+        })();
+        let (store_mfn, store_port, cons_mfn, cons_port) = match params {
+            Ok(p) => p,
+            Err(e) => {
+                println!("dom0: d{} ({name}): no ring parameters ({e}); not served", id.0);
+                return;
+            }
+        };
+        let port32 = |v: u64| Port(u32::try_from(v).unwrap_or(0));
+        let cfg = DomainConfig {
+            domid: id,
+            name: name.clone(),
+            memory_kb: info.tot_pages.saturating_mul(4),
+            store: (store_mfn != 0).then(|| StoreNodes { gfn: store_mfn, port: port32(store_port) }),
+            console: (cons_mfn != 0).then(|| Console {
+                gfn: cons_mfn,
+                port: port32(cons_port),
+                backend: DomId::DOM0,
+                kind: String::from("xenconsoled"),
+                limit: None,
+            }),
+        };
+        if let Err(e) = self.xs.borrow_mut().create_domain_nodes(&cfg) {
+            println!("dom0: d{} ({name}): writing its nodes failed: {e}", id.0);
+        }
+        self.doms.insert(id, DomU { name: name.clone(), store: None, console: None });
+        if store_mfn != 0 {
+            let r = self.xs.borrow_mut().introduce_domain(id, store_mfn, port32(store_port));
+            match r {
+                Ok(_) => self.handle_actions(),
+                Err(e) => println!("dom0: d{} ({name}): INTRODUCE failed: {e}", id.0),
+            }
+        }
+        if cons_mfn != 0 {
+            match self.attach_console(id, &name, Mfn(cons_mfn), port32(cons_port)) {
+                Ok(c) => {
+                    if let Some(d) = self.doms.get_mut(&id) {
+                        d.console = Some(c);
+                    }
+                }
+                Err(e) => println!("dom0: d{} ({name}): console backend failed: {e}", id.0),
+            }
+        }
+        if let Err(e) = self.local.watch(&ping_path(id), &ping_token(id)) {
+            println!("dom0: d{}: cannot watch data/ping: {e}", id.0);
+        }
+        let (store, console) = self.doms.get(&id).map_or((None, None), |d| {
+            (d.store.as_ref().map(|s| s.page.how), d.console.as_ref().map(|c| c.page.how))
+        });
+        println!(
+            "dom0: d{} ({name}) introduced: xenstore {}, console {}",
+            id.0,
+            served(store),
+            served(console)
+        );
+    }
+
+    /// Maps the console ring, binds its port and starts the backend's handshake (InitWait).
+    fn attach_console(
+        &mut self,
+        id: DomId,
+        name: &str,
+        mfn: Mfn,
+        remote: Port,
+    ) -> Result<ConsoleSide, Errno> {
+        let page = foreign::map(id, GNTTAB_RESERVED_CONSOLE, mfn)?;
+        let port = match bind(id, remote) {
+            Ok(p) => p,
+            Err(e) => {
+                let _ = foreign::unmap(page);
+                return Err(e);
+            }
+        };
+        console_backend::mark_connected(&page.page());
+        let front = format!("/local/domain/{}/console", id.0);
+        let back = backend_path(DomId::DOM0, "console", id, 0);
+        let mut dev = XenbusDevice::new(Role::Backend, &back, &front);
+        dev.load(&mut self.local);
+        if let Some(step) = dev.next_step() {
+            let _ = dev.complete(&mut self.local, step);
+        }
+        let _ = self.local.watch(&dev.other_state_path(), &console_token(id));
+        let c = ConsoleSide { page, port, log: ConsoleLog::new(name), dev };
+        if let Some((target, text)) = &self.input {
+            if *target == id {
+                let n = console_backend::push_input(&c.page.page(), text);
+                let _ = events::send(c.port);
+                println!("dom0: {n} bytes of console input queued for d{}", id.0);
+            }
+        }
+        Ok(c)
+    }
+
+    /// Carries out what xenstored asked for (INTRODUCE, RELEASE, broken connections).
+    fn handle_actions(&mut self) {
+        let actions = self.xs.borrow_mut().take_actions();
+        for a in actions {
+            match a {
+                Action::Introduce { domid, conn, gfn, port, reset } => {
+                    let Some(d) = self.doms.get_mut(&domid) else { continue };
+                    match (&mut d.store, reset) {
+                        (Some(s), true) => {
+                            if s.ring.reset_pending_ack {
+                                // The echo of a reconnect the ring service already did.
+                                s.ring.reset_pending_ack = false;
+                            } else {
+                                s.ring.reset(&s.page.page());
+                                let _ = events::send(s.port);
+                            }
+                        }
+                        (Some(_), false) => {}
+                        (None, _) => match attach_store(domid, conn, gfn, port) {
+                            Ok(s) => d.store = Some(s),
+                            Err(e) => println!("dom0: d{}: cannot serve its xenstore ring: {e}", domid.0),
+                        },
+                    }
+                }
+                Action::Release { domid, .. } => {
+                    if let Some(s) = self.doms.get_mut(&domid).and_then(|d| d.store.take()) {
+                        let _ = events::close(s.port);
+                        if let Err(e) = foreign::unmap(s.page) {
+                            println!("dom0: d{}: unmapping its xenstore ring failed: {e}", domid.0);
+                        }
+                    }
+                }
+                Action::ConnectionBroken { domid, ring_error, .. } => {
+                    if let Some(s) = self.doms.get_mut(&domid).and_then(|d| d.store.as_mut()) {
+                        if s.ring.broken.is_none() {
+                            s.ring.break_with(&s.page.page(), ring_error);
+                            let _ = events::send(s.port);
+                        }
+                    }
+                    println!("dom0: d{}: xenstore protocol error {ring_error}, ring ignored", domid.0);
+                }
+            }
+        }
+    }
+
+    /// One round of work: domain state changes, every ring, dom0's own watch events.
+    pub fn poll(&mut self) {
+        KICK.store(false, Ordering::SeqCst);
+        if EXC.swap(false, Ordering::SeqCst) {
+            self.check_domains();
+        }
+        for _ in 0..MAX_PASSES {
+            let mut moved = self.service_stores();
+            self.handle_actions();
+            moved |= self.drain_consoles();
+            moved |= self.local_events();
+            if let Some(b) = self.blk.as_mut() {
+                moved |= b.poll();
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    fn service_stores(&mut self) -> bool {
+        let mut moved = false;
+        let mut xs = self.xs.borrow_mut();
+        for d in self.doms.values_mut() {
+            let Some(s) = d.store.as_mut() else { continue };
+            let r = s.ring.service(&mut xs, &s.page.page());
+            if r.notify {
+                moved = true;
+                let _ = events::send(s.port);
+            }
+        }
+        moved
+    }
+
+    fn drain_consoles(&mut self) -> bool {
+        let mut moved = false;
+        for d in self.doms.values_mut() {
+            let Some(c) = d.console.as_mut() else { continue };
+            let (taken, more) = console_backend::drain(&c.page.page(), &mut c.log, print_line(&d.name));
+            if taken > 0 {
+                let _ = events::send(c.port);
+            }
+            if more {
+                // Come back after the others had their turn.
+                KICK.store(true, Ordering::SeqCst);
+            }
+            moved |= taken > 0;
+        }
+        moved
+    }
+
+    /// Reacts to dom0's watches: console frontends' states, and the echo service.
+    fn local_events(&mut self) -> bool {
+        let mut moved = false;
+        while let Ok(Some(ev)) = self.local.next_watch_event() {
+            moved = true;
+            let Some((kind, id)) = ev.token.split_once(':') else { continue };
+            let Some(id) = id.parse::<u16>().ok().map(DomId) else { continue };
+            match kind {
+                "console" => self.console_handshake(id),
+                "ping" => {
+                    if let Ok(v) = self.local.read(TxId::NONE, &ping_path(id)) {
+                        let pong = format!("/local/domain/{}/data/pong", id.0);
+                        if let Err(e) = self.local.write(TxId::NONE, &pong, &v) {
+                            println!("dom0: d{}: echo failed: {e}", id.0);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        moved
+    }
+
+    fn console_handshake(&mut self, id: DomId) {
+        let Some(d) = self.doms.get_mut(&id) else { return };
+        let Some(c) = d.console.as_mut() else { return };
+        if c.dev.refresh_other(&mut self.local).is_none() {
+            return;
+        }
+        while let Some(step) = c.dev.next_step() {
+            match c.dev.complete(&mut self.local, step) {
+                Ok(XenbusState::Connected) => {
+                    println!("dom0: d{} ({}) console frontend connected", id.0, d.name);
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    println!("dom0: d{}: console state {step:?} failed: {e}", id.0);
+                    break;
+                }
+            }
+            if step == Step::Closed {
+                break;
+            }
+        }
+    }
+
+    /// Finds the domUs that shut down (or vanished) and retires them.
+    fn check_domains(&mut self) {
+        let list = match list_domus() {
+            Ok(l) => l,
+            Err(e) => {
+                println!("dom0: cannot list domains: {e}");
+                return;
+            }
+        };
+        let ids: Vec<DomId> = self.doms.keys().copied().collect();
+        for id in ids {
+            match list.iter().find(|i| i.domain == id) {
+                Some(info) if gone(info.flags) => self.retire(id, &describe(info.flags)),
+                Some(_) => {}
+                None => self.retire(id, "gone"),
+            }
+        }
+    }
+
+    /// Drains, releases, tears down and destroys a domU that has shut down.
+    fn retire(&mut self, id: DomId, how: &str) {
+        let Some(mut d) = self.doms.remove(&id) else { return };
+        // Its last words first: they were written before it shut down.
+        if let Some(c) = d.console.as_mut() {
+            let emit = print_line(&d.name);
+            // The ring holds at most 2 KiB, so one drain empties it; the bound is for safety.
+            for _ in 0..4 {
+                if !console_backend::drain(&c.page.page(), &mut c.log, &emit).1 {
+                    break;
+                }
+            }
+            c.log.flush(&emit);
+        }
+        println!("dom0: d{} ({}) {how}", id.0, d.name);
+        if let Some(c) = d.console.take() {
+            let _ = events::close(c.port);
+            if let Err(e) = foreign::unmap(c.page) {
+                println!("dom0: d{}: unmapping its console ring failed: {e}", id.0);
+            }
+            let _ = self.local.unwatch(&c.dev.other_state_path(), &console_token(id));
+        }
+        let _ = self.local.unwatch(&ping_path(id), &ping_token(id));
+        // Put the store side back so the Release action finds it.
+        let had_store = d.store.is_some();
+        self.doms.insert(id, d);
+        {
+            let mut xs = self.xs.borrow_mut();
+            if had_store {
+                if let Err(e) = xs.release_domain(id) {
+                    println!("dom0: d{}: RELEASE failed: {e}", id.0);
+                }
+            }
+            if let Err(e) = xs.remove_domain_nodes(id) {
+                println!("dom0: d{}: removing its nodes failed: {e}", id.0);
+            }
+        }
+        self.handle_actions();
+        self.doms.remove(&id);
+        match destroy(id) {
+            Ok(()) => println!("dom0: d{} released and destroyed", id.0),
+            Err(e) => println!("dom0: destroying d{} failed: {e}", id.0),
+        }
+    }
+
+    /// Serves everything until every domU is gone.
+    pub fn run(&mut self) {
+        let mut last_check = time::now_ns();
+        loop {
+            self.poll();
+            if self.doms.is_empty() {
+                return;
+            }
+            let deadline = time::now_ns().saturating_add(RECHECK_NS);
+            let woke = events::block_until(
+                || KICK.load(Ordering::SeqCst) || crate::hw::blkif::pending(),
+                Some(deadline),
+            );
+            if woke.is_err() {
+                hypercall::yield_cpu();
+            }
+            // A missed VIRQ must not leave a dead domain served forever.
+            if time::now_ns().saturating_sub(last_check) >= RECHECK_NS {
+                last_check = time::now_ns();
+                EXC.store(true, Ordering::SeqCst);
+            }
+        }
+    }
+}
+
+/// Maps an introduced domain's xenstore ring and binds its port.
+fn attach_store(
+    domid: DomId,
+    conn: dom0::xenstore::ConnId,
+    gfn: u64,
+    remote: Port,
+) -> Result<StoreSide, Errno> {
+    let page = foreign::map(domid, GNTTAB_RESERVED_XENSTORE, Mfn(gfn))?;
+    let port = match bind(domid, remote) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = foreign::unmap(page);
+            return Err(e);
+        }
+    };
+    let ring = StoreRing::new(domid, conn, gfn, remote);
+    ring.advertise(&page.page());
+    // Requests may already be waiting.
+    KICK.store(true, Ordering::SeqCst);
+    Ok(StoreSide { ring, page, port })
+}
+
+fn print_line(name: &str) -> impl Fn(&str) + '_ {
+    move |line: &str| println!("[{name}] {line}")
+}
+
+fn served(how: Option<How>) -> &'static str {
+    match how {
+        Some(How::Grant(_)) => "served (granted ring)",
+        Some(How::Foreign) => "served (foreign-mapped ring)",
+        None => "not served",
+    }
+}

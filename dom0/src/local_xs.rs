@@ -1,0 +1,95 @@
+//! dom0's own connection to its in-process xenstored, as a xenbus [`Transport`], so dom0's
+//! code (the console backend's handshake, the demo's echo service) uses exactly the client
+//! API the domUs use. Requests are answered synchronously while being sent, so there is never
+//! anything to wait for: [`Transport::wait`] fails with `ETIMEDOUT` (a reply that is not there
+//! after the send will never come).
+//!
+//! The store is shared with the ring service loop through `Rc<RefCell<_>>`; dom0 runs
+//! xenstored and its clients on one vCPU and never from event handlers, so a borrow never
+//! overlaps another.
+
+use alloc::rc::Rc;
+use core::cell::RefCell;
+use hypercall_abi::{DomId, Errno};
+use pv_guest_kernel::xenbus::{Transport, Xenbus};
+
+use crate::xenstore::{ConnId, FeedError, Xenstore};
+
+/// A local connection of the shared store.
+pub struct LocalTransport {
+    xs: Rc<RefCell<Xenstore>>,
+    conn: ConnId,
+}
+
+impl LocalTransport {
+    /// Opens a connection acting as `domid` (privileged for dom0).
+    pub fn connect(xs: &Rc<RefCell<Xenstore>>, domid: DomId) -> LocalTransport {
+        let conn = xs.borrow_mut().connect_local(domid);
+        LocalTransport { xs: xs.clone(), conn }
+    }
+
+    /// The store's id of the connection.
+    pub fn conn(&self) -> ConnId {
+        self.conn
+    }
+}
+
+impl Drop for LocalTransport {
+    fn drop(&mut self) {
+        if let Ok(mut xs) = self.xs.try_borrow_mut() {
+            xs.disconnect(self.conn);
+        }
+    }
+}
+
+impl Transport for LocalTransport {
+    fn send(&mut self, bytes: &[u8]) -> Result<usize, Errno> {
+        let mut xs = self.xs.try_borrow_mut().map_err(|_| Errno::EBUSY)?;
+        match xs.feed(self.conn, bytes) {
+            Ok(n) => Ok(n),
+            Err(FeedError::NoConnection) => Err(Errno::ENOTCONN),
+            Err(FeedError::Protocol(_)) => Err(Errno::EIO),
+        }
+    }
+
+    fn recv(&mut self, buf: &mut [u8]) -> Result<usize, Errno> {
+        let mut xs = self.xs.try_borrow_mut().map_err(|_| Errno::EBUSY)?;
+        Ok(xs.read_output(self.conn, buf))
+    }
+
+    fn wait(&mut self) -> Result<(), Errno> {
+        Err(Errno::ETIMEDOUT)
+    }
+}
+
+/// A xenbus client of the shared store acting as `domid`.
+pub fn client(xs: &Rc<RefCell<Xenstore>>, domid: DomId) -> Xenbus<LocalTransport> {
+    Xenbus::new(LocalTransport::connect(xs, domid))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pv_guest_kernel::xenbus::TxId;
+
+    #[test]
+    fn dom0_and_a_local_domu_client() {
+        let xs = Rc::new(RefCell::new(Xenstore::default()));
+        let mut d0 = client(&xs, DomId::DOM0);
+        d0.write(TxId::NONE, "/local/domain/0/name", b"Domain-0").unwrap();
+        assert_eq!(d0.read_string(TxId::NONE, "name").unwrap(), "Domain-0");
+        d0.watch("/local/domain/0/x", "t").unwrap();
+        assert_eq!(d0.next_watch_event().unwrap().unwrap().token, "t");
+        assert_eq!(d0.next_watch_event().unwrap(), None);
+        let mut other = client(&xs, DomId(3));
+        assert_eq!(other.write(TxId::NONE, "/local/domain/0/x", b"1"), Err(Errno::EACCES));
+        d0.write(TxId::NONE, "/local/domain/0/x", b"1").unwrap();
+        assert_eq!(d0.next_watch_event().unwrap().unwrap().path, "/local/domain/0/x");
+        // Nothing to wait for: a blocking call fails instead of hanging.
+        assert_eq!(d0.wait_watch_event(), Err(Errno::ETIMEDOUT));
+        let before = xs.borrow().watch_count(d0.transport_mut().conn());
+        assert_eq!(before, 1);
+        drop(d0);
+        assert_eq!(xs.borrow().watch_count(ConnId(1)), 0, "dropping the client disconnects");
+    }
+}
