@@ -90,5 +90,10 @@ pub fn getdomaininfo<P: Platform>(hv: &Hypervisor<P>, id: DomId) -> XenDomctlGet
     info.cpu_time = d.vcpus.iter().map(|v| v.cpu_time_ns).sum();
     info.nr_online_vcpus = d.vcpus.iter().filter(|v| v.state != RunState::Offline).count() as u32;
     info.max_vcpu_id = d.vcpus.len().saturating_sub(1) as u32;
+    // Xen leaves the 16-byte handle to the toolstack; for domains the hypervisor built at
+    // boot there is no toolstack, so the handle carries the configured name (NUL-padded), which
+    // dom0 uses to name them.
+    let n = d.name.len().min(info.handle.len());
+    info.handle[..n].copy_from_slice(&d.name.as_bytes()[..n]);
     info
 }

@@ -17,7 +17,6 @@ use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::event_channel::{op as evtop, EvtchnBindVirq, EvtchnClose, EvtchnSend};
 use hypercall_abi::hypercall::nr;
-use hypercall_abi::microvisor::bench::{Line, Stats};
 use hypercall_abi::xen::{consoleio, uvmf, virq, MmuextOp, TrapInfo, MACH2PHYS_VIRT_START};
 use hypercall_abi::{callback, sched, vcpu, version, DomId, Errno, Port};
 use kernel_rt as _;
@@ -48,6 +47,7 @@ fn main(si: &StartInfo) {
         "events" => events_test(),
         "bench-null" => bench_null(cmd),
         "bench-mm" => bench_mm::run(cmd),
+        "bench-evtchn" => bench_evtchn::run(cmd),
         "bench" => {
             bench_null(cmd);
             bench_mm::run(cmd);
@@ -57,6 +57,7 @@ fn main(si: &StartInfo) {
         "mm-leak" => mm_hostile::leave_mess(),
         "user-mode" => user_mode::run(),
         "balloon" => balloon::run(si),
+        s if s.starts_with("blk-") => blk::run(si, s),
         "" => println!("TEST none FAIL no scenario= on the command line"),
         other => println!("TEST {other} FAIL unknown scenario"),
     }
@@ -89,10 +90,16 @@ macro_rules! check {
 // take them for binaries of their own.
 #[path = "testguest/balloon.rs"]
 mod balloon;
+#[path = "testguest/bench_evtchn.rs"]
+mod bench_evtchn;
 #[path = "testguest/bench_mm.rs"]
 mod bench_mm;
+#[path = "testguest/blk.rs"]
+mod blk;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/timing.rs"]
+mod timing;
 #[path = "testguest/user_mode.rs"]
 mod user_mode;
 
@@ -634,12 +641,9 @@ fn bench_null(cmd: &str) {
         samples.push(time_null_hypercall());
     }
     drop(_g);
-    match Stats::compute(&mut samples) {
-        Some(stats) => {
-            println!("{}", Line { name: "hypercall.null", unit: "tsc", stats });
-            println!("TEST bench-null PASS xen_version returned {v:#x}, max {} tsc", stats.max);
-        }
-        None => println!("TEST bench-null FAIL no samples"),
+    match timing::print("hypercall.null", &mut samples) {
+        Ok(stats) => println!("TEST bench-null PASS xen_version returned {v:#x}, max {} tsc", stats.max),
+        Err(e) => println!("TEST bench-null FAIL {e}"),
     }
 }
 

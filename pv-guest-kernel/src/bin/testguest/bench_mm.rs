@@ -15,10 +15,9 @@
 //! `iters=<n>` (default 100 000) sets the sample count of the single updates; the batch and
 //! pin figures take at most 10 000 samples (`mm_iters=<n>` overrides).
 
+use super::timing::{print, samples, timed4, Failure};
 use alloc::vec::Vec;
-use core::arch::asm;
 use hypercall_abi::hypercall::nr;
-use hypercall_abi::microvisor::bench::{Line, Stats};
 use hypercall_abi::xen::{mmuext, uvmf, MmuUpdate, MmuextOp};
 use hypercall_abi::DomId;
 use pv_guest_kernel::mm::{self, pt};
@@ -28,59 +27,6 @@ use pv_guest_kernel::{cmdline, events, hypercall, println};
 const ONE_VA: u64 = 0xffff_ca00_0000_0000;
 const BATCH_VA: u64 = ONE_VA + (2 << 20);
 const WARMUP: usize = 100;
-
-/// One hypercall `NR` with four arguments, timed with `rdtsc` right around the call through
-/// the hypercall page. Returns (cycles, the hypercall's result).
-#[inline(always)]
-fn timed4<const NR: u64>(a1: u64, a2: u64, a3: u64, a4: u64) -> (u32, i64) {
-    let delta: u32;
-    let ret: i64;
-    // SAFETY: a Xen hypercall through the builder-filled hypercall page (see
-    // `hypercall::call5`); r12/r13 survive it (callee-saved), and every register rdtsc, the
-    // stub or the hypervisor may clobber is declared. Pointer arguments are checked by the
-    // hypervisor. The inputs are in registers the outputs do not use.
-    unsafe {
-        asm!(
-            "rdtsc",
-            "mov %eax, %r12d",
-            "mov {a3}, %rdx",
-            "call {page}+{off}",
-            "mov %rax, %r13",
-            "rdtsc",
-            "sub %r12d, %eax",
-            page = sym super::hypercall_page,
-            off = const NR * 32,
-            a3 = in(reg) a3,
-            inout("rdi") a1 => _,
-            inout("rsi") a2 => _,
-            inout("r10") a4 => _,
-            out("rax") delta,
-            out("rdx") _,
-            out("r12") _,
-            out("r13") ret,
-            out("r8") _,
-            out("rcx") _,
-            out("r11") _,
-            options(att_syntax),
-        );
-    }
-    (delta, ret)
-}
-
-/// Why a benchmark could not run.
-type Failure = alloc::string::String;
-
-fn samples(n: usize) -> Result<Vec<u32>, Failure> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(n).map_err(|_| alloc::format!("cannot hold {n} samples"))?;
-    Ok(v)
-}
-
-fn print(name: &str, s: &mut [u32]) -> Result<(), Failure> {
-    let stats = Stats::compute(s).ok_or_else(|| alloc::format!("{name}: no samples"))?;
-    println!("{}", Line { name, unit: "tsc", stats });
-    Ok(())
-}
 
 /// Runs `f` `WARMUP + iters` times, keeping the last `iters` timings; any non-zero result
 /// stops the benchmark.
@@ -106,7 +52,7 @@ fn update_one(iters: usize, l1e: u64, on: u64) -> Result<(), Failure> {
     })?;
     let mut done = 0u32;
     hypercall::mmu_update(&reqs[1..], &mut done, DomId::SELF);
-    print("mmu.update_one", &mut s)
+    print("mmu.update_one", &mut s).map(drop)
 }
 
 fn update_batch(iters: usize, l1: u64, on: u64) -> Result<(), Failure> {
@@ -124,7 +70,7 @@ fn update_batch(iters: usize, l1: u64, on: u64) -> Result<(), Failure> {
     })?;
     let mut done = 0u32;
     hypercall::mmu_update(&clear, &mut done, DomId::SELF);
-    print("mmu.update_batch512", &mut s)
+    print("mmu.update_batch512", &mut s).map(drop)
 }
 
 fn update_va(iters: usize, on: u64) -> Result<(), Failure> {
@@ -132,7 +78,7 @@ fn update_va(iters: usize, on: u64) -> Result<(), Failure> {
         let val = if i & 1 == 0 { on } else { 0 };
         timed4::<{ nr::UPDATE_VA_MAPPING }>(ONE_VA, val, uvmf::INVLPG, 0)
     })?;
-    print("mmu.update_va_mapping", &mut s)
+    print("mmu.update_va_mapping", &mut s).map(drop)
 }
 
 /// Four zeroed pages made into an L4 -> L3 -> L2 -> L1 tree (512 read-only entries mapping
@@ -178,7 +124,7 @@ fn pin_unpin(iters: usize, data: hypercall_abi::Mfn) -> Result<(), Failure> {
             let _ = mm::free_page(p.pfn);
         }
     }
-    print("mmu.pin_unpin_l4", &mut r?)
+    print("mmu.pin_unpin_l4", &mut r?).map(drop)
 }
 
 pub fn run(cmd: &str) {
