@@ -136,3 +136,86 @@ impl Domain {
         self.vcpus.get_mut(id as usize).map(|b| &mut **b)
     }
 }
+
+/// All domains, indexed by domain id. Ids are small and allocated densely from 0, so a
+/// table makes finding the running domain — done several times per hypercall — a bounds
+/// check and an index instead of a tree search. The method names follow `BTreeMap`'s.
+#[derive(Default)]
+pub struct Domains {
+    slots: Vec<Option<Box<Domain>>>,
+    len: usize,
+}
+
+impl Domains {
+    pub fn new() -> Domains {
+        Domains::default()
+    }
+
+    #[inline]
+    pub fn get(&self, id: &DomId) -> Option<&Domain> {
+        self.slots.get(id.0 as usize).and_then(|s| s.as_deref())
+    }
+
+    #[inline]
+    pub fn get_mut(&mut self, id: &DomId) -> Option<&mut Domain> {
+        self.slots.get_mut(id.0 as usize).and_then(|s| s.as_deref_mut())
+    }
+
+    pub fn contains_key(&self, id: &DomId) -> bool {
+        self.get(id).is_some()
+    }
+
+    /// Adds `d` under `id` (replacing any domain there).
+    pub fn insert(&mut self, id: DomId, d: Domain) {
+        let i = id.0 as usize;
+        if self.slots.len() <= i {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace(Box::new(d)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    pub fn remove(&mut self, id: &DomId) -> Option<Domain> {
+        let d = self.slots.get_mut(id.0 as usize)?.take()?;
+        self.len -= 1;
+        Some(*d)
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Domains in id order.
+    pub fn values(&self) -> impl Iterator<Item = &Domain> + '_ {
+        self.slots.iter().filter_map(|s| s.as_deref())
+    }
+
+    pub fn values_mut(&mut self) -> impl Iterator<Item = &mut Domain> + '_ {
+        self.slots.iter_mut().filter_map(|s| s.as_deref_mut())
+    }
+
+    pub fn keys(&self) -> impl Iterator<Item = DomId> + '_ {
+        self.values().map(|d| d.id)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (DomId, &Domain)> + '_ {
+        self.values().map(|d| (d.id, d))
+    }
+
+    /// The first domain whose id is at least `from` (how `getdomaininfo` enumerates).
+    pub fn first_from(&self, from: DomId) -> Option<&Domain> {
+        self.slots.iter().skip(from.0 as usize).find_map(|s| s.as_deref())
+    }
+}
+
+impl core::ops::Index<&DomId> for Domains {
+    type Output = Domain;
+    fn index(&self, id: &DomId) -> &Domain {
+        self.get(id).expect("no such domain")
+    }
+}

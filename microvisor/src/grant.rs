@@ -21,13 +21,12 @@
 //! Everything here is single-threaded like the frame table (one CPU, interrupts off), so the
 //! active records and maptrack need no locks; only the guest-shared entries need atomics.
 
-use crate::domain::{Domain, DomainState};
+use crate::domain::{DomainState, Domains};
 use crate::mm::frame_table::{ExternalRef, FrameTable, Owner, PageType};
 use crate::mm::mmu::FlushKind;
 use crate::mm::pagetable::{adjust_guest_l1e, put_page_from_l1e};
 use crate::mm::{pte, MachineMemory};
 use alloc::boxed::Box;
-use alloc::collections::BTreeMap;
 use alloc::vec::Vec;
 use hypercall_abi::grant_table::{
     gntcopy, gntmap, gntst, gtf, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabUnmapGrantRef,
@@ -649,13 +648,13 @@ fn get_extra_refs<M: MachineMemory>(
 
 /// What the grant operations work on: every domain, the frame table and machine memory.
 pub struct GrantCtx<'a, M: MachineMemory> {
-    pub domains: &'a mut BTreeMap<DomId, Domain>,
+    pub domains: &'a mut Domains,
     pub ft: &'a mut FrameTable,
     pub mem: &'a M,
 }
 
 /// True if domain `d` can take part in grant operations (exists, not being destroyed).
-pub fn usable(domains: &BTreeMap<DomId, Domain>, d: DomId) -> bool {
+pub fn usable(domains: &Domains, d: DomId) -> bool {
     domains.get(&d).is_some_and(|d| d.state != DomainState::Dying)
 }
 
@@ -983,7 +982,7 @@ fn copy_bytes<M: MachineMemory>(mem: &M, from: u64, to: u64, len: usize) {
 
 /// The references every live mapping holds, for [`FrameTable::audit`]: per use, a general
 /// reference and, when writable, a type reference.
-pub fn external_refs(domains: &BTreeMap<DomId, Domain>) -> Vec<ExternalRef> {
+pub fn external_refs(domains: &Domains) -> Vec<ExternalRef> {
     let mut out = Vec::new();
     for d in domains.values() {
         for (_, m) in d.grant.maptrack.iter() {

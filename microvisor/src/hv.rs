@@ -7,7 +7,7 @@
 //! [`Hypervisor::resume`], which switches vCPUs, delivers pending events by building bounce
 //! frames, and reports what the hardware must be set to ([`HwState`]).
 
-use crate::domain::{Domain, DomainConfig, DomainState, ShutdownReason};
+use crate::domain::{Domain, DomainConfig, DomainState, Domains, ShutdownReason};
 use crate::hypercall::EvtchnOps;
 use crate::mm::frame_table::FrameTable;
 use crate::mm::MachineMemory;
@@ -90,7 +90,7 @@ pub struct Hypervisor<P: Platform> {
     pub frames: FrameTable,
     /// First frame of the (physically contiguous) M2P table.
     pub m2p_base: Mfn,
-    pub domains: BTreeMap<DomId, Domain>,
+    pub domains: Domains,
     pub sched: Scheduler,
     pub time: TimeBase,
     /// The vCPU whose registers are in the live frame.
@@ -132,7 +132,7 @@ impl<P: Platform> Hypervisor<P> {
             plat,
             frames,
             m2p_base,
-            domains: BTreeMap::new(),
+            domains: Domains::new(),
             sched: Scheduler::new(),
             time,
             running: None,

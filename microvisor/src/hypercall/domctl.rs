@@ -20,7 +20,7 @@ pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errn
         cmd::GETDOMAININFO => {
             // Xen returns the first domain whose id is at least the one asked for, so the
             // toolstack can enumerate by asking for last + 1.
-            let d = hv.domains.range(op.domain..).next().map(|(_, d)| d).ok_or(Errno::ESRCH)?;
+            let d = hv.domains.first_from(op.domain).ok_or(Errno::ESRCH)?;
             let info = getdomaininfo(hv, d.id);
             op.domain = d.id;
             op.set_payload(&info);

@@ -271,7 +271,7 @@ pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Resu
         debug::DUMP_MEMORY => {
             let free = hv.frames.nr_free();
             hv.log(format_args!("memory: {free} frames free"));
-            let ids: alloc::vec::Vec<_> = hv.domains.keys().copied().collect();
+            let ids: alloc::vec::Vec<_> = hv.domains.keys().collect();
             for id in ids {
                 let owned = hv.frames.tot_pages(id);
                 let name = hv.domains[&id].name.clone();
