@@ -48,9 +48,11 @@ fn main(si: &StartInfo) {
         "bench-null" => bench_null(cmd),
         "bench-mm" => bench_mm::run(cmd),
         "bench-evtchn" => bench_evtchn::run(cmd),
+        "ipc-hostile" => ipc_hostile::run(),
         "bench" => {
             bench_null(cmd);
             bench_mm::run(cmd);
+            bench_evtchn::run(cmd);
         }
         "mm" => mm_test(si),
         "mm-hostile" => mm_hostile::run(si),
@@ -96,6 +98,10 @@ mod bench_evtchn;
 mod bench_mm;
 #[path = "testguest/blk.rs"]
 mod blk;
+#[path = "testguest/cases.rs"]
+mod cases;
+#[path = "testguest/ipc_hostile.rs"]
+mod ipc_hostile;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
 #[path = "testguest/timing.rs"]

@@ -13,6 +13,7 @@
 //! M2P entry names a plausible pfn belongs to another domain (dom0). The frames Xen lends the
 //! domain (shared_info, grant-table frames) are the domain's to map, and excluded.
 
+use super::cases::Cases;
 use super::report;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -40,44 +41,6 @@ const M2P_FIRST_MFN: Mfn = Mfn(0x100);
 const M2P_L4_SLOT: usize = 256;
 
 const PAGE_TABLE_RW: u64 = pt::PAGE_TABLE;
-
-struct Cases {
-    lines: Vec<String>,
-    fails: Vec<String>,
-    n: usize,
-}
-
-impl Cases {
-    /// Records one case: `got` must equal `want`.
-    fn case(&mut self, tag: &str, got: i64, want: i64) {
-        self.n += 1;
-        let ok = got == want;
-        let line = alloc::format!(
-            "HOSTILE {tag} -> {got} ({}) want {want} ({}) {}",
-            name(got),
-            name(want),
-            if ok { "ok" } else { "MISMATCH" }
-        );
-        println!("{line}");
-        self.lines.push(line);
-        if !ok {
-            self.fails.push(alloc::format!("{tag}: got {got} want {want}"));
-        }
-    }
-
-    fn fail(&mut self, what: String) {
-        println!("mm-hostile: {what}");
-        self.fails.push(what);
-    }
-}
-
-fn name(r: i64) -> &'static str {
-    if r >= 0 {
-        "ok"
-    } else {
-        i32::try_from(-r).map(|e| Errno(e).name()).unwrap_or("?")
-    }
-}
 
 /// One `mmu_update` request on our own tables.
 fn update(maddr: u64, val: u64) -> i64 {
@@ -130,7 +93,7 @@ fn lent_frames(si: &StartInfo) -> Vec<u64> {
 }
 
 pub fn run(si: &StartInfo) {
-    let mut c = Cases { lines: Vec::new(), fails: Vec::new(), n: 0 };
+    let mut c = Cases::new("mm-hostile");
     let Some(info) = mm::info() else {
         println!("TEST mm-hostile FAIL no memory manager");
         return;
@@ -301,7 +264,7 @@ pub fn run(si: &StartInfo) {
     for p in [page.pfn, page2.pfn] {
         let _ = mm::free_page(p);
     }
-    report("mm-hostile", &c.fails, format_args!("{} cases", c.n));
+    c.report();
 }
 
 fn count_max(c: &mut Cases, l1e: u64, page: &mm::Page, buf_page: &mm::Page, efault: i64) {
