@@ -130,13 +130,10 @@ pub fn unmap(p: ForeignPage) -> Result<(), Errno> {
         How::Grant(handle) => {
             let mut op =
                 GnttabUnmapGrantRef { host_addr: p.va(), dev_bus_addr: 0, handle, status: 0, _pad: 0 };
-            hypercall::check(grant_table_op(gntop::UNMAP_GRANT_REF, &mut op)).and_then(|_| {
-                if op.status == 0 {
-                    Ok(())
-                } else {
-                    Err(Errno::EINVAL)
-                }
-            })
+            match hypercall::check(grant_table_op(gntop::UNMAP_GRANT_REF, &mut op)) {
+                Ok(_) if op.status != 0 => Err(Errno::EINVAL),
+                r => r.map(drop),
+            }
         }
         How::Foreign => mm::unmap_page(p.va()),
     };

@@ -12,7 +12,8 @@ commands:
   build                 build the hypervisor and guest kernels
   run [--gdb] [--kvm] [--icount] [-- <qemu args>]
                         boot microvisor + dom0 + domU in QEMU (serial console here)
-  test                  run every test: host unit/property tests and QEMU boot tests
+  test                  run every test: lint, host unit/property tests and QEMU boot tests
+  lint                  cargo fmt --check and clippy (warnings are errors) on every crate
   trace [--bench]        boot with the hypervisor's event trace on and print a decoded
                         timeline with per-hypercall counts and latencies
   bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
@@ -26,6 +27,7 @@ fn main() -> ExitCode {
         Some("build") => kernels::build().map(|_| ExitCode::SUCCESS),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
+        Some("lint") => lint().map(|_| ExitCode::SUCCESS),
         Some("bench") => bench(&args[1..]),
         Some("trace") => trace(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
@@ -46,7 +48,10 @@ fn main() -> ExitCode {
 fn run(args: &[String]) -> Result<ExitCode> {
     ensure_qemu()?;
     let k = kernels::build()?;
-    let mut m = Machine::standard(&k);
+    // The demo domU gets a virtual disk: target/disk.img, created on first use and kept.
+    let disk = xtask::workspace_root().join("target/disk.img");
+    xtask::disk::ensure_image(&disk, xtask::disk::RUN_DISK_BYTES)?;
+    let mut m = Machine::standard(&k).with_vbd(&disk, "domU");
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -106,6 +111,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         return Err(format!("bench run ended with {:?} and {} results", run.outcome, results.len()));
     }
     print!("{}", bench::table(&results));
+    print!("{}", xtask::disk::blk_ratios(&results));
     let dir = xtask::workspace_root().join("target/bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let path = dir.join("results.json");
@@ -160,12 +166,33 @@ fn trace(args: &[String]) -> Result<ExitCode> {
 
 fn test() -> Result<ExitCode> {
     ensure_qemu()?;
+    lint()?;
     kernels::build()?;
+    Ok(if cargo(&["test", "--workspace"])? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Every package is linted on its own: a workspace-wide build unifies features, and xtask's
+/// std-using serde would then be linked into the `no_std` kernel binaries (duplicate
+/// `panic_impl`), so `cargo clippy --workspace` cannot check them.
+fn lint() -> Result<()> {
+    if !cargo(&["fmt", "--all", "--check"])? {
+        return Err("lint: `cargo fmt --all` would change files (run it and commit the result)".into());
+    }
+    for package in xtask::workspace_packages()? {
+        if !cargo(&["clippy", "-q", "-p", &package, "--all-targets", "--", "-D", "warnings"])? {
+            return Err(format!("lint: clippy found problems in `{package}`"));
+        }
+    }
+    Ok(())
+}
+
+/// Runs cargo in the workspace root; Ok(false) when it ran and failed.
+fn cargo(args: &[&str]) -> Result<bool> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
         .current_dir(xtask::workspace_root())
-        .args(["test", "--workspace"])
+        .args(args)
         .status()
-        .map_err(|e| format!("cannot run cargo test: {e}"))?;
-    Ok(if status.success() { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        .map_err(|e| format!("cannot run cargo {}: {e}", args.join(" ")))?;
+    Ok(status.success())
 }

@@ -113,7 +113,8 @@ impl Machine {
 
     /// The benchmark machine: the latency floor measured by the hypervisor, dom0, and the
     /// test guest running every benchmark scenario (`scenario=bench`: bench-null, then
-    /// bench-mm) with `iters` iterations.
+    /// bench-mm) with `iters` iterations; then the disk benchmarks on a scratch image, dom0
+    /// direct first and a second test guest through blkfront/blkback after.
     pub fn bench(k: &Kernels, iters: u64) -> Machine {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("floor={iters}");
@@ -121,6 +122,17 @@ impl Machine {
             Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0"),
             Module::new(&k.testguest, &format!("name=bench mem=32M -- scenario=bench iters={iters}")),
         ];
+        // The disk benchmarks: dom0 measures the disk directly once the test guest above has
+        // finished (so it has the CPU to itself), then serves it to a second test guest
+        // which measures the same I/O pattern through blkfront/blkback.
+        match crate::disk::scratch_image("bench", 128 << 20) {
+            Ok(disk) => {
+                m = m.with_vbd(&disk, "blkbench").dom0_options("blkbench=64 blkbench-wait=bench");
+                m.modules
+                    .push(Module::new(&k.testguest, "name=blkbench mem=32M -- scenario=blk-bench span=64"));
+            }
+            Err(e) => eprintln!("xtask: no disk for the bench machine ({e}); disk figures skipped"),
+        }
         m
     }
 

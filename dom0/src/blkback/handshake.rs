@@ -19,7 +19,7 @@ pub fn announce_keys(info: &DiskInfo) -> Vec<(&'static str, String)> {
         ("feature-flush-cache", String::from(if info.flush { "1" } else { "0" })),
         ("feature-barrier", String::from("0")),
         ("feature-discard", String::from("0")),
-        ("feature-persistent", String::from("0")),
+        ("feature-persistent", String::from("1")),
         ("max-ring-page-order", String::from("0")),
     ]
 }

@@ -21,6 +21,7 @@
 //! alternative, copying through dom0 buffers with `GNTTABOP_copy`, plugs in the same way.
 //! The disk is a [`Disk`]: virtio-blk in dom0, a model in the host tests.
 
+use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use hypercall_abi::io::blkif::{
@@ -43,8 +44,8 @@ pub struct SegReq {
 }
 
 impl SegReq {
-    /// Bytes transferred.
-    pub fn len(&self) -> u32 {
+    /// Bytes transferred (never 0 for a checked segment).
+    pub fn bytes(&self) -> u32 {
         (u32::from(self.last_sect) - u32::from(self.first_sect) + 1) * BLKIF_SECTOR_SIZE as u32
     }
     /// Offset of the transfer in the page.
@@ -195,6 +196,9 @@ pub struct Round {
     pub notify: bool,
 }
 
+/// Requests handed to the disk per kick while a ring is being drained.
+pub const SUBMIT_BATCH: u32 = 8;
+
 /// One frontend's backend.
 pub struct Blkback<M: RingMemory> {
     ring: BlkifBackRing,
@@ -205,6 +209,8 @@ pub struct Blkback<M: RingMemory> {
     free: Vec<u16>,
     /// Slots whose responses are ready, in completion order.
     done: Vec<u16>,
+    /// Slots whose next stage waits for the disk, oldest first.
+    ready: VecDeque<u16>,
     /// Requests answered at once (never reached a slot): (id, operation, status).
     immediate: Vec<(u64, u8, i16)>,
     broken: Option<RingError>,
@@ -237,6 +243,7 @@ impl<M: RingMemory> Blkback<M> {
             slots: vec![EMPTY_SLOT; n],
             free: (0..n as u16).rev().collect(),
             done: Vec::with_capacity(n),
+            ready: VecDeque::with_capacity(n),
             immediate: Vec::with_capacity(n),
             broken: None,
             closing: false,
@@ -312,6 +319,7 @@ impl<M: RingMemory> Blkback<M> {
         if s.stage == Stage::Data && s.operation == op::FLUSH_DISKCACHE && s.status == rsp::OKAY {
             s.stage = Stage::Flush;
             s.phase = Phase::Ready;
+            self.ready.push_back(slot);
         } else {
             s.phase = Phase::Done;
             self.done.push(slot);
@@ -322,18 +330,28 @@ impl<M: RingMemory> Blkback<M> {
     /// the frontend notified, after completions, and whenever the disk may have room again.
     pub fn service<P: DataPath, D: Disk>(&mut self, data: &mut P, disk: &mut D) -> Round {
         let mut round = Round::default();
-        self.take_requests(data, &mut round);
-        self.submit_ready(data, disk);
+        // Requests go to the disk a few at a time, so it starts on the first ones while the
+        // rest are still being checked.
+        loop {
+            let before = round.taken;
+            self.take_requests(data, &mut round, SUBMIT_BATCH);
+            self.submit_ready(data, disk);
+            if round.taken == before {
+                break;
+            }
+        }
         data.flush();
         self.respond(&mut round);
         round
     }
 
-    fn take_requests<P: DataPath>(&mut self, data: &mut P, round: &mut Round) {
+    /// Takes at most `limit` requests off the ring.
+    fn take_requests<P: DataPath>(&mut self, data: &mut P, round: &mut Round, limit: u32) {
         if self.broken.is_some() || self.closing {
             return;
         }
-        loop {
+        let start = round.taken;
+        while round.taken - start < limit {
             // Each request needs a slot (even one answered at once, so that a response slot
             // on the ring is guaranteed to exist when we answer it).
             if self.free.len() <= self.immediate.len() {
@@ -413,17 +431,15 @@ impl<M: RingMemory> Blkback<M> {
             }
         }
         self.slots[slot as usize] = s;
+        self.ready.push_back(slot);
         Ok(())
     }
 
     /// Hands every prepared stage to the disk, in slot order, until it is busy.
     fn submit_ready<P: DataPath, D: Disk>(&mut self, data: &mut P, disk: &mut D) {
         let mut any = false;
-        for i in 0..self.slots.len() {
-            let s = &self.slots[i];
-            if s.phase != Phase::Ready {
-                continue;
-            }
+        while let Some(&i) = self.ready.front() {
+            let s = &self.slots[i as usize];
             let dop = match (s.stage, s.operation) {
                 (Stage::Flush, _) => DiskOp::Flush,
                 (Stage::Data, op::READ) => DiskOp::Read,
@@ -432,7 +448,7 @@ impl<M: RingMemory> Blkback<M> {
             let mut pieces: heapless::Vec<(u64, u32), BLKIF_MAX_SEGMENTS_PER_REQUEST> = heapless::Vec::new();
             if s.stage == Stage::Data {
                 for (seg, &ma) in s.segs().iter().zip(&s.mas) {
-                    let len = seg.len();
+                    let len = seg.bytes();
                     // Pieces that continue each other in machine memory go as one.
                     match pieces.last_mut() {
                         Some(last) if last.0.checked_add(u64::from(last.1)) == Some(ma) => last.1 += len,
@@ -443,20 +459,24 @@ impl<M: RingMemory> Blkback<M> {
                 }
             }
             let sector = if dop == DiskOp::Flush { 0 } else { s.sector };
-            match disk.submit(dop, sector, &pieces, self.cookie_base + i as u64) {
+            match disk.submit(dop, sector, &pieces, self.cookie_base + u64::from(i)) {
                 Ok(()) => {
                     any = true;
+                    self.ready.pop_front();
                     let sectors = u64::from(pieces.iter().map(|p| p.1).sum::<u32>()) / BLKIF_SECTOR_SIZE;
                     match dop {
                         DiskOp::Read => self.stats.sectors_read += sectors,
                         DiskOp::Write => self.stats.sectors_written += sectors,
                         DiskOp::Flush => self.stats.flushes += 1,
                     }
-                    self.slots[i].phase = Phase::Submitted;
+                    self.slots[i as usize].phase = Phase::Submitted;
                 }
                 Err(DiskError::Busy) => break,
                 // Refused outright: the request fails, its pages are released.
-                Err(DiskError::Invalid) => self.finish_stage(data, i as u16, false),
+                Err(DiskError::Invalid) => {
+                    self.ready.pop_front();
+                    self.finish_stage(data, i, false);
+                }
             }
         }
         if any {

@@ -223,7 +223,7 @@ impl Rig {
     }
     fn ring(&self) -> &'static AtomicPage {
         // The backend holds the same leaked page.
-        *self.back.memory()
+        self.back.memory()
     }
     /// A fresh page granted to dom0, filled with `fill`.
     fn grant(&mut self, readonly: bool, fill: u8) -> (GrantRef, u64) {

@@ -30,12 +30,16 @@ pub struct Plan {
     pub rand_runs: usize,
     /// First sector of the benchmark area, and its length in sectors.
     pub start: u64,
+    /// Requests in flight at most.
+    pub depth: usize,
     pub span: u64,
 }
 
 /// The DMA buffers: `DEPTH` slots of `SEQ_SECTORS` sectors in one machine-contiguous region.
 struct Buffers {
     region: DmaRegion,
+    /// Requests in flight at most (at most [`DEPTH`]).
+    depth: usize,
 }
 
 impl Buffers {
@@ -64,7 +68,7 @@ fn stream(
     sectors: u64,
     mut at: impl FnMut(usize) -> u64,
 ) -> Result<u64, u8> {
-    let mut free: Vec<usize> = (0..DEPTH).collect();
+    let mut free: Vec<usize> = (0..bufs.depth).collect();
     let (mut issued, mut done) = (0usize, 0usize);
     let mut err = None;
     let t0 = time::now_ns();
@@ -117,7 +121,7 @@ pub fn run(dev: &mut VirtioBlk, plan: Plan) {
             return;
         }
     };
-    let bufs = Buffers { region };
+    let bufs = Buffers { region, depth: plan.depth.clamp(1, DEPTH) };
     let reqs_per_run = (plan.run_bytes / (SEQ_SECTORS * 512)).max(1) as usize;
     let seq_span = reqs_per_run as u64 * SEQ_SECTORS;
     if plan.span < seq_span || plan.start.checked_add(plan.span).is_none_or(|e| e > dev.capacity) {

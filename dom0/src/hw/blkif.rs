@@ -9,8 +9,19 @@
 //!
 //! Data never passes through dom0's memory: each segment's grant is mapped for device access
 //! only (`GNTMAP_device_map`: the hypervisor returns the frame's machine address and writes
-//! no page table) and the virtio request points at the domU's frame. The maps of one request
-//! are one `grant_table_op`; the unmaps of a service round are one more.
+//! no page table, so there is no TLB flush either) and the virtio request points at the
+//! domU's frame. With `feature-persistent` (both ends offer it) the grants a frontend keeps
+//! reusing stay mapped for the connection's lifetime, so a request costs no grant operation
+//! at all; other grants are mapped per request (one `grant_table_op` for the request's
+//! segments) and unmapped in one batch per service round.
+//!
+//! Why this data path, measured (TCG, 44 KiB requests, 32 in flight, `blk.seqread`): mapping
+//! and unmapping every segment per request gave the domU 1099 MiB/s against dom0's 4448
+//! (0.25): 22 grant operations per request at ~0.9 µs each were most of the difference.
+//! Persistent device mappings took the same setup to 2424 MiB/s. Grant copy was not chosen:
+//! the hypervisor copies every byte (`grant.copy_4k` ≈ 2.2 µs a page in `cargo xtask bench`,
+//! ~24 µs per 44 KiB request) on top of the disk's own DMA, where persistent mappings cost
+//! nothing per request.
 //!
 //! A frontend that closes, breaks the ring protocol, or whose domain goes away
 //! (`@releaseDomain`) is disconnected: no new requests are taken, those with the disk complete
@@ -18,6 +29,7 @@
 //! handed to someone else), then the ring is unmapped and the port closed.
 
 use super::virtio_blk::{status, Op, SubmitError, VirtioBlk};
+use alloc::collections::BTreeMap;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
@@ -31,11 +43,11 @@ use dom0::xenstore::toolstack::{backend_path, frontend_path, DeviceConfig};
 use dom0::xenstore::Xenstore;
 use hypercall_abi::domctl::{cmd as domctl_cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
 use hypercall_abi::grant_table::{gntmap, gntst, op as gntop, GnttabMapGrantRef, GnttabUnmapGrantRef};
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::hypercall::{debug, nr};
 use hypercall_abi::io::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
-use hypercall_abi::io::ring::RingMemory;
 use hypercall_abi::io::xenbus::XenbusState;
 use hypercall_abi::{DomId, Errno, Port};
+use pv_guest_kernel::blkfront::PageRing;
 use pv_guest_kernel::mm;
 use pv_guest_kernel::xenbus::{TxId, Xenbus};
 use pv_guest_kernel::xenbus_state::{Role, Step, XenbusDevice};
@@ -53,6 +65,25 @@ static WAKE: AtomicBool = AtomicBool::new(false);
 /// Grant operations made, for the report.
 static GNT_OPS: AtomicU64 = AtomicU64::new(0);
 static GNT_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// Where dom0's time goes (ns), for the disconnect report: whole polls, grant maps, grant
+/// unmaps, disk completions.
+static T_POLL: AtomicU64 = AtomicU64::new(0);
+static T_MAP: AtomicU64 = AtomicU64::new(0);
+static T_UNMAP: AtomicU64 = AtomicU64::new(0);
+static T_DISK: AtomicU64 = AtomicU64::new(0);
+static N_POLL: AtomicU64 = AtomicU64::new(0);
+static T_SERVICE: AtomicU64 = AtomicU64::new(0);
+static YIELDS: AtomicU64 = AtomicU64::new(0);
+/// Set by `service` when a frontend was notified in the current pass.
+static NOTIFIED: AtomicBool = AtomicBool::new(false);
+
+fn timed<R>(acc: &AtomicU64, f: impl FnOnce() -> R) -> R {
+    let t0 = pv_guest_kernel::time::now_ns();
+    let r = f();
+    acc.fetch_add(pv_guest_kernel::time::now_ns().saturating_sub(t0), Ordering::Relaxed);
+    r
+}
 
 fn on_frontend_event(_port: Port) {
     WAKE.store(true, Ordering::SeqCst);
@@ -75,54 +106,23 @@ fn grant_table_op<T>(cmd: u32, ops: &mut [T]) -> Result<(), Errno> {
     .map(drop)
 }
 
-/// A frontend's ring page as dom0 maps it; every access is a single volatile/atomic one.
-pub struct MappedRing {
-    va: u64,
-}
-
-impl MappedRing {
-    fn at(&self, off: usize, len: usize) -> u64 {
-        // The ring code only uses offsets inside its one page.
-        assert!(off + len <= 4096, "ring access outside the page");
-        self.va + off as u64
-    }
-}
-
-impl RingMemory for MappedRing {
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        // SAFETY: `va` maps the granted ring page for as long as this value lives (it is
-        // unmapped only after the backend using it is dropped); the offset is in the page and
-        // 4-byte aligned (ring.rs only passes header offsets).
-        unsafe { (*(self.at(off, 4) as *const AtomicU32)).load(Ordering::Acquire) }
-    }
-    fn store_u32_release(&self, off: usize, v: u32) {
-        // SAFETY: as above; the page is mapped writable.
-        unsafe { (*(self.at(off, 4) as *const AtomicU32)).store(v, Ordering::Release) }
-    }
-    fn fence(&self) {
-        core::sync::atomic::fence(Ordering::SeqCst);
-    }
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-        let base = self.at(off, buf.len());
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: inside the mapped page (checked above); a volatile read per byte means
-            // each byte of the peer's memory is read exactly once.
-            *b = unsafe { ((base + i as u64) as *const u8).read_volatile() };
-        }
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        let base = self.at(off, data.len());
-        for (i, &b) in data.iter().enumerate() {
-            // SAFETY: as above.
-            unsafe { ((base + i as u64) as *mut u8).write_volatile(b) };
-        }
-    }
-}
+/// Persistent grants kept mapped at most (a ring's worth of segments: what blkif.h says a
+/// frontend needs at most).
+pub const MAX_PERSISTENT: usize = 32 * BLKIF_MAX_SEGMENTS_PER_REQUEST;
 
 /// Grants mapped for device access only: the disk gets the frames' machine addresses.
+///
+/// With `feature-persistent` negotiated the frontend keeps reusing the same grants, so the
+/// first [`MAX_PERSISTENT`] distinct ones stay mapped until the connection ends (mapped
+/// writable, as blkif.h allows for persistent grants) and a request naming only those costs
+/// no grant operation at all; any other grant is mapped for its request and unmapped after.
 struct DeviceMaps {
-    /// Per slot: (handle, machine address of the frame) of each mapped segment.
-    maps: [[(u32, u64); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32],
+    /// Persistent mappings by grant reference: (handle, machine address); `None` when the
+    /// frontend did not ask for persistent grants.
+    persistent: Option<BTreeMap<u32, (u32, u64)>>,
+    /// Per slot: the request's temporary mappings (handle, machine address).
+    temps: [[(u32, u64); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32],
+    ntemps: [u8; 32],
     /// Unmaps deferred to the end of the round.
     deferred: Vec<GnttabUnmapGrantRef>,
     /// Unmaps the hypervisor refused (should stay 0).
@@ -130,13 +130,33 @@ struct DeviceMaps {
 }
 
 impl DeviceMaps {
-    fn new() -> DeviceMaps {
+    fn new(persistent: bool) -> DeviceMaps {
         DeviceMaps {
-            maps: [[(0, 0); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32],
-            deferred: Vec::with_capacity(352),
+            persistent: persistent.then(BTreeMap::new),
+            temps: [[(0, 0); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32],
+            ntemps: [0; 32],
+            deferred: Vec::with_capacity(MAX_PERSISTENT),
             unmap_failures: 0,
         }
     }
+
+    /// Unmaps the persistent grants (the connection is over); returns how many there were.
+    fn release_persistent(&mut self) -> usize {
+        let Some(p) = self.persistent.take() else { return 0 };
+        let n = p.len();
+        self.deferred.extend(p.values().map(|&(handle, ma)| GnttabUnmapGrantRef {
+            host_addr: 0,
+            dev_bus_addr: ma,
+            handle,
+            ..Default::default()
+        }));
+        self.flush();
+        n
+    }
+}
+
+fn unmap_op(handle: u32, ma: u64) -> GnttabUnmapGrantRef {
+    GnttabUnmapGrantRef { host_addr: 0, dev_bus_addr: ma, handle, ..Default::default() }
 }
 
 impl DataPath for DeviceMaps {
@@ -148,38 +168,57 @@ impl DataPath for DeviceMaps {
         segs: &[SegReq],
         out: &mut [u64],
     ) -> Result<(), i16> {
-        let slot_maps = self.maps.get_mut(slot as usize).ok_or(gntst::GENERAL_ERROR)?;
-        let flags = gntmap::DEVICE_MAP | if disk_reads { gntmap::READONLY } else { 0 };
-        let mut ops = [GnttabMapGrantRef::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        let n = segs.len().min(BLKIF_MAX_SEGMENTS_PER_REQUEST);
-        for (o, s) in ops.iter_mut().zip(segs) {
-            *o = GnttabMapGrantRef { host_addr: 0, flags, ref_: s.gref, dom, ..Default::default() };
-        }
-        if grant_table_op(gntop::MAP_GRANT_REF, &mut ops[..n]).is_err() {
+        let slot = slot as usize;
+        if slot >= self.temps.len() || segs.len() > BLKIF_MAX_SEGMENTS_PER_REQUEST {
             return Err(gntst::GENERAL_ERROR);
         }
-        let mut bad = None;
-        for (i, o) in ops[..n].iter().enumerate() {
-            if o.status != gntst::OKAY {
-                bad.get_or_insert(o.status);
-            } else {
-                slot_maps[i] = (o.handle, o.dev_bus_addr);
-                out[i] = o.dev_bus_addr + segs[i].offset();
+        // Persistent grants are mapped writable whatever the request (blkif.h note 8).
+        let readonly = disk_reads && self.persistent.is_none();
+        let flags = gntmap::DEVICE_MAP | if readonly { gntmap::READONLY } else { 0 };
+        let mut ops = [GnttabMapGrantRef::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        let mut which = [0usize; BLKIF_MAX_SEGMENTS_PER_REQUEST];
+        let mut n = 0;
+        for (i, s) in segs.iter().enumerate() {
+            match self.persistent.as_ref().and_then(|p| p.get(&s.gref.0)) {
+                Some(&(_, ma)) => out[i] = ma + s.offset(),
+                None => {
+                    ops[n] =
+                        GnttabMapGrantRef { host_addr: 0, flags, ref_: s.gref, dom, ..Default::default() };
+                    which[n] = i;
+                    n += 1;
+                }
             }
         }
-        if let Some(st) = bad {
+        self.ntemps[slot] = 0;
+        if n == 0 {
+            return Ok(());
+        }
+        if timed(&T_MAP, || grant_table_op(gntop::MAP_GRANT_REF, &mut ops[..n])).is_err() {
+            return Err(gntst::GENERAL_ERROR);
+        }
+        if let Some(bad) = ops[..n].iter().find(|o| o.status != gntst::OKAY).map(|o| o.status) {
             let mut undo: heapless::Vec<GnttabUnmapGrantRef, BLKIF_MAX_SEGMENTS_PER_REQUEST> =
                 heapless::Vec::new();
             for o in ops[..n].iter().filter(|o| o.status == gntst::OKAY) {
-                let _ = undo.push(GnttabUnmapGrantRef {
-                    host_addr: 0,
-                    dev_bus_addr: o.dev_bus_addr,
-                    handle: o.handle,
-                    ..Default::default()
-                });
+                let _ = undo.push(unmap_op(o.handle, o.dev_bus_addr));
             }
             let _ = grant_table_op(gntop::UNMAP_GRANT_REF, &mut undo);
-            return Err(st);
+            return Err(bad);
+        }
+        for (o, &i) in ops[..n].iter().zip(&which[..n]) {
+            out[i] = o.dev_bus_addr + segs[i].offset();
+            let kept = match self.persistent.as_mut() {
+                Some(p) if p.len() < MAX_PERSISTENT && !p.contains_key(&o.ref_.0) => {
+                    p.insert(o.ref_.0, (o.handle, o.dev_bus_addr));
+                    true
+                }
+                _ => false,
+            };
+            if !kept {
+                let k = self.ntemps[slot] as usize;
+                self.temps[slot][k] = (o.handle, o.dev_bus_addr);
+                self.ntemps[slot] += 1;
+            }
         }
         Ok(())
     }
@@ -189,18 +228,14 @@ impl DataPath for DeviceMaps {
         _dom: DomId,
         slot: u16,
         _disk_reads: bool,
-        segs: &[SegReq],
+        _segs: &[SegReq],
         _ok: bool,
     ) -> Result<(), i16> {
-        let Some(slot_maps) = self.maps.get(slot as usize) else { return Err(gntst::GENERAL_ERROR) };
-        for &(handle, ma) in slot_maps.iter().take(segs.len()) {
-            self.deferred.push(GnttabUnmapGrantRef {
-                host_addr: 0,
-                dev_bus_addr: ma,
-                handle,
-                ..Default::default()
-            });
-        }
+        let slot = slot as usize;
+        let Some(temps) = self.temps.get(slot) else { return Err(gntst::GENERAL_ERROR) };
+        let n = self.ntemps[slot] as usize;
+        self.deferred.extend(temps[..n].iter().map(|&(handle, ma)| unmap_op(handle, ma)));
+        self.ntemps[slot] = 0;
         Ok(())
     }
 
@@ -208,7 +243,7 @@ impl DataPath for DeviceMaps {
         if self.deferred.is_empty() {
             return;
         }
-        let _ = grant_table_op(gntop::UNMAP_GRANT_REF, &mut self.deferred);
+        let _ = timed(&T_UNMAP, || grant_table_op(gntop::UNMAP_GRANT_REF, &mut self.deferred));
         self.unmap_failures += self.deferred.iter().filter(|u| u.status != gntst::OKAY).count() as u64;
         self.deferred.clear();
     }
@@ -236,7 +271,7 @@ impl Disk for DiskRef<'_> {
 
 /// A connected ring.
 struct Conn {
-    back: Blkback<MappedRing>,
+    back: Blkback<PageRing>,
     data: DeviceMaps,
     ring_handle: u32,
     port: Port,
@@ -268,6 +303,12 @@ pub struct BlkService {
     xb: Xenbus<LocalTransport>,
     /// `vbd=` entries, the n-th for disk n.
     wanted: Vec<String>,
+    /// Disk completions answered per pass (`blkchunk=`): the frontend gets them and refills
+    /// its ring while the disk still works on the rest.
+    chunk: usize,
+    /// Yield to a just-notified frontend while the disk is busy (`blkyield=1`; off by default:
+    /// measured, the extra dom0/domU round trips cost more than the overlap gains).
+    yield_to_frontends: bool,
 }
 
 fn domain_info(d: DomId) -> Option<XenDomctlGetdomaininfo> {
@@ -309,24 +350,51 @@ impl BlkService {
         }
         let mut vbds = Vec::new();
         vbds.resize_with(wanted.len().min(MAX_VBDS), || None);
-        let mut s = BlkService { disks, vbds, xs: xs.clone(), xb, wanted };
+        let chunk = cmdline::get_u64(cmd, "blkchunk", 1024, 1, 1024).unwrap_or(1024) as usize;
+        let yield_to_frontends = cmdline::get(cmd, "blkyield") == Some("1");
+        let mut s = BlkService { disks, vbds, xs: xs.clone(), xb, wanted, chunk, yield_to_frontends };
         s.poll();
         Some(s)
     }
 
     /// One round of work; true if anything moved.
     pub fn poll(&mut self) -> bool {
+        N_POLL.fetch_add(1, Ordering::Relaxed);
+        let t0 = pv_guest_kernel::time::now_ns();
+        let r = self.poll_inner();
+        T_POLL.fetch_add(pv_guest_kernel::time::now_ns().saturating_sub(t0), Ordering::Relaxed);
+        r
+    }
+
+    fn poll_inner(&mut self) -> bool {
         WAKE.store(false, Ordering::SeqCst);
-        let mut moved = self.watch_events();
-        for _ in 0..16 {
-            let mut again = self.completions();
+        // Only xenstore traffic can give the control plane more to do; block I/O is finished
+        // here, so it does not count as "moved" (that would cost a whole extra pass).
+        let moved = self.watch_events();
+        let mut settled = false;
+        for _ in 0..64 {
+            let mut again = timed(&T_DISK, || self.completions());
+            NOTIFIED.store(false, Ordering::Relaxed);
             for n in 0..self.vbds.len() {
                 again |= self.service(n);
             }
-            moved |= again;
             if !again {
+                settled = true;
                 break;
             }
+            // A frontend was just told about finished requests while the disk still works on
+            // others: let it refill its ring now, so the disk never runs dry while dom0 and
+            // the domU take turns on the one CPU.
+            if self.yield_to_frontends
+                && NOTIFIED.load(Ordering::Relaxed)
+                && self.disks.iter().any(|d| d.in_flight() > 0 || d.ready())
+            {
+                YIELDS.fetch_add(1, Ordering::Relaxed);
+                hypercall::yield_cpu();
+            }
+        }
+        if !settled {
+            WAKE.store(true, Ordering::SeqCst);
         }
         // Interrupt on the next completion; if one slipped in meanwhile, come back.
         for d in &mut self.disks {
@@ -444,7 +512,7 @@ impl BlkService {
                                 let _ =
                                     self.xb.write(TxId::NONE, &format!("{}/{k}", v.dev.dir), val.as_bytes());
                             }
-                            println!("dom0: {}: connected (ring-ref port {})", v.label(), c.port.0);
+                            println!("dom0: {}: connected (event channel port {})", v.label(), c.port.0);
                             v.conn = Some(c);
                         }
                         Err(why) => {
@@ -479,10 +547,15 @@ impl BlkService {
         for n in 0..self.vbds.len() {
             let Some(v) = self.vbds[n].as_mut() else { continue };
             if !v.gone && !alive(v.frontend) {
-                println!("dom0: {}: domain gone, disconnecting", v.label());
                 v.gone = true;
                 v.leaving = true;
+                let label = v.label();
                 if let Some(c) = &mut v.conn {
+                    println!(
+                        "dom0: {label}: domain gone with {} requests in flight ({} with the disk); finishing them before releasing its grants",
+                        c.back.in_flight(),
+                        c.back.with_disk()
+                    );
                     c.back.close();
                 }
                 let _ = self.xb.unwatch(&v.dev.other_state_path(), &format!("blkfe:{n}"));
@@ -494,8 +567,9 @@ impl BlkService {
     fn completions(&mut self) -> bool {
         let mut any = false;
         let vbds = &mut self.vbds;
+        let chunk = self.chunk;
         for d in &mut self.disks {
-            let n = d.poll(|cookie, st| {
+            let n = d.poll_some(chunk, |cookie, st| {
                 let idx = (cookie >> COOKIE_SHIFT) as usize;
                 if let Some(Some(v)) = vbds.get_mut(idx) {
                     if let Some(c) = &mut v.conn {
@@ -517,9 +591,10 @@ impl BlkService {
             }
             return false;
         };
-        let round = c.back.service(&mut c.data, &mut DiskRef(&mut self.disks[v.disk]));
+        let round = timed(&T_SERVICE, || c.back.service(&mut c.data, &mut DiskRef(&mut self.disks[v.disk])));
         if round.notify {
             let _ = events::send(c.port);
+            NOTIFIED.store(true, Ordering::Relaxed);
         }
         let (broken, quiescent) = (c.back.broken(), c.back.quiescent());
         if let Some(e) = broken {
@@ -532,6 +607,13 @@ impl BlkService {
         if v.leaving && quiescent {
             teardown(v);
             if v.gone {
+                // Our grant mappings were the last references: the hypervisor has let the
+                // domain go, or says what still holds it.
+                match hypercall::check(hypercall::debug_op(debug::DOMAIN_FRAMES, u64::from(v.frontend.0))) {
+                    Err(Errno::ESRCH) => println!("dom0: {}: domain fully released", v.label()),
+                    Ok(n) => println!("dom0: {}: domain still holds {n} frames", v.label()),
+                    Err(e) => println!("dom0: {}: cannot ask about the domain: {e}", v.label()),
+                }
                 self.vbds[n] = None;
             } else if v.dev.state() == XenbusState::Closing {
                 // Finish a close that waited for the disk.
@@ -541,16 +623,6 @@ impl BlkService {
         }
         round.taken > 0 || round.answered > 0
     }
-
-    /// Counters for the report: (grant_table_op calls, grant operations).
-    pub fn grant_counters() -> (u32, u64) {
-        (GNT_CALLS.load(Ordering::Relaxed), GNT_OPS.load(Ordering::Relaxed))
-    }
-
-    /// Vbds with a ring still mapped.
-    pub fn connected(&self) -> usize {
-        self.vbds.iter().flatten().filter(|v| v.conn.is_some()).count()
-    }
 }
 
 /// Maps the frontend's ring and binds its event channel.
@@ -559,6 +631,7 @@ fn connect(xb: &mut Xenbus<LocalTransport>, v: &Vbd, n: usize, info: DiskInfo) -
     let mut node = |k: &str| xb.read(TxId::NONE, &format!("{fdir}/{k}")).ok();
     let (rr, ec, proto, order) =
         (node("ring-ref"), node("event-channel"), node("protocol"), node("ring-page-order"));
+    let persistent = node("feature-persistent").and_then(|v| handshake::parse_decimal(&v)) == Some(1);
     let FrontendRing { ring_ref, port } =
         handshake::parse_frontend(rr.as_deref(), ec.as_deref(), proto.as_deref(), order.as_deref())
             .map_err(|e| e.as_str())?;
@@ -591,23 +664,26 @@ fn connect(xb: &mut Xenbus<LocalTransport>, v: &Vbd, n: usize, info: DiskInfo) -
         unmap_ring(op[0].handle);
         return Err("cannot attach the event channel");
     }
-    let back = Blkback::new(MappedRing { va }, v.frontend, info, (n as u64) << COOKIE_SHIFT);
+    // SAFETY: `va` maps the granted ring page until `teardown` unmaps it, which happens only
+    // after the backend holding this value is dropped.
+    let back = Blkback::new(unsafe { PageRing::new(va) }, v.frontend, info, (n as u64) << COOKIE_SHIFT);
     // Requests may already be waiting.
     WAKE.store(true, Ordering::SeqCst);
-    Ok(Conn { back, data: DeviceMaps::new(), ring_handle: op[0].handle, port: local })
+    Ok(Conn { back, data: DeviceMaps::new(persistent), ring_handle: op[0].handle, port: local })
 }
 
 /// Unmaps the ring and closes the port of a quiescent connection.
 fn teardown(v: &mut Vbd) {
-    let Some(c) = v.conn.take() else { return };
-    let va = c.back.memory().va;
+    let Some(mut c) = v.conn.take() else { return };
+    let va = c.back.memory().va();
+    let kept = c.data.release_persistent();
     let _ = events::close(c.port);
     let mut u =
         [GnttabUnmapGrantRef { host_addr: va, dev_bus_addr: 0, handle: c.ring_handle, ..Default::default() }];
     let ok = grant_table_op(gntop::UNMAP_GRANT_REF, &mut u).is_ok() && u[0].status == gntst::OKAY;
     let s = c.back.stats;
     println!(
-        "dom0: {}: disconnected ({} requests, {} errors, {} unsupported, {} sectors read, {} written, {} flushes; ring unmapped: {}, grant unmap failures: {})",
+        "dom0: {}: disconnected ({} requests, {} errors, {} unsupported, {} sectors read, {} written, {} flushes; {kept} persistent grants; ring unmapped: {}, grant unmap failures: {})",
         v.label(),
         s.requests,
         s.errors,
@@ -617,5 +693,19 @@ fn teardown(v: &mut Vbd) {
         s.flushes,
         if ok { "yes" } else { "NO" },
         c.data.unmap_failures
+    );
+    // Totals of every vbd so far (where dom0's time went, for profiling).
+    let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) / 1_000_000;
+    println!(
+        "dom0: blkback totals: {} ms in {} polls (rings {} ms, grant maps {} ms, unmaps {} ms, disk completions {} ms), {} grant calls for {} operations, {} yields to refilling frontends",
+        ms(&T_POLL),
+        N_POLL.load(Ordering::Relaxed),
+        ms(&T_SERVICE),
+        ms(&T_MAP),
+        ms(&T_UNMAP),
+        ms(&T_DISK),
+        GNT_CALLS.load(Ordering::Relaxed),
+        GNT_OPS.load(Ordering::Relaxed),
+        YIELDS.load(Ordering::Relaxed)
     );
 }

@@ -98,7 +98,7 @@ impl QueuePages {
         };
         // The queue logic only uses offsets inside its areas; an out-of-range one is a bug
         // that must not turn into a stray write.
-        assert!(off + width <= len && off % width == 0, "virtqueue access out of bounds");
+        assert!(off + width <= len && off.is_multiple_of(width), "virtqueue access out of bounds");
         base + off as u64
     }
 }
@@ -386,10 +386,15 @@ impl VirtioBlk {
     }
 
     /// Hands each finished request to `done(cookie, status)`; returns how many.
-    pub fn poll(&mut self, mut done: impl FnMut(u64, u8)) -> usize {
+    pub fn poll(&mut self, done: impl FnMut(u64, u8)) -> usize {
+        self.poll_some(usize::MAX, done)
+    }
+
+    /// Like [`poll`](Self::poll), handing back at most `max` completions.
+    pub fn poll_some(&mut self, max: usize, mut done: impl FnMut(u64, u8)) -> usize {
         self.ack();
         let mut n = 0;
-        loop {
+        while n < max {
             match self.q.pop_used(&self.qmem) {
                 Ok(Some((head, _len))) => {
                     let slot = core::mem::replace(&mut self.head_slot[head as usize], u16::MAX);

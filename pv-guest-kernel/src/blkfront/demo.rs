@@ -6,12 +6,14 @@ use super::{Blkfront, SectorBuf};
 use crate::println;
 use crate::xenbus::{Transport, Xenbus};
 
-/// How long the demo waits for the toolstack to give the domain a vbd.
+/// How long the demo waits for the backend to disconnect.
 const WAIT_NS: u64 = 2_000_000_000;
 
 /// Runs the demo if this domain has a vbd (prints a line either way).
 pub fn run<T: Transport>(xb: &mut Xenbus<T>) {
-    let mut disk = match Blkfront::connect(xb, WAIT_NS) {
+    // dom0 writes the vbd's nodes before it serves our xenstore requests, so a domain that
+    // has a disk sees it at once: look once, without waiting (a diskless demo must not stall).
+    let mut disk = match Blkfront::connect(xb, 0) {
         Ok(d) => d,
         Err(e) => {
             println!("domU: no virtual disk ({e})");

@@ -1,7 +1,7 @@
 //! The kernel half of blkfront: the XenBus handshake, the ring page and its grant, the
 //! event channel, per-request grants of the caller's pages, and the block API.
 
-use super::{requests, segments_of, BlkError, InFlight, Segment, Shadow, MAX_IN_FLIGHT, SECTOR};
+use super::{requests, segments_of, BlkError, GrantCache, InFlight, Segment, Shadow, MAX_IN_FLIGHT, SECTOR};
 use crate::xenbus::{Transport, TxId, Xenbus};
 use crate::xenbus_state::{Role, Step, XenbusDevice};
 use crate::{events, gnttab, mm, time};
@@ -17,6 +17,9 @@ use hypercall_abi::io::ring::{RingError, RingMemory, SharedRing};
 use hypercall_abi::io::xenbus::XenbusState;
 use hypercall_abi::{DomId, Errno, GrantRef, Mfn, Pfn, Port, PAGE_SIZE};
 
+/// How long [`Blkfront::connect`] gives the backend to connect once the device exists.
+pub const HANDSHAKE_NS: u64 = 10_000_000_000;
+
 /// Set by the ring's event handler.
 static RSP_KICK: AtomicBool = AtomicBool::new(false);
 static EVENTS: AtomicU64 = AtomicU64::new(0);
@@ -26,14 +29,25 @@ fn on_event(_port: Port) {
     RSP_KICK.store(true, Ordering::SeqCst);
 }
 
-/// The ring page, one of our own pages in the direct map, shared with the backend.
+/// A ring page shared with the other end, reached at a virtual address: one of our own
+/// pages (the frontend's ring) or a grant mapping of the peer's (a backend's view). Every
+/// access is one volatile or atomic access of the shared memory, so each byte the peer may
+/// change is read exactly once; aligned runs are copied a word at a time.
 pub struct PageRing {
     va: u64,
 }
 
 impl PageRing {
+    /// The ring page mapped at `va`.
+    ///
+    /// # Safety
+    /// `va` must be page-aligned and stay mapped (readable and writable) for as long as the
+    /// returned value is used.
+    pub unsafe fn new(va: u64) -> PageRing {
+        PageRing { va }
+    }
     fn at(&self, off: usize, len: usize) -> u64 {
-        assert!(off + len <= PAGE_SIZE, "ring access outside the page");
+        assert!(off.checked_add(len).is_some_and(|end| end <= PAGE_SIZE), "ring access outside the page");
         self.va + off as u64
     }
     /// Its address (for tests that poke at it).
@@ -44,8 +58,8 @@ impl PageRing {
 
 impl RingMemory for PageRing {
     fn load_u32_acquire(&self, off: usize) -> u32 {
-        // SAFETY: the ring page is ours, mapped for the frontend's lifetime; offsets are in
-        // the page and 4-byte aligned (ring.rs passes header offsets only).
+        // SAFETY: the page is mapped for the value's lifetime (`new`'s contract); offsets are
+        // in the page and 4-byte aligned (ring.rs passes header offsets only).
         unsafe { (*(self.at(off, 4) as *const AtomicU32)).load(Ordering::Acquire) }
     }
     fn store_u32_release(&self, off: usize, v: u32) {
@@ -57,15 +71,31 @@ impl RingMemory for PageRing {
     }
     fn read_bytes(&self, off: usize, buf: &mut [u8]) {
         let base = self.at(off, buf.len());
+        if base.is_multiple_of(8) && buf.len().is_multiple_of(8) {
+            for (i, w) in buf.chunks_exact_mut(8).enumerate() {
+                // SAFETY: inside the mapped page (checked above) and 8-byte aligned.
+                let v = unsafe { ((base + 8 * i as u64) as *const u64).read_volatile() };
+                w.copy_from_slice(&v.to_ne_bytes());
+            }
+            return;
+        }
         for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: inside the page; one volatile read per byte of shared memory.
+            // SAFETY: inside the mapped page.
             *b = unsafe { ((base + i as u64) as *const u8).read_volatile() };
         }
     }
     fn write_bytes(&self, off: usize, data: &[u8]) {
         let base = self.at(off, data.len());
+        if base.is_multiple_of(8) && data.len().is_multiple_of(8) {
+            for (i, w) in data.chunks_exact(8).enumerate() {
+                let v = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
+                // SAFETY: inside the mapped page and 8-byte aligned.
+                unsafe { ((base + 8 * i as u64) as *mut u64).write_volatile(v) };
+            }
+            return;
+        }
         for (i, &b) in data.iter().enumerate() {
-            // SAFETY: as above.
+            // SAFETY: inside the mapped page.
             unsafe { ((base + i as u64) as *mut u8).write_volatile(b) };
         }
     }
@@ -80,6 +110,8 @@ pub struct DiskInfo {
     pub readonly: bool,
     /// `feature-flush-cache`.
     pub flush: bool,
+    /// Both ends use persistent grants (`feature-persistent`).
+    pub persistent: bool,
 }
 
 /// Counters.
@@ -88,6 +120,8 @@ pub struct Stats {
     pub requests: u64,
     pub notifies: u64,
     pub waits: u64,
+    /// Time spent blocked waiting for responses.
+    pub wait_ns: u64,
     /// Responses dropped (unknown id or operation).
     pub bogus: u64,
     /// Grants the backend still held when their request was answered.
@@ -117,6 +151,8 @@ pub struct Blkfront {
     shadow: Shadow,
     /// Grants the backend had not released yet when their request was answered.
     stale: Vec<GrantRef>,
+    /// Persistent grants, when negotiated.
+    cache: GrantCache,
     broken: bool,
     pub stats: Stats,
 }
@@ -147,7 +183,8 @@ fn wait_event<T: Transport>(xb: &mut Xenbus<T>, deadline: u64) -> Result<bool, B
 
 impl Blkfront {
     /// Finds this domain's first vbd (waiting up to `timeout_ns` for the toolstack to create
-    /// one), connects to its backend and returns the device.
+    /// one; 0 looks once), connects to its backend (giving it at least [`HANDSHAKE_NS`]) and
+    /// returns the device.
     pub fn connect<T: Transport>(xb: &mut Xenbus<T>, timeout_ns: u64) -> Result<Blkfront, BlkError> {
         let deadline = time::now_ns().saturating_add(timeout_ns);
         let me = read_u64(xb, "domid").ok_or(BlkError::NoDevice)?;
@@ -176,6 +213,8 @@ impl Blkfront {
         dev.load(xb);
         let token = "blkfront-state";
         xb.watch(&dev.other_state_path(), token).map_err(setup)?;
+        // However long the device took to appear, the backend gets a fair time to connect.
+        let deadline = deadline.max(time::now_ns().saturating_add(HANDSHAKE_NS));
         let r = Self::handshake(xb, dev, devid, DomId(backend_id), deadline);
         let _ = xb.unwatch(&format!("{backend}/state"), token);
         r
@@ -236,6 +275,8 @@ impl Blkfront {
         let sector_size = read_u64(xb, &format!("{b}/sector-size")).unwrap_or(512);
         let info_bits = read_u64(xb, &format!("{b}/info")).unwrap_or(0);
         let flush = read_u64(xb, &format!("{b}/feature-flush-cache")) == Some(1);
+        let persistent = read_u64(xb, &format!("{b}/feature-persistent")) == Some(1)
+            && read_u64(xb, &format!("{}/feature-persistent", dev.dir)) == Some(1);
         let Some(sectors) = sectors.filter(|_| sector_size == 512) else {
             fail(Some((page, gref, port)));
             return Err(BlkError::Protocol);
@@ -246,6 +287,7 @@ impl Blkfront {
                 sector_size: sector_size as u32,
                 readonly: info_bits & u64::from(vdisk::READONLY) != 0,
                 flush,
+                persistent,
             },
             devid,
             dev,
@@ -257,6 +299,7 @@ impl Blkfront {
             front: BlkifFrontRing::new(),
             shadow: Shadow::default(),
             stale: Vec::new(),
+            cache: GrantCache::default(),
             broken: false,
             stats: Stats::default(),
         })
@@ -289,7 +332,10 @@ impl Blkfront {
             }
         };
         let dir = dev.dir.clone();
+        // Persistent grants if the backend keeps them mapped (it says so before InitWait).
+        let persistent = read_u64(xb, &format!("{}/feature-persistent", dev.other_dir)) == Some(1);
         let r = xb.transaction(|xb, tx| {
+            xb.write(tx, &format!("{dir}/feature-persistent"), if persistent { b"1" } else { b"0" })?;
             xb.write(tx, &format!("{dir}/ring-ref"), format!("{}", gref.0).as_bytes())?;
             xb.write(tx, &format!("{dir}/event-channel"), format!("{}", port.0).as_bytes())?;
             xb.write(tx, &format!("{dir}/protocol"), XEN_IO_PROTO_ABI_X86_64.as_bytes())
@@ -345,8 +391,13 @@ impl Blkfront {
         if op_ != Op::Flush && sector.checked_add(total).is_none_or(|e| e > self.info.sectors) {
             return Err(BlkError::OutOfRange);
         }
-        let mut f =
-            InFlight { operation, tag, grefs: [GrantRef(0); BLKIF_MAX_SEGMENTS_PER_REQUEST], nr_grefs: 0 };
+        let mut f = InFlight {
+            operation,
+            tag,
+            grefs: [GrantRef(0); BLKIF_MAX_SEGMENTS_PER_REQUEST],
+            nr_grefs: 0,
+            temporary: 0,
+        };
         let mut req = BlkifRequest {
             operation,
             nr_segments: segs.len() as u8,
@@ -354,13 +405,18 @@ impl Blkfront {
             ..Default::default()
         };
         for (i, s) in segs.iter().enumerate() {
-            if s.first_sect > s.last_sect || s.last_sect >= 8 {
-                self.release(&f.grefs[..i]);
-                return Err(BlkError::BadBuffer);
-            }
-            match gnttab::grant_access(self.backend_id, s.mfn, op_ == Op::Write) {
-                Ok(g) => {
+            let granted = if s.first_sect > s.last_sect || s.last_sect >= 8 {
+                Err(BlkError::BadBuffer)
+            } else {
+                self.grant_for(s.mfn, op_ == Op::Write).map_err(|_| BlkError::Busy)
+            };
+            match granted {
+                Ok((g, temporary)) => {
                     f.grefs[i] = g;
+                    f.nr_grefs = i as u8 + 1;
+                    if temporary {
+                        f.temporary |= 1 << i;
+                    }
                     req.seg[i] = BlkifRequestSegment {
                         gref: g,
                         first_sect: s.first_sect,
@@ -368,29 +424,46 @@ impl Blkfront {
                         _pad: 0,
                     };
                 }
-                Err(_) => {
-                    self.release(&f.grefs[..i]);
-                    return Err(BlkError::Busy);
+                Err(e) => {
+                    self.release(&f);
+                    return Err(e);
                 }
             }
         }
-        f.nr_grefs = segs.len() as u8;
         let Some(id) = self.shadow.insert(f) else {
-            self.release(f.grefs());
+            self.release(&f);
             return Err(BlkError::Busy);
         };
         req.id = id;
         if self.front.push_request(&self.ring, &req).is_err() {
             self.shadow.remove(id);
-            self.release(f.grefs());
+            self.release(&f);
             return Err(BlkError::Busy);
         }
         self.stats.requests += 1;
         Ok(())
     }
 
-    fn release(&mut self, grefs: &[GrantRef]) {
-        for &g in grefs {
+    /// The grant for frame `mfn`: its persistent one (made now if there is room), or one for
+    /// this request only (`true`), read-only when the backend only reads the frame.
+    fn grant_for(&mut self, mfn: Mfn, backend_reads: bool) -> Result<(GrantRef, bool), Errno> {
+        if self.info.persistent {
+            if let Some(g) = self.cache.get(mfn) {
+                return Ok((g, false));
+            }
+            if self.cache.has_room() {
+                // Persistent grants are writable: the backend maps them once for every use.
+                let g = gnttab::grant_access(self.backend_id, mfn, false)?;
+                self.cache.insert(mfn, g);
+                return Ok((g, false));
+            }
+        }
+        gnttab::grant_access(self.backend_id, mfn, backend_reads).map(|g| (g, true))
+    }
+
+    /// Revokes the request's per-request grants (persistent ones stay).
+    fn release(&mut self, f: &InFlight) {
+        for g in f.temporary_grefs() {
             if gnttab::end_access(g).is_err() {
                 self.stats.busy_grants += 1;
                 self.stale.push(g);
@@ -421,7 +494,7 @@ impl Blkfront {
             match self.front.take_response(&self.ring) {
                 Ok(Some(r)) => match self.shadow.complete(&r) {
                     Ok(f) => {
-                        self.release(f.grefs());
+                        self.release(&f);
                         n += 1;
                         done(f.tag, r.status);
                     }
@@ -453,7 +526,10 @@ impl Blkfront {
         let more = || {
             RSP_KICK.swap(false, Ordering::SeqCst) || front.unconsumed_responses(ring).map_or(true, |n| n > 0)
         };
-        match events::block_until(more, deadline) {
+        let t0 = time::now_ns();
+        let r = events::block_until(more, deadline);
+        self.stats.wait_ns += time::now_ns().saturating_sub(t0);
+        match r {
             Ok(true) => Ok(()),
             Ok(false) => Err(BlkError::Timeout),
             Err(e) => Err(setup(e)),
@@ -578,8 +654,13 @@ impl Blkfront {
         let _ = xb.unwatch(&self.dev.other_state_path(), token);
         let _ = events::close(self.port);
         for f in self.shadow.drain() {
-            let grefs = f.grefs;
-            self.release(&grefs[..f.nr_grefs as usize]);
+            self.release(&f);
+        }
+        // The backend unmaps persistent grants when it closes.
+        for g in self.cache.drain() {
+            if gnttab::end_access(g).is_err() {
+                ok = false;
+            }
         }
         // The backend has unmapped the ring once it is Closing; only then is the page ours.
         if gnttab::end_access(self.ring_gref).is_ok() {
@@ -629,8 +710,14 @@ impl Raw<'_> {
     pub fn take(&mut self) -> Result<Option<BlkifResponse>, BlkError> {
         self.front.take_response(self.ring).map_err(|_| BlkError::Protocol)
     }
-    /// Waits for a response or the deadline.
+    /// Waits for a response or the deadline (asking the backend for a notification first,
+    /// as `RING_FINAL_CHECK_FOR_RESPONSES` does).
     pub fn wait(&mut self, deadline: u64) -> bool {
+        match self.front.final_check_for_responses(self.ring) {
+            Ok(true) => return true,
+            Ok(false) => {}
+            Err(_) => return false,
+        }
         let ring = self.ring;
         let cons = self.front.rsp_cons();
         let more = || {

@@ -1,10 +1,16 @@
 //! blkfront: a Xen virtual block device as a small block-device API (read, write, flush
 //! sectors) over a blkif ring shared with the backend in dom0.
 //!
-//! Data is never copied: every page of the caller's buffer is granted to the backend for the
-//! duration of the request (read-only for writes), and the backend has the disk DMA straight
-//! into it. A transfer is cut into requests of at most 11 segments (one per page touched),
-//! and as many requests as the ring holds (32) are in flight at once.
+//! Data is never copied: every page of the caller's buffer is granted to the backend and the
+//! backend has the disk DMA straight into it. With `feature-persistent` (offered by dom0's
+//! blkback) a frame keeps its grant from its first use until the device disconnects
+//! ([`GrantCache`], at most a ring's worth of segments), so a backend that keeps the mapping
+//! needs no grant operation when the frame is used again; frames beyond that, or without the
+//! feature, are granted for one request (read-only for writes) and revoked after it. A frame
+//! used for I/O therefore stays granted to dom0 while the device is connected (do not give it
+//! back to the hypervisor in the meantime). A transfer is cut into requests of at most 11
+//! segments (one per page touched), and as many requests as the ring holds (32) are in
+//! flight at once.
 //!
 //! This module is the pure part (host-tested): cutting a buffer into segments and requests,
 //! and the shadow table that checks each response against the request it answers — the
@@ -86,7 +92,7 @@ pub fn segments_of(
     len: usize,
     mut mfn_of: impl FnMut(u64) -> Option<Mfn>,
 ) -> Result<Vec<Segment>, BlkError> {
-    if len == 0 || len % SECTOR != 0 || va % SECTOR as u64 != 0 {
+    if len == 0 || !len.is_multiple_of(SECTOR) || !va.is_multiple_of(SECTOR as u64) {
         return Err(BlkError::BadBuffer);
     }
     let end = va.checked_add(len as u64).ok_or(BlkError::BadBuffer)?;
@@ -126,11 +132,62 @@ pub struct InFlight {
     pub tag: u64,
     pub grefs: [GrantRef; BLKIF_MAX_SEGMENTS_PER_REQUEST],
     pub nr_grefs: u8,
+    /// Bit `i` set: `grefs[i]` was granted for this request only (revoke it when done);
+    /// clear: a persistent grant, kept for the connection's lifetime.
+    pub temporary: u16,
 }
 
 impl InFlight {
     pub fn grefs(&self) -> &[GrantRef] {
         &self.grefs[..self.nr_grefs as usize]
+    }
+
+    /// The grants to revoke once the request is answered.
+    pub fn temporary_grefs(&self) -> impl Iterator<Item = GrantRef> + '_ {
+        self.grefs().iter().enumerate().filter(|(i, _)| self.temporary & (1 << i) != 0).map(|(_, &g)| g)
+    }
+}
+
+/// Persistent grants a frontend keeps at most: a ring's worth of segments (blkif.h's bound,
+/// and the most a backend keeps mapped).
+pub const MAX_PERSISTENT: usize = MAX_IN_FLIGHT * BLKIF_MAX_SEGMENTS_PER_REQUEST;
+
+/// The frontend's persistent grants (`feature-persistent`): one grant per frame, made the
+/// first time the frame is used for I/O and kept until the connection ends, so a backend
+/// that keeps them mapped needs no grant operation for frames used again. Bounded by
+/// [`MAX_PERSISTENT`]; beyond that, frames get per-request grants.
+#[derive(Debug, Default)]
+pub struct GrantCache {
+    by_frame: alloc::collections::BTreeMap<u64, GrantRef>,
+}
+
+impl GrantCache {
+    /// The persistent grant of `mfn`, if it has one.
+    pub fn get(&self, mfn: Mfn) -> Option<GrantRef> {
+        self.by_frame.get(&mfn.0).copied()
+    }
+    /// True if another frame can be made persistent.
+    pub fn has_room(&self) -> bool {
+        self.by_frame.len() < MAX_PERSISTENT
+    }
+    /// Records `gref` as `mfn`'s persistent grant; false (nothing recorded) if full or the
+    /// frame already has one.
+    pub fn insert(&mut self, mfn: Mfn, gref: GrantRef) -> bool {
+        if !self.has_room() || self.by_frame.contains_key(&mfn.0) {
+            return false;
+        }
+        self.by_frame.insert(mfn.0, gref);
+        true
+    }
+    pub fn len(&self) -> usize {
+        self.by_frame.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.by_frame.is_empty()
+    }
+    /// Every persistent grant, forgetting them (at disconnect).
+    pub fn drain(&mut self) -> Vec<GrantRef> {
+        core::mem::take(&mut self.by_frame).into_values().collect()
     }
 }
 
@@ -246,7 +303,7 @@ mod tests {
     #[test]
     fn responses_must_match_a_request_in_flight() {
         let mut s = Shadow::default();
-        let r = InFlight { operation: op::READ, tag: 5, grefs: [GrantRef(0); 11], nr_grefs: 0 };
+        let r = InFlight { operation: op::READ, tag: 5, grefs: [GrantRef(0); 11], nr_grefs: 0, temporary: 0 };
         let id = s.insert(r).unwrap();
         let rsp = |id, operation| BlkifResponse { id, operation, ..Default::default() };
         assert_eq!(s.complete(&rsp(id, op::WRITE)), Err(BogusResponse::WrongOperation));
@@ -260,6 +317,23 @@ mod tests {
         assert!(s.insert(r).is_none());
         assert_eq!(s.drain().len(), MAX_IN_FLIGHT);
         assert_eq!(s.in_flight(), 0);
+    }
+
+    #[test]
+    fn the_grant_cache_is_bounded_and_one_per_frame() {
+        let mut c = GrantCache::default();
+        assert!(c.insert(Mfn(1), GrantRef(8)));
+        assert!(!c.insert(Mfn(1), GrantRef(9)), "one grant per frame");
+        assert_eq!(c.get(Mfn(1)), Some(GrantRef(8)));
+        for i in 2..=MAX_PERSISTENT as u64 {
+            assert!(c.insert(Mfn(i), GrantRef(i as u32 + 8)));
+        }
+        assert!(!c.has_room());
+        assert!(!c.insert(Mfn(99_999), GrantRef(1)));
+        assert_eq!(c.drain().len(), MAX_PERSISTENT);
+        assert!(c.is_empty() && c.get(Mfn(1)).is_none());
+        let f = InFlight { operation: 0, tag: 0, grefs: [GrantRef(3); 11], nr_grefs: 3, temporary: 0b101 };
+        assert_eq!(f.temporary_grefs().count(), 2);
     }
 
     proptest! {
@@ -287,7 +361,7 @@ mod tests {
             let mut s = Shadow::default();
             let mut live = std::collections::BTreeMap::new();
             for k in 0..20u64 {
-                let r = InFlight { operation: (k % 2) as u8, tag: k, grefs: [GrantRef(0); 11], nr_grefs: 0 };
+                let r = InFlight { operation: (k % 2) as u8, tag: k, grefs: [GrantRef(0); 11], nr_grefs: 0, temporary: 0 };
                 live.insert(s.insert(r).unwrap(), r);
             }
             for (id, operation) in rsps {

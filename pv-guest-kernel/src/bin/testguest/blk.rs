@@ -21,7 +21,7 @@ use core::arch::asm;
 use hypercall_abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES;
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::io::blkif::{op, rsp, BlkifRequest, BlkifRequestSegment, BlkifResponse};
-use hypercall_abi::io::ring::{RingMemory, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
+use hypercall_abi::io::ring::{RingMemory, REQ_EVENT_OFFSET, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
 use hypercall_abi::microvisor::bench::{Line, Stats};
 use hypercall_abi::physdev::{map_pirq_type, op as physop, PhysdevMapPirq};
 use hypercall_abi::xen::{mmu, MmuUpdate};
@@ -382,19 +382,22 @@ fn destroy(mut disk: Blkfront) {
     for (i, chunk) in pages.chunks(11).enumerate() {
         let segs: Vec<Segment> =
             chunk.iter().map(|p| Segment { mfn: p.mfn, first_sect: 0, last_sect: 7 }).collect();
-        if disk.submit(Op::Read, i as u64 * 88, &segs, i as u64).is_ok() {
+        // Writes to a fresh stretch of the image keep the host busier than reads.
+        if disk.submit(Op::Write, 65536 + i as u64 * 88, &segs, i as u64).is_ok() {
             n += 1;
         }
     }
     disk.kick();
-    // Wait for the first answer: the backend is then working on the rest.
+    // Wait until the backend has taken every request (it then sets req_event past them) and
+    // crash at once, while the disk is still working on them.
     let deadline = time::now_ns() + 10_000_000_000;
-    let mut answered = 0;
-    while answered == 0 && time::now_ns() < deadline {
-        answered = disk.poll(|_, _| {});
-        if answered == 0 {
-            let _ = disk.wait(Some(deadline));
+    loop {
+        let raw = disk.raw();
+        let prod = raw.front.req_prod_pvt();
+        if raw.ring.load_u32_acquire(REQ_EVENT_OFFSET) == prod.wrapping_add(1) || time::now_ns() > deadline {
+            break;
         }
+        core::hint::spin_loop();
     }
     println!("TEST blk-destroy RUNNING crashing with {} of {n} requests in flight", disk.in_flight());
     hypercall::shutdown(sched::shutdown::CRASH);
@@ -411,7 +414,7 @@ fn noio() {
         Ok(l1e) => {
             let req = [MmuUpdate {
                 ptr: l1e | mmu::NORMAL_PT_UPDATE,
-                val: pt::make(Mfn(0xfe000), pt::PAGE_KERNEL | pt::PCD | pt::PWT),
+                val: pt::make(Mfn(0xfe000), pt::PAGE_KERNEL),
             }];
             let mut done = 0u32;
             let r = hypercall::mmu_update(&req, &mut done, DomId::IO);
@@ -524,7 +527,14 @@ fn bench(cmd: &str, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         return;
     }
     let mut fails: Vec<String> = Vec::new();
+    let t_start = time::now_ns();
+    // `only=<name>` runs just that benchmark (for profiling).
+    let only = cmdline::get(cmd, "only");
+    let wanted = |name: &str| only.is_none_or(|o| name.contains(o));
     for (name, op_) in [("blk.seqwrite.domU", Op::Write), ("blk.seqread.domU", Op::Read)] {
+        if !wanted(name) {
+            continue;
+        }
         let mut samples: Vec<u64> = Vec::new();
         for run in 0..runs {
             let base = (run as u64 * seq_span) % (span - seq_span + 1);
@@ -543,7 +553,7 @@ fn bench(cmd: &str, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let mut samples: Vec<u64> = Vec::new();
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let span_pages = span / 8;
-    for _ in 0..runs {
+    for _ in 0..if wanted("randread4k") { runs } else { 0 } {
         let r = stream(&mut disk, &single, Op::Read, RAND_PER_RUN, |_| {
             x ^= x << 13;
             x ^= x >> 7;
@@ -570,10 +580,12 @@ fn bench(cmd: &str, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         "blk-bench",
         &fails,
         format_args!(
-            "{} requests, {} notifies, {} waits, {} events",
+            "{} requests, {} notifies, {} waits ({} ms blocked) in {} ms, {} events",
             st.requests,
             st.notifies,
             st.waits,
+            st.wait_ns / 1_000_000,
+            time::now_ns().saturating_sub(t_start) / 1_000_000,
             Blkfront::events()
         ),
     );

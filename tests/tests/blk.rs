@@ -1,0 +1,160 @@
+//! The block path end to end: dom0 drives a virtio-blk disk (PCI, DMA, pirq interrupts) and
+//! serves it to a domU through blkback/blkfront. Where the domU writes, the image file is
+//! checked on the host after QEMU has exited; hostile frontends, a domain dying with requests
+//! in flight and a domU reaching for devices are each their own boot.
+
+use std::path::Path;
+use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
+use xtask::disk::{self, SECTOR};
+
+const MIB: u64 = 1 << 20;
+
+fn scratch(tag: &str, bytes: u64) -> std::path::PathBuf {
+    disk::scratch_image(tag, bytes).unwrap_or_else(|e| panic!("scratch image: {e}"))
+}
+
+/// dom0 plus the test guest (`tg`) running `scenario`, with `image` served to it.
+fn machine(scenario: &str, image: &Path) -> Machine {
+    Machine::scenario(&kernels(), scenario).with_vbd(image, "tg")
+}
+
+fn read_words(img: &[u8], sector: u64) -> impl Iterator<Item = u64> + '_ {
+    let at = (sector * SECTOR) as usize;
+    img[at..at + SECTOR as usize].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+}
+
+fn clean_teardown(run: &Run) {
+    run.expect_line("ring unmapped: yes, grant unmap failures: 0").expect_no_line("ring unmapped: NO");
+}
+
+#[test]
+fn dom0_drives_the_disk_with_interrupts() {
+    let img = scratch("dom0", 16 * MIB);
+    let mut m = Machine::scenario(&kernels(), "none");
+    m.modules.truncate(1);
+    m.disks.push(img.clone());
+    let m = m.dom0_options("blktest=1");
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("dom0: blk 00:")
+        .expect_line("-> pirq")
+        .expect_line("TEST blk.dom0 PASS")
+        .expect_no_line("polling instead");
+    // The self-test wrote 64 KiB at the last MiB; check it landed.
+    let data = std::fs::read(&img).unwrap();
+    let sector = data.len() as u64 / SECTOR - 2048;
+    let at = (sector * SECTOR) as usize;
+    for i in 0..64 * 1024usize {
+        let want = (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[i % 4] ^ 0x5a;
+        assert_eq!(data[at + i], want, "byte {i} of dom0's self-test at sector {sector}");
+    }
+}
+
+#[test]
+fn domu_pattern_over_16_mib_lands_in_the_image() {
+    let img = scratch("pattern", 64 * MIB);
+    let seed = 0x5eed_u64;
+    let run = boot(&machine(&format!("blk-pattern seed={seed}"), &img));
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-pattern PASS").expect_no_line(" FAIL ");
+    clean_teardown(&run);
+    let chunks: Vec<u64> = run
+        .lines_with("blk-pattern: seed")
+        .flat_map(|l| {
+            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
+            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
+    let data = std::fs::read(&img).unwrap();
+    for &c in &chunks {
+        for s in c..c + 512 {
+            for (i, w) in read_words(&data, s).enumerate() {
+                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
+            }
+        }
+    }
+    // Somewhere nobody wrote stays zero.
+    let untouched =
+        (0..data.len() as u64 / SECTOR / 512).map(|k| k * 512).find(|c| !chunks.contains(c)).unwrap();
+    assert!(read_words(&data, untouched).all(|w| w == 0));
+}
+
+#[test]
+fn domu_reads_a_prepared_image() {
+    let img = scratch("image", 0);
+    disk::prepared_image(&img, 8 * MIB / SECTOR).unwrap();
+    let run = boot(&machine("blk-image", &img));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST blk-image PASS 4160 sectors")
+        .expect_no_line(" FAIL ");
+}
+
+#[test]
+fn hostile_frontend_gets_errors_and_the_backend_survives() {
+    let img = scratch("hostile", 16 * MIB);
+    let run = boot(&machine("blk-hostile", &img));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST blk-hostile PASS")
+        .expect_line("frontend broke the ring")
+        .expect_no_line(" FAIL ")
+        .expect_order("frontend broke the ring", "Domain 0 (dom0) shut down: poweroff");
+    clean_teardown(&run);
+}
+
+#[test]
+fn domain_destroyed_with_requests_in_flight_is_released() {
+    let img = scratch("destroy", 64 * MIB);
+    let run = boot(&machine("blk-destroy", &img));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST blk-destroy RUNNING crashing with")
+        .expect_line("Domain 1 (tg) shut down: crash")
+        .expect_line("domain gone with")
+        .expect_line("domain fully released")
+        .expect_no_line("still holds");
+    clean_teardown(&run);
+}
+
+#[test]
+fn a_domu_cannot_reach_ports_device_memory_or_interrupts() {
+    let img = scratch("noio", MIB);
+    let run = boot(&machine("blk-noio", &img));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST blk-noio PASS")
+        .expect_line("TEST blk-noio-port RUNNING")
+        .expect_line("d1v0 crashed: unhandled #GP")
+        .expect_no_line(" FAIL ");
+}
+
+#[test]
+fn demo_domu_uses_its_disk() {
+    let img = scratch("demo", 64 * MIB);
+    let m = Machine::standard(&kernels()).with_vbd(&img, "domU").dom0_options("steps=0");
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("virtual disk vbd/51712: 131072 sectors")
+        .expect_line("wrote, flushed and read back sector 131071: ok")
+        .expect_line("virtual disk disconnected");
+    let data = std::fs::read(&img).unwrap();
+    assert!(data[data.len() - 512..].starts_with(b"microvisor domU was here\n"));
+}
+
+#[test]
+fn disk_benchmarks_report_dom0_and_domu_figures() {
+    let run = boot(&Machine::bench(&kernels(), 2_000));
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-bench PASS");
+    let results = xtask::bench::parse(&run.log, "wall");
+    let median = |name: &str| {
+        let r = results
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no BENCH {name}:\n{}", run.text()));
+        assert!(r.n >= 4 && r.min > 0 && r.min <= r.median && r.median <= r.p99, "{name}: {r:?}");
+        r.median
+    };
+    for kind in ["seqread", "seqwrite", "randread4k"] {
+        median(&format!("blk.{kind}.dom0"));
+        median(&format!("blk.{kind}.domU"));
+    }
+    // Timings are not pass/fail; the ratios are printed for the record.
+    print!("{}", disk::blk_ratios(&results));
+}
