@@ -23,6 +23,28 @@ fn read_words(img: &[u8], sector: u64) -> impl Iterator<Item = u64> + '_ {
     img[at..at + SECTOR as usize].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()))
 }
 
+/// Checks on the host that every chunk the `blk-pattern` guest says it wrote holds the pattern
+/// in `img`; returns the image and the chunks' first sectors.
+fn check_pattern(run: &Run, img: &Path, seed: u64) -> (Vec<u8>, Vec<u64>) {
+    let chunks: Vec<u64> = run
+        .lines_with("blk-pattern: seed")
+        .flat_map(|l| {
+            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
+            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
+    let data = std::fs::read(img).unwrap();
+    for &c in &chunks {
+        for s in c..c + 512 {
+            for (i, w) in read_words(&data, s).enumerate() {
+                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
+            }
+        }
+    }
+    (data, chunks)
+}
+
 fn clean_teardown(run: &Run) {
     run.expect_line("ring unmapped: yes, grant unmap failures: 0").expect_no_line("ring unmapped: NO");
 }
@@ -57,22 +79,7 @@ fn domu_pattern_over_16_mib_lands_in_the_image() {
     let run = boot(&machine(&format!("blk-pattern seed={seed}"), &img));
     run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-pattern PASS").expect_no_line(" FAIL ");
     clean_teardown(&run);
-    let chunks: Vec<u64> = run
-        .lines_with("blk-pattern: seed")
-        .flat_map(|l| {
-            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
-            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
-    let data = std::fs::read(&img).unwrap();
-    for &c in &chunks {
-        for s in c..c + 512 {
-            for (i, w) in read_words(&data, s).enumerate() {
-                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
-            }
-        }
-    }
+    let (data, chunks) = check_pattern(&run, &img, seed);
     // Somewhere nobody wrote stays zero.
     let untouched =
         (0..data.len() as u64 / SECTOR / 512).map(|k| k * 512).find(|c| !chunks.contains(c)).unwrap();
@@ -157,4 +164,27 @@ fn disk_benchmarks_report_dom0_and_domu_figures() {
     }
     // Timings are not pass/fail; the ratios are printed for the record.
     print!("{}", disk::blk_ratios(&results));
+}
+
+#[test]
+fn a_hostile_frontend_does_not_stop_another_domains_disk() {
+    let hostile_img = scratch("hostile2", 16 * MIB);
+    let good_img = scratch("neighbour", 64 * MIB);
+    let seed = 0xbeef_u64;
+    let k = kernels();
+    let mut m = machine("blk-hostile", &hostile_img);
+    m.modules.push(tests::Module::new(
+        &k.testguest,
+        &format!("name=tg2 mem=32M -- scenario=blk-pattern seed={seed}"),
+    ));
+    let run = boot(&m.with_vbd(&good_img, "tg2"));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST blk-hostile PASS")
+        .expect_line("TEST blk-pattern PASS")
+        .expect_no_line(" FAIL ")
+        // The neighbour is still served after the hostile ring was closed.
+        .expect_order("frontend broke the ring", "TEST blk-pattern PASS");
+    // Both rings are torn down cleanly and the neighbour's data really is on its disk.
+    assert_eq!(run.lines_with("ring unmapped: yes, grant unmap failures: 0").count(), 2, "{}", run.text());
+    check_pattern(&run, &good_img, seed);
 }
