@@ -47,6 +47,11 @@ pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
             _ => {}
         }
     }
+    // Under `-icount shift=0` the guest's TSC advances by one per instruction executed, so a
+    // TSC delta is an instruction count; say so.
+    if mode == "insns" && r.unit == "tsc" {
+        r.unit = "insns".to_string();
+    }
     (seen == 63).then_some(r)
 }
 
@@ -96,6 +101,15 @@ pub fn compare(old: &[BenchResult], new: &[BenchResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tsc_deltas_are_instruction_counts_in_insns_mode() {
+        let line = "BENCH name=hypercall.null unit=tsc n=10 min=42 median=42 p99=42";
+        assert_eq!(parse_line(line, "insns").unwrap().unit, "insns");
+        assert_eq!(parse_line(line, "wall").unwrap().unit, "tsc");
+        let line = "BENCH name=blk.seqread.dom0 unit=MiB/s n=16 min=1 median=2 p99=3";
+        assert_eq!(parse_line(line, "insns").unwrap().unit, "MiB/s");
+    }
 
     #[test]
     fn parses_prefixed_lines_and_rejects_partial_ones() {

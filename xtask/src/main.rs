@@ -101,7 +101,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     if mode != "wall" && mode != "insns" {
         return Err(format!("bench: --mode must be wall or insns, not `{mode}`"));
     }
-    let mut m = xtask::qemu::Machine::bench(&k, iters);
+    let mut m = xtask::qemu::Machine::bench_with(&k, iters, mode == "wall");
     m.icount = mode == "insns";
     m.kvm = kvm;
     let run = m.run(Duration::from_secs(600))?;

@@ -116,6 +116,13 @@ impl Machine {
     /// bench-mm) with `iters` iterations; then the disk benchmarks on a scratch image, dom0
     /// direct first and a second test guest through blkfront/blkback after.
     pub fn bench(k: &Kernels, iters: u64) -> Machine {
+        Machine::bench_with(k, iters, true)
+    }
+
+    /// [`Machine::bench`], with the disk benchmarks only when `disks`: under `-icount` a disk
+    /// completes when the host's I/O thread finishes, so disk figures are neither
+    /// deterministic nor meaningful in instruction-count mode.
+    pub fn bench_with(k: &Kernels, iters: u64, disks: bool) -> Machine {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("floor={iters}");
         m.modules = vec![
@@ -125,6 +132,9 @@ impl Machine {
         // The disk benchmarks: dom0 measures the disk directly once the test guest above has
         // finished (so it has the CPU to itself), then serves it to a second test guest
         // which measures the same I/O pattern through blkfront/blkback.
+        if !disks {
+            return m;
+        }
         match crate::disk::scratch_image("bench", 128 << 20) {
             Ok(disk) => {
                 m = m.with_vbd(&disk, "blkbench").dom0_options("blkbench=64 blkbench-wait=bench");
