@@ -215,6 +215,7 @@ impl Domains {
 
 impl core::ops::Index<&DomId> for Domains {
     type Output = Domain;
+    #[inline]
     fn index(&self, id: &DomId) -> &Domain {
         self.get(id).expect("no such domain")
     }

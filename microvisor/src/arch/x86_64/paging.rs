@@ -237,6 +237,7 @@ impl MachineMemory for DirectMap {
     fn max_mfn(&self) -> Mfn {
         self.max_mfn
     }
+    #[inline]
     fn read(&self, ma: u64, buf: &mut [u8]) {
         let p = self.ptr(ma, buf.len());
         // SAFETY: `ptr` checked the range lies in one RAM frame mapped by the direct map; the
@@ -244,6 +245,7 @@ impl MachineMemory for DirectMap {
         // once and only the copy is used.
         unsafe { core::ptr::copy_nonoverlapping(p, buf.as_mut_ptr(), buf.len()) }
     }
+    #[inline]
     fn write(&self, ma: u64, data: &[u8]) {
         let p = self.ptr(ma, data.len());
         // SAFETY: as for `read`; the hypervisor may write any RAM frame.
@@ -251,6 +253,19 @@ impl MachineMemory for DirectMap {
     }
     fn read_u64(&self, ma: u64) -> u64 {
         self.atomic_u64(ma).load(core::sync::atomic::Ordering::Acquire)
+    }
+    /// The software page walk's hot read: an entry is 8-byte aligned inside its frame by
+    /// construction, so only the frame needs checking.
+    #[inline(always)]
+    fn read_pte(&self, mfn: Mfn, index: usize) -> u64 {
+        if mfn.0 >= self.max_mfn.0 || index >= 512 {
+            bad_access(mfn.addr(), 8);
+        }
+        let ma = mfn.addr() + (index * 8) as u64;
+        // SAFETY: the frame is RAM (checked), mapped by the direct map; the entry is 8-byte
+        // aligned and inside it; guests may change it concurrently, hence the atomic access.
+        let e = unsafe { &*((DIRECTMAP_BASE + ma) as *const core::sync::atomic::AtomicU64) };
+        e.load(core::sync::atomic::Ordering::Acquire)
     }
     fn write_u64(&self, ma: u64, val: u64) {
         self.atomic_u64(ma).store(val, core::sync::atomic::Ordering::Release)
