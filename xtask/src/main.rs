@@ -161,6 +161,12 @@ fn trace(args: &[String]) -> Result<ExitCode> {
         println!("{bad} undecodable frames skipped");
     }
     println!("raw trace: {} ({} bytes)", file.display(), bytes.len());
+    let results = xtask::bench::parse(&run.log, "wall");
+    if !results.is_empty() {
+        // What tracing costs: compare these with `cargo xtask bench` (tracing off).
+        println!("\nbenchmark figures of this traced boot (tracing on):");
+        print!("{}", xtask::bench::table(&results));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
