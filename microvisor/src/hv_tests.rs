@@ -176,7 +176,7 @@ fn console_output_is_tagged_and_long_writes_continue() {
     assert!(out.contains("(d1) [31mred\n"), "escape filtered: {out}");
     // More than one chunk: the call continues itself with the rest.
     let r = dispatch(&mut hv, nr::CONSOLE_IO, [consoleio::WRITE, 5000, SCRATCH_VA, 0, 0], None);
-    assert_eq!(r, Hc::Continue([consoleio::WRITE, 5000 - 4096, SCRATCH_VA + 4096, 0, 0]));
+    assert_eq!(r, Hc::Continue([consoleio::WRITE, 5000 - 256, SCRATCH_VA + 256, 0, 0]));
 }
 
 #[test]

@@ -9,11 +9,13 @@ fn bench_lines_are_printed_and_sane() {
     let run = boot(&Machine::bench(&k, 2_000));
     run.expect_outcome(Outcome::Poweroff)
         .expect_line("TEST bench-null PASS")
+        .expect_line("TEST bench-console PASS")
         .expect_line("TEST bench-mm PASS");
     let results = xtask::bench::parse(&run.log, "wall");
     for name in [
         "floor.syscall_sysret",
         "hypercall.null",
+        "hypercall.console_io_16b",
         "mmu.update_one",
         "mmu.update_batch512",
         "mmu.update_va_mapping",

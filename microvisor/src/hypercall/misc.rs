@@ -215,25 +215,26 @@ pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
     }
 }
 
-/// Bytes of console output handled per call before the call continues itself.
-const CONSOLE_CHUNK: u64 = 4096;
+/// Bytes of console input or output handled per call before the call continues itself (a
+/// stack buffer: the common short write costs no allocation).
+const CONSOLE_CHUNK: u64 = 256;
 
 pub fn console_io<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     let [cmd, count, buf, ..] = a;
     match cmd {
         consoleio::WRITE => {
             let n = count.min(CONSOLE_CHUNK);
-            let mut bytes = alloc::vec![0u8; n as usize];
-            if let Err(e) = hv.guest().read(buf, &mut bytes) {
+            let mut chunk = [0u8; CONSOLE_CHUNK as usize];
+            let bytes = &mut chunk[..n as usize];
+            if let Err(e) = hv.guest().read(buf, bytes) {
                 return Hc::Ret(e.to_ret());
             }
             let id = hv.current().domid;
             let printable_only = !hv.cur_dom().privileged;
-            let mut lines = alloc::vec::Vec::new();
-            hv.cur_dom_mut().console.push(&bytes, printable_only, |l| lines.push(l.to_vec()));
-            for l in lines {
-                hv.guest_console_line(id, &l);
-            }
+            // The line buffer is taken out while it emits, which needs the whole hypervisor.
+            let mut line = core::mem::take(&mut hv.cur_dom_mut().console);
+            line.push(bytes, printable_only, |l| hv.guest_console_line(id, l));
+            hv.cur_dom_mut().console = line;
             if count > n {
                 Hc::Continue([cmd, count - n, buf.wrapping_add(n), a[3], a[4]])
             } else {

@@ -48,9 +48,11 @@ fn main(si: &StartInfo) {
         "bench-null" => bench_null(cmd),
         "bench-mm" => bench_mm::run(cmd),
         "bench-evtchn" => bench_evtchn::run(cmd),
+        "bench-console" => bench_console::run(cmd),
         "ipc-hostile" => ipc_hostile::run(),
         "bench" => {
             bench_null(cmd);
+            bench_console::run(cmd);
             bench_mm::run(cmd);
             bench_evtchn::run(cmd);
         }
@@ -92,6 +94,8 @@ macro_rules! check {
 // take them for binaries of their own.
 #[path = "testguest/balloon.rs"]
 mod balloon;
+#[path = "testguest/bench_console.rs"]
+mod bench_console;
 #[path = "testguest/bench_evtchn.rs"]
 mod bench_evtchn;
 #[path = "testguest/bench_mm.rs"]
