@@ -79,24 +79,13 @@ fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
     r
 }
 
-/// Fast hypercall (see entry.rs): arguments in registers, result in `%rax`.
-pub extern "C" fn hypercall_fast(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
+/// A hypercall from guest kernel mode (see entry.rs): arguments in registers, result in
+/// `%rax`, and whether the exit path must run in `%rdx`.
+pub extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
     // SAFETY: `syscall` from a guest is the only way here, and guests run only after
     // `install`; the hypervisor never executes `syscall` and runs with interrupts off, so no
     // other reference to the hypervisor exists. (This hot path skips `with_hv`'s re-entry
     // check, which cannot fire here for the same reasons.)
-    let hv = unsafe { &mut *HV.load(Ordering::Relaxed) };
-    match hv.hypercall_fastpath(nr, a1) {
-        Some(rax) => entry::FastRet { rax, slow: u64::from(hv.exit_work) },
-        // Same argument registers: a tail call.
-        None => hypercall_general(a1, a2, a3, a4, a5, nr),
-    }
-}
-
-/// The general dispatcher, for everything the fast path does not answer.
-#[inline(never)]
-pub extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> entry::FastRet {
-    // SAFETY: as for `hypercall_fast`, whose fallback this is.
     let hv = unsafe { &mut *HV.load(Ordering::Relaxed) };
     let (rax, slow) = hv.hypercall_general(nr, a1, a2, a3, a4, a5);
     entry::FastRet { rax, slow: u64::from(slow) }

@@ -52,32 +52,11 @@ impl<P: Platform> Hypervisor<P> {
         GuestSpace::new(self.mem(), self.cur_vcpu().current_l4())
     }
 
-    /// The fast path: like seL4's, it answers the calls that dominate PV kernels' hot paths
-    /// and need neither guest memory nor domain state, without the general dispatcher.
-    /// `xen_version(XENVER_version)` is what Linux issues to force delivery of events it has
-    /// just unmasked, so it costs two compares and a constant. `None` means: take
-    /// [`Self::hypercall_general`]. The caller still owes the exit check (`exit_work`, then
-    /// the pending-upcall test, which the arch layer makes on the live `vcpu_info`).
-    #[inline(always)]
-    pub fn hypercall_fastpath(&self, nr: u64, a1: u64) -> Option<u64> {
-        (nr == hypercall_abi::hypercall::nr::XEN_VERSION && a1 as u32 == hypercall_abi::version::op::VERSION)
-            .then_some(u64::from(crate::version::XEN_VERSION))
-    }
-
     /// A hypercall from guest kernel mode with nothing but registers (`%rax` and the five
-    /// argument registers): the fast path, then the general dispatcher. Returns the value for
+    /// argument registers) — every hypercall but the one the arch layer's fast path answers
+    /// (`xen_version(XENVER_version)`, see `arch/x86_64/entry.rs`). Returns the value for
     /// `%rax` and whether the exit path must run (a reschedule, an event to deliver, a
     /// continuation, hardware state to change).
-    pub fn hypercall_fast(&mut self, nr: u64, args: [u64; 5]) -> (u64, bool) {
-        if let Some(r) = self.hypercall_fastpath(nr, args[0]) {
-            return (r, self.exit_work || self.upcall_deliverable());
-        }
-        let [a1, a2, a3, a4, a5] = args;
-        self.hypercall_general(nr, a1, a2, a3, a4, a5)
-    }
-
-    /// Every hypercall through the dispatcher (the fast path's fallback). The arguments come
-    /// in registers so that the fast path never spills them.
     #[inline(never)]
     pub fn hypercall_general(&mut self, nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, bool) {
         let args = [a1, a2, a3, a4, a5];

@@ -168,12 +168,32 @@ global_asm!(
     .section .text.entry, "ax"
 
     /* ---- syscall: hypercalls and guest-user system calls ---- */
-    /* A hypercall entry calling `target` (the fast path, or the general dispatcher for
-       traced boots, which record every hypercall). */
-    .macro HYPERCALL_ENTRY name, target
+    /* LSTAR points here while the vCPU is in guest kernel mode (a hypercall), unless the boot
+       is traced. The fast path, seL4-style: `xen_version(XENVER_version)` is what Linux issues
+       to force delivery of events it has just unmasked, so it is answered here, without a
+       stack, unless the running vCPU has an event to deliver (Xen's test_guest_events: the
+       {{evtchn_upcall_pending, evtchn_upcall_mask}} word == 0x0001). Nothing else can be owed
+       on the way out: every earlier entry left through the exit path whenever the core had
+       exit work, so the core's `exit_work` is clear at every entry. */
     .balign 16
-    .globl \name
-\name:
+    .globl syscall_entry
+syscall_entry:
+    cmp ${nr_xen_version}, %rax
+    jne syscall_entry_general
+    test %edi, %edi
+    jnz syscall_entry_general
+    mov CUR_VCPU_INFO(%rip), %rax
+    cmpw $1, (%rax)
+    mov ${nr_xen_version}, %eax
+    je syscall_entry_general
+    mov ${xen_version}, %eax
+    sysretq
+
+    /* Every other hypercall, and all of them in a traced boot (which records each one):
+       the general dispatcher, with the arguments in registers. */
+    .balign 16
+    .globl syscall_entry_general
+syscall_entry_general:
     mov %rsp, GUEST_RSP_SCRATCH(%rip)
     lea boot_stack_top(%rip), %rsp
     cmp ${iret}, %eax
@@ -187,7 +207,7 @@ global_asm!(
     push %rax
     mov %r10, %rcx
     mov %rax, %r9
-    call \target
+    call {hc_general}
     /* Exit work the core reported, or an event to deliver: Xen's test_guest_events, the
        {{evtchn_upcall_pending, evtchn_upcall_mask}} word of the running vCPU == 0x0001. */
     test %rdx, %rdx
@@ -201,11 +221,6 @@ global_asm!(
     pop %rcx
     mov GUEST_RSP_SCRATCH(%rip), %rsp
     sysretq
-    .endm
-
-    /* LSTAR points here while the vCPU is in guest kernel mode (a hypercall)... */
-    HYPERCALL_ENTRY syscall_entry, {hc_fast}
-    HYPERCALL_ENTRY syscall_entry_general, {hc_general}
 
 hypercall_exit_path:
     /* The dispatcher wants the exit path: build the frame (rax = its result). */
@@ -291,7 +306,8 @@ exit_to_guest:
     cs = const FLAT_RING3_CS64 as u64,
     vsyscall = const VECTOR_SYSCALL,
     off_cs = const offset_of!(GuestFrame, cs),
-    hc_fast = sym crate::machine::hypercall_fast,
+    nr_xen_version = const nr::XEN_VERSION,
+    xen_version = const microvisor::version::XEN_VERSION,
     hc_general = sym crate::machine::hypercall_general,
     hc_exit = sym crate::machine::hypercall_exit,
     syscall_slow = sym crate::machine::syscall_slow,
