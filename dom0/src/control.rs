@@ -9,9 +9,13 @@
 //! and 2 (console), but dom0 reads them rather than assuming), writes their nodes, and
 //! INTRODUCEs them.
 //! Rings are mapped through the grants the builder reserved for dom0 (refs 0 and 1), or by
-//! foreign mapping where there is no grant ([`crate::foreign`]); every ring port and
-//! VIRQ_DOM_EXC only raise a flag, and all the work happens in [`ControlPlane::poll`] on the
-//! main path, which blocks in `SCHEDOP_block` between events ([`ControlPlane::run`]).
+//! foreign mapping where there is no grant ([`crate::foreign`]). Work is dispatched by event:
+//! every ring port (xenstore, console, and the split-driver backends of [`crate::hw`]) has
+//! the split-driver framework's handler, which only marks the port in
+//! [`PENDING`]; [`ControlPlane::poll`] drains that set on the main path and serves the rings
+//! whose ports fired, plus the xenstore rings and dom0 clients that have output waiting —
+//! never a rescan of every ring. Between events dom0 blocks in `SCHEDOP_block`
+//! ([`ControlPlane::run`]).
 //!
 //! When a domU shuts down, dom0 drains its console, RELEASEs it from xenstore (firing
 //! `@releaseDomain`), removes its nodes, closes its ports, unmaps its rings and destroys it.
@@ -46,8 +50,10 @@ use hypercall_abi::hypercall::nr;
 use hypercall_abi::io::xenbus::XenbusState;
 use hypercall_abi::sched::shutdown;
 use hypercall_abi::{DomId, Errno, Mfn, Port};
+use pv_guest_kernel::split;
+use pv_guest_kernel::split::kernel::{self as split_kernel, PENDING};
 use pv_guest_kernel::xenbus::{TxId, Xenbus};
-use pv_guest_kernel::xenbus_state::{Role, Step, XenbusDevice};
+use pv_guest_kernel::xenbus_state::{Role, XenbusDevice};
 use pv_guest_kernel::{cmdline, events, hypercall, println, time};
 
 use crate::foreign::{self, ForeignPage, How};
@@ -60,14 +66,14 @@ const RECHECK_NS: u64 = 200_000_000;
 /// events go out on another).
 const MAX_PASSES: usize = 8;
 
-/// Raised by every ring port and by VIRQ_DOM_EXC: there is work for [`ControlPlane::poll`].
+/// Raised by VIRQ_DOM_EXC (ring ports mark [`PENDING`] instead): there is work for
+/// [`ControlPlane::poll`].
 static KICK: AtomicBool = AtomicBool::new(false);
+/// Polls made and the time spent in them (reported when dom0 stops serving).
+static POLLS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+static POLL_NS: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
 /// Raised by VIRQ_DOM_EXC: some domain changed state.
 static EXC: AtomicBool = AtomicBool::new(false);
-
-fn on_ring_event(_port: Port) {
-    KICK.store(true, Ordering::SeqCst);
-}
 
 /// To be called from the VIRQ_DOM_EXC handler.
 pub fn on_dom_exc() {
@@ -156,14 +162,23 @@ fn destroy(domid: DomId) -> Result<(), Errno> {
     hypercall::check(hypercall::domctl(&mut op)).map(drop)
 }
 
-/// Binds a local port to `domid`'s `remote` port with the ring handler, unmasked.
+/// Binds a local port to `domid`'s `remote` port with the framework's handler, unmasked,
+/// and marks it once (the ring may already hold something).
 fn bind(domid: DomId, remote: Port) -> Result<Port, Errno> {
     let port = events::bind_interdomain(domid, remote)?;
-    if let Err(e) = events::attach(port, on_ring_event) {
+    if let Err(e) = events::attach(port, split_kernel::on_event) {
         let _ = events::close(port);
         return Err(e);
     }
+    PENDING.raise(port);
     Ok(port)
+}
+
+/// Which of a domU's rings a port of the control plane serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RingKind {
+    Store,
+    Console,
 }
 
 fn console_token(id: DomId) -> String {
@@ -186,8 +201,18 @@ pub struct ControlPlane {
     doms: BTreeMap<DomId, DomU>,
     /// `conin=`: console input for one domain.
     input: Option<(DomId, Vec<u8>)>,
-    /// blkback (`vbd=`), served from the same loop.
-    blk: Option<crate::hw::blkif::BlkService>,
+    /// The split-driver backends (blkback for `vbd=`, the random-number device), served
+    /// from the same loop.
+    services: Vec<alloc::boxed::Box<dyn crate::hw::backends::Service>>,
+    /// The ports of the domUs' xenstore and console rings.
+    ports: BTreeMap<Port, (DomId, RingKind)>,
+    /// Ports that fired, drained from [`PENDING`] each pass (kept to reuse its allocation).
+    fired: Vec<Port>,
+    /// `local` was used since its watch events were last taken (they may sit in its queue).
+    local_dirty: bool,
+    /// Event-channel echo ports ([`crate::evtchn_echo`]) and `mem-set=` ([`dom0::mem_set`]).
+    echo: crate::evtchn_echo::EvtchnEcho,
+    mem_set: Option<dom0::mem_set::MemSet>,
 }
 
 impl ControlPlane {
@@ -197,7 +222,23 @@ impl ControlPlane {
         let local = local_xs::client(&xs, DomId::DOM0);
         let input = cmdline::get(cmd, "conin").and_then(boot_domains::parse_console_input);
         foreign::use_grants(cmdline::get(cmd, "ringmap") != Some("foreign"));
-        let mut cp = ControlPlane { xs, local, doms: BTreeMap::new(), input, blk: None };
+        let mem_set = dom0::mem_set::MemSet::from_option(cmdline::get(cmd, "mem-set")).unwrap_or_else(|e| {
+            println!("dom0: ignoring mem-set= ({e:?})");
+            None
+        });
+        let echo = crate::evtchn_echo::EvtchnEcho::new();
+        let mut cp = ControlPlane {
+            xs,
+            local,
+            doms: BTreeMap::new(),
+            input,
+            services: Vec::new(),
+            ports: BTreeMap::new(),
+            fired: Vec::new(),
+            local_dirty: true,
+            echo,
+            mem_set,
+        };
         for (k, v) in [("name", "Domain-0"), ("domid", "0")] {
             let _ = cp.local.write(TxId::NONE, &format!("/local/domain/0/{k}"), v.as_bytes());
         }
@@ -210,12 +251,17 @@ impl ControlPlane {
             Err(e) => println!("dom0: cannot list domains: {e}"),
         }
         println!("dom0: xenstored up, {} domU(s) introduced", cp.doms.len());
+        if let Some(rng) = crate::hw::rng::service(cmd, &cp.xs) {
+            cp.services.push(rng);
+        }
         cp
     }
 
     /// Starts blkback over `disks` for the domains `vbd=` names.
     pub fn attach_blk(&mut self, cmd: &str, disks: Vec<crate::hw::virtio_blk::VirtioBlk>) {
-        self.blk = crate::hw::blkif::BlkService::new(cmd, disks, &self.xs);
+        if let Some(blk) = crate::hw::blkif::service(cmd, disks, &self.xs) {
+            self.services.push(blk);
+        }
     }
 
     /// Domains still served.
@@ -274,9 +320,11 @@ impl ControlPlane {
                 Err(e) => println!("dom0: d{} ({name}): INTRODUCE failed: {e}", id.0),
             }
         }
+        self.local_dirty = true;
         if cons_mfn != 0 {
             match self.attach_console(id, &name, Mfn(cons_mfn), port32(cons_port)) {
                 Ok(c) => {
+                    self.ports.insert(c.port, (id, RingKind::Console));
                     if let Some(d) = self.doms.get_mut(&id) {
                         d.console = Some(c);
                     }
@@ -284,6 +332,7 @@ impl ControlPlane {
                 Err(e) => println!("dom0: d{} ({name}): console backend failed: {e}", id.0),
             }
         }
+        self.echo.watch(&mut self.local, id);
         if let Err(e) = self.local.watch(&ping_path(id), &ping_token(id)) {
             println!("dom0: d{}: cannot watch data/ping: {e}", id.0);
         }
@@ -319,9 +368,8 @@ impl ControlPlane {
         let back = backend_path(DomId::DOM0, "console", id, 0);
         let mut dev = XenbusDevice::new(Role::Backend, &back, &front);
         dev.load(&mut self.local);
-        if let Some(step) = dev.next_step() {
-            let _ = dev.complete(&mut self.local, step);
-        }
+        // The ring and port are the builder's: the framework's part is the state walk.
+        let _ = split::follow(&mut dev, &mut self.local, |_| true);
         let _ = self.local.watch(&dev.other_state_path(), &console_token(id));
         let c = ConsoleSide { page, port, log: ConsoleLog::new(name), dev };
         if let Some((target, text)) = &self.input {
@@ -353,13 +401,17 @@ impl ControlPlane {
                         }
                         (Some(_), false) => {}
                         (None, _) => match attach_store(domid, conn, gfn, port) {
-                            Ok(s) => d.store = Some(s),
+                            Ok(s) => {
+                                self.ports.insert(s.port, (domid, RingKind::Store));
+                                d.store = Some(s);
+                            }
                             Err(e) => println!("dom0: d{}: cannot serve its xenstore ring: {e}", domid.0),
                         },
                     }
                 }
                 Action::Release { domid, .. } => {
                     if let Some(s) = self.doms.get_mut(&domid).and_then(|d| d.store.take()) {
+                        self.ports.remove(&s.port);
                         let _ = events::close(s.port);
                         if let Err(e) = foreign::unmap(s.page) {
                             println!("dom0: d{}: unmapping its xenstore ring failed: {e}", domid.0);
@@ -379,31 +431,76 @@ impl ControlPlane {
         }
     }
 
-    /// One round of work: domain state changes, every ring, dom0's own watch events.
+    /// One round of work: domain state changes, then — until nothing moves — the rings whose
+    /// ports fired, the xenstore rings and dom0 clients with output waiting, and the backends.
     pub fn poll(&mut self) {
+        let t0 = time::now_ns();
+        self.poll_inner();
+        POLL_NS.fetch_add(time::now_ns().saturating_sub(t0), Ordering::Relaxed);
+        POLLS.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn poll_inner(&mut self) {
         KICK.store(false, Ordering::SeqCst);
         if EXC.swap(false, Ordering::SeqCst) {
             self.check_domains();
+            self.local_dirty = true;
         }
-        for _ in 0..MAX_PASSES {
-            let mut moved = self.service_stores();
-            self.handle_actions();
-            moved |= self.drain_consoles();
-            moved |= self.local_events();
-            if let Some(b) = self.blk.as_mut() {
-                moved |= b.poll();
+        if let Some(m) = self.mem_set.as_mut().filter(|m| !m.is_done()) {
+            for n in m.poll(time::now_ns(), list_domus, &mut self.local) {
+                println!("dom0: mem-set: {n}");
             }
-            if !moved {
+            self.local_dirty = true;
+        }
+        let mut fired = core::mem::take(&mut self.fired);
+        for _ in 0..MAX_PASSES {
+            fired.clear();
+            PENDING.drain(|p| fired.push(p));
+            let mut moved = false;
+            for &p in &fired {
+                match self.ports.get(&p) {
+                    Some(&(id, RingKind::Store)) => moved |= self.service_store(id),
+                    Some(&(id, RingKind::Console)) => moved |= self.drain_console(id),
+                    None => {}
+                }
+            }
+            // Requests on one ring can queue replies and watch events for others.
+            moved |= self.flush_stores();
+            self.handle_actions();
+            moved |= self.local_events();
+            for s in self.services.iter_mut() {
+                moved |= s.poll(&fired);
+            }
+            if !moved && !PENDING.any() {
                 break;
             }
         }
+        self.fired = fired;
     }
 
-    fn service_stores(&mut self) -> bool {
+    /// True if something is waiting without an event having been raised.
+    fn has_work(&self) -> bool {
+        KICK.load(Ordering::SeqCst) || PENDING.any() || self.services.iter().any(|s| s.has_work())
+    }
+
+    fn service_store(&mut self, id: DomId) -> bool {
+        let Some(s) = self.doms.get_mut(&id).and_then(|d| d.store.as_mut()) else { return false };
+        let r = s.ring.service(&mut self.xs.borrow_mut(), &s.page.page());
+        if r.notify {
+            let _ = events::send(s.port);
+        }
+        r.notify
+    }
+
+    /// Serves the rings that have replies or watch events queued in xenstored.
+    fn flush_stores(&mut self) -> bool {
         let mut moved = false;
         let mut xs = self.xs.borrow_mut();
         for d in self.doms.values_mut() {
             let Some(s) = d.store.as_mut() else { continue };
+            if xs.pending_output(s.ring.conn) == 0 {
+                continue;
+            }
             let r = s.ring.service(&mut xs, &s.page.page());
             if r.notify {
                 moved = true;
@@ -413,32 +510,36 @@ impl ControlPlane {
         moved
     }
 
-    fn drain_consoles(&mut self) -> bool {
-        let mut moved = false;
-        for d in self.doms.values_mut() {
-            let Some(c) = d.console.as_mut() else { continue };
-            let (taken, more) = console_backend::drain(&c.page.page(), &mut c.log, print_line(&d.name));
-            if taken > 0 {
-                let _ = events::send(c.port);
-            }
-            if more {
-                // Come back after the others had their turn.
-                KICK.store(true, Ordering::SeqCst);
-            }
-            moved |= taken > 0;
+    fn drain_console(&mut self, id: DomId) -> bool {
+        let Some(d) = self.doms.get_mut(&id) else { return false };
+        let Some(c) = d.console.as_mut() else { return false };
+        let (taken, more) = console_backend::drain(&c.page.page(), &mut c.log, print_line(&d.name));
+        if taken > 0 {
+            let _ = events::send(c.port);
         }
-        moved
+        if more {
+            // Come back after the others had their turn.
+            PENDING.raise(c.port);
+        }
+        taken > 0
     }
 
-    /// Reacts to dom0's watches: console frontends' states, and the echo service.
+    /// Reacts to dom0's watches: console frontends' states, and the echo service. Looks only
+    /// if xenstored queued something for dom0 or dom0 used its client since the last look.
     fn local_events(&mut self) -> bool {
+        let queued = self.xs.borrow().pending_output(self.local.transport_mut().conn()) > 0;
+        if !queued && !core::mem::take(&mut self.local_dirty) {
+            return false;
+        }
         let mut moved = false;
         while let Ok(Some(ev)) = self.local.next_watch_event() {
+            self.local_dirty = true;
             moved = true;
             let Some((kind, id)) = ev.token.split_once(':') else { continue };
             let Some(id) = id.parse::<u16>().ok().map(DomId) else { continue };
             match kind {
                 "console" => self.console_handshake(id),
+                crate::evtchn_echo::TOKEN_KIND => self.echo.changed(&mut self.local, id),
                 "ping" => {
                     if let Ok(v) = self.local.read(TxId::NONE, &ping_path(id)) {
                         let pong = format!("/local/domain/{}/data/pong", id.0);
@@ -456,23 +557,12 @@ impl ControlPlane {
     fn console_handshake(&mut self, id: DomId) {
         let Some(d) = self.doms.get_mut(&id) else { return };
         let Some(c) = d.console.as_mut() else { return };
-        if c.dev.refresh_other(&mut self.local).is_none() {
-            return;
-        }
-        while let Some(step) = c.dev.next_step() {
-            match c.dev.complete(&mut self.local, step) {
-                Ok(XenbusState::Connected) => {
-                    println!("dom0: d{} ({}) console frontend connected", id.0, d.name);
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    println!("dom0: d{}: console state {step:?} failed: {e}", id.0);
-                    break;
-                }
+        match split::follow(&mut c.dev, &mut self.local, |_| true) {
+            Ok(entered) if entered.contains(&XenbusState::Connected) => {
+                println!("dom0: d{} ({}) console frontend connected", id.0, d.name);
             }
-            if step == Step::Closed {
-                break;
-            }
+            Ok(_) => {}
+            Err((step, e)) => println!("dom0: d{}: console state {step:?} failed: {e}", id.0),
         }
     }
 
@@ -511,6 +601,7 @@ impl ControlPlane {
         }
         println!("dom0: d{} ({}) {how}", id.0, d.name);
         if let Some(c) = d.console.take() {
+            self.ports.remove(&c.port);
             let _ = events::close(c.port);
             if let Err(e) = foreign::unmap(c.page) {
                 println!("dom0: d{}: unmapping its console ring failed: {e}", id.0);
@@ -518,6 +609,7 @@ impl ControlPlane {
             let _ = self.local.unwatch(&c.dev.other_state_path(), &console_token(id));
         }
         let _ = self.local.unwatch(&ping_path(id), &ping_token(id));
+        self.echo.retire(&mut self.local, id);
         // Put the store side back so the Release action finds it.
         let had_store = d.store.is_some();
         self.doms.insert(id, d);
@@ -546,13 +638,15 @@ impl ControlPlane {
         loop {
             self.poll();
             if self.doms.is_empty() {
+                println!(
+                    "dom0: control plane: {} polls, {} us in them",
+                    POLLS.load(Ordering::Relaxed),
+                    POLL_NS.load(Ordering::Relaxed) / 1000
+                );
                 return;
             }
             let deadline = time::now_ns().saturating_add(RECHECK_NS);
-            let woke = events::block_until(
-                || KICK.load(Ordering::SeqCst) || crate::hw::blkif::pending(),
-                Some(deadline),
-            );
+            let woke = events::block_until(|| self.has_work(), Some(deadline));
             if woke.is_err() {
                 hypercall::yield_cpu();
             }
@@ -582,8 +676,6 @@ fn attach_store(
     };
     let ring = StoreRing::new(domid, conn, gfn, remote);
     ring.advertise(&page.page());
-    // Requests may already be waiting.
-    KICK.store(true, Ordering::SeqCst);
     Ok(StoreSide { ring, page, port })
 }
 

@@ -27,6 +27,7 @@ mod memtest;
 mod hw;
 
 mod control;
+mod evtchn_echo;
 mod foreign;
 
 pv_guest_kernel::pv_kernel!(main, "microvisor-dom0");

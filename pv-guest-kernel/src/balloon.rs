@@ -9,10 +9,14 @@
 //! their M2P entries); the P2M and the direct map are updated and the pages go back to the
 //! allocator.
 //!
-//! The target comes from whoever sets it: for now the `balloon=<pages>` boot option
-//! ([`apply_cmdline`]), later the toolstack's `memory/target` xenstore node, whose watch
-//! calls [`set_target`] the same way. A domain cannot grow beyond the pages it booted with
-//! (its P2M has no room for more pfns).
+//! The target comes from the toolstack's `memory/target` xenstore node (KiB), as for Linux's
+//! xen-balloon: [`watch_target`] watches it relative to the domain's home, and each event
+//! handed to [`handle_event`] re-reads the node and balloons to it. The value is the
+//! toolstack's, but it sits in a store a bug or an attacker may have written: anything but a
+//! plain decimal number is ignored with a log line ([`parse_target_kib`]), and the target is
+//! clamped to `[FLOOR_PAGES, boot size]`. The `balloon=<pages>` boot option
+//! ([`apply_cmdline`]) sets a target the same way, for tests without a toolstack. A domain
+//! cannot grow beyond the pages it booted with (its P2M has no room for more pfns).
 //!
 //! [`Balloon`] is the pure bookkeeping (host-tested); the hypercalls are in the kernel part.
 
@@ -136,6 +140,50 @@ impl Balloon {
     }
 }
 
+/// The toolstack's target node, relative to the domain's home (`/local/domain/<id>`).
+pub const TARGET_NODE: &str = "memory/target";
+/// The token of the balloon's watch on [`TARGET_NODE`].
+pub const WATCH_TOKEN: &str = "balloon:memory/target";
+/// Digits a KiB figure may have: `u64::MAX` has 20.
+const MAX_DIGITS: usize = 20;
+
+/// Why a `memory/target` value was ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetError {
+    /// Nothing but whitespace.
+    Empty,
+    /// A character other than a decimal digit (signs, hex, units, embedded NULs included).
+    NotDecimal,
+    /// More than a u64 of KiB.
+    TooLarge,
+}
+
+/// The KiB a `memory/target` value asks for: a decimal number (surrounding ASCII whitespace
+/// allowed, as `%llu` would skip it). Whatever else is refused, never wrapped or truncated.
+pub fn parse_target_kib(value: &[u8]) -> Result<u64, TargetError> {
+    let v = value.trim_ascii();
+    if v.is_empty() {
+        return Err(TargetError::Empty);
+    }
+    if !v.iter().all(u8::is_ascii_digit) {
+        return Err(TargetError::NotDecimal);
+    }
+    // Leading zeros do not make a number larger.
+    let first = v.iter().position(|&c| c != b'0').unwrap_or(v.len());
+    if v.len() - first > MAX_DIGITS {
+        return Err(TargetError::TooLarge);
+    }
+    v[first..]
+        .iter()
+        .try_fold(0u64, |acc, &c| acc.checked_mul(10)?.checked_add(u64::from(c - b'0')))
+        .ok_or(TargetError::TooLarge)
+}
+
+/// Whole pages in `kib` KiB, rounded down as Linux does (`target >> (PAGE_SHIFT - 10)`).
+pub fn kib_to_pages(kib: u64) -> u64 {
+    kib / 4
+}
+
 /// The balloon's figures.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Status {
@@ -154,10 +202,22 @@ pub struct Shortfall {
     pub err: hypercall_abi::Errno,
 }
 
+/// What one event of the balloon's watch led to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TargetEvent {
+    /// `memory/target` could not be read (it may not exist, or the store refused).
+    Unreadable(hypercall_abi::Errno),
+    /// The value is not a target; nothing changed.
+    Ignored(TargetError),
+    /// The balloon went for `kib` KiB: it had `before` pages, and this is where it got.
+    Followed { kib: u64, before: u64, outcome: Result<Status, Shortfall> },
+}
+
 #[cfg(not(test))]
 mod kernel {
     use super::*;
-    use crate::{cmdline, hypercall, mm};
+    use crate::xenbus::{Transport, TxId, WatchEvent, Xenbus};
+    use crate::{cmdline, hypercall, mm, println};
     use hypercall_abi::memory::{op, XenMemoryReservation};
     use hypercall_abi::{DomId, Errno, Mfn};
     use spin::Mutex;
@@ -303,6 +363,57 @@ mod kernel {
         STATE.lock().as_ref().is_some_and(|s| s.balloon.is_out(pfn))
     }
 
+    /// Watches `memory/target` (relative to our home, so the toolstack's node for this
+    /// domain); xenstored fires the watch once at once, so the first event brings the
+    /// current target.
+    pub fn watch_target<T: Transport>(xb: &mut Xenbus<T>) -> Result<(), Errno> {
+        xb.watch(TARGET_NODE, WATCH_TOKEN)
+    }
+
+    /// Follows `memory/target` if `ev` is the balloon's watch event (`None` otherwise): reads
+    /// the node again (events say that it changed, not to what) and balloons to it, as
+    /// Linux's `watch_target` does. Bad values and shortfalls are logged; so is every move.
+    pub fn handle_event<T: Transport>(xb: &mut Xenbus<T>, ev: &WatchEvent) -> Option<TargetEvent> {
+        (ev.token == WATCH_TOKEN).then(|| follow_target(xb))
+    }
+
+    /// Reads `memory/target` and balloons to it.
+    pub fn follow_target<T: Transport>(xb: &mut Xenbus<T>) -> TargetEvent {
+        let value = match xb.read(TxId::NONE, TARGET_NODE) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("balloon: cannot read {TARGET_NODE}: {e}");
+                return TargetEvent::Unreadable(e);
+            }
+        };
+        let kib = match parse_target_kib(&value) {
+            Ok(k) => k,
+            Err(e) => {
+                let shown: alloc::string::String = value
+                    .iter()
+                    .take(32)
+                    .map(|&b| if b.is_ascii_graphic() { b as char } else { '?' })
+                    .collect();
+                println!("balloon: ignoring {TARGET_NODE} \"{shown}\" ({e:?})");
+                return TargetEvent::Ignored(e);
+            }
+        };
+        let pages = kib_to_pages(kib);
+        let before = status().map_or_else(|| mm::info().map_or(0, |i| i.nr_pages), |s| s.current);
+        let outcome = set_target(pages);
+        match &outcome {
+            Ok(st) if st.current != before => {
+                println!("balloon: target {kib} KiB: {before} -> {} pages ({} out)", st.current, st.ballooned)
+            }
+            Ok(_) => {}
+            Err(s) => println!(
+                "balloon: target {kib} KiB: stopped at {} pages ({}), from {before}",
+                s.status.current, s.err
+            ),
+        }
+        TargetEvent::Followed { kib, before, outcome }
+    }
+
     /// Applies `balloon=<pages>` from the kernel command line, if present: `None` without
     /// the option, the outcome otherwise (a malformed value is `EINVAL`).
     pub fn apply_cmdline(cmd: &str) -> Option<Result<Status, Shortfall>> {
@@ -341,6 +452,24 @@ mod tests {
     }
 
     #[test]
+    fn target_values_are_plain_decimal_kib() {
+        assert_eq!(parse_target_kib(b"32768"), Ok(32768));
+        // Surrounding whitespace allowed; pages are rounded down.
+        assert_eq!(parse_target_kib(b" 28675\n"), Ok(28675));
+        assert_eq!(kib_to_pages(28675), 7168);
+        assert_eq!(kib_to_pages(3), 0);
+        assert_eq!(parse_target_kib(b"0000000000000000000000000004"), Ok(4));
+        assert_eq!(parse_target_kib(b"18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(parse_target_kib(b"18446744073709551616"), Err(TargetError::TooLarge));
+        assert_eq!(parse_target_kib(b"999999999999999999999"), Err(TargetError::TooLarge));
+        assert_eq!(parse_target_kib(b""), Err(TargetError::Empty));
+        assert_eq!(parse_target_kib(b" \t"), Err(TargetError::Empty));
+        for bad in [&b"-1"[..], b"+5", b"0x100", b"12k", b"1 2", b"12\0", b"\xff", b"1.5"] {
+            assert_eq!(parse_target_kib(bad), Err(TargetError::NotDecimal), "{bad:?}");
+        }
+    }
+
+    #[test]
     fn reclaims_the_most_recent_first_and_refuses_duplicates() {
         let mut b = Balloon::new(100, 0).unwrap();
         b.record_released(&[Pfn(5), Pfn(6)]).unwrap();
@@ -368,6 +497,29 @@ mod tests {
     }
 
     proptest! {
+        /// Any decimal KiB figure that fits a u64 parses to itself; text made of digits,
+        /// whitespace and the characters a sloppy writer might add parses exactly when it is
+        /// a plain number that fits; any bytes at all give a value or an error, never a panic.
+        #[test]
+        fn target_parse_matches_u64(
+            kib: u64,
+            text in "[ \t\n0-9x+.-]{0,25}",
+            junk in proptest::collection::vec(any::<u8>(), 0..40),
+        ) {
+            prop_assert_eq!(parse_target_kib(kib.to_string().as_bytes()), Ok(kib));
+            prop_assert!(kib_to_pages(kib) * 4 <= kib && kib - kib_to_pages(kib) * 4 < 4);
+            let t = text.trim_ascii();
+            let want = if t.is_empty() {
+                Err(TargetError::Empty)
+            } else if !t.bytes().all(|b| b.is_ascii_digit()) {
+                Err(TargetError::NotDecimal)
+            } else {
+                u64::try_from(t.parse::<u128>().unwrap()).map_err(|_| TargetError::TooLarge)
+            };
+            prop_assert_eq!(parse_target_kib(text.as_bytes()), want);
+            let _ = parse_target_kib(&junk);
+        }
+
         /// Driving the bookkeeping like the kernel part does: the page count is conserved, the
         /// bitmap matches the list, and following the steps always reaches the clamped target.
         #[test]

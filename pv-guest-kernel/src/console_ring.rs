@@ -7,7 +7,8 @@
 //! switches output to the ring and publishes `console/state` = Connected ([`connect`]). A
 //! full ring is waited out by yielding a bounded number of times; whatever still does not fit
 //! goes to `console_io`, so no output is ever lost. Input arrives in the `in` ring
-//! ([`read_input`]).
+//! ([`read_input`]). The state walk is the split-driver framework's ([`crate::split::follow`]);
+//! the ring itself is the builder's, so there is nothing to grant or bind.
 
 #[cfg(not(test))]
 mod kernel {
@@ -16,6 +17,7 @@ mod kernel {
     use crate::xenbus_state::{Role, Step, XenbusDevice};
     use crate::{events, hypercall};
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+    use hypercall_abi::io::xenbus::XenbusState;
     use hypercall_abi::xen::StartInfo;
     use hypercall_abi::{Errno, Mfn, Port};
 
@@ -118,7 +120,7 @@ mod kernel {
         let backend = xb.read_string(TxId::NONE, "console/backend")?;
         let mut dev = XenbusDevice::new(Role::Frontend, "console", &backend);
         dev.load(xb);
-        dev.switch(xb, hypercall_abi::io::xenbus::XenbusState::Initialising)?;
+        dev.switch(xb, XenbusState::Initialising)?;
         xb.watch(&dev.other_state_path(), TOKEN)?;
         let r = loop {
             match xb.wait_watch_event() {
@@ -126,14 +128,24 @@ mod kernel {
                 Ok(_) => continue,
                 Err(e) => break Err(e),
             }
-            dev.refresh_other(xb);
-            match dev.next_step() {
-                Some(Step::Connect) => {
+            // The ring and port are the builder's: the framework's part is the state walk.
+            let mut closed = false;
+            let walked = crate::split::follow(&mut dev, xb, |step| match step {
+                Step::Connect => {
                     enable(true);
-                    break dev.complete(xb, Step::Connect).map(drop);
+                    true
                 }
-                Some(Step::Close | Step::Closed) => break Err(Errno::ENODEV),
-                _ => {}
+                Step::Close | Step::Closed => {
+                    closed = true;
+                    false
+                }
+                _ => true,
+            });
+            match walked {
+                _ if closed => break Err(Errno::ENODEV),
+                Ok(entered) if entered.contains(&XenbusState::Connected) => break Ok(()),
+                Ok(_) => {}
+                Err((_, e)) => break Err(e),
             }
         };
         let _ = xb.unwatch(&dev.other_state_path(), TOKEN);

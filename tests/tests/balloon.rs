@@ -1,5 +1,6 @@
 //! The balloon driver against the hypervisor's accounting: ballooning down by N pages frees N
-//! machine frames and takes N from the domain, ballooning back up reverses both exactly.
+//! machine frames and takes N from the domain, ballooning back up reverses both exactly; with
+//! the target set by dom0 through xenstore (`mem-set=`) as well as by a boot option.
 
 use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
 
@@ -51,4 +52,43 @@ fn ballooning_down_1024_pages_and_back_is_exact() {
 fn ballooning_below_the_floor_stops_at_the_floor() {
     // The driver keeps 1024 pages whatever the target says.
     balloon_down_and_up(0, 8192 - 1024);
+}
+
+/// `xl mem-set` through xenstore: dom0 writes a lower `memory/target`, waits until the domain
+/// holds it (getdomaininfo), then writes the original; the domain's balloon follows both, and
+/// the hypervisor's free-frame count moves by exactly the difference and back.
+#[test]
+fn the_balloon_follows_memory_target_set_by_dom0() {
+    let k = kernels();
+    let m = Machine::scenario(&k, "balloon-xs moves=2").dom0_options("mem-set=tg:28672:32768");
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_no_line("crashed")
+        .expect_line("TEST balloon-xs PASS")
+        .expect_order("dom0: mem-set: d1 (tg) target 28672 KiB", "BALLOON down")
+        .expect_order(
+            "dom0: mem-set: d1 (tg) reached 28672 KiB (7168 pages)",
+            "dom0: mem-set: d1 (tg) target 32768 KiB",
+        )
+        .expect_order("BALLOON down", "BALLOON up")
+        .expect_line("dom0: mem-set: d1 (tg) reached 32768 KiB (8192 pages)")
+        .expect_line("dom0: mem-set: d1 (tg) done");
+    let down = figures(&run, "down");
+    let up = figures(&run, "up");
+    for (f, dir, sign) in [(&down, "down", 1), (&up, "up", -1)] {
+        assert_eq!(field(f, "pages"), 1024, "{dir}\n{}", run.text());
+        assert_eq!(field(f, "free_delta"), sign * 1024, "{dir}\n{}", run.text());
+        assert_eq!(field(f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
+    }
+    assert_eq!(field(&down, "target_kib"), 28672, "{}", run.text());
+    assert_eq!(field(&down, "reservation"), 7168, "{}", run.text());
+    assert_eq!(field(&up, "target_kib"), 32768, "{}", run.text());
+    assert_eq!(field(&up, "reservation"), 8192, "{}", run.text());
+    // Back where it started: the free count after going up is the one before going down.
+    let free = |f: &[(String, String)]| -> (i64, i64) {
+        let v = &f.iter().find(|(k, _)| k == "free").unwrap().1;
+        let (a, b) = v.split_once("->").unwrap();
+        (a.parse().unwrap(), b.parse().unwrap())
+    };
+    assert_eq!(free(&down).0, free(&up).1, "{}", run.text());
 }

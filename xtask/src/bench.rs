@@ -62,7 +62,8 @@ pub fn ratio_to_floor(results: &[BenchResult], name: &str) -> Option<f64> {
     (floor.median > 0).then(|| r.median as f64 / floor.median as f64)
 }
 
-/// The results as an aligned table with each metric's ratio to the floor.
+/// The results as an aligned table with each metric's ratio to the floor, then the goal
+/// ratios ([`goal_lines`]).
 pub fn table(results: &[BenchResult]) -> String {
     let mut out = format!(
         "{:<28} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
@@ -74,6 +75,29 @@ pub fn table(results: &[BenchResult]) -> String {
             "{:<28} {:>6} {:>9} {:>10} {:>10} {:>10} {:>9}\n",
             r.name, r.unit, r.n, r.min, r.median, r.p99, ratio
         );
+    }
+    out + &goal_lines(results)
+}
+
+/// The ratios issue 6 sets goals for, where both figures were measured: the null hypercall
+/// over the floor and the event-channel ping-pong over the null hypercall.
+pub const GOALS: [(&str, &str, f64); 2] =
+    [("hypercall.null", "floor.syscall_sysret", 1.25), ("evtchn.pingpong", "hypercall.null", 8.0)];
+
+/// `a / b` of the medians, if both metrics are there and `b` is not zero.
+pub fn ratio(results: &[BenchResult], a: &str, b: &str) -> Option<f64> {
+    let a = results.iter().find(|r| r.name == a)?;
+    let b = results.iter().find(|r| r.name == b)?;
+    (b.median > 0).then(|| a.median as f64 / b.median as f64)
+}
+
+/// One line per goal ratio that can be computed (the goals are for wall mode).
+pub fn goal_lines(results: &[BenchResult]) -> String {
+    let mut out = String::new();
+    for (a, b, goal) in GOALS {
+        if let Some(x) = ratio(results, a, b) {
+            out += &format!("{a} / {b} = {x:.2}x (goal <= {goal}x in wall mode)\n");
+        }
     }
     out
 }
@@ -126,6 +150,25 @@ mod tests {
         let ratio = ratio_to_floor(&r, "hypercall.null").unwrap();
         assert!((ratio - 180.0 / 158.0).abs() < 1e-9);
         assert!(table(&r).contains("hypercall.null"));
+        assert_eq!(
+            goal_lines(&r),
+            "hypercall.null / floor.syscall_sysret = 1.14x (goal <= 1.25x in wall mode)\n"
+        );
+    }
+
+    #[test]
+    fn goal_ratios() {
+        let log = vec![
+            "BENCH name=hypercall.null unit=tsc n=10 min=200 median=250 p99=300".to_string(),
+            "BENCH name=evtchn.pingpong unit=tsc n=10 min=1000 median=2500 p99=3000".to_string(),
+            "BENCH name=floor.syscall_sysret unit=tsc n=10 min=0 median=0 p99=0".to_string(),
+        ];
+        let r = parse(&log, "wall");
+        assert_eq!(ratio(&r, "evtchn.pingpong", "hypercall.null"), Some(10.0));
+        // A zero denominator or a missing metric gives no ratio.
+        assert_eq!(ratio(&r, "hypercall.null", "floor.syscall_sysret"), None);
+        assert_eq!(ratio(&r, "sched.domain_switch", "hypercall.null"), None);
+        assert_eq!(goal_lines(&r), "evtchn.pingpong / hypercall.null = 10.00x (goal <= 8x in wall mode)\n");
     }
 
     #[test]

@@ -112,9 +112,11 @@ impl Machine {
     }
 
     /// The benchmark machine: the latency floor measured by the hypervisor, dom0, and the
-    /// test guest running every benchmark scenario (`scenario=bench`: bench-null, then
-    /// bench-mm) with `iters` iterations; then the disk benchmarks on a scratch image, dom0
-    /// direct first and a second test guest through blkfront/blkback after.
+    /// test guest running every benchmark scenario (`scenario=bench`: bench-null, bench-mm,
+    /// the event/grant ones, the event-channel ping-pong with dom0, and last the domain
+    /// switch against a partner domain) with `iters` iterations; with the disk benchmarks on
+    /// a scratch image, dom0 direct first and a second test guest through blkfront/blkback
+    /// last.
     pub fn bench(k: &Kernels, iters: u64) -> Machine {
         Machine::bench_with(k, iters, true)
     }
@@ -122,24 +124,34 @@ impl Machine {
     /// [`Machine::bench`], with the disk benchmarks only when `disks`: under `-icount` a disk
     /// completes when the host's I/O thread finishes, so disk figures are neither
     /// deterministic nor meaningful in instruction-count mode.
+    ///
+    /// Each benchmark has the CPU to itself, in turns: dom0 measures its disk at boot, before
+    /// it starts xenstored; the bench guest waits until xenstored answers, runs everything
+    /// and publishes `data/bench-done`; the disk guest waits for that (`after=1`). The
+    /// partner of `sched.domain_switch` blocks until the bench guest's last benchmark tells
+    /// it to start, and exits when told to stop. Domains get their ids in boot order (bench
+    /// 1, partner 2), which is how they name each other.
     pub fn bench_with(k: &Kernels, iters: u64, disks: bool) -> Machine {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("floor={iters}");
         m.modules = vec![
             Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0"),
-            Module::new(&k.testguest, &format!("name=bench mem=32M -- scenario=bench iters={iters}")),
+            Module::new(
+                &k.testguest,
+                &format!("name=bench mem=32M -- scenario=bench iters={iters} switch-peer=2"),
+            ),
+            Module::new(&k.testguest, "name=partner mem=16M -- scenario=switch-partner peer=1"),
         ];
-        // The disk benchmarks: dom0 measures the disk directly once the test guest above has
-        // finished (so it has the CPU to itself), then serves it to a second test guest
-        // which measures the same I/O pattern through blkfront/blkback.
         if !disks {
             return m;
         }
         match crate::disk::scratch_image("bench", 128 << 20) {
             Ok(disk) => {
-                m = m.with_vbd(&disk, "blkbench").dom0_options("blkbench=64 blkbench-wait=bench");
-                m.modules
-                    .push(Module::new(&k.testguest, "name=blkbench mem=32M -- scenario=blk-bench span=64"));
+                m = m.with_vbd(&disk, "blkbench").dom0_options("blkbench=64");
+                m.modules.push(Module::new(
+                    &k.testguest,
+                    "name=blkbench mem=32M -- scenario=blk-bench span=64 after=1",
+                ));
             }
             Err(e) => eprintln!("xtask: no disk for the bench machine ({e}); disk figures skipped"),
         }
@@ -191,6 +203,8 @@ impl Machine {
             c.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk{i},cache=unsafe", d.display()));
             c.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
         }
+        // A random-number source dom0 serves to the domUs (its `vrng` backend).
+        c.args(["-device", "virtio-rng-pci,disable-legacy=on"]);
         c.args(&self.extra_args);
         c
     }

@@ -262,6 +262,10 @@ impl<M: RingMemory> Blkback<M> {
     pub fn memory(&self) -> &M {
         &self.mem
     }
+    /// Gives the ring memory back (the connection is over), for unmapping.
+    pub fn into_memory(self) -> M {
+        self.mem
+    }
     /// Requests taken and not answered yet.
     pub fn in_flight(&self) -> usize {
         self.slots.len() - self.free.len()

@@ -37,11 +37,6 @@ fn on_event(port: Port) {
     }
 }
 
-/// True if any bound line fired and was not taken yet.
-pub fn any_pending() -> bool {
-    LINES.iter().any(|l| l.pending.load(Ordering::SeqCst))
-}
-
 /// A bound device interrupt.
 #[derive(Debug)]
 pub struct Irq {

@@ -15,15 +15,22 @@
 //! * `blkdepth=<n>` — requests in flight in that benchmark (default 32, a blkif ring's worth);
 //! * `vbd=<name|id>[,...]` — serve the n-th disk to the n-th domain as a Xen vbd
 //!   ([`blkif`]); `blkchunk=<n>` caps the disk completions answered per pass and
-//!   `blkyield=1` makes dom0 yield to a just-notified frontend while the disk is busy
-//!   (tuning knobs for measurements; the defaults are what the benchmarks use).
+//!   `blkyield=1` hands the CPU to a frontend that has answers while the disk is still busy
+//!   (tuning knobs for measurements; the defaults are what the benchmarks use);
+//! * `vrng=<name|id>[,...]` or `vrng=none` — which domains get a random-number device backed
+//!   by virtio-rng ([`rng`]; default: every domU).
+//!
+//! The split-driver backends ([`blkif`], [`rng`]) are kinds of [`backends::Backends`], the
+//! host every backend kind shares.
 
+pub mod backends;
 pub mod blkbench;
 pub mod blkif;
 pub mod dma;
 pub mod hal;
 pub mod irq;
 pub mod portio;
+pub mod rng;
 pub mod virtio_blk;
 
 use alloc::vec::Vec;

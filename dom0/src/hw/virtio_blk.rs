@@ -180,29 +180,33 @@ pub fn find() -> Vec<Function> {
         .collect()
 }
 
+/// The virtio PCI transport of function `f`: its memory BARs mapped into dom0 (uncached,
+/// through `DOMID_IO`), memory decoding and bus mastering on, INTx enabled.
+pub fn pci_transport(f: &Function) -> Result<PciTransport, &'static str> {
+    let mut cam = PortCam;
+    for (_, bar) in pci::bars(&mut cam, f.bdf) {
+        if let Bar::Memory { addr, size, .. } = bar {
+            if addr == 0 || size > 1 << 28 {
+                continue;
+            }
+            dma::map_mmio(addr, size).map_err(|_| "cannot map a BAR")?;
+        }
+    }
+    let cmd = pci::reg::COMMAND_STATUS;
+    let v = pci::ConfigSpace::read32(&cam, f.bdf, cmd) & 0xffff;
+    let v = (v | u32::from(pci::command::MEMORY_SPACE | pci::command::BUS_MASTER))
+        & !u32::from(pci::command::INTX_DISABLE);
+    pci::ConfigSpace::write32(&mut cam, f.bdf, cmd, v);
+    let df = DeviceFunction { bus: f.bdf.bus, device: f.bdf.dev, function: f.bdf.func };
+    let mut root = PciRoot::new(PortCam);
+    PciTransport::new::<XenHal, PortCam>(&mut root, df).map_err(|_| "not a modern virtio device")
+}
+
 impl VirtioBlk {
     /// Sets the device up: maps its BARs, negotiates features, creates the queue, binds its
     /// interrupt (falling back to polling if that fails) and marks the driver ready.
     pub fn init(f: &Function) -> Result<VirtioBlk, &'static str> {
-        let mut cam = PortCam;
-        for (_, bar) in pci::bars(&mut cam, f.bdf) {
-            if let Bar::Memory { addr, size, .. } = bar {
-                if addr == 0 || size > 1 << 28 {
-                    continue;
-                }
-                dma::map_mmio(addr, size).map_err(|_| "cannot map a BAR")?;
-            }
-        }
-        let cmd = pci::reg::COMMAND_STATUS;
-        let v = pci::ConfigSpace::read32(&cam, f.bdf, cmd) & 0xffff;
-        let v = (v | u32::from(pci::command::MEMORY_SPACE | pci::command::BUS_MASTER))
-            & !u32::from(pci::command::INTX_DISABLE);
-        pci::ConfigSpace::write32(&mut cam, f.bdf, cmd, v);
-
-        let df = DeviceFunction { bus: f.bdf.bus, device: f.bdf.dev, function: f.bdf.func };
-        let mut root = PciRoot::new(PortCam);
-        let mut t =
-            PciTransport::new::<XenHal, PortCam>(&mut root, df).map_err(|_| "not a modern virtio device")?;
+        let mut t = pci_transport(f)?;
 
         // Feature negotiation (virtio 1.x §3.1.1).
         t.set_status(DeviceStatus::empty());

@@ -1,5 +1,5 @@
 //! Shared-memory I/O protocols (`public/io/`): the generic ring and the console, xenstore,
-//! block and network protocols built on it.
+//! block, network and random-number protocols built on it.
 //!
 //! Everything here is read and written by two mutually distrustful domains at the same time.
 //! The types in this module therefore never hold a reference into the shared page: the
@@ -11,6 +11,7 @@ pub mod blkif;
 pub mod console;
 pub mod netif;
 pub mod ring;
+pub mod rngif;
 pub mod xenbus;
 pub mod xs_wire;
 

@@ -3,6 +3,9 @@
 //! loop long enough to be preempted (its lines interleave with dom0's on the console), echoes
 //! any console input it receives, and powers off.
 //!
+//! Between steps it follows the toolstack's `memory/target` with its balloon driver
+//! ([`pv_guest_kernel::balloon`]), so dom0's `mem-set=` moves its memory.
+//!
 //! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration,
 //! `xstest` to run the xenstore self-test ([`pv_guest_kernel::xenbus::selftest`]) first.
 #![no_std]
@@ -10,7 +13,7 @@
 
 use kernel_rt as _;
 use pv_guest_kernel::start_info::StartInfo;
-use pv_guest_kernel::{cmdline, console_ring, println, time, xenbus};
+use pv_guest_kernel::{balloon, cmdline, console_ring, println, time, xenbus};
 
 pv_guest_kernel::pv_kernel!(main, "microvisor-domU");
 
@@ -19,7 +22,7 @@ fn main(si: &StartInfo) {
     println!("domU: up, {} pages, command line \"{cmd}\"", si.nr_pages);
     let steps = option(cmd, "steps", 30, 1, 10_000);
     let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
-    match xenbus::connect(si) {
+    let mut xb = match xenbus::connect(si) {
         Ok(mut xb) => {
             match console_ring::connect(&mut xb, si) {
                 // From here on, output goes through dom0's console backend.
@@ -30,17 +33,31 @@ fn main(si: &StartInfo) {
                 xenbus::selftest::run(&mut xb);
             }
             pv_guest_kernel::blkfront::demo::run(&mut xb);
+            if let Err(e) = balloon::watch_target(&mut xb) {
+                println!("domU: cannot watch memory/target ({e}); no ballooning");
+            }
+            Some(xb)
         }
-        Err(e) => println!("domU: no xenstore ({e}), staying on console_io"),
-    }
+        Err(e) => {
+            println!("domU: no xenstore ({e}), staying on console_io");
+            None
+        }
+    };
     let t0 = time::now_ns();
     let mut acc = 0u64;
     for step in 1..=steps {
         acc = acc.wrapping_add(busy_work(work, step));
         println!("domU: step {step}/{steps}");
         echo_input();
+        // Watch events other than the balloon's have no taker here.
+        while let Some(ev) = xb.as_mut().and_then(|xb| xb.next_watch_event().ok().flatten()) {
+            let _ = xb.as_mut().and_then(|xb| balloon::handle_event(xb, &ev));
+        }
     }
     let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
+    if let Some(xb) = xb.as_mut() {
+        pv_guest_kernel::rngfront::demo(xb)
+    }
     println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
 }
 

@@ -100,6 +100,12 @@ mod bench_console;
 mod bench_evtchn;
 #[path = "testguest/bench_mm.rs"]
 mod bench_mm;
+#[path = "testguest/bench_order.rs"]
+mod bench_order;
+#[path = "testguest/bench_pingpong.rs"]
+mod bench_pingpong;
+#[path = "testguest/bench_switch.rs"]
+mod bench_switch;
 #[path = "testguest/blk.rs"]
 mod blk;
 #[path = "testguest/cases.rs"]
@@ -108,6 +114,8 @@ mod cases;
 mod ipc_hostile;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/rng.rs"]
+mod rng;
 #[path = "testguest/timing.rs"]
 mod timing;
 #[path = "testguest/user_mode.rs"]

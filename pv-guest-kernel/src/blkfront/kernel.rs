@@ -1,105 +1,25 @@
-//! The kernel half of blkfront: the XenBus handshake, the ring page and its grant, the
-//! event channel, per-request grants of the caller's pages, and the block API.
+//! The kernel half of blkfront: the blkif driver on the split-driver framework (which owns
+//! the handshake, the ring page, its grant and the event channel), per-request grants of the
+//! caller's pages, and the block API.
 
 use super::{requests, segments_of, BlkError, GrantCache, InFlight, Segment, Shadow, MAX_IN_FLIGHT, SECTOR};
-use crate::xenbus::{Transport, TxId, Xenbus};
-use crate::xenbus_state::{Role, Step, XenbusDevice};
+use crate::split::kernel::{self as split_kernel, KernelOps, OwnPage, PENDING};
+use crate::split::{FrontChannel, FrontDevice, FrontendDriver, Keys, SplitError, Store};
+use crate::xenbus::{Transport, Xenbus};
 use crate::{events, gnttab, mm, time};
-use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use hypercall_abi::io::blkif::{
     op, rsp, vdisk, BlkifFrontRing, BlkifRequest, BlkifRequestSegment, BlkifResponse,
-    BLKIF_MAX_SEGMENTS_PER_REQUEST, XEN_IO_PROTO_ABI_X86_64,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST,
 };
-use hypercall_abi::io::ring::{RingError, RingMemory, SharedRing};
-use hypercall_abi::io::xenbus::XenbusState;
-use hypercall_abi::{DomId, Errno, GrantRef, Mfn, Pfn, Port, PAGE_SIZE};
+use hypercall_abi::io::ring::RingMemory;
+use hypercall_abi::{DomId, Errno, GrantRef, Mfn, Port, PAGE_SIZE};
+
+pub use crate::split::kernel::PageRing;
 
 /// How long [`Blkfront::connect`] gives the backend to connect once the device exists.
 pub const HANDSHAKE_NS: u64 = 10_000_000_000;
-
-/// Set by the ring's event handler.
-static RSP_KICK: AtomicBool = AtomicBool::new(false);
-static EVENTS: AtomicU64 = AtomicU64::new(0);
-
-fn on_event(_port: Port) {
-    EVENTS.fetch_add(1, Ordering::Relaxed);
-    RSP_KICK.store(true, Ordering::SeqCst);
-}
-
-/// A ring page shared with the other end, reached at a virtual address: one of our own
-/// pages (the frontend's ring) or a grant mapping of the peer's (a backend's view). Every
-/// access is one volatile or atomic access of the shared memory, so each byte the peer may
-/// change is read exactly once; aligned runs are copied a word at a time.
-pub struct PageRing {
-    va: u64,
-}
-
-impl PageRing {
-    /// The ring page mapped at `va`.
-    ///
-    /// # Safety
-    /// `va` must be page-aligned and stay mapped (readable and writable) for as long as the
-    /// returned value is used.
-    pub unsafe fn new(va: u64) -> PageRing {
-        PageRing { va }
-    }
-    fn at(&self, off: usize, len: usize) -> u64 {
-        assert!(off.checked_add(len).is_some_and(|end| end <= PAGE_SIZE), "ring access outside the page");
-        self.va + off as u64
-    }
-    /// Its address (for tests that poke at it).
-    pub fn va(&self) -> u64 {
-        self.va
-    }
-}
-
-impl RingMemory for PageRing {
-    fn load_u32_acquire(&self, off: usize) -> u32 {
-        // SAFETY: the page is mapped for the value's lifetime (`new`'s contract); offsets are
-        // in the page and 4-byte aligned (ring.rs passes header offsets only).
-        unsafe { (*(self.at(off, 4) as *const AtomicU32)).load(Ordering::Acquire) }
-    }
-    fn store_u32_release(&self, off: usize, v: u32) {
-        // SAFETY: as above.
-        unsafe { (*(self.at(off, 4) as *const AtomicU32)).store(v, Ordering::Release) }
-    }
-    fn fence(&self) {
-        core::sync::atomic::fence(Ordering::SeqCst);
-    }
-    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
-        let base = self.at(off, buf.len());
-        if base.is_multiple_of(8) && buf.len().is_multiple_of(8) {
-            for (i, w) in buf.chunks_exact_mut(8).enumerate() {
-                // SAFETY: inside the mapped page (checked above) and 8-byte aligned.
-                let v = unsafe { ((base + 8 * i as u64) as *const u64).read_volatile() };
-                w.copy_from_slice(&v.to_ne_bytes());
-            }
-            return;
-        }
-        for (i, b) in buf.iter_mut().enumerate() {
-            // SAFETY: inside the mapped page.
-            *b = unsafe { ((base + i as u64) as *const u8).read_volatile() };
-        }
-    }
-    fn write_bytes(&self, off: usize, data: &[u8]) {
-        let base = self.at(off, data.len());
-        if base.is_multiple_of(8) && data.len().is_multiple_of(8) {
-            for (i, w) in data.chunks_exact(8).enumerate() {
-                let v = u64::from_ne_bytes(w.try_into().unwrap_or([0; 8]));
-                // SAFETY: inside the mapped page and 8-byte aligned.
-                unsafe { ((base + 8 * i as u64) as *mut u64).write_volatile(v) };
-            }
-            return;
-        }
-        for (i, &b) in data.iter().enumerate() {
-            // SAFETY: inside the mapped page.
-            unsafe { ((base + i as u64) as *mut u8).write_volatile(b) };
-        }
-    }
-}
 
 /// What the backend said about the disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -136,18 +56,49 @@ pub enum Op {
     Flush,
 }
 
+/// The blkif driver's part of the handshake: asks for persistent grants if the backend
+/// offers them, and reads the disk's description once the backend is Connected.
+#[derive(Debug, Default)]
+pub struct BlkDriver {
+    asked_persistent: bool,
+    pub info: Option<DiskInfo>,
+}
+
+impl FrontendDriver for BlkDriver {
+    type Req = BlkifRequest;
+    type Rsp = BlkifResponse;
+    fn publish<S: Store + ?Sized>(&mut self, backend: &mut Keys<'_, S>) -> Vec<(&'static str, String)> {
+        // Persistent grants if the backend keeps them mapped (it says so before InitWait).
+        self.asked_persistent = backend.flag("feature-persistent");
+        alloc::vec![("feature-persistent", String::from(if self.asked_persistent { "1" } else { "0" }))]
+    }
+    fn connected<S: Store + ?Sized>(&mut self, backend: &mut Keys<'_, S>) -> Result<(), &'static str> {
+        let sectors = backend.number("sectors").ok_or("no sectors")?;
+        if backend.number("sector-size").unwrap_or(512) != 512 {
+            return Err("sector-size is not 512");
+        }
+        let info_bits = backend.number("info").unwrap_or(0);
+        self.info = Some(DiskInfo {
+            sectors,
+            sector_size: 512,
+            readonly: info_bits & u64::from(vdisk::READONLY) != 0,
+            flush: backend.flag("feature-flush-cache"),
+            persistent: self.asked_persistent && backend.flag("feature-persistent"),
+        });
+        Ok(())
+    }
+}
+
+type Dev = FrontDevice<OwnPage, BlkDriver>;
+type Chan = FrontChannel<OwnPage, BlkifRequest, BlkifResponse>;
+
 /// A connected virtual block device.
 pub struct Blkfront {
     pub info: DiskInfo,
     /// `device/vbd/<id>` of this domain.
     pub devid: String,
-    dev: XenbusDevice,
+    dev: Dev,
     backend_id: DomId,
-    ring: PageRing,
-    ring_pfn: Pfn,
-    ring_gref: GrantRef,
-    port: Port,
-    front: BlkifFrontRing,
     shadow: Shadow,
     /// Grants the backend had not released yet when their request was answered.
     stale: Vec<GrantRef>,
@@ -161,23 +112,12 @@ fn setup(e: Errno) -> BlkError {
     BlkError::Setup(e)
 }
 
-fn read_u64<T: Transport>(xb: &mut Xenbus<T>, path: &str) -> Option<u64> {
-    xb.read_string(TxId::NONE, path).ok()?.trim().parse().ok()
-}
-
-/// Waits for a watch event (or `deadline`); false on timeout.
-fn wait_event<T: Transport>(xb: &mut Xenbus<T>, deadline: u64) -> Result<bool, BlkError> {
-    loop {
-        if let Some(_e) = xb.next_watch_event().map_err(setup)? {
-            return Ok(true);
-        }
-        if time::now_ns() >= deadline {
-            return Ok(false);
-        }
-        match xb.transport_mut().wait() {
-            Ok(()) | Err(Errno::ETIMEDOUT) => {}
-            Err(e) => return Err(setup(e)),
-        }
+fn split_error(e: SplitError) -> BlkError {
+    match e {
+        SplitError::NoDevice | SplitError::PeerClosed => BlkError::NoDevice,
+        SplitError::Os(Errno::ETIMEDOUT) => BlkError::Timeout,
+        SplitError::Os(e) => BlkError::Setup(e),
+        SplitError::Keys(_) | SplitError::Driver(_) => BlkError::Protocol,
     }
 }
 
@@ -186,117 +126,15 @@ impl Blkfront {
     /// one; 0 looks once), connects to its backend (giving it at least [`HANDSHAKE_NS`]) and
     /// returns the device.
     pub fn connect<T: Transport>(xb: &mut Xenbus<T>, timeout_ns: u64) -> Result<Blkfront, BlkError> {
-        let deadline = time::now_ns().saturating_add(timeout_ns);
-        let me = read_u64(xb, "domid").ok_or(BlkError::NoDevice)?;
-        let home = format!("/local/domain/{me}");
-        xb.watch(&format!("{home}/device/vbd"), "blkfront-dev").map_err(setup)?;
-        let devid = loop {
-            if let Some(d) = xb
-                .directory(TxId::NONE, &format!("{home}/device/vbd"))
-                .ok()
-                .and_then(|l| l.into_iter().next())
-            {
-                break d;
-            }
-            if !wait_event(xb, deadline)? {
-                let _ = xb.unwatch(&format!("{home}/device/vbd"), "blkfront-dev");
-                return Err(BlkError::NoDevice);
-            }
-        };
-        let _ = xb.unwatch(&format!("{home}/device/vbd"), "blkfront-dev");
-        let front = format!("{home}/device/vbd/{devid}");
-        let backend = xb.read_string(TxId::NONE, &format!("{front}/backend")).map_err(setup)?;
-        let backend_id = read_u64(xb, &format!("{front}/backend-id"))
-            .and_then(|v| u16::try_from(v).ok())
-            .ok_or(BlkError::NoDevice)?;
-        let mut dev = XenbusDevice::new(Role::Frontend, &front, &backend);
-        dev.load(xb);
-        let token = "blkfront-state";
-        xb.watch(&dev.other_state_path(), token).map_err(setup)?;
-        // However long the device took to appear, the backend gets a fair time to connect.
-        let deadline = deadline.max(time::now_ns().saturating_add(HANDSHAKE_NS));
-        let r = Self::handshake(xb, dev, devid, DomId(backend_id), deadline);
-        let _ = xb.unwatch(&format!("{backend}/state"), token);
-        r
-    }
-
-    fn handshake<T: Transport>(
-        xb: &mut Xenbus<T>,
-        mut dev: XenbusDevice,
-        devid: String,
-        backend_id: DomId,
-        deadline: u64,
-    ) -> Result<Blkfront, BlkError> {
-        gnttab::init(gnttab::DEFAULT_FRAMES).map_err(setup)?;
-        let mut ring: Option<(Page, GrantRef, Port)> = None;
-        let fail = |ring: Option<(Page, GrantRef, Port)>| {
-            if let Some((p, g, port)) = ring {
-                let _ = events::close(port);
-                let _ = gnttab::end_access(g);
-                let _ = mm::free_page(p.pfn);
-            }
-        };
-        loop {
-            dev.refresh_other(xb);
-            match dev.next_step() {
-                Some(Step::Connect) if ring.is_none() => {
-                    let r = match Self::publish_ring(xb, &dev, backend_id) {
-                        Ok(r) => r,
-                        Err(e) => {
-                            let _ = dev.switch(xb, XenbusState::Closing);
-                            return Err(e);
-                        }
-                    };
-                    ring = Some(r);
-                    if let Err(e) = dev.complete(xb, Step::Connect) {
-                        fail(ring);
-                        return Err(setup(e));
-                    }
-                    continue;
-                }
-                Some(Step::Close) | Some(Step::Closed) => {
-                    let _ = dev.switch(xb, XenbusState::Closing);
-                    fail(ring);
-                    return Err(BlkError::NoDevice);
-                }
-                _ => {}
-            }
-            if dev.state() == XenbusState::Connected && dev.other_state() == XenbusState::Connected {
-                break;
-            }
-            if !wait_event(xb, deadline)? && time::now_ns() >= deadline {
-                fail(ring);
-                return Err(BlkError::Timeout);
-            }
-        }
-        let Some((page, gref, port)) = ring else { return Err(BlkError::Protocol) };
-        let b = &dev.other_dir;
-        let sectors = read_u64(xb, &format!("{b}/sectors"));
-        let sector_size = read_u64(xb, &format!("{b}/sector-size")).unwrap_or(512);
-        let info_bits = read_u64(xb, &format!("{b}/info")).unwrap_or(0);
-        let flush = read_u64(xb, &format!("{b}/feature-flush-cache")) == Some(1);
-        let persistent = read_u64(xb, &format!("{b}/feature-persistent")) == Some(1)
-            && read_u64(xb, &format!("{}/feature-persistent", dev.dir)) == Some(1);
-        let Some(sectors) = sectors.filter(|_| sector_size == 512) else {
-            fail(Some((page, gref, port)));
-            return Err(BlkError::Protocol);
-        };
+        let dev = split_kernel::open_frontend(xb, "vbd", BlkDriver::default(), timeout_ns, HANDSHAKE_NS)
+            .map_err(split_error)?;
+        let Some(info) = dev.driver.info else { return Err(BlkError::Protocol) };
+        let devid = String::from(dev.dev.dir.rsplit('/').next().unwrap_or(""));
         Ok(Blkfront {
-            info: DiskInfo {
-                sectors,
-                sector_size: sector_size as u32,
-                readonly: info_bits & u64::from(vdisk::READONLY) != 0,
-                flush,
-                persistent,
-            },
+            info,
             devid,
+            backend_id: dev.backend_id,
             dev,
-            backend_id,
-            ring: PageRing { va: page.va },
-            ring_pfn: page.pfn,
-            ring_gref: gref,
-            port,
-            front: BlkifFrontRing::new(),
             shadow: Shadow::default(),
             stale: Vec::new(),
             cache: GrantCache::default(),
@@ -305,48 +143,9 @@ impl Blkfront {
         })
     }
 
-    /// Allocates and grants the ring, allocates the event channel, and publishes both.
-    fn publish_ring<T: Transport>(
-        xb: &mut Xenbus<T>,
-        dev: &XenbusDevice,
-        backend: DomId,
-    ) -> Result<(Page, GrantRef, Port), BlkError> {
-        let p = mm::alloc_page().map_err(setup)?;
-        let page = Page { pfn: p.pfn, va: p.va };
-        SharedRing::init(&PageRing { va: page.va });
-        let gref = match gnttab::grant_access(backend, p.mfn, false) {
-            Ok(g) => g,
-            Err(e) => {
-                let _ = mm::free_page(p.pfn);
-                return Err(setup(e));
-            }
-        };
-        let port = match events::alloc_unbound(backend)
-            .and_then(|port| events::attach(port, on_event).map(|_| port))
-        {
-            Ok(port) => port,
-            Err(e) => {
-                let _ = gnttab::end_access(gref);
-                let _ = mm::free_page(p.pfn);
-                return Err(setup(e));
-            }
-        };
-        let dir = dev.dir.clone();
-        // Persistent grants if the backend keeps them mapped (it says so before InitWait).
-        let persistent = read_u64(xb, &format!("{}/feature-persistent", dev.other_dir)) == Some(1);
-        let r = xb.transaction(|xb, tx| {
-            xb.write(tx, &format!("{dir}/feature-persistent"), if persistent { b"1" } else { b"0" })?;
-            xb.write(tx, &format!("{dir}/ring-ref"), format!("{}", gref.0).as_bytes())?;
-            xb.write(tx, &format!("{dir}/event-channel"), format!("{}", port.0).as_bytes())?;
-            xb.write(tx, &format!("{dir}/protocol"), XEN_IO_PROTO_ABI_X86_64.as_bytes())
-        });
-        if let Err(e) = r {
-            let _ = events::close(port);
-            let _ = gnttab::end_access(gref);
-            let _ = mm::free_page(p.pfn);
-            return Err(setup(e));
-        }
-        Ok((page, gref, port))
+    /// The ring (present from connect until disconnect).
+    fn chan(&mut self) -> Option<&mut Chan> {
+        self.dev.channel()
     }
 
     /// Requests in flight.
@@ -361,7 +160,9 @@ impl Blkfront {
 
     /// Room for another request.
     pub fn can_submit(&self) -> bool {
-        !self.broken && !self.front.is_full() && self.shadow.in_flight() < MAX_IN_FLIGHT
+        !self.broken
+            && self.dev.channel_ref().is_some_and(|c| !c.ring.is_full())
+            && self.shadow.in_flight() < MAX_IN_FLIGHT
     }
 
     /// Queues one request over `segs` (at most 11), granting each segment's page to the
@@ -435,7 +236,7 @@ impl Blkfront {
             return Err(BlkError::Busy);
         };
         req.id = id;
-        if self.front.push_request(&self.ring, &req).is_err() {
+        if self.chan().is_none_or(|c| c.push(&req).is_err()) {
             self.shadow.remove(id);
             self.release(&f);
             return Err(BlkError::Busy);
@@ -473,9 +274,10 @@ impl Blkfront {
 
     /// Publishes queued requests and notifies the backend if it asked to be.
     pub fn kick(&mut self) {
-        if self.front.push_requests_and_check_notify(&self.ring) {
-            self.stats.notifies += 1;
-            let _ = events::send(self.port);
+        if let Some(c) = self.dev.channel() {
+            if c.kick(&mut KernelOps) {
+                self.stats.notifies += 1;
+            }
         }
     }
 
@@ -491,7 +293,11 @@ impl Blkfront {
         }
         let mut n = 0;
         loop {
-            match self.front.take_response(&self.ring) {
+            let taken = match self.dev.channel() {
+                Some(c) => c.take(),
+                None => Err(hypercall_abi::io::ring::RingError::Overflow),
+            };
+            match taken {
                 Ok(Some(r)) => match self.shadow.complete(&r) {
                     Ok(f) => {
                         self.release(&f);
@@ -501,7 +307,7 @@ impl Blkfront {
                     Err(_) => self.stats.bogus += 1,
                 },
                 Ok(None) => break,
-                Err(RingError::Overflow) | Err(_) => {
+                Err(_) => {
                     self.broken = true;
                     break;
                 }
@@ -513,25 +319,17 @@ impl Blkfront {
     /// Blocks until a response can be polled (or `deadline`, system time in ns).
     pub fn wait(&mut self, deadline: Option<u64>) -> Result<(), BlkError> {
         self.stats.waits += 1;
-        match self.front.final_check_for_responses(&self.ring) {
-            Ok(true) => return Ok(()),
-            Ok(false) => {}
-            Err(_) => {
-                self.broken = true;
-                return Err(BlkError::Protocol);
-            }
-        }
-        let ring = &self.ring;
-        let front = &self.front;
-        let more = || {
-            RSP_KICK.swap(false, Ordering::SeqCst) || front.unconsumed_responses(ring).map_or(true, |n| n > 0)
-        };
+        let Some(c) = self.dev.channel() else { return Err(BlkError::Protocol) };
         let t0 = time::now_ns();
-        let r = events::block_until(more, deadline);
+        let r = split_kernel::wait_responses(c, deadline);
         self.stats.wait_ns += time::now_ns().saturating_sub(t0);
         match r {
             Ok(true) => Ok(()),
             Ok(false) => Err(BlkError::Timeout),
+            Err(Errno::EIO) => {
+                self.broken = true;
+                Err(BlkError::Protocol)
+            }
             Err(e) => Err(setup(e)),
         }
     }
@@ -633,40 +431,16 @@ impl Blkfront {
                 let _ = self.wait(Some(deadline));
             }
         }
-        let token = "blkfront-close";
-        let _ = xb.watch(&self.dev.other_state_path(), token);
-        let _ = self.dev.switch(xb, XenbusState::Closing);
-        let mut ok = true;
-        loop {
-            self.dev.refresh_other(xb);
-            if matches!(
-                self.dev.other_state(),
-                XenbusState::Closing | XenbusState::Closed | XenbusState::Unknown
-            ) {
-                break;
-            }
-            if !wait_event(xb, deadline)? && time::now_ns() >= deadline {
-                ok = false;
-                break;
-            }
-        }
-        let _ = self.dev.switch(xb, XenbusState::Closed);
-        let _ = xb.unwatch(&self.dev.other_state_path(), token);
-        let _ = events::close(self.port);
+        let r = split_kernel::close_frontend(xb, &mut self.dev, deadline.saturating_sub(time::now_ns()));
+        let mut ok = r.is_ok();
         for f in self.shadow.drain() {
             self.release(&f);
         }
-        // The backend unmaps persistent grants when it closes.
+        // The backend unmaps persistent grants before it publishes Closing.
         for g in self.cache.drain() {
             if gnttab::end_access(g).is_err() {
                 ok = false;
             }
-        }
-        // The backend has unmapped the ring once it is Closing; only then is the page ours.
-        if gnttab::end_access(self.ring_gref).is_ok() {
-            let _ = mm::free_page(self.ring_pfn);
-        } else {
-            ok = false;
         }
         if ok {
             Ok(())
@@ -675,21 +449,25 @@ impl Blkfront {
         }
     }
 
-    /// Event-channel notifications received so far.
+    /// Event-channel notifications received so far (every port of this domain).
     pub fn events() -> u64 {
-        EVENTS.load(Ordering::Relaxed)
+        events::counters().1
     }
 
     /// Raw access for tests that play a misbehaving frontend: the ring page, the front-ring
     /// indexes and the port. Requests pushed this way bypass every check.
     pub fn raw(&mut self) -> Raw<'_> {
-        Raw { ring: &self.ring, front: &mut self.front, port: self.port, backend: self.backend_id }
+        let backend = self.backend_id;
+        // The framework keeps the ring from connect until `disconnect` consumes the device.
+        let c = self.dev.channel().expect("a connected blkfront has its ring");
+        let port = c.port();
+        Raw { ring: &c.mem, front: &mut c.ring, port, backend }
     }
 }
 
 /// See [`Blkfront::raw`].
 pub struct Raw<'a> {
-    pub ring: &'a PageRing,
+    pub ring: &'a OwnPage,
     pub front: &'a mut BlkifFrontRing,
     pub port: Port,
     pub backend: DomId,
@@ -721,18 +499,10 @@ impl Raw<'_> {
         let ring = self.ring;
         let cons = self.front.rsp_cons();
         let more = || {
-            RSP_KICK.swap(false, Ordering::SeqCst)
-                || ring.load_u32_acquire(hypercall_abi::io::ring::RSP_PROD_OFFSET) != cons
+            PENDING.take(self.port) || ring.load_u32_acquire(hypercall_abi::io::ring::RSP_PROD_OFFSET) != cons
         };
         matches!(events::block_until(more, Some(deadline)), Ok(true))
     }
-}
-
-/// A page from the allocator, as the ring uses it.
-#[derive(Clone, Copy)]
-struct Page {
-    pfn: Pfn,
-    va: u64,
 }
 
 /// The machine frame of one of our pages (direct map).

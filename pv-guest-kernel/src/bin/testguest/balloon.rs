@@ -3,6 +3,11 @@
 //! `XENMEM_current_reservation`). The target comes from `balloon=<pages>` (default: 1024
 //! pages below the boot size); the guest balloons down to it, then back up to its boot size,
 //! and prints one `BALLOON` line per direction with the figures the host test asserts.
+//!
+//! `balloon-xs`: the same driver following the toolstack's `memory/target` through its
+//! xenstore watch, as a domU under `xl mem-set` does (dom0's `mem-set=` option writes the
+//! targets). Each time a target moves the balloon it prints a `BALLOON <down|up>` line with
+//! the hypervisor's figures before and after; after `moves=<n>` moves (default 2) it stops.
 
 use super::report;
 use alloc::string::String;
@@ -11,9 +16,10 @@ use hypercall_abi::hypercall::debug;
 use hypercall_abi::memory::op as memop;
 use hypercall_abi::xen::INVALID_P2M_ENTRY;
 use hypercall_abi::{DomId, Mfn, Pfn};
+use pv_guest_kernel::balloon::TargetEvent;
 use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::start_info::StartInfo;
-use pv_guest_kernel::{balloon, cmdline, hypercall, println};
+use pv_guest_kernel::{balloon, cmdline, hypercall, println, time, xenbus};
 
 /// (free frames, our frames, our current reservation).
 fn figures() -> (i64, i64, i64) {
@@ -123,4 +129,92 @@ pub fn run(si: &StartInfo) {
     }
     check!(fails, bad == 0, "{bad} reclaimed pages are not usable");
     report("balloon", &fails, format_args!("down {n} pages and back up; free {free0}->{free1}->{free2}"));
+}
+
+/// How long `balloon-xs` waits for the toolstack's next target.
+const FOLLOW_TIMEOUT_NS: u64 = 30_000_000_000;
+
+pub fn follow(si: &StartInfo) {
+    let mut fails: Vec<String> = Vec::new();
+    let cmd = si.cmdline();
+    let want = match cmdline::get_u64(cmd, "moves", 2, 1, 64) {
+        Ok(n) => n,
+        Err(e) => return println!("TEST balloon-xs FAIL bad moves= ({e:?})"),
+    };
+    let mut xb = match xenbus::connect(si) {
+        Ok(xb) => xb,
+        Err(e) => return println!("TEST balloon-xs FAIL no xenstore ({e})"),
+    };
+    if let Err(e) = balloon::watch_target(&mut xb) {
+        return println!("TEST balloon-xs FAIL cannot watch memory/target ({e})");
+    }
+    let (free_boot, dom_boot, _) = figures();
+    println!("balloon-xs: {} pages; hypervisor: {free_boot} frames free, {dom_boot} ours", si.nr_pages);
+    let deadline = time::now_ns().saturating_add(FOLLOW_TIMEOUT_NS);
+    let mut moves = 0;
+    let mut events = 0;
+    while moves < want {
+        if time::now_ns() >= deadline {
+            fails.push(alloc::format!("only {moves} of {want} moves within the time limit"));
+            break;
+        }
+        let ev = match xb.wait_watch_event() {
+            Ok(ev) => ev,
+            // The transport gives up after a few quiet seconds; the deadline decides.
+            Err(hypercall_abi::Errno::ETIMEDOUT) => continue,
+            Err(e) => {
+                fails.push(alloc::format!("waiting for a watch event: {e}"));
+                break;
+            }
+        };
+        let (free0, dom0, _) = figures();
+        let Some(te) = balloon::handle_event(&mut xb, &ev) else { continue };
+        events += 1;
+        let TargetEvent::Followed { kib, before, outcome } = te else {
+            fails.push(alloc::format!("memory/target unusable: {te:?}"));
+            continue;
+        };
+        let st = outcome.unwrap_or_else(|s| {
+            fails.push(alloc::format!("target {kib} KiB: {:?} after {:?}", s.err, s.status));
+            s.status
+        });
+        if st.current == before {
+            continue;
+        }
+        moves += 1;
+        let (free1, dom1, cur1) = figures();
+        let n = st.current as i64 - before as i64;
+        let dir = if n < 0 { "down" } else { "up" };
+        println!(
+            "BALLOON {dir} pages={} free_delta={} domain_delta={} free={free0}->{free1} domain={dom0}->{dom1} reservation={cur1} target_kib={kib}",
+            n.abs(),
+            free1 - free0,
+            dom1 - dom0
+        );
+        check!(
+            fails,
+            st.current == st.target,
+            "target {kib} KiB: at {} pages, target {}",
+            st.current,
+            st.target
+        );
+        check!(fails, dom1 - dom0 == n, "target {kib} KiB: our frames moved by {}, want {n}", dom1 - dom0);
+        check!(
+            fails,
+            free0 - free1 == n,
+            "target {kib} KiB: free frames moved by {}, want {}",
+            free1 - free0,
+            -n
+        );
+        check!(fails, cur1 == dom1, "current_reservation {cur1} != {dom1}");
+    }
+    let _ = xb.unwatch(balloon::TARGET_NODE, balloon::WATCH_TOKEN);
+    let (free_end, dom_end, _) = figures();
+    report(
+        "balloon-xs",
+        &fails,
+        format_args!(
+            "{moves} moves from {events} events; free {free_boot}->{free_end}, ours {dom_boot}->{dom_end}"
+        ),
+    );
 }

@@ -1,0 +1,106 @@
+//! Taking turns on the bench machine, so no benchmark shares the CPU with another's load.
+//!
+//! The machine runs dom0's own disk benchmark, the test guest's latency benchmarks (some of
+//! which need dom0's xenstored: the event-channel ping-pong and the domain switch set up
+//! through it), and a second guest's disk benchmark through blkback. dom0 measures its disk
+//! at boot, before it starts xenstored, so:
+//!
+//! * the bench guest first waits until xenstored answers ([`wait_for_dom0`]), which is when
+//!   dom0's disk figures are done, and when everything is over publishes
+//!   `data/bench-done`, readable by every domain ([`announce_done`]);
+//! * the disk guest, given `after=<domid>`, waits for that domain's `data/bench-done` (or
+//!   for the domain to go) before it starts ([`wait_after`]).
+
+use alloc::format;
+use hypercall_abi::Errno;
+use pv_guest_kernel::start_info::StartInfo;
+use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
+use pv_guest_kernel::{cmdline, println, time};
+
+/// How long a domain waits for its turn: longer than every benchmark before it at the
+/// largest iteration count.
+const TURN_NS: u64 = 1_200_000_000_000;
+/// The node announcing the end of the bench guest's benchmarks (relative to its home).
+const DONE_NODE: &str = "data/bench-done";
+
+/// A xenstore connection that has answered a request: the first one waits (up to
+/// `deadline`) for as long as dom0 is busy before it serves the ring.
+fn connect_answered(si: &StartInfo, deadline: u64) -> Result<Xenbus<RingTransport>, Errno> {
+    let mut xb = loop {
+        match xenbus::connect(si) {
+            Ok(xb) => break xb,
+            Err(Errno::ETIMEDOUT) if time::now_ns() < deadline => {}
+            Err(e) => return Err(e),
+        }
+    };
+    let default = xb.transport_mut().timeout_ns;
+    xb.transport_mut().timeout_ns = deadline.saturating_sub(time::now_ns()).max(default);
+    xb.read(TxId::NONE, "domid")?;
+    xb.transport_mut().timeout_ns = default;
+    Ok(xb)
+}
+
+/// Blocks until xenstored answers us (dom0 starts it once its own disk benchmark is done).
+pub fn wait_for_dom0(si: &StartInfo) {
+    let t0 = time::now_ns();
+    match connect_answered(si, t0.saturating_add(TURN_NS)) {
+        Ok(_) => println!("bench: dom0 is serving ({} ms after start)", (time::now_ns() - t0) / 1_000_000),
+        Err(e) => println!("bench: no xenstore ({e}); benchmarks that need dom0 will fail"),
+    }
+}
+
+/// Publishes `data/bench-done` for whoever waits for our turn to end.
+pub fn announce_done(si: &StartInfo) {
+    let r = xenbus::connect(si).and_then(|mut xb| {
+        let me = xb.read_string(TxId::NONE, "domid")?;
+        xb.write(TxId::NONE, DONE_NODE, b"1")?;
+        // Owner first: we keep the node, and every other domain may read it.
+        xb.set_perms(TxId::NONE, DONE_NODE, &[&format!("r{}", me.trim())])
+    });
+    if let Err(e) = r {
+        println!("bench: cannot announce the end ({e}); a domain waiting for us will time out");
+    }
+}
+
+/// With `after=<domid>`: blocks until that domain has published `data/bench-done`.
+pub fn wait_after(si: &StartInfo) {
+    let Some(v) = cmdline::get(si.cmdline(), "after") else { return };
+    let Some(id) = cmdline::parse_u64(v).filter(|&d| d > 0 && d < 0x7ff0) else {
+        return println!("bench: ignoring after={v}: not a domain id");
+    };
+    let t0 = time::now_ns();
+    let deadline = t0.saturating_add(TURN_NS);
+    let path = format!("/local/domain/{id}/{DONE_NODE}");
+    let mut xb = match connect_answered(si, deadline) {
+        Ok(xb) => xb,
+        Err(e) => return println!("bench: no xenstore ({e}); not waiting for d{id}"),
+    };
+    // The node becomes readable (and the watch fires) when its owner opens it to us; until
+    // then we sleep in the watch wait, costing the benchmarks nothing. Before that, none of
+    // the node's changes is visible to us, so every event after the one the registration
+    // fires means the owner is done, even if it went before we could read the node (its
+    // nodes go with it).
+    if let Err(e) = xb.watch(&path, "bench-done") {
+        return println!("bench: cannot watch {path} ({e}); going ahead");
+    }
+    xb.transport_mut().timeout_ns = TURN_NS;
+    let mut events = 0;
+    loop {
+        let seen = match xb.read(TxId::NONE, &path) {
+            Ok(_) => true,
+            Err(Errno::ENOENT | Errno::EACCES) => events > 1,
+            Err(e) => return println!("bench: waiting for d{id}: {e}; going ahead"),
+        };
+        if seen {
+            let ms = (time::now_ns() - t0) / 1_000_000;
+            return println!("bench: d{id} is done ({ms} ms after start), our turn");
+        }
+        if time::now_ns() >= deadline {
+            return println!("bench: d{id} did not finish in time; going ahead");
+        }
+        match xb.wait_watch_event() {
+            Ok(_) => events += 1,
+            Err(e) => return println!("bench: waiting for d{id}: {e}; going ahead"),
+        }
+    }
+}
