@@ -6,8 +6,11 @@
 /// (`XEN_ELFNOTE_VIRT_BASE`; pfn `p` is at `VIRT_BASE + p * 4096`). Must match guest.ld.
 pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 
-/// Size of the boot stack the entry code switches to (the builder's stack is one page).
-pub const BOOT_STACK_SIZE: usize = 64 * 1024;
+/// Size of the boot stack the entry code switches to (the builder's stack is one page). Below
+/// it lies a guard page that the runtime unmaps at boot, so an overflow faults (and the
+/// hypervisor crashes the domain with a reason) instead of silently overwriting what the
+/// linker put below.
+pub const BOOT_STACK_SIZE: usize = 128 * 1024;
 /// Size of the kernel heap carved out of .bss.
 pub const HEAP_SIZE: usize = 2 << 20;
 
@@ -75,7 +78,10 @@ _start:
             jmp 1b
 
             .section .bss.boot_stack, "aw", @nobits
-            .balign 16
+            .balign 4096
+            .globl __pv_stack_guard
+__pv_stack_guard:
+            .skip 4096
 __pv_boot_stack:
             .skip {stack}
 __pv_boot_stack_top:

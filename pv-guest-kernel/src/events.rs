@@ -259,7 +259,7 @@ mod kernel {
                 if crate::time::now_ns() >= d {
                     return Ok(false);
                 }
-                check(hypercall::set_timer_op(d))?;
+                check(hypercall::arm_timer(d))?;
             }
             hypercall::block();
             v.evtchn_upcall_mask.store(1, Ordering::SeqCst);

@@ -208,9 +208,32 @@ pub fn mmuext_op(ops: &[MmuextOp], done: &mut u32, domid: DomId) -> i64 {
     call5::<{ nr::MMUEXT_OP }>(ops.as_ptr() as u64, ops.len() as u64, ptr_mut(done), u64::from(domid.0), 0)
 }
 
+/// The deadline of the last successful [`set_timer_op`] (0: none armed). The timer is one-shot:
+/// the VIRQ_TIMER handler clears this when it fires ([`timer_fired`]).
+static TIMER_ARMED: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
 /// `set_timer_op(deadline)`: VIRQ_TIMER at absolute system time `deadline` ns; 0 cancels.
 pub fn set_timer_op(deadline_ns: u64) -> i64 {
-    call2::<{ nr::SET_TIMER_OP }>(deadline_ns, 0)
+    let r = call2::<{ nr::SET_TIMER_OP }>(deadline_ns, 0);
+    if r == 0 {
+        TIMER_ARMED.store(deadline_ns, core::sync::atomic::Ordering::SeqCst);
+    }
+    r
+}
+
+/// [`set_timer_op`] unless exactly `deadline_ns` is armed already and has not fired: a
+/// blocking loop woken by other events re-arms the same deadline on every pass, and the
+/// hypercall would change nothing.
+pub fn arm_timer(deadline_ns: u64) -> i64 {
+    if deadline_ns != 0 && TIMER_ARMED.load(core::sync::atomic::Ordering::SeqCst) == deadline_ns {
+        return 0;
+    }
+    set_timer_op(deadline_ns)
+}
+
+/// Called by the VIRQ_TIMER handler: the one-shot timer is no longer armed.
+pub fn timer_fired() {
+    TIMER_ARMED.store(0, core::sync::atomic::Ordering::SeqCst);
 }
 
 /// `event_channel_op(cmd, arg)`; `arg` is in/out.

@@ -61,6 +61,8 @@ mod kernel {
 
     extern "C" {
         static __kernel_end: u8;
+        /// The page below the boot stack ([`entry::BOOT_STACK_SIZE`]).
+        static __pv_stack_guard: u8;
     }
 
     /// Runtime set-up every kernel gets before its main function runs: trap table, memory
@@ -81,6 +83,15 @@ mod kernel {
                 println!("pv: direct map limited to the bootstrap region: {e}");
             }
             Err(e) => println!("pv: memory manager not available: {e:?}"),
+        }
+        if st.mm {
+            // Only the address is taken. With the page gone, a stack overflow faults: the
+            // hypervisor cannot write the bounce frame there either and crashes the domain
+            // with a one-line reason.
+            let guard = core::ptr::addr_of!(__pv_stack_guard) as u64;
+            if let Err(e) = mm::unmap_page(guard) {
+                println!("pv: cannot unmap the stack guard page: {e}");
+            }
         }
         match shared::map(si.shared_info) {
             Ok(_) => st.shared_info = true,

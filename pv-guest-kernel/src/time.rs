@@ -98,6 +98,7 @@ mod kernel {
     static TIMER_EVENTS: AtomicU64 = AtomicU64::new(0);
 
     fn on_timer(_port: Port) {
+        crate::hypercall::timer_fired();
         TIMER_EVENTS.fetch_add(1, Ordering::SeqCst);
     }
 

@@ -49,19 +49,32 @@ fn main(si: &StartInfo) {
         "bench-mm" => bench_mm::run(cmd),
         "bench-evtchn" => bench_evtchn::run(cmd),
         "bench-console" => bench_console::run(cmd),
+        "bench-pingpong" => bench_pingpong::run(si),
+        "bench-switch" => bench_switch::run(si),
+        "switch-partner" => bench_switch::partner(si),
         "ipc-hostile" => ipc_hostile::run(),
         "bench" => {
+            bench_order::wait_for_dom0(si);
             bench_null(cmd);
             bench_console::run(cmd);
             bench_mm::run(cmd);
             bench_evtchn::run(cmd);
+            bench_pingpong::run(si);
+            bench_switch::run(si);
+            bench_order::announce_done(si);
         }
         "mm" => mm_test(si),
         "mm-hostile" => mm_hostile::run(si),
         "mm-leak" => mm_hostile::leave_mess(),
         "user-mode" => user_mode::run(),
+        "stack-overflow" => stack_overflow(),
         "balloon" => balloon::run(si),
-        s if s.starts_with("blk-") => blk::run(si, s),
+        "balloon-xs" => balloon::follow(si),
+        s if s.starts_with("blk-") => {
+            bench_order::wait_after(si);
+            blk::run(si, s)
+        }
+        s if s.starts_with("rng-") => rng::run(si, s),
         "" => println!("TEST none FAIL no scenario= on the command line"),
         other => println!("TEST {other} FAIL unknown scenario"),
     }
@@ -765,4 +778,19 @@ fn mm_test(si: &StartInfo) {
     }
     let j = mm::info().unwrap_or(i);
     report("mm", &fails, format_args!("{} pages mapped, {} new page tables", j.mapped_end.0, j.pt_frames));
+}
+
+/// Recurses until the boot stack runs into its guard page: the domain must be crashed with a
+/// reason, not overwrite whatever lies below its stack.
+fn stack_overflow() {
+    fn deeper(depth: u64) -> u64 {
+        let frame = core::hint::black_box([depth; 64]);
+        if core::hint::black_box(true) {
+            return deeper(depth + 1).wrapping_add(frame[7]);
+        }
+        depth
+    }
+    println!("TEST stack-overflow RUNNING recursing into the guard page");
+    let d = deeper(0);
+    println!("TEST stack-overflow FAIL came back from depth {d}");
 }
