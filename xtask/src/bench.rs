@@ -55,11 +55,12 @@ pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
     (seen == 63).then_some(r)
 }
 
-/// The ratio of `name`'s median to the floor's (`floor.syscall_sysret`), if both exist.
+/// The ratio of `name`'s median to the floor's (`floor.syscall_sysret`), if both exist and
+/// are in the same unit (a throughput has no ratio to a latency).
 pub fn ratio_to_floor(results: &[BenchResult], name: &str) -> Option<f64> {
     let floor = results.iter().find(|r| r.name == "floor.syscall_sysret")?;
     let r = results.iter().find(|r| r.name == name)?;
-    (floor.median > 0).then(|| r.median as f64 / floor.median as f64)
+    (floor.median > 0 && r.unit == floor.unit).then(|| r.median as f64 / floor.median as f64)
 }
 
 /// The results as an aligned table with each metric's ratio to the floor, then the goal
@@ -149,6 +150,16 @@ mod tests {
         assert_eq!((r[1].min, r[1].median, r[1].p99), (170, 180, 200));
         let ratio = ratio_to_floor(&r, "hypercall.null").unwrap();
         assert!((ratio - 180.0 / 158.0).abs() < 1e-9);
+        let mut with_disk = r.clone();
+        with_disk.extend(parse(
+            &["BENCH name=blk.seqread.dom0 unit=MiB/s n=16 min=1 median=2 p99=3".into()],
+            "wall",
+        ));
+        assert_eq!(
+            ratio_to_floor(&with_disk, "blk.seqread.dom0"),
+            None,
+            "a throughput has no ratio to a latency"
+        );
         assert!(table(&r).contains("hypercall.null"));
         assert_eq!(
             goal_lines(&r),

@@ -40,6 +40,27 @@ pub fn scratch_image(tag: &str, bytes: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// A scratch image whose blocks are all written (zeros), for benchmarks: in a sparse file the
+/// first write to each block also pays for the host file system's allocation, which would
+/// charge whichever benchmark writes first.
+pub fn allocated_image(tag: &str, bytes: u64) -> Result<PathBuf> {
+    use std::io::Write;
+    let path = scratch_image(tag, bytes)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    let zeros = vec![0u8; 1 << 20];
+    let mut left = bytes;
+    while left > 0 {
+        let n = left.min(zeros.len() as u64) as usize;
+        f.write_all(&zeros[..n]).map_err(|e| format!("{}: {e}", path.display()))?;
+        left -= n as u64;
+    }
+    f.sync_all().map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
+}
+
 /// Removes `<tag>-<pid>-<n>.img` files of processes that no longer run.
 fn remove_stale(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };

@@ -145,7 +145,7 @@ impl Machine {
         if !disks {
             return m;
         }
-        match crate::disk::scratch_image("bench", 128 << 20) {
+        match crate::disk::allocated_image("bench", 128 << 20) {
             Ok(disk) => {
                 m = m.with_vbd(&disk, "blkbench").dom0_options("blkbench=64");
                 m.modules.push(Module::new(
