@@ -1,7 +1,9 @@
 //! The demo PV domU: connects to xenstore, moves its console output onto the PV console ring
 //! served by dom0 (its lines then appear as dom0's `[domU] ...`), prints, runs a CPU-bound
 //! loop long enough to be preempted (its lines interleave with dom0's on the console), echoes
-//! any console input it receives, and powers off.
+//! any console input it receives, then uses its split devices — the virtual disk dom0 serves
+//! from virtio-blk (write, flush, read back) and 32 bytes from dom0's virtio-rng — and powers
+//! off.
 //!
 //! Between steps it follows the toolstack's `memory/target` with its balloon driver
 //! ([`pv_guest_kernel::balloon`]), so dom0's `mem-set=` moves its memory.
@@ -32,7 +34,6 @@ fn main(si: &StartInfo) {
             if cmdline::flag(cmd, "xstest") {
                 xenbus::selftest::run(&mut xb);
             }
-            pv_guest_kernel::blkfront::demo::run(&mut xb);
             if let Err(e) = balloon::watch_target(&mut xb) {
                 println!("domU: cannot watch memory/target ({e}); no ballooning");
             }
@@ -55,7 +56,10 @@ fn main(si: &StartInfo) {
         }
     }
     let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
+    // The devices last: their handshakes wait on dom0, which serves rings only between its own
+    // steps, and would keep the two loops from interleaving.
     if let Some(xb) = xb.as_mut() {
+        pv_guest_kernel::blkfront::demo::run(xb);
         pv_guest_kernel::rngfront::demo(xb)
     }
     println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
