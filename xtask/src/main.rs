@@ -181,6 +181,7 @@ fn test() -> Result<ExitCode> {
 /// std-using serde would then be linked into the `no_std` kernel binaries (duplicate
 /// `panic_impl`), so `cargo clippy --workspace` cannot check them.
 fn lint() -> Result<()> {
+    ensure_lint_tools()?;
     if !cargo(&["fmt", "--all", "--check"])? {
         return Err("lint: `cargo fmt --all` would change files (run it and commit the result)".into());
     }
@@ -190,6 +191,32 @@ fn lint() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// rustfmt and clippy are rustup components a minimal toolchain may lack: add them where
+/// rustup can, otherwise say exactly what to run.
+fn ensure_lint_tools() -> Result<()> {
+    let have = |tool: &str| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        std::process::Command::new(cargo)
+            .args([tool, "--version"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if have("fmt") && have("clippy") {
+        return Ok(());
+    }
+    let added = std::process::Command::new("rustup")
+        .args(["component", "add", "rustfmt", "clippy"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if added && have("fmt") && have("clippy") {
+        Ok(())
+    } else {
+        Err("lint needs rustfmt and clippy: run `rustup component add rustfmt clippy`".into())
+    }
 }
 
 /// Runs cargo in the workspace root; Ok(false) when it ran and failed.
