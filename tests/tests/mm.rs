@@ -44,7 +44,8 @@ const CASES: &[(&str, i64)] = &[
     ("control-pin-l1", 0),
     ("control-unpin", 0),
     ("unpin-twice", -22),
-    // Non-canonical INVLPG: Xen ignores it.
+    // Non-canonical INVLPG: Xen ignores it (`paging_invlpg` returns early); microvisor refuses
+    // it with -EINVAL, as the issue that asked for this case requires an error.
     ("invlpg-noncanonical-local", -22),
     ("invlpg-noncanonical-all", -22),
     // count = 2^32 - 1 with a three-request buffer ending at an unmapped page.
@@ -55,10 +56,7 @@ const CASES: &[(&str, i64)] = &[
     ("sweep-other-errors", 0),
 ];
 
-/// Cases where microvisor is known to differ from Xen, with microvisor's current result: the
-/// test accepts either (and says which it saw) until the hypervisor is fixed. A non-canonical
-/// INVLPG is a no-op in Xen (`paging_invlpg` returns early; `INVLPG_ALL` checks `__addr_ok`),
-/// microvisor answers -EINVAL.
+/// The test guest's `HOSTILE <tag> -> <result> ...` line for one case.
 fn case_line<'a>(run: &'a Run, tag: &str) -> &'a str {
     let prefix = format!("HOSTILE {tag} -> ");
     run.log
