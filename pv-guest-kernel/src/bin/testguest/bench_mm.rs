@@ -8,9 +8,10 @@
 //!   L1, alternately; each sample is the batch's time divided by 512 (per entry);
 //! * `mmu.update_va_mapping` — `update_va_mapping` of one address with `UVMF_INVLPG`,
 //!   alternately mapping and unmapping;
-//! * `mmu.pin_unpin_l4` — one `mmuext_op` batch of `PIN_L4_TABLE` + `UNPIN_TABLE` of a
-//!   prepared L4 whose tree is one L3, one L2 and one full L1 (512 read-only entries): the
-//!   pair, so each sample validates and then tears down the four tables.
+//! * `mmu.pin_l4` — `mmuext_op(PIN_L4_TABLE)` of a prepared L4 whose tree is one L3, one L2
+//!   and one full L1 (512 read-only entries): validating the four tables and taking their
+//!   type references;
+//! * `mmu.unpin_l4` — the `UNPIN_TABLE` that follows each pin: tearing the same tree down.
 //!
 //! `iters=<n>` (default 100 000) sets the sample count of the single updates; the batch and
 //! pin figures take at most 10 000 samples (`mm_iters=<n>` overrides).
@@ -115,8 +116,11 @@ fn pin_unpin(iters: usize, data: hypercall_abi::Mfn) -> Result<(), Failure> {
         MmuextOp { cmd: mmuext::UNPIN_TABLE, _pad: 0, arg1: tree[0].mfn.0, arg2: 0 },
     ];
     let self_ = u64::from(DomId::SELF.0);
-    let r = measure("mmu.pin_unpin_l4", iters, |_| {
-        timed4::<{ nr::MMUEXT_OP }>(ops.as_ptr() as u64, ops.len() as u64, 0, self_)
+    // Pin on even iterations, unpin on odd ones (WARMUP is even, so sample j has the parity
+    // of its iteration), ending unpinned.
+    const _: () = assert!(WARMUP % 2 == 0);
+    let r = measure("mmu.pin_l4", 2 * iters, |i| {
+        timed4::<{ nr::MMUEXT_OP }>(&ops[i & 1] as *const MmuextOp as u64, 1, 0, self_)
     });
     for p in &tree {
         let w = hypercall::update_va_mapping(p.va, pt::make(p.mfn, pt::PAGE_KERNEL), uvmf::INVLPG);
@@ -124,7 +128,11 @@ fn pin_unpin(iters: usize, data: hypercall_abi::Mfn) -> Result<(), Failure> {
             let _ = mm::free_page(p.pfn);
         }
     }
-    print("mmu.pin_unpin_l4", &mut r?).map(drop)
+    let r = r?;
+    let mut pins: Vec<u32> = r.iter().step_by(2).copied().collect();
+    let mut unpins: Vec<u32> = r.iter().skip(1).step_by(2).copied().collect();
+    print("mmu.pin_l4", &mut pins)?;
+    print("mmu.unpin_l4", &mut unpins).map(drop)
 }
 
 pub fn run(cmd: &str) {
