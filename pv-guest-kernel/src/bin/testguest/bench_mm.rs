@@ -118,7 +118,7 @@ fn pin_unpin(iters: usize, data: hypercall_abi::Mfn) -> Result<(), Failure> {
     let self_ = u64::from(DomId::SELF.0);
     // Pin on even iterations, unpin on odd ones (WARMUP is even, so sample j has the parity
     // of its iteration), ending unpinned.
-    const _: () = assert!(WARMUP % 2 == 0);
+    const _: () = assert!(WARMUP.is_multiple_of(2));
     let r = measure("mmu.pin_l4", 2 * iters, |i| {
         timed4::<{ nr::MMUEXT_OP }>(&ops[i & 1] as *const MmuextOp as u64, 1, 0, self_)
     });
