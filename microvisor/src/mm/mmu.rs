@@ -741,6 +741,18 @@ pub(crate) mod testkit {
             self.ft.info(m).unwrap()
         }
     }
+
+    /// `DOMID_SELF` as the `foreigndom` argument of the update calls.
+    pub const SELF: u32 = DomId::SELF.0 as u32;
+
+    /// A machine with one domain (id 1, 40 pages) running on a freshly built, pinned space.
+    pub fn one_guest() -> (Machine, Guest, Space) {
+        let mut m = Machine::new(64);
+        let mut g = m.guest(1, false, 40);
+        let s = m.build_space(&mut g);
+        m.audit(&[&g]);
+        (m, g, s)
+    }
 }
 
 #[cfg(test)]
@@ -749,14 +761,6 @@ mod tests {
     use super::*;
     use crate::mm::frame_table::Owner;
     use crate::mm::pte::make;
-
-    fn one_guest() -> (Machine, Guest, Space) {
-        let mut m = Machine::new(64);
-        let mut g = m.guest(1, false, 40);
-        let s = m.build_space(&mut g);
-        m.audit(&[&g]);
-        (m, g, s)
-    }
 
     #[test]
     fn flush_kinds_merge_to_the_smallest_cover() {

@@ -414,16 +414,6 @@ mod tests {
     use crate::mm::pte::{make, PSE};
     use hypercall_abi::xen::mmuext;
 
-    const SELF: u32 = 0x7ff0;
-
-    fn one_guest() -> (Machine, Guest, Space) {
-        let mut m = Machine::new(64);
-        let mut g = m.guest(1, false, 40);
-        let s = m.build_space(&mut g);
-        m.audit(&[&g]);
-        (m, g, s)
-    }
-
     #[test]
     fn flag_masks_match_xen() {
         assert_eq!(BASE_DISALLOW, PWT | PCD | PSE | GLOBAL);
