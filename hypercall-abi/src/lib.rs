@@ -34,6 +34,7 @@ pub mod memory;
 pub mod microvisor;
 pub mod multiboot;
 pub mod physdev;
+pub mod pte;
 pub mod sched;
 pub mod types;
 pub mod vcpu;

@@ -102,7 +102,7 @@ impl Mm {
     fn walk(&self, va: u64, level: u32) -> Result<Option<(Mfn, u64)>, Errno> {
         let mut table = self.l4;
         for l in (level..=4).rev() {
-            let e = self.read_pte(table, pt::index(va, l))?;
+            let e = self.read_pte(table, pt::table_index(va, l))?;
             if l == level {
                 return Ok(Some((table, e)));
             }
@@ -156,7 +156,7 @@ impl Mm {
         }
         let mut table = self.l4;
         for level in (level + 1..=4).rev() {
-            let idx = pt::index(va, level);
+            let idx = pt::table_index(va, level);
             let e = self.read_pte(table, idx)?;
             table = if pt::is_present(e) {
                 if e & pt::PSE != 0 {
@@ -193,12 +193,12 @@ impl Mm {
             let va = self.va(start);
             let l1 = self.ensure_l1(va)?;
             // The rest of this L1: up to the next 2 MiB boundary or the last page.
-            let in_table = (pt::ENTRIES - pt::index(va, 1)) as u64;
+            let in_table = (pt::ENTRIES - pt::table_index(va, 1)) as u64;
             let end = (start + in_table).min(nr);
             let mut batch = [MmuUpdate::default(); pt::ENTRIES];
             for (req, pfn) in batch.iter_mut().zip(start..end) {
                 let mfn = self.pfn_to_mfn(pfn).ok_or(Errno::EFAULT)?;
-                let slot = pt::index(self.va(pfn), 1) as u64;
+                let slot = pt::table_index(self.va(pfn), 1) as u64;
                 *req = MmuUpdate {
                     ptr: ((l1.0 << 12) + slot * 8) | mmu::NORMAL_PT_UPDATE,
                     val: pt::make(mfn, pt::PAGE_KERNEL),
@@ -386,7 +386,7 @@ pub fn entry_maddr(va: u64, level: u32) -> Result<u64, Errno> {
     if !pt::is_canonical(va) || in_hypervisor_hole(va) {
         return Err(Errno::EINVAL);
     }
-    with(|mm| Ok(mm.ensure_table(va, level)?.addr() + pt::index(va, level) as u64 * 8))
+    with(|mm| Ok(mm.ensure_table(va, level)?.addr() + pt::table_index(va, level) as u64 * 8))
 }
 
 /// The entry at `level` that maps `va` (present or not), or `None` if a table above it is
@@ -421,7 +421,7 @@ fn set_direct_map_entries(mm: &Mm, pfns: &[Pfn], val: impl Fn(usize) -> u64) -> 
             let at = chunk_no * pt::ENTRIES + i;
             match mm.walk(mm.va(pfn.0), 1) {
                 Ok(Some((l1, _))) => batch.push(MmuUpdate {
-                    ptr: (l1.addr() + pt::index(mm.va(pfn.0), 1) as u64 * 8) | mmu::NORMAL_PT_UPDATE,
+                    ptr: (l1.addr() + pt::table_index(mm.va(pfn.0), 1) as u64 * 8) | mmu::NORMAL_PT_UPDATE,
                     val: val(at),
                 }),
                 Ok(None) => return (done, Err(Errno::EFAULT)),

@@ -163,12 +163,12 @@ pub fn run() {
     // The user address space: L4[0] -> L3[0] -> L2[2] -> L1[0..3].
     let user_ro = pt::PRESENT | pt::USER | pt::ACCESSED;
     let user_rw = pt::PAGE_KERNEL;
-    write_entry(&l1, pt::index(USER_CODE, 1), pt::make(code.mfn, user_ro));
-    write_entry(&l1, pt::index(USER_DATA, 1), pt::make(data.mfn, user_rw));
-    write_entry(&l1, pt::index(USER_STACK_TOP - 8, 1), pt::make(stack.mfn, user_rw));
-    write_entry(&l2, pt::index(USER_CODE, 2), pt::make(l1.mfn, pt::PAGE_TABLE));
-    write_entry(&l3, pt::index(USER_CODE, 3), pt::make(l2.mfn, pt::PAGE_TABLE));
-    write_entry(&l4, pt::index(USER_CODE, 4), pt::make(l3.mfn, pt::PAGE_TABLE));
+    write_entry(&l1, pt::table_index(USER_CODE, 1), pt::make(code.mfn, user_ro));
+    write_entry(&l1, pt::table_index(USER_DATA, 1), pt::make(data.mfn, user_rw));
+    write_entry(&l1, pt::table_index(USER_STACK_TOP - 8, 1), pt::make(stack.mfn, user_rw));
+    write_entry(&l2, pt::table_index(USER_CODE, 2), pt::make(l1.mfn, pt::PAGE_TABLE));
+    write_entry(&l3, pt::table_index(USER_CODE, 3), pt::make(l2.mfn, pt::PAGE_TABLE));
+    write_entry(&l4, pt::table_index(USER_CODE, 4), pt::make(l3.mfn, pt::PAGE_TABLE));
     for t in [&l1, &l2, &l3, &l4] {
         let r = remap(t, pt::PAGE_KERNEL_RO);
         check!(fails, r == 0, "cannot make a user page-table frame read-only: {r}");
