@@ -1,5 +1,7 @@
-//! The symbols the precompiled `x86_64-unknown-linux-gnu` libcore expects from a C library,
-//! for freestanding kernels (microvisor, dom0, the PV guests).
+//! The C-library symbols the precompiled libcore expects, for freestanding kernels (microvisor,
+//! dom0, the PV guests). On `x86_64-unknown-none` compiler-builtins has weak versions of the
+//! `mem*` functions; these strong ones replace them with quadword string instructions (and on
+//! the `x86_64-unknown-linux-gnu` fallback they are the only ones).
 //!
 //! Only kernel binaries link this crate (with `use kernel_rt as _;`); host builds use the real
 //! C library. The functions use `rep movsb`/`rep stosb` and plain byte loops, which touch no

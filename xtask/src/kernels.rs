@@ -1,9 +1,10 @@
 //! Builds the kernel binaries: the hypervisor and the PV guests, each with its own bare-metal
 //! flags and target directory.
 //!
-//! Host and kernel crates share the `x86_64-unknown-linux-gnu` triple, so the flags cannot live
-//! in `.cargo/config.toml`; naming `--target` keeps `RUSTFLAGS` away from build scripts and
-//! proc-macros. The hypervisor is linked inside Xen's reserved hole, which rules out the kernel
+//! Kernels build for `x86_64-unknown-none` (falling back to the host triple with bare-metal
+//! flags where that target cannot be installed), always with an explicit `--target`, which keeps
+//! `RUSTFLAGS` away from build scripts and proc-macros; the flags cannot live in
+//! `.cargo/config.toml` because the fallback triple is also the host's. The hypervisor is linked inside Xen's reserved hole, which rules out the kernel
 //! code model; the guests sit in the top 2 GiB like Linux PV kernels.
 
 use crate::{workspace_root, Result};
@@ -11,19 +12,81 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-/// Target triple of every kernel (the only one installed).
-pub const TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The target made for kernels: soft-float, no SSE, `panic=abort`, linked by rust-lld.
+pub const BARE_TARGET: &str = "x86_64-unknown-none";
+/// The fallback where the bare-metal target cannot be installed: the host triple with
+/// bare-metal flags. Disabling SSE there prints rust-lang/rust#116344's future-incompatibility
+/// warning, so it is only used when it must be.
+pub const FALLBACK_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// Environment override of the kernels' target (for trying the fallback on purpose).
+pub const TARGET_ENV: &str = "MICROVISOR_KERNEL_TARGET";
 
-/// Flags of the hypervisor. SSE is disabled for microvisor's own code so that no hypercall
-/// path can clobber a guest's vector registers: guest FPU state is then saved only on vCPU
-/// switches, as Xen (built with `-mno-sse`) does. `cargo xtask` checks the linked image for
-/// any remaining SSE use (see [`check_hypervisor_image`]).
-const HV_RUSTFLAGS: &str = "-C relocation-model=pic -C code-model=small -C no-redzone=yes \
-    -C target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2";
+/// Flags of every kernel: our own crates' warnings are errors (dependencies' lints are capped
+/// by cargo), so a new warning fails the build and CI.
+const COMMON_RUSTFLAGS: &str = "-D warnings -C no-redzone=yes";
+
+/// Flags of the hypervisor, linked inside Xen's reserved hole (which rules out the kernel code
+/// model). SSE is off for microvisor's own code so that no hypercall path can clobber a guest's
+/// vector registers: guest FPU state is then saved only on vCPU switches, as Xen (built with
+/// `-mno-sse`) does. The bare-metal target is soft-float already; on the fallback the features
+/// are turned off by hand. `cargo xtask` checks the linked image for any remaining SSE use
+/// (see [`check_hypervisor_image`]).
+fn hv_rustflags(target: &str) -> String {
+    let sse_off =
+        if target == BARE_TARGET { "" } else { " -C target-feature=-sse,-sse2,-sse3,-ssse3,-sse4.1,-sse4.2" };
+    format!("{COMMON_RUSTFLAGS} -C relocation-model=pic -C code-model=small{sse_off}")
+}
 
 /// Flags of the PV guest kernels (dom0 and domUs), linked at `0xffffffff80000000`.
-const GUEST_RUSTFLAGS: &str = "-C relocation-model=static -C code-model=kernel \
-    -C no-redzone=yes -C force-frame-pointers=yes";
+fn guest_rustflags() -> String {
+    format!("{COMMON_RUSTFLAGS} -C relocation-model=static -C code-model=kernel -C force-frame-pointers=yes")
+}
+
+/// The target the kernels build for: [`BARE_TARGET`] where it is installed or `rustup` can add
+/// it, otherwise [`FALLBACK_TARGET`] (said once on stderr).
+pub fn kernel_target() -> Result<&'static str> {
+    static CHOSEN: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+    if let Some(t) = CHOSEN.get() {
+        return Ok(t);
+    }
+    let chosen = match std::env::var(TARGET_ENV).ok().as_deref() {
+        Some(BARE_TARGET) => BARE_TARGET,
+        Some(FALLBACK_TARGET) => FALLBACK_TARGET,
+        Some(other) => return Err(format!("{TARGET_ENV}={other}: use {BARE_TARGET} or {FALLBACK_TARGET}")),
+        None if target_installed(BARE_TARGET) || add_target(BARE_TARGET) => BARE_TARGET,
+        None => {
+            eprintln!(
+                "xtask: the {BARE_TARGET} target is not installed and `rustup target add {BARE_TARGET}` \
+                 failed; building the kernels for {FALLBACK_TARGET} instead (expect rust-lang/rust#116344 \
+                 warnings about sse2)"
+            );
+            FALLBACK_TARGET
+        }
+    };
+    Ok(CHOSEN.get_or_init(|| chosen))
+}
+
+/// True if the active toolchain has the standard library for `target`.
+fn target_installed(target: &str) -> bool {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    Command::new(rustc)
+        .args(["--print", "sysroot"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()))
+        .is_some_and(|sysroot| sysroot.join("lib/rustlib").join(target).join("lib").is_dir())
+}
+
+/// Tries `rustup target add`; true if the target is there afterwards.
+fn add_target(target: &str) -> bool {
+    let ok = Command::new("rustup")
+        .args(["target", "add", target])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    ok && target_installed(target)
+}
 
 /// The binaries of one build.
 #[derive(Clone, Debug)]
@@ -49,9 +112,16 @@ pub fn build() -> Result<Kernels> {
     let root = workspace_root();
     let hv_dir = root.join("target/kernel/hv");
     let guest_dir = root.join("target/kernel/guest");
-    cargo_build(&root, &hv_dir, HV_RUSTFLAGS, &["-p", "microvisor", "--bin", "microvisor"])?;
-    cargo_build(&root, &guest_dir, GUEST_RUSTFLAGS, &["-p", "dom0", "-p", "pv-guest-kernel", "--bins"])?;
-    let out = |dir: &Path, name: &str| dir.join(TARGET).join("release").join(name);
+    let target = kernel_target()?;
+    cargo_build(&root, &hv_dir, target, &hv_rustflags(target), &["-p", "microvisor", "--bin", "microvisor"])?;
+    cargo_build(
+        &root,
+        &guest_dir,
+        target,
+        &guest_rustflags(),
+        &["-p", "dom0", "-p", "pv-guest-kernel", "--bins"],
+    )?;
+    let out = |dir: &Path, name: &str| dir.join(target).join("release").join(name);
     let k = Kernels {
         microvisor: out(&hv_dir, "microvisor"),
         dom0: out(&guest_dir, "dom0"),
@@ -63,13 +133,13 @@ pub fn build() -> Result<Kernels> {
     Ok(k)
 }
 
-fn cargo_build(root: &Path, target_dir: &Path, rustflags: &str, what: &[&str]) -> Result<()> {
+fn cargo_build(root: &Path, target_dir: &Path, target: &str, rustflags: &str, what: &[&str]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = Command::new(cargo)
         .current_dir(root)
         .env("RUSTFLAGS", rustflags)
         .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .args(["build", "--release", "--target", TARGET, "--target-dir"])
+        .args(["build", "--release", "--target", target, "--target-dir"])
         .arg(target_dir)
         .args(what)
         .status()
