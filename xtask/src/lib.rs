@@ -48,11 +48,18 @@ mod tests {
     #[test]
     fn workspace_packages_lists_every_member() {
         let packages = super::workspace_packages().unwrap();
-        for expected in
-            ["hypercall-abi", "kernel-rt", "microvisor", "pv-guest-kernel", "dom0", "xtask", "tests"]
-        {
+        for expected in [
+            "hypercall-abi",
+            "kernel-rt",
+            "kernel-link",
+            "microvisor",
+            "pv-guest-kernel",
+            "dom0",
+            "xtask",
+            "tests",
+        ] {
             assert!(packages.iter().any(|p| p == expected), "{expected} missing from {packages:?}");
         }
-        assert_eq!(packages.len(), 7);
+        assert_eq!(packages.len(), 8);
     }
 }
