@@ -146,12 +146,7 @@ impl<P: Platform> Hypervisor<P> {
             let _ = crate::hypercall::close_port(self, id, p);
         }
         let d = &self.domains[&id];
-        let bases: Vec<Mfn> = d
-            .vcpus
-            .iter()
-            .filter(|v| v.kernel_l4 != Mfn(0))
-            .flat_map(|v| core::iter::once(v.kernel_l4).chain(v.user_l4.filter(|&u| u != v.kernel_l4)))
-            .collect();
+        let bases: Vec<Mfn> = d.vcpus.iter().flat_map(|v| v.held_bases()).collect();
         let gdt_frames: Vec<Mfn> = self
             .domains
             .get_mut(&id)
@@ -178,7 +173,7 @@ impl<P: Platform> Hypervisor<P> {
             self.reap_if_dead(g);
         }
         if self.frames.take_flush_pending() {
-            self.request_flush(crate::mm::mmu::FlushKind::All);
+            self.request_flush(crate::mm::tlb::Flush::All);
         }
         stats.released
     }

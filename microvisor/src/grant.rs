@@ -23,8 +23,8 @@
 
 use crate::domain::{DomainState, Domains};
 use crate::mm::frame_table::{ExternalRef, FrameTable, Owner, PageType};
-use crate::mm::mmu::FlushKind;
 use crate::mm::pagetable::{adjust_guest_l1e, put_page_from_l1e};
+use crate::mm::tlb::Flush;
 use crate::mm::{pte, MachineMemory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
@@ -568,11 +568,11 @@ fn is_entry_of(e: u64, m: &Mapping) -> bool {
 }
 
 /// The flush a change of the host mapping at `host_addr` needs.
-fn host_flush(flags: u32, host_addr: u64) -> FlushKind {
+fn host_flush(flags: u32, host_addr: u64) -> Flush {
     if flags & gntmap::CONTAINS_PTE != 0 {
-        FlushKind::All
+        Flush::All
     } else {
-        FlushKind::InvlpgAll(host_addr)
+        Flush::Page(host_addr)
     }
 }
 
@@ -580,7 +580,7 @@ fn host_flush(flags: u32, host_addr: u64) -> FlushKind {
 /// have stopped being a page table since (then nothing can reach the entry any more, and a
 /// frame holding a grant entry is never validated as a table again), or the guest may have
 /// reused the slot after such a demotion.
-fn remove_host_pte<M: MachineMemory>(ft: &FrameTable, mem: &M, caller: DomId, m: &Mapping) -> FlushKind {
+fn remove_host_pte<M: MachineMemory>(ft: &FrameTable, mem: &M, caller: DomId, m: &Mapping) -> Flush {
     if let Some(loc) = m.pte {
         if live_l1_of(ft, loc.l1, caller) && is_entry_of(mem.read_pte(loc.l1, usize::from(loc.idx)), m) {
             mem.write_pte(loc.l1, usize::from(loc.idx), 0);
@@ -661,7 +661,7 @@ pub fn usable(domains: &Domains, d: DomId) -> bool {
 /// What an unmap (or a teardown) touched, so the caller can flush and reap.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Unmapped {
-    pub flush: FlushKind,
+    pub flush: Flush,
     /// The granting domain whose frame references were dropped.
     pub granter: Option<DomId>,
 }
@@ -670,7 +670,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
     /// `GNTTABOP_map_grant_ref` for `caller`, whose current page tables are rooted at `l4`:
     /// fills `op.status` and, on success, `op.handle` and `op.dev_bus_addr`. Returns the TLB
     /// flush owed (a host mapping replaced a present entry).
-    pub fn map_grant_ref(&mut self, caller: DomId, l4: Option<Mfn>, op: &mut GnttabMapGrantRef) -> FlushKind {
+    pub fn map_grant_ref(&mut self, caller: DomId, l4: Option<Mfn>, op: &mut GnttabMapGrantRef) -> Flush {
         match self.map_one(caller, l4, op) {
             Ok((handle, mfn, flush)) => {
                 op.handle = handle;
@@ -680,7 +680,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
             }
             Err(st) => {
                 op.status = st;
-                FlushKind::None
+                Flush::None
             }
         }
     }
@@ -690,7 +690,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         caller: DomId,
         l4: Option<Mfn>,
         op: &GnttabMapGrantRef,
-    ) -> Result<(u32, Mfn, FlushKind), Status> {
+    ) -> Result<(u32, Mfn, Flush), Status> {
         let flags = op.flags;
         if flags & (gntmap::DEVICE_MAP | gntmap::HOST_MAP) == 0 {
             // Xen's answer to a request that maps nothing.
@@ -719,7 +719,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         l4: Option<Mfn>,
         op: &GnttabMapGrantRef,
         handle: u32,
-    ) -> Result<(Mfn, FlushKind), Status> {
+    ) -> Result<(Mfn, Flush), Status> {
         let (flags, rd, gref) = (op.flags, op.dom, op.ref_);
         let readonly = flags & gntmap::READONLY != 0;
         let uses = uses_of(flags);
@@ -731,7 +731,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
             return Err(st);
         }
 
-        let mut flush = FlushKind::None;
+        let mut flush = Flush::None;
         let mut pte_loc = None;
         if flags & gntmap::HOST_MAP != 0 {
             let contains_pte = flags & gntmap::CONTAINS_PTE != 0;
@@ -987,7 +987,7 @@ pub fn external_refs(domains: &Domains) -> Vec<ExternalRef> {
     for d in domains.values() {
         for (_, m) in d.grant.maptrack.iter() {
             for _ in 0..m.uses() {
-                out.push(ExternalRef { mfn: m.mfn, typed: !m.readonly() });
+                out.push(ExternalRef::mapping(m.mfn, !m.readonly()));
             }
         }
     }

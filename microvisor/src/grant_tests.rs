@@ -129,12 +129,7 @@ fn external(hv: &TestHv) -> Vec<ExternalRef> {
     let mut ext = grant::external_refs(&hv.domains);
     for d in hv.domains.values().filter(|d| d.state != DomainState::Dying) {
         for v in &d.vcpus {
-            if v.kernel_l4 != Mfn(0) {
-                ext.push(ExternalRef { mfn: v.kernel_l4, typed: true });
-            }
-            if let Some(u) = v.user_l4.filter(|&u| u != v.kernel_l4) {
-                ext.push(ExternalRef { mfn: u, typed: true });
-            }
+            ext.extend(v.held_bases().map(|m| ExternalRef::root(m, d.id)));
         }
     }
     ext

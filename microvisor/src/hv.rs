@@ -10,6 +10,7 @@
 use crate::domain::{Domain, DomainConfig, DomainState, Domains, ShutdownReason};
 use crate::hypercall::EvtchnOps;
 use crate::mm::frame_table::FrameTable;
+use crate::mm::tlb::Flush;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::sched::{Scheduler, VcpuRef};
@@ -51,28 +52,6 @@ pub struct HwState {
     pub gdt_generation: u64,
     /// The domain may use I/O ports directly (dom0, for its device drivers).
     pub io_ports: bool,
-}
-
-/// A TLB flush the hypercalls asked for, applied by the arch layer before returning.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Flush {
-    #[default]
-    None,
-    /// Flush the whole (non-global) TLB.
-    All,
-    /// Invalidate one page.
-    Page(u64),
-}
-
-impl Flush {
-    /// Combines two requests into one that covers both.
-    pub fn merge(self, other: Flush) -> Flush {
-        match (self, other) {
-            (Flush::None, x) | (x, Flush::None) => x,
-            (Flush::Page(a), Flush::Page(b)) if a == b => Flush::Page(a),
-            _ => Flush::All,
-        }
-    }
 }
 
 /// Edits the slow exit path must make to the frame of a hypercall that finished on the fast

@@ -382,7 +382,9 @@ fn destroying_a_domain_returns_every_frame() {
         .domains
         .values()
         .flat_map(|d| {
-            d.vcpus.iter().map(|v| crate::mm::frame_table::ExternalRef { mfn: v.kernel_l4, typed: true })
+            d.vcpus
+                .iter()
+                .flat_map(|v| v.held_bases().map(|m| crate::mm::frame_table::ExternalRef::root(m, d.id)))
         })
         .collect();
     hv.frames.audit(hv.mem(), &bases).unwrap();

@@ -6,6 +6,7 @@ use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
 use microvisor::hv::{exit_code, Hypervisor, Resume};
+use microvisor::mm::tlb::{self, Flush};
 use microvisor::platform::Platform;
 use microvisor::traps::{self, ExceptionOutcome};
 use microvisor::vcpu::GuestFrame;
@@ -225,6 +226,24 @@ fn idle(hv: &mut Hv) {
     hv.timer_tick();
 }
 
+/// The CPU's TLB, for the core's flush rule.
+struct HwTlb;
+
+impl tlb::TlbOps for HwTlb {
+    fn load_cr3(&mut self, cr3: u64) {
+        // SAFETY: every guest L4 carries the hypervisor's slots (the builder and the
+        // page-table validator install them), so the hypervisor stays mapped.
+        unsafe { cpu::write_cr3(cr3) };
+    }
+    fn invlpg(&mut self, va: u64) {
+        cpu::invlpg(va);
+    }
+    fn flush_all(&mut self) {
+        // Global entries too: guest user mappings carry G.
+        cpu::flush_tlb_global();
+    }
+}
+
 /// What the CPU was last set to, so the exit path only writes what changed.
 struct Loaded {
     vcpu: Option<microvisor::sched::VcpuRef>,
@@ -270,29 +289,15 @@ fn sync_hardware(hv: &mut Hv) {
     if l.vcpu != Some(hw.vcpu) {
         if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
             // Guest user mappings are global (Xen's rule); none may leak to another domain.
-            hv.flush = microvisor::hv::Flush::All;
+            hv.flush = Flush::All;
         }
         l.vcpu = Some(hw.vcpu);
         RUNNING.store(u32::from(hw.vcpu.domid.0) << 16 | hw.vcpu.vcpu, Ordering::Relaxed);
     }
-    if l.cr3 != hw.cr3 {
-        // SAFETY: every guest L4 carries the hypervisor's slots (the builder and the
-        // page-table validator install them), so the hypervisor stays mapped.
-        unsafe { cpu::write_cr3(hw.cr3) };
-        l.cr3 = hw.cr3;
-        if let microvisor::hv::Flush::Page(_) = hv.flush {
-            // The CR3 load flushed all non-global entries, which covers one page.
-            hv.flush = microvisor::hv::Flush::None;
-        }
-    }
-    match core::mem::take(&mut hv.flush) {
-        microvisor::hv::Flush::None => {}
-        microvisor::hv::Flush::All => {
-            // Global entries too: guest user mappings carry G.
-            cpu::flush_tlb_global();
-            hv.frames.tlb_flushed();
-        }
-        microvisor::hv::Flush::Page(va) => cpu::invlpg(va),
+    let new_cr3 = (l.cr3 != hw.cr3).then_some(hw.cr3);
+    l.cr3 = hw.cr3;
+    if tlb::switch_and_flush(&mut HwTlb, new_cr3, core::mem::take(&mut hv.flush)) {
+        hv.frames.tlb_flushed();
     }
     let gdt = Some((hw.vcpu, hw.gdt_generation));
     if l.gdt != gdt && (l.gdt_len > 0 || !hv.cur_vcpu().gdt.is_empty()) {

@@ -220,10 +220,10 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
         return Err("iret to a non-canonical or hypervisor rip");
     }
     if to_user && hv.cur_vcpu().kernel_mode {
+        // As Xen: user mode runs only on a user base the guest installed, which holds its own
+        // references (aliasing the kernel base without one let the guest unpin a live L4).
         if hv.cur_vcpu().user_l4.is_none() {
-            // Xen allows the user base to equal the kernel's; a guest that never set one
-            // returns to user mode on its kernel tables.
-            hv.cur_vcpu_mut().user_l4 = Some(hv.cur_vcpu().kernel_l4);
+            return Err("guest switching to user mode with no user page tables");
         }
         toggle_guest_mode(hv);
     }

@@ -246,6 +246,13 @@ impl Vcpu {
         }
     }
 
+    /// The page-table bases this vCPU holds references on, one item per reference held (a
+    /// general and an L4 type reference each): the kernel base once set, and the user base,
+    /// which may be the same frame with a reference of its own.
+    pub fn held_bases(&self) -> impl Iterator<Item = Mfn> {
+        (self.kernel_l4 != Mfn(0)).then_some(self.kernel_l4).into_iter().chain(self.user_l4)
+    }
+
     /// The GS base that is active in the current mode.
     pub fn active_gs_base(&self) -> u64 {
         if self.kernel_mode {

@@ -119,7 +119,7 @@ fn reservation<P: Platform>(hv: &mut Hypervisor<P>, cmd: u32, start: u64, arg: u
         _ => mmu::decrease_reservation(&mut hv.frames, mem, target, r.extent_order, &input),
     };
     if hv.frames.take_flush_pending() {
-        hv.request_flush(mmu::FlushKind::All);
+        hv.request_flush(crate::mm::tlb::Flush::All);
     }
     // Report the new frames (PV guests learn their MFNs this way).
     if cmd != op::DECREASE_RESERVATION && list != 0 {

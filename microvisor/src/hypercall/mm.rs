@@ -4,9 +4,10 @@
 //! (`count | MMU_UPDATE_PREEMPTED`, progress in `*pdone`), so one guest cannot hold the CPU.
 
 use super::{dispatch, Hc};
-use crate::hv::{set_m2p, Flush, Hypervisor};
+use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::frame_table::FrameTable;
-use crate::mm::mmu::{self, FlushKind, MmuCtx};
+use crate::mm::mmu::{self, MmuCtx};
+use crate::mm::tlb::Flush;
 use crate::platform::Platform;
 use alloc::vec::Vec;
 use hypercall_abi::hypercall::nr;
@@ -24,7 +25,7 @@ pub const MULTICALL_BATCH: u64 = 64;
 /// the vCPU's page-table bases and the flush `f` reports.
 fn with_mmu<P: Platform, R>(
     hv: &mut Hypervisor<P>,
-    f: impl FnOnce(&mut FrameTable, &P::Mem, &mut MmuCtx<'_>) -> (R, FlushKind),
+    f: impl FnOnce(&mut FrameTable, &P::Mem, &mut MmuCtx<'_>) -> (R, Flush),
 ) -> R {
     let r = hv.current();
     let privileged = hv.cur_dom().privileged;
@@ -49,12 +50,7 @@ fn with_mmu<P: Platform, R>(
 
 impl<P: Platform> Hypervisor<P> {
     /// Records a TLB flush the guest must not run without.
-    pub fn request_flush(&mut self, f: FlushKind) {
-        let f = match f {
-            FlushKind::None => Flush::None,
-            FlushKind::InvlpgLocal(va) | FlushKind::InvlpgAll(va) => Flush::Page(va),
-            FlushKind::Local | FlushKind::All => Flush::All,
-        };
+    pub fn request_flush(&mut self, f: Flush) {
         if f != Flush::None {
             self.flush = self.flush.merge(f);
             self.mark_hw_dirty();
@@ -99,7 +95,7 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
     }
     let outcome = with_mmu(hv, |ft, mem, ctx| {
         let o = if reqs.is_empty() { None } else { Some(op(ft, mem, ctx, &reqs)) };
-        let flush = o.map_or(FlushKind::None, |o| o.flush);
+        let flush = o.map_or(Flush::None, |o| o.flush);
         (o, flush)
     });
     let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
@@ -151,7 +147,7 @@ pub fn update_va_mapping<P: Platform>(
 ) -> Result<i64, Errno> {
     with_mmu(hv, |ft, mem, ctx| match mmu::update_va_mapping(ft, mem, ctx, va, val, flags) {
         Ok(f) => (Ok(0), f),
-        Err(e) => (Err(e), FlushKind::None),
+        Err(e) => (Err(e), Flush::None),
     })
 }
 
@@ -161,7 +157,7 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
     with_mmu(hv, |ft, mem, ctx| {
         match mmu::update_va_mapping_otherdomain(ft, mem, ctx, va, val, flags, DomId(domid as u16)) {
             Ok(f) => (Ok(0), f),
-            Err(e) => (Err(e), FlushKind::None),
+            Err(e) => (Err(e), Flush::None),
         }
     })
 }

@@ -101,7 +101,7 @@ impl<P: Platform> Hypervisor<P> {
     fn after_hypercall(&mut self) {
         if self.frames.flush_pending() {
             self.frames.take_flush_pending();
-            self.request_flush(crate::mm::mmu::FlushKind::All);
+            self.request_flush(crate::mm::tlb::Flush::All);
         }
     }
 

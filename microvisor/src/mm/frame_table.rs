@@ -194,8 +194,24 @@ pub fn default_iomem_policy(ft: &FrameTable, d: DomId, mfn: Mfn) -> bool {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ExternalRef {
     pub mfn: Mfn,
-    /// Also holds a type reference (a base pointer holds an L4 type reference).
+    /// Also holds a type reference (a writable mapping's, or a base pointer's L4 reference).
     pub typed: bool,
+    /// A page-table root a vCPU of this domain can run on (`guest_table`,
+    /// `guest_table_user`): besides the references, the audit checks that the frame is a
+    /// validated L4 of that domain, since the hardware walks it as one.
+    pub root_of: Option<DomId>,
+}
+
+impl ExternalRef {
+    /// A mapping's reference (a grant): general, plus a `Writable` type reference if `writable`.
+    pub const fn mapping(mfn: Mfn, writable: bool) -> ExternalRef {
+        ExternalRef { mfn, typed: writable, root_of: None }
+    }
+
+    /// A vCPU base pointer of domain `d`: a general and an L4 type reference on `mfn`.
+    pub const fn root(mfn: Mfn, d: DomId) -> ExternalRef {
+        ExternalRef { mfn, typed: true, root_of: Some(d) }
+    }
 }
 
 /// What [`FrameTable::relinquish`] achieved.
@@ -995,6 +1011,22 @@ impl FrameTable {
             if r.typed {
                 tcount[i] += 1;
             }
+            // Every root a vCPU can run on is a live, validated L4 of its domain: anything else
+            // would let the hardware walk a frame the guest can write. (A dying domain's tables
+            // are torn down by force while its vCPUs, which never run again, still hold them.)
+            if let Some(d) = r.root_of.filter(|&d| !self.domain(d).is_some_and(|m| m.dying)) {
+                let p = &self.frames[i];
+                if owner_of(p.owner) != Owner::Domain(d)
+                    || type_of(p.type_info) != PageType::L4
+                    || p.type_info & PGT_VALIDATED == 0
+                {
+                    return Err(format!(
+                        "root {:?} of {d}: not a validated L4 of it ({:?})",
+                        r.mfn,
+                        self.info(r.mfn)
+                    ));
+                }
+            }
         }
 
         for (i, p) in self.frames.iter().enumerate() {
@@ -1192,9 +1224,10 @@ impl<M: MachineMemory> FrameAllocator for FrameTableAllocator<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm::mmu;
     use crate::mm::mmu::testkit::*;
-    use crate::mm::mmu::{self, FlushKind};
     use crate::mm::pte::make;
+    use crate::mm::tlb::Flush;
     use hypercall_abi::xen::mmuext;
 
     #[test]
@@ -1318,19 +1351,19 @@ mod tests {
         assert!(!m.ft.flush_pending());
         // Becoming a page table now requires a flush first.
         let r = m.ext(&mut g, mmuext::PIN_L1_TABLE, f.0, 0);
-        assert_eq!((r.result, r.flush), (Ok(()), FlushKind::All));
+        assert_eq!((r.result, r.flush), (Ok(()), Flush::All));
         assert!(!m.ft.flush_pending(), "handed to the caller");
         // Unpinned and flushed: going back to writable needs none.
         assert_eq!(m.ext(&mut g, mmuext::UNPIN_TABLE, f.0, 0).result, Ok(()));
         m.ft.tlb_flushed();
         let r = m.run(&mut g, |ft, mem, ctx| mmu::update_va_mapping(ft, mem, ctx, 9 << 12, make(f, RWF), 0));
-        assert_eq!(r, Ok(FlushKind::None));
+        assert_eq!(r, Ok(Flush::None));
         // Same with a demoted table becoming writable in the same epoch.
         let t = m.alloc(&g);
-        assert_eq!(m.ext(&mut g, mmuext::PIN_L1_TABLE, t.0, 0).flush, FlushKind::None, "fresh frame");
+        assert_eq!(m.ext(&mut g, mmuext::PIN_L1_TABLE, t.0, 0).flush, Flush::None, "fresh frame");
         assert_eq!(m.ext(&mut g, mmuext::UNPIN_TABLE, t.0, 0).result, Ok(()));
         let r = m.run(&mut g, |ft, mem, ctx| mmu::update_va_mapping(ft, mem, ctx, 10 << 12, make(t, RWF), 0));
-        assert_eq!(r, Ok(FlushKind::All));
+        assert_eq!(r, Ok(Flush::All));
         m.audit(&[&g]);
     }
 

@@ -4,63 +4,17 @@
 //!
 //! The hypercall dispatcher copies the guest's request array in, calls these with a context
 //! describing the calling vCPU, and copies results out. Nothing here touches the CPU: TLB
-//! flushes the operations require come back as a [`FlushKind`], new base pointers as updated
+//! flushes the operations require come back as a [`Flush`], new base pointers as updated
 //! context fields, and M2P writes go through the context's writer. Batches stop after a
 //! caller-given budget so the dispatcher can create a continuation, and on an error report the
 //! index of the failing request, as Xen does. A single update allocates nothing.
 
 use super::frame_table::{FrameTable, PageType};
 use super::pagetable::{self, EntryRef, L1Owners};
+use super::tlb::Flush;
 use super::{pte, MachineMemory};
 use hypercall_abi::xen::{in_hypervisor_hole, is_canonical, mmu, mmuext, uvmf, MmuUpdate, MmuextOp};
 use hypercall_abi::{DomId, Errno, Mfn, PAGE_SIZE};
-
-/// A TLB flush an operation requires before the guest runs again. Several combine with
-/// [`FlushKind::merge`] into the smallest flush covering both.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum FlushKind {
-    #[default]
-    None,
-    /// `invlpg` of one address on the current CPU.
-    InvlpgLocal(u64),
-    /// `invlpg` of one address wherever the domain's vCPUs ran.
-    InvlpgAll(u64),
-    /// Flush the current CPU's TLB.
-    Local,
-    /// Flush every TLB the domain's vCPUs may have used, global entries included.
-    All,
-}
-
-impl FlushKind {
-    fn rank(self) -> u8 {
-        match self {
-            FlushKind::None => 0,
-            FlushKind::InvlpgLocal(_) => 1,
-            FlushKind::InvlpgAll(_) => 2,
-            FlushKind::Local => 3,
-            FlushKind::All => 4,
-        }
-    }
-
-    fn is_all(self) -> bool {
-        matches!(self, FlushKind::InvlpgAll(_) | FlushKind::All)
-    }
-
-    /// The smallest flush that does both.
-    pub fn merge(self, other: FlushKind) -> FlushKind {
-        if self == other {
-            return self;
-        }
-        let (lo, hi) = if self.rank() <= other.rank() { (self, other) } else { (other, self) };
-        match (lo, hi) {
-            (FlushKind::None, x) => x,
-            // Anything else needs a whole TLB flush: of every CPU if either side reaches
-            // them all, else of this one.
-            _ if lo.is_all() || hi.is_all() => FlushKind::All,
-            _ => FlushKind::Local,
-        }
-    }
-}
 
 /// The calling vCPU, as the dispatcher describes it.
 pub struct MmuCtx<'a> {
@@ -85,7 +39,7 @@ pub struct BatchOutcome {
     pub done: usize,
     pub result: Result<(), Errno>,
     /// Flush owed before the guest runs (also after an error).
-    pub flush: FlushKind,
+    pub flush: Flush,
     /// `MMUEXT_FLUSH_CACHE[_GLOBAL]` was requested (and allowed): `wbinvd`.
     pub cache_flush: bool,
     /// `MMUEXT_SET_LDT` was requested with these validated `(base, entries)`.
@@ -94,12 +48,12 @@ pub struct BatchOutcome {
 
 impl BatchOutcome {
     fn new() -> BatchOutcome {
-        BatchOutcome { done: 0, result: Ok(()), flush: FlushKind::None, cache_flush: false, ldt: None }
+        BatchOutcome { done: 0, result: Ok(()), flush: Flush::None, cache_flush: false, ldt: None }
     }
 
     fn finish(mut self, ft: &mut FrameTable) -> BatchOutcome {
         if ft.take_flush_pending() {
-            self.flush = self.flush.merge(FlushKind::All);
+            self.flush = self.flush.merge(Flush::All);
         }
         self
     }
@@ -314,9 +268,8 @@ fn mmuext_one<M: MachineMemory>(
             if !local {
                 return Err(Errno::EPERM);
             }
-            // The vCPU mask of the MULTI form is not looked at: all vCPUs is a superset.
-            let f = if op.cmd == mmuext::TLB_FLUSH_LOCAL { FlushKind::Local } else { FlushKind::All };
-            out.flush = out.flush.merge(f);
+            // One CPU runs every vCPU: the local, multi and all forms are the same flush.
+            out.flush = out.flush.merge(Flush::All);
             Ok(())
         }
         mmuext::INVLPG_LOCAL | mmuext::INVLPG_MULTI | mmuext::INVLPG_ALL => {
@@ -327,12 +280,7 @@ fn mmuext_one<M: MachineMemory>(
             if !is_canonical(va) {
                 return Err(Errno::EINVAL);
             }
-            let f = if op.cmd == mmuext::INVLPG_LOCAL {
-                FlushKind::InvlpgLocal(va)
-            } else {
-                FlushKind::InvlpgAll(va)
-            };
-            out.flush = out.flush.merge(f);
+            out.flush = out.flush.merge(Flush::Page(va));
             Ok(())
         }
         mmuext::FLUSH_CACHE | mmuext::FLUSH_CACHE_GLOBAL => {
@@ -441,7 +389,7 @@ pub fn update_va_mapping<M: MachineMemory>(
     va: u64,
     val: u64,
     flags: u64,
-) -> Result<FlushKind, Errno> {
+) -> Result<Flush, Errno> {
     update_va_mapping_otherdomain(ft, mem, ctx, va, val, flags, DomId::SELF)
 }
 
@@ -455,7 +403,7 @@ pub fn update_va_mapping_otherdomain<M: MachineMemory>(
     val: u64,
     flags: u64,
     domid: DomId,
-) -> Result<FlushKind, Errno> {
+) -> Result<Flush, Errno> {
     let pg_owner = get_pg_owner(ft, ctx, domid)?;
     let owners = L1Owners { l1e_owner: ctx.domid, pg_owner, caller: ctx.domid };
     let l1 = find_l1(ft, mem, ctx, va)?;
@@ -468,14 +416,13 @@ pub fn update_va_mapping_otherdomain<M: MachineMemory>(
     };
     ft.put_page(l1);
     r?;
+    // The target (local, all, or a vCPU mask) does not matter: one CPU runs every vCPU.
     let flush = match flags & uvmf::FLUSHTYPE_MASK {
-        uvmf::TLB_FLUSH if flags & !uvmf::FLUSHTYPE_MASK == uvmf::LOCAL => FlushKind::Local,
-        uvmf::TLB_FLUSH => FlushKind::All,
-        uvmf::INVLPG if flags & !uvmf::FLUSHTYPE_MASK == uvmf::LOCAL => FlushKind::InvlpgLocal(va),
-        uvmf::INVLPG => FlushKind::InvlpgAll(va),
-        _ => FlushKind::None,
+        uvmf::TLB_FLUSH => Flush::All,
+        uvmf::INVLPG => Flush::Page(va),
+        _ => Flush::None,
     };
-    Ok(if ft.take_flush_pending() { flush.merge(FlushKind::All) } else { flush })
+    Ok(if ft.take_flush_pending() { flush.merge(Flush::All) } else { flush })
 }
 
 /// The L1 table that maps `va` in the vCPU's kernel page tables (Xen's `map_guest_l1e`).
@@ -729,7 +676,7 @@ pub(crate) mod testkit {
             let mut ext = Vec::new();
             for g in guests {
                 for m in [g.kernel_l4, g.user_l4].into_iter().flatten() {
-                    ext.push(ExternalRef { mfn: m, typed: true });
+                    ext.push(ExternalRef::root(m, g.domid));
                 }
             }
             if let Err(e) = self.ft.audit(&self.mem, &ext) {
@@ -761,19 +708,6 @@ mod tests {
     use super::*;
     use crate::mm::frame_table::Owner;
     use crate::mm::pte::make;
-
-    #[test]
-    fn flush_kinds_merge_to_the_smallest_cover() {
-        use FlushKind::*;
-        assert_eq!(None.merge(InvlpgLocal(1)), InvlpgLocal(1));
-        assert_eq!(InvlpgLocal(1).merge(InvlpgLocal(1)), InvlpgLocal(1));
-        assert_eq!(InvlpgLocal(1).merge(InvlpgLocal(2)), Local);
-        assert_eq!(InvlpgLocal(1).merge(InvlpgAll(2)), All);
-        assert_eq!(Local.merge(InvlpgLocal(3)), Local);
-        assert_eq!(InvlpgAll(3).merge(Local), All);
-        assert_eq!(All.merge(None), All);
-        assert_eq!(Local.merge(All), All);
-    }
 
     #[test]
     fn machphys_update_only_for_owned_frames() {
@@ -825,18 +759,18 @@ mod tests {
         for cmd in [mmuext::INVLPG_LOCAL, mmuext::INVLPG_ALL, mmuext::INVLPG_MULTI] {
             let r = m.ext(&mut g, cmd, 0x0000_8000_0000_0000, 0);
             assert_eq!((r.done, r.result), (0, Err(Errno::EINVAL)));
-            assert_eq!(r.flush, FlushKind::None);
+            assert_eq!(r.flush, Flush::None);
         }
-        assert_eq!(m.ext(&mut g, mmuext::INVLPG_LOCAL, 0x4000, 0).flush, FlushKind::InvlpgLocal(0x4000));
-        assert_eq!(m.ext(&mut g, mmuext::INVLPG_ALL, 0x4000, 0).flush, FlushKind::InvlpgAll(0x4000));
-        assert_eq!(m.ext(&mut g, mmuext::TLB_FLUSH_LOCAL, 0, 0).flush, FlushKind::Local);
-        assert_eq!(m.ext(&mut g, mmuext::TLB_FLUSH_ALL, 0, 0).flush, FlushKind::All);
+        assert_eq!(m.ext(&mut g, mmuext::INVLPG_LOCAL, 0x4000, 0).flush, Flush::Page(0x4000));
+        assert_eq!(m.ext(&mut g, mmuext::INVLPG_ALL, 0x4000, 0).flush, Flush::Page(0x4000));
+        assert_eq!(m.ext(&mut g, mmuext::TLB_FLUSH_LOCAL, 0, 0).flush, Flush::All);
+        assert_eq!(m.ext(&mut g, mmuext::TLB_FLUSH_ALL, 0, 0).flush, Flush::All);
         let ops = [
             MmuextOp { cmd: mmuext::INVLPG_LOCAL, _pad: 0, arg1: 0x1000, arg2: 0 },
             MmuextOp { cmd: mmuext::INVLPG_LOCAL, _pad: 0, arg1: 0x2000, arg2: 0 },
         ];
         let r = m.run(&mut g, |ft, mem, ctx| mmuext_op(ft, mem, ctx, &ops, DomId::SELF, 8));
-        assert_eq!((r.done, r.flush), (2, FlushKind::Local));
+        assert_eq!((r.done, r.flush), (2, Flush::All));
     }
 
     #[test]
@@ -909,7 +843,7 @@ mod tests {
             MmuextOp { cmd: 99, _pad: 0, arg1: 0, arg2: 0 },
         ];
         let r = m.run(&mut g, |ft, mem, ctx| mmuext_op(ft, mem, ctx, &ops, DomId::SELF, 8));
-        assert_eq!((r.done, r.result, r.flush), (1, Err(Errno::ENOSYS), FlushKind::Local));
+        assert_eq!((r.done, r.result, r.flush), (1, Err(Errno::ENOSYS), Flush::All));
         assert_eq!(m.ext(&mut g, mmuext::MARK_SUPER, 0, 0).result, Err(Errno::EOPNOTSUPP));
         m.audit(&[&g]);
     }
@@ -975,15 +909,15 @@ mod tests {
         let f = m.alloc(&g);
         let va = 10 * 4096;
         let r = m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, va, make(f, RWF), uvmf::INVLPG));
-        assert_eq!(r, Ok(FlushKind::InvlpgLocal(va)));
+        assert_eq!(r, Ok(Flush::Page(va)));
         assert_eq!(pte::mfn(m.mem.read_pte(s.l1, 10)), f);
         assert_eq!(m.info(f).ty, PageType::Writable);
         let r =
             m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, va, 0, uvmf::TLB_FLUSH | uvmf::ALL));
-        assert_eq!(r, Ok(FlushKind::All));
+        assert_eq!(r, Ok(Flush::All));
         assert_eq!(m.info(f).type_count, 0);
         let r = m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, va, 0, uvmf::TLB_FLUSH));
-        assert_eq!(r, Ok(FlushKind::Local));
+        assert_eq!(r, Ok(Flush::All));
         // Unmapped (no L3 at L4 slot 1), non-canonical, in the hypervisor hole.
         for bad in [1u64 << 39, 0x0000_8000_0000_0000, 0xffff_8000_0000_1000] {
             let r = m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, bad, 0, uvmf::INVLPG));

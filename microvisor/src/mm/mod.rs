@@ -6,9 +6,12 @@ pub mod frame_table;
 pub mod mmu;
 pub mod pagetable;
 pub mod pte;
+pub mod tlb;
 
 #[cfg(test)]
 pub mod fake;
+#[cfg(test)]
+mod security_tests;
 
 use hypercall_abi::{DomId, Mfn, PAGE_SIZE};
 
