@@ -13,6 +13,7 @@ fn bench_lines_are_printed_and_sane() {
         // The fast path's answer: Xen 4.19's `major << 16 | minor`.
         .expect_line("xen_version returned 0x40013,")
         .expect_line("TEST bench-mm PASS")
+        .expect_line("TEST bench-evtchn PASS")
         .expect_line("TEST bench-pingpong PASS")
         .expect_line("TEST bench-switch PASS")
         .expect_line("TEST switch-partner PASS");

@@ -13,7 +13,7 @@
 //! * `blk-noio`: a domU must not reach I/O ports, device memory or interrupts;
 //! * `blk-bench`: the domU side of the disk benchmarks.
 
-use super::report;
+use super::{bench_order, report, Ctx};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -35,11 +35,14 @@ use pv_guest_kernel::{cmdline, gnttab, hypercall, println, time};
 /// How long a scenario waits for dom0 (xenstore, the vbd) before giving up.
 const SETUP_NS: u64 = 120_000_000_000;
 
-pub fn run(si: &StartInfo, scenario: &str) {
-    let cmd = si.cmdline();
-    if scenario == "blk-noio" {
-        return noio();
-    }
+/// What a disk scenario runs once its disk is connected.
+pub type DiskScenario = fn(&Ctx, Blkfront, &mut Xenbus<RingTransport>);
+
+/// Connects the scenario's virtual disk (after the benchmark ordering's `after=1`, if given),
+/// then runs `body` on it.
+pub fn with_disk(c: &Ctx, body: DiskScenario) {
+    let (si, scenario) = (c.si, c.name);
+    bench_order::wait_after(si);
     let Some(mut xb) = connect_xenstore(si) else {
         println!("TEST {scenario} FAIL no xenstore connection");
         return;
@@ -52,14 +55,7 @@ pub fn run(si: &StartInfo, scenario: &str) {
         }
     };
     println!("{scenario}: vbd/{} connected, {} sectors", disk.devid, disk.info.sectors);
-    match scenario {
-        "blk-pattern" => pattern(cmd, disk, &mut xb),
-        "blk-image" => image(disk, &mut xb),
-        "blk-hostile" => hostile(disk, &mut xb),
-        "blk-destroy" => destroy(disk),
-        "blk-bench" => bench(cmd, disk, &mut xb),
-        other => println!("TEST {other} FAIL unknown scenario"),
-    }
+    body(c, disk, &mut xb);
 }
 
 /// Connects to xenstore, retrying while dom0 is busy (its own disk benchmark may run first).
@@ -97,8 +93,9 @@ fn fill(buf: &mut [u8], seed: u64, sector: u64) {
     }
 }
 
-fn pattern(cmd: &str, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
+pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let mut fails: Vec<String> = Vec::new();
+    let cmd = c.cmd;
     let seed = cmdline::get_u64(cmd, "seed", 1, 0, u64::MAX).unwrap_or(1);
     let slots = disk.info.sectors / CHUNK;
     if slots < CHUNKS as u64 {
@@ -187,7 +184,7 @@ fn image_sector(s: u64, out: &mut [u8]) {
     out[..head.len()].copy_from_slice(head.as_bytes());
 }
 
-fn image(mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
+pub fn image(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let mut fails: Vec<String> = Vec::new();
     let n = disk.info.sectors;
     let Some(mut buf) = SectorBuf::new(128 * 1024) else { return };
@@ -262,7 +259,7 @@ fn exchange(disk: &mut Blkfront, reqs: &[BlkifRequest]) -> Result<Vec<BlkifRespo
     Ok(out)
 }
 
-fn hostile(mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
+pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let mut fails: Vec<String> = Vec::new();
     let backend = disk.raw().backend;
     let cap = disk.info.sectors;
@@ -372,7 +369,7 @@ fn my_domid(xb: &mut Xenbus<RingTransport>) -> String {
 // ---------------------------------------------------------------------------------------------
 // blk-destroy
 
-fn destroy(mut disk: Blkfront) {
+pub fn destroy(_: &Ctx, mut disk: Blkfront, _: &mut Xenbus<RingTransport>) {
     let pages: Vec<Page> = (0..32 * 11).filter_map(|_| mm::alloc_page().ok()).collect();
     if pages.len() < 32 * 11 {
         println!("TEST blk-destroy FAIL no memory");
@@ -406,7 +403,7 @@ fn destroy(mut disk: Blkfront) {
 // ---------------------------------------------------------------------------------------------
 // blk-noio
 
-fn noio() {
+pub fn noio() {
     let mut fails: Vec<String> = Vec::new();
     // Device memory: an L1 entry for a frame in the PCI hole, as dom0 maps BARs.
     let va = 0xffff_cc00_0000_0000u64;
@@ -504,7 +501,8 @@ fn mib_per_s(bytes: u64, ns: u64) -> u64 {
     (u128::from(bytes) * 1_000_000_000 / (u128::from(ns.max(1)) << 20)) as u64
 }
 
-fn bench(cmd: &str, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
+pub fn bench(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
+    let cmd = c.cmd;
     let mib = cmdline::get_u64(cmd, "span", 64, 1, 1 << 20).unwrap_or(64);
     let runs = cmdline::get_u64(cmd, "runs", 16, 1, 1000).unwrap_or(16) as usize;
     let span = (mib * 2048).min(disk.info.sectors);

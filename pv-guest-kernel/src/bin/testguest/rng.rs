@@ -8,7 +8,7 @@
 //!   another domain — each must get its `-errno` while a good request after it is served;
 //!   then a producer index more than a ring ahead must make the backend close the device.
 
-use super::report;
+use super::{report, Ctx};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -17,15 +17,16 @@ use hypercall_abi::io::rngif::{RngRequest, RngResponse};
 use hypercall_abi::{DomId, Errno, GrantRef};
 use pv_guest_kernel::rngfront::Rng;
 use pv_guest_kernel::split::kernel::{wait_responses, KernelOps};
-use pv_guest_kernel::start_info::StartInfo;
 use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
 use pv_guest_kernel::{gnttab, mm, println, time};
 
 /// How long a scenario waits for dom0 (xenstore, the device).
 const SETUP_NS: u64 = 60_000_000_000;
 
-pub fn run(si: &StartInfo, scenario: &str) {
-    let mut xb = match xenbus::connect(si) {
+/// Connects the scenario's random-number device, then runs `body` on it.
+pub fn with_device(c: &Ctx, body: fn(Rng, &mut Xenbus<RingTransport>)) {
+    let scenario = c.name;
+    let mut xb = match xenbus::connect(c.si) {
         Ok(xb) => xb,
         Err(e) => {
             println!("TEST {scenario} FAIL no xenstore: {e}");
@@ -39,14 +40,10 @@ pub fn run(si: &StartInfo, scenario: &str) {
             return;
         }
     };
-    match scenario {
-        "rng-read" => read(rng, &mut xb),
-        "rng-hostile" => hostile(rng, &mut xb),
-        other => println!("TEST {other} FAIL unknown scenario"),
-    }
+    body(rng, &mut xb);
 }
 
-fn read(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
+pub fn read(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
     let mut fails: Vec<String> = Vec::new();
     let mut buf = alloc::vec![0u8; 64 * 1024];
     let t0 = time::now_ns();
@@ -107,7 +104,7 @@ fn exchange(rng: &mut Rng, reqs: &[RngRequest]) -> Result<Vec<RngResponse>, Stri
     Ok(out)
 }
 
-fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
+pub fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
     let mut fails: Vec<String> = Vec::new();
     let backend = rng.backend();
     let Some((_, grefs)) = rng.raw() else { return };

@@ -1,0 +1,214 @@
+//! Trap scenarios: a #PF's `cr2` and error code as Xen reports them (`trap-pf`), #UD at the
+//! right rip and CPUID behind Xen's forced-emulation prefix (`trap-ud`), and a stack overflow
+//! into the guard page (`stack-overflow`). The fault helpers serve other scenarios too.
+
+use super::badargs::ro_scratch_page;
+use super::report;
+use alloc::vec::Vec;
+use core::arch::asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+use pv_guest_kernel::traps::{self, TrapFrame};
+use pv_guest_kernel::{events, mm, println};
+
+/// Where the instruction under test is, and where to resume after it.
+static FAULT_RIP: AtomicU64 = AtomicU64::new(0);
+static RESUME_RIP: AtomicU64 = AtomicU64::new(0);
+
+static PF_COUNT: AtomicU64 = AtomicU64::new(0);
+static PF_CR2: AtomicU64 = AtomicU64::new(0);
+static PF_ERR: AtomicU64 = AtomicU64::new(0);
+static PF_RIP: AtomicU64 = AtomicU64::new(0);
+static PF_CS: AtomicU64 = AtomicU64::new(0);
+
+/// Skips the instruction under test, or treats anything else as fatal.
+fn skip_or_die(f: &mut TrapFrame) {
+    if f.rip == FAULT_RIP.load(Ordering::SeqCst) {
+        f.rip = RESUME_RIP.load(Ordering::SeqCst);
+    } else {
+        traps::fatal(f);
+    }
+}
+
+pub fn pf_handler(f: &mut TrapFrame) {
+    PF_COUNT.fetch_add(1, Ordering::SeqCst);
+    PF_CR2.store(traps::cr2(), Ordering::SeqCst);
+    PF_ERR.store(f.error_code, Ordering::SeqCst);
+    PF_RIP.store(f.rip, Ordering::SeqCst);
+    PF_CS.store(f.cs, Ordering::SeqCst);
+    skip_or_die(f);
+}
+
+/// Writes to `addr` with a single instruction whose address and successor are recorded for
+/// the handler. Registers survive the fault: the handler returns through `iret`.
+fn write_and_recover(addr: u64) {
+    // SAFETY: the store either succeeds on memory the caller chose, or faults and the
+    // registered handler resumes at label 2; the recorded addresses are plain atomics.
+    unsafe {
+        asm!(
+            "lea 2f(%rip), {tmp}",
+            "mov {tmp}, ({resume})",
+            "lea 1f(%rip), {tmp}",
+            "mov {tmp}, ({fault})",
+            "1: movq $0x5a, ({addr})",
+            "2:",
+            tmp = out(reg) _,
+            resume = in(reg) RESUME_RIP.as_ptr(),
+            fault = in(reg) FAULT_RIP.as_ptr(),
+            addr = in(reg) addr,
+            options(att_syntax, nostack),
+        );
+    }
+}
+
+/// Bit of a #PF error code: the access was a write.
+pub const PFEC_WRITE: u64 = 1 << 1;
+/// Bit of a #PF error code: the page was present (a protection fault).
+pub const PFEC_PRESENT: u64 = 1 << 0;
+/// Bit of a #PF error code: the access came from user mode (Xen clears it for the guest kernel).
+pub const PFEC_USER: u64 = 1 << 2;
+
+/// Faults on a write to `addr` and checks what the handler saw; `ignore` masks error-code
+/// bits the caller does not test.
+pub fn expect_pf(fails: &mut Vec<alloc::string::String>, what: &str, addr: u64, want_err: u64, ignore: u64) {
+    let before = PF_COUNT.load(Ordering::SeqCst);
+    write_and_recover(addr);
+    let (n, cr2, err) = (
+        PF_COUNT.load(Ordering::SeqCst) - before,
+        PF_CR2.load(Ordering::SeqCst),
+        PF_ERR.load(Ordering::SeqCst),
+    );
+    let (rip, cs) = (PF_RIP.load(Ordering::SeqCst), PF_CS.load(Ordering::SeqCst));
+    println!("trap-pf: {what}: {n} fault(s), cr2 {cr2:#x}, error {err:#x}, rip {rip:#x}, cs {cs:#x}");
+    check!(fails, n == 1, "{what}: {n} faults instead of 1");
+    check!(fails, cr2 == addr, "{what}: cr2 {cr2:#x} instead of {addr:#x}");
+    check!(
+        fails,
+        err & !ignore == want_err,
+        "{what}: error code {err:#x} instead of {want_err:#x}{}",
+        if err & PFEC_USER != 0 { " (user bit set for a guest-kernel access)" } else { "" }
+    );
+    check!(
+        fails,
+        rip == FAULT_RIP.load(Ordering::SeqCst),
+        "{what}: rip {rip:#x} is not the faulting instruction"
+    );
+    check!(fails, cs & 0xffff == 0xe030, "{what}: cs {:#x} is not the kernel's with RPL 0", cs & 0xffff);
+    check!(
+        fails,
+        (cs >> 32) & 0xff == 0,
+        "{what}: saved upcall mask {} (upcalls were enabled)",
+        (cs >> 32) & 0xff
+    );
+}
+
+pub fn trap_pf() {
+    let mut fails = Vec::new();
+    traps::set_handler(14, Some(pf_handler));
+    let masked_before = events::upcalls_masked();
+    // Not present, write, from the guest kernel: Xen reports exactly W.
+    expect_pf(&mut fails, "write to unmapped 0x1000", 0x1000, PFEC_WRITE, 0);
+    // A page beyond the direct map.
+    if let Some(i) = mm::info() {
+        let end = i.virt_base + i.mapped_end.0 * 4096 + 0x18;
+        expect_pf(&mut fails, "write past the direct map", end, PFEC_WRITE, 0);
+    }
+    // Present but read-only: P|W.
+    match ro_scratch_page() {
+        Some(va) => {
+            expect_pf(&mut fails, "write to a read-only page", va + 0x10, PFEC_WRITE | PFEC_PRESENT, 0)
+        }
+        None => println!("trap-pf: no read-only page available; protection case skipped"),
+    }
+    check!(fails, events::upcalls_masked() == masked_before, "iret did not restore the upcall mask");
+    traps::set_handler(14, None);
+    report("trap-pf", &fails, format_args!("cr2 and error codes as Xen reports them"));
+}
+
+pub static UD_COUNT: AtomicU64 = AtomicU64::new(0);
+static UD_RIP: AtomicU64 = AtomicU64::new(0);
+
+pub fn ud_handler(f: &mut TrapFrame) {
+    UD_COUNT.fetch_add(1, Ordering::SeqCst);
+    UD_RIP.store(f.rip, Ordering::SeqCst);
+    skip_or_die(f);
+}
+
+pub fn execute_ud2() {
+    // SAFETY: ud2 raises #UD, whose handler resumes at label 2.
+    unsafe {
+        asm!(
+            "lea 2f(%rip), {tmp}",
+            "mov {tmp}, ({resume})",
+            "lea 1f(%rip), {tmp}",
+            "mov {tmp}, ({fault})",
+            "1: ud2",
+            "2:",
+            tmp = out(reg) _,
+            resume = in(reg) RESUME_RIP.as_ptr(),
+            fault = in(reg) FAULT_RIP.as_ptr(),
+            options(att_syntax, nostack),
+        );
+    }
+}
+
+/// CPUID through Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`).
+fn forced_cpuid(leaf: u32) -> [u32; 4] {
+    let (a, b, c, d): (u32, u64, u32, u32);
+    // SAFETY: the prefix raises #UD, which the hypervisor decodes and emulates as CPUID;
+    // rbx (reserved by LLVM) is swapped out and back around it.
+    unsafe {
+        asm!(
+            "xchg {b}, %rbx",
+            "ud2",
+            ".ascii \"xen\"",
+            "cpuid",
+            "xchg {b}, %rbx",
+            b = inout(reg) 0u64 => b,
+            inout("eax") leaf => a,
+            inout("ecx") 0u32 => c,
+            out("edx") d,
+            options(att_syntax, nostack),
+        );
+    }
+    [a, b as u32, c, d]
+}
+
+pub fn trap_ud() {
+    let mut fails = Vec::new();
+    traps::set_handler(6, Some(ud_handler));
+    UD_COUNT.store(0, Ordering::SeqCst);
+    execute_ud2();
+    let (n, rip, want) =
+        (UD_COUNT.load(Ordering::SeqCst), UD_RIP.load(Ordering::SeqCst), FAULT_RIP.load(Ordering::SeqCst));
+    println!("trap-ud: ud2 at {want:#x}: {n} #UD, handler saw rip {rip:#x}");
+    check!(fails, n == 1, "{n} #UD instead of 1");
+    check!(fails, rip == want, "#UD rip {rip:#x} instead of {want:#x}");
+    let r = forced_cpuid(0x4000_0000);
+    let mut sig = [0u8; 12];
+    for (i, w) in r[1..].iter().enumerate() {
+        sig[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+    }
+    let sig = core::str::from_utf8(&sig).unwrap_or("<not UTF-8>");
+    let after = UD_COUNT.load(Ordering::SeqCst);
+    println!("trap-ud: forced cpuid 0x40000000: eax {:#x}, signature \"{sig}\"", r[0]);
+    check!(fails, sig == "XenVMMXenVMM", "forced cpuid signature \"{sig}\"");
+    check!(fails, r[0] >= 0x4000_0002, "forced cpuid max leaf {:#x} below 0x40000002", r[0]);
+    check!(fails, after == n, "the forced-emulation prefix reached the #UD handler");
+    traps::set_handler(6, None);
+    report("trap-ud", &fails, format_args!("#UD at the right rip, forced cpuid \"{sig}\""));
+}
+
+/// Recurses until the boot stack runs into its guard page: the domain must be crashed with a
+/// reason, not overwrite whatever lies below its stack.
+pub fn stack_overflow() {
+    fn deeper(depth: u64) -> u64 {
+        let frame = core::hint::black_box([depth; 64]);
+        if core::hint::black_box(true) {
+            return deeper(depth + 1).wrapping_add(frame[7]);
+        }
+        depth
+    }
+    println!("TEST stack-overflow RUNNING recursing into the guard page");
+    let d = deeper(0);
+    println!("TEST stack-overflow FAIL came back from depth {d}");
+}
