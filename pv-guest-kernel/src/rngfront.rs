@@ -97,7 +97,7 @@ mod kernel {
     use crate::split::kernel::{self as sk, KernelOps, OwnPage};
     use crate::split::{FrontChannel, FrontDevice, FrontendDriver, SplitError};
     use crate::xenbus::{Transport, Xenbus};
-    use crate::{gnttab, println, time};
+    use crate::{gnttab, time};
     use hypercall_abi::io::rngif::{RngRequest, RngResponse, KIND};
     use hypercall_abi::{Errno, GrantRef, PAGE_SIZE};
 
@@ -250,31 +250,6 @@ mod kernel {
             if gnttab::end_access(*g).is_ok() {
                 let _ = mm::free_page(p.pfn);
             }
-        }
-    }
-
-    /// The domU demo: 32 bytes from dom0's virtio-rng, printed, then the device closed.
-    pub fn demo<T: Transport>(xb: &mut Xenbus<T>) {
-        let mut rng = match Rng::connect(xb, 0) {
-            Ok(r) => r,
-            Err(e) => {
-                println!("domU: no random-number device ({e})");
-                return;
-            }
-        };
-        let mut bytes = [0u8; 32];
-        match rng.read(&mut bytes) {
-            Ok(()) => {
-                let mut hex = alloc::string::String::new();
-                for b in bytes {
-                    hex.push_str(&alloc::format!("{b:02x}"));
-                }
-                println!("domU: 32 random bytes from dom0's virtio-rng: {hex}");
-            }
-            Err(e) => println!("domU: reading random bytes failed: {e}"),
-        }
-        if let Err(e) = rng.disconnect(xb, WAIT_NS) {
-            println!("domU: closing the random-number device: {e}");
         }
     }
 }

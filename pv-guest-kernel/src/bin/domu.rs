@@ -9,9 +9,11 @@
 //! ([`pv_guest_kernel::balloon`]), so dom0's `mem-set=` moves its memory.
 //!
 //! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration,
-//! `xstest` to run the xenstore self-test ([`pv_guest_kernel::xenbus::selftest`]) first.
+//! `xstest` to run the xenstore self-test ([`xstest`]) first.
 #![no_std]
 #![no_main]
+
+extern crate alloc;
 
 use kernel_rt as _;
 use pv_guest_kernel::start_info::StartInfo;
@@ -32,7 +34,7 @@ fn main(si: &StartInfo) {
                 Err(e) => println!("domU: console ring not connected ({e}), staying on console_io"),
             }
             if cmdline::flag(cmd, "xstest") {
-                xenbus::selftest::run(&mut xb);
+                xstest::run(&mut xb);
             }
             if let Err(e) = balloon::watch_target(&mut xb) {
                 println!("domU: cannot watch memory/target ({e}); no ballooning");
@@ -59,8 +61,8 @@ fn main(si: &StartInfo) {
     // The devices last: their handshakes wait on dom0, which serves rings only between its own
     // steps, and would keep the two loops from interleaving.
     if let Some(xb) = xb.as_mut() {
-        pv_guest_kernel::blkfront::demo::run(xb);
-        pv_guest_kernel::rngfront::demo(xb)
+        disk::run(xb);
+        rng::run(xb)
     }
     println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
 }
@@ -93,3 +95,11 @@ fn busy_work(n: u64, seed: u64) -> u64 {
     }
     x
 }
+
+// The demo's parts live in `domu/` so that cargo does not take them for binaries of their own.
+#[path = "domu/disk.rs"]
+mod disk;
+#[path = "domu/rng.rs"]
+mod rng;
+#[path = "domu/xstest.rs"]
+mod xstest;

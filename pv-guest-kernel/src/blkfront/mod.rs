@@ -23,8 +23,6 @@ use hypercall_abi::io::blkif::{BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST, BL
 use hypercall_abi::{GrantRef, Mfn, PAGE_SIZE};
 
 #[cfg(not(test))]
-pub mod demo;
-#[cfg(not(test))]
 mod kernel;
 #[cfg(not(test))]
 pub use kernel::*;

@@ -47,6 +47,7 @@ pub use ports::PortSet;
 
 #[cfg(not(test))]
 pub mod kernel;
+#[cfg(any(test, feature = "test-doubles"))]
 pub mod model;
 #[cfg(test)]
 mod tests;

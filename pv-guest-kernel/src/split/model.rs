@@ -2,7 +2,7 @@
 //! watches and a write log, and a hypervisor world of pages, grants, grant mappings and event
 //! channels that both ends of a device use, checking each call as the real hypervisor would
 //! and counting what is still held so a test can assert that teardown released everything.
-//! (Plain `alloc` code, so it builds everywhere; kernels never call it.)
+//! Built only for tests: this crate's, and other crates' through the `test-doubles` feature.
 
 use super::{BackendOps, EventOps, FrontendOps, Store, XsOps};
 use alloc::collections::{BTreeMap, BTreeSet};

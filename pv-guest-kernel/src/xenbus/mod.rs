@@ -11,6 +11,4 @@ pub use client::{Transport, TxId, WatchEvent, Xenbus};
 #[cfg(not(test))]
 mod kernel;
 #[cfg(not(test))]
-pub mod selftest;
-#[cfg(not(test))]
 pub use kernel::*;

@@ -218,8 +218,10 @@ impl SharedPage for MappedPage {
     }
 }
 
-/// A private page standing in for shared memory, for host tests (here and in dom0): interior
-/// mutability through atomics, so two "ends" can hold it at once.
+/// A private page standing in for shared memory, for host tests (here and in dom0, through the
+/// `test-doubles` feature): interior mutability through atomics, so two "ends" can hold it at
+/// once.
+#[cfg(any(test, feature = "test-doubles"))]
 pub mod fake {
     use super::SharedPage;
     use alloc::vec::Vec;

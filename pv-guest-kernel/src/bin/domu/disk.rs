@@ -2,9 +2,9 @@
 //! sector 0, writes a line to the disk's last sector, flushes, reads it back and compares,
 //! then disconnects.
 
-use super::{Blkfront, SectorBuf};
-use crate::println;
-use crate::xenbus::{Transport, Xenbus};
+use pv_guest_kernel::blkfront::{Blkfront, SectorBuf};
+use pv_guest_kernel::println;
+use pv_guest_kernel::xenbus::{Transport, Xenbus};
 
 /// How long the demo waits for the backend to disconnect.
 const WAIT_NS: u64 = 2_000_000_000;

@@ -10,15 +10,14 @@
 //! conflicting transaction with `EAGAIN`, and after a malformed message (a header announcing
 //! more than 4096 bytes) finds the ring's error set and reconnects.
 
-use super::client::{TxId, Xenbus};
-use super::kernel::RingTransport;
-use crate::println;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec;
 use core::fmt::Debug;
 use hypercall_abi::io::xs_wire::{self, XsdSockmsgType};
 use hypercall_abi::{DomId, Errno};
+use pv_guest_kernel::println;
+use pv_guest_kernel::xenbus::{RingTransport, TxId, Xenbus};
 
 struct Checker {
     failed: u32,
