@@ -489,6 +489,10 @@ impl ControlPlane {
         if r.notify {
             let _ = events::send(s.port);
         }
+        if r.more {
+            // Its budget ran out: the others first, then it again.
+            PENDING.raise(s.port);
+        }
         r.notify
     }
 
@@ -505,6 +509,9 @@ impl ControlPlane {
             if r.notify {
                 moved = true;
                 let _ = events::send(s.port);
+            }
+            if r.more {
+                PENDING.raise(s.port);
             }
         }
         moved

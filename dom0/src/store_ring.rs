@@ -15,6 +15,9 @@ use pv_guest_kernel::xenbus::ring::{ByteRing, SharedPage};
 
 use crate::xenstore::{ConnId, FeedError, Xenstore};
 
+/// Requests one [`StoreRing::service`] pass handles at most.
+pub const MESSAGES_PER_PASS: usize = 16;
+
 /// What a pass over the ring did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Serviced {
@@ -22,6 +25,9 @@ pub struct Serviced {
     pub notify: bool,
     /// The ring was reset at the guest's request.
     pub reconnected: bool,
+    /// The pass stopped at its budget with requests left: serve the ring again after the
+    /// others had their turn.
+    pub more: bool,
 }
 
 /// One introduced domain's ring, as xenstored tracks it.
@@ -69,7 +75,7 @@ impl StoreRing {
     }
 
     /// Serves the ring once: a pending reconnect request, then requests and output until
-    /// neither moves.
+    /// neither moves or [`MESSAGES_PER_PASS`] requests were handled.
     pub fn service(&mut self, xs: &mut Xenstore, page: &impl SharedPage) -> Serviced {
         let mut done = Serviced::default();
         if page.load_u32(xs_wire::CONNECTION_OFFSET) == connection::XENSTORE_RECONNECT {
@@ -87,6 +93,7 @@ impl StoreRing {
             return done;
         }
         let mut buf = [0u8; xs_wire::XENSTORE_RING_SIZE as usize];
+        let mut budget = MESSAGES_PER_PASS;
         loop {
             if ByteRing::XS_REQ.corrupt(page) || ByteRing::XS_RSP.corrupt(page) {
                 self.break_with(page, ring_error::XENSTORE_ERROR_RINGIDX);
@@ -94,11 +101,17 @@ impl StoreRing {
                 return done;
             }
             let mut moved = self.flush(xs, page, &mut buf);
+            if budget == 0 {
+                done.more = ByteRing::XS_REQ.readable(page) > 0;
+                done.notify |= moved;
+                return done;
+            }
             let n = ByteRing::XS_REQ.peek(page, &mut buf);
             if n > 0 {
-                match xs.feed(self.conn, &buf[..n]) {
-                    Ok(taken) => {
-                        moved |= ByteRing::XS_REQ.advance(page, taken) > 0;
+                match xs.feed_some(self.conn, &buf[..n], budget) {
+                    Ok(fed) => {
+                        budget -= fed.messages.min(budget);
+                        moved |= ByteRing::XS_REQ.advance(page, fed.taken) > 0;
                     }
                     Err(FeedError::Protocol(e)) => {
                         self.break_with(page, e.ring_error());
@@ -330,6 +343,76 @@ mod tests {
         let hdr = xs_wire::XsdSockmsg { type_: 999, req_id: 77, tx_id: 0, len: 0 };
         xb.send_raw(zerocopy::IntoBytes::as_bytes(&hdr)).unwrap();
         xb.write(TxId::NONE, "data/ok", b"1").unwrap();
+    }
+
+    /// A guest that refills its request ring the moment the server consumes from it and
+    /// empties its response ring the moment the server produces, as a domU spinning on
+    /// another CPU would: `left` requests to go.
+    struct Relentless {
+        page: FakePage,
+        request: Vec<u8>,
+        left: core::cell::Cell<u32>,
+        /// Request bytes the server consumed.
+        taken: core::cell::Cell<u32>,
+    }
+
+    impl SharedPage for Relentless {
+        fn load_u32(&self, off: usize) -> u32 {
+            self.page.load_u32(off)
+        }
+        fn store_u32(&self, off: usize, v: u32) {
+            if off == ByteRing::XS_REQ.cons {
+                let old = self.page.load_u32(off);
+                self.taken.set(self.taken.get() + v.wrapping_sub(old));
+            }
+            self.page.store_u32(off, v);
+            if off == ByteRing::XS_REQ.cons {
+                while self.left.get() > 0
+                    && ByteRing::XS_REQ.writable(&self.page) as usize >= self.request.len()
+                {
+                    ByteRing::XS_REQ.produce(&self.page, &self.request);
+                    self.left.set(self.left.get() - 1);
+                }
+            }
+            if off == ByteRing::XS_RSP.prod {
+                self.page.store_u32(ByteRing::XS_RSP.cons, v);
+            }
+        }
+        fn read(&self, off: usize, out: &mut [u8]) {
+            self.page.read(off, out)
+        }
+        fn write(&self, off: usize, data: &[u8]) {
+            self.page.write(off, data)
+        }
+        fn fence(&self) {}
+    }
+
+    #[test]
+    fn one_pass_is_bounded_however_fast_the_guest_refills() {
+        let (s, _xb, _) = setup();
+        let mut s = s.borrow_mut();
+        let s = &mut *s;
+        let msg =
+            crate::xenstore::Message::new(XsdSockmsgType::Read as u32, 1, 0, b"data\0".to_vec()).unwrap();
+        let page = Relentless {
+            page: FakePage::default(),
+            request: msg.encode(),
+            left: core::cell::Cell::new(10_000),
+            taken: core::cell::Cell::new(0),
+        };
+        ByteRing::XS_REQ.produce(&page.page, &page.request);
+        let r = s.ring.service(&mut s.xs, &page);
+        let handled = page.taken.get() as usize / page.request.len();
+        assert!(r.more, "requests are left over: the caller must come back");
+        assert!(r.notify);
+        assert!(
+            handled <= MESSAGES_PER_PASS,
+            "one pass handled {handled} requests, more than its budget of {MESSAGES_PER_PASS}"
+        );
+        // Passes keep serving it, a budget at a time.
+        let r = s.ring.service(&mut s.xs, &page);
+        assert!(r.more);
+        assert_eq!(page.taken.get() as usize / page.request.len(), 2 * MESSAGES_PER_PASS);
     }
 
     proptest::proptest! {

@@ -127,6 +127,15 @@ pub enum Action {
     ConnectionBroken { conn: ConnId, domid: DomId, ring_error: u32 },
 }
 
+/// What [`Xenstore::feed_some`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Fed {
+    /// Bytes taken (the rest stays in the ring).
+    pub taken: usize,
+    /// Whole messages handled.
+    pub messages: usize,
+}
+
 /// Why [`Xenstore::feed`] took no more bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FeedError {
@@ -430,7 +439,14 @@ impl Xenstore {
     /// complete. Returns how many bytes were taken; the rest must stay in the ring (the
     /// connection has too many unread replies) and be offered again after output is read.
     pub fn feed(&mut self, conn: ConnId, bytes: &[u8]) -> Result<usize, FeedError> {
-        let mut taken = 0;
+        self.feed_some(conn, bytes, usize::MAX).map(|f| f.taken)
+    }
+
+    /// [`feed`](Self::feed), handling at most `max_messages` whole messages: a caller serving
+    /// many connections bounds the work one of them gets per turn. Bytes after the last
+    /// message handled are not taken.
+    pub fn feed_some(&mut self, conn: ConnId, bytes: &[u8], max_messages: usize) -> Result<Fed, FeedError> {
+        let mut fed = Fed::default();
         loop {
             let c = self.conns.get_mut(&conn).ok_or(FeedError::NoConnection)?;
             if let Some(e) = c.broken {
@@ -441,14 +457,17 @@ impl Xenstore {
             } else {
                 self.quotas.outstanding
             };
-            if taken == bytes.len() || c.replies >= limit {
-                return Ok(taken);
+            if fed.taken == bytes.len() || c.replies >= limit || fed.messages >= max_messages {
+                return Ok(fed);
             }
-            let (n, res) = c.decoder.decode(&bytes[taken..]);
-            taken += n;
+            let (n, res) = c.decoder.decode(&bytes[fed.taken..]);
+            fed.taken += n;
             match res {
-                Ok(Some(msg)) => self.handle(conn, &msg),
-                Ok(None) => return Ok(taken),
+                Ok(Some(msg)) => {
+                    fed.messages += 1;
+                    self.handle(conn, &msg)
+                }
+                Ok(None) => return Ok(fed),
                 Err(e) => {
                     let domid = c.caller.domid;
                     c.reset();
