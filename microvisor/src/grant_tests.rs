@@ -8,7 +8,7 @@ use crate::grant::{self, grant_pte, GrantCtx, MAX_GRANT_FRAMES, MAX_MAPTRACK};
 use crate::guest_mem::{Access, GuestSpace};
 use crate::hypercall::{dispatch, Hc};
 use crate::loader::elf::testelf::BASE;
-use crate::mm::frame_table::{ExternalRef, Owner, PageType};
+use crate::mm::frame_table::{Owner, PageType};
 use crate::mm::{pte, MachineMemory};
 use crate::testkit::{run_as, two_domains, TestHv, SCRATCH_VA};
 use hypercall_abi::grant_table::{
@@ -124,19 +124,8 @@ fn revoke(hv: &TestHv, d: DomId, gref: u32) -> bool {
     }
 }
 
-/// Every reference held outside page tables: vCPU bases of live domains and grant mappings.
-fn external(hv: &TestHv) -> Vec<ExternalRef> {
-    let mut ext = grant::external_refs(&hv.domains);
-    for d in hv.domains.values().filter(|d| d.state != DomainState::Dying) {
-        for v in &d.vcpus {
-            ext.extend(v.held_bases().map(|m| ExternalRef::root(m, d.id)));
-        }
-    }
-    ext
-}
-
 fn audit(hv: &TestHv) {
-    if let Err(e) = hv.frames.audit(hv.mem(), &external(hv)) {
+    if let Err(e) = hv.audit_frames() {
         panic!("audit: {e}");
     }
     // Grant mappings are not in the audit's page-table walk: check writability here.
@@ -515,8 +504,7 @@ fn demoted_table_does_not_strand_a_mapping() {
     assert_eq!(flags(&hv, D0, 10), gtf::PERMIT_ACCESS);
     assert_ne!(mem.read_pte(loc.l1, usize::from(loc.idx)) & pte::GNTTAB, 0, "stale entry left in place");
     assert_eq!(hv.frames.pin(&*mem, loc.l1, DU, 1), Err(Errno::EINVAL), "never a table again as is");
-    let ext = external(&hv);
-    hv.frames.audit(&*mem, &ext).unwrap();
+    hv.audit_frames().unwrap();
 }
 
 #[test]

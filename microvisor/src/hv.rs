@@ -102,6 +102,8 @@ pub struct Hypervisor<P: Platform> {
     pub cmdline: alloc::string::String,
     /// Event trace (off unless enabled at boot).
     pub trace: crate::trace::Tracer,
+    /// Frame-table audit every N hypercalls (off unless `audit=<N>` at boot).
+    pub audit: crate::audit::Audit,
     next_domid: u16,
 }
 
@@ -127,6 +129,7 @@ impl<P: Platform> Hypervisor<P> {
             irq_ops: alloc::vec::Vec::new(),
             cmdline: alloc::string::String::new(),
             trace: crate::trace::Tracer::default(),
+            audit: crate::audit::Audit::default(),
             next_domid: 0,
         }
     }
@@ -270,6 +273,7 @@ impl<P: Platform> Hypervisor<P> {
         self.log(format_args!("dom0 {}: stopping the machine", dom0_reason.name()));
         self.halt = Some(code);
         self.exit_work = true;
+        self.audit_at_stop();
     }
 
     /// Prints a complete guest console line as `(d<id>) line`.

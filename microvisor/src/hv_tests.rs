@@ -378,16 +378,7 @@ fn destroying_a_domain_returns_every_frame() {
     assert!(!hv.domains.contains_key(&DomId(1)));
     // Its frames, its shared_info page and its grant-table frame are free again.
     assert_eq!(hv.frames.nr_free(), before + owned + 1 + u64::from(crate::grant::INITIAL_GRANT_FRAMES));
-    let bases: Vec<_> = hv
-        .domains
-        .values()
-        .flat_map(|d| {
-            d.vcpus
-                .iter()
-                .flat_map(|v| v.held_bases().map(|m| crate::mm::frame_table::ExternalRef::root(m, d.id)))
-        })
-        .collect();
-    hv.frames.audit(hv.mem(), &bases).unwrap();
+    hv.audit_frames().unwrap();
 }
 
 #[test]

@@ -6,6 +6,7 @@
 
 extern crate alloc;
 
+pub mod audit;
 pub mod bootcfg;
 pub mod console;
 pub mod cpuid;

@@ -121,6 +121,14 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     if hv.cmdline.split_whitespace().any(|o| o == "trace=1") {
         hv.trace = microvisor::trace::Tracer::enabled(microvisor::trace::DEFAULT_CAPACITY, rates.tsc_hz);
     }
+    match microvisor::audit::Audit::from_cmdline(&hv.cmdline) {
+        Ok(Some(a)) => {
+            hv.audit = a;
+            hv.log(format_args!("audit: the frame table is checked every {} hypercalls", a.period()));
+        }
+        Ok(None) => {}
+        Err(e) => hv.log(format_args!("{e}: no audit")),
+    }
     machine::install(hv);
     machine::start(floor, &aspace.hv_slots)
 }

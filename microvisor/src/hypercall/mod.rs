@@ -63,7 +63,7 @@ impl<P: Platform> Hypervisor<P> {
         self.trace_hypercall(nr, a1);
         let hc = dispatch(self, nr, args, None);
         self.trace_hypercall_done(nr, &hc);
-        self.after_hypercall();
+        self.after_hypercall(nr);
         match hc {
             Hc::Ret(r) => (r as u64, self.exit_work || self.upcall_deliverable()),
             Hc::Continue(a) => {
@@ -96,13 +96,14 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// Flushes the frame table owes (a frame changed type or owner) must happen before the
-    /// guest runs again.
+    /// guest runs again; then the frame-table audit, when `audit=<N>` asked for it.
     #[inline]
-    fn after_hypercall(&mut self) {
+    fn after_hypercall(&mut self, nr: u64) {
         if self.frames.flush_pending() {
             self.frames.take_flush_pending();
             self.request_flush(crate::mm::tlb::Flush::All);
         }
+        self.audit_after_hypercall(nr);
     }
 
     /// Full-frame path: a `syscall` whose registers are all in `frame` — from guest user mode
@@ -119,7 +120,7 @@ impl<P: Platform> Hypervisor<P> {
         self.trace_hypercall(nr, frame.rdi);
         let hc = dispatch(self, nr, frame.hypercall_args(), Some(frame));
         self.trace_hypercall_done(nr, &hc);
-        self.after_hypercall();
+        self.after_hypercall(nr);
         match hc {
             Hc::Ret(r) => frame.rax = r as u64,
             Hc::Continue(a) => {
