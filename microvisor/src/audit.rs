@@ -11,7 +11,7 @@
 //! [`FrameTable::audit`]: crate::mm::frame_table::FrameTable::audit
 
 use crate::domain::DomainState;
-use crate::hv::{exit_code, Hypervisor};
+use crate::hv::Hypervisor;
 use crate::mm::frame_table::ExternalRef;
 use crate::platform::Platform;
 use alloc::string::String;
@@ -147,14 +147,14 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     fn audit_halt(&mut self) {
-        self.halt = Some(exit_code::HYPERVISOR_FAULT);
-        self.exit_work = true;
+        self.halt_hypervisor_fault();
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hv::exit_code;
     use crate::hypercall::{dispatch, Hc};
     use crate::testkit::{console, run_as, two_domains};
     use hypercall_abi::DomId;
@@ -183,14 +183,15 @@ mod tests {
             xen_version(&mut hv);
         }
         assert_eq!((hv.audit.hypercalls, hv.audit.passed), (7, 2));
-        assert_eq!(hv.halt, None);
+        assert!(!hv.halting());
         // dom0 powering off stops the machine: one more audit, and the tally on the console.
         run_as(&mut hv, DomId::DOM0);
         let p = crate::testkit::SCRATCH_VA;
         hv.guest().write_obj(p, &hypercall_abi::sched::SchedShutdown { reason: 0 }).unwrap();
         assert_eq!(dispatch(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0], None), Hc::Ret(0));
         assert!(console(&hv).contains("audit: clean passed=3 hypercalls=7 every=3"), "{}", console(&hv));
-        assert_eq!(hv.halt, Some(exit_code::POWEROFF));
+        let mut frame = crate::vcpu::GuestFrame::default();
+        assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Halt(exit_code::POWEROFF));
     }
 
     #[test]
@@ -205,7 +206,8 @@ mod tests {
         hv.frames.get_page(l4, DomId(1)).unwrap();
         let (_, slow) = hv.hypercall_general(nr::XEN_VERSION, 1, 0, 0, 0, 0);
         assert!(slow, "the exit path must run to stop the machine");
-        assert_eq!(hv.halt, Some(exit_code::HYPERVISOR_FAULT));
+        let mut frame = crate::vcpu::GuestFrame::default();
+        assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Halt(exit_code::HYPERVISOR_FAULT));
         let out = console(&hv);
         assert!(out.contains("AUDIT FAILED after hypercall 2 (d1v0 xen_version): frame"), "{out}");
     }

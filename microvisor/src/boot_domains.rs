@@ -61,7 +61,7 @@ pub fn build_all(hv: &mut Hv, bi: &BootInfo) {
         });
         match result {
             Ok((id, cfg)) => {
-                let free = hv.frames.nr_free();
+                let free = hv.nr_free_frames();
                 hv.log(format_args!(
                     "d{} ({}): {} MiB, {} frames free",
                     id.0,
@@ -80,6 +80,6 @@ pub fn build_all(hv: &mut Hv, bi: &BootInfo) {
         }
     }
     for m in &bi.modules {
-        hv.frames.release_to_free(Mfn(m.range.start >> 12), Mfn(m.range.end >> 12));
+        hv.release_to_free(Mfn(m.range.start >> 12), Mfn(m.range.end >> 12));
     }
 }

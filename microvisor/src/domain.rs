@@ -8,6 +8,7 @@ use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn};
 
 /// Why a domain stopped (`SHUTDOWN_*`), or that the hypervisor crashed it.
@@ -106,7 +107,12 @@ impl Domain {
             name: cfg.name.clone(),
             privileged: cfg.privileged,
             state: DomainState::Running,
-            vcpus: (0..cfg.max_vcpus).map(|i| Box::new(Vcpu::new(i))).collect(),
+            vcpus: (0..cfg.max_vcpus)
+                .map(|i| {
+                    let vcpu_info = shared_info.addr() + SharedInfo::vcpu_info_offset(i as usize) as u64;
+                    Box::new(Vcpu::new(i, vcpu_info))
+                })
+                .collect(),
             shared_info,
             evtchn: EventChannels::new(cfg.max_vcpus, cfg.max_evtchn_ports),
             vm_assist: 0,
@@ -205,6 +211,11 @@ impl Domains {
 
     pub fn iter(&self) -> impl Iterator<Item = (DomId, &Domain)> + '_ {
         self.values().map(|d| (d.id, d))
+    }
+
+    /// One past the highest id a domain may have now (ids are below it).
+    pub fn id_bound(&self) -> u16 {
+        self.slots.len() as u16
     }
 
     /// The first domain whose id is at least `from` (how `getdomaininfo` enumerates).

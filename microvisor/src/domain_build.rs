@@ -4,7 +4,7 @@
 //! for dom0, the M2P, pinned and validated bootstrap page tables, the boot vCPU), and tearing
 //! one down so every frame returns to the free pool.
 
-use crate::domain::{DomainConfig, DomainState};
+use crate::domain::{Domain, DomainConfig, DomainState};
 use crate::event::PortState;
 use crate::grant::{GrantCtx, INITIAL_GRANT_FRAMES};
 use crate::hv::Hypervisor;
@@ -35,158 +35,170 @@ pub struct DomainSpec<'a> {
     pub cmdline: &'a str,
 }
 
-impl<P: Platform> Hypervisor<P> {
-    /// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable. On failure
-    /// nothing is left behind and the reason is a one-line message.
-    pub fn create_domain(&mut self, spec: &DomainSpec<'_>, image: &[u8]) -> Result<DomId, String> {
-        let parsed = parse_pv_image(image, MAX_IMAGE).map_err(|e| e.to_string())?;
-        let id = if spec.is_dom0 { DomId::DOM0 } else { self.alloc_domid() };
-        if self.domains.contains_key(&id) {
-            return Err(alloc::format!("domain {} exists already", id.0));
-        }
-        let nr_pages = spec.mem_bytes / PAGE_SIZE as u64;
-        self.frames.add_domain(id, nr_pages, spec.is_dom0).map_err(|e| e.to_string())?;
-        let mem = self.plat.mem();
-        let Some(shared_info) = self.frames.alloc_xen_frame(mem) else {
-            let _ = self.frames.remove_domain(id);
-            return Err("out of memory for shared_info".into());
-        };
-        self.frames.share_xen_frame(shared_info, id, true).expect("fresh hypervisor frame can be shared");
-        let cfg = DomainConfig {
-            name: spec.name.into(),
-            privileged: spec.is_dom0,
-            max_pages: nr_pages,
-            max_vcpus: spec.vcpus,
-            max_evtchn_ports: MAX_EVTCHN_PORTS,
-        };
-        self.add_domain(id, &cfg, shared_info);
-        // The table exists from creation (as Xen's domain_create makes it), so the reserved
-        // references can be seeded before the domain runs.
-        let mem = self.plat.mem();
-        let d = self.domains.get_mut(&id).expect("just added");
-        if d.grant.grow(&mut self.frames, mem, id, INITIAL_GRANT_FRAMES).is_err() {
-            self.destroy_domain(id);
-            return Err("out of memory for the grant table".into());
-        }
-        let (store_port, console_port) = if spec.is_dom0 {
-            (Port(0), Port(0))
-        } else {
-            // The toolstack's alloc_unbound(domU, remote = dom0) for xenstore and console.
-            let d = self.domains.get_mut(&id).expect("just added");
-            let unbound = PortState::Unbound { remote: DomId::DOM0 };
-            let store = d.evtchn.alloc(unbound, 0).expect("fresh port table");
-            let console = d.evtchn.alloc(unbound, 0).expect("fresh port table");
-            (store, console)
-        };
-        let bc = BuildConfig {
-            domid: id,
-            nr_pages,
-            is_dom0: spec.is_dom0,
-            shared_info_maddr: shared_info.addr(),
-            store_evtchn: store_port,
-            console_evtchn: console_port,
-            cmdline: spec.cmdline.as_bytes(),
-            initrd: &[],
-            hypervisor_l4: self.frames.xen_l4_slots().entries,
-        };
-        let mem = self.plat.mem();
-        let built = match build_pv_domain(mem, &mut self.frames.allocator(mem), &parsed, image, &bc) {
-            Ok(b) => b,
-            Err(e) => {
-                self.destroy_domain(id);
-                return Err(e.to_string());
-            }
-        };
-        for (pfn, mfn) in built.p2m.iter().enumerate() {
-            self.set_m2p(*mfn, pfn as u64);
-        }
-        // Validate and pin the bootstrap tables as libxc does (MMUEXT_PIN_L4_TABLE), then take
-        // the vCPU's own reference on its base table.
-        let mem = self.plat.mem();
-        let pinned = self
-            .frames
-            .pin(mem, built.l4, id, 4)
-            .and_then(|()| self.frames.get_page_and_type(mem, built.l4, id, PageType::L4));
-        if let Err(e) = pinned {
-            self.destroy_domain(id);
-            return Err(alloc::format!("bootstrap page tables do not validate: {e}"));
-        }
-        // Xen starts every vCPU with event delivery masked; the guest unmasks when ready.
-        for v in 0..spec.vcpus as usize {
-            mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
-        }
-        let d = self.domains.get_mut(&id).expect("just added");
-        // libxc's xc_dom_gnttab_init: the rings are granted to dom0 (console daemon, xenstored).
-        for (gref, ring) in
-            [(GNTTAB_RESERVED_CONSOLE, built.console_mfn), (GNTTAB_RESERVED_XENSTORE, built.store_mfn)]
-        {
-            if let Some(mfn) = ring {
-                d.grant.seed(mem, gref, DomId::DOM0, mfn).expect("initial table holds the reserved entries");
-            }
-        }
-        d.store_ring = built.store_mfn.map(|m| (m, store_port.0));
-        d.console_ring = built.console_mfn.map(|m| (m, console_port.0));
-        d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);
-        self.start_domain(id);
-        Ok(id)
+/// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable. On failure
+/// nothing is left behind and the reason is a one-line message.
+pub fn create_domain<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    spec: &DomainSpec<'_>,
+    image: &[u8],
+) -> Result<DomId, String> {
+    let parsed = parse_pv_image(image, MAX_IMAGE).map_err(|e| e.to_string())?;
+    let id = if spec.is_dom0 { DomId::DOM0 } else { hv.alloc_domid() };
+    if hv.domains.contains_key(&id) {
+        return Err(alloc::format!("domain {} exists already", id.0));
     }
+    let nr_pages = spec.mem_bytes / PAGE_SIZE as u64;
+    hv.frames.add_domain(id, nr_pages, spec.is_dom0).map_err(|e| e.to_string())?;
+    let mem = hv.plat.mem();
+    let Some(shared_info) = hv.frames.alloc_xen_frame(mem) else {
+        let _ = hv.frames.remove_domain(id);
+        return Err("out of memory for shared_info".into());
+    };
+    hv.frames.share_xen_frame(shared_info, id, true).expect("fresh hypervisor frame can be shared");
+    let cfg = DomainConfig {
+        name: spec.name.into(),
+        privileged: spec.is_dom0,
+        max_pages: nr_pages,
+        max_vcpus: spec.vcpus,
+        max_evtchn_ports: MAX_EVTCHN_PORTS,
+    };
+    if hv.sched.reserve(spec.vcpus as usize).is_err() {
+        let _ = hv.frames.remove_domain(id);
+        return Err("out of memory for the run queue".into());
+    }
+    hv.domains.insert(id, Domain::new(id, &cfg, shared_info));
+    // The table exists from creation (as Xen's domain_create makes it), so the reserved
+    // references can be seeded before the domain runs.
+    let mem = hv.plat.mem();
+    let d = hv.domains.get_mut(&id).expect("just added");
+    if d.grant.grow(&mut hv.frames, mem, id, INITIAL_GRANT_FRAMES).is_err() {
+        destroy_domain(hv, id);
+        return Err("out of memory for the grant table".into());
+    }
+    let (store_port, console_port) = if spec.is_dom0 {
+        (Port(0), Port(0))
+    } else {
+        // The toolstack's alloc_unbound(domU, remote = dom0) for xenstore and console.
+        let d = hv.domains.get_mut(&id).expect("just added");
+        let unbound = PortState::Unbound { remote: DomId::DOM0 };
+        let store = d.evtchn.alloc(unbound, 0).expect("fresh port table");
+        let console = d.evtchn.alloc(unbound, 0).expect("fresh port table");
+        (store, console)
+    };
+    let bc = BuildConfig {
+        domid: id,
+        nr_pages,
+        is_dom0: spec.is_dom0,
+        shared_info_maddr: shared_info.addr(),
+        store_evtchn: store_port,
+        console_evtchn: console_port,
+        cmdline: spec.cmdline.as_bytes(),
+        initrd: &[],
+        hypervisor_l4: hv.frames.xen_l4_slots().entries,
+    };
+    let mem = hv.plat.mem();
+    let built = match build_pv_domain(mem, &mut hv.frames.allocator(mem), &parsed, image, &bc) {
+        Ok(b) => b,
+        Err(e) => {
+            destroy_domain(hv, id);
+            return Err(e.to_string());
+        }
+    };
+    for (pfn, mfn) in built.p2m.iter().enumerate() {
+        hv.set_m2p(*mfn, pfn as u64);
+    }
+    // Validate and pin the bootstrap tables as libxc does (MMUEXT_PIN_L4_TABLE), then take
+    // the vCPU's own reference on its base table.
+    let mem = hv.plat.mem();
+    let pinned = hv
+        .frames
+        .pin(mem, built.l4, id, 4)
+        .and_then(|()| hv.frames.get_page_and_type(mem, built.l4, id, PageType::L4));
+    if let Err(e) = pinned {
+        destroy_domain(hv, id);
+        return Err(alloc::format!("bootstrap page tables do not validate: {e}"));
+    }
+    // Xen starts every vCPU with event delivery masked; the guest unmasks when ready.
+    for v in 0..spec.vcpus as usize {
+        mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
+    }
+    let d = hv.domains.get_mut(&id).expect("just added");
+    // libxc's xc_dom_gnttab_init: the rings are granted to dom0 (console daemon, xenstored).
+    for (gref, ring) in
+        [(GNTTAB_RESERVED_CONSOLE, built.console_mfn), (GNTTAB_RESERVED_XENSTORE, built.store_mfn)]
+    {
+        if let Some(mfn) = ring {
+            d.grant.seed(mem, gref, DomId::DOM0, mfn).expect("initial table holds the reserved entries");
+        }
+    }
+    d.store_ring = built.store_mfn.map(|m| (m, store_port.0));
+    d.console_ring = built.console_mfn.map(|m| (m, console_port.0));
+    d.vcpus[0].boot(built.entry, built.stack_top, built.start_info_va, built.l4);
+    hv.start_domain(id);
+    Ok(id)
+}
 
-    /// Destroys a domain: its vCPUs stop, its event channels close (peers see them unbound),
-    /// and every frame it owns goes back to the free pool once nobody else references it.
-    /// Returns the number of frames released now.
-    pub fn destroy_domain(&mut self, id: DomId) -> u64 {
-        let Some(d) = self.domains.get_mut(&id) else { return 0 };
-        d.state = DomainState::Dying;
-        let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
-        self.sched.remove_domain(id);
-        if self.running.is_some_and(|r| r.domid == id) {
-            self.resched();
-        }
-        for p in ports {
-            let _ = crate::hypercall::close_port(self, id, p);
-        }
-        let d = &self.domains[&id];
-        let bases: Vec<Mfn> = d.vcpus.iter().flat_map(|v| v.held_bases()).collect();
-        let gdt_frames: Vec<Mfn> = self
-            .domains
-            .get_mut(&id)
-            .expect("exists")
-            .vcpus
-            .iter_mut()
-            .flat_map(|v| core::mem::take(&mut v.gdt_frames))
-            .collect();
-        let mem = self.plat.mem();
-        for f in gdt_frames {
-            self.frames.put_page_and_type(mem, f);
-        }
-        // Grants: the mappings it holds of others' grants go first, while its page tables
-        // are still live; its own table is given up (others' mappings of its frames keep
-        // their references and are released without it).
-        let mut cx = GrantCtx { domains: &mut self.domains, ft: &mut self.frames, mem };
-        let granters = cx.release_mappings(id);
-        // The table's frames, like shared_info, are lent hypervisor frames: relinquish drops
-        // the loan and the frame table frees each once nobody maps it any more.
-        self.domains.get_mut(&id).expect("exists").grant.teardown();
-        let stats = self.frames.relinquish(mem, id, &bases);
-        self.reap_if_dead(id);
-        for g in granters {
-            self.reap_if_dead(g);
-        }
-        if self.frames.take_flush_pending() {
-            self.request_flush(crate::mm::tlb::Flush::All);
-        }
-        stats.released
+/// Destroys a domain: its vCPUs stop, its event channels close (peers see them unbound),
+/// and every frame it owns goes back to the free pool once nobody else references it.
+/// Returns the number of frames released now.
+pub fn destroy_domain<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> u64 {
+    let Some(d) = hv.domains.get_mut(&id) else { return 0 };
+    d.state = DomainState::Dying;
+    for v in 0..d.vcpus.len() as u32 {
+        hv.set_vcpu_timer(crate::sched::VcpuRef { domid: id, vcpu: v }, None);
     }
+    let d = &hv.domains[&id];
+    let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
+    hv.sched.remove_domain(id);
+    if hv.sched.current().is_some_and(|r| r.domid == id) {
+        hv.resched();
+    }
+    for p in ports {
+        let _ = crate::event::close(hv, id, p);
+    }
+    let d = &hv.domains[&id];
+    let bases: Vec<Mfn> = d.vcpus.iter().flat_map(|v| v.held_bases()).collect();
+    let gdt_frames: Vec<Mfn> = hv
+        .domains
+        .get_mut(&id)
+        .expect("exists")
+        .vcpus
+        .iter_mut()
+        .flat_map(|v| core::mem::take(&mut v.gdt_frames))
+        .collect();
+    let mem = hv.plat.mem();
+    for f in gdt_frames {
+        hv.frames.put_page_and_type(mem, f);
+    }
+    // Grants: the mappings it holds of others' grants go first, while its page tables
+    // are still live; its own table is given up (others' mappings of its frames keep
+    // their references and are released without it).
+    let mut cx = GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem };
+    let granters = cx.release_mappings(id);
+    // The table's frames, like shared_info, are lent hypervisor frames: relinquish drops
+    // the loan and the frame table frees each once nobody maps it any more.
+    hv.domains.get_mut(&id).expect("exists").grant.teardown();
+    let stats = hv.frames.relinquish(mem, id, &bases);
+    reap_if_dead(hv, id);
+    for g in granters {
+        reap_if_dead(hv, g);
+    }
+    if hv.frames.take_flush_pending() {
+        hv.request_flush(crate::mm::tlb::Flush::All);
+    }
+    stats.released
+}
 
-    /// Forgets a dying domain once it owns no frame any more (others' grant mappings or
-    /// foreign mappings can keep its frames, and so the domain, alive after destruction).
-    pub fn reap_if_dead(&mut self, id: DomId) -> bool {
-        let dying = self.domains.get(&id).is_some_and(|d| d.state == DomainState::Dying);
-        if !dying || self.frames.tot_pages(id) != 0 {
-            return false;
-        }
-        let _ = self.frames.remove_domain(id);
-        self.domains.remove(&id);
-        true
+/// Forgets a dying domain once it owns no frame any more (others' grant mappings or
+/// foreign mappings can keep its frames, and so the domain, alive after destruction).
+pub fn reap_if_dead<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> bool {
+    let dying = hv.domains.get(&id).is_some_and(|d| d.state == DomainState::Dying);
+    if !dying || hv.frames.tot_pages(id) != 0 {
+        return false;
     }
+    let _ = hv.frames.remove_domain(id);
+    if let Some(d) = hv.domains.remove(&id) {
+        hv.sched.unreserve(d.vcpus.len());
+    }
+    true
 }

@@ -1,13 +1,21 @@
-//! Event channels, 2-level ABI: each domain's port table, and the pending/mask bitmaps in its
-//! shared_info page through which events reach the guest.
+//! Event channels, 2-level ABI, as Xen's `event_channel.c`: each domain's port table, the
+//! pending/mask bitmaps in its shared_info page through which events reach the guest, the
+//! delivery every other part of the hypervisor uses to notify a domain (interdomain sends,
+//! VIRQs, pirqs), and one function per `EVTCHNOP_*` owning the channel's whole lifecycle.
+//! `hypercall/evtchn.rs` only decodes, copies and calls these.
 //!
 //! The port table is plain hypervisor data. The bitmaps live in guest-shared memory and are
 //! only touched with atomic read-modify-write operations through [`MachineMemory`], because
 //! the guest changes them concurrently (on real SMP) and must never be able to make the
 //! hypervisor act on a value it read twice.
 
+use crate::hv::Hypervisor;
+use crate::irq::IrqOp;
 use crate::mm::MachineMemory;
+use crate::platform::Platform;
+use crate::sched::VcpuRef;
 use alloc::vec::Vec;
+use hypercall_abi::microvisor::trace::Record;
 use hypercall_abi::xen::{virq, SharedInfo};
 use hypercall_abi::{DomId, Errno, Mfn, Port};
 
@@ -163,6 +171,205 @@ impl EventChannels {
     pub fn nr_vcpus(&self) -> u32 {
         self.virqs.len() as u32
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Delivery
+
+/// Marks `port` of `domid` pending and wakes the vCPU it notifies (Xen's `evtchn_set_pending`).
+pub fn set_pending<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port) {
+    let Some(d) = hv.domains.get(&domid) else { return };
+    let Ok(ch) = d.evtchn.get(port) else { return };
+    let vcpu = ch.notify_vcpu;
+    if hv.trace.is_on() {
+        let tsc = hv.plat.tsc();
+        hv.trace.record(&Record::EventSend { tsc, dom: domid.0, port: port.0 });
+    }
+    if d.bitmaps().set_pending(hv.plat.mem(), vcpu, port) {
+        hv.kick_vcpu(VcpuRef { domid, vcpu });
+    }
+}
+
+/// Raises per-vCPU VIRQ `v` on `r`, if the guest bound it.
+pub fn send_vcpu_virq<P: Platform>(hv: &mut Hypervisor<P>, r: VcpuRef, v: u32) {
+    let port = hv.domains.get(&r.domid).and_then(|d| d.evtchn.virq_port(r.vcpu, v));
+    if let Some(p) = port {
+        set_pending(hv, r.domid, p);
+    }
+}
+
+/// Raises global VIRQ `v` in `domid`, if bound.
+pub fn send_global_virq<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, v: u32) {
+    let port =
+        hv.domains.get(&domid).and_then(|d| (0..d.evtchn.nr_vcpus()).find_map(|c| d.evtchn.virq_port(c, v)));
+    if let Some(p) = port {
+        set_pending(hv, domid, p);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// EVTCHNOP_* (the caller is the running domain)
+
+/// `EVTCHNOP_alloc_unbound`: a port of `dom` (the caller's, or any for a privileged caller)
+/// that `remote` may bind.
+pub fn alloc_unbound<P: Platform>(hv: &mut Hypervisor<P>, dom: DomId, remote: DomId) -> Result<Port, Errno> {
+    if dom != hv.current().domid && !hv.cur_dom().privileged {
+        return Err(Errno::EPERM);
+    }
+    let d = hv.domains.get_mut(&dom).ok_or(Errno::ESRCH)?;
+    d.evtchn.alloc(PortState::Unbound { remote }, 0)
+}
+
+/// `EVTCHNOP_bind_interdomain`: connects a new local port to `remote_port` of `remote`, which
+/// must be unbound and offered to the caller. The new port starts pending, as in Xen, so the
+/// binder notices anything it missed.
+pub fn bind_interdomain<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    remote: DomId,
+    remote_port: Port,
+) -> Result<Port, Errno> {
+    let me = hv.current().domid;
+    let rd = hv.domains.get(&remote).ok_or(Errno::ESRCH)?;
+    match rd.evtchn.state(remote_port)? {
+        PortState::Unbound { remote: allowed } if allowed == me || allowed == DomId::ANY => {}
+        _ => return Err(Errno::EINVAL),
+    }
+    let local = hv.cur_dom_mut().evtchn.alloc(PortState::Interdomain { remote, remote_port }, 0)?;
+    let rd = hv.domains.get_mut(&remote).expect("checked above");
+    rd.evtchn
+        .set_state(remote_port, PortState::Interdomain { remote: me, remote_port: local })
+        .expect("port checked unbound above");
+    set_pending(hv, me, local);
+    Ok(local)
+}
+
+/// `EVTCHNOP_bind_virq`: binds VIRQ `v` of vCPU `vcpu` (global VIRQs only on vCPU 0).
+pub fn bind_virq<P: Platform>(hv: &mut Hypervisor<P>, v: u32, vcpu: u32) -> Result<Port, Errno> {
+    if v >= virq::NR_VIRQS {
+        return Err(Errno::EINVAL);
+    }
+    if is_global_virq(v) && vcpu != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let d = hv.cur_dom_mut();
+    if d.vcpu(vcpu).is_none() {
+        return Err(Errno::ENOENT);
+    }
+    let taken = if is_global_virq(v) {
+        (0..d.evtchn.nr_vcpus()).any(|c| d.evtchn.virq_port(c, v).is_some())
+    } else {
+        d.evtchn.virq_port(vcpu, v).is_some()
+    };
+    if taken {
+        return Err(Errno::EEXIST);
+    }
+    d.evtchn.alloc(PortState::Virq(v), vcpu)
+}
+
+/// `EVTCHNOP_bind_ipi`: a port whose sends notify vCPU `vcpu` of the caller's domain.
+pub fn bind_ipi<P: Platform>(hv: &mut Hypervisor<P>, vcpu: u32) -> Result<Port, Errno> {
+    let d = hv.cur_dom_mut();
+    if d.vcpu(vcpu).is_none() {
+        return Err(Errno::ENOENT);
+    }
+    d.evtchn.alloc(PortState::Ipi, vcpu)
+}
+
+/// `EVTCHNOP_bind_pirq`: a port for pirq `pirq`, which the caller mapped; the IOAPIC pin is
+/// routed and unmasked on the way out.
+pub fn bind_pirq<P: Platform>(hv: &mut Hypervisor<P>, pirq: u32) -> Result<Port, Errno> {
+    let me = hv.current().domid;
+    match hv.pirqs.get(&pirq) {
+        Some(p) if p.owner == me && p.port.is_none() => {}
+        Some(p) if p.owner == me => return Err(Errno::EBUSY),
+        _ => return Err(Errno::EINVAL),
+    }
+    let port = hv.cur_dom_mut().evtchn.alloc(PortState::Pirq(pirq), 0)?;
+    if let Some(p) = hv.pirqs.get_mut(&pirq) {
+        p.port = Some(port);
+        p.in_service = false;
+    }
+    hv.queue_irq_op(IrqOp::Route(pirq));
+    hv.queue_irq_op(IrqOp::Unmask(pirq));
+    Ok(port)
+}
+
+/// `EVTCHNOP_close` (also used when a domain is destroyed): frees `port` of `domid`; the peer
+/// of an interdomain channel goes back to unbound, a pirq's pin is masked.
+pub fn close<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port) -> Result<(), Errno> {
+    let d = hv.domains.get_mut(&domid).ok_or(Errno::ESRCH)?;
+    let ch = d.evtchn.free(port)?;
+    let bm = d.bitmaps();
+    if let PortState::Virq(virq::TIMER) = ch.state {
+        if let Some(v) = d.vcpu_mut(ch.notify_vcpu) {
+            v.virq_timer_port = None;
+        }
+    }
+    bm.clear_pending(hv.plat.mem(), port);
+    match ch.state {
+        PortState::Pirq(pirq) => {
+            if let Some(p) = hv.pirqs.get_mut(&pirq) {
+                p.port = None;
+                p.in_service = false;
+            }
+            hv.queue_irq_op(IrqOp::Mask(pirq));
+        }
+        PortState::Interdomain { remote, remote_port } => {
+            if let Some(rd) = hv.domains.get_mut(&remote) {
+                let _ = rd.evtchn.set_state(remote_port, PortState::Unbound { remote: domid });
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// `EVTCHNOP_send` on the caller's `port`.
+pub fn send<P: Platform>(hv: &mut Hypervisor<P>, port: Port) -> Result<(), Errno> {
+    let me = hv.current().domid;
+    let ch = *hv.cur_dom().evtchn.get(port)?;
+    match ch.state {
+        PortState::Interdomain { remote, remote_port } => {
+            if hv.domains.get(&remote).is_some_and(|d| d.is_alive()) {
+                set_pending(hv, remote, remote_port);
+            }
+            Ok(())
+        }
+        PortState::Ipi => {
+            set_pending(hv, me, port);
+            Ok(())
+        }
+        // Xen silently drops a send on a port nobody has bound yet.
+        PortState::Unbound { .. } => Ok(()),
+        _ => Err(Errno::EINVAL),
+    }
+}
+
+/// `EVTCHNOP_status`: what `port` of `dom` (the caller's, or any for a privileged caller) is
+/// bound to, and the vCPU it notifies.
+pub fn status<P: Platform>(hv: &Hypervisor<P>, dom: DomId, port: Port) -> Result<(PortState, u32), Errno> {
+    if dom != hv.current().domid && !hv.cur_dom().privileged {
+        return Err(Errno::EPERM);
+    }
+    let d = hv.domains.get(&dom).ok_or(Errno::ESRCH)?;
+    let state = d.evtchn.state(port)?;
+    Ok((state, d.evtchn.get(port).map_or(0, |c| c.notify_vcpu)))
+}
+
+/// `EVTCHNOP_unmask`: unmasks the caller's `port`, delivering it if it is pending.
+pub fn unmask<P: Platform>(hv: &mut Hypervisor<P>, port: Port) -> Result<(), Errno> {
+    let me = hv.current().domid;
+    let d = hv.cur_dom();
+    let ch = *d.evtchn.get(port)?;
+    if d.bitmaps().unmask(hv.mem(), ch.notify_vcpu, port) {
+        hv.kick_vcpu(VcpuRef { domid: me, vcpu: ch.notify_vcpu });
+    }
+    Ok(())
+}
+
+/// `EVTCHNOP_bind_vcpu`: moves notifications of the caller's `port` to `vcpu`.
+pub fn bind_vcpu<P: Platform>(hv: &mut Hypervisor<P>, port: Port, vcpu: u32) -> Result<(), Errno> {
+    hv.cur_dom_mut().evtchn.bind_vcpu(port, vcpu)
 }
 
 /// VIRQs bound per domain (on one vCPU) rather than per vCPU.

@@ -209,40 +209,46 @@ impl GrantTable {
         self.active.get(gref.0 as usize).filter(|_| gref.0 < self.nr_entries()).map(|a| (a.reads, a.writes))
     }
 
-    /// Pins entry `gref` for `uses` uses by `grantee` (Xen's `_set_status` plus
-    /// `get_paged_frame`): the first pin checks the entry grants `granter`'s frame to
-    /// `grantee` and sets `GTF_reading` (and `GTF_writing` for a writable use of a grant that
-    /// is not read-only). Returns the frame with one general reference taken on it.
-    /// `for_map` also refuses sub-page entries, which cannot be mapped.
-    #[allow(clippy::too_many_arguments)]
+    /// Pins entry `gref` for `pin.uses` uses by `pin.grantee` (Xen's `_set_status` plus
+    /// `get_paged_frame`): the first pin checks the entry grants `granter`'s frame to the
+    /// grantee and sets `GTF_reading` (and `GTF_writing` for a writable use of a grant that is
+    /// not read-only). Returns the frame with one general reference taken on it.
+    ///
+    /// A writable use of an entry pinned only for reading so far checks the entry again
+    /// (still a full-page grant of the pinned frame to the grantee, not read-only): the
+    /// granter may have rewritten it meanwhile, and a grantee must not gain write access the
+    /// entry no longer gives. Xen 4.17 re-checks only `GTF_readonly` there; this is stricter.
     pub fn acquire<M: MachineMemory>(
         &mut self,
         ft: &mut FrameTable,
         mem: &M,
         granter: DomId,
         gref: GrantRef,
-        grantee: DomId,
-        readonly: bool,
-        uses: u32,
-        for_map: bool,
+        pin: Pin,
     ) -> Result<Mfn, Status> {
         let ma = self.entry_ma(gref).ok_or(gntst::BAD_GNTREF)?;
         let i = gref.0 as usize;
         let act = self.active[i];
         let pinned = act.pinned();
-        if pinned && act.domid != grantee {
+        if pinned && act.domid != pin.grantee {
             return Err(gntst::GENERAL_ERROR);
         }
+        if act.reads.max(act.writes).checked_add(pin.uses).is_none_or(|n| n > MAX_PINS) {
+            // Xen's "risk of counter overflow" check.
+            return Err(gntst::GENERAL_ERROR);
+        }
+        let writable = pin.access == Access::Writable;
         let mut mfn = act.mfn;
-        if !pinned || (!readonly && act.writes == 0) {
-            let frame = set_status(mem, ma, pinned, grantee, readonly, for_map)?;
+        if !pinned || (writable && act.writes == 0) {
+            let expect = pinned.then_some(act.mfn);
+            let frame = set_status(mem, ma, &pin, expect)?;
             if !pinned {
                 mfn = Mfn(u64::from(frame));
             }
             // Xen's get_paged_frame: the granted frame must be the granter's.
             if ft.get_page(mfn, granter).is_err() {
                 let mut clear = 0;
-                if !readonly {
+                if writable {
                     clear |= gtf::WRITING;
                 }
                 if !pinned {
@@ -255,26 +261,26 @@ impl GrantTable {
             return Err(gntst::GENERAL_ERROR);
         }
         let a = &mut self.active[i];
-        a.domid = grantee;
+        a.domid = pin.grantee;
         a.mfn = mfn;
-        if readonly {
-            a.reads += uses;
-        } else {
-            a.writes += uses;
+        match pin.access {
+            Access::ReadOnly => a.reads += pin.uses,
+            Access::Writable => a.writes += pin.uses,
         }
         Ok(mfn)
     }
 
-    /// Drops `uses` uses of entry `gref` that [`GrantTable::acquire`] recorded (the caller
-    /// drops the frame references). The last writable use clears `GTF_writing`, the last use
-    /// `GTF_reading`. A record that no longer matches (the table was torn down) is left alone.
+    /// Drops `uses` uses of entry `gref` that [`GrantTable::acquire`] recorded for `grantee`
+    /// on `mfn` (the caller drops the frame references). The last writable use clears
+    /// `GTF_writing`, the last use `GTF_reading`. A record that no longer matches (the table
+    /// was torn down) is left alone.
     pub fn release<M: MachineMemory>(
         &mut self,
         mem: &M,
         gref: GrantRef,
         grantee: DomId,
         mfn: Mfn,
-        readonly: bool,
+        access: Access,
         uses: u32,
     ) {
         let Some(ma) = self.entry_ma(gref) else { return };
@@ -282,11 +288,14 @@ impl GrantTable {
         if !a.pinned() || a.domid != grantee || a.mfn != mfn {
             return;
         }
-        let count = if readonly { &mut a.reads } else { &mut a.writes };
+        let count = match access {
+            Access::ReadOnly => &mut a.reads,
+            Access::Writable => &mut a.writes,
+        };
         debug_assert!(*count >= uses, "grant use count underflow");
         *count = count.saturating_sub(uses);
         let mut clear = 0;
-        if !readonly && a.writes == 0 {
+        if access == Access::Writable && a.writes == 0 {
             clear |= gtf::WRITING;
         }
         if !a.pinned() {
@@ -296,27 +305,65 @@ impl GrantTable {
     }
 }
 
-/// Sets `GTF_reading` (and `GTF_writing` unless `readonly`) in the entry at `ma`, checking
-/// first, unless already `pinned`, that it is a `GTF_permit_access` grant to `grantee`; a
-/// writable use of a `GTF_readonly` grant is refused. Returns the frame field loaded together
-/// with the flags that passed. The guest may race with us; after a few failed attempts the
-/// entry counts as unstable.
-fn set_status<M: MachineMemory>(
-    mem: &M,
-    ma: u64,
-    pinned: bool,
-    grantee: DomId,
-    readonly: bool,
-    for_map: bool,
-) -> Result<u32, Status> {
-    let mask = gtf::TYPE_MASK | if for_map { gtf::SUB_PAGE } else { 0 };
+/// Whether a use of a granted frame may write to it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    ReadOnly,
+    Writable,
+}
+
+impl Access {
+    /// `GNTMAP_readonly` in a map request's flags.
+    pub fn of_map_flags(flags: u32) -> Access {
+        if flags & gntmap::READONLY != 0 {
+            Access::ReadOnly
+        } else {
+            Access::Writable
+        }
+    }
+}
+
+/// What an entry is pinned for: a mapping must be of a whole page (no `GTF_sub_page`), a
+/// copy may use part of one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Purpose {
+    Map,
+    Copy,
+}
+
+/// A request to pin a grant entry ([`GrantTable::acquire`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Pin {
+    /// The domain that will use the frame.
+    pub grantee: DomId,
+    pub access: Access,
+    /// Uses taken at once (a mapping's host and device parts).
+    pub uses: u32,
+    pub purpose: Purpose,
+}
+
+/// Most uses of each kind one active entry may count (Xen refuses a pin that risks
+/// overflowing its 8-bit per-kind counters; ours are wider, the bound keeps arithmetic on
+/// them trivially in range).
+pub const MAX_PINS: u32 = 1 << 24;
+
+/// Sets `GTF_reading` (and `GTF_writing` for a writable pin) in the entry at `ma`, checking
+/// first that it is a `GTF_permit_access` grant to the grantee — on the first pin, and on a
+/// writable pin of an entry already pinned for reading (`expect` = the pinned frame, which the
+/// entry must still name). A writable use of a `GTF_readonly` grant is refused. Returns the
+/// frame field loaded together with the flags that passed. The guest may race with us; after
+/// a few failed attempts the entry counts as unstable.
+fn set_status<M: MachineMemory>(mem: &M, ma: u64, pin: &Pin, expect: Option<Mfn>) -> Result<u32, Status> {
+    let mask = gtf::TYPE_MASK | if pin.purpose == Purpose::Map { gtf::SUB_PAGE } else { 0 };
+    let writable = pin.access == Access::Writable;
+    let names_pinned = |e: &GrantEntryV1| expect.is_none_or(|m| u64::from(e.frame) == m.0);
     for _ in 0..SET_STATUS_ATTEMPTS {
         let e = decode(mem.read_u64(ma));
-        if !pinned && (e.flags & mask != gtf::PERMIT_ACCESS || e.domid != grantee) {
+        if e.flags & mask != gtf::PERMIT_ACCESS || e.domid != pin.grantee || !names_pinned(&e) {
             return Err(gntst::GENERAL_ERROR);
         }
         let mut new = e.flags | gtf::READING;
-        if !readonly {
+        if writable {
             if e.flags & gtf::READONLY != 0 {
                 return Err(gntst::GENERAL_ERROR);
             }
@@ -325,14 +372,12 @@ fn set_status<M: MachineMemory>(
         if mem.cmpxchg_u16(ma, e.flags, new) != e.flags {
             continue;
         }
-        if !pinned {
-            // The flags cmpxchg does not cover domid and frame: if the guest changed them
-            // meanwhile, the entry we checked is not the one we pinned.
-            let now = decode(mem.read_u64(ma));
-            if now.domid != e.domid || now.frame != e.frame {
-                clear_flags(mem, ma, new & !e.flags);
-                return Err(gntst::GENERAL_ERROR);
-            }
+        // The flags cmpxchg does not cover domid and frame: if the guest changed them
+        // meanwhile, the entry we checked is not the one we pinned.
+        let now = decode(mem.read_u64(ma));
+        if now.domid != e.domid || now.frame != e.frame {
+            clear_flags(mem, ma, new & !e.flags);
+            return Err(gntst::GENERAL_ERROR);
         }
         return Ok(e.frame);
     }
@@ -377,6 +422,11 @@ impl Mapping {
     /// True for a read-only mapping.
     pub fn readonly(&self) -> bool {
         self.flags & gntmap::READONLY != 0
+    }
+
+    /// What the mapping may do with the frame.
+    pub fn access(&self) -> Access {
+        Access::of_map_flags(self.flags)
     }
 
     /// Number of uses (host and device parts) still held.
@@ -721,13 +771,18 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         handle: u32,
     ) -> Result<(Mfn, Flush), Status> {
         let (flags, rd, gref) = (op.flags, op.dom, op.ref_);
-        let readonly = flags & gntmap::READONLY != 0;
-        let uses = uses_of(flags);
+        let pin = Pin {
+            grantee: caller,
+            access: Access::of_map_flags(flags),
+            uses: uses_of(flags),
+            purpose: Purpose::Map,
+        };
+        let readonly = pin.access == Access::ReadOnly;
         let rgt = &mut self.domains.get_mut(&rd).ok_or(gntst::BAD_DOMAIN)?.grant;
-        let mfn = rgt.acquire(self.ft, self.mem, rd, gref, caller, readonly, uses, true)?;
+        let mfn = rgt.acquire(self.ft, self.mem, rd, gref, pin)?;
 
-        if let Err(st) = get_extra_refs(self.ft, self.mem, mfn, rd, readonly, uses) {
-            self.abort_map(caller, rd, gref, mfn, readonly, uses, false);
+        if let Err(st) = get_extra_refs(self.ft, self.mem, mfn, rd, readonly, pin.uses) {
+            self.abort_map(rd, gref, mfn, pin, Taken::AcquireOnly);
             return Err(st);
         }
 
@@ -741,7 +796,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
                 !(pte::is_present(old) && old & pte::GNTTAB != 0)
             });
             let Some(loc) = loc else {
-                self.abort_map(caller, rd, gref, mfn, readonly, uses, true);
+                self.abort_map(rd, gref, mfn, pin, Taken::All);
                 return Err(gntst::GENERAL_ERROR);
             };
             let idx = usize::from(loc.idx);
@@ -768,26 +823,15 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         Ok((mfn, flush))
     }
 
-    /// Undoes a map that failed after `acquire`: drops the references taken (only the
-    /// general one of `acquire` unless `all_refs`) and the `uses` uses of the active entry.
-    #[allow(clippy::too_many_arguments)]
-    fn abort_map(
-        &mut self,
-        caller: DomId,
-        rd: DomId,
-        gref: GrantRef,
-        mfn: Mfn,
-        readonly: bool,
-        uses: u32,
-        all_refs: bool,
-    ) {
-        if all_refs {
-            put_refs(self.ft, self.mem, mfn, readonly, uses);
-        } else {
-            put_refs(self.ft, self.mem, mfn, true, 1);
+    /// Undoes a map that failed after `acquire`: drops the references `taken` and the uses
+    /// `pin` recorded in the granter's active entry.
+    fn abort_map(&mut self, rd: DomId, gref: GrantRef, mfn: Mfn, pin: Pin, taken: Taken) {
+        match taken {
+            Taken::All => put_refs(self.ft, self.mem, mfn, pin.access == Access::ReadOnly, pin.uses),
+            Taken::AcquireOnly => put_refs(self.ft, self.mem, mfn, true, 1),
         }
         if let Some(d) = self.domains.get_mut(&rd) {
-            d.grant.release(self.mem, gref, caller, mfn, readonly, uses);
+            d.grant.release(self.mem, gref, pin.grantee, mfn, pin.access, pin.uses);
         }
     }
 
@@ -840,7 +884,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         let uses = uses_of(parts);
         put_refs(self.ft, self.mem, m.mfn, m.readonly(), uses);
         if let Some(d) = self.domains.get_mut(&m.domid) {
-            d.grant.release(self.mem, m.gref, caller, m.mfn, m.readonly(), uses);
+            d.grant.release(self.mem, m.gref, caller, m.mfn, m.access(), uses);
         }
         if let Some(d) = self.domains.get_mut(&caller) {
             d.grant.maptrack.clear_parts(h, parts);
@@ -927,7 +971,9 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         let (mfn, gref) = if is_gref {
             let gref = ptr.as_gref();
             let t = &mut self.domains.get_mut(&d).ok_or(gntst::BAD_DOMAIN)?.grant;
-            (t.acquire(self.ft, self.mem, d, gref, caller, readonly, 1, false)?, Some(gref))
+            let access = if readonly { Access::ReadOnly } else { Access::Writable };
+            let pin = Pin { grantee: caller, access, uses: 1, purpose: Purpose::Copy };
+            (t.acquire(self.ft, self.mem, d, gref, pin)?, Some(gref))
         } else {
             let mfn = Mfn(ptr.as_gmfn());
             self.ft.get_page(mfn, d).map_err(|_| gntst::BAD_PAGE)?;
@@ -937,7 +983,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         if !readonly && self.ft.get_page_type(self.mem, mfn, PageType::Writable).is_err() {
             put_refs(self.ft, self.mem, mfn, true, 1);
             if let (Some(gref), Some(dom)) = (gref, self.domains.get_mut(&d)) {
-                dom.grant.release(self.mem, gref, caller, mfn, false, 1);
+                dom.grant.release(self.mem, gref, caller, mfn, Access::Writable, 1);
             }
             return Err(gntst::GENERAL_ERROR);
         }
@@ -948,10 +994,20 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         put_refs(self.ft, self.mem, c.mfn, c.readonly, 1);
         if let Some(gref) = c.gref {
             if let Some(d) = self.domains.get_mut(&c.domid) {
-                d.grant.release(self.mem, gref, caller, c.mfn, c.readonly, 1);
+                let access = if c.readonly { Access::ReadOnly } else { Access::Writable };
+                d.grant.release(self.mem, gref, caller, c.mfn, access, 1);
             }
         }
     }
+}
+
+/// Which references a failed map had taken when it was undone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    /// Only the general reference [`GrantTable::acquire`] takes.
+    AcquireOnly,
+    /// Every reference of every use.
+    All,
 }
 
 /// One claimed side of a copy.

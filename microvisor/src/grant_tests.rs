@@ -631,6 +631,49 @@ fn revocation_is_blocked_while_mapped() {
     assert_eq!(map(&mut hv, D0, DU, 10, host_va(0), RO_HOST).status, gntst::GENERAL_ERROR, "revoked");
 }
 
+/// A writable use of an entry pinned only for reading re-checks the entry: a granter that
+/// re-granted it to someone else, revoked it, or pointed it at another frame after the
+/// read-only pin gives the old grantee no write access (issue 9; stricter than Xen 4.17,
+/// which re-checks only `GTF_readonly` once pinned).
+#[test]
+fn a_writable_pin_of_a_read_pinned_entry_rechecks_the_grant() {
+    let mut hv = two_domains();
+    let f = mfn_at(&hv, DU, grant_va(0));
+    let other = mfn_at(&hv, DU, grant_va(1));
+    let pinned_flags = gtf::PERMIT_ACCESS | gtf::READING;
+    for (what, domid, frame, fl) in [
+        ("re-granted to another domain", DomId(7), f, pinned_flags),
+        ("type cleared (revoked by a plain store)", D0, f, gtf::READING),
+        ("pointed at another frame", D0, other, pinned_flags),
+        ("made sub-page", D0, f, pinned_flags | gtf::SUB_PAGE),
+    ] {
+        set_entry(&hv, DU, 10, D0, f, gtf::PERMIT_ACCESS);
+        let ro = map(&mut hv, D0, DU, 10, host_va(0), RO_HOST);
+        assert_eq!(ro.status, gntst::OKAY, "{what}");
+        set_entry(&hv, DU, 10, domid, frame, fl);
+        let rw = map(&mut hv, D0, DU, 10, host_va(1), RW_HOST);
+        assert_eq!(rw.status, gntst::GENERAL_ERROR, "{what}: no writable mapping");
+        assert_eq!(l1e(&hv, D0, host_va(1)) & pte::GNTTAB, 0, "{what}");
+        assert_eq!(flags(&hv, DU, 10) & gtf::WRITING, 0, "{what}: GTF_writing not left set");
+        assert_eq!(hv.domains[&DU].grant.pins(GrantRef(10)), Some((1, 0)), "{what}");
+        // Read-only uses still share the pin: the frame they hold was granted.
+        let ro2 = map(&mut hv, D0, DU, 10, host_va(2), RO_HOST);
+        assert_eq!((ro2.status, ro2.dev_bus_addr), (gntst::OKAY, f.addr()), "{what}");
+        assert_eq!(unmap(&mut hv, D0, ro2.handle, host_va(2), 0), gntst::OKAY);
+        assert_eq!(unmap(&mut hv, D0, ro.handle, host_va(0), 0), gntst::OKAY);
+        audit(&hv);
+    }
+    // An entry still granted as it was pinned can be upgraded.
+    set_entry(&hv, DU, 10, D0, f, gtf::PERMIT_ACCESS);
+    let ro = map(&mut hv, D0, DU, 10, host_va(0), RO_HOST);
+    let rw = map(&mut hv, D0, DU, 10, host_va(1), RW_HOST);
+    assert_eq!((ro.status, rw.status), (gntst::OKAY, gntst::OKAY));
+    assert_eq!(flags(&hv, DU, 10), gtf::PERMIT_ACCESS | gtf::READING | gtf::WRITING);
+    assert_eq!(unmap(&mut hv, D0, rw.handle, host_va(1), 0), gntst::OKAY);
+    assert_eq!(unmap(&mut hv, D0, ro.handle, host_va(0), 0), gntst::OKAY);
+    audit(&hv);
+}
+
 /// `d` removes its own mapping of `va` (update_va_mapping to 0).
 fn unmap_own(hv: &mut TestHv, d: DomId, va: u64) {
     run_as(hv, d);
@@ -722,7 +765,7 @@ fn destroying_the_grantee_releases_its_mappings() {
     audit(&hv);
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU);
     run_as(&mut hv, D0);
-    hv.destroy_domain(DU);
+    crate::domain_build::destroy_domain(&mut hv, DU);
     assert!(!hv.domains.contains_key(&DU));
     assert_eq!(hv.frames.nr_free(), expect_free);
     assert_eq!(flags(&hv, D0, 10), gtf::PERMIT_ACCESS);
@@ -746,7 +789,7 @@ fn destroying_the_granter_keeps_mapped_frames_until_unmapped() {
     assert_eq!((m.status, t.status), (gntst::OKAY, gntst::OKAY));
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU);
     run_as(&mut hv, D0);
-    hv.destroy_domain(DU);
+    crate::domain_build::destroy_domain(&mut hv, DU);
     // Only what dom0 still maps survives; the domain lingers, dying, until it goes.
     assert_eq!(hv.domains[&DU].state, DomainState::Dying);
     assert_eq!(hv.frames.tot_pages(DU), 1);
@@ -779,8 +822,8 @@ fn destroying_both_sides_returns_all_memory() {
     assert_eq!(map(&mut hv, D0, DU, 10, host_va(0), RW_HOST).status, gntst::OKAY);
     assert_eq!(map(&mut hv, DU, D0, 10, host_va(0), RW_HOST).status, gntst::OKAY);
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU) + frames_of(&hv, D0);
-    hv.destroy_domain(DU);
-    hv.destroy_domain(D0);
+    crate::domain_build::destroy_domain(&mut hv, DU);
+    crate::domain_build::destroy_domain(&mut hv, D0);
     assert!(hv.domains.is_empty());
     assert_eq!(hv.frames.nr_free(), expect_free);
     hv.frames.audit(hv.mem(), &[]).unwrap();
@@ -1224,7 +1267,7 @@ mod proptests {
                 Op::Destroy { d } => {
                     let d = dom(d);
                     if self.alive(d) {
-                        self.hv.destroy_domain(d);
+                        crate::domain_build::destroy_domain(&mut self.hv, d);
                     }
                 }
             }
@@ -1276,7 +1319,7 @@ mod proptests {
             let order = if first_down { [DU, D0] } else { [D0, DU] };
             for d in order {
                 if w.alive(d) {
-                    w.hv.destroy_domain(d);
+                    crate::domain_build::destroy_domain(&mut w.hv, d);
                 }
                 w.check();
             }

@@ -5,22 +5,28 @@
 //! Protocol with the arch layer: every entry either finishes in registers (the hypercall fast
 //! path) or leaves the running vCPU's registers in a [`GuestFrame`] and then calls
 //! [`Hypervisor::resume`], which switches vCPUs, delivers pending events by building bounce
-//! frames, and reports what the hardware must be set to ([`HwState`]).
+//! frames, and returns everything the arch layer must apply as one value ([`GuestExit`]).
+//! The arch layer writes no core state: it calls entry points and reads views.
 
-use crate::domain::{Domain, DomainConfig, DomainState, Domains, ShutdownReason};
-use crate::hypercall::EvtchnOps;
+use crate::domain::{Domain, DomainState, Domains, ShutdownReason};
+use crate::domain_build::DomainSpec;
+use crate::event;
+use crate::guest_mem::GuestSpace;
+use crate::hypercall::{self, Hc};
+use crate::irq::{IrqOp, IrqOps, Pirqs};
 use crate::mm::frame_table::FrameTable;
 use crate::mm::tlb::Flush;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::sched::{Scheduler, VcpuRef};
 use crate::time::TimeBase;
-use crate::vcpu::{GuestFrame, RunState};
-use alloc::collections::BTreeMap;
+use crate::trace::Tracer;
+use crate::traps;
+use crate::vcpu::{GuestFrame, RunState, Vcpu};
+use alloc::string::String;
 use core::fmt::{self, Write};
 use hypercall_abi::microvisor::trace::Record;
-use hypercall_abi::xen::SharedInfo;
-use hypercall_abi::{DomId, Mfn};
+use hypercall_abi::{DomId, Errno, Mfn};
 
 /// Values written to QEMU's exit device when the machine stops.
 pub use hypercall_abi::microvisor::exit as exit_code;
@@ -28,12 +34,27 @@ pub use hypercall_abi::microvisor::exit as exit_code;
 /// What the arch layer does after `resume`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Resume {
-    /// Return to the guest whose registers are in the live frame.
-    Guest,
+    /// Apply this and return to the guest whose registers are in the live frame.
+    Guest(GuestExit),
     /// Nothing can run: wait for an interrupt, then call `resume` again.
     Idle,
     /// Stop the machine with this exit value.
     Halt(u8),
+}
+
+/// Everything the arch layer must apply before it returns to the guest, as one value: the
+/// running vCPU's hardware state, the TLB flush and interrupt-controller changes the
+/// hypercalls asked for, and the next timer deadline. When `resume` hands it out the core
+/// owes nothing more (see [`Hypervisor::hypercall_general`] for why that matters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestExit {
+    pub hw: HwState,
+    /// Apply before the guest runs; a CR3 load covers a `Page` flush only for non-global
+    /// entries.
+    pub flush: Flush,
+    pub irq: IrqOps,
+    /// Earliest time (ns) the timer must interrupt at, if any.
+    pub timer_deadline_ns: Option<u64>,
 }
 
 /// The hardware state the running vCPU needs.
@@ -48,62 +69,74 @@ pub struct HwState {
     pub gs_base: u64,
     /// The guest's virtual CR0.TS.
     pub fpu_ts: bool,
-    /// Generation of the vCPU's guest GDT (see `Vcpu::gdt`).
+    /// Generation of the vCPU's guest GDT (see `Vcpu::gdt`); the entries are
+    /// [`Hypervisor::running_gdt`].
     pub gdt_generation: u64,
     /// The domain may use I/O ports directly (dom0, for its device drivers).
     pub io_ports: bool,
+    /// Machine address of the vCPU's `vcpu_info`, whose `{evtchn_upcall_pending,
+    /// evtchn_upcall_mask}` word the hypercall return paths test in place (8-byte aligned,
+    /// in RAM).
+    pub vcpu_info: u64,
 }
 
-/// Edits the slow exit path must make to the frame of a hypercall that finished on the fast
-/// path (the frame did not exist yet when the handler ran).
+/// What the exit path owes, accumulated by handlers until [`Hypervisor::resume`] applies it
+/// or hands it to the arch layer. Only the methods below change it, and each sets `pending`,
+/// the one flag the hypercall return path tests.
 #[derive(Clone, Copy, Debug, Default)]
-pub(crate) struct PendingFrameEdit {
-    /// Re-execute the hypercall with these arguments (a continuation).
-    pub continuation: Option<[u64; 5]>,
+struct ExitWork {
+    /// Anything below is owed, or the guest's FPU registers were saved (formatting) and must
+    /// be reloaded, or the CPU must be resynchronised with the running vCPU.
+    pending: bool,
+    /// Run the scheduler.
+    resched: bool,
+    flush: Flush,
+    irq: IrqOps,
+    /// Re-execute the hypercall that finished on the register-only path with these
+    /// arguments (a continuation); its frame did not exist when the handler ran.
+    continuation: Option<[u64; 5]>,
 }
 
-/// The whole hypervisor state.
+/// The earliest of every vCPU's one-shot timer, kept so that the exit path does not scan
+/// every vCPU of every domain on each return to a guest.
+#[derive(Clone, Copy, Debug, Default)]
+struct TimerCache {
+    earliest: Option<u64>,
+    /// A timer changed (or a vCPU went away) since `earliest` was computed.
+    dirty: bool,
+}
+
+/// The whole hypervisor state. The fields are the core's own: subsystems reach their state
+/// through the crate, the arch layer through the methods below (entry points that return what
+/// it must apply, and read-only views).
 pub struct Hypervisor<P: Platform> {
-    pub plat: P,
+    pub(crate) plat: P,
     /// Every machine frame: owner, references, page type.
-    pub frames: FrameTable,
+    pub(crate) frames: FrameTable,
     /// First frame of the (physically contiguous) M2P table.
-    pub m2p_base: Mfn,
-    pub domains: Domains,
-    pub sched: Scheduler,
-    pub time: TimeBase,
-    /// The vCPU whose registers are in the live frame.
-    pub running: Option<VcpuRef>,
-    /// Something changed that needs the scheduler on the way out (set with `resched`).
-    pub need_resched: bool,
-    pub(crate) pending_edit: PendingFrameEdit,
-    pub flush: Flush,
-    /// A handler changed state the hardware must reflect (page-table base, segment bases,
-    /// virtual TS, a TLB flush), so the exit path must resynchronise the CPU (set with
-    /// `mark_hw_dirty`).
-    pub hw_dirty: bool,
-    /// The fast path must take the exit path: a reschedule, hardware state to change, a halt,
-    /// or the FPU registers no longer holding the running vCPU's state. One flag, so the fast
-    /// path tests it with one instruction; cleared by the arch layer once the exit path ran.
-    pub exit_work: bool,
-    /// Machine address of the running vCPU's `vcpu_info`, for the fast path's upcall check.
-    pub cur_vcpu_info: u64,
+    pub(crate) m2p_base: Mfn,
+    pub(crate) domains: Domains,
+    /// The run queue and the one record of the current vCPU.
+    pub(crate) sched: Scheduler,
+    pub(crate) time: TimeBase,
+    exit: ExitWork,
+    /// The earliest guest timer, recomputed only after one changed.
+    timers: TimerCache,
+    /// Set when the machine must stop, with the exit value (stays set: every later `resume`
+    /// halts).
+    halt: Option<u8>,
     /// Whose x87/SSE state the CPU's registers hold. The hypervisor is built without SSE, so
     /// the registers keep the running guest's state across hypercalls; only formatting (the
     /// precompiled libcore uses SSE) and vCPU switches disturb them, and both save first.
-    pub fpu_loaded: Option<VcpuRef>,
-    /// Set when the machine must stop.
-    pub halt: Option<u8>,
-    /// GSIs mapped as pirqs (pirq number = GSI).
-    pub pirqs: BTreeMap<u32, crate::irq::Pirq>,
-    /// Interrupt-controller changes for the arch layer to apply on the way out.
-    pub irq_ops: alloc::vec::Vec<crate::irq::IrqOp>,
+    fpu_loaded: Option<VcpuRef>,
+    /// GSIs mapped as pirqs.
+    pub(crate) pirqs: Pirqs,
     /// The hypervisor's command line.
-    pub cmdline: alloc::string::String,
+    cmdline: String,
     /// Event trace (off unless enabled at boot).
-    pub trace: crate::trace::Tracer,
+    pub(crate) trace: Tracer,
     /// Frame-table audit every N hypercalls (off unless `audit=<N>` at boot).
-    pub audit: crate::audit::Audit,
+    pub(crate) audit: crate::audit::Audit,
     next_domid: u16,
 }
 
@@ -116,26 +149,94 @@ impl<P: Platform> Hypervisor<P> {
             domains: Domains::new(),
             sched: Scheduler::new(),
             time,
-            running: None,
-            need_resched: false,
-            pending_edit: PendingFrameEdit::default(),
-            flush: Flush::None,
-            hw_dirty: false,
-            exit_work: true,
-            cur_vcpu_info: 0,
-            fpu_loaded: None,
+            exit: ExitWork { pending: true, ..ExitWork::default() },
             halt: None,
-            pirqs: BTreeMap::new(),
-            irq_ops: alloc::vec::Vec::new(),
-            cmdline: alloc::string::String::new(),
-            trace: crate::trace::Tracer::default(),
+            timers: TimerCache::default(),
+            fpu_loaded: None,
+            pirqs: Pirqs::default(),
+            cmdline: String::new(),
+            trace: Tracer::default(),
             audit: crate::audit::Audit::default(),
             next_domid: 0,
         }
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Boot-time set-up and read-only views for the arch layer
+
+    /// Sets the hypervisor's command line (`XENVER_commandline`).
+    pub fn set_cmdline(&mut self, cmdline: &str) {
+        self.cmdline = String::from(cmdline);
+    }
+
+    /// The hypervisor's command line.
+    pub fn cmdline(&self) -> &str {
+        &self.cmdline
+    }
+
+    /// Turns the run-time frame-table audit on (`audit=<N>`).
+    pub fn enable_audit(&mut self, audit: crate::audit::Audit) {
+        self.audit = audit;
+    }
+
+    /// Stops the machine as a hypervisor fault (a failed audit).
+    pub(crate) fn halt_hypervisor_fault(&mut self) {
+        self.halt = Some(exit_code::HYPERVISOR_FAULT);
+        self.exit.pending = true;
+    }
+
+    /// Starts recording the event trace into a buffer of `capacity` bytes.
+    pub fn enable_trace(&mut self, capacity: usize) {
+        self.trace = Tracer::enabled(capacity, self.time.tsc_hz);
+    }
+
+    /// True if the event trace is recording.
+    pub fn trace_on(&self) -> bool {
+        self.trace.is_on()
+    }
+
+    /// The trace recorded so far, if tracing was on (recording stops).
+    pub fn finish_trace(&mut self) -> Option<&[u8]> {
+        self.trace.is_on().then(|| self.trace.finish())
+    }
+
+    /// The machine the core runs on.
+    pub fn platform(&self) -> &P {
+        &self.plat
+    }
+
     pub fn mem(&self) -> &P::Mem {
         self.plat.mem()
+    }
+
+    /// The time base (TSC at boot, rate and scale).
+    pub fn time(&self) -> &TimeBase {
+        &self.time
+    }
+
+    /// Frames on the free list.
+    pub fn nr_free_frames(&self) -> u64 {
+        self.frames.nr_free()
+    }
+
+    /// Hands frames `first..end` (boot modules, once their domains are built) to the free pool.
+    pub fn release_to_free(&mut self, first: Mfn, end: Mfn) {
+        self.frames.release_to_free(first, end);
+    }
+
+    /// A zeroed frame for the hypervisor's own use (the floor benchmark's address space).
+    pub fn alloc_xen_frame(&mut self) -> Option<Mfn> {
+        self.frames.alloc_xen_frame(self.plat.mem())
+    }
+
+    /// Returns a frame from [`Hypervisor::alloc_xen_frame`].
+    pub fn free_xen_frame(&mut self, mfn: Mfn) {
+        let _ = self.frames.free_frame(self.plat.mem(), mfn);
+    }
+
+    /// Tells the frame table the arch layer flushed every TLB entry, global ones included.
+    pub fn tlb_flushed(&mut self) {
+        self.frames.tlb_flushed();
     }
 
     /// Writes M2P entry `mfn` := `pfn` (the table guests read at `MACH2PHYS_VIRT_START`).
@@ -148,22 +249,43 @@ impl<P: Platform> Hypervisor<P> {
         self.time.now_ns(self.plat.tsc())
     }
 
+    // -----------------------------------------------------------------------------------------
+    // Exit work: what handlers owe the exit path
+
     /// Asks for the scheduler on the way out.
-    pub fn resched(&mut self) {
-        self.need_resched = true;
-        self.exit_work = true;
+    pub(crate) fn resched(&mut self) {
+        self.exit.resched = true;
+        self.exit.pending = true;
     }
 
     /// Notes that the CPU must be resynchronised with the running vCPU on the way out.
-    pub fn mark_hw_dirty(&mut self) {
-        self.hw_dirty = true;
-        self.exit_work = true;
+    pub(crate) fn mark_hw_dirty(&mut self) {
+        self.exit.pending = true;
+    }
+
+    /// Records a TLB flush the guest must not run without.
+    pub(crate) fn request_flush(&mut self, f: Flush) {
+        if f != Flush::None {
+            self.exit.flush = self.exit.flush.merge(f);
+            self.exit.pending = true;
+        }
+    }
+
+    /// Queues an interrupt-controller change (applied before the next return to a guest).
+    pub(crate) fn queue_irq_op(&mut self, op: IrqOp) {
+        self.exit.irq.push(op);
+        self.exit.pending = true;
+    }
+
+    /// True once the machine is to stop (handlers stop batches early).
+    pub(crate) fn halting(&self) -> bool {
+        self.halt.is_some()
     }
 
     /// Saves the guest FPU state the registers hold, so code that may use SSE can run.
     pub fn fpu_save_live(&mut self) {
         if let Some(r) = self.fpu_loaded.take() {
-            self.exit_work = true;
+            self.exit.pending = true;
             if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
                 self.plat.fpu_save(&mut v.fpu);
             }
@@ -171,31 +293,31 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// Loads the running vCPU's FPU state unless the registers already hold it.
-    pub fn fpu_load_running(&mut self) {
-        if self.fpu_loaded == self.running {
+    fn fpu_load_running(&mut self) {
+        let running = self.sched.current();
+        if self.fpu_loaded == running {
             return;
         }
         self.fpu_save_live();
-        if let Some(r) = self.running {
-            let v = self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).expect("running vCPU exists");
-            self.plat.fpu_restore(&v.fpu);
-            self.fpu_loaded = Some(r);
+        if let Some(r) = running {
+            if let Some(v) = self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)) {
+                self.plat.fpu_restore(&v.fpu);
+                self.fpu_loaded = Some(r);
+            }
         }
     }
 
     /// Prints a hypervisor message: `(XEN) <msg>`.
     pub fn log(&mut self, args: fmt::Arguments<'_>) {
         self.fpu_save_live();
-        let mut w = ConsoleLine::new(b"(XEN) ");
-        let _ = w.write_fmt(args);
-        w.finish(&mut self.plat);
+        xen_line(&mut self.plat, args);
     }
 
     // -----------------------------------------------------------------------------------------
     // Domains
 
     /// Allocates the next domain id.
-    pub fn alloc_domid(&mut self) -> DomId {
+    pub(crate) fn alloc_domid(&mut self) -> DomId {
         while self.domains.contains_key(&DomId(self.next_domid)) {
             self.next_domid += 1;
         }
@@ -204,26 +326,32 @@ impl<P: Platform> Hypervisor<P> {
         id
     }
 
-    /// Registers a built domain; its boot vCPU becomes runnable.
-    pub fn add_domain(&mut self, id: DomId, cfg: &DomainConfig, shared_info: Mfn) -> &mut Domain {
-        let d = Domain::new(id, cfg, shared_info);
-        self.domains.insert(id, d);
-        self.domains.get_mut(&id).expect("just inserted")
+    /// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable (see
+    /// [`crate::domain_build::create_domain`]).
+    pub fn create_domain(&mut self, spec: &DomainSpec<'_>, image: &[u8]) -> Result<DomId, String> {
+        crate::domain_build::create_domain(self, spec, image)
     }
 
     /// Makes a domain's vCPUs that are set up runnable.
-    pub fn start_domain(&mut self, id: DomId) {
+    pub(crate) fn start_domain(&mut self, id: DomId) {
         let Some(d) = self.domains.get(&id) else { return };
-        let ready: alloc::vec::Vec<u32> =
-            d.vcpus.iter().filter(|v| v.state == RunState::Runnable).map(|v| v.id).collect();
-        for v in ready {
-            self.sched.wake(VcpuRef { domid: id, vcpu: v });
+        for v in d.vcpus.iter().filter(|v| v.state == RunState::Runnable) {
+            self.sched.wake(VcpuRef { domid: id, vcpu: v.id });
+        }
+    }
+
+    /// Makes a blocked vCPU runnable (Xen's `vcpu_unblock`).
+    pub(crate) fn kick_vcpu(&mut self, r: VcpuRef) {
+        let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) else { return };
+        if v.state == RunState::Blocked {
+            v.state = RunState::Runnable;
+            self.sched.wake(r);
         }
     }
 
     /// Shuts a domain down with `reason`: its vCPUs stop, dom0 is told (VIRQ_DOM_EXC), and
     /// dom0's own shutdown stops the machine.
-    pub fn shutdown_domain(&mut self, id: DomId, reason: ShutdownReason) {
+    pub(crate) fn shutdown_domain(&mut self, id: DomId, reason: ShutdownReason) {
         let Some(d) = self.domains.get_mut(&id) else { return };
         if !d.is_alive() && d.state != DomainState::Paused {
             return;
@@ -231,53 +359,57 @@ impl<P: Platform> Hypervisor<P> {
         d.state = DomainState::Shutdown(reason);
         for v in d.vcpus.iter_mut() {
             v.state = RunState::Offline;
-            v.timer_deadline = None;
+            v.set_timer_deadline(None);
         }
-        let mut pending = alloc::vec::Vec::new();
-        d.console.flush(|l| pending.extend_from_slice(l));
-        let name = d.name.clone();
+        self.timers.dirty = true;
+        let d = self.domains.get_mut(&id).expect("checked above");
+        let mut pending: heapless::Vec<u8, { crate::console::LINE_MAX }> = heapless::Vec::new();
+        d.console.flush(|l| {
+            let _ = pending.extend_from_slice(l);
+        });
         if !pending.is_empty() {
             self.guest_console_line(id, &pending);
         }
         self.sched.remove_domain(id);
         self.resched();
-        self.log(format_args!("Domain {} ({}) shut down: {}", id.0, name, reason.name()));
+        self.fpu_save_live();
+        let name = &self.domains[&id].name;
+        xen_line(&mut self.plat, format_args!("Domain {} ({name}) shut down: {}", id.0, reason.name()));
         if id == DomId::DOM0 {
             self.stop_machine(reason);
         } else {
-            self.send_global_virq(DomId::DOM0, hypercall_abi::xen::virq::DOM_EXC);
+            event::send_global_virq(self, DomId::DOM0, hypercall_abi::xen::virq::DOM_EXC);
         }
     }
 
     /// Crashes a domain that broke a rule, with a one-line reason on the console.
     pub fn crash_domain(&mut self, id: DomId, why: fmt::Arguments<'_>) {
-        let vcpu = self.running.filter(|r| r.domid == id).map_or(0, |r| r.vcpu);
+        let vcpu = self.sched.current().filter(|r| r.domid == id).map_or(0, |r| r.vcpu);
         self.log(format_args!("d{}v{} crashed: {}", id.0, vcpu, why));
         self.shutdown_domain(id, ShutdownReason::Crash);
     }
 
     fn stop_machine(&mut self, dom0_reason: ShutdownReason) {
-        let summary: alloc::vec::Vec<(u16, alloc::string::String, DomainState)> =
-            self.domains.values().map(|d| (d.id.0, d.name.clone(), d.state)).collect();
-        for (id, name, state) in summary {
-            let what = match state {
+        self.fpu_save_live();
+        for d in self.domains.values() {
+            let what = match d.state {
                 DomainState::Shutdown(r) => r.name(),
                 DomainState::Running => "still running",
                 DomainState::Paused => "paused",
                 DomainState::Dying => "dying",
             };
-            self.log(format_args!("  d{id} ({name}): {what}"));
+            xen_line(&mut self.plat, format_args!("  d{} ({}): {what}", d.id.0, d.name));
         }
         let code =
             if dom0_reason == ShutdownReason::Poweroff { exit_code::POWEROFF } else { exit_code::DOM0_CRASH };
         self.log(format_args!("dom0 {}: stopping the machine", dom0_reason.name()));
         self.halt = Some(code);
-        self.exit_work = true;
+        self.exit.pending = true;
         self.audit_at_stop();
     }
 
     /// Prints a complete guest console line as `(d<id>) line`.
-    pub fn guest_console_line(&mut self, id: DomId, line: &[u8]) {
+    pub(crate) fn guest_console_line(&mut self, id: DomId, line: &[u8]) {
         self.fpu_save_live();
         let mut w = ConsoleLine::new(b"(d");
         let _ = write!(w, "{}) ", id.0);
@@ -289,59 +421,57 @@ impl<P: Platform> Hypervisor<P> {
     // The running vCPU
 
     /// The running vCPU's domain and vCPU. Entry points only run with a vCPU running.
+    #[inline]
     pub fn current(&self) -> VcpuRef {
-        self.running.expect("an entry from a guest always has a running vCPU")
+        self.sched.current().expect("an entry from a guest always has a running vCPU")
     }
 
     /// The running domain.
-    pub fn cur_dom(&self) -> &Domain {
+    pub(crate) fn cur_dom(&self) -> &Domain {
         let r = self.current();
         &self.domains[&r.domid]
     }
 
     /// The running domain, mutably.
-    pub fn cur_dom_mut(&mut self) -> &mut Domain {
+    pub(crate) fn cur_dom_mut(&mut self) -> &mut Domain {
         let r = self.current();
         self.domains.get_mut(&r.domid).expect("running domain exists")
     }
 
     /// The running vCPU.
-    pub fn cur_vcpu(&self) -> &crate::vcpu::Vcpu {
+    pub(crate) fn cur_vcpu(&self) -> &Vcpu {
         let r = self.current();
         self.domains[&r.domid].vcpu(r.vcpu).expect("running vCPU exists")
     }
 
     /// The running vCPU, mutably.
-    pub fn cur_vcpu_mut(&mut self) -> &mut crate::vcpu::Vcpu {
+    pub(crate) fn cur_vcpu_mut(&mut self) -> &mut Vcpu {
         let r = self.current();
         self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)).expect("running vCPU exists")
     }
 
-    /// True if the running vCPU can no longer run (it blocked, or its domain stopped).
-    fn running_is_stopped(&self) -> bool {
-        match self.running {
-            None => true,
-            Some(r) => {
-                self.domains
-                    .get(&r.domid)
-                    .and_then(|d| d.vcpu(r.vcpu))
-                    .is_none_or(|v| v.state != RunState::Runnable)
-                    || !self.domains[&r.domid].is_alive()
-            }
-        }
+    /// The running vCPU's address space, for copying arguments.
+    pub(crate) fn guest(&self) -> GuestSpace<'_, P::Mem> {
+        GuestSpace::new(self.mem(), self.cur_vcpu().current_l4())
+    }
+
+    /// The running vCPU's validated guest GDT entries (see [`HwState::gdt_generation`]).
+    pub fn running_gdt(&self) -> &[u64] {
+        &self.cur_vcpu().gdt
     }
 
     /// True if the running vCPU has an event to deliver: `evtchn_upcall_pending` set and
     /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
     #[inline]
-    pub fn upcall_deliverable(&self) -> bool {
-        self.mem().read_u64(self.cur_vcpu_info) & 0xffff == 1
+    fn upcall_deliverable(&self, v: &Vcpu) -> bool {
+        self.mem().read_u64(v.vcpu_info) & 0xffff == 1
     }
 
     /// What the hardware must be set to for the running vCPU.
-    pub fn hw_state(&self) -> HwState {
+    fn hw_state(&self) -> HwState {
         let r = self.current();
-        let v = self.cur_vcpu();
+        let d = &self.domains[&r.domid];
+        let v = d.vcpu(r.vcpu).expect("running vCPU exists");
         HwState {
             vcpu: r,
             cr3: v.current_l4().addr(),
@@ -350,88 +480,205 @@ impl<P: Platform> Hypervisor<P> {
             gs_base: v.active_gs_base(),
             fpu_ts: v.fpu_ts,
             gdt_generation: v.gdt_generation,
-            io_ports: self.cur_dom().privileged,
+            io_ports: d.privileged,
+            vcpu_info: v.vcpu_info,
         }
     }
 
-    /// The exit path. Applies edits left by a fast-path hypercall, switches vCPUs when the
-    /// running one stopped or its slice ended, writes the PV clock of a vCPU being switched in,
-    /// and delivers a pending event by bouncing to the guest's event callback.
+    // -----------------------------------------------------------------------------------------
+    // Entry points
+
+    /// A hypercall from guest kernel mode with nothing but registers (`%rax` and the five
+    /// argument registers) — every hypercall but the one the arch layer's fast path answers
+    /// (`xen_version(XENVER_version)`, see `arch/x86_64/entry.rs`). Returns the value for
+    /// `%rax` and whether the exit path must run.
+    ///
+    /// The contract with the assembly: when the flag is false, the core owes nothing and the
+    /// arch layer may `sysretq` after its own test of the running vCPU's `vcpu_info` word
+    /// (an event to deliver). The exit path leaves nothing owed either ([`Resume::Guest`]
+    /// hands everything over), which is what lets the register-only fast path answer without
+    /// asking the core at all.
+    #[inline(never)]
+    pub fn hypercall_general(&mut self, nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, bool) {
+        let args = [a1, a2, a3, a4, a5];
+        self.trace_hypercall(nr, a1);
+        let hc = hypercall::dispatch(self, nr, args, None);
+        self.trace_hypercall_done(nr, &hc);
+        self.after_hypercall(nr);
+        match hc {
+            Hc::Ret(r) => (r as u64, self.exit.pending),
+            Hc::Continue(a) => {
+                self.exit.continuation = Some(a);
+                self.exit.pending = true;
+                // `%rax` must still hold the number when the `syscall` re-executes.
+                (nr, true)
+            }
+            Hc::FrameDone => (Errno::ENOSYS.to_ret() as u64, true),
+        }
+    }
+
+    /// Full-frame path: a `syscall` whose registers are all in `frame` — from guest user mode
+    /// (bounced to the guest kernel), or a hypercall that needs the frame (`iret`). The arch
+    /// layer then runs the exit path.
+    pub fn syscall_with_frame(&mut self, frame: &mut GuestFrame) {
+        if !self.cur_vcpu().kernel_mode {
+            if let Err(e) = traps::user_syscall(self, frame) {
+                let id = self.current().domid;
+                self.crash_domain(id, format_args!("{e}"));
+            }
+            return;
+        }
+        let nr = frame.rax;
+        self.trace_hypercall(nr, frame.rdi);
+        let hc = hypercall::dispatch(self, nr, frame.hypercall_args(), Some(frame));
+        self.trace_hypercall_done(nr, &hc);
+        self.after_hypercall(nr);
+        match hc {
+            Hc::Ret(r) => frame.rax = r as u64,
+            Hc::Continue(a) => {
+                frame.set_hypercall_args(a);
+                frame.rip = frame.rip.wrapping_sub(2);
+            }
+            Hc::FrameDone => {}
+        }
+    }
+
+    #[inline]
+    fn trace_hypercall(&mut self, nr: u64, a1: u64) {
+        if self.trace.is_on() {
+            let (tsc, r) = (self.plat.tsc(), self.current());
+            self.trace.record(&Record::Hypercall { tsc, vcpu: (r.domid.0, r.vcpu), nr, a1 });
+        }
+    }
+
+    #[inline]
+    fn trace_hypercall_done(&mut self, nr: u64, hc: &Hc) {
+        if self.trace.is_on() {
+            let ret = match *hc {
+                Hc::Ret(r) => r,
+                Hc::Continue(_) | Hc::FrameDone => nr as i64,
+            };
+            let (tsc, r) = (self.plat.tsc(), self.current());
+            self.trace.record(&Record::HypercallDone { tsc, vcpu: (r.domid.0, r.vcpu), nr, ret });
+        }
+    }
+
+    /// Flushes the frame table owes (a frame changed type or owner) must happen before the
+    /// guest runs again; then the frame-table audit, when `audit=<N>` asked for it.
+    #[inline]
+    fn after_hypercall(&mut self, nr: u64) {
+        if self.frames.take_flush_pending() {
+            self.request_flush(Flush::All);
+        }
+        self.audit_after_hypercall(nr);
+    }
+
+    /// An exception from a guest (the arch layer read CR2 for a #PF): emulate, bounce to the
+    /// guest's handler, or crash the domain. The arch layer then runs the exit path.
+    pub fn guest_exception(&mut self, frame: &mut GuestFrame, vector: u8, cr2: u64) {
+        if let traps::ExceptionOutcome::Crash(why) = traps::guest_exception(self, frame, vector, cr2) {
+            let id = self.current().domid;
+            self.crash_domain(id, format_args!("{why}"));
+        }
+    }
+
+    /// The exit path. Applies a continuation left by a register-only hypercall, switches
+    /// vCPUs when the running one stopped or its slice ended, writes the PV clock of a vCPU
+    /// being switched in, delivers a pending event by bouncing to the guest's event callback,
+    /// and hands the arch layer everything it must apply.
     pub fn resume(&mut self, frame: &mut GuestFrame) -> Resume {
         loop {
             if let Some(code) = self.halt {
                 return Resume::Halt(code);
             }
-            if self.running.is_some() {
-                if let Some(args) = self.pending_edit.continuation.take() {
+            let prev = self.sched.current();
+            if let Some(args) = self.exit.continuation.take() {
+                if prev.is_some() {
                     frame.set_hypercall_args(args);
                     frame.rip = frame.rip.wrapping_sub(2);
                 }
             }
             let now = self.now_ns();
-            if self.need_resched || self.running_is_stopped() || self.sched.slice_expired(now) {
-                self.need_resched = false;
+            if core::mem::take(&mut self.exit.resched) || self.sched.must_pick(now) {
                 let next = self.sched.pick(now);
-                if next != self.running {
-                    self.switch_to(frame, next, now);
+                if next != prev {
+                    self.switch_to(frame, prev, next, now);
                 }
             }
-            let Some(_) = self.running else { return Resume::Idle };
-            if self.upcall_deliverable() {
-                if let Err(why) = crate::traps::deliver_event(self, frame) {
-                    let id = self.current().domid;
-                    self.crash_domain(id, format_args!("{why}"));
+            let Some(r) = self.sched.current() else { return Resume::Idle };
+            let d = &self.domains[&r.domid];
+            let v = d.vcpu(r.vcpu).expect("scheduled vCPU exists");
+            if !d.is_alive() || v.state != RunState::Runnable {
+                // Every path that stops a vCPU tells the scheduler; this is a safety net.
+                self.sched.sleep(r);
+                continue;
+            }
+            if self.upcall_deliverable(v) {
+                if let Err(why) = traps::deliver_event(self, frame) {
+                    self.crash_domain(r.domid, format_args!("{why}"));
                     continue;
                 }
             }
-            if self.running_is_stopped() {
-                continue;
-            }
-            return Resume::Guest;
+            self.fpu_load_running();
+            let (flush, irq) = (self.exit.flush, self.exit.irq);
+            self.exit = ExitWork::default();
+            return Resume::Guest(GuestExit {
+                hw: self.hw_state(),
+                flush,
+                irq,
+                timer_deadline_ns: self.next_deadline_ns(),
+            });
         }
     }
 
-    /// Saves the live frame into the outgoing vCPU and loads the incoming one's.
-    fn switch_to(&mut self, frame: &mut GuestFrame, next: Option<VcpuRef>, now: u64) {
-        if let Some(prev) = self.running {
-            if let Some(v) = self.domains.get_mut(&prev.domid).and_then(|d| d.vcpu_mut(prev.vcpu)) {
+    /// Saves the live frame into the outgoing vCPU and loads the incoming one's; both
+    /// vCPUs' run time and runstate are accounted at `now`.
+    fn switch_to(&mut self, frame: &mut GuestFrame, prev: Option<VcpuRef>, next: Option<VcpuRef>, now: u64) {
+        if let Some(p) = prev {
+            if let Some(v) = self.domains.get_mut(&p.domid).and_then(|d| d.vcpu_mut(p.vcpu)) {
                 v.frame = *frame;
+                v.runstate.leave_cpu(v.state, now);
             }
         }
         if self.trace.is_on() {
             let id = |r: Option<VcpuRef>| r.map(|r| (r.domid.0, r.vcpu));
             let tsc = self.plat.tsc();
-            self.trace.record(&Record::Switch { tsc, from: id(self.running), to: id(next) });
+            self.trace.record(&Record::Switch { tsc, from: id(prev), to: id(next) });
         }
-        self.running = next;
-        self.exit_work = true;
+        self.exit.pending = true;
         if let Some(n) = next {
             let tsc = self.plat.tsc();
             let d = self.domains.get_mut(&n.domid).expect("scheduled domain exists");
-            self.cur_vcpu_info = d.shared_info.addr() + SharedInfo::vcpu_info_offset(n.vcpu as usize) as u64;
+            let si = d.shared_info;
             let v = d.vcpu_mut(n.vcpu).expect("scheduled vCPU exists");
             *frame = v.frame;
-            let si = d.shared_info;
-            crate::traps::write_pvclock(self.plat.mem(), si, n.vcpu, &self.time, tsc);
-            let _ = now;
+            v.runstate.enter_cpu(now);
+            traps::write_pvclock(self.plat.mem(), si, n.vcpu, &self.time, tsc);
+        }
+    }
+
+    /// Arms (or with `None` stops) vCPU `r`'s one-shot timer at absolute system time `t`.
+    pub(crate) fn set_vcpu_timer(&mut self, r: VcpuRef, t: Option<u64>) {
+        if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
+            if v.timer_deadline() != t {
+                v.set_timer_deadline(t);
+                self.timers.dirty = true;
+            }
         }
     }
 
     /// Earliest time (ns) at which the timer must interrupt: the end of the running vCPU's
     /// slice or the earliest guest timer.
-    pub fn next_deadline_ns(&self) -> Option<u64> {
-        let timers =
-            self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline).min();
+    pub fn next_deadline_ns(&mut self) -> Option<u64> {
+        if core::mem::take(&mut self.timers.dirty) {
+            self.timers.earliest =
+                self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline()).min();
+        }
+        let timers = self.timers.earliest;
         match (self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
-    }
-
-    /// Queues an interrupt-controller change (applied before the next return to a guest).
-    pub fn queue_irq_op(&mut self, op: crate::irq::IrqOp) {
-        self.irq_ops.push(op);
-        self.mark_hw_dirty();
     }
 
     /// A device interrupt on `gsi` (the arch layer has masked the pin): tell the owner.
@@ -440,7 +687,7 @@ impl<P: Platform> Hypervisor<P> {
         let (owner, port) = (p.owner, p.port);
         if let Some(port) = port {
             p.in_service = true;
-            self.evtchn_set_pending(owner, port);
+            event::set_pending(self, owner, port);
         }
     }
 
@@ -448,17 +695,17 @@ impl<P: Platform> Hypervisor<P> {
     /// when the slice ended.
     pub fn timer_tick(&mut self) {
         let now = self.now_ns();
-        let mut fired = alloc::vec::Vec::new();
-        for d in self.domains.values_mut() {
-            for v in d.vcpus.iter_mut() {
-                if v.timer_deadline.is_some_and(|t| t <= now) {
-                    v.timer_deadline = None;
-                    fired.push(VcpuRef { domid: d.id, vcpu: v.id });
+        // Recompute the earliest timer afresh after every tick, whatever changed.
+        self.timers.dirty = true;
+        for id in (0..self.domains.id_bound()).map(DomId) {
+            let Some(d) = self.domains.get_mut(&id) else { continue };
+            for vcpu in 0..d.vcpus.len() as u32 {
+                let Some(v) = self.domains.get_mut(&id).and_then(|d| d.vcpu_mut(vcpu)) else { continue };
+                if v.timer_deadline().is_some_and(|t| t <= now) {
+                    v.set_timer_deadline(None);
+                    event::send_vcpu_virq(self, VcpuRef { domid: id, vcpu }, hypercall_abi::xen::virq::TIMER);
                 }
             }
-        }
-        for r in fired {
-            self.send_vcpu_virq(r, hypercall_abi::xen::virq::TIMER);
         }
         if self.sched.slice_expired(now) {
             self.resched();
@@ -471,6 +718,13 @@ pub fn set_m2p(mem: &impl MachineMemory, base: Mfn, max_mfn: Mfn, mfn: Mfn, pfn:
     if mfn < max_mfn {
         mem.write_u64(base.addr() + mfn.0 * 8, pfn);
     }
+}
+
+/// Prints `(XEN) <msg>` (the caller saved the guest's FPU state: formatting may use SSE).
+fn xen_line(plat: &mut impl Platform, args: fmt::Arguments<'_>) {
+    let mut w = ConsoleLine::new(b"(XEN) ");
+    let _ = w.write_fmt(args);
+    w.finish(plat);
 }
 
 /// Builds one console line (prefix, text, newline) without allocating, then writes it.

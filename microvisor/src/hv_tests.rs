@@ -350,7 +350,7 @@ fn shutdown_reports_reason_and_dom0_poweroff_halts() {
     let p = put(&hv, &s);
     assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
     assert!(console(&hv).contains("Domain 1 (domU) shut down: crash"));
-    assert_eq!(hv.halt, None);
+    assert!(!hv.halting());
     let bad = hypercall_abi::sched::SchedShutdown { reason: 99 };
     run_as(&mut hv, DomId(0));
     let p = put(&hv, &bad);
@@ -358,7 +358,10 @@ fn shutdown_reports_reason_and_dom0_poweroff_halts() {
     let s = hypercall_abi::sched::SchedShutdown { reason: 0 };
     let p = put(&hv, &s);
     assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
-    assert_eq!(hv.halt, Some(hypercall_abi::microvisor::exit::POWEROFF));
+    assert_eq!(
+        hv.resume(&mut GuestFrame::default()),
+        crate::hv::Resume::Halt(hypercall_abi::microvisor::exit::POWEROFF)
+    );
 }
 
 #[test]

@@ -5,10 +5,11 @@
 use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, Ordering};
-use microvisor::hv::{exit_code, Hypervisor, Resume};
+use microvisor::hv::{exit_code, GuestExit, Hypervisor, Resume};
+use microvisor::irq::IrqOp;
 use microvisor::mm::tlb::{self, Flush};
 use microvisor::platform::Platform;
-use microvisor::traps::{self, ExceptionOutcome};
+use microvisor::traps;
 use microvisor::vcpu::GuestFrame;
 
 /// The machine as the core sees it.
@@ -34,10 +35,24 @@ impl Platform for Machine {
         serial::try_read()
     }
     fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
-        cpu::fxsave(area);
+        with_ts_clear(|| cpu::fxsave(area));
     }
     fn fpu_restore(&mut self, area: &microvisor::vcpu::FpuArea) {
-        cpu::fxrstor(area);
+        with_ts_clear(|| cpu::fxrstor(area));
+    }
+}
+
+/// Runs `f` (fxsave/fxrstor) with CR0.TS clear, which the guest's virtual TS may have set
+/// (they would raise #NM in ring 0), and puts TS back as it was.
+fn with_ts_clear(f: impl FnOnce()) {
+    const TS: u64 = 1 << 3;
+    let ts = cpu::read_cr0() & TS != 0;
+    if ts {
+        cpu::set_cr0_ts(false);
+    }
+    f();
+    if ts {
+        cpu::set_cr0_ts(true);
     }
 }
 
@@ -138,10 +153,7 @@ pub extern "C" fn trap_from_guest(frame: *mut GuestFrame) {
             }
             0..=31 => {
                 let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
-                if let ExceptionOutcome::Crash(why) = traps::guest_exception(hv, f, vector, cr2) {
-                    let id = hv.current().domid;
-                    hv.crash_domain(id, format_args!("{why}"));
-                }
+                hv.guest_exception(f, vector, cr2);
             }
             v => {
                 apic::eoi();
@@ -178,14 +190,14 @@ fn exit_path(hv: &mut Hv) {
     let frame = unsafe { entry::live_frame() };
     loop {
         match hv.resume(frame) {
-            Resume::Guest => {
-                sync_hardware(hv);
+            Resume::Guest(exit) => {
+                sync_hardware(hv, &exit);
                 return;
             }
             Resume::Idle => idle(hv),
             Resume::Halt(code) => {
-                if hv.trace.is_on() {
-                    serial::write_raw(serial::COM2, hv.trace.finish());
+                if let Some(trace) = hv.finish_trace() {
+                    serial::write_raw(serial::COM2, trace);
                 }
                 cpu::qemu_exit(code);
             }
@@ -203,7 +215,7 @@ fn idle(hv: &mut Hv) {
                 hv.timer_tick();
                 return;
             }
-            apic::arm_after_tsc_ticks(hv.time.scale.ns_to_ticks(t - now));
+            apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t - now));
         }
         None => {
             hv.log(format_args!("no domain can run and no timer is pending: stopping"));
@@ -274,43 +286,41 @@ static mut LOADED: Loaded = Loaded {
     vcpu_info: 0,
 };
 
-/// Makes the CPU match the running vCPU: FPU registers, page tables, segment bases, TS, the
-/// fast path's mode flag, and the next timer deadline.
-fn sync_hardware(hv: &mut Hv) {
+/// Makes the CPU match the running vCPU and applies what the core handed over: page tables,
+/// TLB flush, guest GDT, the fast path's `vcpu_info` pointer and mode, I/O access, segment
+/// bases, TS, interrupt-controller changes and the next timer deadline. Only what changed is
+/// written. The core owes nothing once it returned `exit` (it loaded the FPU registers
+/// itself), so nothing here may call back into it except to read.
+fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     // SAFETY: only touched here, with interrupts off, on the one CPU.
     let l = unsafe { &mut *core::ptr::addr_of_mut!(LOADED) };
-    let hw = hv.hw_state();
-    if hv.fpu_loaded != hv.running {
-        // fxsave/fxrstor must not fault on the guest's virtual TS.
-        cpu::set_cr0_ts(false);
-        l.fpu_ts = false;
-        hv.fpu_load_running();
-    }
+    let hw = exit.hw;
+    let mut flush = exit.flush;
     if l.vcpu != Some(hw.vcpu) {
         if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
             // Guest user mappings are global (Xen's rule); none may leak to another domain.
-            hv.flush = Flush::All;
+            flush = Flush::All;
         }
         l.vcpu = Some(hw.vcpu);
         RUNNING.store(u32::from(hw.vcpu.domid.0) << 16 | hw.vcpu.vcpu, Ordering::Relaxed);
     }
     let new_cr3 = (l.cr3 != hw.cr3).then_some(hw.cr3);
     l.cr3 = hw.cr3;
-    if tlb::switch_and_flush(&mut HwTlb, new_cr3, core::mem::take(&mut hv.flush)) {
-        hv.frames.tlb_flushed();
+    if tlb::switch_and_flush(&mut HwTlb, new_cr3, flush) {
+        hv.tlb_flushed();
     }
     let gdt = Some((hw.vcpu, hw.gdt_generation));
-    if l.gdt != gdt && (l.gdt_len > 0 || !hv.cur_vcpu().gdt.is_empty()) {
-        let entries = &hv.cur_vcpu().gdt;
+    if l.gdt != gdt && (l.gdt_len > 0 || !hv.running_gdt().is_empty()) {
+        let entries = hv.running_gdt();
         crate::arch::x86_64::gdt::load_guest_descriptors(entries, l.gdt_len);
         l.gdt_len = entries.len();
     }
     l.gdt = gdt;
-    if l.vcpu_info != hv.cur_vcpu_info {
+    if l.vcpu_info != hw.vcpu_info {
         // The fast path reads this word in place; make sure it is RAM.
-        assert!(hv.cur_vcpu_info >> 12 < hv.plat.mem.max_mfn.0 && hv.cur_vcpu_info.is_multiple_of(8));
-        entry::set_cur_vcpu_info(DirectMap::virt(hv.cur_vcpu_info));
-        l.vcpu_info = hv.cur_vcpu_info;
+        assert!(hw.vcpu_info >> 12 < hv.platform().mem.max_mfn.0 && hw.vcpu_info.is_multiple_of(8));
+        entry::set_cur_vcpu_info(DirectMap::virt(hw.vcpu_info));
+        l.vcpu_info = hw.vcpu_info;
     }
     if l.io_ports != hw.io_ports {
         crate::arch::x86_64::gdt::set_io_access(hw.io_ports);
@@ -328,26 +338,25 @@ fn sync_hardware(hv: &mut Hv) {
         cpu::set_cr0_ts(hw.fpu_ts);
         l.fpu_ts = hw.fpu_ts;
     }
-    for op in core::mem::take(&mut hv.irq_ops) {
-        match op {
-            microvisor::irq::IrqOp::Route(g) => crate::arch::x86_64::ioapic::route(g),
-            microvisor::irq::IrqOp::Mask(g) => crate::arch::x86_64::ioapic::set_masked(g, true),
-            microvisor::irq::IrqOp::Unmask(g) => crate::arch::x86_64::ioapic::set_masked(g, false),
+    if !exit.irq.is_empty() {
+        for op in exit.irq.iter() {
+            match op {
+                IrqOp::Route(g) => crate::arch::x86_64::ioapic::route(g),
+                IrqOp::Mask(g) => crate::arch::x86_64::ioapic::set_masked(g, true),
+                IrqOp::Unmask(g) => crate::arch::x86_64::ioapic::set_masked(g, false),
+            }
         }
     }
     if l.kernel_mode != Some(hw.kernel_mode) {
-        entry::set_guest_kernel_mode(hw.kernel_mode, hv.trace.is_on());
+        entry::set_guest_kernel_mode(hw.kernel_mode, hv.trace_on());
         l.kernel_mode = Some(hw.kernel_mode);
     }
-    hv.hw_dirty = false;
-    hv.exit_work = false;
-    let deadline = hv.next_deadline_ns();
-    if deadline != l.timer_deadline {
-        match deadline {
-            Some(t) => apic::arm_after_tsc_ticks(hv.time.scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),
+    if exit.timer_deadline_ns != l.timer_deadline {
+        match exit.timer_deadline_ns {
+            Some(t) => apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),
             None => apic::disarm(),
         }
-        l.timer_deadline = deadline;
+        l.timer_deadline = exit.timer_deadline_ns;
     }
 }
 

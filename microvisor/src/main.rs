@@ -109,21 +109,21 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         aspace.m2p_base,
         TimeBase::new(tsc_at_boot, rates.tsc_hz),
     );
-    hv.cmdline = alloc::string::String::from(options);
+    hv.set_cmdline(options);
     boot_domains::build_all(&mut hv, &bi);
-    let floor = floor_iterations(&hv.cmdline);
-    if hv.cmdline.split_whitespace().any(|o| o == "selftest=fault") {
+    let floor = floor_iterations(hv.cmdline());
+    if hv.cmdline().split_whitespace().any(|o| o == "selftest=fault") {
         // Proves the ring-0 fault report: a read of a non-canonical address raises #GP here.
         // SAFETY: deliberately faulting; the fault handler reports and stops the machine, so
         // the read never completes.
         unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u64) };
     }
-    if hv.cmdline.split_whitespace().any(|o| o == "trace=1") {
-        hv.trace = microvisor::trace::Tracer::enabled(microvisor::trace::DEFAULT_CAPACITY, rates.tsc_hz);
+    if hv.cmdline().split_whitespace().any(|o| o == "trace=1") {
+        hv.enable_trace(microvisor::trace::DEFAULT_CAPACITY);
     }
-    match microvisor::audit::Audit::from_cmdline(&hv.cmdline) {
+    match microvisor::audit::Audit::from_cmdline(hv.cmdline()) {
         Ok(Some(a)) => {
-            hv.audit = a;
+            hv.enable_audit(a);
             hv.log(format_args!("audit: the frame table is checked every {} hypercalls", a.period()));
         }
         Ok(None) => {}

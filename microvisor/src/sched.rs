@@ -15,15 +15,23 @@ pub struct VcpuRef {
 /// Length of a time slice.
 pub const TIME_SLICE_NS: u64 = 10_000_000;
 
-/// The run queue and the running vCPU.
+/// The run queue and the current vCPU. The scheduler is the one owner of "current": the vCPU
+/// whose registers the CPU holds (the live frame). A current vCPU that blocked, yielded or
+/// stopped stays current, no longer runnable, until the exit path's next [`Scheduler::pick`]
+/// switches it out.
 #[derive(Default)]
 pub struct Scheduler {
-    /// Runnable vCPUs waiting for the CPU, in order.
+    /// Runnable vCPUs waiting for the CPU, in order. Its capacity is reserved for every vCPU
+    /// that exists ([`Scheduler::reserve`]), so making a vCPU runnable never allocates.
     queue: VecDeque<VcpuRef>,
-    /// The vCPU that owns the CPU (it is not in `queue`).
+    /// The vCPU whose registers the CPU holds.
     current: Option<VcpuRef>,
+    /// `current` may keep the CPU (it has not blocked, yielded or stopped since it was picked).
+    current_runnable: bool,
     /// System time at which the current vCPU's slice ends.
     slice_end_ns: u64,
+    /// vCPUs the queue has room for.
+    vcpus: usize,
 }
 
 impl Scheduler {
@@ -31,58 +39,88 @@ impl Scheduler {
         Scheduler::default()
     }
 
-    /// The vCPU running now.
+    /// Makes room in the queue for `vcpus` more vCPUs (a domain being created), so that
+    /// waking them later cannot fail.
+    pub fn reserve(&mut self, vcpus: usize) -> Result<(), alloc::collections::TryReserveError> {
+        let total = self.vcpus.saturating_add(vcpus);
+        self.queue.try_reserve(total.saturating_sub(self.queue.len()))?;
+        self.vcpus = total;
+        Ok(())
+    }
+
+    /// Gives back the room of `vcpus` vCPUs (a domain went away).
+    pub fn unreserve(&mut self, vcpus: usize) {
+        self.vcpus = self.vcpus.saturating_sub(vcpus);
+    }
+
+    /// The vCPU whose registers the CPU holds (running, or stopped and not yet switched out).
+    #[inline]
     pub fn current(&self) -> Option<VcpuRef> {
         self.current
     }
 
-    /// End of the current time slice.
+    /// True if the current vCPU may keep running.
+    #[inline]
+    pub fn current_runnable(&self) -> bool {
+        self.current_runnable
+    }
+
+    /// End of the current time slice, while a runnable vCPU holds the CPU.
     pub fn slice_end_ns(&self) -> Option<u64> {
-        self.current.map(|_| self.slice_end_ns)
+        self.current_runnable.then_some(self.slice_end_ns)
     }
 
     /// Makes `v` runnable (no effect if it already is).
     pub fn wake(&mut self, v: VcpuRef) {
-        if self.current != Some(v) && !self.queue.contains(&v) {
-            self.queue.push_back(v);
+        if (self.current_runnable && self.current == Some(v)) || self.queue.contains(&v) {
+            return;
         }
+        // Within the capacity reserved for every vCPU: never allocates.
+        self.queue.push_back(v);
     }
 
-    /// Removes `v` from the CPU and the queue (it blocked, went offline or died).
+    /// Takes `v` off the CPU and out of the queue (it blocked, went offline or died).
     pub fn sleep(&mut self, v: VcpuRef) {
         self.queue.retain(|&q| q != v);
         if self.current == Some(v) {
-            self.current = None;
+            self.current_runnable = false;
         }
     }
 
-    /// Removes every vCPU of `domid`.
+    /// Takes every vCPU of `domid` off the CPU and out of the queue.
     pub fn remove_domain(&mut self, domid: DomId) {
         self.queue.retain(|q| q.domid != domid);
         if self.current.is_some_and(|c| c.domid == domid) {
-            self.current = None;
+            self.current_runnable = false;
         }
     }
 
     /// True if the current vCPU should give up the CPU at time `now_ns`.
     pub fn slice_expired(&self, now_ns: u64) -> bool {
-        self.current.is_some() && now_ns >= self.slice_end_ns && !self.queue.is_empty()
+        self.current_runnable && now_ns >= self.slice_end_ns && !self.queue.is_empty()
+    }
+
+    /// True if the exit path must pick at `now_ns`: the current vCPU stopped or its slice
+    /// ended with others waiting.
+    #[inline]
+    pub fn must_pick(&self, now_ns: u64) -> bool {
+        !self.current_runnable || self.slice_expired(now_ns)
     }
 
     /// The current vCPU yields: it goes to the back of the queue if anyone else is waiting.
     pub fn yield_current(&mut self) {
-        if let Some(c) = self.current {
+        if let (Some(c), true) = (self.current, self.current_runnable) {
             if !self.queue.is_empty() {
                 self.queue.push_back(c);
-                self.current = None;
+                self.current_runnable = false;
             }
         }
     }
 
-    /// Picks the vCPU to run at `now_ns`: the current one if it still holds the CPU, otherwise
-    /// the head of the queue with a fresh slice. `None` means idle.
+    /// Picks the vCPU to run at `now_ns` and makes it current: the current one if it still
+    /// holds the CPU, otherwise the head of the queue with a fresh slice. `None` means idle.
     pub fn pick(&mut self, now_ns: u64) -> Option<VcpuRef> {
-        if let Some(c) = self.current {
+        if let (Some(c), true) = (self.current, self.current_runnable) {
             if now_ns < self.slice_end_ns || self.queue.is_empty() {
                 if now_ns >= self.slice_end_ns {
                     self.slice_end_ns = now_ns + TIME_SLICE_NS;
@@ -92,6 +130,7 @@ impl Scheduler {
             self.queue.push_back(c);
         }
         self.current = self.queue.pop_front();
+        self.current_runnable = self.current.is_some();
         self.slice_end_ns = now_ns + TIME_SLICE_NS;
         self.current
     }
@@ -99,6 +138,19 @@ impl Scheduler {
     /// Number of vCPUs waiting for the CPU.
     pub fn queued(&self) -> usize {
         self.queue.len()
+    }
+
+    /// Makes `v` current at once, as if picked (host tests acting as another vCPU).
+    #[cfg(test)]
+    pub fn set_current(&mut self, v: VcpuRef) {
+        self.queue.retain(|&q| q != v);
+        if let (Some(c), true) = (self.current, self.current_runnable) {
+            if c != v {
+                self.queue.push_back(c);
+            }
+        }
+        self.current = Some(v);
+        self.current_runnable = true;
     }
 }
 
@@ -163,7 +215,7 @@ mod tests {
                     _ => { now += TIME_SLICE_NS; s.pick(now); }
                 }
                 let mut seen: Vec<_> = s.queue.iter().copied().collect();
-                if let Some(c) = s.current { seen.push(c); }
+                if let (Some(c), true) = (s.current, s.current_runnable) { seen.push(c); }
                 let n = seen.len();
                 seen.sort();
                 seen.dedup();

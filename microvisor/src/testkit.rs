@@ -69,14 +69,28 @@ pub fn two_domains() -> TestHv {
         hv.create_domain(&spec, &image).expect("test domain builds");
     }
     let mut frame = GuestFrame::default();
-    assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Guest);
+    assert!(matches!(hv.resume(&mut frame), crate::hv::Resume::Guest(_)));
     assert_eq!(hv.current().domid, DomId::DOM0);
     hv
 }
 
 /// Switches the running vCPU to `domid` (as if the scheduler had picked it).
 pub fn run_as(hv: &mut TestHv, domid: DomId) {
-    hv.running = Some(VcpuRef { domid, vcpu: 0 });
+    hv.sched.set_current(VcpuRef { domid, vcpu: 0 });
+}
+
+/// Runs the exit path for the running vCPU (which must stay running) and returns what it
+/// hands the arch layer.
+pub fn exit_work(hv: &mut TestHv) -> crate::hv::GuestExit {
+    let r = hv.current();
+    let mut frame = hv.domains[&r.domid].vcpu(r.vcpu).expect("running vCPU").frame;
+    match hv.resume(&mut frame) {
+        crate::hv::Resume::Guest(e) => {
+            assert_eq!(e.hw.vcpu, r, "the exit path kept the running vCPU");
+            e
+        }
+        other => panic!("the exit path did not return to the guest: {other:?}"),
+    }
 }
 
 /// Everything printed on the console so far.

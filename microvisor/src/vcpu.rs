@@ -2,6 +2,7 @@
 //! keeps per vCPU for a PV guest (mode, trap table, callbacks, kernel stack, segment bases,
 //! page-table bases, timer).
 
+use hypercall_abi::vcpu::runstate;
 use hypercall_abi::xen::{TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS};
 use hypercall_abi::Mfn;
 
@@ -138,6 +139,65 @@ pub enum RunState {
     Offline,
 }
 
+impl RunState {
+    /// The `RUNSTATE_*` a vCPU off the CPU in this state is in.
+    pub fn runstate(self) -> i32 {
+        match self {
+            RunState::Runnable => runstate::RUNNABLE,
+            RunState::Blocked => runstate::BLOCKED,
+            RunState::Offline => runstate::OFFLINE,
+        }
+    }
+}
+
+/// Where a vCPU's time went (Xen's `vcpu_runstate_info`): its current `RUNSTATE_*`, since
+/// when, and the total time spent in each state. Changed when the vCPU gets or leaves the CPU
+/// and when it is woken or taken offline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Runstate {
+    /// A `RUNSTATE_*` value.
+    pub state: i32,
+    /// System time (ns) at which `state` was entered.
+    pub entry_ns: u64,
+    /// Nanoseconds spent in each state, indexed by `RUNSTATE_*`.
+    pub time: [u64; 4],
+}
+
+impl Runstate {
+    /// A vCPU that has never run: offline since `now`.
+    pub fn offline(now: u64) -> Runstate {
+        Runstate { state: runstate::OFFLINE, entry_ns: now, time: [0; 4] }
+    }
+
+    /// Moves to `state` at `now`, charging the time since the last change to the old state.
+    pub fn set(&mut self, state: i32, now: u64) {
+        let spent = now.saturating_sub(self.entry_ns);
+        // `state` is always a RUNSTATE_* value (0..=3).
+        let t = &mut self.time[self.state as usize & 3];
+        *t = t.wrapping_add(spent);
+        self.state = state;
+        self.entry_ns = self.entry_ns.max(now);
+    }
+
+    /// The vCPU got the CPU at `now`.
+    pub fn enter_cpu(&mut self, now: u64) {
+        self.set(runstate::RUNNING, now);
+    }
+
+    /// The vCPU left the CPU at `now`, in scheduling state `s`.
+    pub fn leave_cpu(&mut self, s: RunState, now: u64) {
+        self.set(s.runstate(), now);
+    }
+
+    /// The info as of `now` (the current state's time so far included).
+    pub fn info_at(&self, now: u64) -> Runstate {
+        let mut r = *self;
+        r.set(self.state, now);
+        r.entry_ns = self.entry_ns;
+        r
+    }
+}
+
 /// Callbacks a PV kernel registers (`set_callbacks`, `callback_op`).
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Callbacks {
@@ -170,6 +230,9 @@ impl FpuArea {
     }
 }
 
+/// The frames of a guest GDT (at most 16, so no heap).
+pub type GdtFrames = heapless::Vec<Mfn, { hypercall_abi::xen::MAX_GUEST_GDT_FRAMES }>;
+
 /// One vCPU of a PV domain.
 pub struct Vcpu {
     pub id: u32,
@@ -191,27 +254,31 @@ pub struct Vcpu {
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
-    /// Absolute system time (ns) of the `set_timer_op` / singleshot timer, if armed.
-    pub timer_deadline: Option<u64>,
+    /// Absolute system time (ns) of the `set_timer_op` / singleshot timer, if armed. Changed
+    /// only through `Hypervisor::set_vcpu_timer`, which keeps the earliest deadline cached.
+    timer_deadline: Option<u64>,
     /// Port bound to VIRQ_TIMER on this vCPU, if any.
     pub virq_timer_port: Option<u32>,
     /// `fpu_taskswitch(1)`: the guest's virtual CR0.TS.
     pub fpu_ts: bool,
-    /// Nanoseconds of CPU this vCPU has run.
-    pub cpu_time_ns: u64,
+    /// Where its time went.
+    pub runstate: Runstate,
+    /// Machine address of its `vcpu_info` (in the shared_info page).
+    pub vcpu_info: u64,
     /// x87/SSE registers while not running.
     pub fpu: FpuArea,
     /// `set_gdt` frames (each holding a general and a segment-descriptor type reference).
-    pub gdt_frames: alloc::vec::Vec<Mfn>,
-    /// The validated descriptors of those frames, which the arch layer loads.
+    pub gdt_frames: GdtFrames,
+    /// The validated descriptors of those frames, which the arch layer loads (its heap is
+    /// charged to the domain's quota).
     pub gdt: alloc::vec::Vec<u64>,
     /// Bumped whenever `gdt` changes, so the arch layer knows to reload it.
     pub gdt_generation: u64,
 }
 
 impl Vcpu {
-    /// A fresh offline vCPU.
-    pub fn new(id: u32) -> Vcpu {
+    /// A fresh offline vCPU whose `vcpu_info` is at machine address `vcpu_info`.
+    pub fn new(id: u32, vcpu_info: u64) -> Vcpu {
         Vcpu {
             id,
             frame: GuestFrame::default(),
@@ -229,12 +296,23 @@ impl Vcpu {
             timer_deadline: None,
             virq_timer_port: None,
             fpu_ts: false,
-            cpu_time_ns: 0,
+            runstate: Runstate::offline(0),
+            vcpu_info,
             fpu: FpuArea::initial(),
-            gdt_frames: alloc::vec::Vec::new(),
+            gdt_frames: GdtFrames::new(),
             gdt: alloc::vec::Vec::new(),
             gdt_generation: 0,
         }
+    }
+
+    /// Absolute system time (ns) of its one-shot timer, if armed.
+    pub fn timer_deadline(&self) -> Option<u64> {
+        self.timer_deadline
+    }
+
+    /// Arms or stops the timer (see the field).
+    pub(crate) fn set_timer_deadline(&mut self, t: Option<u64>) {
+        self.timer_deadline = t;
     }
 
     /// The page-table base the vCPU runs on now.

@@ -8,6 +8,7 @@ use crate::hv::Hypervisor;
 use crate::mm::frame_table::PageType;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
+use crate::vcpu::GdtFrames;
 use alloc::vec::Vec;
 use hypercall_abi::xen::{FIRST_RESERVED_GDT_ENTRY, MAX_GUEST_GDT_FRAMES};
 use hypercall_abi::{Errno, Mfn, PAGE_SIZE};
@@ -50,9 +51,10 @@ pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> 
     let entries = entries as usize;
     let nr_frames = entries.div_ceil(ENTRIES_PER_FRAME);
     debug_assert!(nr_frames <= MAX_GUEST_GDT_FRAMES);
-    let mut frames = Vec::with_capacity(nr_frames);
+    let mut frames = GdtFrames::new();
     for i in 0..nr_frames as u64 {
-        frames.push(Mfn(hv.guest().read_elem::<u64>(list, i)?));
+        let f = Mfn(hv.guest().read_elem::<u64>(list, i)?);
+        frames.push(f).map_err(|_| Errno::EINVAL)?;
     }
     let me = hv.current().domid;
     // Take the new frames' references first, so a failure changes nothing.

@@ -6,6 +6,7 @@ use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use crate::vcpu::RunState;
 use hypercall_abi::domctl::{cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
+use hypercall_abi::vcpu::runstate;
 use hypercall_abi::{DomId, Errno};
 
 pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errno> {
@@ -35,7 +36,7 @@ pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errn
             if !hv.domains.contains_key(&id) {
                 return Err(Errno::ESRCH);
             }
-            let released = hv.destroy_domain(id);
+            let released = crate::domain_build::destroy_domain(hv, id);
             let left = hv.frames.tot_pages(id);
             hv.log(format_args!(
                 "Domain {} destroyed: {released} frames released, {left} still referenced",
@@ -87,7 +88,8 @@ pub fn getdomaininfo<P: Platform>(hv: &Hypervisor<P>, id: DomId) -> XenDomctlGet
     info.tot_pages = hv.frames.tot_pages(id);
     info.max_pages = d.max_pages;
     info.shared_info_frame = d.shared_info.0;
-    info.cpu_time = d.vcpus.iter().map(|v| v.cpu_time_ns).sum();
+    let now = hv.now_ns();
+    info.cpu_time = d.vcpus.iter().map(|v| v.runstate.info_at(now).time[runstate::RUNNING as usize]).sum();
     info.nr_online_vcpus = d.vcpus.iter().filter(|v| v.state != RunState::Offline).count() as u32;
     info.max_vcpu_id = d.vcpus.len().saturating_sub(1) as u32;
     // Xen leaves the 16-byte handle to the toolstack; for domains the hypervisor built at

@@ -56,7 +56,7 @@ pub fn grant_table_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
                 hv.request_flush(done.flush);
                 // The last mapping of a destroyed granter's frame lets it go.
                 if let Some(g) = done.granter.filter(|&g| g != me) {
-                    hv.reap_if_dead(g);
+                    crate::domain_build::reap_if_dead(hv, g);
                 }
             })
         }
@@ -108,7 +108,7 @@ fn batch<P: Platform, T: FromBytes + IntoBytes + Immutable>(
         if let Err(e) = written {
             return Hc::Ret(e.to_ret());
         }
-        if hv.halt.is_some() {
+        if hv.halting() {
             return Hc::Ret(0);
         }
     }

@@ -207,8 +207,7 @@ pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
             if !hv.cur_dom().privileged {
                 return Err(Errno::EPERM);
             }
-            let cmdline = hv.cmdline.clone();
-            put_string::<P, 1024>(hv, arg, &cmdline)
+            put_string::<P, 1024>(hv, arg, hv.cmdline())
         }
         xenver::BUILD_ID => Err(Errno::ENODATA),
         _ => Err(Errno::ENOSYS),

@@ -48,16 +48,6 @@ fn with_mmu<P: Platform, R>(
     out
 }
 
-impl<P: Platform> Hypervisor<P> {
-    /// Records a TLB flush the guest must not run without.
-    pub fn request_flush(&mut self, f: Flush) {
-        if f != Flush::None {
-            self.flush = self.flush.merge(f);
-            self.mark_hw_dirty();
-        }
-    }
-}
-
 /// Reads `*pdone` (a `u32`) when continuing.
 fn read_done<P: Platform>(hv: &Hypervisor<P>, pdone: u64) -> u32 {
     if pdone == 0 {
@@ -193,7 +183,7 @@ pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) 
         if let Err(err) = hv.guest().write_elem(entries, i, &e) {
             return Hc::Ret(err.to_ret());
         }
-        if hv.halt.is_some() || !hv.cur_dom().is_alive() {
+        if hv.halting() || !hv.cur_dom().is_alive() {
             return Hc::Ret(0);
         }
     }

@@ -2,8 +2,8 @@
 //! timer parts of `vcpu_op`.
 
 use crate::domain::ShutdownReason;
+use crate::event;
 use crate::hv::Hypervisor;
-use crate::hypercall::EvtchnOps;
 use crate::platform::Platform;
 use crate::vcpu::RunState;
 use hypercall_abi::sched::{op, SchedRemoteShutdown, SchedShutdown};
@@ -71,10 +71,10 @@ fn arm_timer<P: Platform>(hv: &mut Hypervisor<P>, deadline: Option<u64>) {
     let now = hv.now_ns();
     match deadline {
         Some(t) if t <= now => {
-            hv.cur_vcpu_mut().timer_deadline = None;
-            hv.send_vcpu_virq(r, virq::TIMER);
+            hv.set_vcpu_timer(r, None);
+            event::send_vcpu_virq(hv, r, virq::TIMER);
         }
-        d => hv.cur_vcpu_mut().timer_deadline = d,
+        d => hv.set_vcpu_timer(r, d),
     }
 }
 
@@ -97,7 +97,8 @@ pub fn vcpu_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, vcpuid: u64, arg: 
             Ok(0)
         }
         vcpuop::STOP_SINGLESHOT_TIMER if own => {
-            hv.cur_vcpu_mut().timer_deadline = None;
+            let r = hv.current();
+            hv.set_vcpu_timer(r, None);
             Ok(0)
         }
         // Timers of other vCPUs can only be set by themselves (as in Xen).

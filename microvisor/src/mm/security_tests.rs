@@ -170,7 +170,7 @@ fn a_grant_unmap_with_a_new_baseptr_in_one_multicall_flushes_the_global_entry() 
     let e = hv.mem().read_pte(t, pte::table_index(host_va, 1));
     assert_ne!(e & pte::GLOBAL, 0, "application mappings are global");
     tlb.cache(host_va, true);
-    switch_and_flush(&mut tlb, Some(l4.addr()), core::mem::take(&mut hv.flush));
+    switch_and_flush(&mut tlb, Some(l4.addr()), crate::testkit::exit_work(&mut hv).flush);
     // A second kernel base: a padding frame of the domU, unmapped, with the same entries.
     let spare_va = BASE + 0x3a_0000;
     let spare = Mfn::containing(hv.guest().translate(spare_va, Access::Read).unwrap());
@@ -207,9 +207,9 @@ fn a_grant_unmap_with_a_new_baseptr_in_one_multicall_flushes_the_global_entry() 
     let flags = hv.domains[&DomId::DOM0].grant.read_entry(hv.mem(), GrantRef(10)).unwrap().flags;
     assert_eq!(flags & (gtf::READING | gtf::WRITING), 0);
     // The exit path switches page tables and carries out the pending flush.
-    let pending = core::mem::take(&mut hv.flush);
-    assert_ne!(pending, Flush::None);
-    switch_and_flush(&mut tlb, Some(hv.hw_state().cr3), pending);
+    let exit = crate::testkit::exit_work(&mut hv);
+    assert_ne!(exit.flush, Flush::None);
+    switch_and_flush(&mut tlb, Some(exit.hw.cr3), exit.flush);
     assert_eq!(tlb.cr3, spare.addr());
     assert!(!tlb.reaches(host_va), "the grantee still reaches the granter's page");
     audit(&hv);

@@ -62,8 +62,8 @@ pub fn active() -> bool {
 /// Builds the bench address space and sets the live frame up for the ring-3 loop; the caller
 /// then enters it (see [`finish`] for the way back).
 pub fn prepare(hv: &mut Hv, iters: u64, hv_slots: &[u64; paging::NR_HV_SLOTS]) {
-    let mem = hv.plat.mem;
-    let mut alloc = || hv.frames.alloc_xen_frame(&mem).expect("memory for the floor benchmark");
+    let mem = hv.platform().mem;
+    let mut alloc = || hv.alloc_xen_frame().expect("memory for the floor benchmark");
     let l4 = alloc();
     for (i, e) in hv_slots.iter().enumerate() {
         mem.write_pte(l4, 256 + i, *e);
@@ -121,7 +121,7 @@ pub fn finish(hv: &mut Hv) {
     ACTIVE.store(false, Ordering::Release);
     entry::init_syscall_entry();
     let (iters, frames) = core::mem::take(&mut *RUN.lock());
-    let mem = hv.plat.mem;
+    let mem = hv.platform().mem;
     let mut samples = alloc::vec::Vec::with_capacity(iters as usize);
     for i in 0..iters {
         let f = frames[(i as usize * 4) / PAGE_SIZE];
@@ -138,6 +138,6 @@ pub fn finish(hv: &mut Hv) {
         hv.log(format_args!("{}", HistLine { name, hist: Histogram::of_sorted(measured, &stats) }));
     }
     for f in frames {
-        let _ = hv.frames.free_frame(&mem, f);
+        hv.free_xen_frame(f);
     }
 }

@@ -276,6 +276,7 @@ impl MachineMemory for DirectMap {
     fn fetch_and_u64(&self, ma: u64, bits: u64) -> u64 {
         self.atomic_u64(ma).fetch_and(bits, core::sync::atomic::Ordering::AcqRel)
     }
+    #[inline]
     fn cmpxchg_u16(&self, ma: u64, old: u16, new: u16) -> u16 {
         assert_eq!(ma % 2, 0, "hypervisor bug: unaligned cmpxchg {ma:#x}");
         // SAFETY: checked RAM, 2-byte aligned, only accessed atomically (see `atomic_u64`).
