@@ -11,10 +11,11 @@ pub const VIRT_BASE: u64 = 0xffff_ffff_8000_0000;
 /// hypervisor crashes the domain with a reason) instead of silently overwriting what the
 /// linker put below.
 pub const BOOT_STACK_SIZE: usize = 128 * 1024;
-/// Size of the kernel heap carved out of .bss.
+/// Size of the bootstrap heap carved out of .bss (a kernel may add a region of its own
+/// memory later: [`crate::heap::grow`]).
 pub const HEAP_SIZE: usize = 2 << 20;
 
-/// The kernel heap's backing memory (a kernel binary's .bss, handed to the allocator once).
+/// The bootstrap heap's backing memory (a kernel binary's .bss, handed to the allocator once).
 #[repr(C, align(4096))]
 pub struct HeapArea(pub core::cell::UnsafeCell<[u8; HEAP_SIZE]>);
 // SAFETY: the area is only handed to the allocator once, at entry, and never touched again.
@@ -94,13 +95,13 @@ __pv_boot_stack_top:
         );
 
         #[global_allocator]
-        static __PV_HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+        static __PV_HEAP: $crate::heap::Global = $crate::heap::Global;
         static __PV_HEAP_AREA: $crate::entry::HeapArea =
             $crate::entry::HeapArea(core::cell::UnsafeCell::new([0; $crate::entry::HEAP_SIZE]));
 
         extern "C" fn __pv_kernel_entry(si: *const $crate::start_info::StartInfo) -> ! {
             // SAFETY: runs once, first thing at entry; the area is used by nothing else.
-            unsafe { __PV_HEAP.lock().init(__PV_HEAP_AREA.0.get() as *mut u8, $crate::entry::HEAP_SIZE) };
+            unsafe { $crate::heap::HEAP.init_boot(__PV_HEAP_AREA.0.get() as *mut u8, $crate::entry::HEAP_SIZE) };
             let si_va = si as u64;
             // SAFETY: the domain builder passes start_info's virtual address in %rsi and maps it.
             let si = unsafe { $crate::start_info::take(si) };

@@ -19,6 +19,7 @@ pub mod console_ring;
 pub mod entry;
 pub mod events;
 pub mod gnttab;
+pub mod heap;
 pub mod hypercall;
 pub mod mm;
 pub mod rngfront;

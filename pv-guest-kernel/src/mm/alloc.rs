@@ -81,6 +81,30 @@ impl PfnAllocator {
         Some(Pfn(p))
     }
 
+    /// Takes the lowest run of `n` free pfns (`n` > 0); its first pfn.
+    pub fn alloc_run(&mut self, n: u64) -> Option<Pfn> {
+        if n == 0 || n > self.free {
+            return None;
+        }
+        let (mut start, mut len) = (0u64, 0u64);
+        for p in 0..self.nr_pages {
+            if self.is_used(Pfn(p)) {
+                len = 0;
+                start = p + 1;
+                continue;
+            }
+            len += 1;
+            if len == n {
+                for q in start..start + n {
+                    self.set(q);
+                }
+                self.free -= n;
+                return Some(Pfn(start));
+            }
+        }
+        None
+    }
+
     /// Returns `pfn` to the free pool.
     pub fn free(&mut self, pfn: Pfn) -> Result<(), AllocError> {
         if pfn.0 >= self.nr_pages {
@@ -186,6 +210,21 @@ mod tests {
         let got: Vec<u64> = std::iter::from_fn(|| a.alloc()).map(|p| p.0).collect();
         assert_eq!(got, (70..200).collect::<Vec<_>>());
         assert!(a.is_used(Pfn(199)) && a.is_used(Pfn(200)));
+    }
+
+    #[test]
+    fn runs_are_the_lowest_that_fit() {
+        let mut a = PfnAllocator::new(200, Pfn(10)).unwrap();
+        assert_eq!(a.alloc_run(5), Some(Pfn(10)));
+        a.reserve(Pfn(20)).unwrap();
+        assert_eq!(a.alloc_run(6), Some(Pfn(21)), "15..20 is too short");
+        assert_eq!(a.alloc_run(5), Some(Pfn(15)));
+        assert_eq!(a.alloc_run(0), None);
+        assert_eq!(a.alloc_run(200), None);
+        assert_eq!(a.free_pages(), 200 - 10 - 5 - 1 - 6 - 5);
+        let rest = a.free_pages();
+        assert_eq!(a.alloc_run(rest), Some(Pfn(27)));
+        assert_eq!((a.free_pages(), a.alloc()), (0, None));
     }
 
     #[derive(Debug, Clone)]

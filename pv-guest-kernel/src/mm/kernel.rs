@@ -362,6 +362,15 @@ pub fn alloc_page() -> Result<Page, Errno> {
     })
 }
 
+/// Allocates `pages` consecutive pages (not zeroed) and returns their direct-map address: a
+/// run of pfns, so one virtually contiguous region (machine frames need not be).
+pub fn alloc_run(pages: u64) -> Result<u64, Errno> {
+    with(|mm| {
+        let first = mm.alloc.alloc_run(pages).ok_or(Errno::ENOMEM)?;
+        Ok(mm.va(first.0))
+    })
+}
+
 /// Returns a page to the allocator.
 pub fn free_page(pfn: Pfn) -> Result<(), Errno> {
     with(|mm| mm.alloc.free(pfn).map_err(|_| Errno::EINVAL))
