@@ -42,7 +42,7 @@ use dom0::console_backend::{self, ConsoleLog};
 use dom0::local_xs::{self, LocalTransport};
 use dom0::store_ring::StoreRing;
 use dom0::xenstore::toolstack::{backend_path, Console, DomainConfig, StoreRing as StoreNodes};
-use dom0::xenstore::{Action, Xenstore};
+use dom0::xenstore::{Action, Quotas, Xenstore};
 use hypercall_abi::domctl::{cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
 use hypercall_abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use hypercall_abi::hvm::{op as hvmop, param, XenHvmParam};
@@ -62,6 +62,8 @@ use crate::foreign::{self, ForeignPage, How};
 const DOMID_FIRST_RESERVED: u16 = 0x7ff0;
 /// How long [`ControlPlane::run`] sleeps at most before re-checking the domains anyway.
 const RECHECK_NS: u64 = 200_000_000;
+/// Heap kept free beyond one domain's xenstored quota (what one request may need at most).
+const HEAP_HEADROOM: usize = 256 * 1024;
 /// Passes of one poll while rings keep moving (a write on one ring can fire watches whose
 /// events go out on another).
 const MAX_PASSES: usize = 8;
@@ -213,12 +215,27 @@ pub struct ControlPlane {
     /// Event-channel echo ports ([`crate::evtchn_echo`]) and `mem-set=` ([`dom0::mem_set`]).
     echo: crate::evtchn_echo::EvtchnEcho,
     mem_set: Option<dom0::mem_set::MemSet>,
+    /// The heap was below its reserve at the last look.
+    heap_low: bool,
 }
 
 impl ControlPlane {
     /// Starts xenstored, then adopts every domU the hypervisor built.
     pub fn start(cmd: &str) -> ControlPlane {
-        let xs = Rc::new(RefCell::new(Xenstore::default()));
+        let domus = list_domus().unwrap_or_else(|e| {
+            println!("dom0: cannot list domains: {e}");
+            Vec::new()
+        });
+        // Half of dom0's heap for xenstored: every domU at its memory quota fits in it.
+        let heap = pv_guest_kernel::heap::stats().size;
+        let quotas = Quotas::fitting(heap / 2, domus.len());
+        println!(
+            "dom0: xenstored: {} KiB of memory per domain ({} domU(s), {} KiB heap)",
+            quotas.memory_per_domain / 1024,
+            domus.len(),
+            heap / 1024
+        );
+        let xs = Rc::new(RefCell::new(Xenstore::new(quotas)));
         let local = local_xs::client(&xs, DomId::DOM0);
         let input = cmdline::get(cmd, "conin").and_then(boot_domains::parse_console_input);
         foreign::use_grants(cmdline::get(cmd, "ringmap") != Some("foreign"));
@@ -238,17 +255,13 @@ impl ControlPlane {
             local_dirty: true,
             echo,
             mem_set,
+            heap_low: false,
         };
         for (k, v) in [("name", "Domain-0"), ("domid", "0")] {
             let _ = cp.local.write(TxId::NONE, &format!("/local/domain/0/{k}"), v.as_bytes());
         }
-        match list_domus() {
-            Ok(list) => {
-                for info in list {
-                    cp.adopt(&info);
-                }
-            }
-            Err(e) => println!("dom0: cannot list domains: {e}"),
+        for info in domus {
+            cp.adopt(&info);
         }
         println!("dom0: xenstored up, {} domU(s) introduced", cp.doms.len());
         if let Some(rng) = crate::hw::rng::service(cmd, &cp.xs) {
@@ -442,6 +455,7 @@ impl ControlPlane {
 
     fn poll_inner(&mut self) {
         KICK.store(false, Ordering::SeqCst);
+        self.check_heap();
         if EXC.swap(false, Ordering::SeqCst) {
             self.check_domains();
             self.local_dirty = true;
@@ -476,6 +490,24 @@ impl ControlPlane {
             }
         }
         self.fired = fired;
+    }
+
+    /// Keeps one domain's worth of xenstored memory (and some) free in dom0's heap: below
+    /// that, xenstored refuses domUs' requests that would make it hold more (`ENOMEM`), so
+    /// no client's request can reach a failing allocation.
+    fn check_heap(&mut self) {
+        let mut xs = self.xs.borrow_mut();
+        let reserve = xs.quotas().memory_per_domain + HEAP_HEADROOM;
+        let low = pv_guest_kernel::heap::stats().free < reserve;
+        if low != self.heap_low {
+            println!(
+                "dom0: heap {} (reserve {} KiB)",
+                if low { "low: domUs' xenstore growth refused" } else { "ok again" },
+                reserve / 1024
+            );
+            self.heap_low = low;
+        }
+        xs.set_low_memory(low);
     }
 
     /// True if something is waiting without an event having been raised.

@@ -35,6 +35,7 @@ pv_guest_kernel::pv_kernel!(main, "microvisor-dom0");
 fn main(si: &StartInfo) {
     let cmd = si.cmdline();
     println!("dom0: up, {} pages, flags {:#x}, command line \"{cmd}\"", si.nr_pages, si.flags);
+    grow_heap(si.nr_pages);
     let steps = option(cmd, "steps", 30, 0, 10_000);
     let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
     let exc_port = watch_domain_exceptions();
@@ -65,6 +66,18 @@ fn main(si: &StartInfo) {
         println!("dom0: {} VIRQ_DOM_EXC received", DOM_EXC.load(Ordering::SeqCst));
     }
     println!("dom0: powering off");
+}
+
+/// dom0's heap takes this share of its memory: what its services hold for their clients
+/// (xenstored's per-domain quotas first) is sized from the heap.
+const HEAP_SHARE: u64 = 4;
+
+/// Adds a quarter of dom0's memory to the runtime's bootstrap heap.
+fn grow_heap(nr_pages: u64) {
+    match pv_guest_kernel::heap::grow(nr_pages / HEAP_SHARE) {
+        Ok(()) => println!("dom0: heap {} KiB", pv_guest_kernel::heap::stats().size / 1024),
+        Err(e) => println!("dom0: heap not grown ({e}), {} KiB", pv_guest_kernel::heap::stats().size / 1024),
+    }
 }
 
 /// A numeric option, its default if absent or malformed (with a message).

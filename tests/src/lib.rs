@@ -2,7 +2,9 @@
 //! machine with a deadline, and assert on its serial log, printing the whole log when an
 //! assertion fails so a failure explains itself.
 
+use std::path::Path;
 use std::time::Duration;
+use xtask::disk::{self, SECTOR};
 pub use xtask::kernels::Kernels;
 pub use xtask::qemu::{Machine, Module, Outcome, Run};
 
@@ -68,4 +70,32 @@ fn fail(run: &Run, why: &str) -> ! {
         run.text(),
         run.stderr
     );
+}
+
+/// The 512-byte sector `sector` of a disk image as little-endian words.
+pub fn read_words(img: &[u8], sector: u64) -> impl Iterator<Item = u64> + '_ {
+    let at = (sector * SECTOR) as usize;
+    img[at..at + SECTOR as usize].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+}
+
+/// Checks on the host that every chunk the `blk-pattern` guest says it wrote holds the pattern
+/// in `img`; returns the image and the chunks' first sectors.
+pub fn check_pattern(run: &Run, img: &Path, seed: u64) -> (Vec<u8>, Vec<u64>) {
+    let chunks: Vec<u64> = run
+        .lines_with("blk-pattern: seed")
+        .flat_map(|l| {
+            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
+            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
+    let data = std::fs::read(img).unwrap();
+    for &c in &chunks {
+        for s in c..c + 512 {
+            for (i, w) in read_words(&data, s).enumerate() {
+                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
+            }
+        }
+    }
+    (data, chunks)
 }

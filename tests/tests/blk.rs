@@ -4,7 +4,7 @@
 //! in flight and a domU reaching for devices are each their own boot.
 
 use std::path::Path;
-use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
+use tests::{boot, check_pattern, kernels, read_words, Machine, Outcome, Run, RunExt};
 use xtask::disk::{self, SECTOR};
 
 const MIB: u64 = 1 << 20;
@@ -16,33 +16,6 @@ fn scratch(tag: &str, bytes: u64) -> std::path::PathBuf {
 /// dom0 plus the test guest (`tg`) running `scenario`, with `image` served to it.
 fn machine(scenario: &str, image: &Path) -> Machine {
     Machine::scenario(&kernels(), scenario).with_vbd(image, "tg")
-}
-
-fn read_words(img: &[u8], sector: u64) -> impl Iterator<Item = u64> + '_ {
-    let at = (sector * SECTOR) as usize;
-    img[at..at + SECTOR as usize].chunks_exact(8).map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-}
-
-/// Checks on the host that every chunk the `blk-pattern` guest says it wrote holds the pattern
-/// in `img`; returns the image and the chunks' first sectors.
-fn check_pattern(run: &Run, img: &Path, seed: u64) -> (Vec<u8>, Vec<u64>) {
-    let chunks: Vec<u64> = run
-        .lines_with("blk-pattern: seed")
-        .flat_map(|l| {
-            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
-            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
-    let data = std::fs::read(img).unwrap();
-    for &c in &chunks {
-        for s in c..c + 512 {
-            for (i, w) in read_words(&data, s).enumerate() {
-                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
-            }
-        }
-    }
-    (data, chunks)
 }
 
 fn clean_teardown(run: &Run) {

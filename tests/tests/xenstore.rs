@@ -103,3 +103,41 @@ fn rings_are_granted_by_default() {
         .expect_line("introduced: xenstore served (granted ring), console served (granted ring)")
         .expect_line(" 0 still referenced");
 }
+
+/// A domU that fills the store (transactions, watches, nodes under long paths) until each is
+/// refused and keeps asking is stopped by its memory quota; dom0 survives, and a neighbour
+/// started at the same moment is served throughout: its console through dom0's backend, its
+/// xenstore handshake, and its disk, whose bytes are checked in the image.
+#[test]
+fn a_domu_filling_the_store_is_refused_and_its_neighbour_keeps_console_and_disk() {
+    let k = kernels();
+    let img =
+        xtask::disk::scratch_image("xs-fill", 64 << 20).unwrap_or_else(|e| panic!("scratch image: {e}"));
+    let seed = 0x5107e_u64;
+    let mut m = Machine::scenario(&k, "xs-fill until=2");
+    m.modules.push(Module::new(
+        &k.testguest,
+        &format!("name=tg2 mem=32M -- scenario=blk-pattern seed={seed} after=1 announce-done console-ring"),
+    ));
+    let run = boot(&m.with_vbd(&img, "tg2"));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST xs-fill PASS")
+        .expect_no_line("PANIC")
+        .expect_no_line(" FAIL ")
+        // The neighbour's lines come through dom0's console backend.
+        .expect_line("(d0) [tg2] TEST blk-pattern PASS")
+        .expect_order("xs-fill: nodes=", "xs-fill: the neighbour is done")
+        .expect_order("(d0) [tg2] TEST blk-pattern PASS", "xs-fill: the neighbour is done");
+    // The fill was stopped by the memory quota, not by running dom0 out of memory.
+    let line = run.lines_with("xs-fill: nodes=").next().unwrap().clone();
+    let field = |k: &str| {
+        line.split_whitespace()
+            .find_map(|w| w.strip_prefix(&format!("{k}=")))
+            .unwrap_or_else(|| panic!("no {k} in {line}"))
+            .to_string()
+    };
+    assert_eq!(field("nodes_err"), "ENOMEM", "{line}");
+    assert_eq!(field("tx_err"), "ENOMEM", "{line}");
+    assert!(field("nodes").parse::<u32>().unwrap() > 100, "{line}");
+    tests::check_pattern(&run, &img, seed);
+}

@@ -30,6 +30,8 @@ pub mod toolstack;
 pub mod wire;
 
 #[cfg(test)]
+mod memory_tests;
+#[cfg(test)]
 mod proptests;
 #[cfg(test)]
 mod tests;
@@ -54,6 +56,14 @@ use store::{Change, Global, InTx, View};
 /// Limits, with xenstored's defaults. Unprivileged domains hit the Xen-documented numbers;
 /// dom0 is exempt in xenstored, but here it still gets generous bounds so no client can make
 /// the daemon allocate without limit.
+///
+/// The count limits alone let one domain make xenstored hold megabytes (1000 nodes of 2 KiB
+/// under 3 KiB paths, 10 transactions of 256 KiB). What bounds the heap is
+/// [`memory_per_domain`](Self::memory_per_domain), cxenstored's `memory` quota: every byte a
+/// domain makes xenstored keep — its nodes (path, value, permissions, child names, per-node
+/// overhead), watches, open transactions, queued output and partial input — is charged to it,
+/// and a request that would go past it gets `ENOMEM`. [`Quotas::fitting`] sizes it so that
+/// every domain at its limit still fits the memory dom0 gives xenstored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Quotas {
     /// Nodes a domain may own (`ENOSPC` beyond).
@@ -85,6 +95,8 @@ pub struct Quotas {
     pub privileged_outstanding: usize,
     /// `event_queue_bytes` for privileged connections.
     pub privileged_event_queue_bytes: usize,
+    /// Heap bytes everything of one unprivileged domain may hold (`ENOMEM` beyond).
+    pub memory_per_domain: usize,
 }
 
 impl Default for Quotas {
@@ -104,7 +116,19 @@ impl Default for Quotas {
             privileged_transaction_bytes: 16 * 1024 * 1024,
             privileged_outstanding: 256,
             privileged_event_queue_bytes: 1024 * 1024,
+            // cxenstored's hard `memory` quota.
+            memory_per_domain: 2 * 1024 * 1024 + 512 * 1024,
         }
+    }
+}
+
+impl Quotas {
+    /// xenstored's defaults, with the memory quota lowered (never raised) so that `domains`
+    /// unprivileged domains at their limit hold at most `budget` bytes together.
+    pub fn fitting(budget: usize, domains: usize) -> Quotas {
+        let d = Quotas::default();
+        let share = budget / domains.max(1);
+        Quotas { memory_per_domain: d.memory_per_domain.min(share), ..d }
     }
 }
 
@@ -144,6 +168,13 @@ pub enum FeedError {
     /// The connection's byte stream is corrupt; it is ignored from now on.
     Protocol(StreamError),
 }
+
+/// Heap bytes of a watch beyond its path and token.
+const WATCH_OVERHEAD: usize = 96;
+/// Heap bytes of an open transaction beyond what it charges itself.
+const TX_OVERHEAD: usize = 512;
+/// Heap bytes of a queued message beyond its bytes.
+const OUT_OVERHEAD: usize = 64;
 
 #[derive(Clone, Debug)]
 struct Watch {
@@ -213,6 +244,16 @@ impl Conn {
         self.watches.clear();
         self.txs.clear();
         self.broken = None;
+    }
+
+    /// The heap bytes the connection holds: watches, open transactions, queued output (with
+    /// the copies kept for merging events) and a partial request.
+    fn mem_size(&self) -> usize {
+        let watches: usize = self.watches.iter().map(|w| WATCH_OVERHEAD + w.path.len() + w.token.len()).sum();
+        let txs: usize = self.txs.values().map(|t| TX_OVERHEAD + t.bytes()).sum();
+        let out = self.out_bytes + self.out.len() * OUT_OVERHEAD;
+        let merge: usize = self.unsent_events.iter().map(|e| e.len() + OUT_OVERHEAD).sum();
+        watches + txs + out + merge + self.decoder.buffered()
     }
 
     fn push(&mut self, bytes: Vec<u8>, kind: OutKind) {
@@ -315,6 +356,8 @@ pub struct Xenstore {
     next_conn: u32,
     actions: Vec<Action>,
     quotas: Quotas,
+    /// dom0's heap is short: unprivileged requests that would allocate are refused.
+    low_memory: bool,
 }
 
 impl Default for Xenstore {
@@ -333,7 +376,32 @@ impl Xenstore {
             next_conn: 1,
             actions: Vec::new(),
             quotas,
+            low_memory: false,
         }
+    }
+
+    /// Tells the store whether dom0's heap is short (below what any one request may need):
+    /// while it is, every unprivileged request that would make xenstored hold more memory
+    /// gets `ENOMEM`, so no client's request can reach a failing allocation.
+    pub fn set_low_memory(&mut self, low: bool) {
+        self.low_memory = low;
+    }
+
+    /// The heap bytes xenstored holds for `domid`: its nodes and its connections' state.
+    pub fn memory_used(&self, domid: DomId) -> usize {
+        let conns: usize = self.conns.values().filter(|c| c.caller.domid == domid).map(Conn::mem_size).sum();
+        self.store.mem_of(domid).saturating_add(conns)
+    }
+
+    /// What `caller` may still make xenstored hold (`None`: no limit, it is privileged).
+    fn mem_left(&self, caller: &Caller) -> Option<usize> {
+        if caller.privileged {
+            return None;
+        }
+        if self.low_memory {
+            return Some(0);
+        }
+        Some(self.quotas.memory_per_domain.saturating_sub(self.memory_used(caller.domid)))
     }
 
     /// The tree, for inspection.
@@ -594,7 +662,10 @@ impl Xenstore {
     ) -> Result<Reply, Errno> {
         let canon = |p: &str| path::canonicalize(p, caller.domid);
         let quotas = self.quotas.clone();
-        let ctx = ops::Ctx { caller, quotas: &quotas };
+        let mem_left = self.mem_left(&caller);
+        // In a transaction the copies are charged to it (bounded below); outside one, the
+        // nodes themselves.
+        let ctx = ops::Ctx { caller, quotas: &quotas, mem_left: if tx.is_some() { None } else { mem_left } };
         let run = |v: &mut dyn View| -> Result<(Reply, Vec<Change>), Errno> {
             Ok(match req {
                 Request::Read { path } => (Reply::data(ops::read(v, &caller, &canon(&path)?)?), Vec::new()),
@@ -627,6 +698,9 @@ impl Xenstore {
             Some((conn, id)) => {
                 let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
                 let t = c.txs.get_mut(&id).ok_or(Errno::ENOENT)?;
+                if let Some(left) = mem_left {
+                    t.set_ceiling(t.bytes().saturating_add(left));
+                }
                 let (reply, changes) = run(&mut InTx { store: &self.store, tx: t })?;
                 for ch in &changes {
                     t.note_change(&ch.path, ch.exact);
@@ -637,6 +711,8 @@ impl Xenstore {
     }
 
     fn watch(&mut self, conn: ConnId, raw: &str, token: Vec<u8>) -> Result<Reply, Errno> {
+        let caller = self.conns.get(&conn).ok_or(Errno::EIO)?.caller;
+        let mem_left = self.mem_left(&caller);
         let quotas = &self.quotas;
         let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
         let canonical = path::canonicalize(raw, c.caller.domid)?;
@@ -646,6 +722,10 @@ impl Xenstore {
         let limit = if c.caller.privileged { quotas.privileged_watches } else { quotas.watches };
         if c.watches.len() >= limit {
             return Err(Errno::E2BIG);
+        }
+        let cost = WATCH_OVERHEAD + canonical.len() + token.len();
+        if mem_left.is_some_and(|left| cost > left) {
+            return Err(Errno::ENOMEM);
         }
         let relative = !raw.starts_with('/') && !raw.starts_with('@');
         c.watches.push(Watch { path: canonical, token: token.clone(), relative });
@@ -664,6 +744,10 @@ impl Xenstore {
     fn transaction_start(&mut self, conn: ConnId, tx: Option<u32>) -> Result<Reply, Errno> {
         if tx.is_some() {
             return Err(Errno::EBUSY);
+        }
+        let caller = self.conns.get(&conn).ok_or(Errno::EIO)?.caller;
+        if self.mem_left(&caller).is_some_and(|left| TX_OVERHEAD > left) {
+            return Err(Errno::ENOMEM);
         }
         let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
         let limit =
@@ -689,9 +773,12 @@ impl Xenstore {
         let id = tx.ok_or(Errno::ENOENT)?;
         let c = self.conns.get_mut(&conn).ok_or(Errno::EIO)?;
         let t = c.txs.remove(&id).ok_or(Errno::ENOENT)?;
+        let caller = c.caller;
         if commit {
-            let quota = (!c.caller.privileged).then_some(self.quotas.nodes_per_domain);
-            let changes = t.commit(&mut self.store, quota)?;
+            let quota = (!caller.privileged).then_some(self.quotas.nodes_per_domain);
+            // The transaction's own bytes are freed as it commits.
+            let mem = self.mem_left(&caller).map(|left| (caller.domid, left));
+            let changes = t.commit(&mut self.store, quota, mem)?;
             self.fire(&changes);
         }
         Ok(Reply::ok())
@@ -753,7 +840,7 @@ impl Xenstore {
             }
         }
         let quotas = self.quotas.clone();
-        let ctx = ops::Ctx { caller: Caller::DOM0, quotas: &quotas };
+        let ctx = ops::Ctx { caller: Caller::DOM0, quotas: &quotas, mem_left: None };
         for p in owned {
             if let Ok(changes) = ops::rm(&mut Global(&mut self.store), &ctx, &p) {
                 self.fire(&changes);

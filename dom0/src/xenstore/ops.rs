@@ -25,9 +25,30 @@ use super::Quotas;
 pub(crate) struct Ctx<'q> {
     pub caller: Caller,
     pub quotas: &'q Quotas,
+    /// What the caller's nodes may still grow by (its memory quota less what it holds);
+    /// `None` for privileged callers and inside transactions, which charge their copies.
+    pub mem_left: Option<usize>,
 }
 
 impl Ctx<'_> {
+    /// The bytes of `node` at `path` charged to the caller (0 if someone else owns it).
+    fn own_size(&self, path: &str, node: &Node) -> usize {
+        if node.perms.owner() == self.caller.domid {
+            node.mem_size(path)
+        } else {
+            0
+        }
+    }
+
+    /// `ENOMEM` if the caller's nodes growing from `before` to `after` bytes would pass its
+    /// memory quota (xenstored's answer to a domain over its `memory` quota).
+    fn fits(&self, before: usize, after: usize) -> Result<(), Errno> {
+        match self.mem_left {
+            Some(left) if after.saturating_sub(before) > left => Err(Errno::ENOMEM),
+            _ => Ok(()),
+        }
+    }
+
     fn check_size(&self, node: &Node) -> Result<(), Errno> {
         if !self.caller.privileged && node.acc_size() > self.quotas.node_size {
             return Err(Errno::ENOSPC);
@@ -103,6 +124,7 @@ fn create(v: &mut dyn View, ctx: &Ctx, path: &str, value: Vec<u8>) -> Result<(),
         p = path::parent(p);
     };
     missing.reverse();
+    let before = ctx.own_size(p, &ancestor);
     if !ctx.caller.privileged {
         let owned = v.owned_by(ctx.caller.domid) as usize;
         if owned.saturating_add(missing.len()) > ctx.quotas.nodes_per_domain as usize {
@@ -127,6 +149,7 @@ fn create(v: &mut dyn View, ctx: &Ctx, path: &str, value: Vec<u8>) -> Result<(),
     for (_, n) in &nodes {
         ctx.check_size(n)?;
     }
+    ctx.fits(before, nodes.iter().map(|(p, n)| ctx.own_size(p, n)).sum())?;
     v.created();
     for (p, n) in nodes {
         v.put(&p, n)?;
@@ -138,8 +161,10 @@ fn create(v: &mut dyn View, ctx: &Ctx, path: &str, value: Vec<u8>) -> Result<(),
 pub(crate) fn write(v: &mut dyn View, ctx: &Ctx, path: &str, value: Vec<u8>) -> Result<Vec<Change>, Errno> {
     match lookup(v, &ctx.caller, path, Access::WRITE) {
         Ok(mut n) => {
+            let before = ctx.own_size(path, &n);
             n.value = value;
             ctx.check_size(&n)?;
+            ctx.fits(before, ctx.own_size(path, &n))?;
             v.put(path, n)?;
         }
         Err(Errno::ENOENT) => create(v, ctx, path, value)?,
@@ -182,7 +207,10 @@ pub(crate) fn rm(v: &mut dyn View, ctx: &Ctx, path: &str) -> Result<Vec<Change>,
     // Pre-order walk; reversed it lists every node after all of its descendants.
     let mut order: Vec<(String, Node)> = Vec::new();
     let mut stack = alloc::vec![(String::from(path), node)];
-    while let Some((p, n)) = stack.pop() {
+    while let Some((p, mut n)) = stack.pop() {
+        // Values are not needed to remove or report a node: what the walk holds at once
+        // stays within the paths of the subtree.
+        n.value = Vec::new();
         for c in &n.children {
             let cp = path::child(&p, c);
             if let Some(cn) = v.get(&cp)? {
@@ -224,8 +252,10 @@ pub(crate) fn set_perms(v: &mut dyn View, ctx: &Ctx, path: &str, perms: Perms) -
     if !ctx.caller.privileged && perms.owner() != n.perms.owner() {
         return Err(Errno::EPERM);
     }
+    let before = ctx.own_size(path, &n);
     let old = core::mem::replace(&mut n.perms, perms);
     ctx.check_size(&n)?;
+    ctx.fits(before, ctx.own_size(path, &n))?;
     v.put(path, n)?;
     Ok(alloc::vec![change(v, path, false, Some(old))?])
 }

@@ -10,6 +10,11 @@
 //! saw there (or that the path was absent) and works on a private copy. Committing checks that
 //! every recorded path still has the recorded generation, then writes the modified copies into
 //! the global tree with fresh generations; otherwise the commit fails with `EAGAIN`.
+//!
+//! Memory: the store keeps, per owner, the bytes of dom0's heap its nodes hold
+//! ([`Node::mem_size`]: the path key, value, permissions, child names and a fixed overhead
+//! per node and per child), which xenstored's per-domain memory quota charges; a transaction
+//! counts the bytes of its copies the same way.
 
 use alloc::collections::BTreeMap;
 use alloc::string::String;
@@ -19,6 +24,19 @@ use hypercall_abi::{DomId, Errno};
 
 use super::path::{self, INTRODUCE_DOMAIN, RELEASE_DOMAIN, ROOT};
 use super::perms::{Access, Perms};
+
+/// Heap bytes of a node beyond its variable parts: its entry in the tree's map (key and
+/// node headers, the map's own nodes amortised) and the blocks of its value, permission and
+/// child lists. Calibrated against a counting allocator (`memory_charges_cover_allocations`
+/// in the tests), rounded up.
+pub const NODE_OVERHEAD: usize = 256;
+/// Heap bytes of one child name in its parent's list beyond the name itself.
+pub const CHILD_OVERHEAD: usize = 48;
+/// Heap bytes of one permission entry.
+pub const PERM_SIZE: usize = 8;
+/// Heap bytes a transaction keeps per path it touched beyond the node copy (its entry in the
+/// accessed map and in the change list, the path twice).
+pub const TX_ACCESS_OVERHEAD: usize = 192;
 
 /// One node: a value, a permission list, child names and a generation.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +68,16 @@ impl Node {
         16 + self.perms.acc_size() + self.value.len() + self.children_len()
     }
 
+    /// The bytes of dom0's heap the node at `path` holds: what the memory quota charges its
+    /// owner.
+    pub fn mem_size(&self, path: &str) -> usize {
+        NODE_OVERHEAD
+            + path.len()
+            + self.value.len()
+            + self.perms.entries().len() * PERM_SIZE
+            + self.children.iter().map(|c| c.len() + CHILD_OVERHEAD).sum::<usize>()
+    }
+
     /// The DIRECTORY payload: each child name followed by NUL.
     pub fn children_wire(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.children_len());
@@ -67,6 +95,8 @@ pub struct Store {
     nodes: BTreeMap<String, Node>,
     generation: u64,
     owned: BTreeMap<DomId, u32>,
+    /// Per owner, the sum of its nodes' [`Node::mem_size`].
+    mem: BTreeMap<DomId, usize>,
 }
 
 impl Default for Store {
@@ -79,7 +109,8 @@ impl Store {
     /// The initial tree xenstored creates: `/`, `/tool`, `/tool/xenstored` and the two special
     /// watch nodes, all owned by dom0 with no access for others.
     pub fn new() -> Store {
-        let mut s = Store { nodes: BTreeMap::new(), generation: 0, owned: BTreeMap::new() };
+        let mut s =
+            Store { nodes: BTreeMap::new(), generation: 0, owned: BTreeMap::new(), mem: BTreeMap::new() };
         let perms = Perms::owned_by(DomId::DOM0, Access::NONE);
         let mut root = Node::new(perms.clone());
         root.children.push(String::from("tool"));
@@ -101,6 +132,11 @@ impl Store {
     /// How many nodes `domid` owns (what the node quota counts).
     pub fn owned_by(&self, domid: DomId) -> u32 {
         self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    /// The heap bytes `domid`'s nodes hold (what the memory quota counts of them).
+    pub fn mem_of(&self, domid: DomId) -> usize {
+        self.mem.get(&domid).copied().unwrap_or(0)
     }
 
     /// Every node, in path order.
@@ -135,26 +171,44 @@ impl Store {
         }
     }
 
+    fn charge(&mut self, domid: DomId, bytes: usize, add: bool) {
+        let m = self.mem.entry(domid).or_insert(0);
+        if add {
+            *m = m.saturating_add(bytes);
+        } else {
+            *m = m.saturating_sub(bytes);
+            if *m == 0 {
+                self.mem.remove(&domid);
+            }
+        }
+    }
+
     /// Inserts or replaces a node, giving it a fresh generation and keeping the per-owner
-    /// counts right. The caller keeps parents' child lists right.
+    /// counts and memory right. The caller keeps parents' child lists right.
     pub(crate) fn put(&mut self, path: &str, mut node: Node) {
         self.generation += 1;
         node.generation = self.generation;
         let owner = node.perms.owner();
+        let size = node.mem_size(path);
         match self.nodes.insert(String::from(path), node) {
-            Some(old) if old.perms.owner() == owner => {}
             Some(old) => {
-                self.count(old.perms.owner(), false);
-                self.count(owner, true);
+                let old_owner = old.perms.owner();
+                self.charge(old_owner, old.mem_size(path), false);
+                if old_owner != owner {
+                    self.count(old_owner, false);
+                    self.count(owner, true);
+                }
             }
             None => self.count(owner, true),
         }
+        self.charge(owner, size, true);
     }
 
     /// Removes a node (not its children, not its parent's entry).
     pub(crate) fn del(&mut self, path: &str) {
         if let Some(old) = self.nodes.remove(path) {
             self.count(old.perms.owner(), false);
+            self.charge(old.perms.owner(), old.mem_size(path), false);
         }
     }
 
@@ -183,8 +237,10 @@ impl Store {
             return Err(String::from("no root"));
         }
         let mut counts: BTreeMap<DomId, u32> = BTreeMap::new();
+        let mut mem: BTreeMap<DomId, usize> = BTreeMap::new();
         for (p, n) in &self.nodes {
             *counts.entry(n.perms.owner()).or_insert(0) += 1;
+            *mem.entry(n.perms.owner()).or_insert(0) += n.mem_size(p);
             if path::is_special(p) {
                 if p != INTRODUCE_DOMAIN && p != RELEASE_DOMAIN {
                     return Err(alloc::format!("stray special node {p}"));
@@ -213,6 +269,9 @@ impl Store {
         }
         if counts != self.owned {
             return Err(alloc::format!("owner counts {:?} != tree {:?}", self.owned, counts));
+        }
+        if mem != self.mem {
+            return Err(alloc::format!("owner memory {:?} != tree {:?}", self.mem, mem));
         }
         Ok(())
     }
@@ -256,9 +315,12 @@ pub struct Transaction {
     failed: Option<Errno>,
     created: bool,
     max_nodes: usize,
-    /// Bytes of node copies held (an upper bound: every copy and rewrite is counted).
+    /// Heap bytes held for node copies and bookkeeping (an upper bound: every copy and
+    /// rewrite is counted).
     bytes: usize,
     max_bytes: usize,
+    /// A further bound on `bytes` for this request: what is left of the owner's memory quota.
+    ceiling: usize,
 }
 
 impl Transaction {
@@ -274,14 +336,21 @@ impl Transaction {
             max_nodes,
             bytes: 0,
             max_bytes,
+            ceiling: usize::MAX,
         }
+    }
+
+    /// Bounds what the transaction may hold from now on to `bytes` in all (its domain's
+    /// memory quota, less what the domain holds elsewhere), on top of its own budget.
+    pub(crate) fn set_ceiling(&mut self, bytes: usize) {
+        self.ceiling = bytes;
     }
 
     /// Charges `cost` bytes, failing the transaction (`ENOMEM`, xenstored's memory-quota
     /// answer) past its budget.
     fn charge(&mut self, cost: usize) -> Result<(), Errno> {
         let total = self.bytes.saturating_add(cost);
-        if total > self.max_bytes {
+        if total > self.max_bytes.min(self.ceiling) {
             self.failed = Some(Errno::ENOMEM);
             return Err(Errno::ENOMEM);
         }
@@ -289,7 +358,7 @@ impl Transaction {
         Ok(())
     }
 
-    /// Bytes of node copies charged so far.
+    /// Heap bytes charged so far.
     pub fn bytes(&self) -> usize {
         self.bytes
     }
@@ -307,8 +376,14 @@ impl Transaction {
 
     /// Checks for conflicts and quota, then applies the transaction to `store`. Returns the
     /// changes whose watches should fire. `quota` is the node limit to enforce on owners whose
-    /// count grows (`None` for privileged committers).
-    pub fn commit(self, store: &mut Store, quota: Option<u32>) -> Result<Vec<Change>, Errno> {
+    /// count grows, `mem` the committer and the heap bytes its nodes may grow by (`None` for
+    /// privileged committers; `ENOMEM` beyond, as xenstored's memory quota answers).
+    pub fn commit(
+        self,
+        store: &mut Store,
+        quota: Option<u32>,
+        mem: Option<(DomId, usize)>,
+    ) -> Result<Vec<Change>, Errno> {
         if let Some(e) = self.failed {
             return Err(e);
         }
@@ -322,6 +397,21 @@ impl Transaction {
                 if *delta > 0 && i64::from(store.owned_by(*d)) + delta > i64::from(limit) {
                     return Err(Errno::ENOSPC);
                 }
+            }
+        }
+        if let Some((who, room)) = mem {
+            let mut grow = 0usize;
+            let mut shrink = 0usize;
+            for (p, a) in self.accessed.iter().filter(|(_, a)| a.modified) {
+                if let Some(n) = a.current.as_ref().filter(|n| n.perms.owner() == who) {
+                    grow = grow.saturating_add(n.mem_size(p));
+                }
+                if let Some(n) = store.get(p).filter(|n| n.perms.owner() == who) {
+                    shrink = shrink.saturating_add(n.mem_size(p));
+                }
+            }
+            if grow.saturating_sub(shrink) > room {
+                return Err(Errno::ENOMEM);
             }
         }
         let mut out = Vec::new();
@@ -401,7 +491,7 @@ impl InTx<'_> {
                 return Err(Errno::ENOSPC);
             }
             let node = self.store.get(path);
-            self.tx.charge(path.len() + node.map_or(0, Node::acc_size))?;
+            self.tx.charge(TX_ACCESS_OVERHEAD + node.map_or(path.len(), |n| n.mem_size(path)))?;
             let node = node.cloned();
             let a = Accessed {
                 observed: node.as_ref().map(|n| n.generation),
@@ -430,7 +520,7 @@ impl View for InTx<'_> {
     fn put(&mut self, path: &str, node: Node) -> Result<(), Errno> {
         let new_owner = node.perms.owner();
         self.access(path)?;
-        self.tx.charge(node.acc_size())?;
+        self.tx.charge(node.mem_size(path))?;
         let a = self.access(path)?;
         let old_owner = a.current.as_ref().map(|n| n.perms.owner());
         a.current = Some(node);

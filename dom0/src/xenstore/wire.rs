@@ -133,6 +133,11 @@ impl Decoder {
         self.hdr_fill == 0 && self.header.is_none() && self.broken.is_none()
     }
 
+    /// Heap bytes held for a partial message.
+    pub fn buffered(&self) -> usize {
+        self.payload.capacity()
+    }
+
     /// The error that stopped the stream, if any.
     pub fn error(&self) -> Option<StreamError> {
         self.broken

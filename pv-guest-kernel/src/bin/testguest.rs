@@ -4,6 +4,10 @@
 //! the hypervisor must crash (`privop`, `unmapped`, `hvspace`, `stack-overflow`) print FAIL
 //! only if they survive.
 //!
+//! Options every scenario takes: `console-ring` (print through dom0's console backend),
+//! `after=<domid>` (disk scenarios: wait for that domain's `data/bench-done`) and
+//! `announce-done` (publish `data/bench-done` when the scenario is over).
+//!
 //! [`SCENARIOS`] is the one list of scenarios: each names its module under `testguest/` and
 //! the host test (`tests/tests/*.rs`) that boots it, so a reader can go from a test to the
 //! guest code it drives and back. A new scenario is one module and one line in that table.
@@ -77,6 +81,8 @@ pub const SCENARIOS: &[Scenario] = &[
     // Random-number device.
     sc("rng-read", "tests/tests/rng.rs", |c| rng::with_device(c, rng::read)),
     sc("rng-hostile", "tests/tests/rng.rs", |c| rng::with_device(c, rng::hostile)),
+    // xenstored.
+    sc("xs-fill", "tests/tests/xenstore.rs", xs_fill::run),
     // Benchmarks: `bench` runs them all in the bench configuration (`cargo xtask bench`).
     sc("bench", "tests/tests/bench_smoke.rs", bench_all),
     sc("bench-null", "tests/tests/bench_smoke.rs", |c| bench_null::run(c.cmd)),
@@ -94,10 +100,27 @@ fn main(si: &StartInfo) {
     let cmd = si.cmdline();
     let name = cmdline::get(cmd, "scenario").unwrap_or("");
     println!("testguest: scenario \"{name}\" ({} pages)", si.nr_pages);
+    if cmdline::flag(cmd, "console-ring") {
+        console_through_dom0(si);
+    }
     match SCENARIOS.iter().find(|s| s.name == name) {
         Some(s) => (s.run)(&Ctx { si, cmd, name }),
         None if name.is_empty() => println!("TEST none FAIL no scenario= on the command line"),
         None => println!("TEST {name} FAIL unknown scenario"),
+    }
+    if cmdline::flag(cmd, "announce-done") {
+        bench_order::announce_done(si);
+    }
+}
+
+/// `console-ring`: the scenario's output goes through dom0's console backend (its lines then
+/// read `(d0) [<name>] ...`) instead of the hypervisor's console.
+fn console_through_dom0(si: &StartInfo) {
+    match pv_guest_kernel::xenbus::connect(si)
+        .and_then(|mut xb| pv_guest_kernel::console_ring::connect(&mut xb, si))
+    {
+        Ok(backend) => println!("testguest: console through dom0 (backend {backend})"),
+        Err(e) => println!("testguest: console ring not connected ({e}), staying on console_io"),
     }
 }
 
@@ -178,3 +201,5 @@ mod timing;
 mod traps;
 #[path = "testguest/user_mode.rs"]
 mod user_mode;
+#[path = "testguest/xs_fill.rs"]
+mod xs_fill;
