@@ -10,6 +10,7 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::io::console;
+use hypercall_abi::DomId;
 use pv_guest_kernel::xenbus::ring::{ByteRing, SharedPage};
 
 /// Longest line kept before it is emitted anyway.
@@ -103,6 +104,16 @@ pub fn push_input(page: &impl SharedPage, bytes: &[u8]) -> usize {
     ByteRing::CONS_IN.produce(page, bytes)
 }
 
+/// Parses `conin=<domid>:<text>`: the target and the bytes to send (underscores become
+/// spaces, as the command line cannot hold them; a newline is added).
+pub fn parse_console_input(v: &str) -> Option<(DomId, Vec<u8>)> {
+    let (id, text) = v.split_once(':')?;
+    let id = id.parse::<u16>().ok().filter(|&d| d != 0)?;
+    let mut bytes: Vec<u8> = text.bytes().map(|b| if b == b'_' { b' ' } else { b }).collect();
+    bytes.push(b'\n');
+    Some((DomId(id), bytes))
+}
+
 /// Marks the ring as served (`connection` = XENCONSOLE_CONNECTED, for guests that look).
 pub fn mark_connected(page: &impl SharedPage) {
     // `connection` is a byte followed by padding, so the aligned word holding it is ours to
@@ -183,6 +194,15 @@ mod tests {
         assert_eq!(push_input(&page, b"hello"), 5);
         mark_connected(&page);
         assert_eq!(page.load_u32(console::CONNECTION_OFFSET), 0);
+    }
+
+    #[test]
+    fn console_input_option() {
+        assert_eq!(parse_console_input("1:hello_there"), Some((DomId(1), b"hello there\n".to_vec())));
+        assert_eq!(parse_console_input("7:"), Some((DomId(7), b"\n".to_vec())));
+        for bad in ["", "1", "x:hi", "0:hi", "70000:hi", "-1:hi"] {
+            assert_eq!(parse_console_input(bad), None, "{bad:?}");
+        }
     }
 
     proptest::proptest! {

@@ -9,8 +9,8 @@
 extern crate alloc;
 
 pub mod blkback;
-pub mod boot_domains;
 pub mod console_backend;
+pub mod domains;
 pub mod local_xs;
 pub mod mem_set;
 pub mod pci;

@@ -9,9 +9,10 @@
 //! overlaps another.
 
 use alloc::rc::Rc;
+use alloc::vec::Vec;
 use core::cell::RefCell;
 use hypercall_abi::{DomId, Errno};
-use pv_guest_kernel::xenbus::{Transport, Xenbus};
+use pv_guest_kernel::xenbus::{Transport, WatchEvent, Xenbus};
 
 use crate::xenstore::{ConnId, FeedError, Xenstore};
 
@@ -31,6 +32,11 @@ impl LocalTransport {
     /// The store's id of the connection.
     pub fn conn(&self) -> ConnId {
         self.conn
+    }
+
+    /// Bytes the store has queued for this client (replies it gave up on, watch events).
+    pub fn pending(&self) -> usize {
+        self.xs.try_borrow().map_or(0, |xs| xs.pending_output(self.conn))
     }
 }
 
@@ -62,6 +68,21 @@ impl Transport for LocalTransport {
     }
 }
 
+/// The watch events a local client has, taken without a look when it cannot have any:
+/// nothing queued for it in the store and not used since the last look (`dirty`). Handling
+/// events uses the client, so after any the next call looks again.
+pub fn take_events(xb: &mut Xenbus<LocalTransport>, dirty: &mut bool) -> Vec<WatchEvent> {
+    if xb.transport_mut().pending() == 0 && !core::mem::take(dirty) {
+        return Vec::new();
+    }
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = xb.next_watch_event() {
+        out.push(ev);
+    }
+    *dirty = !out.is_empty();
+    out
+}
+
 /// A xenbus client of the shared store acting as `domid`.
 pub fn client(xs: &Rc<RefCell<Xenstore>>, domid: DomId) -> Xenbus<LocalTransport> {
     Xenbus::new(LocalTransport::connect(xs, domid))
@@ -91,5 +112,21 @@ mod tests {
         assert_eq!(before, 1);
         drop(d0);
         assert_eq!(xs.borrow().watch_count(ConnId(1)), 0, "dropping the client disconnects");
+    }
+
+    #[test]
+    fn events_are_taken_only_when_there_can_be_some() {
+        let xs = Rc::new(RefCell::new(Xenstore::default()));
+        let mut a = client(&xs, DomId::DOM0);
+        let mut dirty = true;
+        a.watch("/local/domain/0/a", "t").unwrap();
+        assert_eq!(take_events(&mut a, &mut dirty).len(), 1, "the registration's event");
+        assert!(dirty, "handling may have caused more");
+        assert!(take_events(&mut a, &mut dirty).is_empty());
+        assert!(!dirty);
+        // Another client's write queues an event for this one: found without `dirty`.
+        let mut b = client(&xs, DomId::DOM0);
+        b.write(TxId::NONE, "/local/domain/0/a", b"1").unwrap();
+        assert_eq!(take_events(&mut a, &mut dirty).len(), 1);
     }
 }

@@ -15,12 +15,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt;
 
-use hypercall_abi::domctl::{dominf, XenDomctlGetdomaininfo};
+use hypercall_abi::domctl::XenDomctlGetdomaininfo;
 use hypercall_abi::{DomId, Errno};
 use pv_guest_kernel::cmdline;
 use pv_guest_kernel::xenbus::{Transport, TxId, Xenbus};
 
-use crate::boot_domains::domain_name;
+use crate::domains::domain_name;
 use crate::xenstore::path::domain_path;
 
 /// Targets one option may list.
@@ -208,9 +208,7 @@ impl MemSet {
             }
         };
         let info = list.iter().find(|i| i.domain == domid);
-        let Some(pages) =
-            info.filter(|i| i.flags & (dominf::SHUTDOWN | dominf::DYING) == 0).map(|i| i.tot_pages)
-        else {
+        let Some(pages) = info.filter(|i| !crate::domains::gone(i.flags)).map(|i| i.tot_pages) else {
             self.done = true;
             notes.push(Note::Gone { domid, name });
             return notes;
@@ -264,6 +262,7 @@ mod tests {
     use crate::xenstore::Xenstore;
     use alloc::rc::Rc;
     use core::cell::RefCell;
+    use hypercall_abi::domctl::dominf;
     use proptest::prelude::*;
     use zerocopy::FromZeros;
 

@@ -309,6 +309,32 @@ pub struct GnttabDumpTable {
 }
 assert_layout!(GnttabDumpTable, size = 4, dom = 0, status = 2);
 
+/// A `grant_table_op` argument: each structure is the argument of exactly one `GNTTABOP_*`
+/// command, so a typed call cannot name one and pass the other.
+pub trait GrantTableOp: zerocopy::IntoBytes + zerocopy::FromBytes {
+    /// The `GNTTABOP_*` command taking an array of these.
+    const CMD: u32;
+}
+
+macro_rules! grant_table_op {
+    ($($ty:ty => $cmd:expr),* $(,)?) => {
+        $(impl GrantTableOp for $ty {
+            const CMD: u32 = $cmd;
+        })*
+    };
+}
+
+grant_table_op! {
+    GnttabMapGrantRef => op::MAP_GRANT_REF,
+    GnttabUnmapGrantRef => op::UNMAP_GRANT_REF,
+    GnttabSetupTable => op::SETUP_TABLE,
+    GnttabDumpTable => op::DUMP_TABLE,
+    GnttabCopy => op::COPY,
+    GnttabQuerySize => op::QUERY_SIZE,
+    GnttabSetVersion => op::SET_VERSION,
+    GnttabGetVersion => op::GET_VERSION,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

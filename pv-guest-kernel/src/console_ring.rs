@@ -13,8 +13,8 @@
 #[cfg(not(test))]
 mod kernel {
     use crate::xenbus::ring::{ByteRing, MappedPage};
+    use crate::xenbus::state::{Role, Step, XenbusDevice};
     use crate::xenbus::{own_frame_va, wait_flag, Transport, TxId, Xenbus};
-    use crate::xenbus_state::{Role, Step, XenbusDevice};
     use crate::{events, hypercall};
     use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
     use hypercall_abi::io::xenbus::XenbusState;

@@ -70,13 +70,12 @@ mod kernel {
     use crate::hypercall;
     use crate::mm::{self, pt};
     use core::sync::atomic::{fence, AtomicU16, AtomicU32, Ordering};
-    use hypercall_abi::grant_table::{gntst, gtf, op, GnttabSetupTable, GRANT_ENTRIES_PER_FRAME_V1};
-    use hypercall_abi::hypercall::nr;
+    use hypercall_abi::grant_table::{gntst, gtf, GnttabSetupTable, GRANT_ENTRIES_PER_FRAME_V1};
     use hypercall_abi::{DomId, Errno, GrantRef, Mfn};
     use spin::Mutex;
 
     /// Where the table's frames are mapped.
-    pub const GNTTAB_VA: u64 = 0xffff_cb00_0000_0000;
+    pub const GNTTAB_VA: u64 = crate::va::GRANT_TABLE;
     /// Frames asked for at set-up (512 entries each).
     pub const DEFAULT_FRAMES: u32 = 4;
 
@@ -108,14 +107,7 @@ mod kernel {
                 frame_list: list.as_mut_ptr() as u64,
                 ..Default::default()
             };
-            hypercall::check(hypercall::hypercall5(
-                nr::GRANT_TABLE_OP,
-                u64::from(op::SETUP_TABLE),
-                hypercall::ptr_mut(&mut st),
-                1,
-                0,
-                0,
-            ))?;
+            hypercall::grant_table_op(core::slice::from_mut(&mut st))?;
             if st.status == gntst::OKAY || n == 1 {
                 break;
             }

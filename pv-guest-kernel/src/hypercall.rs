@@ -246,6 +246,18 @@ pub fn vcpu_op(cmd: u32, vcpu: u32, arg: u64) -> i64 {
     call5::<{ nr::VCPU_OP }>(u64::from(cmd), u64::from(vcpu), arg, 0, 0)
 }
 
+/// `grant_table_op` on a batch of one command's arguments (the command comes from the
+/// argument type). `Err` only when the hypercall itself fails (bad pointer, unknown command);
+/// each operation's own outcome is its `status` field, which the caller checks. An empty
+/// batch makes no call.
+pub fn grant_table_op<T: hypercall_abi::grant_table::GrantTableOp>(ops: &mut [T]) -> Result<(), Errno> {
+    if ops.is_empty() {
+        return Ok(());
+    }
+    check(hypercall5(nr::GRANT_TABLE_OP, u64::from(T::CMD), ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0))
+        .map(drop)
+}
+
 /// `domctl(op)`: the toolstack interface (dom0 only).
 pub fn domctl(op: &mut hypercall_abi::domctl::XenDomctl) -> i64 {
     call2::<{ nr::DOMCTL }>(ptr_mut(op), 0)

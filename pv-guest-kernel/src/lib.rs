@@ -28,8 +28,8 @@ pub mod split;
 pub mod start_info;
 pub mod time;
 pub mod traps;
+pub mod va;
 pub mod xenbus;
-pub mod xenbus_state;
 
 /// What [`runtime_init`] managed to set up; a kernel (or a test) can check before relying on
 /// a part.

@@ -31,7 +31,7 @@ use hypercall_abi::io::blkif::{
 use hypercall_abi::io::ring::{RingError, RingMemory};
 use hypercall_abi::{DomId, GrantRef};
 
-pub mod handshake;
+pub mod keys;
 #[cfg(test)]
 mod tests;
 

@@ -26,6 +26,37 @@ pub const SECTORS_PER_PAGE: u8 = (crate::PAGE_SIZE / BLKIF_SECTOR_SIZE as usize)
 /// Value of the `protocol` xenstore key of a 64-bit frontend.
 pub const XEN_IO_PROTO_ABI_X86_64: &str = "x86_64-abi";
 
+/// The xenstore side of a vbd (`blkif.h`'s "Backend/Frontend XenBus Nodes"): the device
+/// class and the keys both ends name, written once so the two can never disagree.
+pub mod keys {
+    /// The device class: `device/vbd/<id>` and `backend/vbd/<domid>/<id>`.
+    pub const KIND: &str = "vbd";
+    /// `virtual-device` (frontend): the device number (`xvda` is 51712).
+    pub const VIRTUAL_DEVICE: &str = "virtual-device";
+    /// `device-type` (frontend): `disk`, `cdrom`, ...
+    pub const DEVICE_TYPE: &str = "device-type";
+    /// `feature-flush-cache` (backend): `BLKIF_OP_FLUSH_DISKCACHE` works.
+    pub const FEATURE_FLUSH_CACHE: &str = "feature-flush-cache";
+    /// `feature-barrier` (backend): `BLKIF_OP_WRITE_BARRIER` works.
+    pub const FEATURE_BARRIER: &str = "feature-barrier";
+    /// `feature-discard` (backend): `BLKIF_OP_DISCARD` works.
+    pub const FEATURE_DISCARD: &str = "feature-discard";
+    /// `feature-persistent` (both): grants are kept mapped across requests.
+    pub const FEATURE_PERSISTENT: &str = "feature-persistent";
+    /// `max-ring-page-order` (backend): the largest multi-page ring offered.
+    pub const MAX_RING_PAGE_ORDER: &str = "max-ring-page-order";
+    /// `sectors` (backend): the disk's size in 512-byte sectors.
+    pub const SECTORS: &str = "sectors";
+    /// `sector-size` (backend): the logical sector size.
+    pub const SECTOR_SIZE: &str = "sector-size";
+    /// `physical-sector-size` (backend).
+    pub const PHYSICAL_SECTOR_SIZE: &str = "physical-sector-size";
+    /// `info` (backend): `VDISK_*` bits.
+    pub const INFO: &str = "info";
+    /// `mode` (backend): `r` or `w`.
+    pub const MODE: &str = "mode";
+}
+
 /// `BLKIF_OP_*`.
 pub mod op {
     pub const READ: u8 = 0;

@@ -4,7 +4,8 @@
 //!
 //! One-page ring of 16-byte slots (128 requests). Xenstore: the backend directory is
 //! `backend/vrng/<domid>/<devid>`, the frontend's `device/vrng/<devid>`; the frontend
-//! publishes the usual `ring-ref`, `event-channel` and `protocol`. No feature keys.
+//! publishes the usual `ring-ref`, `event-channel` and `protocol`; the backend publishes
+//! `max-request` when it connects.
 //!
 //! Everything in a request is the frontend's word and is checked by the backend on its
 //! private copy ([`RngRequest::check`]): `len` in `1..=4096`, `offset + len <= 4096`, and the
@@ -18,6 +19,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 /// The device class in xenstore paths.
 pub const KIND: &str = "vrng";
+/// Backend key: the largest `len` a request may ask for.
+pub const MAX_REQUEST: &str = "max-request";
 
 /// Ask for `len` random bytes at `offset` in the page granted as `gref`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]

@@ -10,7 +10,7 @@ use crate::{events, gnttab, mm, time};
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::io::blkif::{
-    op, rsp, vdisk, BlkifFrontRing, BlkifRequest, BlkifRequestSegment, BlkifResponse,
+    keys, op, rsp, vdisk, BlkifFrontRing, BlkifRequest, BlkifRequestSegment, BlkifResponse,
     BLKIF_MAX_SEGMENTS_PER_REQUEST,
 };
 use hypercall_abi::io::ring::RingMemory;
@@ -69,21 +69,21 @@ impl FrontendDriver for BlkDriver {
     type Rsp = BlkifResponse;
     fn publish<S: Store + ?Sized>(&mut self, backend: &mut Keys<'_, S>) -> Vec<(&'static str, String)> {
         // Persistent grants if the backend keeps them mapped (it says so before InitWait).
-        self.asked_persistent = backend.flag("feature-persistent");
-        alloc::vec![("feature-persistent", String::from(if self.asked_persistent { "1" } else { "0" }))]
+        self.asked_persistent = backend.flag(keys::FEATURE_PERSISTENT);
+        alloc::vec![(keys::FEATURE_PERSISTENT, String::from(if self.asked_persistent { "1" } else { "0" }))]
     }
     fn connected<S: Store + ?Sized>(&mut self, backend: &mut Keys<'_, S>) -> Result<(), &'static str> {
-        let sectors = backend.number("sectors").ok_or("no sectors")?;
-        if backend.number("sector-size").unwrap_or(512) != 512 {
+        let sectors = backend.number(keys::SECTORS).ok_or("no sectors")?;
+        if backend.number(keys::SECTOR_SIZE).unwrap_or(512) != 512 {
             return Err("sector-size is not 512");
         }
-        let info_bits = backend.number("info").unwrap_or(0);
+        let info_bits = backend.number(keys::INFO).unwrap_or(0);
         self.info = Some(DiskInfo {
             sectors,
             sector_size: 512,
             readonly: info_bits & u64::from(vdisk::READONLY) != 0,
-            flush: backend.flag("feature-flush-cache"),
-            persistent: self.asked_persistent && backend.flag("feature-persistent"),
+            flush: backend.flag(keys::FEATURE_FLUSH_CACHE),
+            persistent: self.asked_persistent && backend.flag(keys::FEATURE_PERSISTENT),
         });
         Ok(())
     }
@@ -126,7 +126,7 @@ impl Blkfront {
     /// one; 0 looks once), connects to its backend (giving it at least [`HANDSHAKE_NS`]) and
     /// returns the device.
     pub fn connect<T: Transport>(xb: &mut Xenbus<T>, timeout_ns: u64) -> Result<Blkfront, BlkError> {
-        let dev = split_kernel::open_frontend(xb, "vbd", BlkDriver::default(), timeout_ns, HANDSHAKE_NS)
+        let dev = split_kernel::open_frontend(xb, keys::KIND, BlkDriver::default(), timeout_ns, HANDSHAKE_NS)
             .map_err(split_error)?;
         let Some(info) = dev.driver.info else { return Err(BlkError::Protocol) };
         let devid = String::from(dev.dev.dir.rsplit('/').next().unwrap_or(""));

@@ -11,7 +11,7 @@
 //! it may revoke the ring grant at once.
 
 use super::{parse_ring_keys, BackendOps, Keys, SplitError, Store, XsOps};
-use crate::xenbus_state::{Role, Step, XenbusDevice};
+use crate::xenbus::state::{Role, Step, XenbusDevice};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -8,7 +8,7 @@
 //! its responses only through [`FrontChannel::take`], which checks the ring indexes.
 
 use super::{ring_keys, FrontendOps, Keys, SplitError, Store, XsOps};
-use crate::xenbus_state::{Role, Step, XenbusDevice};
+use crate::xenbus::state::{Role, Step, XenbusDevice};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;

@@ -14,8 +14,7 @@ use crate::{events, gnttab, hypercall, mm, time};
 use alloc::format;
 use alloc::string::String;
 use core::sync::atomic::{AtomicU32, Ordering};
-use hypercall_abi::grant_table::{gntmap, gntst, op as gntop, GnttabMapGrantRef, GnttabUnmapGrantRef};
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::grant_table::{gntmap, gntst, GnttabMapGrantRef, GnttabUnmapGrantRef};
 use hypercall_abi::io::ring::{RingEntry, RingMemory};
 use hypercall_abi::{DomId, Errno, GrantRef, Mfn, Pfn, Port, PAGE_SIZE};
 use spin::Mutex;
@@ -138,23 +137,11 @@ delegate_ring_memory!(OwnPage);
 delegate_ring_memory!(GrantMapping);
 
 /// Where backends map frontends' ring pages, one page per slot.
-pub const RING_WINDOW: u64 = 0xffff_ca00_0000_0000;
+pub const RING_WINDOW: u64 = crate::va::SPLIT_RINGS;
 /// Rings mapped at once at most (one L1 table's worth of the window).
 pub const RING_SLOTS: usize = 512;
 
 static SLOTS: Mutex<[bool; RING_SLOTS]> = Mutex::new([false; RING_SLOTS]);
-
-fn grant_table_op<T>(cmd: u32, op: &mut T) -> Result<(), Errno> {
-    hypercall::check(hypercall::hypercall5(
-        nr::GRANT_TABLE_OP,
-        u64::from(cmd),
-        hypercall::ptr_mut(op),
-        1,
-        0,
-        0,
-    ))
-    .map(drop)
-}
 
 /// The framework's operations on the real hypervisor (see the traits for what each does).
 #[derive(Clone, Copy, Debug, Default)]
@@ -233,7 +220,7 @@ impl BackendOps for KernelOps {
             dom: frontend,
             ..Default::default()
         };
-        if let Err(e) = grant_table_op(gntop::MAP_GRANT_REF, &mut op) {
+        if let Err(e) = hypercall::grant_table_op(core::slice::from_mut(&mut op)) {
             return release(e);
         }
         if op.status != gntst::OKAY {
@@ -249,7 +236,7 @@ impl BackendOps for KernelOps {
             handle: m.handle,
             ..Default::default()
         };
-        let r = grant_table_op(gntop::UNMAP_GRANT_REF, &mut op);
+        let r = hypercall::grant_table_op(core::slice::from_mut(&mut op));
         let r = match r {
             Ok(()) if op.status != gntst::OKAY => Err(Errno::EINVAL),
             r => r,

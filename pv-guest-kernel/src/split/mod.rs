@@ -2,7 +2,7 @@
 //! a driver writes only its protocol types (`hypercall_abi::io::<proto>`) and its handling.
 //!
 //! What the framework owns, for both ends (`docs/writing-a-split-driver.md` is the guide):
-//! * the XenBus handshake ([`crate::xenbus_state`]'s policy, written once for both roles):
+//! * the XenBus handshake ([`crate::xenbus::state`]'s policy, written once for both roles):
 //!   the frontend grants a fresh ring page, allocates an unbound port and publishes
 //!   `ring-ref`, `event-channel` and `protocol`; the backend announces its features, reads
 //!   and strictly parses those keys ([`parse_ring_keys`]), maps the ring, binds the port and
@@ -33,8 +33,8 @@ use hypercall_abi::io::blkif::XEN_IO_PROTO_ABI_X86_64;
 use hypercall_abi::io::ring::RingMemory;
 use hypercall_abi::{DomId, Errno, GrantRef, Mfn, Port};
 
-pub use crate::xenbus_state::Store;
-use crate::xenbus_state::{Step, XenbusDevice};
+pub use crate::xenbus::state::Store;
+use crate::xenbus::state::{Step, XenbusDevice};
 use hypercall_abi::io::xenbus::XenbusState;
 
 pub mod back;

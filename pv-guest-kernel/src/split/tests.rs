@@ -444,7 +444,7 @@ fn ring_keys_are_parsed_strictly() {
 
 #[test]
 fn follow_walks_a_ringless_device_both_ways() {
-    use crate::xenbus_state::{Role, Step, XenbusDevice};
+    use crate::xenbus::state::{Role, Step, XenbusDevice};
     let mut s = ModelStore::default();
     s.set(&format!("{FE_DIR}/state"), "1");
     s.set(&format!("{BE_DIR}/state"), "1");

@@ -24,7 +24,7 @@ use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::{cmdline, events, gnttab, hypercall, println, shared, time};
 
 /// Where grant maps land (a page of its own L1, first mapped to a scratch page).
-const MAP_VA: u64 = 0xffff_cc00_0000_0000;
+const MAP_VA: u64 = pv_guest_kernel::va::TEST_PROBES;
 const WARMUP: usize = 100;
 
 static HANDLER_TSC: AtomicU64 = AtomicU64::new(0);

@@ -25,7 +25,7 @@ use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::{cmdline, events, hypercall, println};
 
 /// Benchmark virtual addresses (each the start of its own L1).
-const ONE_VA: u64 = 0xffff_ce00_0000_0000;
+const ONE_VA: u64 = pv_guest_kernel::va::TEST_PAGE_TABLES;
 const BATCH_VA: u64 = ONE_VA + (2 << 20);
 const WARMUP: usize = 100;
 

@@ -406,7 +406,7 @@ pub fn destroy(_: &Ctx, mut disk: Blkfront, _: &mut Xenbus<RingTransport>) {
 pub fn noio() {
     let mut fails: Vec<String> = Vec::new();
     // Device memory: an L1 entry for a frame in the PCI hole, as dom0 maps BARs.
-    let va = 0xffff_cc00_0000_0000u64;
+    let va = pv_guest_kernel::va::TEST_PROBES;
     match mm::entry_maddr(va, 1) {
         Ok(l1e) => {
             let req = [MmuUpdate {

@@ -21,7 +21,7 @@ use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::{events, gnttab, hypercall};
 
 /// Where grant maps land (a page with its own L1).
-const MAP_VA: u64 = 0xffff_cd00_0000_0000;
+const MAP_VA: u64 = pv_guest_kernel::va::TEST_HOSTILE_MAPS;
 
 fn evtchn<T: zerocopy::IntoBytes + zerocopy::FromBytes>(cmd: u32, arg: &mut T) -> i64 {
     hypercall::event_channel_op(cmd, arg)

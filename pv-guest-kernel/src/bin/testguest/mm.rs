@@ -6,6 +6,7 @@ use super::traps::{expect_pf, pf_handler, PFEC_USER, PFEC_WRITE};
 use alloc::vec::Vec;
 use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::start_info::StartInfo;
+use pv_guest_kernel::va::TEST_ALIAS;
 use pv_guest_kernel::{println, traps};
 
 pub fn run(si: &StartInfo) {
@@ -32,23 +33,22 @@ pub fn run(si: &StartInfo) {
     let pages: Vec<mm::Page> = (0..3).filter_map(|_| mm::alloc_page().ok()).collect();
     check!(fails, pages.len() == 3, "allocated {} of 3 pages", pages.len());
     check!(fails, mm::info().is_some_and(|j| j.free_pages == i.free_pages - 3), "free count not updated");
-    const ALIAS: u64 = 0xffff_c900_0000_0000;
     if let Some(p) = pages.last() {
         // SAFETY: the page was just allocated to us and is mapped writable at `p.va`.
         unsafe { (p.va as *mut u64).write_volatile(0x1234_5678_9abc_def0) };
-        match mm::map_page(ALIAS, p.mfn, pt::PAGE_KERNEL) {
+        match mm::map_page(TEST_ALIAS, p.mfn, pt::PAGE_KERNEL) {
             Ok(()) => {
-                // SAFETY: ALIAS now maps the same frame.
-                let v = unsafe { (ALIAS as *const u64).read_volatile() };
+                // SAFETY: TEST_ALIAS now maps the same frame.
+                let v = unsafe { (TEST_ALIAS as *const u64).read_volatile() };
                 check!(fails, v == 0x1234_5678_9abc_def0, "alias reads {v:#x}");
-                let e = mm::lookup(ALIAS);
+                let e = mm::lookup(TEST_ALIAS);
                 check!(fails, matches!(e, Ok(Some(e)) if pt::mfn(e) == p.mfn), "lookup of the alias: {e:x?}");
-                let u = mm::unmap_page(ALIAS);
+                let u = mm::unmap_page(TEST_ALIAS);
                 check!(fails, u.is_ok(), "unmap: {u:?}");
                 traps::set_handler(14, Some(pf_handler));
                 let mut pf = Vec::new();
                 // The error code's user bit is trap-pf's business.
-                expect_pf(&mut pf, "write to the unmapped alias", ALIAS, PFEC_WRITE, PFEC_USER);
+                expect_pf(&mut pf, "write to the unmapped alias", TEST_ALIAS, PFEC_WRITE, PFEC_USER);
                 traps::set_handler(14, None);
                 fails.extend(pf);
             }

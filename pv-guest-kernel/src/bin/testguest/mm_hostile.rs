@@ -28,7 +28,7 @@ use pv_guest_kernel::println;
 use pv_guest_kernel::start_info::StartInfo;
 
 /// Scratch virtual addresses for the attacks (nothing else lives in this L4 slot).
-const SCRATCH: u64 = 0xffff_c980_0000_0000;
+const SCRATCH: u64 = pv_guest_kernel::va::TEST_ATTACKS;
 /// A second page, in the same L1, followed by an unmapped page.
 const SCRATCH_END_PAGE: u64 = SCRATCH + 0x10_0000;
 /// A guest L4 slot used for the linear (recursive) entry attacks.

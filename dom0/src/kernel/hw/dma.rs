@@ -25,10 +25,10 @@ const PAGE: u64 = PAGE_SIZE as u64;
 /// Largest extent order the hypervisor hands out.
 pub const MAX_ORDER: u32 = 9;
 /// Virtual window of DMA regions (1 GiB; regions of one order reuse each other's ranges).
-pub const DMA_WINDOW: u64 = 0xffff_c800_0000_0000;
+pub const DMA_WINDOW: u64 = pv_guest_kernel::va::DMA;
 const DMA_WINDOW_SIZE: u64 = 1 << 30;
 /// Virtual window of device-memory mappings.
-pub const MMIO_WINDOW: u64 = 0xffff_c900_0000_0000;
+pub const MMIO_WINDOW: u64 = pv_guest_kernel::va::DEVICE_MEMORY;
 const MMIO_WINDOW_SIZE: u64 = 1 << 30;
 
 /// A machine-contiguous, mapped, zeroed region.

@@ -1,7 +1,12 @@
 //! dom0's host for split-driver backends: the toolstack's part and the serving loop that
 //! every backend kind shares, so a new kind is registered by implementing [`BackendKind`]
 //! (which domains get a device, what its driver is, what the toolstack writes) and adding a
-//! [`Backends`] of it to the control plane.
+//! [`Backends`] of it to dom0's services (it is a [`Service`]).
+//!
+//! Every kind has the same file set: its driver in dom0's library (`<x>back/mod.rs`, the
+//! xenstore keys in `<x>back/keys.rs`, host tests in `<x>back/tests.rs`), its kind here
+//! (`backends/<kind>.rs`: which domains, which device, what to log) and its device in
+//! [`crate::hw`].
 //!
 //! For each kind: a xenstore connection of its own (dom0's in-process client); a watch on
 //! `@introduceDomain` (fires once at registration, then per new domain) that creates the
@@ -12,6 +17,11 @@
 //! ports that fired since the last pass and services only their devices (and those whose
 //! kind says a device of theirs has work, e.g. a disk completion).
 
+pub mod vbd;
+pub mod vrng;
+
+use crate::domctl::alive;
+use crate::services::Service;
 use alloc::boxed::Box;
 use alloc::collections::{BTreeMap, BTreeSet};
 use alloc::format;
@@ -23,7 +33,6 @@ use core::ops::Bound;
 use dom0::local_xs::{self, LocalTransport};
 use dom0::xenstore::toolstack::{backend_path, frontend_path, DeviceConfig};
 use dom0::xenstore::Xenstore;
-use hypercall_abi::domctl::{cmd as domctl_cmd, dominf, XenDomctl, XenDomctlGetdomaininfo};
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::{DomId, Errno, Port};
 use pv_guest_kernel::split::kernel::{GrantMapping, KernelOps, PENDING};
@@ -102,27 +111,6 @@ pub struct Backends<K: BackendKind> {
     died_connected: BTreeSet<DomId>,
 }
 
-/// What the control plane needs of every kind's [`Backends`].
-pub trait Service {
-    /// One round: xenstore events, then the devices among `fired` (or with work). True if
-    /// xenstore was used (other rings may have output).
-    fn poll(&mut self, fired: &[Port]) -> bool;
-    /// True if a device has work without an event (checked before dom0 blocks).
-    fn has_work(&self) -> bool;
-}
-
-fn domain_info(d: DomId) -> Option<XenDomctlGetdomaininfo> {
-    let mut op = XenDomctl::new(domctl_cmd::GETDOMAININFO, d);
-    hypercall::check(hypercall::domctl(&mut op)).ok()?;
-    let info: XenDomctlGetdomaininfo = op.payload();
-    (info.domain == d).then_some(info)
-}
-
-/// True if `d` exists and has not shut down.
-pub fn alive(d: DomId) -> bool {
-    domain_info(d).is_some_and(|i| i.flags & (dominf::SHUTDOWN | dominf::DYING) == 0)
-}
-
 fn label<K: BackendKind>(kind: &K, d: DomId) -> String {
     format!("d{}/{}{}", d.0, K::KIND, kind.devid())
 }
@@ -151,13 +139,8 @@ impl<K: BackendKind + 'static> Backends<K> {
     }
 
     fn watch_events(&mut self) -> bool {
-        let due = self.dirty || self.xs.borrow().pending_output(self.xb.transport_mut().conn()) > 0;
-        if !due {
-            return false;
-        }
-        self.dirty = false;
         let mut moved = false;
-        while let Ok(Some(ev)) = self.xb.next_watch_event() {
+        for ev in local_xs::take_events(&mut self.xb, &mut self.dirty) {
             moved = true;
             match ev.token.as_str() {
                 "intro" => self.add_domains(),
@@ -318,6 +301,17 @@ impl<K: BackendKind + 'static> Backends<K> {
 }
 
 impl<K: BackendKind + 'static> Service for Backends<K> {
+    fn name(&self) -> &'static str {
+        K::KIND
+    }
+
+    /// The devices learn it from `@releaseDomain` (RELEASE fires it): work in flight
+    /// finishes first, and the frames it holds keep the hypervisor's accounting of the
+    /// destroyed domain until then.
+    fn domain_gone(&mut self, _id: DomId) {
+        self.dirty = true;
+    }
+
     fn poll(&mut self, fired: &[Port]) -> bool {
         let moved = self.watch_events();
         for p in fired {

@@ -103,6 +103,7 @@ impl Irq {
     }
 
     /// Interrupts received so far.
+    #[cfg(feature = "test-aids")]
     pub fn count(&self) -> u64 {
         LINES[self.slot].count.load(Ordering::Relaxed)
     }

@@ -7,8 +7,8 @@
 //! sampled per run (a run = a fixed amount of I/O), so min/median/p99 describe run-to-run
 //! spread; the BENCH line's samples are those per-run figures.
 
-use super::dma::{self, DmaRegion};
-use super::virtio_blk::{status, Op, SubmitError, VirtioBlk};
+use crate::hw::dma::{self, DmaRegion};
+use crate::hw::virtio_blk::{status, Op, SubmitError, VirtioBlk};
 use alloc::vec::Vec;
 use hypercall_abi::microvisor::bench::{Line, Stats};
 use pv_guest_kernel::{println, time};
@@ -165,4 +165,18 @@ pub fn run(dev: &mut VirtioBlk, plan: Plan) {
     }
     report("blk.randread4k.dom0", "IOPS", &mut samples);
     let _ = dma::free(bufs.region);
+}
+
+/// Waits (at most ten minutes) until no running domain is called or numbered `who`.
+pub fn wait_for_shutdown(who: &str) {
+    let running = || {
+        dom0::domains::walk(crate::domctl::first_at).filter_map(Result::ok).any(|info| {
+            let name = dom0::domains::domain_name(&info.handle, info.domain);
+            dom0::domains::names(who, &name, info.domain) && !dom0::domains::gone(info.flags)
+        })
+    };
+    let deadline = time::now_ns() + 600_000_000_000;
+    while running() && time::now_ns() < deadline {
+        let _ = time::sleep(10_000_000);
+    }
 }

@@ -15,17 +15,21 @@
 //! one send, paid for by a send of the domU's, so a domU cannot make dom0 do more work than
 //! it does itself.
 
+use crate::services::{DomainInfo, Service};
 use alloc::collections::BTreeMap;
 use alloc::format;
+use alloc::rc::Rc;
 use alloc::string::String;
+use core::cell::RefCell;
 
-use dom0::local_xs::LocalTransport;
+use dom0::local_xs::{self, LocalTransport};
+use dom0::xenstore::Xenstore;
 use hypercall_abi::{DomId, Port};
 use pv_guest_kernel::xenbus::{TxId, Xenbus};
 use pv_guest_kernel::{events, println};
 
-/// The watch token's kind (`evtchn-echo:<domid>`), for the control plane's dispatch.
-pub const TOKEN_KIND: &str = "evtchn-echo";
+/// The watch token's kind (`evtchn-echo:<domid>`).
+const TOKEN_KIND: &str = "evtchn-echo";
 
 /// Sends the event straight back on the port it came in on: the other end is the domU's.
 fn echo(port: Port) {
@@ -58,26 +62,20 @@ struct Bound {
 }
 
 /// The echo ports of every domU.
-#[derive(Default)]
 pub struct EvtchnEcho {
+    xb: Xenbus<LocalTransport>,
     bound: BTreeMap<DomId, Bound>,
+    dirty: bool,
 }
 
 impl EvtchnEcho {
-    pub fn new() -> EvtchnEcho {
-        EvtchnEcho::default()
-    }
-
-    /// Starts watching `id`'s `data/evtchn-echo` (the watch fires once at once).
-    pub fn watch(&mut self, xb: &mut Xenbus<LocalTransport>, id: DomId) {
-        if let Err(e) = xb.watch(&node(id), &token(id)) {
-            println!("dom0: d{}: cannot watch data/evtchn-echo: {e}", id.0);
-        }
+    pub fn new(xs: &Rc<RefCell<Xenstore>>) -> EvtchnEcho {
+        EvtchnEcho { xb: local_xs::client(xs, DomId::DOM0), bound: BTreeMap::new(), dirty: true }
     }
 
     /// `id`'s node changed: binds the port it names, moves the echo, or unbinds it.
-    pub fn changed(&mut self, xb: &mut Xenbus<LocalTransport>, id: DomId) {
-        let want = match xb.read(TxId::NONE, &node(id)) {
+    fn changed(&mut self, id: DomId) {
+        let want = match self.xb.read(TxId::NONE, &node(id)) {
             Ok(v) => {
                 let p = parse_port(&v);
                 if p.is_none() {
@@ -115,12 +113,40 @@ impl EvtchnEcho {
             println!("dom0: d{}: event-channel echo off (its port {})", id.0, b.remote.0);
         }
     }
+}
 
-    /// `id` is being retired: stop watching and close its echo port.
-    pub fn retire(&mut self, xb: &mut Xenbus<LocalTransport>, id: DomId) {
-        let _ = xb.unwatch(&node(id), &token(id));
+impl Service for EvtchnEcho {
+    fn name(&self) -> &'static str {
+        "evtchn-echo"
+    }
+
+    /// Starts watching the domain's `data/evtchn-echo` (the watch fires once at once).
+    fn domain_added(&mut self, d: &DomainInfo) -> Option<String> {
+        if let Err(e) = self.xb.watch(&node(d.id), &token(d.id)) {
+            println!("dom0: d{}: cannot watch data/evtchn-echo: {e}", d.id.0);
+        }
+        self.dirty = true;
+        None
+    }
+
+    /// Stops watching and closes the domain's echo port.
+    fn domain_gone(&mut self, id: DomId) {
+        let _ = self.xb.unwatch(&node(id), &token(id));
         if let Some(b) = self.bound.remove(&id) {
             let _ = events::close(b.local);
         }
+        self.dirty = true;
+    }
+
+    fn poll(&mut self, _fired: &[Port]) -> bool {
+        let mut moved = false;
+        for ev in local_xs::take_events(&mut self.xb, &mut self.dirty) {
+            moved = true;
+            let id = ev.token.strip_prefix(TOKEN_KIND).and_then(|t| t.strip_prefix(':'));
+            if let Some(id) = id.and_then(|n| n.parse::<u16>().ok()).map(DomId) {
+                self.changed(id);
+            }
+        }
+        moved
     }
 }

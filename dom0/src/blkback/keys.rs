@@ -6,6 +6,7 @@ use super::DiskInfo;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hypercall_abi::io::blkif::keys::*;
 use hypercall_abi::io::blkif::vdisk;
 
 pub use pv_guest_kernel::split::parse_decimal;
@@ -16,22 +17,22 @@ pub const XVDA: u32 = 51712;
 /// Keys written at InitWait: the features the frontend reads before it sets its side up.
 pub fn announce_keys(info: &DiskInfo) -> Vec<(&'static str, String)> {
     alloc::vec![
-        ("feature-flush-cache", String::from(if info.flush { "1" } else { "0" })),
-        ("feature-barrier", String::from("0")),
-        ("feature-discard", String::from("0")),
-        ("feature-persistent", String::from("1")),
-        ("max-ring-page-order", String::from("0")),
+        (FEATURE_FLUSH_CACHE, String::from(if info.flush { "1" } else { "0" })),
+        (FEATURE_BARRIER, String::from("0")),
+        (FEATURE_DISCARD, String::from("0")),
+        (FEATURE_PERSISTENT, String::from("1")),
+        (MAX_RING_PAGE_ORDER, String::from("0")),
     ]
 }
 
 /// Keys written when connecting: the disk's geometry and mode.
 pub fn connect_keys(info: &DiskInfo) -> Vec<(&'static str, String)> {
     alloc::vec![
-        ("sectors", format!("{}", info.capacity)),
-        ("sector-size", String::from("512")),
-        ("physical-sector-size", String::from("512")),
-        ("info", format!("{}", if info.readonly { vdisk::READONLY } else { 0 })),
-        ("mode", String::from(if info.readonly { "r" } else { "w" })),
+        (SECTORS, format!("{}", info.capacity)),
+        (SECTOR_SIZE, String::from("512")),
+        (PHYSICAL_SECTOR_SIZE, String::from("512")),
+        (INFO, format!("{}", if info.readonly { vdisk::READONLY } else { 0 })),
+        (MODE, String::from(if info.readonly { "r" } else { "w" })),
     ]
 }
 

@@ -1,69 +1,25 @@
-//! The random-number device in dom0: QEMU's virtio-rng (`-device virtio-rng-pci`) through
-//! virtio-drivers' `VirtIORng`, served to the domUs as `vrng` split devices
-//! ([`dom0::rngback`] is the driver, [`super::backends`] the host).
+//! The `vrng` backend kind: QEMU's virtio-rng ([`crate::hw::virtio_rng`]) served to the
+//! domUs as `vrng` split devices ([`dom0::rngback`] is the driver, [`super`] the host).
 //!
 //! Every domU gets a device unless dom0's `vrng=` option lists the ones that do (names or
-//! ids, comma-separated; `vrng=none` serves nobody). The bytes are fetched into one page of
-//! dom0 (page-aligned, so virtio-drivers hands its machine address to the device without a
-//! bounce) and grant-copied from there into the frontend's page.
+//! ids, comma-separated; `vrng=none` serves nobody). The bytes are fetched into dom0's
+//! staging page and grant-copied from there into the frontend's page.
 
-use super::backends::{BackendKind, Backends, Service};
-use super::hal::XenHal;
-use super::virtio_blk::{pci_transport, VIRTIO_VENDOR};
+use super::{BackendKind, Backends};
+use crate::hw::virtio_rng::RngDevice;
+use crate::services::Service;
 use alloc::boxed::Box;
 use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
-use dom0::pci::{self, Bdf};
+use dom0::rngback::keys::parse_vrng_option;
 use dom0::rngback::{RngDriver, RngHost};
 use dom0::xenstore::Xenstore;
-use hypercall_abi::grant_table::{gntcopy, gntst, op as gntop, GnttabCopy, GnttabCopyPtr};
-use hypercall_abi::hypercall::nr;
-use hypercall_abi::{DomId, Errno, GrantRef, PAGE_SIZE};
-use pv_guest_kernel::mm::{self, Page};
+use hypercall_abi::grant_table::{gntcopy, gntst, GnttabCopy, GnttabCopyPtr};
+use hypercall_abi::{DomId, Errno, GrantRef};
 use pv_guest_kernel::{cmdline, hypercall, println};
-use virtio_drivers::device::rng::VirtIORng;
-use virtio_drivers::transport::pci::PciTransport;
-
-/// Modern (virtio 1.0) entropy device id, and the transitional one.
-pub const DEVICE_ID_RNG: [u16; 2] = [0x1044, 0x1005];
-
-/// The device and dom0's staging page, shared by every frontend's driver.
-pub struct RngDevice {
-    pub bdf: Bdf,
-    dev: VirtIORng<XenHal, PciTransport>,
-    page: Page,
-    /// Bytes handed out in all.
-    pub bytes: u64,
-}
-
-impl RngDevice {
-    /// The first virtio-rng function on the PCI bus, set up.
-    pub fn find() -> Option<Result<RngDevice, &'static str>> {
-        let f = pci::enumerate(&super::portio::PortCam)
-            .into_iter()
-            .find(|f| f.vendor == VIRTIO_VENDOR && DEVICE_ID_RNG.contains(&f.device))?;
-        Some((|| {
-            let t = pci_transport(&f)?;
-            let dev = VirtIORng::<XenHal, _>::new(t).map_err(|_| "device refused to start")?;
-            let page = mm::alloc_page().map_err(|_| "no staging page")?;
-            Ok(RngDevice { bdf: f.bdf, dev, page, bytes: 0 })
-        })())
-    }
-
-    /// Has the device write `len` bytes at `at` in the staging page; how many it wrote.
-    fn fetch(&mut self, at: usize, len: usize) -> Result<usize, Errno> {
-        if at.checked_add(len).is_none_or(|end| end > PAGE_SIZE) {
-            return Err(Errno::EINVAL);
-        }
-        // SAFETY: inside a page of ours in the direct map, which nothing else uses (it is
-        // only reached through `&mut self`).
-        let buf = unsafe { core::slice::from_raw_parts_mut((self.page.va + at as u64) as *mut u8, len) };
-        self.dev.request_entropy(buf).map_err(|_| Errno::EIO)
-    }
-}
 
 /// One frontend's handle on the shared device.
 pub struct RngHandle(Rc<RefCell<RngDevice>>);
@@ -87,7 +43,7 @@ impl RngHost for RngHandle {
     }
 
     fn copy_out(&mut self, frontend: DomId, gref: GrantRef, offset: u16, len: u16) -> Result<(), i16> {
-        let mfn = self.0.borrow().page.mfn;
+        let mfn = self.0.borrow().staging_mfn();
         let mut op = GnttabCopy {
             source: GnttabCopyPtr::gmfn(mfn.0, DomId::SELF, 0),
             dest: GnttabCopyPtr::gref(gref, frontend, offset),
@@ -95,15 +51,7 @@ impl RngHost for RngHandle {
             flags: gntcopy::DEST_GREF,
             ..Default::default()
         };
-        let r = hypercall::check(hypercall::hypercall5(
-            nr::GRANT_TABLE_OP,
-            u64::from(gntop::COPY),
-            hypercall::ptr_mut(&mut op),
-            1,
-            0,
-            0,
-        ));
-        match r {
+        match hypercall::grant_table_op(core::slice::from_mut(&mut op)) {
             Ok(_) if op.status == gntst::OKAY => Ok(()),
             Ok(_) => Err(op.status),
             Err(_) => Err(gntst::GENERAL_ERROR),
@@ -127,9 +75,8 @@ impl BackendKind for Vrngs {
     }
 
     fn driver_for(&mut self, domid: DomId, name: &str) -> Option<Self::Driver> {
-        let id = format!("{}", domid.0);
         if let Some(w) = &self.wanted {
-            if !w.iter().any(|w| *w == name || *w == id) {
+            if !w.iter().any(|w| dom0::domains::names(w, name, domid)) {
                 return None;
             }
         }
@@ -156,13 +103,10 @@ impl BackendKind for Vrngs {
 /// The random-number backends, if there is a virtio-rng device and `vrng=` does not say
 /// `none`.
 pub fn service(cmd: &str, xs: &Rc<RefCell<Xenstore>>) -> Option<Box<dyn Service>> {
-    let wanted = match cmdline::get(cmd, "vrng") {
-        Some("none") => return None,
-        Some(list) => {
-            Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        }
-        None => None,
-    };
+    let wanted = parse_vrng_option(cmdline::get(cmd, "vrng"));
+    if wanted.as_ref().is_some_and(Vec::is_empty) {
+        return None;
+    }
     let dev = match RngDevice::find()? {
         Ok(d) => d,
         Err(e) => {

@@ -20,8 +20,7 @@ use alloc::vec::Vec;
 use core::sync::atomic::{fence, Ordering};
 use dom0::pci::{self, Bar, Function};
 use dom0::virtq::{area_bytes, Area, QueueError, QueueMemory, Seg, Virtq};
-use hypercall_abi::Errno;
-use pv_guest_kernel::{events, hypercall, println, time};
+use pv_guest_kernel::println;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::{DeviceStatus, Transport};
@@ -52,7 +51,9 @@ pub mod req_type {
 /// `VIRTIO_BLK_S_*`; [`STATUS_UNSET`] is ours.
 pub mod status {
     pub const OK: u8 = 0;
+    #[allow(dead_code)] // the spec's value, named (the synchronous requests of the aids report it)
     pub const IOERR: u8 = 1;
+    #[allow(dead_code)] // as above
     pub const UNSUPP: u8 = 2;
     /// Preset in every slot; a completion still carrying it was not answered by the device.
     pub const STATUS_UNSET: u8 = 0xff;
@@ -136,6 +137,8 @@ pub struct Counters {
     pub requests: u64,
     pub notifies: u64,
     pub interrupts: u64,
+    /// Synchronous waits (dom0's own disk check and benchmark).
+    #[cfg(feature = "test-aids")]
     pub waits: u64,
 }
 
@@ -317,6 +320,7 @@ impl VirtioBlk {
     }
 
     /// True if the device misbehaved; it gets no more requests.
+    #[cfg(feature = "test-aids")]
     pub fn is_broken(&self) -> bool {
         self.broken
     }
@@ -453,64 +457,74 @@ impl VirtioBlk {
     pub fn arm(&mut self) -> bool {
         !self.q.enable_interrupts(&self.qmem)
     }
+}
 
-    /// Waits until a completion can be polled, `extra()` holds, or `deadline` (system time,
-    /// ns) passes. Blocks on the interrupt when there is one, else yields.
-    pub fn wait(&mut self, deadline: Option<u64>, mut extra: impl FnMut() -> bool) -> Result<(), Errno> {
-        self.counters.waits += 1;
-        if self.in_flight() == 0 && !extra() {
-            return Ok(());
-        }
-        if !self.arm() {
-            return Ok(());
-        }
-        match &self.irq {
-            Some(irq) if events::available() => {
-                let q = &self.q;
-                let qmem = &self.qmem;
-                events::block_until(|| irq.pending() || q.has_used(qmem) || extra(), deadline).map(|_| ())
+/// Synchronous requests, for dom0's own disk check and benchmark.
+#[cfg(feature = "test-aids")]
+mod sync {
+    use super::{status, Op, VirtioBlk};
+    use hypercall_abi::Errno;
+    use pv_guest_kernel::{events, hypercall, time};
+
+    impl VirtioBlk {
+        /// Waits until a completion can be polled, `extra()` holds, or `deadline` (system time,
+        /// ns) passes. Blocks on the interrupt when there is one, else yields.
+        pub fn wait(&mut self, deadline: Option<u64>, mut extra: impl FnMut() -> bool) -> Result<(), Errno> {
+            self.counters.waits += 1;
+            if self.in_flight() == 0 && !extra() {
+                return Ok(());
             }
-            _ => {
-                while !self.ready() && !extra() {
-                    if deadline.is_some_and(|d| time::now_ns() >= d) {
-                        break;
+            if !self.arm() {
+                return Ok(());
+            }
+            match &self.irq {
+                Some(irq) if events::available() => {
+                    let q = &self.q;
+                    let qmem = &self.qmem;
+                    events::block_until(|| irq.pending() || q.has_used(qmem) || extra(), deadline).map(|_| ())
+                }
+                _ => {
+                    while !self.ready() && !extra() {
+                        if deadline.is_some_and(|d| time::now_ns() >= d) {
+                            break;
+                        }
+                        hypercall::yield_cpu();
                     }
-                    hypercall::yield_cpu();
+                    Ok(())
                 }
-                Ok(())
             }
         }
-    }
 
-    /// Runs one request to completion (for set-up and tests, not the fast path).
-    pub fn request_sync(&mut self, op: Op, sector: u64, data: &[(u64, u32)]) -> Result<(), u8> {
-        const COOKIE: u64 = u64::MAX - 1;
-        while self.submit(op, sector, data, COOKIE).is_err() {
-            if self.broken || self.in_flight() == 0 {
-                return Err(status::IOERR);
-            }
-            let _ = self.wait(None, || false);
-            self.poll(|_, _| {});
-        }
-        self.kick();
-        let mut result = None;
-        while result.is_none() {
-            self.poll(|c, st| {
-                if c == COOKIE {
-                    result = Some(st);
-                }
-            });
-            if result.is_none() {
-                if self.broken {
+        /// Runs one request to completion (for set-up and tests, not the fast path).
+        pub fn request_sync(&mut self, op: Op, sector: u64, data: &[(u64, u32)]) -> Result<(), u8> {
+            const COOKIE: u64 = u64::MAX - 1;
+            while self.submit(op, sector, data, COOKIE).is_err() {
+                if self.broken || self.in_flight() == 0 {
                     return Err(status::IOERR);
                 }
-                let _ = self.wait(Some(time::now_ns() + 5_000_000_000), || false);
+                let _ = self.wait(None, || false);
+                self.poll(|_, _| {});
             }
-        }
-        match result {
-            Some(status::OK) => Ok(()),
-            Some(s) => Err(s),
-            None => Err(status::IOERR),
+            self.kick();
+            let mut result = None;
+            while result.is_none() {
+                self.poll(|c, st| {
+                    if c == COOKIE {
+                        result = Some(st);
+                    }
+                });
+                if result.is_none() {
+                    if self.broken {
+                        return Err(status::IOERR);
+                    }
+                    let _ = self.wait(Some(time::now_ns() + 5_000_000_000), || false);
+                }
+            }
+            match result {
+                Some(status::OK) => Ok(()),
+                Some(s) => Err(s),
+                None => Err(status::IOERR),
+            }
         }
     }
 }

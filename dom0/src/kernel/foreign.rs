@@ -20,9 +20,8 @@ use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::xenbus::ring::MappedPage;
 use spin::Mutex;
 
-/// Start of the window (L4 slot 416, clear of the direct map and of the other windows dom0
-/// uses for DMA and MMIO).
-pub const FOREIGN_WINDOW: u64 = 0xffff_d000_0000_0000;
+/// Start of the window (its own slot in the registry of windows).
+pub const FOREIGN_WINDOW: u64 = pv_guest_kernel::va::FOREIGN_RINGS;
 /// Pages in the window: two rings per domain.
 pub const SLOTS: usize = 128;
 

@@ -1,20 +1,27 @@
 //! dom0: microvisor's privileged control and device domain.
 //!
-//! It starts the control plane ([`control`]: xenstored, the toolstack for the boot-built
-//! domUs, the console backend), then shows the hypervisor scheduling two busy domains: it runs
-//! a CPU-bound loop that prints a line per step (interleaving on the console with the domU's),
-//! serving the rings between steps and stopping early once every domU is gone, then serves
-//! the domUs from its event loop until the last one has shut down and been destroyed, and
-//! powers the machine off.
+//! It finds its devices ([`hw`]), starts its services ([`services`]: xenstored, the console
+//! backend, `xl mem-set`; [`backends`]: the split-driver backends; with the `test-aids`
+//! feature, [`aids`]) and the toolstack that adopts the domUs the hypervisor built
+//! ([`toolstack`]). Then it shows the hypervisor scheduling two busy domains: it runs a
+//! CPU-bound loop that prints a line per step (interleaving on the console with the domU's),
+//! serving between steps and stopping early once every domU is gone, then serves the domUs
+//! from its event loop until the last one has shut down and been destroyed, and powers the
+//! machine off.
+//!
+//! This folder is the binary (hypercalls, hardware, the service loop); the logic it uses is
+//! dom0's library (`src/*.rs`), host-tested.
 //!
 //! Options (after ` -- ` on its module line): `steps=<n>` loop iterations (default 30, 0 to
-//! skip the loop), `work=<n>` computation steps per iteration, `conin=<domid>:<text>`
-//! console input for a domU (see [`control`]).
+//! skip the loop), `work=<n>` computation steps per iteration, `ringmap=foreign` to map the
+//! domUs' rings by foreign mapping even where a grant exists; each service documents its own.
 #![no_std]
 #![no_main]
 
 extern crate alloc;
 
+use alloc::boxed::Box;
+use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::xen::virq;
 use hypercall_abi::Port;
@@ -22,13 +29,14 @@ use kernel_rt as _;
 use pv_guest_kernel::start_info::StartInfo;
 use pv_guest_kernel::{cmdline, events, println};
 
-mod memtest;
-
-mod hw;
-
-mod control;
-mod evtchn_echo;
+#[cfg(feature = "test-aids")]
+mod aids;
+mod backends;
+mod domctl;
 mod foreign;
+mod hw;
+mod services;
+mod toolstack;
 
 pv_guest_kernel::pv_kernel!(main, "microvisor-dom0");
 
@@ -39,28 +47,52 @@ fn main(si: &StartInfo) {
     let steps = option(cmd, "steps", 30, 0, 10_000);
     let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
     let exc_port = watch_domain_exceptions();
-    let disks = hw::init(cmd);
-    memtest::init(cmd);
-    let mut cp = control::ControlPlane::start(cmd);
-    cp.attach_blk(cmd, disks);
+    #[allow(unused_mut)]
+    let mut disks = hw::disks(cmd);
+    #[cfg(feature = "test-aids")]
+    aids::disks(cmd, &mut disks);
+    foreign::use_grants(cmdline::get(cmd, "ringmap") != Some("foreign"));
+    let domus = domctl::domus().unwrap_or_else(|e| {
+        println!("dom0: cannot list domains: {e}");
+        Vec::new()
+    });
+
+    // News of a domain reaches the services in this order.
+    let xenstored = services::xenstored::Xenstored::new(domus.len());
+    let xs = xenstored.store().clone();
+    let mut all = services::Services::default();
+    all.add(Box::new(xenstored));
+    all.add(Box::new(services::console::ConsoleBackend::new(cmd, &xs)));
+    if let Some(m) = services::mem_set::MemSetService::new(cmd, &xs) {
+        all.add(Box::new(m));
+    }
+    for b in
+        [backends::vrng::service(cmd, &xs), backends::vbd::service(cmd, disks, &xs)].into_iter().flatten()
+    {
+        all.add(b);
+    }
+    #[cfg(feature = "test-aids")]
+    for a in aids::services(cmd, &xs) {
+        all.add(a);
+    }
+    let mut ts = toolstack::Toolstack::start(xs, all, domus);
 
     let mut acc = 0u64;
     for step in 1..=steps {
         acc = acc.wrapping_add(busy_work(work, step));
         println!("dom0: step {step}/{steps}");
-        cp.poll();
-        if step < steps && cp.domus_left() == 0 {
+        ts.poll();
+        if step < steps && ts.domus_left() == 0 {
             println!("dom0: every domU has shut down, loop stopped after step {step}");
             break;
         }
     }
     core::hint::black_box(acc);
 
-    if cp.domus_left() > 0 {
+    if ts.domus_left() > 0 {
         println!("dom0: waiting for the domUs to shut down");
     }
-    cp.run();
-    memtest::finish();
+    ts.run();
     println!("dom0: no domUs left");
     if exc_port.is_some() {
         println!("dom0: {} VIRQ_DOM_EXC received", DOM_EXC.load(Ordering::SeqCst));
@@ -104,8 +136,7 @@ static DOM_EXC: AtomicU64 = AtomicU64::new(0);
 
 fn on_dom_exc(_port: Port) {
     DOM_EXC.fetch_add(1, Ordering::SeqCst);
-    memtest::on_dom_exc();
-    control::on_dom_exc();
+    toolstack::on_dom_exc();
 }
 
 /// Binds VIRQ_DOM_EXC, which the hypervisor raises when a domU shuts down.

@@ -3,9 +3,9 @@
 //!
 //! dom0's `vbd=<name|id>[,...]` option names the domains; the n-th gets the n-th disk, which
 //! its vbd's driver owns for as long as the vbd exists. The framework does the handshake
-//! (features at InitWait from [`handshake::announce_keys`], the ring grant-mapped and the
+//! (features at InitWait from [`keys::announce_keys`], the ring grant-mapped and the
 //! event channel bound when the frontend has published them, the disk's geometry from
-//! [`handshake::connect_keys`] at Connected) and the teardown; this file is the driver: the
+//! [`keys::connect_keys`] at Connected) and the teardown; this file is the driver: the
 //! request engine ([`Blkback`]) between the ring and the disk, and how granted pages reach
 //! the disk.
 //!
@@ -31,8 +31,9 @@
 //! writes into a frame that was handed to someone else), then the ring is unmapped and the
 //! port closed.
 
-use super::backends::{BackendKind, Backends, Service};
-use super::virtio_blk::{status, Op, SubmitError, VirtioBlk};
+use super::{BackendKind, Backends};
+use crate::hw::virtio_blk::{status, Op, SubmitError, VirtioBlk};
+use crate::services::Service;
 use alloc::boxed::Box;
 use alloc::collections::BTreeMap;
 use alloc::format;
@@ -41,13 +42,12 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use dom0::blkback::handshake::{self, XVDA};
+use dom0::blkback::keys::{self, XVDA};
 use dom0::blkback::{Blkback, DataPath, Disk, DiskError, DiskInfo, DiskOp, SegReq};
 use dom0::xenstore::toolstack::DeviceConfig;
 use dom0::xenstore::Xenstore;
-use hypercall_abi::grant_table::{gntmap, gntst, op as gntop, GnttabMapGrantRef, GnttabUnmapGrantRef};
-use hypercall_abi::hypercall::nr;
-use hypercall_abi::io::blkif::BLKIF_MAX_SEGMENTS_PER_REQUEST;
+use hypercall_abi::grant_table::{gntmap, gntst, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantTableOp};
+use hypercall_abi::io::blkif::{keys as blkif_keys, BLKIF_MAX_SEGMENTS_PER_REQUEST};
 use hypercall_abi::io::ring::RingError;
 use hypercall_abi::{DomId, Errno};
 use pv_guest_kernel::split::kernel::GrantMapping;
@@ -74,21 +74,13 @@ fn timed<R>(acc: &AtomicU64, f: impl FnOnce() -> R) -> R {
     r
 }
 
-fn grant_table_op<T>(cmd: u32, ops: &mut [T]) -> Result<(), Errno> {
-    if ops.is_empty() {
-        return Ok(());
+/// `grant_table_op` on a batch, counted for the report.
+fn grant_table_op<T: GrantTableOp>(ops: &mut [T]) -> Result<(), Errno> {
+    if !ops.is_empty() {
+        GNT_CALLS.fetch_add(1, Ordering::Relaxed);
+        GNT_OPS.fetch_add(ops.len() as u64, Ordering::Relaxed);
     }
-    GNT_CALLS.fetch_add(1, Ordering::Relaxed);
-    GNT_OPS.fetch_add(ops.len() as u64, Ordering::Relaxed);
-    hypercall::check(hypercall::hypercall5(
-        nr::GRANT_TABLE_OP,
-        u64::from(cmd),
-        ops.as_mut_ptr() as u64,
-        ops.len() as u64,
-        0,
-        0,
-    ))
-    .map(drop)
+    hypercall::grant_table_op(ops)
 }
 
 /// Persistent grants kept mapped at most (a ring's worth of segments: what blkif.h says a
@@ -179,7 +171,7 @@ impl DataPath for DeviceMaps {
         if n == 0 {
             return Ok(());
         }
-        if timed(&T_MAP, || grant_table_op(gntop::MAP_GRANT_REF, &mut ops[..n])).is_err() {
+        if timed(&T_MAP, || grant_table_op(&mut ops[..n])).is_err() {
             return Err(gntst::GENERAL_ERROR);
         }
         if let Some(bad) = ops[..n].iter().find(|o| o.status != gntst::OKAY).map(|o| o.status) {
@@ -188,7 +180,7 @@ impl DataPath for DeviceMaps {
             for o in ops[..n].iter().filter(|o| o.status == gntst::OKAY) {
                 let _ = undo.push(unmap_op(o.handle, o.dev_bus_addr));
             }
-            let _ = grant_table_op(gntop::UNMAP_GRANT_REF, &mut undo);
+            let _ = grant_table_op(&mut undo[..]);
             return Err(bad);
         }
         for (o, &i) in ops[..n].iter().zip(&which[..n]) {
@@ -229,7 +221,7 @@ impl DataPath for DeviceMaps {
         if self.deferred.is_empty() {
             return;
         }
-        let _ = timed(&T_UNMAP, || grant_table_op(gntop::UNMAP_GRANT_REF, &mut self.deferred));
+        let _ = timed(&T_UNMAP, || grant_table_op(&mut self.deferred[..]));
         self.unmap_failures += self.deferred.iter().filter(|u| u.status != gntst::OKAY).count() as u64;
         self.deferred.clear();
     }
@@ -287,7 +279,7 @@ impl BackendDriver<GrantMapping> for VbdDriver {
     type Conn = VbdConn;
 
     fn features(&mut self) -> Vec<(&'static str, String)> {
-        handshake::announce_keys(&self.info)
+        keys::announce_keys(&self.info)
     }
 
     fn connect<S: Store + ?Sized>(
@@ -298,7 +290,7 @@ impl BackendDriver<GrantMapping> for VbdDriver {
     ) -> Result<(VbdConn, Vec<(&'static str, String)>), (GrantMapping, &'static str)> {
         let persistent = keys.flag("feature-persistent");
         let back = Blkback::new(ring, frontend, self.info, 0);
-        Ok((VbdConn { back, data: DeviceMaps::new(persistent) }, handshake::connect_keys(&self.info)))
+        Ok((VbdConn { back, data: DeviceMaps::new(persistent) }, keys::connect_keys(&self.info)))
     }
 
     /// Disk completions and ring requests in turn until neither moves (the frontend gets
@@ -366,15 +358,14 @@ pub struct Vbds {
 
 impl BackendKind for Vbds {
     type Driver = VbdDriver;
-    const KIND: &'static str = "vbd";
+    const KIND: &'static str = blkif_keys::KIND;
 
     fn devid(&self) -> u32 {
         XVDA
     }
 
     fn driver_for(&mut self, domid: DomId, name: &str) -> Option<VbdDriver> {
-        let id = format!("{}", domid.0);
-        let index = self.wanted.iter().position(|w| *w == name || *w == id)?;
+        let index = self.wanted.iter().position(|w| dom0::domains::names(w, name, domid))?;
         let disk = self.disks.get_mut(index)?.take()?;
         let info = DiskInfo { capacity: disk.capacity, readonly: disk.readonly, flush: disk.flush };
         Some(VbdDriver {
@@ -394,8 +385,8 @@ impl BackendKind for Vbds {
             frontend: DomId(0),
             backend: DomId::DOM0,
             frontend_entries: alloc::vec![
-                (String::from("virtual-device"), format!("{XVDA}")),
-                (String::from("device-type"), String::from("disk")),
+                (String::from(blkif_keys::VIRTUAL_DEVICE), format!("{XVDA}")),
+                (String::from(blkif_keys::DEVICE_TYPE), String::from("disk")),
             ],
             frontend_ro_entries: Vec::new(),
             backend_entries: alloc::vec![
@@ -468,7 +459,7 @@ impl BackendKind for Vbds {
 /// blkback for `vbd=` on dom0's command line, or `None` if no vbd is asked for or there is
 /// no disk.
 pub fn service(cmd: &str, disks: Vec<VirtioBlk>, xs: &Rc<RefCell<Xenstore>>) -> Option<Box<dyn Service>> {
-    let wanted = handshake::parse_vbd_option(cmdline::get(cmd, "vbd").unwrap_or(""));
+    let wanted = keys::parse_vbd_option(cmdline::get(cmd, "vbd").unwrap_or(""));
     if wanted.is_empty() {
         return None;
     }
