@@ -8,7 +8,9 @@
 //! xenstored and its clients on one vCPU and never from event handlers, so a borrow never
 //! overlaps another.
 
+use alloc::format;
 use alloc::rc::Rc;
+use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use hypercall_abi::{DomId, Errno};
@@ -83,6 +85,53 @@ pub fn take_events(xb: &mut Xenbus<LocalTransport>, dirty: &mut bool) -> Vec<Wat
     out
 }
 
+/// A local client of dom0's watching one node per domain, each with the token
+/// `<kind>:<domid>` (a service's watches on the domains it serves).
+pub struct DomainWatches {
+    pub xb: Xenbus<LocalTransport>,
+    kind: &'static str,
+    dirty: bool,
+}
+
+impl DomainWatches {
+    /// dom0's client for watches of `kind`.
+    pub fn new(xs: &Rc<RefCell<Xenstore>>, kind: &'static str) -> DomainWatches {
+        DomainWatches { xb: client(xs, DomId::DOM0), kind, dirty: true }
+    }
+
+    fn token(&self, id: DomId) -> String {
+        format!("{}:{}", self.kind, id.0)
+    }
+
+    /// Watches `path` for domain `id` (the watch fires once at once).
+    pub fn watch(&mut self, id: DomId, path: &str) -> Result<(), Errno> {
+        self.dirty = true;
+        let token = self.token(id);
+        self.xb.watch(path, &token)
+    }
+
+    /// Stops watching `path` for domain `id`.
+    pub fn unwatch(&mut self, id: DomId, path: &str) {
+        self.dirty = true;
+        let token = self.token(id);
+        let _ = self.xb.unwatch(path, &token);
+    }
+
+    /// The client was used for something else: events may be waiting.
+    pub fn used(&mut self) {
+        self.dirty = true;
+    }
+
+    /// The domains whose watch fired since the last call, in order.
+    pub fn fired(&mut self) -> Vec<DomId> {
+        let kind = self.kind;
+        take_events(&mut self.xb, &mut self.dirty)
+            .iter()
+            .filter_map(|ev| ev.token.strip_prefix(kind)?.strip_prefix(':')?.parse::<u16>().ok().map(DomId))
+            .collect()
+    }
+}
+
 /// A xenbus client of the shared store acting as `domid`.
 pub fn client(xs: &Rc<RefCell<Xenstore>>, domid: DomId) -> Xenbus<LocalTransport> {
     Xenbus::new(LocalTransport::connect(xs, domid))
@@ -128,5 +177,22 @@ mod tests {
         let mut b = client(&xs, DomId::DOM0);
         b.write(TxId::NONE, "/local/domain/0/a", b"1").unwrap();
         assert_eq!(take_events(&mut a, &mut dirty).len(), 1);
+    }
+
+    #[test]
+    fn domain_watches_report_the_domains_whose_node_fired() {
+        let xs = Rc::new(RefCell::new(Xenstore::default()));
+        let mut w = DomainWatches::new(&xs, "ping");
+        w.watch(DomId(3), "/local/domain/3/data/ping").unwrap();
+        w.watch(DomId(4), "/local/domain/4/data/ping").unwrap();
+        assert_eq!(w.fired(), [DomId(3), DomId(4)], "each registration fires");
+        assert!(w.fired().is_empty());
+        let mut d0 = client(&xs, DomId::DOM0);
+        d0.write(TxId::NONE, "/local/domain/4/data/ping", b"x").unwrap();
+        d0.write(TxId::NONE, "/local/domain/5/data/ping", b"x").unwrap();
+        assert_eq!(w.fired(), [DomId(4)]);
+        w.unwatch(DomId(4), "/local/domain/4/data/ping");
+        d0.write(TxId::NONE, "/local/domain/4/data/ping", b"y").unwrap();
+        assert!(w.fired().is_empty());
     }
 }

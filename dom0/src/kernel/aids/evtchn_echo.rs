@@ -22,14 +22,11 @@ use alloc::rc::Rc;
 use alloc::string::String;
 use core::cell::RefCell;
 
-use dom0::local_xs::{self, LocalTransport};
+use dom0::local_xs::DomainWatches;
 use dom0::xenstore::Xenstore;
 use hypercall_abi::{DomId, Port};
-use pv_guest_kernel::xenbus::{TxId, Xenbus};
+use pv_guest_kernel::xenbus::TxId;
 use pv_guest_kernel::{events, println};
-
-/// The watch token's kind (`evtchn-echo:<domid>`).
-const TOKEN_KIND: &str = "evtchn-echo";
 
 /// Sends the event straight back on the port it came in on: the other end is the domU's.
 fn echo(port: Port) {
@@ -38,10 +35,6 @@ fn echo(port: Port) {
 
 fn node(id: DomId) -> String {
     format!("/local/domain/{}/data/evtchn-echo", id.0)
-}
-
-fn token(id: DomId) -> String {
-    format!("{TOKEN_KIND}:{}", id.0)
 }
 
 /// A port number as a domU may write it: decimal, non-zero, inside the 2-level ABI.
@@ -63,19 +56,18 @@ struct Bound {
 
 /// The echo ports of every domU.
 pub struct EvtchnEcho {
-    xb: Xenbus<LocalTransport>,
+    w: DomainWatches,
     bound: BTreeMap<DomId, Bound>,
-    dirty: bool,
 }
 
 impl EvtchnEcho {
     pub fn new(xs: &Rc<RefCell<Xenstore>>) -> EvtchnEcho {
-        EvtchnEcho { xb: local_xs::client(xs, DomId::DOM0), bound: BTreeMap::new(), dirty: true }
+        EvtchnEcho { w: DomainWatches::new(xs, "evtchn-echo"), bound: BTreeMap::new() }
     }
 
     /// `id`'s node changed: binds the port it names, moves the echo, or unbinds it.
     fn changed(&mut self, id: DomId) {
-        let want = match self.xb.read(TxId::NONE, &node(id)) {
+        let want = match self.w.xb.read(TxId::NONE, &node(id)) {
             Ok(v) => {
                 let p = parse_port(&v);
                 if p.is_none() {
@@ -122,31 +114,25 @@ impl Service for EvtchnEcho {
 
     /// Starts watching the domain's `data/evtchn-echo` (the watch fires once at once).
     fn domain_added(&mut self, d: &DomainInfo) -> Option<String> {
-        if let Err(e) = self.xb.watch(&node(d.id), &token(d.id)) {
+        if let Err(e) = self.w.watch(d.id, &node(d.id)) {
             println!("dom0: d{}: cannot watch data/evtchn-echo: {e}", d.id.0);
         }
-        self.dirty = true;
         None
     }
 
     /// Stops watching and closes the domain's echo port.
     fn domain_gone(&mut self, id: DomId) {
-        let _ = self.xb.unwatch(&node(id), &token(id));
+        self.w.unwatch(id, &node(id));
         if let Some(b) = self.bound.remove(&id) {
             let _ = events::close(b.local);
         }
-        self.dirty = true;
     }
 
     fn poll(&mut self, _fired: &[Port]) -> bool {
-        let mut moved = false;
-        for ev in local_xs::take_events(&mut self.xb, &mut self.dirty) {
-            moved = true;
-            let id = ev.token.strip_prefix(TOKEN_KIND).and_then(|t| t.strip_prefix(':'));
-            if let Some(id) = id.and_then(|n| n.parse::<u16>().ok()).map(DomId) {
-                self.changed(id);
-            }
+        let fired = self.w.fired();
+        for &id in &fired {
+            self.changed(id);
         }
-        moved
+        !fired.is_empty()
     }
 }

@@ -8,31 +8,23 @@ use alloc::format;
 use alloc::rc::Rc;
 use alloc::string::String;
 use core::cell::RefCell;
-use dom0::local_xs::{self, LocalTransport};
+use dom0::local_xs::DomainWatches;
 use dom0::xenstore::Xenstore;
 use hypercall_abi::{DomId, Port};
 use pv_guest_kernel::println;
-use pv_guest_kernel::xenbus::{TxId, Xenbus};
-
-/// The watch token's kind (`ping:<domid>`).
-const TOKEN_KIND: &str = "ping";
+use pv_guest_kernel::xenbus::TxId;
 
 fn ping_path(id: DomId) -> String {
     format!("/local/domain/{}/data/ping", id.0)
 }
 
-fn token(id: DomId) -> String {
-    format!("{TOKEN_KIND}:{}", id.0)
-}
-
 pub struct PingEcho {
-    xb: Xenbus<LocalTransport>,
-    dirty: bool,
+    w: DomainWatches,
 }
 
 impl PingEcho {
     pub fn new(xs: &Rc<RefCell<Xenstore>>) -> PingEcho {
-        PingEcho { xb: local_xs::client(xs, DomId::DOM0), dirty: true }
+        PingEcho { w: DomainWatches::new(xs, "ping") }
     }
 }
 
@@ -42,31 +34,26 @@ impl Service for PingEcho {
     }
 
     fn domain_added(&mut self, d: &DomainInfo) -> Option<String> {
-        if let Err(e) = self.xb.watch(&ping_path(d.id), &token(d.id)) {
+        if let Err(e) = self.w.watch(d.id, &ping_path(d.id)) {
             println!("dom0: d{}: cannot watch data/ping: {e}", d.id.0);
         }
-        self.dirty = true;
         None
     }
 
     fn domain_gone(&mut self, id: DomId) {
-        let _ = self.xb.unwatch(&ping_path(id), &token(id));
-        self.dirty = true;
+        self.w.unwatch(id, &ping_path(id));
     }
 
     fn poll(&mut self, _fired: &[Port]) -> bool {
-        let mut moved = false;
-        for ev in local_xs::take_events(&mut self.xb, &mut self.dirty) {
-            moved = true;
-            let id = ev.token.strip_prefix(TOKEN_KIND).and_then(|t| t.strip_prefix(':'));
-            let Some(id) = id.and_then(|n| n.parse::<u16>().ok()).map(DomId) else { continue };
-            if let Ok(v) = self.xb.read(TxId::NONE, &ping_path(id)) {
+        let fired = self.w.fired();
+        for &id in &fired {
+            if let Ok(v) = self.w.xb.read(TxId::NONE, &ping_path(id)) {
                 let pong = format!("/local/domain/{}/data/pong", id.0);
-                if let Err(e) = self.xb.write(TxId::NONE, &pong, &v) {
+                if let Err(e) = self.w.xb.write(TxId::NONE, &pong, &v) {
                     println!("dom0: d{}: echo failed: {e}", id.0);
                 }
             }
         }
-        moved
+        !fired.is_empty()
     }
 }

@@ -17,7 +17,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use dom0::console_backend::{self, ConsoleLog};
-use dom0::local_xs::{self, LocalTransport};
+use dom0::local_xs::DomainWatches;
 use dom0::xenstore::toolstack::backend_path;
 use dom0::xenstore::Xenstore;
 use hypercall_abi::grant_table::GNTTAB_RESERVED_CONSOLE;
@@ -27,11 +27,7 @@ use pv_guest_kernel::split;
 use pv_guest_kernel::split::kernel::{KernelOps, PENDING};
 use pv_guest_kernel::split::EventOps;
 use pv_guest_kernel::xenbus::state::{Role, XenbusDevice};
-use pv_guest_kernel::xenbus::Xenbus;
 use pv_guest_kernel::{cmdline, events, println};
-
-/// The watch token's kind (`console:<domid>`).
-const TOKEN_KIND: &str = "console";
 
 /// One domain's console.
 struct Console {
@@ -44,18 +40,12 @@ struct Console {
 
 /// The console backend.
 pub struct ConsoleBackend {
-    /// Its own connection to xenstored, for the handshake.
-    xb: Xenbus<LocalTransport>,
+    /// Its own connection to xenstored, for the handshake (watches on the frontends' state).
+    w: DomainWatches,
     consoles: BTreeMap<DomId, Console>,
     ports: BTreeMap<Port, DomId>,
     /// `conin=`: console input for one domain.
     input: Option<(DomId, Vec<u8>)>,
-    /// The client was used since its events were last taken.
-    dirty: bool,
-}
-
-fn token(id: DomId) -> String {
-    format!("{TOKEN_KIND}:{}", id.0)
 }
 
 fn print_line(name: &str) -> impl Fn(&str) + '_ {
@@ -65,11 +55,10 @@ fn print_line(name: &str) -> impl Fn(&str) + '_ {
 impl ConsoleBackend {
     pub fn new(cmd: &str, xs: &Rc<RefCell<Xenstore>>) -> ConsoleBackend {
         ConsoleBackend {
-            xb: local_xs::client(xs, DomId::DOM0),
+            w: DomainWatches::new(xs, "console"),
             consoles: BTreeMap::new(),
             ports: BTreeMap::new(),
             input: cmdline::get(cmd, "conin").and_then(console_backend::parse_console_input),
-            dirty: true,
         }
     }
 
@@ -88,11 +77,10 @@ impl ConsoleBackend {
         let front = format!("/local/domain/{}/console", id.0);
         let back = backend_path(DomId::DOM0, "console", id, 0);
         let mut dev = XenbusDevice::new(Role::Backend, &back, &front);
-        dev.load(&mut self.xb);
+        dev.load(&mut self.w.xb);
         // The ring and port are the builder's: the framework's part is the state walk.
-        let _ = split::follow(&mut dev, &mut self.xb, |_| true);
-        let _ = self.xb.watch(&dev.other_state_path(), &token(id));
-        self.dirty = true;
+        let _ = split::follow(&mut dev, &mut self.w.xb, |_| true);
+        let _ = self.w.watch(id, &dev.other_state_path());
         let c = Console { name: d.name.clone(), page, port, log: ConsoleLog::new(&d.name), dev };
         if let Some((target, text)) = &self.input {
             if *target == id {
@@ -120,7 +108,8 @@ impl ConsoleBackend {
 
     fn handshake(&mut self, id: DomId) {
         let Some(c) = self.consoles.get_mut(&id) else { return };
-        match split::follow(&mut c.dev, &mut self.xb, |_| true) {
+        self.w.used();
+        match split::follow(&mut c.dev, &mut self.w.xb, |_| true) {
             Ok(entered) if entered.contains(&XenbusState::Connected) => {
                 println!("dom0: d{} ({}) console frontend connected", id.0, c.name);
             }
@@ -171,8 +160,7 @@ impl Service for ConsoleBackend {
         if let Err(e) = foreign::unmap(c.page) {
             println!("dom0: d{}: unmapping its console ring failed: {e}", id.0);
         }
-        let _ = self.xb.unwatch(&c.dev.other_state_path(), &token(id));
-        self.dirty = true;
+        self.w.unwatch(id, &c.dev.other_state_path());
     }
 
     fn poll(&mut self, fired: &[Port]) -> bool {
@@ -182,12 +170,9 @@ impl Service for ConsoleBackend {
                 moved |= self.drain(id);
             }
         }
-        for ev in local_xs::take_events(&mut self.xb, &mut self.dirty) {
+        for id in self.w.fired() {
             moved = true;
-            let id = ev.token.strip_prefix(TOKEN_KIND).and_then(|t| t.strip_prefix(':'));
-            if let Some(id) = id.and_then(|n| n.parse::<u16>().ok()).map(DomId) {
-                self.handshake(id);
-            }
+            self.handshake(id);
         }
         moved
     }
