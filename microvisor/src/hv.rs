@@ -518,11 +518,11 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// Full-frame path: a `syscall` whose registers are all in `frame` — from guest user mode
-    /// (bounced to the guest kernel), or a hypercall that needs the frame (`iret`). The arch
-    /// layer then runs the exit path.
+    /// or from 32-bit code (bounced to the guest kernel), or a hypercall that needs the frame
+    /// (`iret`). The arch layer then runs the exit path.
     pub fn syscall_with_frame(&mut self, frame: &mut GuestFrame) {
-        if !self.cur_vcpu().kernel_mode {
-            if let Err(e) = traps::user_syscall(self, frame) {
+        if !self.cur_vcpu().kernel_mode || frame.cs == u64::from(hypercall_abi::xen::FLAT_RING3_CS32) {
+            if let Err(e) = traps::guest_syscall(self, frame) {
                 let id = self.current().domid;
                 self.crash_domain(id, format_args!("{e}"));
             }
@@ -618,6 +618,11 @@ impl<P: Platform> Hypervisor<P> {
                     self.crash_domain(r.domid, format_args!("{why}"));
                     continue;
                 }
+            }
+            // The last check before any return to a guest (see traps::check_return_rip).
+            if let Err(why) = traps::check_return_rip(self, frame) {
+                self.crash_domain(r.domid, format_args!("{why}"));
+                continue;
             }
             self.fpu_load_running();
             let (flush, irq) = (self.exit.flush, self.exit.irq);

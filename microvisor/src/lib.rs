@@ -34,3 +34,5 @@ mod grant_tests;
 mod hv_tests;
 #[cfg(test)]
 pub mod testkit;
+#[cfg(test)]
+mod traps_tests;

@@ -180,6 +180,7 @@ pub extern "C" fn trap_in_hypervisor(frame: *mut GuestFrame) {
             GSIS_FIRED.fetch_or(1 << gsi, Ordering::AcqRel);
             TIMER_FIRED.store(true, Ordering::Release);
         }
+        _ if crate::arch::x86_64::probe::recover(f) => {}
         _ => fatal(f, "fault in the hypervisor"),
     }
 }

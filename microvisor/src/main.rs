@@ -62,6 +62,10 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     unsafe { HEAP.lock().init(paging::DirectMap::virt(heap_pa) as *mut u8, heap_bytes as usize) };
 
     entry::init();
+    let protections = cpu::enable_protections();
+    if protections.smap {
+        entry::set_smap_on();
+    }
     let rates = apic::init();
     arch::x86_64::ioapic::init();
     let _ = writeln!(
@@ -99,6 +103,20 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     for w in ram.windows(2) {
         if w[1].start > w[0].end {
             frames.mark_io(Mfn(w[0].end >> 12), Mfn(w[1].start >> 12));
+        }
+    }
+    // Proves on every boot that ring 0 can neither run nor read a page a guest maps.
+    match arch::x86_64::probe::run(&mut frames, &mem, &aspace.hv_slots) {
+        Some((exec, read)) => {
+            let _ = writeln!(
+                w,
+                "(XEN) cpu-protection smep={} smap={} user-exec={exec} user-read={read}",
+                u8::from(protections.smep),
+                u8::from(protections.smap)
+            );
+        }
+        None => {
+            let _ = writeln!(w, "(XEN) cpu-protection: no memory for the probe");
         }
     }
     boot_domains::set_phys_addr_bits(cpu::cpuid(0x8000_0008, 0)[0] & 0xff);

@@ -120,10 +120,7 @@ pub fn bounce<P: Platform>(
         frame.rsp.wrapping_sub(RED_ZONE)
     };
     let sp = base & !15;
-    if in_hypervisor_hole(sp)
-        || in_hypervisor_hole(sp.wrapping_sub(1))
-        || (sp >> 47 != 0 && sp >> 47 != 0x1ffff)
-    {
+    if in_hypervisor_hole(sp) || in_hypervisor_hole(sp.wrapping_sub(1)) || !is_canonical(sp) {
         return Err(BounceError::BadStack(sp));
     }
     let saved_mask = bm.upcall_state(hv.mem(), r.vcpu).1;
@@ -216,9 +213,8 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     let to_user = ctx.cs & 3 == 3;
     let cs = check_selector(ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
     let ss = check_selector(ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
-    if !is_canonical(ctx.rip) || in_hypervisor_hole(ctx.rip) {
-        return Err("iret to a non-canonical or hypervisor rip");
-    }
+    // No check of the RIP here, as in Xen: a non-canonical one gets the guest #GP(0) on the
+    // way out (`check_return_rip`), one in the hypervisor's hole a #PF when fetched in ring 3.
     if to_user && hv.cur_vcpu().kernel_mode {
         // As Xen: user mode runs only on a user base the guest installed, which holds its own
         // references (aliasing the kernel base without one let the guest unpin a live L4).
@@ -252,15 +248,40 @@ fn check_selector(sel: u16, code: bool) -> Option<u16> {
     ok.then_some(if sel == 3 { FLAT_RING3_DS32 } else { sel })
 }
 
-/// A `syscall` executed in guest user mode: bounce it to the guest kernel's syscall callback
-/// (`switch_to_kernel`), or raise #UD if it registered none.
-pub fn user_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
+/// A `syscall` that is not a hypercall (Xen's `switch_to_kernel`): one from guest user mode,
+/// or one from 32-bit code (selector `FLAT_RING3_CS32`, the CSTAR entry) in either guest mode.
+/// It is bounced to the guest kernel's syscall callback, or its syscall32 callback for 32-bit
+/// code; with no callback registered the guest gets #UD at the `syscall` itself. Either way
+/// the handler starts with DF clear, Xen's fixed SYSCALL_MASK. (Xen takes the event mask of
+/// the 64-bit syscall callback for both, as here.)
+pub fn guest_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
     let cb = hv.cur_vcpu().callbacks;
-    if cb.syscall == 0 {
-        return bounce_exception(hv, frame, vector::UD, None);
+    let target = if frame.cs == u64::from(FLAT_RING3_CS32) { cb.syscall32 } else { cb.syscall };
+    if target == 0 {
+        // `syscall` is two bytes; the CPU saved the address after it.
+        frame.rip = frame.rip.wrapping_sub(2);
+        bounce_exception(hv, frame, vector::UD, None)?;
+    } else {
+        bounce(hv, frame, target, None, cb.syscall_masks_events)?;
     }
     frame.rflags &= !rflags::DF;
-    bounce(hv, frame, cb.syscall, None, cb.syscall_masks_events)
+    Ok(())
+}
+
+/// The last check before any return to a guest: `iretq` to a non-canonical RIP faults in ring 0
+/// (and `sysretq` to one does on Intel). Xen lets the `iretq` fault and turns it into the
+/// guest's own #GP(0), with that RIP in the frame (its pre-exception fixup on `iretq`); here
+/// the guest gets the same #GP(0) without the ring-0 fault. Every path that sets a guest's RIP
+/// (emulation advancing past an instruction, `iret`, a `syscall` at the top of the lower half,
+/// a vCPU's saved frame) therefore ends here rather than checking on its own.
+pub fn check_return_rip<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    frame: &mut GuestFrame,
+) -> Result<(), BounceError> {
+    if is_canonical(frame.rip) {
+        return Ok(());
+    }
+    bounce_exception(hv, frame, vector::GP, Some(0))
 }
 
 /// What a guest exception turned into.

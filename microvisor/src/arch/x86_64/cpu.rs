@@ -34,6 +34,57 @@ pub mod msr {
     pub const APIC_BASE: u32 = 0x1B;
 }
 
+/// CR0 bits.
+pub mod cr0 {
+    /// Task switched: the next x87/SSE instruction raises #NM.
+    pub const TS: u64 = 1 << 3;
+}
+
+/// CR4 bits.
+pub mod cr4 {
+    /// Global pages.
+    pub const PGE: u64 = 1 << 7;
+    /// Supervisor-mode execution prevention: ring 0 never runs code from a user page.
+    pub const SMEP: u64 = 1 << 20;
+    /// Supervisor-mode access prevention: ring 0 never reads or writes a user page (unless
+    /// RFLAGS.AC is set).
+    pub const SMAP: u64 = 1 << 21;
+}
+
+/// CPUID feature bits the hypervisor uses.
+pub mod feature {
+    /// Leaf 7, subleaf 0, EBX: SMEP.
+    pub const L7_EBX_SMEP: u32 = 1 << 7;
+    /// Leaf 7, subleaf 0, EBX: SMAP.
+    pub const L7_EBX_SMAP: u32 = 1 << 20;
+}
+
+/// Which of the supervisor-mode protections are on.
+#[derive(Clone, Copy, Debug)]
+pub struct Protections {
+    pub smep: bool,
+    pub smap: bool,
+}
+
+/// Turns on SMEP and SMAP where the CPU has them. Guests (kernel and user alike) run in ring
+/// 3 on user pages, so with both on, ring 0 can neither run nor touch anything a guest maps.
+pub fn enable_protections() -> Protections {
+    let has_leaf7 = cpuid(0, 0)[0] >= 7;
+    let ebx = if has_leaf7 { cpuid(7, 0)[1] } else { 0 };
+    let p = Protections { smep: ebx & feature::L7_EBX_SMEP != 0, smap: ebx & feature::L7_EBX_SMAP != 0 };
+    let mut bits = 0;
+    if p.smep {
+        bits |= cr4::SMEP;
+    }
+    if p.smap {
+        bits |= cr4::SMAP;
+    }
+    // SAFETY: only bits CPUID reports are added. The hypervisor never executes user pages, and
+    // reaches guest memory only through the supervisor-only direct map, never a user mapping.
+    unsafe { write_cr4(read_cr4() | bits) };
+    p
+}
+
 /// Reads an MSR.
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);
@@ -114,10 +165,9 @@ pub fn invlpg(va: u64) {
 /// Flushes the whole TLB including global entries by toggling CR4.PGE.
 pub fn flush_tlb_global() {
     let cr4 = read_cr4();
-    const PGE: u64 = 1 << 7;
     // SAFETY: toggling PGE only flushes the TLB; every other bit is kept.
     unsafe {
-        write_cr4(cr4 ^ PGE);
+        write_cr4(cr4 ^ cr4::PGE);
         write_cr4(cr4);
     }
 }
@@ -158,9 +208,8 @@ pub fn fxrstor(area: &microvisor::vcpu::FpuArea) {
 
 /// Sets or clears CR0.TS (the guest's virtual TS from `fpu_taskswitch`).
 pub fn set_cr0_ts(on: bool) {
-    const TS: u64 = 1 << 3;
     let cr0 = read_cr0();
-    let new = if on { cr0 | TS } else { cr0 & !TS };
+    let new = if on { cr0 | cr0::TS } else { cr0 & !cr0::TS };
     if new != cr0 {
         // SAFETY: only the TS bit changes; the hypervisor never executes x87/SSE
         // instructions itself (it is built without SSE), so TS cannot fault in ring 0 except

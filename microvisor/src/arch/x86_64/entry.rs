@@ -9,20 +9,30 @@
 //!   what the Rust call would clobber and the guest must keep (`%rcx`, `%r11`, `%r9`), calls
 //!   the dispatcher with the arguments in registers and returns with `sysretq`. Only when the
 //!   dispatcher asks for the exit path (reschedule, event, continuation) is a full frame built.
-//!   The RIP `sysretq` returns to is the one the CPU saved, so it is always canonical.
-//! * **Full-frame syscalls.** `iret` and `syscall` from guest user mode need every register,
-//!   so they build the frame before anything is clobbered.
+//! * **`sysretq` only to a canonical RIP.** The RIP `sysretq` returns to is the one the CPU
+//!   saved in `%rcx`: the address after the `syscall`. That is canonical except for a
+//!   `syscall` ending at the top of the lower half (0x7fff_ffff_ffff), which leaves exactly
+//!   `NONCANONICAL_RETURN` in `%rcx` (an instruction that ends at the top of the upper half
+//!   wraps to 0). On Intel `sysretq` to it faults in ring 0 on the guest's stack (XSA-7), so
+//!   both `sysretq` sites compare `%rcx` with it and take the exit path instead, which returns
+//!   with `iretq` and, as Xen does, gives the guest #GP(0) there.
+//! * **Full-frame syscalls.** `iret`, `syscall` from guest user mode and `syscall` from 32-bit
+//!   code (CSTAR, either guest mode) need every register, so they build the frame before
+//!   anything is clobbered.
 //! * The hypervisor runs on one stack, reset on every entry from a guest, with interrupts
 //!   disabled (all IDT gates are interrupt gates and SFMASK clears IF), so it never nests.
 //!   Only the idle loop enables interrupts, and an interrupt there is handled on its stack.
+//!   Every entry runs with DF and AC clear: SFMASK clears them for `syscall`, the exception
+//!   stub clears them itself (a guest may set both in ring 3, and AC would lift SMAP).
 
 use super::gdt;
 use crate::arch::x86_64::cpu;
 use core::arch::global_asm;
 use core::cell::UnsafeCell;
 use core::mem::offset_of;
+use core::sync::atomic::{AtomicU8, Ordering};
 use hypercall_abi::hypercall::nr;
-use hypercall_abi::xen::{FLAT_RING3_CS64, FLAT_RING3_SS64};
+use hypercall_abi::xen::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
 use microvisor::vcpu::{GuestFrame, VECTOR_SYSCALL};
 
 /// The running vCPU's registers (see the module documentation).
@@ -114,6 +124,19 @@ pub fn set_guest_kernel_mode(kernel: bool, traced: bool) {
     cpu::wrmsr(cpu::msr::LSTAR, target as u64);
 }
 
+/// The one non-canonical address `syscall` can leave in `%rcx`: the end of an instruction
+/// that ends at the top of the lower half (see the module documentation).
+pub const NONCANONICAL_RETURN: u64 = 1 << 47;
+const _: () = assert!(!hypercall_abi::xen::is_canonical(NONCANONICAL_RETURN));
+
+/// 1 once CR4.SMAP is on: the exception stub then executes `clac` (which faults without SMAP).
+static SMAP_ON: AtomicU8 = AtomicU8::new(0);
+
+/// Tells the exception stub that SMAP is on (so it clears a guest's AC on entry).
+pub fn set_smap_on() {
+    SMAP_ON.store(1, Ordering::Relaxed);
+}
+
 /// Return value of the fast hypercall dispatcher (in `%rax:%rdx`).
 #[repr(C)]
 pub struct FastRet {
@@ -165,6 +188,21 @@ global_asm!(
         pop %rdi
     .endm
 
+    /* The frame of a `syscall` in the live frame (the CPU saved RIP in rcx and RFLAGS in
+       r11; the guest rsp is in GUEST_RSP_SCRATCH), then the hypervisor stack. */
+    .macro SYSCALL_FRAME code_sel
+        lea LIVE_FRAME+{frame_size}(%rip), %rsp
+        pushq ${ss}
+        pushq GUEST_RSP_SCRATCH(%rip)
+        push %r11
+        pushq $\code_sel
+        push %rcx
+        pushq $0
+        pushq ${vsyscall}
+        PUSH_GPRS
+        lea boot_stack_top(%rip), %rsp
+    .endm
+
     .section .text.entry, "ax"
 
     /* ---- syscall: hypercalls and guest-user system calls ---- */
@@ -184,10 +222,15 @@ syscall_entry:
     jnz syscall_entry_general
     mov CUR_VCPU_INFO(%rip), %rax
     cmpw $1, (%rax)
-    mov ${nr_xen_version}, %eax
-    je syscall_entry_general
+    movabs ${noncanonical}, %rax
+    je 1f
+    cmp %rax, %rcx
+    je 1f
     mov ${xen_version}, %eax
     sysretq
+1:  /* An event to deliver, or a return RIP sysretq must not take: the general path. */
+    mov ${nr_xen_version}, %eax
+    jmp syscall_entry_general
 
     /* Every other hypercall, and all of them in a traced boot (which records each one):
        the general dispatcher, with the arguments in registers. */
@@ -215,6 +258,10 @@ syscall_entry_general:
     mov CUR_VCPU_INFO(%rip), %rdx
     cmpw $1, (%rdx)
     je hypercall_exit_path
+    /* The saved %rcx is the return RIP: the one non-canonical value goes through iretq. */
+    movabs ${noncanonical}, %rdx
+    cmp %rdx, 24(%rsp)
+    je hypercall_exit_path
     add $8, %rsp
     pop %r9
     pop %r11
@@ -228,16 +275,7 @@ hypercall_exit_path:
     pop %r9
     pop %r11
     pop %rcx
-    lea LIVE_FRAME+{frame_size}(%rip), %rsp
-    pushq ${ss}
-    pushq GUEST_RSP_SCRATCH(%rip)
-    push %r11
-    pushq ${cs}
-    push %rcx
-    pushq $0
-    pushq ${vsyscall}
-    PUSH_GPRS
-    lea boot_stack_top(%rip), %rsp
+    SYSCALL_FRAME {cs}
     call {hc_exit}
     jmp exit_to_guest
 
@@ -247,16 +285,18 @@ hypercall_exit_path:
 syscall_user_entry:
     mov %rsp, GUEST_RSP_SCRATCH(%rip)
 syscall_full:
-    lea LIVE_FRAME+{frame_size}(%rip), %rsp
-    pushq ${ss}
-    pushq GUEST_RSP_SCRATCH(%rip)
-    push %r11
-    pushq ${cs}
-    push %rcx
-    pushq $0
-    pushq ${vsyscall}
-    PUSH_GPRS
-    lea boot_stack_top(%rip), %rsp
+    SYSCALL_FRAME {cs}
+    call {syscall_slow}
+    jmp exit_to_guest
+
+    /* CSTAR: `syscall` from 32-bit code (selector 0xe023) in either guest mode. Never a
+       hypercall: Xen bounces it to the guest's syscall32 callback (see traps.rs). The frame
+       records the 32-bit selector, which is how the core tells it apart. */
+    .balign 16
+    .globl syscall_compat_entry
+syscall_compat_entry:
+    mov %rsp, GUEST_RSP_SCRATCH(%rip)
+    SYSCALL_FRAME {cs32}
     call {syscall_slow}
     jmp exit_to_guest
 
@@ -278,7 +318,13 @@ vector_stubs:
     .endr
 
 common_entry:
-    PUSH_GPRS
+    /* The guest may have set DF and AC: the hypervisor's code assumes DF clear, and AC would
+       lift SMAP. `clac` exists only where SMAP does. */
+    cld
+    testb $1, {smap_on}(%rip)
+    jz 1f
+    clac
+1:  PUSH_GPRS
     mov %rsp, %rdi
     testb $3, {off_cs}(%rsp)
     jz 2f
@@ -304,6 +350,9 @@ exit_to_guest:
     frame_size = const FRAME_SIZE,
     ss = const FLAT_RING3_SS64 as u64,
     cs = const FLAT_RING3_CS64 as u64,
+    cs32 = const FLAT_RING3_CS32 as u64,
+    noncanonical = const NONCANONICAL_RETURN,
+    smap_on = sym SMAP_ON,
     vsyscall = const VECTOR_SYSCALL,
     off_cs = const offset_of!(GuestFrame, cs),
     nr_xen_version = const nr::XEN_VERSION,
@@ -325,13 +374,15 @@ pub fn init() {
     init_syscall_entry();
 }
 
-/// Points `syscall` at the hypercall entry.
+/// Points `syscall` at the hypercall entry (64-bit code) and at the compat entry (32-bit
+/// code, CSTAR).
 pub fn init_syscall_entry() {
     extern "C" {
         fn syscall_entry();
+        fn syscall_compat_entry();
     }
     cpu::wrmsr(cpu::msr::LSTAR, syscall_entry as *const () as u64);
-    cpu::wrmsr(cpu::msr::CSTAR, 0);
+    cpu::wrmsr(cpu::msr::CSTAR, syscall_compat_entry as *const () as u64);
     // SFMASK: clear IF (the hypervisor runs with interrupts off), DF, TF, AC and NT on entry.
     cpu::wrmsr(cpu::msr::SFMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18) | (1 << 14));
 }

@@ -13,4 +13,5 @@ pub mod gdt;
 pub mod idt;
 pub mod ioapic;
 pub mod paging;
+pub mod probe;
 pub mod serial;

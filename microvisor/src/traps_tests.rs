@@ -1,0 +1,135 @@
+//! Host tests of the guest exit rules in `traps.rs`: no return to a guest with a non-canonical
+//! RIP (the guest gets #GP(0) as on Xen), and `syscall` from 32-bit code or guest user mode
+//! bounced the way Xen's `switch_to_kernel` does.
+
+use crate::hv::Resume;
+use crate::testkit::{console, two_domains, TestHv, SCRATCH_VA};
+use crate::traps::{self, vector};
+use crate::vcpu::GuestFrame;
+use hypercall_abi::xen::{trap_flags, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32};
+use proptest::prelude::*;
+
+/// Handler addresses in the test kernel (never executed on the host).
+const GP_HANDLER: u64 = crate::loader::elf::testelf::BASE + 0x100;
+const UD_HANDLER: u64 = crate::loader::elf::testelf::BASE + 0x200;
+const SYSCALL32_CB: u64 = crate::loader::elf::testelf::BASE + 0x300;
+const SYSCALL_CB: u64 = crate::loader::elf::testelf::BASE + 0x400;
+/// The guest stack: the top of the writable scratch page.
+const STACK: u64 = SCRATCH_VA + 0x800;
+
+fn set_trap(hv: &mut TestHv, v: u8, address: u64) {
+    hv.cur_vcpu_mut().traps[usize::from(v)] =
+        TrapInfo { vector: v, flags: trap_flags::DISABLES_EVENTS, cs: FLAT_KERNEL_CS, _pad: 0, address };
+}
+
+fn kernel_frame(rip: u64) -> GuestFrame {
+    GuestFrame {
+        rip,
+        cs: u64::from(FLAT_KERNEL_CS),
+        ss: u64::from(FLAT_KERNEL_SS),
+        rsp: STACK,
+        rflags: 0x202,
+        ..GuestFrame::default()
+    }
+}
+
+/// The bounce frame at the guest's stack pointer: RCX, R11, [error code], RIP, CS, RFLAGS, RSP, SS.
+fn bounce_words(hv: &TestHv, f: &GuestFrame, n: usize) -> Vec<u64> {
+    (0..n).map(|i| hv.guest().read_obj::<u64>(f.rsp + 8 * i as u64).unwrap()).collect()
+}
+
+#[test]
+fn a_non_canonical_rip_is_the_guests_gp_never_an_iretq() {
+    let mut hv = two_domains();
+    set_trap(&mut hv, vector::GP, GP_HANDLER);
+    // An emulated instruction (or a syscall) that ended at 0x7fff_ffff_ffff.
+    let mut f = kernel_frame(1 << 47);
+    assert!(matches!(hv.resume(&mut f), Resume::Guest(_)));
+    assert_eq!(f.rip, GP_HANDLER, "the guest's #GP handler runs");
+    let w = bounce_words(&hv, &f, 8);
+    assert_eq!(w[2], 0, "error code 0");
+    assert_eq!(w[3], 1 << 47, "the frame holds the non-canonical RIP, as Xen's does");
+    assert_eq!(w[4] & 0xffff, u64::from(FLAT_KERNEL_CS) & !3, "kernel context");
+}
+
+#[test]
+fn a_non_canonical_rip_without_a_gp_handler_crashes_only_that_domain() {
+    let mut hv = two_domains();
+    let mut f = kernel_frame(0x1234_5678_9abc_def0);
+    // dom0 has nowhere to take #GP: it is crashed, and the machine stops with it.
+    hv.resume(&mut f);
+    assert!(console(&hv).contains("unhandled #GP at rip 0x123456789abcdef0"), "{}", console(&hv));
+}
+
+proptest! {
+    /// Whatever RIP a vCPU's frame holds, `resume` never hands back a non-canonical one.
+    #[test]
+    fn resume_never_returns_to_a_non_canonical_rip(rip in any::<u64>(), top in 0u64..4) {
+        let mut hv = two_domains();
+        set_trap(&mut hv, vector::GP, GP_HANDLER);
+        // Bias towards the boundaries: 0x7fff.., 0x8000.., 0xffff8000.., 0xffff7fff...
+        let rip = match top {
+            0 => (1 << 47) + (rip & 0xff) - 0x80,
+            1 => 0xffff_8000_0000_0000u64.wrapping_add(rip & 0xff).wrapping_sub(0x80),
+            _ => rip,
+        };
+        let mut f = kernel_frame(rip);
+        if matches!(hv.resume(&mut f), Resume::Guest(_)) {
+            prop_assert!(hypercall_abi::xen::is_canonical(f.rip), "returned to {:#x}", f.rip);
+        }
+    }
+}
+
+fn compat_syscall_frame(rip_after: u64) -> GuestFrame {
+    GuestFrame {
+        rip: rip_after,
+        rcx: rip_after,
+        r11: 0x202,
+        cs: u64::from(FLAT_RING3_CS32),
+        ss: u64::from(FLAT_KERNEL_SS),
+        rsp: STACK,
+        rflags: 0x202 | crate::vcpu::rflags::DF,
+        vector: crate::vcpu::VECTOR_SYSCALL,
+        ..GuestFrame::default()
+    }
+}
+
+#[test]
+fn compat_syscall_goes_to_the_syscall32_callback_never_the_64_bit_one() {
+    let mut hv = two_domains();
+    hv.cur_vcpu_mut().callbacks.syscall = SYSCALL_CB;
+    hv.cur_vcpu_mut().callbacks.syscall32 = SYSCALL32_CB;
+    let mut f = compat_syscall_frame(0x50_0007);
+    hv.syscall_with_frame(&mut f);
+    assert_eq!(f.rip, SYSCALL32_CB);
+    assert_eq!(f.rflags & crate::vcpu::rflags::DF, 0, "the callback starts with DF clear");
+    let w = bounce_words(&hv, &f, 7);
+    assert_eq!((w[0], w[2]), (0x50_0007, 0x50_0007), "RCX and RIP: after the syscall");
+    assert_eq!(w[3] & 0xffff, u64::from(FLAT_RING3_CS32) & !3, "kernel context, 32-bit selector");
+}
+
+#[test]
+fn compat_syscall_without_a_syscall32_callback_is_ud_at_the_syscall() {
+    let mut hv = two_domains();
+    hv.cur_vcpu_mut().callbacks.syscall = SYSCALL_CB;
+    set_trap(&mut hv, vector::UD, UD_HANDLER);
+    let mut f = compat_syscall_frame(0x50_0007);
+    hv.syscall_with_frame(&mut f);
+    assert_eq!(f.rip, UD_HANDLER, "#UD, not the 64-bit callback");
+    let w = bounce_words(&hv, &f, 7);
+    assert_eq!(w[2], 0x50_0005, "#UD points at the syscall instruction");
+}
+
+#[test]
+fn user_syscall_without_a_callback_is_ud_at_the_syscall() {
+    let mut hv = two_domains();
+    set_trap(&mut hv, vector::UD, UD_HANDLER);
+    hv.cur_vcpu_mut().kernel_sp = STACK;
+    traps::toggle_guest_mode(&mut hv);
+    let mut f =
+        GuestFrame { cs: u64::from(hypercall_abi::xen::FLAT_USER_CS), ..compat_syscall_frame(0x40_0022) };
+    hv.syscall_with_frame(&mut f);
+    assert_eq!(f.rip, UD_HANDLER);
+    assert!(hv.cur_vcpu().kernel_mode, "bounced into guest kernel mode");
+    assert_eq!(bounce_words(&hv, &f, 7)[2], 0x40_0020);
+}
