@@ -67,6 +67,11 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("mm-hostile", "tests/tests/mm.rs", |c| mm_hostile::run(c.si)),
     sc("mm-leak", "tests/tests/mm.rs", |_| mm_hostile::leave_mess()),
     sc("user-mode", "tests/tests/mm.rs", |_| user_mode::run()),
+    // Entry and exit paths a hostile guest reaches with instructions (32-bit syscall, RIPs
+    // that end up non-canonical, DF set at an exception).
+    sc("syscall-compat", "tests/tests/entry.rs", |_| cpu_entry::syscall_compat()),
+    sc("noncanonical-rip", "tests/tests/entry.rs", |_| cpu_entry::noncanonical_rip()),
+    sc("entry-flags", "tests/tests/entry.rs", |_| cpu_entry::entry_flags()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
@@ -183,12 +188,18 @@ mod bench_switch;
 mod blk;
 #[path = "testguest/cases.rs"]
 mod cases;
+#[path = "testguest/checks.rs"]
+mod checks;
+#[path = "testguest/cpu_entry.rs"]
+mod cpu_entry;
 #[path = "testguest/events.rs"]
 mod events;
 #[path = "testguest/hostile.rs"]
 mod hostile;
 #[path = "testguest/ipc_hostile.rs"]
 mod ipc_hostile;
+#[path = "testguest/landing.rs"]
+mod landing;
 #[path = "testguest/mm.rs"]
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
@@ -201,5 +212,7 @@ mod timing;
 mod traps;
 #[path = "testguest/user_mode.rs"]
 mod user_mode;
+#[path = "testguest/user_space.rs"]
+mod user_space;
 #[path = "testguest/xs_fill.rs"]
 mod xs_fill;
