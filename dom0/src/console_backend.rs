@@ -205,7 +205,53 @@ mod tests {
         }
     }
 
+    /// The whole page as bytes.
+    fn snapshot(page: &FakePage) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; 4096];
+        page.read(0, &mut v);
+        v
+    }
+
     proptest::proptest! {
+        /// A guest rewriting its console page at will (text, indexes, anything) between
+        /// drains: a drain takes at most DRAIN_MAX bytes, emits only printable lines of at most
+        /// LINE_MAX, and writes nothing in the page but the output ring's consumer index;
+        /// input is only ever written into the input ring and its producer index.
+        #[test]
+        fn survives_a_scribbling_guest(steps in proptest::collection::vec(
+            (0u16..4096, proptest::collection::vec(proptest::prelude::any::<u8>(), 1..64), proptest::prelude::any::<u32>(), 0u8..4),
+            1..60,
+        )) {
+            let page = FakePage::default();
+            let mut log = ConsoleLog::new("g");
+            for (off, bytes, v, what) in steps {
+                match what {
+                    0 => page.write(usize::from(off), &bytes[..bytes.len().min(4096 - usize::from(off))]),
+                    1 => page.store_u32(ByteRing::CONS_OUT.prod, v),
+                    2 => page.store_u32(ByteRing::CONS_OUT.cons, v),
+                    _ => page.store_u32(ByteRing::CONS_IN.cons, v),
+                }
+                let before = snapshot(&page);
+                let mut lines = Vec::new();
+                let (taken, _) = drain(&page, &mut log, |l| lines.push(String::from(l)));
+                proptest::prop_assert!(taken <= DRAIN_MAX);
+                for l in &lines {
+                    proptest::prop_assert!(l.len() <= LINE_MAX && l.bytes().all(|b| (0x20..=0x7e).contains(&b)));
+                }
+                let cons = ByteRing::CONS_OUT.cons..ByteRing::CONS_OUT.cons + 4;
+                for (i, (b, a)) in before.iter().zip(snapshot(&page)).enumerate() {
+                    proptest::prop_assert!(*b == a || cons.contains(&i), "drain wrote byte {:#x}", i);
+                }
+                let before = snapshot(&page);
+                push_input(&page, &bytes);
+                let room = ByteRing::CONS_IN.buf..ByteRing::CONS_IN.buf + ByteRing::CONS_IN.size as usize;
+                let prod = ByteRing::CONS_IN.prod..ByteRing::CONS_IN.prod + 4;
+                for (i, (b, a)) in before.iter().zip(snapshot(&page)).enumerate() {
+                    proptest::prop_assert!(*b == a || room.contains(&i) || prod.contains(&i), "input wrote byte {:#x}", i);
+                }
+            }
+        }
+
         #[test]
         fn emitted_text_is_always_printable(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..2000)) {
             let mut log = ConsoleLog::new("p");

@@ -415,7 +415,56 @@ mod tests {
         assert_eq!(page.taken.get() as usize / page.request.len(), 2 * MESSAGES_PER_PASS);
     }
 
+    fn snapshot(page: &FakePage) -> Vec<u8> {
+        let mut v = alloc::vec![0u8; 4096];
+        page.read(0, &mut v);
+        v
+    }
+
     proptest::proptest! {
+        /// A guest rewriting its xenstore page at will between passes (requests, indexes,
+        /// control fields): the server never panics, keeps its store consistent, and writes
+        /// only where a server may — replies into `rsp`, the `rsp_prod` and `req_cons`
+        /// indexes and the `error` field, plus, when it grants a reconnect, every index and
+        /// the `connection` field.
+        #[test]
+        fn survives_a_scribbling_guest(steps in proptest::collection::vec(
+            (0u16..4096, proptest::collection::vec(proptest::prelude::any::<u8>(), 1..48), proptest::prelude::any::<u32>(), 0u8..6),
+            1..60,
+        )) {
+            let (s, _xb, page) = setup();
+            let mut s = s.borrow_mut();
+            let s = &mut *s;
+            let word = |off: usize| off..off + 4;
+            for (off, bytes, v, what) in steps {
+                match what {
+                    0 => page.write(usize::from(off), &bytes[..bytes.len().min(4096 - usize::from(off))]),
+                    1 => page.store_u32(ByteRing::XS_REQ.prod, v),
+                    2 => page.store_u32(ByteRing::XS_RSP.cons, v),
+                    3 => page.store_u32(xs_wire::CONNECTION_OFFSET, v % 3),
+                    // Plausible traffic: a well-formed request, whatever it asks.
+                    _ => {
+                        let m = crate::xenstore::Message::new(u32::from(bytes[0]) % 30, v, 0, bytes[1..].to_vec());
+                        if let Some(m) = m {
+                            ByteRing::XS_REQ.produce(&*page, &m.encode());
+                        }
+                    }
+                }
+                let before = snapshot(&page);
+                let r = s.ring.service(&mut s.xs, &*page);
+                let after = snapshot(&page);
+                let rsp = ByteRing::XS_RSP.buf..ByteRing::XS_RSP.buf + ByteRing::XS_RSP.size as usize;
+                let mut allowed = alloc::vec![rsp, word(ByteRing::XS_RSP.prod), word(ByteRing::XS_REQ.cons), word(xs_wire::ERROR_OFFSET)];
+                if r.reconnected {
+                    allowed.extend([word(ByteRing::XS_REQ.prod), word(ByteRing::XS_RSP.cons), word(xs_wire::CONNECTION_OFFSET)]);
+                }
+                for (i, (b, a)) in before.iter().zip(&after).enumerate() {
+                    proptest::prop_assert!(b == a || allowed.iter().any(|w| w.contains(&i)), "the server wrote byte {:#x}", i);
+                }
+                s.xs.store().check_invariants().map_err(proptest::test_runner::TestCaseError::fail)?;
+            }
+        }
+
         /// A guest writing arbitrary bytes and indexes never makes the server panic, and
         /// whatever it does the server never writes outside `rsp` room it was given.
         #[test]

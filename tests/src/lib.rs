@@ -72,6 +72,13 @@ fn fail(run: &Run, why: &str) -> ! {
     );
 }
 
+/// A second test guest, `tg2`, writing the `blk-pattern` with `seed` over its disk (check it
+/// on the host with [`check_pattern`]); `extra` adds options (`after=1 announce-done` to
+/// start it with a hostile first domain and let that one know when it is done).
+pub fn pattern_neighbour(k: &Kernels, seed: u64, extra: &str) -> Module {
+    Module::new(&k.testguest, &format!("name=tg2 mem=32M -- scenario=blk-pattern seed={seed} {extra}"))
+}
+
 /// The 512-byte sector `sector` of a disk image as little-endian words.
 pub fn read_words(img: &[u8], sector: u64) -> impl Iterator<Item = u64> + '_ {
     let at = (sector * SECTOR) as usize;

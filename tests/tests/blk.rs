@@ -158,10 +158,7 @@ fn a_hostile_frontend_does_not_stop_another_domains_disk() {
     let seed = 0xbeef_u64;
     let k = kernels();
     let mut m = machine("blk-hostile", &hostile_img);
-    m.modules.push(tests::Module::new(
-        &k.testguest,
-        &format!("name=tg2 mem=32M -- scenario=blk-pattern seed={seed}"),
-    ));
+    m.modules.push(tests::pattern_neighbour(&k, seed, ""));
     let run = boot(&m.with_vbd(&good_img, "tg2"));
     run.expect_outcome(Outcome::Poweroff)
         .expect_line("TEST blk-hostile PASS")
@@ -171,5 +168,35 @@ fn a_hostile_frontend_does_not_stop_another_domains_disk() {
         .expect_order("frontend broke the ring", "TEST blk-pattern PASS");
     // Both rings are torn down cleanly and the neighbour's data really is on its disk.
     assert_eq!(run.lines_with("ring unmapped: yes, grant unmap failures: 0").count(), 2, "{}", run.text());
+    check_pattern(&run, &good_img, seed);
+}
+
+/// Ring fuzzing on the real machine: a frontend rewrites its rings (the vbd's and the
+/// vrng's) at full speed — requests of every shape with its own and made-up grant
+/// references, requests rewritten after publication, producer and event indexes, bytes
+/// anywhere — and notifies dom0 after every change. dom0 survives, tears both rings down
+/// cleanly, and a neighbour started at the same moment is served throughout; its disk's bytes
+/// are checked in the image.
+#[test]
+fn a_frontend_scribbling_over_its_rings_does_not_stop_another_domains_disk() {
+    let hostile_img = scratch("scribble", 16 * MIB);
+    let good_img = scratch("scribble-neighbour", 64 * MIB);
+    let seed = 0x5c71_u64;
+    let k = kernels();
+    let mut m = machine("ring-scribble until=2", &hostile_img);
+    m.modules.push(tests::pattern_neighbour(&k, seed, "after=1 announce-done"));
+    let run = boot(&m.with_vbd(&good_img, "tg2"));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("TEST ring-scribble PASS")
+        .expect_line("TEST blk-pattern PASS")
+        .expect_no_line(" FAIL ")
+        .expect_no_line("PANIC")
+        .expect_line("ring-scribble: scribbling over the vbd ring and the vrng ring")
+        // The neighbour ran while the rings were being scribbled over.
+        .expect_order("ring-scribble: scribbling over", "TEST blk-pattern PASS")
+        .expect_order("TEST blk-pattern PASS", "ring-scribble: the neighbour is done")
+        .expect_no_line("ring unmapped: NO");
+    assert_eq!(run.lines_with("ring unmapped: yes, grant unmap failures: 0").count(), 2, "{}", run.text());
+    run.expect_line("dom0: d1/vrng0: disconnected (");
     check_pattern(&run, &good_img, seed);
 }

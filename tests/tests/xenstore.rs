@@ -115,10 +115,7 @@ fn a_domu_filling_the_store_is_refused_and_its_neighbour_keeps_console_and_disk(
         xtask::disk::scratch_image("xs-fill", 64 << 20).unwrap_or_else(|e| panic!("scratch image: {e}"));
     let seed = 0x5107e_u64;
     let mut m = Machine::scenario(&k, "xs-fill until=2");
-    m.modules.push(Module::new(
-        &k.testguest,
-        &format!("name=tg2 mem=32M -- scenario=blk-pattern seed={seed} after=1 announce-done console-ring"),
-    ));
+    m.modules.push(tests::pattern_neighbour(&k, seed, "after=1 announce-done console-ring"));
     let run = boot(&m.with_vbd(&img, "tg2"));
     run.expect_outcome(Outcome::Poweroff)
         .expect_line("TEST xs-fill PASS")

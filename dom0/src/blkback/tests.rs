@@ -513,6 +513,56 @@ fn stray_and_foreign_cookies_are_ignored() {
 }
 
 proptest! {
+    /// A frontend rewriting its ring page at will between services (indexes, requests with any
+    /// grant references, sectors and operations, responses): blkback never panics, never
+    /// sends the disk an out-of-range request (the fake disk asserts it), keeps at most a
+    /// ring's worth in flight, writes nothing in the page but its header words and the
+    /// responses it produced, leaves a broken ring alone, and once closed finishes what the
+    /// disk has and releases every grant.
+    #[test]
+    fn survives_a_scribbling_frontend(raw in proptest::collection::vec(any::<pv_guest_kernel::split::fuzz::RawStep>(), 1..150)) {
+        use hypercall_abi::io::blkif::BLK_RING_SIZE;
+        use hypercall_abi::io::ring::slot_size;
+        use pv_guest_kernel::split::fuzz::{apply, check_backend_writes, Scribble};
+        let mut rig = Rig::new(DiskInfo { capacity: 256, readonly: false, flush: true });
+        for i in 0..16 {
+            rig.grant(i % 3 == 0, i as u8);
+        }
+        let ring = rig.ring();
+        let slot = slot_size::<BlkifRequest, BlkifResponse>();
+        for s in &raw.iter().map(Scribble::from_raw).collect::<Vec<_>>() {
+            if !matches!(s, Scribble::Service) {
+                apply(ring, s, slot);
+                continue;
+            }
+            let was_broken = rig.back.broken().is_some();
+            let before = ring.snapshot();
+            let pvt0 = rig.back.ring.rsp_prod_pvt();
+            rig.back.service(&mut rig.grants, &mut rig.disk);
+            for (c, ok) in rig.disk.run(&mut rig.m) {
+                rig.back.complete(&mut rig.grants, c, ok);
+            }
+            rig.back.service(&mut rig.grants, &mut rig.disk);
+            let after = ring.snapshot();
+            prop_assert!(rig.back.in_flight() <= BLK_RING_SIZE as usize);
+            prop_assert!(rig.back.with_disk() <= rig.back.in_flight());
+            if was_broken {
+                prop_assert_eq!(&before[..], &after[..], "a broken ring is left alone");
+            }
+            let r = check_backend_writes(&before, &after, slot, BLK_RING_SIZE, (pvt0, rig.back.ring.rsp_prod_pvt()));
+            prop_assert!(r.is_ok(), "{:?}", r);
+        }
+        rig.back.close();
+        for _ in 0..4 {
+            for (c, ok) in rig.disk.run(&mut rig.m) {
+                rig.back.complete(&mut rig.grants, c, ok);
+            }
+            rig.back.service(&mut rig.grants, &mut rig.disk);
+        }
+        prop_assert!(rig.back.quiescent());
+        prop_assert!(rig.grants.mapped.is_empty(), "{:?}", rig.grants.mapped);
+    }
+
     /// Arbitrary request bytes (and a few good ones) never break the backend: each request
     /// taken gets exactly one response with its id, nothing stays mapped, nothing goes past
     /// the disk (the fake disk asserts that), and padding is zero.

@@ -179,6 +179,32 @@ fn end_to_end_on_the_framework_models() {
 }
 
 proptest! {
+    /// A frontend rewriting its ring page at will between services: the backend never
+    /// panics, copies only pieces it checked (inside the page, 1..=4096 bytes), and writes
+    /// nothing in the page but its header words and the responses it produced.
+    #[test]
+    fn survives_a_scribbling_frontend(raw in proptest::collection::vec(any::<pv_guest_kernel::split::fuzz::RawStep>(), 1..120)) {
+        use hypercall_abi::io::ring::slot_size;
+        use pv_guest_kernel::split::fuzz::{apply, check_backend_writes, Scribble};
+        let (page, _front, mut d, mut c) = connected();
+        let slot = slot_size::<RngRequest, RngResponse>();
+        for s in &raw.iter().map(Scribble::from_raw).collect::<Vec<_>>() {
+            if !matches!(s, Scribble::Service) {
+                apply(page, s, slot);
+                continue;
+            }
+            let before = page.snapshot();
+            let pvt0 = c.chan.ring.rsp_prod_pvt();
+            let served = d.service(&mut c);
+            prop_assert!(served.taken <= RNG_RING_SIZE);
+            let r = check_backend_writes(&before, &page.snapshot(), slot, c.chan.ring.size(), (pvt0, c.chan.ring.rsp_prod_pvt()));
+            prop_assert!(r.is_ok(), "{:?}", r);
+        }
+        for (_, off, bytes) in &d.host.copies {
+            prop_assert!(!bytes.is_empty() && usize::from(*off) + bytes.len() <= 4096);
+        }
+    }
+
     /// Whatever the request, the response answers its id, and bytes are copied exactly
     /// when it lies in a page and the grant is good, never outside the piece asked for.
     #[test]

@@ -83,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("blk-destroy", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::destroy)),
     sc("blk-noio", "tests/tests/blk.rs", |_| blk::noio()),
     sc("blk-bench", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::bench)),
+    sc("ring-scribble", "tests/tests/blk.rs", |c| blk::with_disk(c, ring_scribble::run)),
     // Random-number device.
     sc("rng-read", "tests/tests/rng.rs", |c| rng::with_device(c, rng::read)),
     sc("rng-hostile", "tests/tests/rng.rs", |c| rng::with_device(c, rng::hostile)),
@@ -204,6 +205,8 @@ mod landing;
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/ring_scribble.rs"]
+mod ring_scribble;
 #[path = "testguest/rng.rs"]
 mod rng;
 #[path = "testguest/timing.rs"]

@@ -45,6 +45,8 @@ pub use back::{BackChannel, BackDevice, BackendDriver, Notice, Served};
 pub use front::{FrontChannel, FrontDevice, FrontStatus, FrontendDriver};
 pub use ports::PortSet;
 
+#[cfg(any(test, feature = "test-doubles"))]
+pub mod fuzz;
 #[cfg(not(test))]
 pub mod kernel;
 #[cfg(any(test, feature = "test-doubles"))]

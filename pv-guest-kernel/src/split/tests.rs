@@ -483,6 +483,40 @@ fn any_state() -> impl Strategy<Value = XenbusState> {
 }
 
 proptest! {
+    /// A frontend rewriting its ring page at will between services (indexes, requests,
+    /// responses, anything) never makes `BackChannel` panic, take more than its budget, answer
+    /// what it did not take, or write anything but its own header words and the response
+    /// slots it produced; once it has found the ring broken it reads and writes nothing more.
+    #[test]
+    fn back_channel_survives_a_scribbling_frontend(raw in proptest::collection::vec(any::<super::fuzz::RawStep>(), 1..120)) {
+        use hypercall_abi::io::ring::{slot_size, AtomicPage, SharedRing};
+        const BUDGET: u32 = 8;
+        let page = AtomicPage::new();
+        SharedRing::init(&page);
+        let mut chan: BackChannel<&AtomicPage, Entry, Entry> = BackChannel::new(&page);
+        let slot = slot_size::<Entry, Entry>();
+        for s in &raw.iter().map(super::fuzz::Scribble::from_raw).collect::<Vec<_>>() {
+            if !matches!(s, super::fuzz::Scribble::Service) {
+                super::fuzz::apply(&page, s, slot);
+                continue;
+            }
+            let was_broken = chan.broken().is_some();
+            let before = page.snapshot();
+            let pvt0 = chan.ring.rsp_prod_pvt();
+            let served = chan.serve(BUDGET, |r| [r[0].wrapping_add(1), r[1], r[2], r[3]]);
+            let after = page.snapshot();
+            prop_assert!(served.taken <= BUDGET);
+            prop_assert!(served.answered <= served.taken);
+            if was_broken {
+                prop_assert_eq!(served.taken, 0);
+                prop_assert_eq!(&before[..], &after[..], "a broken ring is left alone");
+            }
+            let size = chan.ring.size();
+            let r = super::fuzz::check_backend_writes(&before, &after, slot, size, (pvt0, chan.ring.rsp_prod_pvt()));
+            prop_assert!(r.is_ok(), "{:?}", r);
+        }
+    }
+
     #[test]
     fn decimal_parsing_round_trips_and_rejects_junk(v: u64, junk in proptest::collection::vec(any::<u8>(), 0..24)) {
         prop_assert_eq!(parse_decimal(format!("{v}").as_bytes()), Some(v));

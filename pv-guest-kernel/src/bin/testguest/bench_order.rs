@@ -12,6 +12,7 @@
 //!   for the domain to go) before it starts ([`wait_after`]).
 
 use alloc::format;
+use alloc::string::String;
 use hypercall_abi::Errno;
 use pv_guest_kernel::start_info::StartInfo;
 use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
@@ -102,5 +103,43 @@ pub fn wait_after(si: &StartInfo) {
             Ok(_) => events += 1,
             Err(e) => return println!("bench: waiting for d{id}: {e}; going ahead"),
         }
+    }
+}
+
+/// Another domain's `data/bench-done`, watched while this one keeps working: a hostile
+/// scenario keeps up its pressure until its neighbour (started with `after=`) is done.
+pub struct Peer {
+    path: String,
+    /// Events of our watch after its registration's.
+    events: u32,
+}
+
+impl Peer {
+    /// The token of the watch.
+    const TOKEN: &'static str = "peer-done";
+
+    /// Watches domain `id`'s node. Until its owner opens the node to us none of its changes
+    /// is visible, so every event after the registration's means the peer is done (or gone,
+    /// its nodes with it), as in [`wait_after`].
+    pub fn watch(xb: &mut Xenbus<RingTransport>, id: u64) -> Result<Peer, Errno> {
+        let path = format!("/local/domain/{id}/{DONE_NODE}");
+        xb.watch(&path, Self::TOKEN)?;
+        // The registration's own event.
+        while xb.wait_watch_event()?.token != Self::TOKEN {}
+        Ok(Peer { path, events: 0 })
+    }
+
+    /// Takes the queued watch events, counting ours; call it often while adding watches of
+    /// one's own (the client's queue is bounded and drops the oldest).
+    pub fn take_events(&mut self, xb: &mut Xenbus<RingTransport>) {
+        while let Ok(Some(ev)) = xb.next_watch_event() {
+            self.events += u32::from(ev.token == Self::TOKEN);
+        }
+    }
+
+    /// True once the peer is done.
+    pub fn done(&mut self, xb: &mut Xenbus<RingTransport>) -> bool {
+        self.take_events(xb);
+        self.events > 0 || xb.read(TxId::NONE, &self.path).is_ok()
     }
 }

@@ -15,7 +15,7 @@ use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::Errno;
-use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
+use pv_guest_kernel::xenbus::{self, TxId};
 use pv_guest_kernel::{cmdline, println, time};
 
 /// A node's value: just under the node-size quota (2048 bytes with the node's header).
@@ -25,8 +25,6 @@ const ATTEMPTS: u32 = 5000;
 /// Requests made after everything was refused (the pressure the neighbour lives with), at
 /// least.
 const PRESSURE: u32 = 1000;
-/// The token of the watch on the neighbour's `data/bench-done`.
-const NEIGHBOUR: &str = "neighbour";
 /// How long the pressure goes on at most waiting for the neighbour.
 const UNTIL_NS: u64 = 120_000_000_000;
 
@@ -40,15 +38,6 @@ fn fill(mut one: impl FnMut(u32) -> Result<(), Errno>) -> (u32, Option<Errno>) {
     (ATTEMPTS, None)
 }
 
-/// Takes the queued watch events; how many were the neighbour's.
-fn neighbour_events(xb: &mut Xenbus<RingTransport>) -> u32 {
-    let mut n = 0;
-    while let Ok(Some(ev)) = xb.next_watch_event() {
-        n += u32::from(ev.token == NEIGHBOUR);
-    }
-    n
-}
-
 fn name(e: Option<Errno>) -> &'static str {
     e.map_or("none", |e| e.name())
 }
@@ -59,17 +48,12 @@ pub fn run(c: &Ctx) {
         Ok(xb) => xb,
         Err(e) => return println!("TEST xs-fill FAIL no xenstore: {e}"),
     };
-    let until = cmdline::get(c.cmd, "until").and_then(cmdline::parse_u64);
-    let neighbour_done = until.map(|d| format!("/local/domain/{d}/data/bench-done"));
-    if let Some(p) = &neighbour_done {
-        // Every event after the registration's means the neighbour published the node or
-        // went away (its nodes go with it), as in `bench_order::wait_after`: until then the
-        // node is invisible to us.
-        if let Err(e) = xb.watch(p, NEIGHBOUR) {
-            fails.push(format!("cannot watch {p}: {e}"));
+    let mut peer = None;
+    if let Some(id) = cmdline::get(c.cmd, "until").and_then(cmdline::parse_u64) {
+        match bench_order::Peer::watch(&mut xb, id) {
+            Ok(p) => peer = Some(p),
+            Err(e) => fails.push(format!("cannot watch d{id}: {e}")),
         }
-        // The registration's own event.
-        let _ = xb.wait_watch_event();
         bench_order::announce_done(c.si);
     }
     let value = alloc::vec![b'v'; VALUE];
@@ -93,10 +77,11 @@ pub fn run(c: &Ctx) {
     }
     // Each registration fires at once: the events are taken as they come, so the queue of
     // the client never overflows and the neighbour's event is not lost among them.
-    let mut events = 0u32;
     let (watches, watches_err) = fill(|i| {
         let r = xb.watch(&format!("data/w{i:04}{long}"), &format!("{i}{}", "t".repeat(200)));
-        events += neighbour_events(&mut xb);
+        if let Some(p) = peer.as_mut() {
+            p.take_events(&mut xb);
+        }
         r
     });
     let (nodes, nodes_err) = fill(|i| xb.write(TxId::NONE, &node(i), &value));
@@ -129,18 +114,14 @@ pub fn run(c: &Ctx) {
         if i < PRESSURE {
             continue;
         }
-        events += neighbour_events(&mut xb);
-        match &neighbour_done {
-            None => break,
-            Some(p) if events > 0 || xb.read(TxId::NONE, p).is_ok() => {
-                println!("xs-fill: the neighbour is done after {i} more requests");
-                break;
-            }
-            Some(_) if time::now_ns() >= deadline => {
-                fails.push(String::from("the neighbour never finished"));
-                break;
-            }
-            Some(_) => {}
+        let Some(p) = peer.as_mut() else { break };
+        if p.done(&mut xb) {
+            println!("xs-fill: the neighbour is done after {i} more requests");
+            break;
+        }
+        if time::now_ns() >= deadline {
+            fails.push(String::from("the neighbour never finished"));
+            break;
         }
     }
     if accepted > 0 {
