@@ -8,30 +8,31 @@ use crate::vcpu::Vcpu;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hypercall_abi::sched::shutdown;
 use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn};
 
 /// Why a domain stopped (`SHUTDOWN_*`), or that the hypervisor crashed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ShutdownReason {
-    Poweroff,
-    Reboot,
-    Suspend,
-    Crash,
-    Watchdog,
-    SoftReset,
+    Poweroff = shutdown::POWEROFF as isize,
+    Reboot = shutdown::REBOOT as isize,
+    Suspend = shutdown::SUSPEND as isize,
+    Crash = shutdown::CRASH as isize,
+    Watchdog = shutdown::WATCHDOG as isize,
+    SoftReset = shutdown::SOFT_RESET as isize,
 }
 
 impl ShutdownReason {
     /// Decodes a `SCHEDOP_shutdown` reason.
     pub fn from_code(code: u32) -> Option<ShutdownReason> {
         Some(match code {
-            0 => ShutdownReason::Poweroff,
-            1 => ShutdownReason::Reboot,
-            2 => ShutdownReason::Suspend,
-            3 => ShutdownReason::Crash,
-            4 => ShutdownReason::Watchdog,
-            5 => ShutdownReason::SoftReset,
+            shutdown::POWEROFF => ShutdownReason::Poweroff,
+            shutdown::REBOOT => ShutdownReason::Reboot,
+            shutdown::SUSPEND => ShutdownReason::Suspend,
+            shutdown::CRASH => ShutdownReason::Crash,
+            shutdown::WATCHDOG => ShutdownReason::Watchdog,
+            shutdown::SOFT_RESET => ShutdownReason::SoftReset,
             _ => return None,
         })
     }
@@ -43,14 +44,7 @@ impl ShutdownReason {
 
     /// Xen's name for it.
     pub fn name(self) -> &'static str {
-        match self {
-            ShutdownReason::Poweroff => "poweroff",
-            ShutdownReason::Reboot => "reboot",
-            ShutdownReason::Suspend => "suspend",
-            ShutdownReason::Crash => "crash",
-            ShutdownReason::Watchdog => "watchdog",
-            ShutdownReason::SoftReset => "soft_reset",
-        }
+        shutdown::name(self.code())
     }
 }
 

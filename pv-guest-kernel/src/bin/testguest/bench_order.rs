@@ -66,7 +66,9 @@ pub fn announce_done(si: &StartInfo) {
 /// With `after=<domid>`: blocks until that domain has published `data/bench-done`.
 pub fn wait_after(si: &StartInfo) {
     let Some(v) = cmdline::get(si.cmdline(), "after") else { return };
-    let Some(id) = cmdline::parse_u64(v).filter(|&d| d > 0 && d < 0x7ff0) else {
+    let Some(id) =
+        cmdline::parse_u64(v).filter(|&d| d > 0 && d < u64::from(hypercall_abi::DomId::FIRST_RESERVED.0))
+    else {
         return println!("bench: ignoring after={v}: not a domain id");
     };
     let t0 = time::now_ns();

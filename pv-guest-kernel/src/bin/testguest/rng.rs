@@ -115,7 +115,8 @@ pub fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
     };
     let ro = gnttab::grant_access(backend, ro_page.mfn, true).unwrap_or(GrantRef(0));
     // A grant to a domain that is not the backend.
-    let other = gnttab::grant_access(DomId(0x7ff0 - 1), other_page.mfn, false).unwrap_or(GrantRef(0));
+    let other = gnttab::grant_access(DomId(DomId::FIRST_RESERVED.0 - 1), other_page.mfn, false)
+        .unwrap_or(GrantRef(0));
     let unknown = GrantRef(1900);
     let req = |id, gref, offset, len| RngRequest { id, gref, offset, len };
     let cases: [(&str, RngRequest, Errno); 7] = [
