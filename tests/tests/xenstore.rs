@@ -138,3 +138,22 @@ fn a_domu_filling_the_store_is_refused_and_its_neighbour_keeps_console_and_disk(
     assert!(field("nodes").parse::<u32>().unwrap() > 100, "{line}");
     tests::check_pattern(&run, &img, seed);
 }
+
+/// With no heap to spare (`heap-reserve=` above dom0's whole heap), xenstored refuses every
+/// domU request that would make it hold more, with `ENOMEM`, still answers the rest, the
+/// backends put off creating devices, and dom0 lives on: the path a heap near exhaustion takes
+/// instead of a failing allocation.
+#[test]
+fn with_the_heap_short_every_growing_request_is_refused() {
+    let m = Machine::scenario(&kernels(), "xs-fill").dom0_options("heap-reserve=1048576");
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("dom0: heap short: domUs' requests that would allocate are refused")
+        .expect_line("xs-fill: nodes=0 nodes_err=ENOMEM watches=0 watches_err=ENOMEM txs=0 txs_err=ENOMEM")
+        .expect_line("xs-fill: still served, name tg")
+        .expect_line("TEST xs-fill PASS")
+        .expect_no_line("PANIC")
+        // The backends create no device (each would allocate) until the heap recovers.
+        .expect_line("dom0: vrng backends: dom0's heap is short; new devices wait")
+        .expect_no_line("d1/vrng0 (tg)");
+}

@@ -14,7 +14,9 @@
 //!
 //! Options (after ` -- ` on its module line): `steps=<n>` loop iterations (default 30, 0 to
 //! skip the loop), `work=<n>` computation steps per iteration, `ringmap=foreign` to map the
-//! domUs' rings by foreign mapping even where a grant exists; each service documents its own.
+//! domUs' rings by foreign mapping even where a grant exists, `heap-reserve=<KiB>` the free
+//! heap below which services refuse clients' requests that would allocate (default: one
+//! domain's xenstored quota and 256 KiB); each service documents its own.
 #![no_std]
 #![no_main]
 
@@ -59,6 +61,11 @@ fn main(si: &StartInfo) {
 
     // News of a domain reaches the services in this order.
     let xenstored = services::xenstored::Xenstored::new(domus.len());
+    if let Ok(kib) = cmdline::get_u64(cmd, "heap-reserve", 0, 1, 1 << 30) {
+        if cmdline::get(cmd, "heap-reserve").is_some() {
+            services::set_heap_reserve(kib as usize * 1024);
+        }
+    }
     let xs = xenstored.store().clone();
     let mut all = services::Services::default();
     all.add(Box::new(xenstored));

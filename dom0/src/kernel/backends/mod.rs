@@ -109,6 +109,10 @@ pub struct Backends<K: BackendKind> {
     /// Domains that died with a device of ours connected: once it is released, whether the
     /// hypervisor could let the domain go is worth a line.
     died_connected: BTreeSet<DomId>,
+    /// Work that would allocate, put off while dom0's heap is short: devices to create,
+    /// frontends whose next step would connect.
+    add_later: bool,
+    step_later: BTreeSet<DomId>,
 }
 
 fn label<K: BackendKind>(kind: &K, d: DomId) -> String {
@@ -133,6 +137,8 @@ impl<K: BackendKind + 'static> Backends<K> {
             ports: BTreeMap::new(),
             dirty: true,
             died_connected: BTreeSet::new(),
+            add_later: false,
+            step_later: BTreeSet::new(),
         });
         b.poll(&[]);
         b
@@ -148,11 +154,7 @@ impl<K: BackendKind + 'static> Backends<K> {
                 t => {
                     let id = t.strip_prefix(K::KIND).and_then(|r| r.strip_prefix(':'));
                     if let Some(d) = id.and_then(|n| n.parse::<u16>().ok()).map(DomId) {
-                        let mut ops = KernelOps;
-                        if let Some(dev) = self.devs.get_mut(&d) {
-                            dev.on_watch(&mut self.xb, &mut ops);
-                        }
-                        self.after(d);
+                        self.step(d);
                     }
                 }
             }
@@ -160,8 +162,31 @@ impl<K: BackendKind + 'static> Backends<K> {
         moved
     }
 
-    /// Creates the devices of the domains the kind wants that have none yet.
+    /// Follows a frontend's state: connecting allocates, so a frontend that is not connected
+    /// waits while dom0's heap is short.
+    fn step(&mut self, d: DomId) {
+        let Some(dev) = self.devs.get_mut(&d) else { return };
+        if dev.conn().is_none() && crate::services::heap_short() {
+            if self.step_later.insert(d) {
+                println!("dom0: {}: dom0's heap is short; the connection waits", label(&self.kind, d));
+            }
+            return;
+        }
+        dev.on_watch(&mut self.xb, &mut KernelOps);
+        self.after(d);
+    }
+
+    /// Creates the devices of the domains the kind wants that have none yet (later while
+    /// dom0's heap is short).
     fn add_domains(&mut self) {
+        if crate::services::heap_short() {
+            if !self.add_later {
+                println!("dom0: {} backends: dom0's heap is short; new devices wait", K::KIND);
+            }
+            self.add_later = true;
+            return;
+        }
+        self.add_later = false;
         let ids: Vec<String> = self.xb.directory(TxId::NONE, "/local/domain").unwrap_or_default();
         for id in ids {
             let Ok(domid) = id.parse::<u16>().map(DomId) else { continue };
@@ -313,7 +338,16 @@ impl<K: BackendKind + 'static> Service for Backends<K> {
     }
 
     fn poll(&mut self, fired: &[Port]) -> bool {
-        let moved = self.watch_events();
+        let mut moved = self.watch_events();
+        if (self.add_later || !self.step_later.is_empty()) && !crate::services::heap_short() {
+            if self.add_later {
+                self.add_domains();
+            }
+            for d in core::mem::take(&mut self.step_later) {
+                self.step(d);
+            }
+            moved = true;
+        }
         for p in fired {
             if let Some(&d) = self.ports.get(p) {
                 self.service(d);

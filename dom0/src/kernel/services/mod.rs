@@ -24,8 +24,25 @@ pub mod xenstored;
 use alloc::boxed::Box;
 use alloc::string::String;
 use alloc::vec::Vec;
+use core::sync::atomic::{AtomicUsize, Ordering};
 use hypercall_abi::{DomId, Mfn, Port};
+use pv_guest_kernel::heap;
 use pv_guest_kernel::split::kernel::PENDING;
+
+/// Free heap dom0 keeps for what any one request may need: one domain's xenstored quota and
+/// some ([`xenstored::Xenstored::new`] sets it).
+static HEAP_RESERVE: AtomicUsize = AtomicUsize::new(0);
+
+/// Sets the heap reserve.
+pub fn set_heap_reserve(bytes: usize) {
+    HEAP_RESERVE.store(bytes, Ordering::Relaxed);
+}
+
+/// True while dom0's heap is below its reserve: every service refuses (or defers) the
+/// clients' requests that would make it allocate, so none can reach a failing allocation.
+pub fn heap_short() -> bool {
+    heap::stats().free < HEAP_RESERVE.load(Ordering::Relaxed)
+}
 
 /// Passes of one [`Services::poll`] while services keep moving (a request on one ring can
 /// queue output and watch events for others).

@@ -57,6 +57,7 @@ impl Xenstored {
             quotas.memory_per_domain / 1024,
             heap / 1024
         );
+        super::set_heap_reserve(quotas.memory_per_domain + HEAP_HEADROOM);
         Xenstored {
             xs: Rc::new(RefCell::new(Xenstore::new(quotas))),
             rings: BTreeMap::new(),
@@ -72,15 +73,14 @@ impl Xenstored {
 
     /// Keeps the store told whether the heap is below its reserve.
     fn check_heap(&mut self) {
-        let mut xs = self.xs.borrow_mut();
-        let reserve = xs.quotas().memory_per_domain + HEAP_HEADROOM;
-        let low = heap::stats().free < reserve;
+        let low = super::heap_short();
         if low != self.heap_low {
-            let what = if low { "low: domUs' xenstore growth refused" } else { "ok again" };
-            println!("dom0: heap {what} (reserve {} KiB)", reserve / 1024);
+            let what =
+                if low { "short: domUs' requests that would allocate are refused" } else { "ok again" };
+            println!("dom0: heap {what} ({} KiB free)", heap::stats().free / 1024);
             self.heap_low = low;
         }
-        xs.set_low_memory(low);
+        self.xs.borrow_mut().set_low_memory(low);
     }
 
     /// Carries out what the store asked for.

@@ -92,6 +92,8 @@ pub fn run(c: &Ctx) {
         name(txs_err),
         name(tx_err)
     );
+    // (No transaction opened, no write in one to refuse.)
+    let tx_err = if opened == 0 { Some(Errno::ENOENT) } else { tx_err };
     for (what, e) in [
         ("nodes", nodes_err),
         ("watches", watches_err),
