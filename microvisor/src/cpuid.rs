@@ -2,8 +2,8 @@
 //! use hidden (virtualization, monitor/mwait, XSAVE/AVX — the hypervisor switches FPU state
 //! with FXSAVE only — and the local APIC), plus Xen's hypervisor leaves at 0x40000000.
 
-/// `pv_cpuid(leaf, real, privileged)`: what a PV guest sees for `leaf` given the real values.
-pub fn pv_cpuid(leaf: u32, real: [u32; 4], _privileged: bool) -> [u32; 4] {
+/// What a PV guest sees for `leaf` given the real values (the same for dom0 and domUs).
+pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
     let [mut a, mut b, mut c, mut d] = real;
     match leaf {
         1 => {
@@ -75,12 +75,12 @@ mod tests {
 
     #[test]
     fn hides_what_pv_cannot_use_and_shows_xen() {
-        let l1 = pv_cpuid(1, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff], false);
+        let l1 = pv_cpuid(1, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]);
         assert_eq!(l1[2] & (1 << 5), 0, "VMX hidden");
         assert_eq!(l1[2] & (1 << 26), 0, "XSAVE hidden");
         assert_ne!(l1[2] & (1 << 31), 0, "hypervisor bit set");
         assert_eq!(l1[3] & (1 << 9), 0, "APIC hidden");
-        let x = pv_cpuid(0x4000_0000, [0; 4], false);
+        let x = pv_cpuid(0x4000_0000, [0; 4]);
         let sig: Vec<u8> = x[1..].iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(&sig, b"XenVMMXenVMM");
     }

@@ -1,5 +1,5 @@
 //! microvisor's core logic: everything the hypervisor decides, as safe Rust that runs and is
-//! tested on the host. The architecture layer (`src/arch`, part of the kernel binary) feeds it
+//! tested on the host. The kernel binary (`kernel/`, its architecture layer in `kernel/arch`) feeds it
 //! traps and hypercalls and applies the machine state it asks for.
 #![cfg_attr(not(test), no_std)]
 #![forbid(unsafe_code)]
@@ -17,6 +17,7 @@ pub mod grant;
 pub mod guest_mem;
 pub mod hv;
 pub mod hypercall;
+pub mod iomem;
 pub mod irq;
 pub mod loader;
 pub mod mm;
@@ -27,6 +28,7 @@ pub mod trace;
 pub mod traps;
 pub mod vcpu;
 pub mod version;
+pub mod x86;
 
 #[cfg(test)]
 mod grant_tests;

@@ -15,47 +15,28 @@ use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::time::TimeBase;
-use crate::vcpu::{rflags, GuestFrame, RunState};
+use crate::vcpu::{rflags, GuestFrame};
 use hypercall_abi::xen::{
-    in_hypervisor_hole, is_canonical, trap_flags, vgcf, IretContext, SharedInfo, VcpuTimeInfo,
-    FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
+    in_hypervisor_hole, is_canonical, trap_flags, vgcf, ArchVcpuInfo, IretContext, SharedInfo, VcpuInfo,
+    VcpuTimeInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
 };
 use hypercall_abi::Mfn;
 
-/// x86 exception vectors.
-pub mod vector {
-    pub const DE: u8 = 0;
-    pub const DB: u8 = 1;
-    pub const NMI: u8 = 2;
-    pub const BP: u8 = 3;
-    pub const OF: u8 = 4;
-    pub const BR: u8 = 5;
-    pub const UD: u8 = 6;
-    pub const NM: u8 = 7;
-    pub const DF: u8 = 8;
-    pub const TS: u8 = 10;
-    pub const NP: u8 = 11;
-    pub const SS: u8 = 12;
-    pub const GP: u8 = 13;
-    pub const PF: u8 = 14;
-    pub const MF: u8 = 16;
-    pub const AC: u8 = 17;
-    pub const MC: u8 = 18;
-    pub const XM: u8 = 19;
+pub use crate::x86::vector;
+use crate::x86::{cr0, cr4, efer, msr};
+use core::mem::offset_of;
 
-    /// Short mnemonic for messages.
-    pub fn name(v: u8) -> &'static str {
-        const N: [&str; 22] = [
-            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "#CSO", "#TS", "#NP", "#SS",
-            "#GP", "#PF", "#15", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
-        ];
-        N.get(v as usize).copied().unwrap_or("#??")
-    }
+/// The CR0 a PV kernel reads (TS is its virtual one).
+const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
+/// The CR4 a PV kernel reads.
+const GUEST_CR4: u64 = cr4::PSE | cr4::PAE | cr4::MCE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT;
 
-    /// True if the CPU pushes an error code for this vector.
-    pub fn has_error_code(v: u8) -> bool {
-        matches!(v, 8 | 10..=14 | 17 | 21 | 29 | 30)
-    }
+/// Machine address of vCPU `vcpu`'s `vcpu_info.arch.cr2` (where Xen reports a #PF address).
+fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>, vcpu: u32) -> u64 {
+    let off = SharedInfo::vcpu_info_offset(vcpu as usize)
+        + offset_of!(VcpuInfo, arch)
+        + offset_of!(ArchVcpuInfo, cr2);
+    hv.cur_dom().shared_info.addr() + off as u64
 }
 
 /// Size of the red zone below a guest kernel's stack pointer that bounce frames skip.
@@ -193,7 +174,7 @@ pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// Writes vCPU `vcpu`'s PV clock in the shared_info page at `si` (seqlock: odd version while
 /// the fields change).
 pub fn write_pvclock(mem: &impl MachineMemory, si: Mfn, vcpu: u32, tb: &TimeBase, tsc: u64) {
-    let base = si.addr() + SharedInfo::vcpu_info_offset(vcpu as usize) as u64 + 32;
+    let base = si.addr() + (SharedInfo::vcpu_info_offset(vcpu as usize) + offset_of!(VcpuInfo, time)) as u64;
     let version = mem.read_u64(base) as u32;
     let v_odd = version.wrapping_add(1) | 1;
     mem.write_u64(base, u64::from(v_odd));
@@ -356,9 +337,7 @@ pub fn guest_exception<P: Platform>(
         }
         vector::PF => {
             let r = hv.current();
-            let vi =
-                hv.cur_dom().shared_info.addr() + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64 + 16;
-            hv.mem().write_u64(vi, cr2);
+            hv.mem().write_u64(vcpu_cr2_addr(hv, r.vcpu), cr2);
             // The CPU saw ring 3 either way; the guest must see which of its own modes
             // faulted (Xen's pv_inject_event adjusts PFEC_user_mode the same way).
             const PFEC_USER: u64 = 1 << 2;
@@ -411,16 +390,10 @@ fn emulate_privileged<P: Platform>(
             let reg = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
             let v = hv.cur_vcpu();
             let val = match cr {
-                0 => 0x8005_0033 | if v.fpu_ts { 1 << 3 } else { 0 },
-                2 => {
-                    let r = hv.current();
-                    let vi = hv.cur_dom().shared_info.addr()
-                        + SharedInfo::vcpu_info_offset(r.vcpu as usize) as u64
-                        + 16;
-                    hv.mem().read_u64(vi)
-                }
+                0 => GUEST_CR0 | if v.fpu_ts { cr0::TS } else { 0 },
+                2 => hv.mem().read_u64(vcpu_cr2_addr(hv, hv.current().vcpu)),
                 3 => v.current_l4().addr(),
-                4 => 0x6f0,
+                4 => GUEST_CR4,
                 _ => return None,
             };
             frame.set_gpr(reg, val);
@@ -431,10 +404,10 @@ fn emulate_privileged<P: Platform>(
         [0x0f, 0x32, ..] => {
             let v = hv.cur_vcpu();
             let val = match frame.rcx as u32 {
-                0xC000_0080 => (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11), // EFER: SCE LME LMA NXE
-                0xC000_0100 => v.fs_base,
-                0xC000_0101 => v.gs_base_kernel,
-                0xC000_0102 => v.gs_base_user,
+                msr::EFER => efer::SCE | efer::LME | efer::LMA | efer::NXE,
+                msr::FS_BASE => v.fs_base,
+                msr::GS_BASE => v.gs_base_kernel,
+                msr::SHADOW_GS_BASE => v.gs_base_user,
                 _ => return Some(bounce_exception(hv, frame, vector::GP, Some(0))),
             };
             frame.rax = val & 0xffff_ffff;
@@ -446,13 +419,13 @@ fn emulate_privileged<P: Platform>(
         [0x0f, 0x30, ..] => {
             let val = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
             let msr = frame.rcx as u32;
-            if !is_canonical(val) || !matches!(msr, 0xC000_0100..=0xC000_0102) {
+            if !is_canonical(val) || !matches!(msr, msr::FS_BASE | msr::GS_BASE | msr::SHADOW_GS_BASE) {
                 return Some(bounce_exception(hv, frame, vector::GP, Some(0)));
             }
             let v = hv.cur_vcpu_mut();
             match msr {
-                0xC000_0100 => v.fs_base = val,
-                0xC000_0101 => v.gs_base_kernel = val,
+                msr::FS_BASE => v.fs_base = val,
+                msr::GS_BASE => v.gs_base_kernel = val,
                 _ => v.gs_base_user = val,
             }
             frame.rip = frame.rip.wrapping_add(len + 2);
@@ -473,18 +446,12 @@ fn emulate_forced_cpuid<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFr
     if GuestSpace::new(hv.mem(), l4).read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
         return false;
     }
-    let privileged = hv.cur_dom().privileged;
-    let [a, b, c, d] = hv.plat.cpuid(frame.rax as u32, frame.rcx as u32);
-    let [a, b, c, d] = crate::cpuid::pv_cpuid(frame.rax as u32, [a, b, c, d], privileged);
+    let real = hv.plat.cpuid(frame.rax as u32, frame.rcx as u32);
+    let [a, b, c, d] = crate::cpuid::pv_cpuid(frame.rax as u32, real);
     frame.rax = u64::from(a);
     frame.rbx = u64::from(b);
     frame.rcx = u64::from(c);
     frame.rdx = u64::from(d);
     frame.rip = frame.rip.wrapping_add(FORCED_CPUID.len() as u64);
     true
-}
-
-/// Makes sure a blocked vCPU that has an event pending is runnable again.
-pub fn vcpu_is_blocked<P: Platform>(hv: &Hypervisor<P>, r: crate::sched::VcpuRef) -> bool {
-    hv.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_some_and(|v| v.state == RunState::Blocked)
 }

@@ -179,14 +179,7 @@ pub struct XenL4Slots {
     pub self_slot: Option<(usize, u64)>,
 }
 
-/// Decides whether domain `d` may map the non-RAM frame `mfn` (no reference counting is done
-/// for I/O frames). Must refuse frames beyond the CPU's physical address width (XSA-173).
-pub type IomemPolicy = fn(&FrameTable, DomId, Mfn) -> bool;
-
-/// Default I/O policy: I/O frames inside the frame table, for domains given `iomem`.
-pub fn default_iomem_policy(ft: &FrameTable, d: DomId, mfn: Mfn) -> bool {
-    ft.owner(mfn) == Some(Owner::Io) && ft.domain(d).is_some_and(|m| m.iomem)
-}
+pub use crate::iomem::IomemPolicy;
 
 /// A reference held outside the page tables (a vCPU's CR3, a grant mapping), for [`audit`].
 ///
@@ -253,7 +246,7 @@ impl FrameTable {
             nr_free: 0,
             domains: Vec::new(),
             xen_l4: XenL4Slots::default(),
-            iomem_policy: default_iomem_policy,
+            iomem_policy: IomemPolicy::IO_FRAMES_ONLY,
             epoch: 0,
             free_dirty: false,
             flush_pending: false,
@@ -286,7 +279,7 @@ impl FrameTable {
     }
 
     pub(crate) fn iomem_permitted(&self, d: DomId, mfn: Mfn) -> bool {
-        (self.iomem_policy)(self, d, mfn)
+        self.iomem_policy.permits(self.domain(d).is_some_and(|m| m.iomem), self.owner(mfn), mfn)
     }
 
     #[inline]

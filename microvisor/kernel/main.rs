@@ -10,19 +10,16 @@ extern crate alloc;
 use kernel_rt as _;
 
 mod arch;
-mod boot_domains;
+mod boot_modules;
 mod machine;
 
 use arch::x86_64::{apic, bootmem, cpu, entry, paging, serial};
 use core::fmt::Write;
 use hypercall_abi::{DomId, Mfn};
-use linked_list_allocator::LockedHeap;
 use microvisor::hv::Hypervisor;
+use microvisor::iomem::IomemPolicy;
 use microvisor::mm::frame_table::{FrameTable, XenL4Slots};
 use microvisor::time::TimeBase;
-
-#[global_allocator]
-static HEAP: LockedHeap = LockedHeap::empty();
 
 /// Rust entry from `boot.rs`, on the boot stack with the early page tables.
 pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
@@ -56,10 +53,7 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
 
     // Heap for the core's tables: a fixed base plus room per frame of RAM.
     let heap_bytes: u64 = (16 << 20) + aspace.max_mfn.0 * 24;
-    let heap_pa = balloc.alloc_contiguous(heap_bytes.div_ceil(4096), u64::MAX);
-    // SAFETY: the range was just handed out by the boot allocator (RAM nobody else uses) and
-    // is mapped read-write by the direct map; the heap owns it from now on.
-    unsafe { HEAP.lock().init(paging::DirectMap::virt(heap_pa) as *mut u8, heap_bytes as usize) };
+    paging::init_heap(&mut balloc, heap_bytes);
 
     entry::init();
     let protections = cpu::enable_protections();
@@ -119,8 +113,13 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
             let _ = writeln!(w, "(XEN) cpu-protection: no memory for the probe");
         }
     }
-    boot_domains::set_phys_addr_bits(cpu::cpuid(0x8000_0008, 0)[0] & 0xff);
-    frames.set_iomem_policy(boot_domains::iomem_policy);
+    // Device memory dom0 may map: below the physical address width, never the interrupt
+    // controllers (XSA-173; see microvisor::iomem).
+    frames.set_iomem_policy(IomemPolicy::new(
+        cpu::cpuid(0x8000_0008, 0)[0] & 0xff,
+        apic::base_address(),
+        arch::x86_64::ioapic::IOAPIC_PHYS,
+    ));
     let mut hv = Hypervisor::new(
         machine::Machine { mem },
         frames,
@@ -128,13 +127,11 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         TimeBase::new(tsc_at_boot, rates.tsc_hz),
     );
     hv.set_cmdline(options);
-    boot_domains::build_all(&mut hv, &bi);
+    boot_modules::build_all(&mut hv, &bi);
     let floor = floor_iterations(hv.cmdline());
     if hv.cmdline().split_whitespace().any(|o| o == "selftest=fault") {
-        // Proves the ring-0 fault report: a read of a non-canonical address raises #GP here.
-        // SAFETY: deliberately faulting; the fault handler reports and stops the machine, so
-        // the read never completes.
-        unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u64) };
+        // Proves the ring-0 fault report.
+        cpu::fault_on_purpose();
     }
     if hv.cmdline().split_whitespace().any(|o| o == "trace=1") {
         hv.enable_trace(microvisor::trace::DEFAULT_CAPACITY);

@@ -23,33 +23,7 @@ pub fn outl(port: u16, val: u32) {
     unsafe { asm!("out dx, eax", in("dx") port, in("eax") val, options(nomem, nostack, preserves_flags)) }
 }
 
-/// Model-specific registers the hypervisor programs.
-pub mod msr {
-    pub const STAR: u32 = 0xC000_0081;
-    pub const LSTAR: u32 = 0xC000_0082;
-    pub const CSTAR: u32 = 0xC000_0083;
-    pub const SFMASK: u32 = 0xC000_0084;
-    pub const FS_BASE: u32 = 0xC000_0100;
-    pub const GS_BASE: u32 = 0xC000_0101;
-    pub const APIC_BASE: u32 = 0x1B;
-}
-
-/// CR0 bits.
-pub mod cr0 {
-    /// Task switched: the next x87/SSE instruction raises #NM.
-    pub const TS: u64 = 1 << 3;
-}
-
-/// CR4 bits.
-pub mod cr4 {
-    /// Global pages.
-    pub const PGE: u64 = 1 << 7;
-    /// Supervisor-mode execution prevention: ring 0 never runs code from a user page.
-    pub const SMEP: u64 = 1 << 20;
-    /// Supervisor-mode access prevention: ring 0 never reads or writes a user page (unless
-    /// RFLAGS.AC is set).
-    pub const SMAP: u64 = 1 << 21;
-}
+pub use microvisor::x86::{cr0, cr4, msr};
 
 /// CPUID feature bits the hypervisor uses.
 pub mod feature {
@@ -216,6 +190,21 @@ pub fn set_cr0_ts(on: bool) {
         // in fxsave/fxrstor, which the switch path runs with TS clear.
         unsafe { asm!("mov cr0, {}", in(reg) new, options(nostack, preserves_flags)) }
     }
+}
+
+/// Reads a non-canonical address, which raises #GP in ring 0 (`selftest=fault`: the fatal
+/// report then stops the machine).
+pub fn fault_on_purpose() {
+    // SAFETY: deliberately faulting; the fault handler reports and stops the machine, so the
+    // read never completes.
+    unsafe { core::ptr::read_volatile(0x8000_0000_0000_0000usize as *const u64) };
+}
+
+/// Enables interrupts, waits for one, and disables them again (the idle loop's wait).
+pub fn wait_for_interrupt() {
+    // SAFETY: `sti; hlt` enables interrupts and waits atomically (no lost wake-up); the ring-0
+    // interrupt path returns here, and interrupts are off again before the caller continues.
+    unsafe { asm!("sti", "hlt", "cli", options(nomem, nostack)) }
 }
 
 /// QEMU's `isa-debug-exit` device; QEMU exits with status `(value << 1) | 1`.

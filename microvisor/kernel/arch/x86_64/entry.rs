@@ -32,8 +32,9 @@ use core::cell::UnsafeCell;
 use core::mem::offset_of;
 use core::sync::atomic::{AtomicU8, Ordering};
 use hypercall_abi::hypercall::nr;
+use hypercall_abi::xen::VcpuInfo;
 use hypercall_abi::xen::{FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_SS64};
-use microvisor::vcpu::{GuestFrame, VECTOR_SYSCALL};
+use microvisor::vcpu::{rflags, GuestFrame, VECTOR_SYSCALL};
 
 /// The running vCPU's registers (see the module documentation).
 #[repr(C, align(16))]
@@ -98,7 +99,7 @@ const _: () = assert!(FRAME_SIZE.is_multiple_of(16));
 /// # Safety
 /// Callers must be hypervisor code running with interrupts disabled and must not keep the
 /// reference across a return to a guest (the CPU writes the frame on the next entry).
-pub unsafe fn live_frame() -> &'static mut GuestFrame {
+unsafe fn live_frame() -> &'static mut GuestFrame {
     // SAFETY: the caller guarantees exclusive access (see above).
     unsafe { &mut *LIVE_FRAME.0.get() }
 }
@@ -123,6 +124,11 @@ pub fn set_guest_kernel_mode(kernel: bool, traced: bool) {
     };
     cpu::wrmsr(cpu::msr::LSTAR, target as u64);
 }
+
+/// Offset of the `{evtchn_upcall_pending, evtchn_upcall_mask}` word in `vcpu_info` that the
+/// stubs test (Xen's `test_guest_events`): 1 = an event to deliver, with upcalls unmasked.
+const UPCALL_WORD: usize = offset_of!(VcpuInfo, evtchn_upcall_pending);
+const _: () = assert!(offset_of!(VcpuInfo, evtchn_upcall_mask) == UPCALL_WORD + 1);
 
 /// The one non-canonical address `syscall` can leave in `%rcx`: the end of an instruction
 /// that ends at the top of the lower half (see the module documentation).
@@ -221,7 +227,7 @@ syscall_entry:
     test %edi, %edi
     jnz syscall_entry_general
     mov CUR_VCPU_INFO(%rip), %rax
-    cmpw $1, (%rax)
+    cmpw $1, {upcall}(%rax)
     movabs ${noncanonical}, %rax
     je 1f
     cmp %rax, %rcx
@@ -256,7 +262,7 @@ syscall_entry_general:
     test %rdx, %rdx
     jnz hypercall_exit_path
     mov CUR_VCPU_INFO(%rip), %rdx
-    cmpw $1, (%rdx)
+    cmpw $1, {upcall}(%rdx)
     je hypercall_exit_path
     /* The saved %rcx is the return RIP: the one non-canonical value goes through iretq. */
     movabs ${noncanonical}, %rdx
@@ -307,7 +313,7 @@ vector_stubs:
     .set vec, 0
     .rept 256
         .balign 16
-        .if (vec == 8) || ((vec >= 10) && (vec <= 14)) || (vec == 17) || (vec == 21) || (vec == 29) || (vec == 30)
+        .if (vec < 32) && (({ec_mask} >> vec) & 1)
             pushq $vec
         .else
             pushq $0
@@ -351,17 +357,19 @@ exit_to_guest:
     ss = const FLAT_RING3_SS64 as u64,
     cs = const FLAT_RING3_CS64 as u64,
     cs32 = const FLAT_RING3_CS32 as u64,
+    ec_mask = const microvisor::x86::vector::ERROR_CODE_MASK,
+    upcall = const UPCALL_WORD,
     noncanonical = const NONCANONICAL_RETURN,
     smap_on = sym SMAP_ON,
     vsyscall = const VECTOR_SYSCALL,
     off_cs = const offset_of!(GuestFrame, cs),
     nr_xen_version = const nr::XEN_VERSION,
     xen_version = const microvisor::version::XEN_VERSION,
-    hc_general = sym crate::machine::hypercall_general,
-    hc_exit = sym crate::machine::hypercall_exit,
-    syscall_slow = sym crate::machine::syscall_slow,
-    trap_guest = sym crate::machine::trap_from_guest,
-    trap_hv = sym crate::machine::trap_in_hypervisor,
+    hc_general = sym hypercall_general,
+    hc_exit = sym hypercall_exit,
+    syscall_slow = sym syscall_slow,
+    trap_guest = sym trap_from_guest,
+    trap_hv = sym trap_in_hypervisor,
     options(att_syntax)
 );
 
@@ -384,12 +392,56 @@ pub fn init_syscall_entry() {
     cpu::wrmsr(cpu::msr::LSTAR, syscall_entry as *const () as u64);
     cpu::wrmsr(cpu::msr::CSTAR, syscall_compat_entry as *const () as u64);
     // SFMASK: clear IF (the hypervisor runs with interrupts off), DF, TF, AC and NT on entry.
-    cpu::wrmsr(cpu::msr::SFMASK, (1 << 9) | (1 << 10) | (1 << 8) | (1 << 18) | (1 << 14));
+    cpu::wrmsr(cpu::msr::SFMASK, rflags::IF | rflags::DF | rflags::TF | rflags::AC | rflags::NT);
 }
 
-/// Leaves the hypervisor for the guest in the live frame.
-pub fn enter_guest() -> ! {
-    // SAFETY: called at the end of boot on the hypervisor stack once the core has put a vCPU's
-    // registers in the live frame; `exit_to_guest` never returns.
+/// Leaves boot: `prepare` puts the first guest's registers in the live frame, then the CPU
+/// enters that guest.
+pub fn enter_first_guest(prepare: impl FnOnce(&mut GuestFrame)) -> ! {
+    // SAFETY: end of boot, interrupts off: nothing else references the live frame, and the
+    // reference ends before the guest runs.
+    prepare(unsafe { live_frame() });
+    // SAFETY: on the hypervisor stack with a guest's registers in the live frame;
+    // `exit_to_guest` never returns.
     unsafe { exit_to_guest() }
+}
+
+// ---- The Rust ends of the stubs: what the assembly calls, handing the core's glue its state.
+
+/// `syscall_entry_general`: a hypercall from guest kernel mode with its arguments in
+/// registers. Returns the result in `%rax` and whether to take the exit path in `%rdx`.
+extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> FastRet {
+    // SAFETY: `syscall` from a guest is the only way here and guests run only after the
+    // hypervisor was installed; no hypervisor code was running (it never executes `syscall`
+    // and runs with interrupts off), so no other reference exists. This hot path skips the
+    // busy check of `CpuLocal::with` for that reason.
+    let slot = unsafe { crate::machine::HV.get_unchecked() };
+    // SAFETY: installed before the first guest runs (`machine::install`), never removed.
+    let hv = unsafe { slot.as_deref_mut().unwrap_unchecked() };
+    crate::machine::hypercall_general(hv, [a1, a2, a3, a4, a5], nr)
+}
+
+/// `hypercall_exit_path`: the frame is built in the live frame.
+extern "C" fn hypercall_exit() {
+    // SAFETY: an entry from a guest with interrupts off; the reference ends before the return.
+    crate::machine::hypercall_exit(unsafe { live_frame() });
+}
+
+/// `syscall_full` / `syscall_compat_entry`: the frame is built in the live frame.
+extern "C" fn syscall_slow() {
+    // SAFETY: as for `hypercall_exit`.
+    crate::machine::syscall_slow(unsafe { live_frame() });
+}
+
+/// `common_entry` from ring 3: `frame` is the live frame (or, for NMI/#DF/#MC, the frame on
+/// their IST stack).
+extern "C" fn trap_from_guest(frame: *mut GuestFrame) {
+    // SAFETY: the stub passes the frame it just completed, which nothing else references.
+    crate::machine::trap_from_guest(unsafe { &mut *frame });
+}
+
+/// `common_entry` from ring 0: `frame` is on the current stack.
+extern "C" fn trap_in_hypervisor(frame: *mut GuestFrame) {
+    // SAFETY: as for `trap_from_guest`; the interrupted code does not touch its own frame.
+    crate::machine::trap_in_hypervisor(unsafe { &mut *frame });
 }

@@ -299,3 +299,14 @@ impl MachineMemory for DirectMap {
         unsafe { core::ptr::copy(s, d, PAGE_SIZE) }
     }
 }
+
+#[global_allocator]
+static HEAP: linked_list_allocator::LockedHeap = linked_list_allocator::LockedHeap::empty();
+
+/// Gives the kernel heap (the core's tables) `bytes` of RAM from the boot allocator.
+pub fn init_heap(balloc: &mut super::bootmem::BootAllocator, bytes: u64) {
+    let pa = balloc.alloc_contiguous(bytes.div_ceil(PAGE_SIZE as u64), u64::MAX);
+    // SAFETY: the range was just handed out by the boot allocator (RAM nobody else uses) and
+    // is mapped read-write by the direct map; the heap owns it from now on.
+    unsafe { HEAP.lock().init(DirectMap::virt(pa) as *mut u8, bytes as usize) };
+}

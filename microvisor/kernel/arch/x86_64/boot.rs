@@ -8,6 +8,7 @@
 //! address space.
 
 use core::arch::global_asm;
+use microvisor::x86::{cr0, cr4, efer, msr};
 
 /// Where the image's virtual addresses start: physical address 0 maps here.
 pub const HV_VIRT_BASE: u64 = 0xffff_82d0_8000_0000;
@@ -76,21 +77,21 @@ _start32:
 
     /* CR4: PAE | OSFXSR | OSXMMEXCPT (libcore uses SSE everywhere). */
     mov %cr4, %eax
-    or $((1 << 5) | (1 << 9) | (1 << 10)), %eax
+    or ${cr4_boot}, %eax
     mov %eax, %cr4
     mov $(boot_pml4 - HV_VIRT_BASE), %eax
     mov %eax, %cr3
 
     /* EFER: LME | NXE | SCE. */
-    mov $0xC0000080, %ecx
+    mov ${msr_efer}, %ecx
     rdmsr
-    or $((1 << 8) | (1 << 11) | (1 << 0)), %eax
+    or ${efer_boot}, %eax
     wrmsr
 
     /* CR0: PG | WP | NE | MP | PE, EM and TS clear. */
     mov %cr0, %eax
-    and $~((1 << 2) | (1 << 3)), %eax
-    or $((1 << 31) | (1 << 16) | (1 << 5) | (1 << 1) | 1), %eax
+    and ${cr0_clear}, %eax
+    or ${cr0_boot}, %eax
     mov %eax, %cr0
 
     lgdt (boot_gdt_ptr - HV_VIRT_BASE)
@@ -142,6 +143,11 @@ boot_stack_top:
     .previous
 "#,
     hv_virt_base = const HV_VIRT_BASE,
+    cr4_boot = const (cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT) as u32,
+    msr_efer = const msr::EFER,
+    efer_boot = const (efer::LME | efer::NXE | efer::SCE) as u32,
+    cr0_clear = const !(cr0::EM | cr0::TS) as u32,
+    cr0_boot = const (cr0::PG | cr0::WP | cr0::NE | cr0::MP | cr0::PE) as u32,
     stack_size = const BOOT_STACK_SIZE,
     kmain = sym crate::kmain,
     options(att_syntax)

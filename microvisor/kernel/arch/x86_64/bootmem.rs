@@ -170,14 +170,15 @@ impl BootAllocator {
     }
 }
 
-/// The bytes of a boot module.
+/// Runs `f` on the bytes of boot module `m`.
 ///
-/// # Safety
-/// The module's range must stay reserved (not handed to the frame allocator) while the
-/// returned slice is used, and paging must be initialised (the direct map is used).
-pub unsafe fn module_bytes(m: &BootModule) -> &'static [u8] {
+/// The bytes are valid for the call: the boot allocator reserved every module's range, and
+/// the only code that returns those frames to the frame table (`boot_modules::build_all`,
+/// after building every domain) does so outside the calls. Paging is initialised (the direct
+/// map is used) before any domain is built.
+pub fn with_module_bytes<R>(m: &BootModule, f: impl FnOnce(&[u8]) -> R) -> R {
     let va = super::paging::DirectMap::virt(m.range.start);
-    // SAFETY: the caller keeps the range reserved; the direct map covers all RAM read-write
-    // and the loader placed the module in RAM.
-    unsafe { core::slice::from_raw_parts(va as *const u8, m.len as usize) }
+    // SAFETY: see above; the direct map covers all RAM read-write and the loader placed the
+    // module in RAM. The slice cannot outlive the call.
+    f(unsafe { core::slice::from_raw_parts(va as *const u8, m.len as usize) })
 }

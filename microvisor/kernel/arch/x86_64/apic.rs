@@ -80,6 +80,11 @@ pub fn init() -> Rates {
 }
 
 /// Arms the timer to fire once after `ticks` TSC ticks (clamped to the counter's range).
+/// Physical address of the local APIC's registers.
+pub fn base_address() -> u64 {
+    cpu::rdmsr(cpu::msr::APIC_BASE) & !0xfff
+}
+
 pub fn arm_after_tsc_ticks(ticks: u64) {
     // SAFETY: RATES is written once during `init`, before the scheduler runs.
     let r = unsafe { RATES };

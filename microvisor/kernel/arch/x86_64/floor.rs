@@ -61,7 +61,12 @@ pub fn active() -> bool {
 
 /// Builds the bench address space and sets the live frame up for the ring-3 loop; the caller
 /// then enters it (see [`finish`] for the way back).
-pub fn prepare(hv: &mut Hv, iters: u64, hv_slots: &[u64; paging::NR_HV_SLOTS]) {
+pub fn prepare(
+    hv: &mut Hv,
+    iters: u64,
+    hv_slots: &[u64; paging::NR_HV_SLOTS],
+    f: &mut microvisor::vcpu::GuestFrame,
+) {
     let mem = hv.platform().mem;
     let mut alloc = || hv.alloc_xen_frame().expect("memory for the floor benchmark");
     let l4 = alloc();
@@ -103,8 +108,6 @@ pub fn prepare(hv: &mut Hv, iters: u64, hv_slots: &[u64; paging::NR_HV_SLOTS]) {
     cpu::wrmsr(cpu::msr::LSTAR, floor_sysret as *const () as u64);
     // SAFETY: the new L4 carries the hypervisor's slots, so the hypervisor stays mapped.
     unsafe { cpu::write_cr3(l4.addr()) };
-    // SAFETY: nothing else uses the live frame before the first guest runs.
-    let f = unsafe { entry::live_frame() };
     *f = microvisor::vcpu::GuestFrame {
         rip: CODE_VA,
         cs: u64::from(hypercall_abi::xen::FLAT_RING3_CS64),

@@ -1,0 +1,133 @@
+//! The exit path's last step: make the CPU match the vCPU the core chose (page tables and
+//! TLB, GDT entries, I/O bitmap, segment bases, FPU and TS, the syscall entry of its mode, the
+//! timer), writing only what changed since the last exit.
+
+use super::cpu_local::CpuLocal;
+use super::{apic, cpu, entry, paging::DirectMap};
+use crate::machine::Hv;
+use microvisor::hv::GuestExit;
+use microvisor::irq::IrqOp;
+use microvisor::mm::tlb::{self, Flush};
+
+/// The CPU's TLB, for the core's flush rule.
+struct HwTlb;
+
+impl tlb::TlbOps for HwTlb {
+    fn load_cr3(&mut self, cr3: u64) {
+        // SAFETY: every guest L4 carries the hypervisor's slots (the builder and the
+        // page-table validator install them), so the hypervisor stays mapped.
+        unsafe { cpu::write_cr3(cr3) };
+    }
+    fn invlpg(&mut self, va: u64) {
+        cpu::invlpg(va);
+    }
+    fn flush_all(&mut self) {
+        // Global entries too: guest user mappings carry G.
+        cpu::flush_tlb_global();
+    }
+}
+
+/// What the CPU was last set to, so the exit path only writes what changed.
+struct Loaded {
+    vcpu: Option<microvisor::sched::VcpuRef>,
+    cr3: u64,
+    fs_base: u64,
+    gs_base: u64,
+    fpu_ts: bool,
+    timer_deadline: Option<u64>,
+    /// Whose guest descriptors are in the GDT: vCPU, generation, number of entries.
+    gdt: Option<(microvisor::sched::VcpuRef, u64)>,
+    gdt_len: usize,
+    io_ports: bool,
+    kernel_mode: Option<bool>,
+    vcpu_info: u64,
+}
+
+static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
+    vcpu: None,
+    cr3: 0,
+    fs_base: 0,
+    gs_base: 0,
+    fpu_ts: false,
+    timer_deadline: None,
+    gdt: None,
+    gdt_len: 0,
+    io_ports: false,
+    kernel_mode: None,
+    vcpu_info: 0,
+});
+
+/// Makes the CPU match the running vCPU and applies what the core handed over: page tables,
+/// TLB flush, guest GDT, the fast path's `vcpu_info` pointer and mode, I/O access, segment
+/// bases, TS, interrupt-controller changes and the next timer deadline. Only what changed is
+/// written. The core owes nothing once it returned `exit` (it loaded the FPU registers
+/// itself), so nothing here may call back into it except to read.
+pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
+    // SAFETY: only the exit path calls this, once per exit, with interrupts off on the one
+    // CPU: nothing else holds a reference to `LOADED`. (Unchecked: this runs on every slow exit.)
+    let l = unsafe { LOADED.get_unchecked() };
+    let hw = exit.hw;
+    let mut flush = exit.flush;
+    if l.vcpu != Some(hw.vcpu) {
+        if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
+            // Guest user mappings are global (Xen's rule); none may leak to another domain.
+            flush = Flush::All;
+        }
+        l.vcpu = Some(hw.vcpu);
+        crate::machine::note_running(Some(hw.vcpu));
+    }
+    let new_cr3 = (l.cr3 != hw.cr3).then_some(hw.cr3);
+    l.cr3 = hw.cr3;
+    if tlb::switch_and_flush(&mut HwTlb, new_cr3, flush) {
+        hv.tlb_flushed();
+    }
+    let gdt = Some((hw.vcpu, hw.gdt_generation));
+    if l.gdt != gdt && (l.gdt_len > 0 || !hv.running_gdt().is_empty()) {
+        let entries = hv.running_gdt();
+        super::gdt::load_guest_descriptors(entries, l.gdt_len);
+        l.gdt_len = entries.len();
+    }
+    l.gdt = gdt;
+    if l.vcpu_info != hw.vcpu_info {
+        // The fast path reads this word in place; make sure it is RAM.
+        assert!(hw.vcpu_info >> 12 < hv.platform().mem.max_mfn.0 && hw.vcpu_info.is_multiple_of(8));
+        entry::set_cur_vcpu_info(DirectMap::virt(hw.vcpu_info));
+        l.vcpu_info = hw.vcpu_info;
+    }
+    if l.io_ports != hw.io_ports {
+        super::gdt::set_io_access(hw.io_ports);
+        l.io_ports = hw.io_ports;
+    }
+    if l.fs_base != hw.fs_base {
+        cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
+        l.fs_base = hw.fs_base;
+    }
+    if l.gs_base != hw.gs_base {
+        cpu::wrmsr(cpu::msr::GS_BASE, hw.gs_base);
+        l.gs_base = hw.gs_base;
+    }
+    if l.fpu_ts != hw.fpu_ts {
+        cpu::set_cr0_ts(hw.fpu_ts);
+        l.fpu_ts = hw.fpu_ts;
+    }
+    if !exit.irq.is_empty() {
+        for op in exit.irq.iter() {
+            match op {
+                IrqOp::Route(g) => super::ioapic::route(g),
+                IrqOp::Mask(g) => super::ioapic::set_masked(g, true),
+                IrqOp::Unmask(g) => super::ioapic::set_masked(g, false),
+            }
+        }
+    }
+    if l.kernel_mode != Some(hw.kernel_mode) {
+        entry::set_guest_kernel_mode(hw.kernel_mode, hv.trace_on());
+        l.kernel_mode = Some(hw.kernel_mode);
+    }
+    if exit.timer_deadline_ns != l.timer_deadline {
+        match exit.timer_deadline_ns {
+            Some(t) => apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),
+            None => apic::disarm(),
+        }
+        l.timer_deadline = exit.timer_deadline_ns;
+    }
+}

@@ -1,0 +1,285 @@
+//! The kernel's glue between the architecture layer and the core: the one `Hypervisor`
+//! instance, the `Platform` it runs on, what each entry path does (called by entry.rs's Rust
+//! ends), the exit path and idle loop, and the fatal-fault report. Safe code: the hardware
+//! access and `unsafe` it needs live under `arch/`.
+
+use crate::arch::x86_64::cpu_local::CpuLocal;
+use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
+use core::fmt::Write;
+use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use microvisor::hv::{exit_code, Hypervisor, Resume};
+use microvisor::platform::Platform;
+use microvisor::traps;
+use microvisor::vcpu::GuestFrame;
+
+/// The machine as the core sees it.
+pub struct Machine {
+    pub mem: DirectMap,
+}
+
+impl Platform for Machine {
+    type Mem = DirectMap;
+    fn mem(&self) -> &DirectMap {
+        &self.mem
+    }
+    fn tsc(&self) -> u64 {
+        cpu::rdtsc()
+    }
+    fn console_write(&mut self, bytes: &[u8]) {
+        serial::write_bytes(bytes);
+    }
+    fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
+        cpu::cpuid(leaf, subleaf)
+    }
+    fn console_read(&mut self) -> Option<u8> {
+        serial::try_read()
+    }
+    fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
+        with_ts_clear(|| cpu::fxsave(area));
+    }
+    fn fpu_restore(&mut self, area: &microvisor::vcpu::FpuArea) {
+        with_ts_clear(|| cpu::fxrstor(area));
+    }
+}
+
+/// Runs `f` (fxsave/fxrstor) with CR0.TS clear, which the guest's virtual TS may have set
+/// (they would raise #NM in ring 0), and puts TS back as it was.
+fn with_ts_clear(f: impl FnOnce()) {
+    let ts = cpu::read_cr0() & microvisor::x86::cr0::TS != 0;
+    if ts {
+        cpu::set_cr0_ts(false);
+    }
+    f();
+    if ts {
+        cpu::set_cr0_ts(true);
+    }
+}
+
+pub type Hv = Hypervisor<Machine>;
+
+/// The hypervisor, installed once at the end of boot. One CPU; the hypervisor runs with
+/// interrupts disabled and never nests (see entry.rs), and the only ring-0 interrupt handler
+/// (`trap_in_hypervisor`) does not touch it.
+pub static HV: CpuLocal<Option<alloc::boxed::Box<Hv>>> = CpuLocal::new(None);
+/// `domid << 16 | vcpu` of the running vCPU, for fault reports (0xffff_ffff: none).
+static RUNNING: AtomicU32 = AtomicU32::new(u32::MAX);
+/// Set by the timer interrupt while idle.
+static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
+/// GSIs that fired while idle (bit n = GSI n), handed to the core when idling ends.
+static GSIS_FIRED: AtomicU32 = AtomicU32::new(0);
+
+/// Records the running vCPU for fault reports.
+pub fn note_running(r: Option<microvisor::sched::VcpuRef>) {
+    let v = r.map_or(u32::MAX, |r| u32::from(r.domid.0) << 16 | r.vcpu);
+    RUNNING.store(v, Ordering::Relaxed);
+}
+
+/// First half of a device interrupt: mask the level-triggered pin so it cannot fire again
+/// before its owner has served the device, then acknowledge the local APIC.
+fn device_interrupt(gsi: u32) {
+    crate::arch::x86_64::ioapic::set_masked(gsi, true);
+    apic::eoi();
+}
+
+/// Installs the hypervisor instance at the end of boot.
+pub fn install(hv: Hv) {
+    HV.with(|slot| *slot = Some(alloc::boxed::Box::new(hv)));
+}
+
+/// Runs `f` with the hypervisor. Entry paths call this exactly once per entry.
+fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
+    HV.with(|hv| f(hv.as_deref_mut().expect("hypervisor installed before guests run")))
+}
+
+/// A hypercall from guest kernel mode (see entry.rs): arguments in registers; returns the
+/// result for `%rax` and whether the exit path must run.
+#[inline(always)]
+pub fn hypercall_general(hv: &mut Hv, a: [u64; 5], nr: u64) -> entry::FastRet {
+    let (rax, slow) = hv.hypercall_general(nr, a[0], a[1], a[2], a[3], a[4]);
+    entry::FastRet { rax, slow: u64::from(slow) }
+}
+
+/// A fast hypercall that needs the exit path; `frame` is the live frame it built.
+pub fn hypercall_exit(frame: &mut GuestFrame) {
+    with_hv(|hv| exit_path(hv, frame));
+}
+
+/// `syscall` with the whole frame saved (guest user mode, 32-bit code, or `iret`).
+pub fn syscall_slow(frame: &mut GuestFrame) {
+    with_hv(|hv| {
+        hv.syscall_with_frame(frame);
+        exit_path(hv, frame);
+    });
+}
+
+/// An exception or interrupt from a guest; `f` is the live frame (or an IST stack's).
+pub fn trap_from_guest(f: &mut GuestFrame) {
+    let vector = f.vector as u8;
+    if matches!(vector, 2 | 8 | 18) {
+        fatal(f, "machine exception while a guest ran");
+    }
+    if crate::arch::x86_64::floor::active() {
+        if vector != 13 {
+            fatal(f, "unexpected exception in the floor benchmark");
+        }
+        return with_hv(|hv| {
+            crate::arch::x86_64::floor::finish(hv);
+            exit_path(hv, f);
+        });
+    }
+    with_hv(|hv| {
+        match vector {
+            apic::TIMER_VECTOR => {
+                apic::eoi();
+                hv.timer_tick();
+            }
+            apic::SPURIOUS_VECTOR => {}
+            v if microvisor::irq::vector_to_gsi(v).is_some() => {
+                let gsi = microvisor::irq::vector_to_gsi(v).expect("checked");
+                device_interrupt(gsi);
+                hv.pirq_fired(gsi);
+            }
+            0..=31 => {
+                let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
+                hv.guest_exception(f, vector, cr2);
+            }
+            v => {
+                apic::eoi();
+                hv.log(format_args!("unexpected interrupt vector {v:#x}"));
+            }
+        }
+        exit_path(hv, f);
+    });
+}
+
+/// An interrupt or exception in ring 0: the timer while idle, or a hypervisor bug.
+pub fn trap_in_hypervisor(f: &mut GuestFrame) {
+    match f.vector as u8 {
+        apic::TIMER_VECTOR => {
+            apic::eoi();
+            TIMER_FIRED.store(true, Ordering::Release);
+        }
+        apic::SPURIOUS_VECTOR => {}
+        v if microvisor::irq::vector_to_gsi(v).is_some() => {
+            let gsi = microvisor::irq::vector_to_gsi(v).expect("checked");
+            device_interrupt(gsi);
+            GSIS_FIRED.fetch_or(1 << gsi, Ordering::AcqRel);
+            TIMER_FIRED.store(true, Ordering::Release);
+        }
+        _ if crate::arch::x86_64::probe::recover(f) => {}
+        _ => fatal(f, "fault in the hypervisor"),
+    }
+}
+
+/// Decides what runs next and returns once `frame` (the live frame) holds a guest to return to.
+fn exit_path(hv: &mut Hv, frame: &mut GuestFrame) {
+    loop {
+        match hv.resume(frame) {
+            Resume::Guest(exit) => {
+                crate::arch::x86_64::sync::sync_hardware(hv, &exit);
+                return;
+            }
+            Resume::Idle => idle(hv),
+            Resume::Halt(code) => {
+                if let Some(trace) = hv.finish_trace() {
+                    serial::write_raw(serial::COM2, trace);
+                }
+                cpu::qemu_exit(code);
+            }
+        }
+    }
+}
+
+/// Waits for the next timer interrupt with nothing to run.
+fn idle(hv: &mut Hv) {
+    note_running(None);
+    match hv.next_deadline_ns() {
+        Some(t) => {
+            let now = hv.now_ns();
+            if t <= now {
+                hv.timer_tick();
+                return;
+            }
+            apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t - now));
+        }
+        None => {
+            hv.log(format_args!("no domain can run and no timer is pending: stopping"));
+            cpu::qemu_exit(exit_code::HYPERVISOR_FAULT);
+        }
+    }
+    TIMER_FIRED.store(false, Ordering::Relaxed);
+    while !TIMER_FIRED.load(Ordering::Acquire) {
+        // The ring-0 interrupt handler only sets TIMER_FIRED (and GSIS_FIRED).
+        cpu::wait_for_interrupt();
+    }
+    let fired = GSIS_FIRED.swap(0, Ordering::AcqRel);
+    for gsi in 0..32 {
+        if fired & (1 << gsi) != 0 {
+            hv.pirq_fired(gsi);
+        }
+    }
+    hv.timer_tick();
+}
+
+/// Prints a readable report of a fault the hypervisor cannot survive and stops QEMU.
+pub fn fatal(f: &GuestFrame, what: &str) -> ! {
+    let mut w = SerialWriter;
+    let running = RUNNING.load(Ordering::Relaxed);
+    let _ = writeln!(w, "(XEN) ****************************************");
+    let _ = writeln!(w, "(XEN) FATAL: {what}");
+    let _ = writeln!(
+        w,
+        "(XEN) vector {:#x} ({}) error code {:#x}",
+        f.vector,
+        traps::vector::name(f.vector as u8),
+        f.error_code
+    );
+    let _ = writeln!(w, "(XEN) rip {:#018x} cs {:#x} rflags {:#x}", f.rip, f.cs, f.rflags);
+    let _ = writeln!(
+        w,
+        "(XEN) rsp {:#018x} ss {:#x} cr2 {:#018x} cr3 {:#018x}",
+        f.rsp,
+        f.ss,
+        cpu::read_cr2(),
+        cpu::read_cr3()
+    );
+    let _ =
+        writeln!(w, "(XEN) rax {:#018x} rbx {:#018x} rcx {:#018x} rdx {:#018x}", f.rax, f.rbx, f.rcx, f.rdx);
+    let _ =
+        writeln!(w, "(XEN) rsi {:#018x} rdi {:#018x} rbp {:#018x} r8  {:#018x}", f.rsi, f.rdi, f.rbp, f.r8);
+    let _ =
+        writeln!(w, "(XEN) r9  {:#018x} r10 {:#018x} r11 {:#018x} r12 {:#018x}", f.r9, f.r10, f.r11, f.r12);
+    let _ = writeln!(w, "(XEN) r13 {:#018x} r14 {:#018x} r15 {:#018x}", f.r13, f.r14, f.r15);
+    if running == u32::MAX {
+        let _ = writeln!(w, "(XEN) running: idle");
+    } else {
+        let _ = writeln!(w, "(XEN) running: d{}v{}", running >> 16, running & 0xffff);
+    }
+    let _ = writeln!(w, "(XEN) ****************************************");
+    cpu::qemu_exit(exit_code::HYPERVISOR_FAULT)
+}
+
+/// Unbuffered writes straight to COM1, for fatal paths that cannot rely on any state.
+pub struct SerialWriter;
+
+impl Write for SerialWriter {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        serial::write_bytes(s.as_bytes());
+        Ok(())
+    }
+}
+
+/// The running vCPU as `(domid, vcpu)`, if any (for the panic report).
+pub fn running() -> Option<(u32, u32)> {
+    let r = RUNNING.load(Ordering::Relaxed);
+    (r != u32::MAX).then_some((r >> 16, r & 0xffff))
+}
+
+/// Leaves boot: runs the scheduler for the first time and enters the chosen guest. With
+/// `floor_iters`, the ring-3 latency floor is measured first (its end starts the guests).
+pub fn start(floor_iters: Option<u64>, hv_slots: &[u64; crate::arch::x86_64::paging::NR_HV_SLOTS]) -> ! {
+    entry::enter_first_guest(|frame| match floor_iters {
+        Some(n) => with_hv(|hv| crate::arch::x86_64::floor::prepare(hv, n, hv_slots, frame)),
+        None => with_hv(|hv| exit_path(hv, frame)),
+    })
+}
