@@ -69,6 +69,7 @@ static TIMER_FIRED: AtomicBool = AtomicBool::new(false);
 static GSIS_FIRED: AtomicU32 = AtomicU32::new(0);
 
 /// Records the running vCPU for fault reports.
+#[inline(always)]
 pub fn note_running(r: Option<microvisor::sched::VcpuRef>) {
     let v = r.map_or(u32::MAX, |r| u32::from(r.domid.0) << 16 | r.vcpu);
     RUNNING.store(v, Ordering::Relaxed);
@@ -87,6 +88,7 @@ pub fn install(hv: Hv) {
 }
 
 /// Runs `f` with the hypervisor. Entry paths call this exactly once per entry.
+#[inline(always)]
 fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
     HV.with(|hv| f(hv.as_deref_mut().expect("hypervisor installed before guests run")))
 }
@@ -100,11 +102,13 @@ pub fn hypercall_general(hv: &mut Hv, a: [u64; 5], nr: u64) -> entry::FastRet {
 }
 
 /// A fast hypercall that needs the exit path; `frame` is the live frame it built.
+#[inline(always)]
 pub fn hypercall_exit(frame: &mut GuestFrame) {
     with_hv(|hv| exit_path(hv, frame));
 }
 
 /// `syscall` with the whole frame saved (guest user mode, 32-bit code, or `iret`).
+#[inline(always)]
 pub fn syscall_slow(frame: &mut GuestFrame) {
     with_hv(|hv| {
         hv.syscall_with_frame(frame);
@@ -113,6 +117,7 @@ pub fn syscall_slow(frame: &mut GuestFrame) {
 }
 
 /// An exception or interrupt from a guest; `f` is the live frame (or an IST stack's).
+#[inline(always)]
 pub fn trap_from_guest(f: &mut GuestFrame) {
     let vector = f.vector as u8;
     if matches!(vector, 2 | 8 | 18) {
@@ -153,6 +158,7 @@ pub fn trap_from_guest(f: &mut GuestFrame) {
 }
 
 /// An interrupt or exception in ring 0: the timer while idle, or a hypervisor bug.
+#[inline(always)]
 pub fn trap_in_hypervisor(f: &mut GuestFrame) {
     match f.vector as u8 {
         apic::TIMER_VECTOR => {

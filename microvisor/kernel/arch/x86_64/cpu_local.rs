@@ -23,6 +23,7 @@ impl<T> CpuLocal<T> {
     }
 
     /// Runs `f` with the value; panics if it is already in use (a re-entry).
+    #[inline(always)]
     pub fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
         assert!(!self.busy.swap(true, Ordering::Acquire), "per-CPU state re-entered");
         // SAFETY: the flag proves no other reference to the value exists.
@@ -38,6 +39,7 @@ impl<T> CpuLocal<T> {
     /// is an entry from a guest (so no hypervisor code is running) or the exit path, with
     /// interrupts off.
     #[allow(clippy::mut_from_ref)]
+    #[inline(always)]
     pub unsafe fn get_unchecked(&self) -> &mut T {
         // SAFETY: the caller guarantees exclusive access.
         unsafe { &mut *self.value.get() }

@@ -62,6 +62,7 @@ static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
 /// bases, TS, interrupt-controller changes and the next timer deadline. Only what changed is
 /// written. The core owes nothing once it returned `exit` (it loaded the FPU registers
 /// itself), so nothing here may call back into it except to read.
+#[inline(always)]
 pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     // SAFETY: only the exit path calls this, once per exit, with interrupts off on the one
     // CPU: nothing else holds a reference to `LOADED`. (Unchecked: this runs on every slow exit.)
