@@ -4,6 +4,7 @@
 //! access and `unsafe` it needs live under `arch/`.
 
 use crate::arch::x86_64::cpu_local::CpuLocal;
+use crate::arch::x86_64::entry::Live;
 use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -101,35 +102,33 @@ pub fn hypercall_general(hv: &mut Hv, a: [u64; 5], nr: u64) -> entry::FastRet {
     entry::FastRet { rax, slow: u64::from(slow) }
 }
 
-/// A fast hypercall that needs the exit path; `frame` is the live frame it built.
+/// A fast hypercall that needs the exit path; the live frame holds what it built.
 #[inline(always)]
-pub fn hypercall_exit(frame: &mut GuestFrame) {
-    with_hv(|hv| exit_path(hv, frame));
+pub fn hypercall_exit(live: Live) {
+    with_hv(|hv| exit_path(hv, live));
 }
 
 /// `syscall` with the whole frame saved (guest user mode, 32-bit code, or `iret`).
 #[inline(always)]
-pub fn syscall_slow(frame: &mut GuestFrame) {
+pub fn syscall_slow(mut live: Live) {
     with_hv(|hv| {
-        hv.syscall_with_frame(frame);
-        exit_path(hv, frame);
+        hv.syscall_with_frame(live.frame());
+        exit_path(hv, live);
     });
 }
 
-/// An exception or interrupt from a guest; `f` is the live frame (or an IST stack's).
+/// An exception or interrupt from a guest, in the live frame (NMI, #DF and #MC never get
+/// here: the arch layer stops the machine on them).
 #[inline(always)]
-pub fn trap_from_guest(f: &mut GuestFrame) {
-    let vector = f.vector as u8;
-    if matches!(vector, 2 | 8 | 18) {
-        fatal(f, "machine exception while a guest ran");
-    }
+pub fn trap_from_guest(mut live: Live) {
+    let vector = live.frame().vector as u8;
     if crate::arch::x86_64::floor::active() {
         if vector != 13 {
-            fatal(f, "unexpected exception in the floor benchmark");
+            fatal(live.frame(), "unexpected exception in the floor benchmark");
         }
         return with_hv(|hv| {
             crate::arch::x86_64::floor::finish(hv);
-            exit_path(hv, f);
+            exit_path(hv, live);
         });
     }
     with_hv(|hv| {
@@ -146,14 +145,14 @@ pub fn trap_from_guest(f: &mut GuestFrame) {
             }
             0..=31 => {
                 let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
-                hv.guest_exception(f, vector, cr2);
+                hv.guest_exception(live.frame(), vector, cr2);
             }
             v => {
                 apic::eoi();
                 hv.log(format_args!("unexpected interrupt vector {v:#x}"));
             }
         }
-        exit_path(hv, f);
+        exit_path(hv, live);
     });
 }
 
@@ -177,10 +176,10 @@ pub fn trap_in_hypervisor(f: &mut GuestFrame) {
     }
 }
 
-/// Decides what runs next and returns once `frame` (the live frame) holds a guest to return to.
-fn exit_path(hv: &mut Hv, frame: &mut GuestFrame) {
+/// Decides what runs next and returns once the live frame holds a guest to return to.
+fn exit_path(hv: &mut Hv, mut live: Live) {
     loop {
-        match hv.resume(frame) {
+        match hv.resume(live.frame()) {
             Resume::Guest(exit) => {
                 crate::arch::x86_64::sync::sync_hardware(hv, &exit);
                 return;
@@ -284,8 +283,8 @@ pub fn running() -> Option<(u32, u32)> {
 /// Leaves boot: runs the scheduler for the first time and enters the chosen guest. With
 /// `floor_iters`, the ring-3 latency floor is measured first (its end starts the guests).
 pub fn start(floor_iters: Option<u64>, hv_slots: &[u64; crate::arch::x86_64::paging::NR_HV_SLOTS]) -> ! {
-    entry::enter_first_guest(|frame| match floor_iters {
-        Some(n) => with_hv(|hv| crate::arch::x86_64::floor::prepare(hv, n, hv_slots, frame)),
-        None => with_hv(|hv| exit_path(hv, frame)),
+    entry::enter_first_guest(|mut live| match floor_iters {
+        Some(n) => with_hv(|hv| crate::arch::x86_64::floor::prepare(hv, n, hv_slots, live.frame())),
+        None => with_hv(|hv| exit_path(hv, live)),
     })
 }

@@ -480,23 +480,32 @@ impl Maptrack {
     /// domain holds [`MAX_MAPTRACK`] mappings or memory ran out.
     fn alloc(&mut self) -> Option<u32> {
         if self.free == NIL {
-            let base = self.limit();
-            if base >= MAX_MAPTRACK {
-                return None;
-            }
-            self.chunks.try_reserve(1).ok()?;
-            let mut chunk = Vec::new();
-            chunk.try_reserve_exact(MAPTRACK_CHUNK as usize).ok()?;
-            chunk.extend((0..MAPTRACK_CHUNK).map(|i| Mapping {
-                next_free: if i + 1 < MAPTRACK_CHUNK { base + i + 1 } else { NIL },
-                ..Mapping::default()
-            }));
-            self.chunks.push(chunk.into_boxed_slice());
-            self.free = base;
+            self.grow()?;
         }
         let h = self.free;
         self.free = self.slot(h).map_or(NIL, |m| m.next_free);
         Some(h)
+    }
+
+    /// Adds a chunk of free handles (out of line: its allocation code would otherwise cost
+    /// every `alloc` register saves).
+    #[cold]
+    #[inline(never)]
+    fn grow(&mut self) -> Option<()> {
+        let base = self.limit();
+        if base >= MAX_MAPTRACK {
+            return None;
+        }
+        self.chunks.try_reserve(1).ok()?;
+        let mut chunk = Vec::new();
+        chunk.try_reserve_exact(MAPTRACK_CHUNK as usize).ok()?;
+        chunk.extend((0..MAPTRACK_CHUNK).map(|i| Mapping {
+            next_free: if i + 1 < MAPTRACK_CHUNK { base + i + 1 } else { NIL },
+            ..Mapping::default()
+        }));
+        self.chunks.push(chunk.into_boxed_slice());
+        self.free = base;
+        Some(())
     }
 
     /// Records `m` under `h` (from [`Maptrack::alloc`]).

@@ -33,10 +33,9 @@ const GUEST_CR4: u64 = cr4::PSE | cr4::PAE | cr4::MCE | cr4::PGE | cr4::OSFXSR |
 
 /// Machine address of vCPU `vcpu`'s `vcpu_info.arch.cr2` (where Xen reports a #PF address).
 fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>, vcpu: u32) -> u64 {
-    let off = SharedInfo::vcpu_info_offset(vcpu as usize)
-        + offset_of!(VcpuInfo, arch)
-        + offset_of!(ArchVcpuInfo, cr2);
-    hv.cur_dom().shared_info.addr() + off as u64
+    hv.cur_dom().shared_info.addr()
+        + SharedInfo::vcpu_info_offset(vcpu as usize) as u64
+        + (offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2)) as u64
 }
 
 /// Size of the red zone below a guest kernel's stack pointer that bounce frames skip.
@@ -174,7 +173,8 @@ pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// Writes vCPU `vcpu`'s PV clock in the shared_info page at `si` (seqlock: odd version while
 /// the fields change).
 pub fn write_pvclock(mem: &impl MachineMemory, si: Mfn, vcpu: u32, tb: &TimeBase, tsc: u64) {
-    let base = si.addr() + (SharedInfo::vcpu_info_offset(vcpu as usize) + offset_of!(VcpuInfo, time)) as u64;
+    let base =
+        si.addr() + SharedInfo::vcpu_info_offset(vcpu as usize) as u64 + offset_of!(VcpuInfo, time) as u64;
     let version = mem.read_u64(base) as u32;
     let v_odd = version.wrapping_add(1) | 1;
     mem.write_u64(base, u64::from(v_odd));
