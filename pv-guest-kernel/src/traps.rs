@@ -283,7 +283,7 @@ mod kernel {
     static HANDLERS: Mutex<[Option<TrapHandler>; NR_TRAP_VECTORS]> = Mutex::new([None; NR_TRAP_VECTORS]);
 
     /// Addresses of the event and failsafe callback stubs, for `set_callbacks`.
-    pub(crate) fn callback_entries() -> (u64, u64) {
+    pub fn callback_entries() -> (u64, u64) {
         (__pv_event_callback as *const () as u64, __pv_failsafe_callback as *const () as u64)
     }
 

@@ -1,6 +1,37 @@
-//! The hypercall fuzzer's campaigns and the run-time frame-table audit they rely on.
+//! The hypercall fuzzer (the test guest's `fuzz` scenario, run by `cargo xtask fuzz`): short
+//! campaigns from fixed seeds (`cargo xtask fuzz` runs random ones), each judged on the host — no
+//! hypervisor fault, a clean frame-table audit, the fuzzer alive with every answer it could
+//! check right, and the neighbour (`fuzz-disk`) reading back and leaving on its disk exactly
+//! what it wrote. Also the run-time audit the campaigns rely on.
 
 use tests::{boot, kernels, Machine, Outcome, RunExt};
+use xtask::fuzz::{run_campaign, Campaign};
+
+/// Calls per CI campaign.
+const CI_CALLS: u64 = 3_000;
+
+fn campaign(seed: u64) {
+    let k = kernels();
+    println!("fuzz: seed {seed} ({CI_CALLS} calls); reproduce with: cargo xtask fuzz --seed {seed} --calls {CI_CALLS}");
+    match run_campaign(&k, &Campaign::new(seed, CI_CALLS)) {
+        Ok((o, _)) => {
+            println!("{}", o.summary);
+            assert_eq!(o.calls, CI_CALLS, "{}", o.summary);
+            assert!(o.audits > 1 && o.disk_rounds >= 2, "{o:?}");
+        }
+        Err(f) => panic!("{f}"),
+    }
+}
+
+#[test]
+fn campaign_from_seed_1() {
+    campaign(1);
+}
+
+#[test]
+fn campaign_from_seed_0x5eed() {
+    campaign(0x5eed);
+}
 
 /// The demo machine (dom0 serving the domU's disk, console and rng) with the frame table
 /// audited after every hypercall: a normal boot holds every invariant the audit checks, so
@@ -27,7 +58,5 @@ fn audit_after_every_hypercall_is_clean_through_a_demo_boot() {
 
 /// `key=<u64>` in `line`.
 fn field(line: &str, key: &str) -> u64 {
-    let at = line.find(&format!("{key}=")).unwrap_or_else(|| panic!("no {key}= in {line}"));
-    let v = &line[at + key.len() + 1..];
-    v.split_whitespace().next().and_then(|n| n.parse().ok()).unwrap_or_else(|| panic!("bad {key}= in {line}"))
+    xtask::fuzz::field(line, key).unwrap_or_else(|| panic!("no {key}= in {line}"))
 }

@@ -4,6 +4,7 @@
 
 pub mod bench;
 pub mod disk;
+pub mod fuzz;
 pub mod kernels;
 pub mod plot;
 pub mod qemu;

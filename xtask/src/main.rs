@@ -16,6 +16,10 @@ commands:
   lint                  cargo fmt --check and clippy (warnings are errors) on every crate
   trace [--bench]        boot with the hypervisor's event trace on and print a decoded
                         timeline with per-hypercall counts and latencies
+  fuzz [--seed N] [--calls M] [--audit N]
+                        a hypercall-fuzzing campaign from a seed (random if not given): the
+                        fuzzer domain, a neighbour doing verified disk I/O, the frame-table
+                        audit every N hypercalls; prints the seed and, on failure, the last calls
   bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
                         boot the bench configuration, print the figures, write
                         target/bench/results.json
@@ -30,6 +34,7 @@ fn main() -> ExitCode {
         Some("lint") => lint().map(|_| ExitCode::SUCCESS),
         Some("bench") => bench(&args[1..]),
         Some("trace") => trace(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
         Some("help") | Some("--help") | Some("-h") | None => {
             print!("{USAGE}");
             Ok(ExitCode::SUCCESS)
@@ -168,6 +173,12 @@ fn trace(args: &[String]) -> Result<ExitCode> {
         print!("{}", xtask::bench::table(&results));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+fn fuzz(args: &[String]) -> Result<ExitCode> {
+    ensure_qemu()?;
+    let k = kernels::build()?;
+    Ok(if xtask::fuzz::command(&k, args)? { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn test() -> Result<ExitCode> {

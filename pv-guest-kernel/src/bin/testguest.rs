@@ -98,6 +98,9 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("bench-pingpong", "tests/tests/bench_smoke.rs", |c| bench_pingpong::run(c.si)),
     sc("bench-switch", "tests/tests/bench_smoke.rs", |c| bench_switch::run(c.si)),
     sc("switch-partner", "tests/tests/bench_smoke.rs", |c| bench_switch::partner(c.si)),
+    // The hypercall fuzzer and the neighbour doing verified disk I/O next to it.
+    sc("fuzz", "tests/tests/fuzz.rs", |c| fuzz::run(c.si)),
+    sc("fuzz-disk", "tests/tests/fuzz.rs", |c| fuzz_disk::run(c.si)),
     // A domain that only boots and powers off (a machine that needs one more domain).
     sc("none", "tests/tests/blk.rs", |_| println!("TEST none PASS nothing to do")),
 ];
@@ -195,6 +198,16 @@ mod checks;
 mod cpu_entry;
 #[path = "testguest/events.rs"]
 mod events;
+#[path = "testguest/fuzz.rs"]
+mod fuzz;
+#[path = "testguest/fuzz_calls.rs"]
+mod fuzz_calls;
+#[path = "testguest/fuzz_disk.rs"]
+mod fuzz_disk;
+#[path = "testguest/fuzz_exec.rs"]
+mod fuzz_exec;
+#[path = "testguest/fuzz_mem.rs"]
+mod fuzz_mem;
 #[path = "testguest/hostile.rs"]
 mod hostile;
 #[path = "testguest/ipc_hostile.rs"]

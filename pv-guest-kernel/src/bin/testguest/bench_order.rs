@@ -26,7 +26,7 @@ const DONE_NODE: &str = "data/bench-done";
 
 /// A xenstore connection that has answered a request: the first one waits (up to
 /// `deadline`) for as long as dom0 is busy before it serves the ring.
-fn connect_answered(si: &StartInfo, deadline: u64) -> Result<Xenbus<RingTransport>, Errno> {
+pub fn connect_answered(si: &StartInfo, deadline: u64) -> Result<Xenbus<RingTransport>, Errno> {
     let mut xb = loop {
         match xenbus::connect(si) {
             Ok(xb) => break xb,
@@ -52,15 +52,19 @@ pub fn wait_for_dom0(si: &StartInfo) {
 
 /// Publishes `data/bench-done` for whoever waits for our turn to end.
 pub fn announce_done(si: &StartInfo) {
-    let r = xenbus::connect(si).and_then(|mut xb| {
-        let me = xb.read_string(TxId::NONE, "domid")?;
-        xb.write(TxId::NONE, DONE_NODE, b"1")?;
-        // Owner first: we keep the node, and every other domain may read it.
-        xb.set_perms(TxId::NONE, DONE_NODE, &[&format!("r{}", me.trim())])
-    });
-    if let Err(e) = r {
+    if let Err(e) = announce(si, DONE_NODE) {
         println!("bench: cannot announce the end ({e}); a domain waiting for us will time out");
     }
+}
+
+/// Publishes `node` (relative to our home) with the value "1", readable by every domain.
+pub fn announce(si: &StartInfo, node: &str) -> Result<(), Errno> {
+    xenbus::connect(si).and_then(|mut xb| {
+        let me = xb.read_string(TxId::NONE, "domid")?;
+        xb.write(TxId::NONE, node, b"1")?;
+        // Owner first: we keep the node, and every other domain may read it.
+        xb.set_perms(TxId::NONE, node, &[&format!("r{}", me.trim())])
+    })
 }
 
 /// With `after=<domid>`: blocks until that domain has published `data/bench-done`.
@@ -72,39 +76,43 @@ pub fn wait_after(si: &StartInfo) {
         return println!("bench: ignoring after={v}: not a domain id");
     };
     let t0 = time::now_ns();
-    let deadline = t0.saturating_add(TURN_NS);
-    let path = format!("/local/domain/{id}/{DONE_NODE}");
-    let mut xb = match connect_answered(si, deadline) {
-        Ok(xb) => xb,
-        Err(e) => return println!("bench: no xenstore ({e}); not waiting for d{id}"),
-    };
+    match wait_for(si, id, DONE_NODE, TURN_NS) {
+        Ok(true) => {
+            println!("bench: d{id} is done ({} ms after start), our turn", (time::now_ns() - t0) / 1_000_000)
+        }
+        Ok(false) => println!("bench: d{id} did not finish in time; going ahead"),
+        Err(e) => println!("bench: waiting for d{id}: {e}; going ahead"),
+    }
+}
+
+/// Blocks until domain `id` has published `node` (relative to its home) or is gone: `Ok(true)`,
+/// or `Ok(false)` when `turn_ns` passed first.
+pub fn wait_for(si: &StartInfo, id: u64, node: &str, turn_ns: u64) -> Result<bool, Errno> {
+    let deadline = time::now_ns().saturating_add(turn_ns);
+    let path = format!("/local/domain/{id}/{node}");
+    let mut xb = connect_answered(si, deadline)?;
     // The node becomes readable (and the watch fires) when its owner opens it to us; until
     // then we sleep in the watch wait, costing the benchmarks nothing. Before that, none of
     // the node's changes is visible to us, so every event after the one the registration
     // fires means the owner is done, even if it went before we could read the node (its
     // nodes go with it).
-    if let Err(e) = xb.watch(&path, "bench-done") {
-        return println!("bench: cannot watch {path} ({e}); going ahead");
-    }
-    xb.transport_mut().timeout_ns = TURN_NS;
+    xb.watch(&path, "bench-done")?;
+    xb.transport_mut().timeout_ns = turn_ns;
     let mut events = 0;
     loop {
         let seen = match xb.read(TxId::NONE, &path) {
             Ok(_) => true,
             Err(Errno::ENOENT | Errno::EACCES) => events > 1,
-            Err(e) => return println!("bench: waiting for d{id}: {e}; going ahead"),
+            Err(e) => return Err(e),
         };
         if seen {
-            let ms = (time::now_ns() - t0) / 1_000_000;
-            return println!("bench: d{id} is done ({ms} ms after start), our turn");
+            return Ok(true);
         }
         if time::now_ns() >= deadline {
-            return println!("bench: d{id} did not finish in time; going ahead");
+            return Ok(false);
         }
-        match xb.wait_watch_event() {
-            Ok(_) => events += 1,
-            Err(e) => return println!("bench: waiting for d{id}: {e}; going ahead"),
-        }
+        xb.wait_watch_event()?;
+        events += 1;
     }
 }
 

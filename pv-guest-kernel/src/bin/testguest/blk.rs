@@ -33,7 +33,7 @@ use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
 use pv_guest_kernel::{cmdline, gnttab, hypercall, println, time};
 
 /// How long a scenario waits for dom0 (xenstore, the vbd) before giving up.
-const SETUP_NS: u64 = 120_000_000_000;
+pub(crate) const SETUP_NS: u64 = 120_000_000_000;
 
 /// What a disk scenario runs once its disk is connected.
 pub type DiskScenario = fn(&Ctx, Blkfront, &mut Xenbus<RingTransport>);
@@ -59,7 +59,7 @@ pub fn with_disk(c: &Ctx, body: DiskScenario) {
 }
 
 /// Connects to xenstore, retrying while dom0 is busy (its own disk benchmark may run first).
-fn connect_xenstore(si: &StartInfo) -> Option<Xenbus<RingTransport>> {
+pub(crate) fn connect_xenstore(si: &StartInfo) -> Option<Xenbus<RingTransport>> {
     let deadline = time::now_ns() + SETUP_NS;
     loop {
         match xenbus::connect(si) {
@@ -85,12 +85,28 @@ fn pattern_word(seed: u64, s: u64, i: u64) -> u64 {
     (s ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(i)
 }
 
-fn fill(buf: &mut [u8], seed: u64, sector: u64) {
+pub(crate) fn fill(buf: &mut [u8], seed: u64, sector: u64) {
     for (k, sec) in buf.chunks_exact_mut(512).enumerate() {
         for (i, w) in sec.chunks_exact_mut(8).enumerate() {
             w.copy_from_slice(&pattern_word(seed, sector + k as u64, i as u64).to_le_bytes());
         }
     }
+}
+
+/// `n` distinct slots in `0..slots` (`n` <= `slots`), scattered over the disk by `seed`.
+pub(crate) fn scattered_slots(seed: u64, slots: u64, n: usize) -> Vec<u64> {
+    let mut chosen: Vec<u64> = Vec::new();
+    let mut x = seed | 1;
+    while chosen.len() < n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let slot = x % slots;
+        if !chosen.contains(&slot) {
+            chosen.push(slot);
+        }
+    }
+    chosen
 }
 
 pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
@@ -102,18 +118,7 @@ pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         println!("TEST blk-pattern FAIL the disk is too small ({} sectors)", disk.info.sectors);
         return;
     }
-    // Distinct chunk slots, scattered over the disk.
-    let mut chosen: Vec<u64> = Vec::new();
-    let mut x = seed | 1;
-    while chosen.len() < CHUNKS {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        let slot = x % slots;
-        if !chosen.contains(&slot) {
-            chosen.push(slot);
-        }
-    }
+    let chosen = scattered_slots(seed, slots, CHUNKS);
     for line in chosen.chunks(16) {
         let list: Vec<String> = line.iter().map(|s| format!("{}", s * CHUNK)).collect();
         println!("blk-pattern: seed {seed} chunks {}", list.join(" "));
