@@ -105,6 +105,42 @@ pub mod nr {
     }
 }
 
+/// Per-hypercall tallies printed as `key=value` fields: the run-time audit's count of what
+/// each domain called and a guest's count of what it issued (the fuzzer's), which the host
+/// compares. Numbers below [`tally::COUNTED`] each have a bucket; all others share the last.
+pub mod tally {
+    use core::fmt;
+
+    /// Hypercall numbers with a bucket of their own.
+    pub const COUNTED: usize = 64;
+    /// Buckets in a tally.
+    pub const BUCKETS: usize = COUNTED + 1;
+
+    /// The bucket of hypercall `nr`.
+    pub const fn bucket(nr: u64) -> usize {
+        if nr < COUNTED as u64 {
+            nr as usize
+        } else {
+            COUNTED
+        }
+    }
+
+    /// A bucket's key: Xen's name, `nr<N>` for a number without one, `other` for the last.
+    pub struct Key(pub usize);
+
+    impl fmt::Display for Key {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match self.0 {
+                COUNTED.. => f.write_str("other"),
+                n => match super::nr::name(n as u64) {
+                    "unknown" => write!(f, "nr{n}"),
+                    name => f.write_str(name),
+                },
+            }
+        }
+    }
+}
+
 /// Number of stubs in the hypercall page.
 pub const HYPERCALL_PAGE_STUBS: usize = 128;
 /// Bytes per stub.
@@ -176,5 +212,15 @@ mod tests {
         assert_eq!(s, &[0x51, 0x41, 0x53, 0xb8, 17, 0, 0, 0, 0x0f, 0x05, 0x41, 0x5b, 0x59, 0xc3]);
         let i = &page[23 * 32..23 * 32 + 11];
         assert_eq!(i, &[0x51, 0x41, 0x53, 0x50, 0xb8, 23, 0, 0, 0, 0x0f, 0x05]);
+    }
+
+    #[test]
+    fn tally_keys() {
+        let key = |nr| tally::Key(tally::bucket(nr)).to_string();
+        assert_eq!(key(nr::MMU_UPDATE), "mmu_update");
+        assert_eq!(key(11), "nr11");
+        assert_eq!(key(63), "nr63");
+        assert_eq!(key(64), "other");
+        assert_eq!(key(u64::MAX), "other");
     }
 }

@@ -138,8 +138,9 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     }
     match microvisor::audit::Audit::from_cmdline(hv.cmdline()) {
         Ok(Some(a)) => {
+            let every = a.period();
             hv.enable_audit(a);
-            hv.log(format_args!("audit: the frame table is checked every {} hypercalls", a.period()));
+            hv.log(format_args!("audit: the frame table is checked every {every} hypercalls"));
         }
         Ok(None) => {}
         Err(e) => hv.log(format_args!("{e}: no audit")),

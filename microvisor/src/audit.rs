@@ -5,8 +5,15 @@
 //! campaigns run with it so that a hypercall that breaks the frame table's invariants is
 //! caught within N calls of doing so, not when a guest finally exploits it.
 //!
-//! Off by default. The hypercall fast path in the arch layer never reaches it; the general
-//! path pays one test of a counter.
+//! While it is on, it also tallies the hypercalls each domain completed, by number
+//! ([`hypercall_abi::hypercall::tally`]), and prints the tallies when the machine stops, so
+//! that the host can check a fuzzer's claims about the calls it issued against the
+//! hypervisor's own count. A call is counted once, when it returns: a continuation
+//! re-executes the same call and is not counted again.
+//!
+//! Off by default. The hypercall fast path in the arch layer never reaches it
+//! (`xen_version(XENVER_version)`, which is therefore never counted); the general path pays
+//! one test of a counter.
 //!
 //! [`FrameTable::audit`]: crate::mm::frame_table::FrameTable::audit
 
@@ -16,13 +23,26 @@ use crate::mm::frame_table::ExternalRef;
 use crate::platform::Platform;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::hypercall::{nr, tally};
+use hypercall_abi::DomId;
 
 /// Largest `N` of `audit=<N>`.
 pub const MAX_EVERY: u64 = 1 << 32;
+/// Domains whose hypercalls are tallied (the first ones seen); later ones are counted as
+/// `untallied` only.
+pub const MAX_TALLIED_DOMAINS: usize = 16;
+/// Buckets per `key=value` line of the tally at stop (a console line holds about 300 bytes).
+const TALLY_PER_LINE: usize = 8;
+
+/// One domain's completed hypercalls, by [`tally::bucket`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DomainTally {
+    pub domid: DomId,
+    pub calls: [u64; tally::BUCKETS],
+}
 
 /// The audit's schedule and tally.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Audit {
     /// Audit every this many hypercalls (0: off).
     every: u64,
@@ -32,12 +52,17 @@ pub struct Audit {
     pub hypercalls: u64,
     /// Audits that found the frame table consistent.
     pub passed: u64,
+    /// Completed hypercalls per domain, in the order the domains first called.
+    pub tallies: Vec<DomainTally>,
+    /// Completed hypercalls of domains beyond [`MAX_TALLIED_DOMAINS`] (or when memory for a
+    /// tally could not be had).
+    pub untallied: u64,
 }
 
 impl Audit {
     /// An audit every `every` hypercalls (`every` > 0).
     pub fn every(every: u64) -> Audit {
-        Audit { every, left: every, hypercalls: 0, passed: 0 }
+        Audit { every, left: every, ..Audit::default() }
     }
 
     /// `audit=<N>` from the hypervisor's command line: `Ok(None)` without the option, `Err`
@@ -60,6 +85,22 @@ impl Audit {
     #[inline(always)]
     pub fn is_on(&self) -> bool {
         self.every != 0
+    }
+
+    /// Counts a completed hypercall `nr` of `domid`.
+    fn count(&mut self, domid: DomId, nr: u64) {
+        let i = match self.tallies.iter().position(|t| t.domid == domid) {
+            Some(i) => i,
+            None if self.tallies.len() < MAX_TALLIED_DOMAINS && self.tallies.try_reserve(1).is_ok() => {
+                self.tallies.push(DomainTally { domid, calls: [0; tally::BUCKETS] });
+                self.tallies.len() - 1
+            }
+            None => {
+                self.untallied += 1;
+                return;
+            }
+        };
+        self.tallies[i].calls[tally::bucket(nr)] += 1;
     }
 
     /// Counts one hypercall; true when an audit is due.
@@ -98,11 +139,23 @@ impl<P: Platform> Hypervisor<P> {
         self.frames.audit(self.mem(), &self.external_refs())
     }
 
-    /// The per-hypercall hook: counts the call and audits when one is due. A failed audit
-    /// names the call that preceded it and stops the machine as a hypervisor fault.
+    /// The per-hypercall hook: counts the call (in the tally when it `completed`, not when
+    /// it will continue) and audits when one is due. A failed audit names the call that
+    /// preceded it and stops the machine as a hypervisor fault.
     #[inline]
-    pub(crate) fn audit_after_hypercall(&mut self, nr: u64) {
-        if self.audit.is_on() && self.audit.tick() {
+    pub(crate) fn audit_after_hypercall(&mut self, nr: u64, completed: bool) {
+        if self.audit.is_on() {
+            self.audit_count(nr, completed);
+        }
+    }
+
+    #[inline(never)]
+    fn audit_count(&mut self, nr: u64, completed: bool) {
+        if completed {
+            let id = self.current().domid;
+            self.audit.count(id, nr);
+        }
+        if self.audit.tick() {
             self.audit_now(nr);
         }
     }
@@ -133,11 +186,10 @@ impl<P: Platform> Hypervisor<P> {
         match self.audit_frames() {
             Ok(()) => {
                 self.audit.passed += 1;
-                let a = self.audit;
-                self.log(format_args!(
-                    "audit: clean passed={} hypercalls={} every={}",
-                    a.passed, a.hypercalls, a.every
-                ));
+                let (passed, hypercalls, every) =
+                    (self.audit.passed, self.audit.hypercalls, self.audit.every);
+                self.log_tallies();
+                self.log(format_args!("audit: clean passed={passed} hypercalls={hypercalls} every={every}"));
             }
             Err(e) => {
                 self.log(format_args!("AUDIT FAILED when the machine stopped: {e}"));
@@ -146,8 +198,39 @@ impl<P: Platform> Hypervisor<P> {
         }
     }
 
+    /// The tallies as `audit: d<N> calls key=value...` lines (several per domain, buckets
+    /// that counted nothing left out), then the domains not tallied.
+    fn log_tallies(&mut self) {
+        let tallies = core::mem::take(&mut self.audit.tallies);
+        for t in &tallies {
+            let total: u64 = t.calls.iter().sum();
+            self.log(format_args!("audit: d{} calls total={total}", t.domid.0));
+            let used: Vec<usize> = (0..tally::BUCKETS).filter(|&b| t.calls[b] != 0).collect();
+            for line in used.chunks(TALLY_PER_LINE) {
+                self.log(format_args!("audit: d{} calls{}", t.domid.0, Fields(line, &t.calls)));
+            }
+        }
+        self.audit.tallies = tallies;
+        let untallied = self.audit.untallied;
+        if untallied != 0 {
+            self.log(format_args!("audit: untallied calls={untallied}"));
+        }
+    }
+
     fn audit_halt(&mut self) {
         self.halt_hypervisor_fault();
+    }
+}
+
+/// ` key=value` for each bucket in the list.
+struct Fields<'a>(&'a [usize], &'a [u64; tally::BUCKETS]);
+
+impl core::fmt::Display for Fields<'_> {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for &b in self.0 {
+            write!(f, " {}={}", tally::Key(b), self.1[b])?;
+        }
+        Ok(())
     }
 }
 
@@ -189,7 +272,13 @@ mod tests {
         let p = crate::testkit::SCRATCH_VA;
         hv.guest().write_obj(p, &hypercall_abi::sched::SchedShutdown { reason: 0 }).unwrap();
         assert_eq!(dispatch(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0], None), Hc::Ret(0));
-        assert!(console(&hv).contains("audit: clean passed=3 hypercalls=7 every=3"), "{}", console(&hv));
+        let out = console(&hv);
+        assert!(out.contains("audit: clean passed=3 hypercalls=7 every=3"), "{out}");
+        // The tally: d1's seven calls (dom0's shutdown went straight to the dispatcher).
+        assert!(
+            out.contains("audit: d1 calls total=7\n") && out.contains("audit: d1 calls xen_version=7\n"),
+            "{out}"
+        );
         let mut frame = crate::vcpu::GuestFrame::default();
         assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Halt(exit_code::POWEROFF));
     }
@@ -210,6 +299,24 @@ mod tests {
         assert_eq!(hv.resume(&mut frame), crate::hv::Resume::Halt(exit_code::HYPERVISOR_FAULT));
         let out = console(&hv);
         assert!(out.contains("AUDIT FAILED after hypercall 2 (d1v0 xen_version): frame"), "{out}");
+    }
+
+    #[test]
+    fn tallies_by_domain_and_number_with_a_bounded_table() {
+        let mut a = Audit::every(100);
+        a.count(DomId(1), nr::MMU_UPDATE);
+        a.count(DomId(1), nr::MMU_UPDATE);
+        a.count(DomId(2), 200);
+        a.count(DomId(1), u64::MAX);
+        assert_eq!(a.tallies.len(), 2);
+        assert_eq!(a.tallies[0].calls[nr::MMU_UPDATE as usize], 2);
+        assert_eq!(a.tallies[0].calls[tally::COUNTED], 1);
+        assert_eq!(a.tallies[1].calls[tally::COUNTED], 1);
+        for d in 3..100 {
+            a.count(DomId(d), nr::SCHED_OP);
+        }
+        assert_eq!(a.tallies.len(), MAX_TALLIED_DOMAINS);
+        assert_eq!(a.untallied, 100 - 1 - MAX_TALLIED_DOMAINS as u64);
     }
 
     #[test]

@@ -504,7 +504,7 @@ impl<P: Platform> Hypervisor<P> {
         self.trace_hypercall(nr, a1);
         let hc = hypercall::dispatch(self, nr, args, None);
         self.trace_hypercall_done(nr, &hc);
-        self.after_hypercall(nr);
+        self.after_hypercall(nr, &hc);
         match hc {
             Hc::Ret(r) => (r as u64, self.exit.pending),
             Hc::Continue(a) => {
@@ -532,7 +532,7 @@ impl<P: Platform> Hypervisor<P> {
         self.trace_hypercall(nr, frame.rdi);
         let hc = hypercall::dispatch(self, nr, frame.hypercall_args(), Some(frame));
         self.trace_hypercall_done(nr, &hc);
-        self.after_hypercall(nr);
+        self.after_hypercall(nr, &hc);
         match hc {
             Hc::Ret(r) => frame.rax = r as u64,
             Hc::Continue(a) => {
@@ -566,11 +566,11 @@ impl<P: Platform> Hypervisor<P> {
     /// Flushes the frame table owes (a frame changed type or owner) must happen before the
     /// guest runs again; then the frame-table audit, when `audit=<N>` asked for it.
     #[inline]
-    fn after_hypercall(&mut self, nr: u64) {
+    fn after_hypercall(&mut self, nr: u64, hc: &Hc) {
         if self.frames.take_flush_pending() {
             self.request_flush(Flush::All);
         }
-        self.audit_after_hypercall(nr);
+        self.audit_after_hypercall(nr, !matches!(hc, Hc::Continue(_)));
     }
 
     /// An exception from a guest (the arch layer read CR2 for a #PF): emulate, bounce to the

@@ -7,8 +7,36 @@
 use tests::{boot, kernels, Machine, Outcome, RunExt};
 use xtask::fuzz::{run_campaign, Campaign};
 
+/// Hypercall families every campaign must have called directly.
+const FAMILIES: &[&str] = &[
+    "set_trap_table",
+    "mmu_update",
+    "set_gdt",
+    "stack_switch",
+    "set_callbacks",
+    "memory_op",
+    "multicall",
+    "update_va_mapping",
+    "set_timer_op",
+    "xen_version",
+    "console_io",
+    "grant_table_op",
+    "vm_assist",
+    "update_va_mapping_otherdomain",
+    "vcpu_op",
+    "set_segment_base",
+    "mmuext_op",
+    "sched_op",
+    "callback_op",
+    "event_channel_op",
+    "physdev_op",
+    "domctl",
+    "sysctl",
+    "arch_debug",
+];
+
 /// Calls per CI campaign.
-const CI_CALLS: u64 = 3_000;
+const CI_CALLS: u64 = 10_000;
 
 fn campaign(seed: u64) {
     let k = kernels();
@@ -16,8 +44,19 @@ fn campaign(seed: u64) {
     match run_campaign(&k, &Campaign::new(seed, CI_CALLS)) {
         Ok((o, _)) => {
             println!("{}", o.summary);
+            println!("fuzz: issued={} hv_fuzzer_calls={} audits={}", o.issued, o.hv_fuzzer_calls, o.audits);
             assert_eq!(o.calls, CI_CALLS, "{}", o.summary);
             assert!(o.audits > 1 && o.disk_rounds >= 2, "{o:?}");
+            // The verdict checked each hypercall's count against the hypervisor's tally; the
+            // campaign must also have reached every family.
+            assert!(o.issued >= CI_CALLS / 2 && o.hv_fuzzer_calls >= o.issued, "{o:?}");
+            for family in FAMILIES {
+                assert!(
+                    o.issued_by.get(*family).is_some_and(|&n| n > 0),
+                    "no {family} calls: {:?}",
+                    o.issued_by
+                );
+            }
         }
         Err(f) => panic!("{f}"),
     }
@@ -31,6 +70,11 @@ fn campaign_from_seed_1() {
 #[test]
 fn campaign_from_seed_0x5eed() {
     campaign(0x5eed);
+}
+
+#[test]
+fn campaign_from_seed_3() {
+    campaign(3);
 }
 
 /// The demo machine (dom0 serving the domU's disk, console and rng) with the frame table

@@ -11,6 +11,7 @@ use crate::disk::{self, SECTOR};
 use crate::kernels::Kernels;
 use crate::qemu::{Machine, Module, Outcome, Run};
 use crate::Result;
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,11 +35,23 @@ pub struct Campaign {
     pub audit: u64,
     /// Log every call from this operation on (a replay).
     pub log_from: Option<u64>,
+    /// Operations to leave out (`<a>-<b>,<c>,...`), to narrow a failure down by hand.
+    pub skip: Option<String>,
 }
 
 impl Campaign {
+    /// The command that runs this campaign again.
+    pub fn command_line(&self) -> String {
+        let mut c =
+            format!("cargo xtask fuzz --seed {} --calls {} --audit {}", self.seed, self.calls, self.audit);
+        if let Some(s) = &self.skip {
+            c += &format!(" --skip {s}");
+        }
+        c
+    }
+
     pub fn new(seed: u64, calls: u64) -> Campaign {
-        Campaign { seed, calls, audit: DEFAULT_AUDIT, log_from: None }
+        Campaign { seed, calls, audit: DEFAULT_AUDIT, log_from: None, skip: None }
     }
 
     /// How long the machine may run: boot and set-up, then a generous rate per call (an
@@ -52,7 +65,10 @@ impl Campaign {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("audit={}", self.audit);
         m.memory_mib = 256;
-        let log = self.log_from.map(|n| format!(" log-from={n}")).unwrap_or_default();
+        let mut log = self.log_from.map(|n| format!(" log-from={n}")).unwrap_or_default();
+        if let Some(s) = &self.skip {
+            log += &format!(" skip={s}");
+        }
         m.modules = vec![
             Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0"),
             Module::new(
@@ -82,14 +98,67 @@ pub struct Outcomes {
     pub audits: u64,
     pub hv_hypercalls: u64,
     pub disk_rounds: u64,
+    /// Calls the fuzzer says it issued directly, and the fuzzer domain's calls as the
+    /// hypervisor counted them ([`check_tallies`]).
+    pub issued: u64,
+    pub hv_fuzzer_calls: u64,
+    /// The fuzzer's calls by hypercall (`fuzz: calls` keys).
+    pub issued_by: BTreeMap<String, u64>,
     /// The fuzzer's `TEST fuzz PASS` line.
     pub summary: String,
+}
+
+/// `key=value` pairs with numeric values from the lines of `run` that contain `marker`,
+/// summed by key (the tallies span several lines).
+pub fn tally(log: &[String], marker: &str) -> BTreeMap<String, u64> {
+    let mut t = BTreeMap::new();
+    for l in log.iter().filter(|l| l.contains(marker)) {
+        let rest = &l[l.find(marker).unwrap() + marker.len()..];
+        for kv in rest.split_whitespace() {
+            if let Some((k, v)) = kv.split_once('=') {
+                if let Ok(v) = v.parse::<u64>() {
+                    *t.entry(k.to_string()).or_insert(0) += v;
+                }
+            }
+        }
+    }
+    t
+}
+
+/// The host's check that the fuzzer really issued the calls it claims: for every hypercall,
+/// the hypervisor's tally of the fuzzer domain's completed calls (`audit: d1 calls ...`)
+/// is at least what the fuzzer says it issued directly (`fuzz: calls ...`). The hypervisor
+/// counts more: the guest runtime's own calls, the state the fuzzer restores after each
+/// operation, and the `syscall`s in generated code, which the fuzzer cannot count. Returns
+/// (issued, counted by the hypervisor).
+pub fn check_tallies(log: &[String]) -> std::result::Result<(u64, u64), String> {
+    let issued = tally(log, &format!("(d{FUZZER}) fuzz: calls"));
+    let counted = tally(log, &format!("audit: d{FUZZER} calls"));
+    let (Some(&claimed), Some(&total)) = (issued.get("total"), counted.get("total")) else {
+        return Err("no call tallies from the fuzzer or the hypervisor".into());
+    };
+    for (k, &n) in issued.iter().filter(|(k, _)| !matches!(k.as_str(), "total" | "fast")) {
+        let hv = counted.get(k).copied().unwrap_or(0);
+        if hv < n {
+            return Err(format!("the fuzzer claims {n} {k} calls, the hypervisor counted {hv}"));
+        }
+    }
+    let sum: u64 =
+        issued.iter().filter(|(k, _)| !matches!(k.as_str(), "total" | "fast")).map(|(_, n)| n).sum();
+    if sum != claimed || total < claimed {
+        return Err(format!(
+            "the tallies do not add up: fuzzer total={claimed} (sum {sum}), hypervisor total={total}"
+        ));
+    }
+    Ok((claimed, total))
 }
 
 /// Why a campaign failed, with the calls that led there when a replay could show them.
 #[derive(Debug)]
 pub struct Failure {
     pub seed: u64,
+    /// The command that reproduces it.
+    pub repro: String,
     pub why: String,
     pub last_calls: Vec<String>,
     pub log_tail: Vec<String>,
@@ -98,7 +167,7 @@ pub struct Failure {
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "fuzz campaign with seed {} failed: {}", self.seed, self.why)?;
-        writeln!(f, "reproduce with: cargo xtask fuzz --seed {}", self.seed)?;
+        writeln!(f, "reproduce with: {}", self.repro)?;
         if !self.log_tail.is_empty() {
             writeln!(f, "---- the end of the serial log ----")?;
             for l in &self.log_tail {
@@ -155,6 +224,7 @@ pub fn verdict(run: &Run, image: &Path) -> std::result::Result<Outcomes, String>
         return Err(format!("the neighbour's disk was not busy throughout the campaign: {disk}"));
     }
     check_image(run, image)?;
+    let (issued, hv_fuzzer_calls) = check_tallies(&run.log)?;
     Ok(Outcomes {
         calls: field(&pass, "calls").unwrap_or(0),
         hypercalls: field(&pass, "hypercalls").unwrap_or(0),
@@ -162,6 +232,9 @@ pub fn verdict(run: &Run, image: &Path) -> std::result::Result<Outcomes, String>
         audits: field(&audit, "passed").unwrap_or(0),
         hv_hypercalls: field(&audit, "hypercalls").unwrap_or(0),
         disk_rounds: rounds,
+        issued,
+        hv_fuzzer_calls,
+        issued_by: tally(&run.log, &format!("(d{FUZZER}) fuzz: calls")),
         summary: pass,
     })
 }
@@ -212,12 +285,14 @@ fn last_calls(run: &Run, n: usize) -> Vec<String> {
 pub fn run_campaign(k: &Kernels, c: &Campaign) -> std::result::Result<(Outcomes, Run), Failure> {
     let image = disk::scratch_image("fuzz", 64 << 20).map_err(|e| Failure {
         seed: c.seed,
+        repro: c.command_line(),
         why: e,
         last_calls: Vec::new(),
         log_tail: Vec::new(),
     })?;
     let run = c.machine(k, &image).run(c.deadline()).map_err(|e| Failure {
         seed: c.seed,
+        repro: c.command_line(),
         why: e,
         last_calls: Vec::new(),
         log_tail: Vec::new(),
@@ -241,7 +316,7 @@ pub fn run_campaign(k: &Kernels, c: &Campaign) -> std::result::Result<(Outcomes,
                     }
                 }
             }
-            Err(Failure { seed: c.seed, why, last_calls: last, log_tail: tail })
+            Err(Failure { seed: c.seed, repro: c.command_line(), why, last_calls: last, log_tail: tail })
         }
     }
 }
@@ -264,31 +339,54 @@ pub fn command(k: &Kernels, args: &[String]) -> Result<bool> {
     let mut calls = 100_000u64;
     let mut audit = DEFAULT_AUDIT;
     let mut log_from = None;
+    let mut skip = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("fuzz: `{a}` needs a value"));
         let mut num = || -> Result<u64> {
-            let v = it.next().ok_or_else(|| format!("fuzz: `{a}` needs a number"))?;
+            let v = value()?;
             v.replace('_', "").parse().map_err(|_| format!("fuzz: `{a} {v}`: not a number"))
         };
         match a.as_str() {
             "--seed" => seed = Some(num()?),
             "--calls" => calls = num()?.max(1),
-            "--audit" => audit = num()?.max(1),
+            "--audit" => audit = num()?.clamp(1, 1 << 32),
             "--log-from" => log_from = Some(num()?),
+            "--skip" => {
+                let v = value()?;
+                if !v.split(',').all(|r| r.split('-').all(|n| n.parse::<u64>().is_ok())) {
+                    return Err(format!("fuzz: `--skip {v}`: want <a>-<b>,<c>,... (operation numbers)"));
+                }
+                skip = Some(v.clone());
+            }
             other => return Err(format!("fuzz: unknown option `{other}`")),
         }
     }
     let seed = seed.unwrap_or_else(random_seed);
-    let c = Campaign { seed, calls, audit, log_from };
-    println!("fuzz: seed {seed}, {calls} calls, audit every {audit} hypercalls (reproduce: cargo xtask fuzz --seed {seed} --calls {calls})");
+    let c = Campaign { seed, calls, audit, log_from, skip };
+    println!(
+        "fuzz: seed {seed}, {calls} calls, audit every {audit} hypercalls (reproduce: {})",
+        c.command_line()
+    );
     let t0 = std::time::Instant::now();
     match run_campaign(k, &c) {
         Ok((o, _)) => {
             let secs = t0.elapsed().as_secs_f64();
             println!("{}", o.summary);
+            // The fuzzer's own clock times the campaign (boot and set-up aside).
+            let per_sec = |n: u64| n as f64 * 1000.0 / o.fuzz_ms.max(1) as f64;
             println!(
-                "fuzz: PASS seed={seed} calls={} hypercalls={} campaign_ms={} machine_secs={secs:.1} audits={} hv_hypercalls={} disk_rounds={}",
-                o.calls, o.hypercalls, o.fuzz_ms, o.audits, o.hv_hypercalls, o.disk_rounds
+                "fuzz: PASS seed={seed} calls={} hypercalls={} issued={} hv_fuzzer_calls={} campaign_ms={} calls_per_sec={:.0} hv_calls_per_sec={:.0} machine_secs={secs:.1} audits={} hv_hypercalls={} disk_rounds={}",
+                o.calls,
+                o.hypercalls,
+                o.issued,
+                o.hv_fuzzer_calls,
+                o.fuzz_ms,
+                per_sec(o.calls),
+                per_sec(o.hv_fuzzer_calls),
+                o.audits,
+                o.hv_hypercalls,
+                o.disk_rounds
             );
             Ok(true)
         }
@@ -319,5 +417,34 @@ mod tests {
         assert_eq!(field(l, "seed"), Some(7));
         assert_eq!(field(l, "nope"), None);
         assert!(Campaign::new(1, 1_000_000).deadline() > Campaign::new(1, 1000).deadline());
+    }
+
+    fn log(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn tallies_back_the_fuzzers_claims() {
+        let good = log(&[
+            "(d1) fuzz: calls total=5 fast=2",
+            "(d1) fuzz: calls mmu_update=3 other=1",
+            "(d1) fuzz: calls sched_op=1",
+            "(XEN) audit: d1 calls total=9",
+            "(XEN) audit: d1 calls mmu_update=4 other=1 sched_op=1",
+            "(XEN) audit: d1 calls set_segment_base=3",
+            "(XEN) audit: d2 calls total=100",
+        ]);
+        assert_eq!(check_tallies(&good), Ok((5, 9)));
+        // A claim the hypervisor did not see.
+        let mut lying = good.clone();
+        lying[2] = "(d1) fuzz: calls sched_op=2".into();
+        lying[0] = "(d1) fuzz: calls total=6 fast=2".into();
+        assert!(check_tallies(&lying).unwrap_err().contains("2 sched_op"));
+        // A total that is not the sum of its parts.
+        let mut bad_sum = good.clone();
+        bad_sum[0] = "(d1) fuzz: calls total=50".into();
+        assert!(check_tallies(&bad_sum).is_err());
+        // No tally at all (the audit off, or a guest that printed nothing).
+        assert!(check_tallies(&good[3..]).is_err());
     }
 }

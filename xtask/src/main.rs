@@ -16,10 +16,12 @@ commands:
   lint                  cargo fmt --check and clippy (warnings are errors) on every crate
   trace [--bench]        boot with the hypervisor's event trace on and print a decoded
                         timeline with per-hypercall counts and latencies
-  fuzz [--seed N] [--calls M] [--audit N]
+  fuzz [--seed N] [--calls M] [--audit K] [--skip A-B,C,...] [--log-from N]
                         a hypercall-fuzzing campaign from a seed (random if not given): the
                         fuzzer domain, a neighbour doing verified disk I/O, the frame-table
-                        audit every N hypercalls; prints the seed and, on failure, the last calls
+                        audit every K hypercalls; prints calls/s, and on failure the command
+                        that reproduces it and the last calls; --skip leaves operations out
+                        (each draws from its own stream) to narrow a failure down
   bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
                         boot the bench configuration, print the figures, write
                         target/bench/results.json

@@ -19,14 +19,23 @@
 //! failure. The hypervisor's frame-table audit (`audit=<N>`) and the host (no hypervisor
 //! fault, a neighbour's disk data intact) judge the rest.
 //!
-//! The last calls are kept in a ring that is printed on failure; `log-from=<n>` prints every
-//! call from the n-th on before it is made, so a run that killed the machine can be replayed
-//! from its seed to see the call that did it (`cargo xtask fuzz` does this by itself).
+//! Each operation draws from its own stream, derived from the seed and its index, so an
+//! operation does the same whatever ran before it: `skip=<a>-<b>,...` leaves ranges of
+//! operations out, which is how `cargo xtask fuzz --minimize` shrinks a failing campaign to
+//! the operations it needs. The last calls are kept in a ring that is printed on failure;
+//! `log-from=<n>` prints every call from the n-th on before it is made, so a run that killed
+//! the machine can be replayed from its seed to see the call that did it (`cargo xtask fuzz`
+//! does this by itself).
+//!
+//! At the end the fuzzer prints what it issued: `fuzz: calls key=value...` lines, one count
+//! per hypercall (the keys of [`tally`]) for the calls it made directly (a multicall counts
+//! as one call; `xen_version(XENVER_version)`, answered by the hypervisor's fast path, is
+//! counted as `fast` instead). The host compares them with the hypervisor's own tally.
 
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::hypercall::{nr, tally};
 use hypercall_abi::{DomId, Errno};
 use pv_guest_kernel::start_info::StartInfo;
 use pv_guest_kernel::{cmdline, events, hypercall, println, time};
@@ -46,6 +55,12 @@ pub(super) struct Rng(u64);
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         Rng(seed)
+    }
+
+    /// The stream of operation `op` of the campaign from `seed`.
+    pub fn for_op(seed: u64, op: u64) -> Rng {
+        let mut r = Rng(seed ^ op.wrapping_mul(0xd6e8_feb8_6659_fd93));
+        Rng(r.next())
     }
 
     pub fn next(&mut self) -> u64 {
@@ -119,7 +134,6 @@ pub(super) mod restore {
 }
 
 /// Tallies for the report.
-#[derive(Default)]
 pub(super) struct Stats {
     pub hypercalls: u64,
     pub ok: u64,
@@ -131,6 +145,65 @@ pub(super) struct Stats {
     pub pins: u64,
     pub baseptr: u64,
     pub grant_maps: u64,
+    /// Operations left out (`skip=`).
+    pub skipped: u64,
+    /// Calls issued directly, by [`tally::bucket`] (the fast-path call aside).
+    pub issued: [u64; tally::BUCKETS],
+    /// `xen_version(XENVER_version)` calls, which the hypervisor's fast path answers.
+    pub fast: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Stats {
+        Stats {
+            hypercalls: 0,
+            ok: 0,
+            errors: 0,
+            traps: 0,
+            user: 0,
+            multicalls: 0,
+            irets: 0,
+            pins: 0,
+            baseptr: 0,
+            grant_maps: 0,
+            skipped: 0,
+            issued: [0; tally::BUCKETS],
+            fast: 0,
+        }
+    }
+}
+
+impl Stats {
+    /// Prints the issued calls as `fuzz: calls key=value...` lines.
+    fn print_issued(&self) {
+        let total: u64 = self.issued.iter().sum();
+        println!("fuzz: calls total={total} fast={}", self.fast);
+        let used: Vec<usize> = (0..tally::BUCKETS).filter(|&b| self.issued[b] != 0).collect();
+        for line in used.chunks(8) {
+            let fields: String =
+                line.iter().map(|&b| format!(" {}={}", tally::Key(b), self.issued[b])).collect();
+            println!("fuzz: calls{fields}");
+        }
+    }
+}
+
+/// Operation ranges to leave out: `skip=<a>-<b>,<c>,...` (inclusive).
+struct Skip(Vec<(u64, u64)>);
+
+impl Skip {
+    fn parse(s: &str) -> Option<Skip> {
+        let mut v = Vec::new();
+        for part in s.split(',').filter(|p| !p.is_empty()) {
+            let (a, b) = part.split_once('-').unwrap_or((part, part));
+            let (a, b) = (cmdline::parse_u64(a)?, cmdline::parse_u64(b)?);
+            v.push((a.min(b), a.max(b)));
+        }
+        Some(Skip(v))
+    }
+
+    fn contains(&self, op: u64) -> bool {
+        self.0.iter().any(|&(a, b)| (a..=b).contains(&op))
+    }
 }
 
 pub(super) struct Fuzzer {
@@ -214,6 +287,11 @@ impl Fuzzer {
     pub fn call(&mut self, what: &'static str, n: u64, a: [u64; 5]) -> i64 {
         self.mask_if_needed();
         self.note(what, n, a);
+        if n == nr::XEN_VERSION && a[0] == 0 {
+            self.stats.fast += 1;
+        } else {
+            self.stats.issued[tally::bucket(n)] += 1;
+        }
         let r = if n < hypercall_abi::hypercall::HYPERCALL_PAGE_STUBS as u64 && n != nr::IRET {
             hypercall::hypercall5(n, a[0], a[1], a[2], a[3], a[4])
         } else {
@@ -301,6 +379,14 @@ pub fn run(si: &StartInfo) {
     let calls = num("calls", 10_000, 1 << 40);
     let log_from = num("log-from", u64::MAX, u64::MAX);
     let progress = num("progress", PROGRESS, 1 << 40).max(1);
+    let skip = match cmdline::get(cmd, "skip").map(Skip::parse) {
+        None => Skip(Vec::new()),
+        Some(Some(s)) => s,
+        Some(None) => {
+            println!("TEST fuzz FAIL skip= wants <a>-<b>,<c>,... (operation numbers)");
+            return;
+        }
+    };
     let peer = cmdline::get(cmd, "peer").and_then(cmdline::parse_u64).map(|d| DomId(d as u16));
     // The neighbour says when its disk is busy; then the campaign starts, so its I/O runs
     // throughout.
@@ -324,7 +410,13 @@ pub fn run(si: &StartInfo) {
     let mut done = 0;
     while done < calls {
         f.seq = done;
-        f.step();
+        Fuzzer::exec_op(done);
+        if skip.contains(done) {
+            f.stats.skipped += 1;
+        } else {
+            f.rng = Rng::for_op(seed, done);
+            f.step();
+        }
         done += 1;
         if !f.fails.is_empty() {
             break;
@@ -345,9 +437,10 @@ pub fn run(si: &StartInfo) {
     f.reset_pool();
     f.finish();
     let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
+    f.stats.print_issued();
     let s = &f.stats;
     let summary = format!(
-        "calls={done} hypercalls={} ok={} errors={} traps={} user={} multicalls={} irets={} pins={} baseptr={} grant_maps={} ms={ms} seed={seed}",
+        "calls={done} hypercalls={} ok={} errors={} traps={} user={} multicalls={} irets={} pins={} baseptr={} grant_maps={} skipped={} ms={ms} seed={seed}",
         s.hypercalls,
         s.ok,
         s.errors,
@@ -357,7 +450,8 @@ pub fn run(si: &StartInfo) {
         s.irets,
         s.pins,
         s.baseptr,
-        s.grant_maps
+        s.grant_maps,
+        s.skipped
     );
     if f.fails.is_empty() {
         println!("TEST fuzz PASS {summary}");

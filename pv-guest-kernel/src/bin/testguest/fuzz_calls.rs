@@ -506,7 +506,14 @@ impl Fuzzer {
                 ("source", c.source, c.flags & gntcopy::SOURCE_GREF != 0),
                 ("dest", c.dest, c.flags & gntcopy::DEST_GREF != 0),
             ] {
-                let foreign = if is_ref { !self.is_me(p.domid) } else { !self.mem.is_ours(Mfn(p.as_gmfn())) };
+                // A frame the hypervisor shares with us (shared_info, grant-table frames) is
+                // ours to copy from and to, as in Xen (`get_page` succeeds: we own it).
+                let foreign = if is_ref {
+                    !self.is_me(p.domid)
+                } else {
+                    let m = Mfn(p.as_gmfn());
+                    !self.mem.is_ours(m) && !self.mem.is_shared_with_us(m)
+                };
                 if foreign {
                     self.fail(format!(
                         "grant copy succeeded with a {side} that is not ours (domid {}, {} {:#x})",

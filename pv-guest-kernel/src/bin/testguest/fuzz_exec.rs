@@ -93,6 +93,8 @@ static ACTIVE: AtomicU64 = AtomicU64::new(0);
 static TRAP: [AtomicU64; 4] = [const { AtomicU64::new(0) }; 4];
 /// The campaign's seed, for the report of a trap in our own code.
 static SEED: AtomicU64 = AtomicU64::new(0);
+/// The operation being performed, for the same report.
+static OP: AtomicU64 = AtomicU64::new(0);
 
 /// Kernel stack for bounces from user mode and for the trap handler's return.
 const KSTACK_SIZE: usize = 16 * 1024;
@@ -221,13 +223,14 @@ fn on_trap(f: &mut TrapFrame) {
     }
     if ACTIVE.swap(0, Ordering::SeqCst) == 0 {
         println!(
-            "TEST fuzz FAIL trap {} in the fuzzer's own code at rip {:#x} (error {:#x}, cs {:#x}, rsp {:#x}) seed={}",
+            "TEST fuzz FAIL at call {} seed={}: trap {} in the fuzzer's own code at rip {:#x} (error {:#x}, cs {:#x}, rsp {:#x})",
+            OP.load(Ordering::SeqCst),
+            SEED.load(Ordering::SeqCst),
             traps::name(f.vector),
             f.rip,
             f.error_code,
             f.cs,
             f.rsp,
-            SEED.load(Ordering::SeqCst)
         );
         hypercall::shutdown(hypercall_abi::sched::shutdown::CRASH);
     }
@@ -318,6 +321,11 @@ impl Fuzzer {
     /// Sets the seed the trap report names.
     pub fn exec_seed(seed: u64) {
         SEED.store(seed, Ordering::SeqCst);
+    }
+
+    /// Tells the trap handler which operation is running.
+    pub fn exec_op(seq: u64) {
+        OP.store(seq, Ordering::SeqCst);
     }
 
     /// Removes the handlers at the end of the campaign.
