@@ -17,6 +17,12 @@ use std::time::Duration;
 
 /// Operations between the fuzzer's progress lines (and so the most a replay logs).
 pub const PROGRESS: u64 = 1000;
+/// What the fuzzer prints at each progress mark, and before each call in a replay.
+const PROGRESS_LINE: &str = "fuzz: progress calls=";
+const CALL_LINE: &str = "fuzz: #";
+/// A campaign that prints neither for this long has stalled (a progress mark comes every
+/// [`PROGRESS`] operations: well under a second, tens with the audit after every call).
+const STALL_QUIET: Duration = Duration::from_secs(120);
 /// Audit the frame table after every this many hypercalls, by default.
 pub const DEFAULT_AUDIT: u64 = 500;
 /// Chunk size and count of the neighbour's pattern (the test guest's `fuzz-disk`).
@@ -207,6 +213,10 @@ pub fn verdict(run: &Run, image: &Path) -> std::result::Result<Outcomes, String>
     if let Some(l) = line("crashed: ") {
         return Err(format!("a domain was crashed: {l}"));
     }
+    if let Some(l) = line(crate::qemu::STALL_LINE) {
+        let mark = run.lines_with(PROGRESS_LINE).filter_map(|l| field(l, "calls")).last().unwrap_or(0);
+        return Err(format!("stall: the campaign made no progress after operation {mark} ({l})"));
+    }
     if run.outcome != Outcome::Poweroff {
         return Err(format!("the machine ended with {:?}", run.outcome));
     }
@@ -290,13 +300,16 @@ pub fn run_campaign(k: &Kernels, c: &Campaign) -> std::result::Result<(Outcomes,
         last_calls: Vec::new(),
         log_tail: Vec::new(),
     })?;
-    let run = c.machine(k, &image).run(c.deadline()).map_err(|e| Failure {
-        seed: c.seed,
-        repro: c.command_line(),
-        why: e,
-        last_calls: Vec::new(),
-        log_tail: Vec::new(),
-    })?;
+    let run =
+        c.machine(k, &image).run_watched(c.deadline(), Some((PROGRESS_LINE, STALL_QUIET))).map_err(|e| {
+            Failure {
+                seed: c.seed,
+                repro: c.command_line(),
+                why: e,
+                last_calls: Vec::new(),
+                log_tail: Vec::new(),
+            }
+        })?;
     keep_log(&run);
     match verdict(&run, &image) {
         Ok(o) => Ok((o, run)),
@@ -309,7 +322,9 @@ pub fn run_campaign(k: &Kernels, c: &Campaign) -> std::result::Result<(Outcomes,
                 let replay = Campaign { log_from: Some(mark.unwrap_or(0)), ..c.clone() };
                 let img = disk::scratch_image("fuzz-replay", 64 << 20).ok();
                 if let Some(img) = img {
-                    if let Ok(r) = replay.machine(k, &img).run(c.deadline()) {
+                    if let Ok(r) =
+                        replay.machine(k, &img).run_watched(c.deadline(), Some((CALL_LINE, STALL_QUIET)))
+                    {
                         last = last_calls(&r, 40);
                         let dir = crate::workspace_root().join("target/fuzz");
                         let _ = std::fs::write(dir.join("replay.log"), r.text());

@@ -211,6 +211,13 @@ impl Machine {
 
     /// Runs the machine to its end or `deadline`, collecting the serial log.
     pub fn run(&self, deadline: Duration) -> Result<Run> {
+        self.run_watched(deadline, None)
+    }
+
+    /// As [`Machine::run`], and with `watch = Some((needle, quiet))` also stops the machine
+    /// (as a timeout) once `quiet` has passed without a line containing `needle` since the
+    /// start or the last such line; the log then ends with [`STALL_LINE`] and the needle.
+    pub fn run_watched(&self, deadline: Duration, watch: Option<(&str, Duration)>) -> Result<Run> {
         ensure_qemu()?;
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -229,12 +236,24 @@ impl Machine {
         let started = Instant::now();
         let mut log = Vec::new();
         let mut timed_out = false;
+        let mut seen = Instant::now();
         loop {
             let left = deadline.saturating_sub(started.elapsed());
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
-                Ok(line) => log.push(line),
+                Ok(line) => {
+                    if watch.is_some_and(|(needle, _)| line.contains(needle)) {
+                        seen = Instant::now();
+                    }
+                    log.push(line);
+                }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
+                    if let Some((needle, quiet)) = watch.filter(|&(_, q)| seen.elapsed() >= q) {
+                        log.push(format!("{STALL_LINE} `{needle}` for {} s", quiet.as_secs()));
+                        timed_out = true;
+                        let _ = child.kill();
+                        break;
+                    }
                     if started.elapsed() >= deadline {
                         timed_out = true;
                         let _ = child.kill();
@@ -258,6 +277,9 @@ impl Machine {
 fn wait(child: &mut Child) -> Result<Option<i32>> {
     child.wait().map(|s| s.code()).map_err(|e| format!("waiting for {QEMU}: {e}"))
 }
+
+/// The line [`Machine::run_watched`] adds when it stopped a machine that went quiet.
+pub const STALL_LINE: &str = "xtask: stopped the machine: no line with";
 
 /// A finished machine.
 #[derive(Debug)]
