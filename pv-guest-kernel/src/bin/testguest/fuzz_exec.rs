@@ -13,7 +13,7 @@
 //! restores the stack and flags and returns to the Rust caller.
 
 use super::fuzz::{restore, Fuzzer};
-use super::fuzz_mem::{EXEC_DATA_VA, EXEC_VA, TOP_VA};
+use super::fuzz_mem::{CODE_PAGE, EXEC_DATA_VA, EXEC_VA, TOP_VA};
 use alloc::format;
 use alloc::vec::Vec;
 use core::cell::UnsafeCell;
@@ -44,6 +44,9 @@ mod r {
     pub const RDI: usize = 6;
     pub const R8: usize = 7;
     pub const R10: usize = 9;
+    /// The registers a hypercall takes (number, then arguments 1..5), as indexes into
+    /// [`Regs`](super::Regs) and x86 register numbers.
+    pub const HYPERCALL: [(usize, u8); 6] = [(RAX, 0), (RDI, 7), (RSI, 6), (RDX, 2), (R10, 10), (R8, 8)];
 }
 
 /// Shared with the assembly below (offsets are asserted).
@@ -260,11 +263,43 @@ pub(super) enum Ended {
 /// Little machine-code assembler for snippets.
 pub(super) struct Code {
     pub bytes: Vec<u8>,
+    /// Where the loads of a kernel-mode hypercall's registers go: just before its `syscall`,
+    /// or before the flag-setting instructions that lead to it.
+    hypercall_at: Option<usize>,
 }
 
 impl Code {
     fn new() -> Code {
-        Code { bytes: Vec::new() }
+        Code { bytes: Vec::new(), hypercall_at: None }
+    }
+    /// `syscall` (in kernel mode a hypercall; see [`Code::load_hypercall_regs`]).
+    fn syscall(&mut self) -> &mut Self {
+        self.hypercall_at = Some(self.bytes.len());
+        self.b(&[0x0f, 0x05])
+    }
+    /// Loads the hypercall registers of `g` right before the `syscall` (instructions before
+    /// it in the snippet — `in`, `cpuid`, `rdmsr`, a control-register read — write %rax,
+    /// %rdx, %rcx: the hypercall made must be the one generated, whose restore bits are set,
+    /// not whatever number and arguments they leave). `movabs` leaves the flags alone.
+    fn load_hypercall_regs(&mut self, g: &Regs) {
+        if let Some(at) = self.hypercall_at.take() {
+            let mut l = Code::new();
+            for (i, reg) in r::HYPERCALL {
+                l.movabs(reg, g.0[i]);
+            }
+            self.bytes.splice(at..at, l.bytes);
+        }
+    }
+    /// Runs `f` (which emits a flag-setting prefix and then an instruction) so that the
+    /// hypercall loads, if that instruction is a `syscall`, go before the prefix: a single-
+    /// step flag then still traps after the `syscall`, not after the first load.
+    fn prefixed(&mut self, f: impl FnOnce(&mut Code)) -> &mut Self {
+        let (at, before) = (self.bytes.len(), self.hypercall_at);
+        f(self);
+        if self.hypercall_at != before {
+            self.hypercall_at = Some(at);
+        }
+        self
     }
     fn b(&mut self, bs: &[u8]) -> &mut Self {
         self.bytes.extend_from_slice(bs);
@@ -500,28 +535,35 @@ impl Fuzzer {
             42..=43 => {
                 // Single-step, direction or alignment flag set, then something that traps.
                 let bit: u32 = self.rng.pick(&[0x100, 0x400, 0x4_0000, 0x4000]);
-                c.b(&[0x9c, 0x48, 0x81, 0x0c, 0x24]).b(&bit.to_le_bytes()).b(&[0x9d]);
-                self.insn(c);
-                c
+                c.prefixed(|c| {
+                    c.b(&[0x9c, 0x48, 0x81, 0x0c, 0x24]).b(&bit.to_le_bytes()).b(&[0x9d]);
+                    self.insn(c);
+                })
             }
             44..=45 => {
                 // std, then a trap or a hypercall: the hypervisor must not run with DF set.
-                c.b(&[0xfd]);
-                self.insn(c);
-                c
+                c.prefixed(|c| {
+                    c.b(&[0xfd]);
+                    self.insn(c);
+                })
             }
-            // A hypercall (its registers are generated for it; it ends the snippet).
+            // A hypercall (its registers are generated for it and loaded just before it; it
+            // ends the snippet).
             46..=49 => {
                 self.syscall_emitted = true;
-                c.b(&[0x0f, 0x05])
+                c.syscall()
             }
             50 => {
                 self.syscall_emitted = true;
-                c.b(&[0xfd, 0x0f, 0x05])
+                c.prefixed(|c| {
+                    c.b(&[0xfd]).syscall();
+                })
             }
             51 => {
                 self.syscall_emitted = true;
-                c.b(&[0x9c, 0x48, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d, 0x0f, 0x05])
+                c.prefixed(|c| {
+                    c.b(&[0x9c, 0x48, 0x81, 0x0c, 0x24, 0x00, 0x01, 0x00, 0x00, 0x9d]).syscall();
+                })
             }
             // A native iretq from a frame in the exec data page (ring 3 to ring 3: the
             // hypervisor does not see it); the frame comes back to the tail.
@@ -610,17 +652,31 @@ impl Fuzzer {
                     0 => t.b(&[0x0f, 0x20, 0xc0 | self.rng.pick(&[0u8, 2 << 3, 3 << 3, 4 << 3])]),
                     1 => t.b(&[0x0f, 0x32]),
                     2 => t.b(&[0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2]),
-                    3 => t.b(&[0x0f, 0x05]),
+                    3 => t.syscall(),
                     4 => t.b(&[0x0f, 0x30]),
                     _ => t.b(&[0x90]),
                 };
                 if matches!(t.bytes.as_slice(), [0x0f, 0x05]) {
                     self.hypercall_regs(&mut g);
+                    // %rax may still become a selector below: the hypercall loads its own.
+                    t.load_hypercall_regs(&g);
                 }
                 if t.bytes == [0x0f, 0x30] {
                     g.0[r::RCX] = self.rng.pick(&[0xc000_0100, 0xc000_0101, 0xc000_0102]);
                 }
                 let slack = if self.rng.chance(1, 4) { self.rng.below(3) } else { 0 };
+                // A fuzzed `update_va_mapping` or grant map may have put another frame (or
+                // none) at TOP_VA: the code written below must be the code that runs there.
+                let top = self.mem.top.mfn;
+                let mapped = matches!(mm::lookup(TOP_VA), Ok(Some(e))
+                    if pt::is_present(e) && pt::mfn(e) == top && e & (pt::RW | pt::NX | pt::USER) == pt::USER);
+                if !mapped {
+                    self.call(
+                        "top page back",
+                        nr::UPDATE_VA_MAPPING,
+                        [TOP_VA, pt::make(top, CODE_PAGE), uvmf::INVLPG, 0, 0],
+                    );
+                }
                 let at = 4096 - t.len() - slack;
                 self.emit(&self.mem.top, at, &t.bytes);
                 if slack > 0 {
@@ -636,6 +692,7 @@ impl Fuzzer {
         }
         if core::mem::take(&mut self.syscall_emitted) {
             self.hypercall_regs(&mut g);
+            c.load_hypercall_regs(&g);
         }
         c.tail();
         self.emit(&self.mem.exec, 0, &c.bytes);
@@ -838,7 +895,7 @@ impl Fuzzer {
         }
         let [l1, l2, l3, l4] = [pages[0], pages[1], pages[2], pages[3]];
         let (m1, m2, m3) = (self.mem.pool[l1].mfn, self.mem.pool[l2].mfn, self.mem.pool[l3].mfn);
-        let code = pt::PRESENT | pt::USER | pt::ACCESSED;
+        let code = CODE_PAGE;
         let (exec, data) = (self.mem.exec.mfn, self.mem.exec_data.mfn);
         let ok = self.mem.write_entry(l1, pt::table_index(EXEC_VA, 1), pt::make(exec, code))
             && self.mem.write_entry(l1, pt::table_index(EXEC_DATA_VA, 1), pt::make(data, pt::PAGE_KERNEL))

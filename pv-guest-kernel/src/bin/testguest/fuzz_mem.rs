@@ -42,6 +42,8 @@ pub(super) const EXEC_VA: u64 = 0x1000_0000;
 pub(super) const EXEC_DATA_VA: u64 = EXEC_VA + 0x1000;
 /// The last page of the lower canonical half, for instructions that end at its edge.
 pub(super) const TOP_VA: u64 = 0x7fff_ffff_f000;
+/// How the exec and top pages are mapped: read-only, executable, user-accessible.
+pub(super) const CODE_PAGE: u64 = pt::PRESENT | pt::USER | pt::ACCESSED;
 /// Hypervisor addresses: the image, the direct map.
 const HV_TEXT: u64 = 0xffff_82d0_8020_0000;
 const HV_DIRECTMAP: u64 = 0xffff_8300_0000_0000;
@@ -102,10 +104,9 @@ impl Mem {
         let exec = mm::alloc_page()?;
         let exec_data = mm::alloc_page()?;
         let top = mm::alloc_page()?;
-        let code = pt::PRESENT | pt::USER | pt::ACCESSED;
-        mm::map_page(EXEC_VA, exec.mfn, code)?;
+        mm::map_page(EXEC_VA, exec.mfn, CODE_PAGE)?;
         mm::map_page(EXEC_DATA_VA, exec_data.mfn, pt::PAGE_KERNEL | pt::NX)?;
-        mm::map_page(TOP_VA, top.mfn, code)?;
+        mm::map_page(TOP_VA, top.mfn, CODE_PAGE)?;
         let max_mfn = hypercall::check(hypercall::memory_op_raw(memop::MAXIMUM_RAM_PAGE, 0))?;
         pv_guest_kernel::gnttab::init(pv_guest_kernel::gnttab::DEFAULT_FRAMES)?;
         let mut m = Mem {
