@@ -9,7 +9,7 @@
 //! our own event channels, no watchdog) or with their effect put back afterwards.
 
 use super::fuzz::{restore, Fuzzer};
-use super::fuzz_mem::{put_bytes, Use, ARG_END, ARG_VA, PLAY_VA, RO_VA};
+use super::fuzz_mem::{put_bytes, Use, AREA_VA, ARG_END, ARG_VA, PLAY_VA, RO_VA};
 use alloc::format;
 use alloc::vec::Vec;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
@@ -1049,7 +1049,18 @@ impl Fuzzer {
                 // Somewhere the hypervisor may write to at any time: scratch or nowhere.
                 let a = self.ptr_out(64);
                 let a = if (RO_VA..RO_VA + 4096).contains(&a) { 0 } else { a };
-                self.arg_or_bad(&a, false)
+                let p = self.arg_or_bad(&a, false);
+                // The hypervisor updates the area whenever the vCPU runs: in the scratch
+                // pages it would overwrite later calls' results, which the oracles judge (a
+                // grant copy's status and domids overwritten by a vcpu_time_info read as a
+                // copy of a foreign frame that succeeded). Whatever address the struct names
+                // (generated, or found where a bad pointer points), a scratch one becomes the
+                // same offset in the area pages (their end and guard page alike).
+                let area: u64 = self.mem.get(p);
+                if (ARG_VA..ARG_END).contains(&area) {
+                    put_bytes(p, &(AREA_VA + (area - ARG_VA)).to_le_bytes());
+                }
+                p
             }
             _ => self.ptr_out(64),
         };

@@ -32,6 +32,10 @@ pub(super) const ARG_PAGES: u64 = 4;
 pub(super) const ARG_END: u64 = ARG_VA + ARG_PAGES * 4096;
 /// A scratch page mapped read-only.
 pub(super) const RO_VA: u64 = ARG_VA + 0x1_0000;
+/// Pages laid out like the scratch pages (same size, unmapped guard page after them) for the
+/// areas the hypervisor writes at any moment (runstate, vCPU time): kept apart from the
+/// scratch pages, whose contents the oracles read as the hypervisor's answers.
+pub(super) const AREA_VA: u64 = ARG_VA + 0x2_0000;
 /// 2 MiB of addresses with an L1 of our own whose entries the fuzzer changes at will.
 pub(super) const PLAY_VA: u64 = ARG_VA + 0x20_0000;
 /// An address whose L2 entry is absent (no L1 to update).
@@ -97,6 +101,10 @@ impl Mem {
         for i in 0..ARG_PAGES {
             let p = mm::alloc_page()?;
             mm::map_page(ARG_VA + i * 4096, p.mfn, pt::PAGE_KERNEL | pt::NX)?;
+        }
+        for i in 0..ARG_PAGES {
+            let p = mm::alloc_page()?;
+            mm::map_page(AREA_VA + i * 4096, p.mfn, pt::PAGE_KERNEL | pt::NX)?;
         }
         let ro = mm::alloc_page()?;
         mm::map_page(RO_VA, ro.mfn, pt::PAGE_KERNEL_RO | pt::NX)?;
