@@ -1,6 +1,7 @@
 //! microvisor's own extensions next to Xen's interface, shared by the hypervisor, the guests
 //! and the host runner so they can never disagree: the QEMU exit values that tell poweroff
-//! from crash, and the `BENCH` line format benchmarks print.
+//! from crash, the `BENCH` line format benchmarks print and the `RESULT` line format of
+//! conformance checks.
 
 /// Values the hypervisor writes to QEMU's `isa-debug-exit` device (QEMU then exits with
 /// `(value << 1) | 1`).
@@ -133,6 +134,179 @@ pub mod bench {
             let mut one = [7u64];
             assert_eq!(Stats::compute(&mut one).unwrap(), Stats { n: 1, min: 7, median: 7, p99: 7, max: 7 });
             assert!(Stats::compute::<u32>(&mut []).is_none());
+        }
+    }
+}
+
+/// Conformance results as the test guest prints them, one observation per line:
+/// `RESULT <scenario> <check>=<value>`.
+///
+/// The same scenario runs under microvisor (as a domU) and under Xen 4.17 (as dom0), and the
+/// runner compares the two sets of lines check by check (`cargo xtask conformance`). So a
+/// value must be something both hypervisors should agree on — a return code, an error code,
+/// a count, whether an address was the expected one — never a raw address or anything else
+/// that depends on where memory happens to be.
+///
+/// Scenario and check names are tokens of ASCII letters, digits and `_ . - : / + #`; any other
+/// character (spaces included) is written as `_`, so no formatting can produce a line the
+/// parser reads differently. A value is one such token too. Lines stay short (the
+/// hypervisor's console splits long ones): keep check names under 64 characters.
+pub mod conformance {
+    use crate::Errno;
+    use core::fmt;
+
+    /// The word that starts every result line.
+    pub const TAG: &str = "RESULT";
+
+    /// One observed value.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Value<'a> {
+        /// A hypercall's return value: `0`, a positive count, or the errno's name (`EINVAL`);
+        /// a negative value with no name stays decimal.
+        Ret(i64),
+        /// A count or other signed quantity, in decimal.
+        Int(i64),
+        /// A bit pattern (error codes, flags, selectors), as `0x…`.
+        Hex(u64),
+        /// `yes` or `no`.
+        Bool(bool),
+        /// A word (sanitised like a name).
+        Word(&'a str),
+    }
+
+    /// True for the characters a name or value token may hold.
+    pub const fn is_token_char(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-' | ':' | '/' | '+' | '#')
+    }
+
+    /// Writes `s` with every character outside [`is_token_char`] as `_` (an empty name as `_`).
+    fn token(f: &mut fmt::Formatter<'_>, s: &str) -> fmt::Result {
+        if s.is_empty() {
+            return f.write_str("_");
+        }
+        for c in s.chars() {
+            let c = if is_token_char(c) { c } else { '_' };
+            fmt::Write::write_char(f, c)?;
+        }
+        Ok(())
+    }
+
+    impl fmt::Display for Value<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            match *self {
+                Value::Ret(r) if r < 0 => match i32::try_from(-r).ok().map(|e| Errno(e).name()) {
+                    Some(name) if name != "EUNKNOWN" => f.write_str(name),
+                    _ => write!(f, "{r}"),
+                },
+                Value::Ret(r) | Value::Int(r) => write!(f, "{r}"),
+                Value::Hex(x) => write!(f, "{x:#x}"),
+                Value::Bool(b) => f.write_str(if b { "yes" } else { "no" }),
+                Value::Word(w) => token(f, w),
+            }
+        }
+    }
+
+    /// One printable `RESULT` line.
+    pub struct Line<'a> {
+        pub scenario: &'a str,
+        pub check: &'a str,
+        pub value: Value<'a>,
+    }
+
+    impl fmt::Display for Line<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "{TAG} ")?;
+            token(f, self.scenario)?;
+            f.write_str(" ")?;
+            token(f, self.check)?;
+            write!(f, "={}", self.value)
+        }
+    }
+
+    /// A parsed result line: scenario, check and value, each a token.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Parsed<'a> {
+        pub scenario: &'a str,
+        pub check: &'a str,
+        pub value: &'a str,
+    }
+
+    /// Parses a `RESULT` line, wherever it starts in `line` (a console may prefix it, e.g.
+    /// `(d1) `). `None` unless it is exactly `RESULT <token> <token>=<token>` (trailing
+    /// whitespace aside).
+    pub fn parse(line: &str) -> Option<Parsed<'_>> {
+        let at = line.find("RESULT ")?;
+        if at > 0 && !line[..at].ends_with(' ') {
+            return None;
+        }
+        let rest = line[at + TAG.len() + 1..].trim_end();
+        let (scenario, rest) = rest.split_once(' ')?;
+        let (check, value) = rest.split_once('=')?;
+        let ok = |t: &str| !t.is_empty() && t.chars().all(is_token_char);
+        (ok(scenario) && ok(check) && ok(value)).then_some(Parsed { scenario, check, value })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        fn line(scenario: &str, check: &str, value: Value<'_>) -> String {
+            Line { scenario, check, value }.to_string()
+        }
+
+        #[test]
+        fn formats_each_kind_of_value() {
+            assert_eq!(line("badargs", "hc.11", Value::Ret(-38)), "RESULT badargs hc.11=ENOSYS");
+            assert_eq!(line("s", "c", Value::Ret(0)), "RESULT s c=0");
+            assert_eq!(line("s", "c", Value::Ret(3)), "RESULT s c=3");
+            assert_eq!(line("s", "c", Value::Ret(-4000)), "RESULT s c=-4000");
+            assert_eq!(line("s", "c", Value::Int(-2)), "RESULT s c=-2");
+            assert_eq!(line("s", "c", Value::Hex(6)), "RESULT s c=0x6");
+            assert_eq!(line("s", "c", Value::Bool(true)), "RESULT s c=yes");
+            assert_eq!(line("s", "c", Value::Word("XenVMMXenVMM")), "RESULT s c=XenVMMXenVMM");
+        }
+
+        #[test]
+        fn sanitises_names_so_lines_always_parse() {
+            let l = line("trap pf", "write to a=b", Value::Word("two words"));
+            assert_eq!(l, "RESULT trap_pf write_to_a_b=two_words");
+            assert_eq!(
+                parse(&l),
+                Some(Parsed { scenario: "trap_pf", check: "write_to_a_b", value: "two_words" })
+            );
+            assert_eq!(line("", "", Value::Word("")), "RESULT _ _=_");
+        }
+
+        #[test]
+        fn parses_prefixed_lines_and_rejects_malformed_ones() {
+            let p = parse("(d1) RESULT events timer.woke=yes\r").unwrap_or_else(|| panic!());
+            assert_eq!((p.scenario, p.check, p.value), ("events", "timer.woke", "yes"));
+            assert!(parse("RESULT events timer.woke=yes").is_some());
+            for bad in [
+                "RESULT events",
+                "RESULT events timer.woke",
+                "RESULT events timer.woke=",
+                "RESULT events =yes",
+                "RESULT events a=b c",
+                "XRESULT events a=b",
+                "RESULT events a=b=c",
+            ] {
+                assert_eq!(parse(bad), None, "{bad}");
+            }
+        }
+
+        proptest::proptest! {
+            #[test]
+            fn every_formatted_line_parses_back(s in ".{0,20}", c in ".{0,40}", v in ".{0,20}", n in proptest::prelude::any::<i64>()) {
+                for value in [Value::Word(&v), Value::Ret(n), Value::Int(n), Value::Hex(n as u64)] {
+                    let l = line(&s, &c, value);
+                    let p = parse(&l);
+                    proptest::prop_assert!(p.is_some(), "{}", l);
+                    let p = p.unwrap_or_else(|| unreachable!());
+                    proptest::prop_assert_eq!(p.value, value.to_string());
+                    proptest::prop_assert_eq!(p.scenario.chars().count(), s.chars().count().max(1));
+                }
+            }
         }
     }
 }
