@@ -45,7 +45,9 @@ mod kernel {
 
     /// Finds the ring page and installs the event handler; output still goes to `console_io`.
     pub fn attach(si: &StartInfo) -> Result<(), Errno> {
-        if si.console.mfn == 0 || si.console.evtchn.0 == 0 {
+        // For dom0 the field is the `console.dom0` member of Xen's union (where the boot VGA
+        // info sits), not a ring: dom0 writes through `console_io`.
+        if crate::start_info::is_dom0(si) || si.console.mfn == 0 || si.console.evtchn.0 == 0 {
             return Err(Errno::ENODEV);
         }
         let va = own_frame_va(Mfn(si.console.mfn))?;

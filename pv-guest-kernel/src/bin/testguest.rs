@@ -112,6 +112,7 @@ fn main(si: &StartInfo) {
     if cmdline::flag(cmd, "console-ring") {
         console_through_dom0(si);
     }
+    results::set_scenario(name);
     match SCENARIOS.iter().find(|s| s.name == name) {
         Some(s) => (s.run)(&Ctx { si, cmd, name }),
         None if name.is_empty() => println!("TEST none FAIL no scenario= on the command line"),
@@ -218,6 +219,8 @@ mod landing;
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/results.rs"]
+mod results;
 #[path = "testguest/ring_scribble.rs"]
 mod ring_scribble;
 #[path = "testguest/rng.rs"]

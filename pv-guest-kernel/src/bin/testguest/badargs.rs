@@ -1,8 +1,8 @@
 //! `badargs`: every bad hypercall argument (bad pointers, unknown numbers and sub-operations,
 //! invalid values) gets Xen's error code, and the domain keeps working afterwards.
 
-use super::report;
 use super::traps::{execute_ud2, ud_handler, UD_COUNT};
+use super::{report, results};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hypercall_abi::event_channel::{op as evtop, EvtchnBindVirq, EvtchnClose, EvtchnSend};
@@ -137,10 +137,12 @@ pub fn badargs() {
             if ok { "ok" } else { "MISMATCH" }
         );
         check!(fails, ok, "{}: got {} want {}", c.what, c.ret, c.want);
+        results::ret(c.what, c.ret);
     }
     if let Some(va) = ro {
         // SAFETY: `va` is our scratch page, mapped (read-only) for reading.
         let intact = (0..512).all(|i| unsafe { ((va + i * 8) as *const u64).read_volatile() } == 0);
+        results::yes("read-only-page-intact", intact);
         check!(fails, intact, "the hypervisor wrote into our read-only page");
     }
     // The domain must still work normally.
@@ -149,6 +151,7 @@ pub fn badargs() {
     UD_COUNT.store(0, Ordering::SeqCst);
     traps::set_handler(6, Some(ud_handler));
     execute_ud2();
+    results::emit("trap-table-intact.ud-count", results::Value::Int(UD_COUNT.load(Ordering::SeqCst) as i64));
     check!(fails, UD_COUNT.load(Ordering::SeqCst) == 1, "trap table damaged by the bad set_trap_table");
     traps::set_handler(6, None);
     report("badargs", &fails, format_args!("{} cases", cases.len()));

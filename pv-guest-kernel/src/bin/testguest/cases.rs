@@ -1,6 +1,7 @@
 //! Recording hostile-input cases: each attempt's result next to the one Xen gives, one
 //! `HOSTILE <tag> -> <got> (<name>) want <want> (<name>) ok|MISMATCH` line per case, so the
-//! host test can check every case and the scenario can report PASS or FAIL at the end.
+//! host test can check every case and the scenario can report PASS or FAIL at the end. Each
+//! case is also a `RESULT` line (`results`), for the differential run against Xen.
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -22,11 +23,13 @@ impl Cases {
 
     /// Records one case: `got` must equal `want` (hypercall results, named as errnos).
     pub fn case(&mut self, tag: &str, got: i64, want: i64) {
+        super::results::ret(tag, got);
         self.case_named(tag, got, want, name);
     }
 
     /// Records one case of a grant operation's status (named as `GNTST_*`).
     pub fn status_case(&mut self, tag: &str, got: i16, want: i16) {
+        super::results::emit(tag, super::results::Value::Word(hypercall_abi::grant_table::gntst::name(got)));
         self.case_named(tag, i64::from(got), i64::from(want), |s| {
             hypercall_abi::grant_table::gntst::name(s as i16)
         });

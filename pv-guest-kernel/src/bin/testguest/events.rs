@@ -1,7 +1,7 @@
 //! `events`: the timer VIRQ (one-shot timer, block, sleep) and an interdomain loopback
 //! channel (delivery both ways, masking, close) as Xen delivers them.
 
-use super::report;
+use super::{report, results};
 use alloc::vec::Vec;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::xen::virq;
@@ -21,7 +21,9 @@ fn on_b(_p: Port) {
 
 fn wait_for(what: &str, fails: &mut Vec<alloc::string::String>, cond: impl FnMut() -> bool) {
     let deadline = time::now_ns() + 1_000_000_000;
-    match events::block_until(cond, Some(deadline)) {
+    let r = events::block_until(cond, Some(deadline));
+    results::yes(&alloc::format!("{what}.delivered"), r == Ok(true));
+    match r {
         Ok(true) => {}
         Ok(false) => fails.push(alloc::format!("{what}: not delivered within 1 s")),
         Err(e) => fails.push(alloc::format!("{what}: block_until failed: {e}")),
@@ -37,6 +39,7 @@ pub fn run() {
     }
     // VIRQ_TIMER is bound by the runtime already: a second bind is refused.
     let again = events::bind_virq(virq::TIMER);
+    results::ret("bind-virq-timer-again", again.map_or_else(|e| e.to_ret(), |p| i64::from(p.0)));
     check!(fails, again == Err(Errno::EEXIST), "second bind of VIRQ_TIMER gave {again:?}, want EEXIST");
 
     // One-shot timer 5 ms ahead, then block.
@@ -54,6 +57,10 @@ pub fn run() {
         up1 - up0,
         (t1 - t0) / 1000
     );
+    results::ret("set-timer-op-5ms", r.map_or_else(|e| e.to_ret(), |_| 0));
+    results::yes("timer.woke", woke == Ok(true));
+    results::yes("timer.not-before-deadline", t1 >= t0 + 5_000_000);
+    results::yes("timer.upcall-taken", up1 > up0);
     check!(fails, woke == Ok(true), "block_until for the timer: {woke:?}");
     check!(fails, t1 >= t0 + 5_000_000, "woke after {} ns, before the 5 ms deadline", t1 - t0);
     check!(fails, up1 > up0, "no upcall taken");
@@ -62,6 +69,7 @@ pub fn run() {
     let t2 = time::now_ns();
     let slept = time::sleep(2_000_000);
     let t3 = time::now_ns();
+    results::yes("sleep-2ms.long-enough", slept.is_ok() && t3 >= t2 + 2_000_000);
     check!(fails, slept.is_ok() && t3 >= t2 + 2_000_000, "sleep(2 ms): {slept:?} after {} ns", t3 - t2);
     let mut lat = alloc::string::String::new();
     for ms in [1u64, 2, 5, 20] {
@@ -99,6 +107,8 @@ fn loopback(fails: &mut Vec<alloc::string::String>) -> Result<(), Errno> {
     let a0 = LOOP_A.load(Ordering::SeqCst);
     events::send(b)?;
     let si = pv_guest_kernel::shared::get().ok_or(Errno::ENODEV)?;
+    results::yes("masked-port.delivered", LOOP_A.load(Ordering::SeqCst) != a0);
+    results::yes("masked-port.pending", si.is_pending(a.0));
     check!(fails, LOOP_A.load(Ordering::SeqCst) == a0, "a masked port was delivered");
     check!(fails, si.is_pending(a.0), "a masked port did not stay pending");
     events::unmask(a)?;
@@ -110,9 +120,11 @@ fn loopback(fails: &mut Vec<alloc::string::String>) -> Result<(), Errno> {
     );
     events::close(a)?;
     let r = events::send(a);
+    results::ret("send-closed-port", r.map_or_else(|e| e.to_ret(), |_| 0));
     check!(fails, r == Err(Errno::EINVAL), "send on a closed port gave {r:?}, want EINVAL");
     // b's peer is gone: b is unbound again, and sending on it is silently dropped.
     let r = events::send(b);
+    results::ret("send-port-whose-peer-closed", r.map_or_else(|e| e.to_ret(), |_| 0));
     check!(fails, r == Ok(()), "send on a port whose peer closed gave {r:?}, want 0");
     events::close(b)?;
     Ok(())

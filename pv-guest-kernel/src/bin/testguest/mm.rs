@@ -1,8 +1,8 @@
 //! `mm`: the runtime's memory manager on the real hypervisor: the direct map covers the
 //! domain, M2P and P2M agree, pages are allocated, aliased, unmapped and freed.
 
-use super::report;
 use super::traps::{expect_pf, pf_handler, PFEC_USER, PFEC_WRITE};
+use super::{report, results};
 use alloc::vec::Vec;
 use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::start_info::StartInfo;
@@ -27,6 +27,7 @@ pub fn run(si: &StartInfo) {
     for pfn in [0, i.first_free.0, i.nr_pages - 1] {
         let mfn = mm::pfn_to_mfn(hypercall_abi::Pfn(pfn));
         let back = mfn.and_then(mm::mfn_to_pfn);
+        results::yes("m2p-p2m-agree", back == Some(hypercall_abi::Pfn(pfn)));
         check!(fails, back == Some(hypercall_abi::Pfn(pfn)), "pfn {pfn:#x} -> {mfn:?} -> {back:?}");
     }
     // Allocate, write, alias at a VA outside the direct map, unmap.
@@ -58,6 +59,7 @@ pub fn run(si: &StartInfo) {
     // P2M upkeep: re-recording a page's own frame goes through MMU_MACHPHYS_UPDATE.
     if let Some(p) = pages.first() {
         let r = mm::set_p2m(p.pfn, p.mfn);
+        results::ret("machphys-update-own-frame", r.map_or_else(|e| e.to_ret(), |_| 0));
         check!(fails, r.is_ok(), "set_p2m (MMU_MACHPHYS_UPDATE) of our own frame: {r:?}");
         let back = mm::mfn_to_pfn(p.mfn);
         check!(fails, back == Some(p.pfn), "M2P after set_p2m: {back:?}");

@@ -3,7 +3,7 @@
 //! into the guard page (`stack-overflow`). The fault helpers serve other scenarios too.
 
 use super::badargs::ro_scratch_page;
-use super::report;
+use super::{report, results};
 use alloc::vec::Vec;
 use core::arch::asm;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -79,6 +79,13 @@ pub fn expect_pf(fails: &mut Vec<alloc::string::String>, what: &str, addr: u64, 
     );
     let (rip, cs) = (PF_RIP.load(Ordering::SeqCst), PF_CS.load(Ordering::SeqCst));
     println!("trap-pf: {what}: {n} fault(s), cr2 {cr2:#x}, error {err:#x}, rip {rip:#x}, cs {cs:#x}");
+    let at = |check: &str| alloc::format!("{what}.{check}");
+    results::emit(&at("faults"), results::Value::Int(n as i64));
+    results::yes(&at("cr2-is-the-address"), cr2 == addr);
+    results::emit(&at("error-code"), results::Value::Hex(err));
+    results::yes(&at("rip-is-the-insn"), rip == FAULT_RIP.load(Ordering::SeqCst));
+    results::emit(&at("cs"), results::Value::Hex(cs & 0xffff));
+    results::emit(&at("saved-upcall-mask"), results::Value::Hex((cs >> 32) & 0xff));
     check!(fails, n == 1, "{what}: {n} faults instead of 1");
     check!(fails, cr2 == addr, "{what}: cr2 {cr2:#x} instead of {addr:#x}");
     check!(
@@ -119,6 +126,7 @@ pub fn trap_pf() {
         }
         None => println!("trap-pf: no read-only page available; protection case skipped"),
     }
+    results::yes("iret-restored-upcall-mask", events::upcalls_masked() == masked_before);
     check!(fails, events::upcalls_masked() == masked_before, "iret did not restore the upcall mask");
     traps::set_handler(14, None);
     report("trap-pf", &fails, format_args!("cr2 and error codes as Xen reports them"));
@@ -181,6 +189,8 @@ pub fn trap_ud() {
     let (n, rip, want) =
         (UD_COUNT.load(Ordering::SeqCst), UD_RIP.load(Ordering::SeqCst), FAULT_RIP.load(Ordering::SeqCst));
     println!("trap-ud: ud2 at {want:#x}: {n} #UD, handler saw rip {rip:#x}");
+    results::emit("ud2.count", results::Value::Int(n as i64));
+    results::yes("ud2.rip-is-the-insn", rip == want);
     check!(fails, n == 1, "{n} #UD instead of 1");
     check!(fails, rip == want, "#UD rip {rip:#x} instead of {want:#x}");
     let r = forced_cpuid(0x4000_0000);
@@ -191,6 +201,9 @@ pub fn trap_ud() {
     let sig = core::str::from_utf8(&sig).unwrap_or("<not UTF-8>");
     let after = UD_COUNT.load(Ordering::SeqCst);
     println!("trap-ud: forced cpuid 0x40000000: eax {:#x}, signature \"{sig}\"", r[0]);
+    results::emit("forced-cpuid.0x40000000.signature", results::Value::Word(sig));
+    results::emit("forced-cpuid.0x40000000.eax", results::Value::Hex(u64::from(r[0])));
+    results::yes("forced-cpuid.reached-ud-handler", after != n);
     check!(fails, sig == "XenVMMXenVMM", "forced cpuid signature \"{sig}\"");
     check!(fails, r[0] >= 0x4000_0002, "forced cpuid max leaf {:#x} below 0x40000002", r[0]);
     check!(fails, after == n, "the forced-emulation prefix reached the #UD handler");

@@ -12,8 +12,8 @@
 //! pages are not mapped in the kernel's.
 
 use super::landing;
-use super::report;
 use super::user_space::{UserSpace, USER_CODE, USER_DATA, USER_STACK_TOP};
+use super::{report, results};
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister};
@@ -86,6 +86,7 @@ pub fn run() {
         address: landing::syscall_stub(),
     };
     let r = hypercall::callback_op(cbop::REGISTER, &cb);
+    results::ret("register-syscall-callback", r);
     check!(fails, r == 0, "callback_op(register syscall): {r}");
     // The kernel does not map the user code: only the user L4 does.
     check!(
@@ -108,6 +109,10 @@ pub fn run() {
             let landed = unsafe { landing::catch(landing::__tg_iret_to, &args) };
             let masked_in_callback = events::upcalls_masked();
             drop(guard);
+            results::yes(
+                &alloc::format!("round{round}.syscall-callback"),
+                landed.is_some_and(|l| l.id == landing::ID_SYSCALL),
+            );
             let Some(l) = landed.filter(|l| l.id == landing::ID_SYSCALL) else {
                 fails.push(alloc::format!("round {round}: no syscall callback ({landed:x?})"));
                 break;
@@ -121,6 +126,14 @@ pub fn run() {
                 "user-mode: round {round}: syscall {rax} arg {rdi:#x} from rip {rip:#x} cs {:#x} rsp {rsp:#x} ss {ss:#x}, data {marker:#x}",
                 cs & 0xffff
             );
+            let at = |check: &str| alloc::format!("round{round}.{check}");
+            results::yes(&at("rax-rdi-as-set"), rax == SYSCALL_NR && rdi == MAGIC_ARG);
+            results::yes(&at("rip-rcx-after-syscall"), rip == want_rip && rcx == want_rip);
+            results::emit(&at("cs"), results::Value::Hex(cs & 0xffff));
+            results::emit(&at("ss"), results::Value::Hex(ss & 0xffff));
+            results::yes(&at("user-rsp"), rsp == USER_STACK_TOP && rsi == USER_STACK_TOP);
+            results::yes(&at("user-store-seen"), marker == DATA_MARKER);
+            results::yes(&at("events-masked-in-callback"), masked_in_callback);
             check!(
                 fails,
                 rax == SYSCALL_NR && rdi == MAGIC_ARG,
