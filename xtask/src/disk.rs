@@ -155,18 +155,10 @@ mod tests {
 
     fn machine(dom0_args: &str) -> Machine {
         let p = Path::new("/x");
-        Machine {
-            hypervisor: p.into(),
-            hv_cmdline: String::new(),
-            modules: vec![Module::new(p, dom0_args)],
-            memory_mib: 64,
-            disks: Vec::new(),
-            icount: false,
-            kvm: false,
-            gdb: false,
-            trace_file: None,
-            extra_args: Vec::new(),
-        }
+        let mut m = Machine::with_hypervisor(p, "");
+        m.modules = vec![Module::new(p, dom0_args)];
+        m.memory_mib = 64;
+        m
     }
 
     #[test]

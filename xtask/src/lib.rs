@@ -1,14 +1,19 @@
 //! microvisor's runner as a library, shared by the `cargo xtask` command line and by the QEMU
 //! integration tests in `tests/`: it builds the kernels with bare-metal flags, assembles QEMU
-//! command lines, runs machines with a deadline and parses what they print.
+//! command lines, runs machines with a deadline and parses what they print; it also fetches
+//! the reference systems (Xen 4.17, Debian's Linux) and compares microvisor with Xen.
 
 pub mod bench;
+pub mod conformance;
+pub mod debian;
 pub mod disk;
 pub mod fuzz;
 pub mod kernels;
+pub mod linux;
 pub mod plot;
 pub mod qemu;
 pub mod trace;
+pub mod xen;
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +44,15 @@ pub fn workspace_packages() -> Result<Vec<String>> {
         packages.push(name.trim_matches('"').to_string());
     }
     Ok(packages)
+}
+
+/// Writes `value` as pretty JSON to `dir/name` (creating `dir`) and returns the path.
+pub fn write_json(dir: &Path, name: &str, value: &impl serde::Serialize) -> Result<PathBuf> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let path = dir.join(name);
+    let json = serde_json::to_string_pretty(value).map_err(|e| e.to_string())?;
+    std::fs::write(&path, json + "\n").map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// Errors the runner reports to the user, already worded for them.

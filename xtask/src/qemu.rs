@@ -70,9 +70,33 @@ impl Module {
     }
 }
 
+/// Which hypervisor a machine boots: how it is told to stop and how its end is recognised.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum System {
+    /// microvisor: it ends QEMU itself through `isa-debug-exit` with an [`Outcome`] status.
+    #[default]
+    Microvisor,
+    /// Xen 4.17 ([`crate::xen`]): it halts the CPU, so the runner stops QEMU when the log
+    /// says the machine is over.
+    Xen,
+}
+
+impl System {
+    /// The name used in tables and `results.json`.
+    pub fn name(self) -> &'static str {
+        match self {
+            System::Microvisor => "microvisor",
+            System::Xen => "xen",
+        }
+    }
+}
+
 /// Everything that makes one boot.
 #[derive(Clone, Debug)]
 pub struct Machine {
+    /// Which hypervisor `hypervisor` is.
+    pub system: System,
     pub hypervisor: PathBuf,
     pub hv_cmdline: String,
     /// dom0 first, then the domUs.
@@ -94,13 +118,20 @@ pub struct Machine {
 impl Machine {
     /// The standard machine: the hypervisor, dom0 and the demo domU.
     pub fn standard(k: &Kernels) -> Machine {
+        let mut m = Machine::with_hypervisor(&k.microvisor, "");
+        m.modules =
+            vec![Module::new(&k.dom0, "name=dom0 mem=64M"), Module::new(&k.domu, "name=domU mem=32M")];
+        m
+    }
+
+    /// A machine booting `hypervisor` (a Multiboot image) with `cmdline` and no modules yet,
+    /// with the settings every machine shares (TCG, `-cpu max`, one CPU, 512 MiB).
+    pub fn with_hypervisor(hypervisor: &Path, cmdline: &str) -> Machine {
         Machine {
-            hypervisor: k.microvisor.clone(),
-            hv_cmdline: String::new(),
-            modules: vec![
-                Module::new(&k.dom0, "name=dom0 mem=64M"),
-                Module::new(&k.domu, "name=domU mem=32M"),
-            ],
+            system: System::Microvisor,
+            hypervisor: hypervisor.to_path_buf(),
+            hv_cmdline: cmdline.to_string(),
+            modules: Vec::new(),
             memory_mib: 512,
             disks: Vec::new(),
             icount: false,
@@ -237,12 +268,20 @@ impl Machine {
         let mut log = Vec::new();
         let mut timed_out = false;
         let mut seen = Instant::now();
+        let mut ended = None;
         loop {
             let left = deadline.saturating_sub(started.elapsed());
             match rx.recv_timeout(left.min(Duration::from_millis(100))) {
                 Ok(line) => {
                     if watch.is_some_and(|(needle, _)| line.contains(needle)) {
                         seen = Instant::now();
+                    }
+                    // Xen halts instead of ending QEMU: its last word ends the machine.
+                    if self.system == System::Xen && ended.is_none() {
+                        ended = crate::xen::outcome_of_line(&line);
+                        if ended.is_some() {
+                            let _ = child.kill();
+                        }
                     }
                     log.push(line);
                 }
@@ -269,7 +308,11 @@ impl Machine {
         if let Some(mut e) = child.stderr.take() {
             let _ = e.read_to_string(&mut stderr);
         }
-        let outcome = if timed_out { Outcome::Timeout } else { Outcome::from_status(status) };
+        let outcome = match ended {
+            Some(o) => o,
+            None if timed_out => Outcome::Timeout,
+            None => Outcome::from_status(status),
+        };
         Ok(Run { log, outcome, stderr, elapsed: started.elapsed() })
     }
 }
