@@ -14,12 +14,28 @@ pub struct BenchResult {
     pub p99: u64,
     /// `wall` (TSC under TCG) or `insns` (`-icount`, instruction counts).
     pub mode: String,
+    /// Which hypervisor ran the benchmark: `microvisor` or `xen` (`--peer xen`). Files
+    /// written before the field existed are microvisor's.
+    #[serde(default = "microvisor")]
+    pub system: String,
+}
+
+fn microvisor() -> String {
+    crate::qemu::System::Microvisor.name().to_string()
 }
 
 /// Parses every `BENCH name=... unit=... n=... min=... median=... p99=...` line in `log`
-/// (the line may carry a console prefix such as `(d1) `).
+/// (the line may carry a console prefix such as `(d1) `) of a microvisor run.
 pub fn parse(log: &[String], mode: &str) -> Vec<BenchResult> {
-    log.iter().filter_map(|l| parse_line(l, mode)).collect()
+    parse_system(log, mode, crate::qemu::System::Microvisor)
+}
+
+/// [`parse`] for a run of `system`.
+pub fn parse_system(log: &[String], mode: &str, system: crate::qemu::System) -> Vec<BenchResult> {
+    log.iter()
+        .filter_map(|l| parse_line(l, mode))
+        .map(|r| BenchResult { system: system.name().to_string(), ..r })
+        .collect()
 }
 
 /// Parses one `BENCH` line.
@@ -33,6 +49,7 @@ pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
         median: 0,
         p99: 0,
         mode: mode.to_string(),
+        system: microvisor(),
     };
     let mut seen = 0u8;
     for kv in rest.split_whitespace() {
@@ -103,11 +120,81 @@ pub fn goal_lines(results: &[BenchResult]) -> String {
     out
 }
 
+/// The peer set of issue 13: the paths measured on both microvisor and Xen 4.17
+/// (`cargo xtask bench --peer xen`), in the order the comparison table lists them.
+pub const PEER_SET: &[&str] = &[
+    "hypercall.null",
+    "hypercall.get_features",
+    "evtchn.send",
+    "evtchn.status",
+    "mmu.update_va_mapping",
+    "mmu.update_one",
+    "mmu.update_batch512",
+    "mmu.pin_l1",
+    "mmu.unpin_l1",
+    "mmu.pin_l4",
+    "mmu.unpin_l4",
+    "mmu.tlb_flush_local",
+    "mmu.invlpg_local",
+    "hypercall.multicall16",
+    "grant.map_unmap",
+    "grant.copy_4k",
+    "sched.set_timer_op",
+    "sched.yield",
+];
+
+/// The goal of issue 13 for each peer metric: microvisor at most this fraction of Xen's
+/// median, in both modes.
+pub const PEER_GOAL: f64 = 0.75;
+
+/// The side-by-side table of a `--peer` run: every metric both systems measured (the peer
+/// set first, then the others in microvisor's order), each system's median and the ratio
+/// microvisor / Xen, then how many peer metrics meet [`PEER_GOAL`].
+pub fn peer_table(mv: &[BenchResult], peer: &[BenchResult]) -> String {
+    let peer_name = peer.first().map_or("peer", |r| r.system.as_str());
+    let mut names: Vec<&str> = PEER_SET.to_vec();
+    names.extend(mv.iter().map(|r| r.name.as_str()).filter(|n| !PEER_SET.contains(n)));
+    let mut out = format!(
+        "{:<28} {:>6} {:>12} {:>12} {:>9}\n",
+        "metric",
+        "unit",
+        "microvisor",
+        peer_name,
+        format!("mv/{peer_name}")
+    );
+    let (mut met, mut measured) = (0, 0);
+    for name in names {
+        let (m, p) = (mv.iter().find(|r| r.name == name), peer.iter().find(|r| r.name == name));
+        if m.is_none() && p.is_none() || (m.is_some() != p.is_some() && !PEER_SET.contains(&name)) {
+            continue;
+        }
+        let unit = m.or(p).map_or("", |r| r.unit.as_str());
+        let median = |r: Option<&BenchResult>| r.map_or_else(|| "-".to_string(), |r| r.median.to_string());
+        let ratio = match (m, p) {
+            (Some(m), Some(p)) if p.median > 0 && m.unit == p.unit => {
+                let x = m.median as f64 / p.median as f64;
+                if PEER_SET.contains(&name) {
+                    measured += 1;
+                    met += usize::from(x <= PEER_GOAL);
+                }
+                format!("{x:.2}")
+            }
+            _ => "-".to_string(),
+        };
+        out += &format!("{:<28} {:>6} {:>12} {:>12} {:>9}\n", name, unit, median(m), median(p), ratio);
+    }
+    out + &format!(
+        "{met} of {measured} peer metrics at or below {PEER_GOAL}x {peer_name}'s median (goal: all, in both modes)\n"
+    )
+}
+
 /// Per-metric change of the medians from `old` to `new`.
 pub fn compare(old: &[BenchResult], new: &[BenchResult]) -> String {
+    let same =
+        |a: &BenchResult, b: &BenchResult| a.name == b.name && a.mode == b.mode && a.system == b.system;
     let mut out = format!("{:<28} {:>12} {:>12} {:>9}\n", "metric", "old median", "new median", "change");
     for n in new {
-        match old.iter().find(|o| o.name == n.name && o.mode == n.mode) {
+        match old.iter().find(|o| same(o, n)) {
             Some(o) if o.median > 0 => {
                 let pct = (n.median as f64 - o.median as f64) * 100.0 / o.median as f64;
                 out += &format!("{:<28} {:>12} {:>12} {:>+8.1}%\n", n.name, o.median, n.median, pct);
@@ -116,7 +203,7 @@ pub fn compare(old: &[BenchResult], new: &[BenchResult]) -> String {
         }
     }
     for o in old {
-        if !new.iter().any(|n| n.name == o.name && n.mode == o.mode) {
+        if !new.iter().any(|n| same(n, o)) {
             out += &format!("{:<28} {:>12} {:>12} {:>9}\n", o.name, o.median, "-", "gone");
         }
     }
@@ -192,11 +279,56 @@ mod tests {
             median,
             p99: 1,
             mode: "wall".into(),
+            system: "microvisor".into(),
         };
         let c = compare(&[mk("a", 100), mk("gone", 5)], &[mk("a", 110), mk("b", 7)]);
         assert!(c.contains("+10.0%"));
         assert!(c.lines().any(|l| l.starts_with("b ") && l.contains("new")));
         assert!(c.lines().any(|l| l.starts_with("gone") && l.contains("gone")));
+    }
+}
+
+#[cfg(test)]
+mod peer_tests {
+    use super::*;
+    use crate::qemu::System;
+
+    #[test]
+    fn peer_table_shows_both_systems_and_the_ratio() {
+        let mv = parse_system(
+            &[
+                "(d1) BENCH name=hypercall.null unit=tsc n=10 min=20 median=22 p99=30".into(),
+                "(d1) BENCH name=evtchn.send unit=tsc n=10 min=500 median=515 p99=600".into(),
+                "(d1) BENCH name=evtchn.pingpong unit=tsc n=10 min=5000 median=5538 p99=6000".into(),
+                "(XEN) BENCH name=floor.syscall_sysret unit=tsc n=10 min=4 median=4 p99=4".into(),
+            ],
+            "insns",
+            System::Microvisor,
+        );
+        let xen = parse_system(
+            &[
+                "BENCH name=hypercall.null unit=tsc n=10 min=280 median=282 p99=300".into(),
+                "BENCH name=evtchn.send unit=tsc n=10 min=400 median=406 p99=500".into(),
+                "BENCH name=sched.yield unit=tsc n=10 min=900 median=1000 p99=1200".into(),
+            ],
+            "insns",
+            System::Xen,
+        );
+        assert!(xen.iter().all(|r| r.system == "xen" && r.unit == "insns"));
+        let t = peer_table(&mv, &xen);
+        let line = |m: &str| {
+            t.lines().find(|l| l.starts_with(&format!("{m} "))).unwrap_or_else(|| panic!("{m}:\n{t}"))
+        };
+        assert!(t.lines().next().unwrap().contains("mv/xen"), "{t}");
+        assert!(line("hypercall.null").ends_with(" 22          282      0.08"), "{t}");
+        assert!(line("evtchn.send").ends_with("1.27"), "{t}");
+        // A peer metric measured on one side only still has its row; others do not.
+        assert!(line("sched.yield").contains(" - "), "{t}");
+        assert!(!t.contains("evtchn.pingpong") && !t.contains("floor"), "{t}");
+        assert!(
+            t.ends_with("1 of 2 peer metrics at or below 0.75x xen's median (goal: all, in both modes)\n"),
+            "{t}"
+        );
     }
 }
 
@@ -214,8 +346,11 @@ mod fixture_tests {
         let r = load("results-new.json");
         assert_eq!(r.len(), 3);
         assert_eq!(r[1].name, "hypercall.null");
+        assert!(r.iter().all(|r| r.system == "microvisor"), "files without `system` are microvisor's");
         let json = serde_json::to_string(&r).unwrap();
-        for key in ["\"name\"", "\"unit\"", "\"n\"", "\"min\"", "\"median\"", "\"p99\"", "\"mode\""] {
+        for key in
+            ["\"name\"", "\"unit\"", "\"n\"", "\"min\"", "\"median\"", "\"p99\"", "\"mode\"", "\"system\""]
+        {
             assert!(json.contains(key), "{key} missing from {json}");
         }
         let back: Vec<BenchResult> = serde_json::from_str(&json).unwrap();

@@ -182,6 +182,7 @@ mod tests {
             median,
             p99: 1,
             mode: "wall".into(),
+            system: "microvisor".into(),
         };
         let out =
             blk_ratios(&[r("blk.seqread.dom0", 400), r("blk.seqread.domU", 300), r("blk.seqwrite.dom0", 9)]);

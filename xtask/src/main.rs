@@ -22,9 +22,10 @@ commands:
                         audit every K hypercalls; prints calls/s, and on failure the command
                         that reproduces it and the last calls; --skip leaves operations out
                         (each draws from its own stream) to narrow a failure down
-  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json]
+  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--peer xen]
                         boot the bench configuration, print the figures, write
-                        target/bench/results.json
+                        target/bench/results.json; with --peer xen, also run the
+                        standalone benchmarks under Xen 4.17 and print both side by side
   conformance [--diff] [scenario...]
                         run the test guest's standalone scenarios under microvisor (domU)
                         and Xen 4.17 (dom0) in the same QEMU and print both side by side
@@ -92,12 +93,14 @@ fn run(args: &[String]) -> Result<ExitCode> {
 
 fn bench(args: &[String]) -> Result<ExitCode> {
     use xtask::bench;
+    use xtask::qemu::System;
     ensure_qemu()?;
     let k = kernels::build()?;
     let mut mode = "wall".to_string();
     let mut iters: u64 = 100_000;
     let mut compare = None;
     let mut kvm = false;
+    let mut peer = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("bench: `{a}` needs a value"));
@@ -106,32 +109,66 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             "--iters" => iters = value()?.parse().map_err(|_| "bench: --iters needs a number".to_string())?,
             "--compare" => compare = Some(value()?),
             "--accel" => kvm = value()? == "kvm",
+            "--peer" => match value()?.as_str() {
+                "xen" => peer = Some(System::Xen),
+                other => return Err(format!("bench: --peer takes `xen`, not `{other}`")),
+            },
             other => return Err(format!("bench: unknown option `{other}`")),
         }
     }
     if mode != "wall" && mode != "insns" {
         return Err(format!("bench: --mode must be wall or insns, not `{mode}`"));
     }
+    // Fetch the peer first: a missing reference should stop the run before it measures.
+    let xen = match peer {
+        Some(_) => Some(xtask::xen::hypervisor()?),
+        None => None,
+    };
     let mut m = xtask::qemu::Machine::bench_with(&k, iters, mode == "wall");
     m.icount = mode == "insns";
     m.kvm = kvm;
     let run = m.run(Duration::from_secs(600))?;
-    let results = bench::parse(&run.log, &mode);
+    let mut results = bench::parse(&run.log, &mode);
     if run.outcome != Outcome::Poweroff || results.is_empty() {
         eprintln!("{}", run.text());
         return Err(format!("bench run ended with {:?} and {} results", run.outcome, results.len()));
     }
     print!("{}", bench::table(&results));
     print!("{}", xtask::disk::blk_ratios(&results));
+    let mut hists: Vec<(&str, xtask::plot::Hist)> =
+        xtask::plot::parse_hists(&run.log).into_iter().map(|h| ("microvisor", h)).collect();
+    if let Some(x) = &xen {
+        // The same guest, standalone benchmarks only, as Xen's dom0, in the same QEMU mode.
+        let mut m = xtask::xen::bench_machine(&x.image, &k.testguest, iters);
+        m.icount = mode == "insns";
+        m.kvm = kvm;
+        let run = m.run(Duration::from_secs(600))?;
+        let theirs = bench::parse_system(&run.log, &mode, System::Xen);
+        if run.outcome != Outcome::Poweroff
+            || theirs.is_empty()
+            || run.has("TEST bench-") && run.has(" FAIL ")
+        {
+            eprintln!("{}", run.text());
+            return Err(format!("Xen bench run ended with {:?} and {} results", run.outcome, theirs.len()));
+        }
+        println!("\nside by side with Xen {} as dom0 (same QEMU, {mode} mode):", x.version);
+        print!("{}", bench::peer_table(&results, &theirs));
+        hists.extend(xtask::plot::parse_hists(&run.log).into_iter().map(|h| ("xen", h)));
+        results.extend(theirs);
+    }
     let dir = xtask::workspace_root().join("target/bench");
     let path = xtask::write_json(&dir, "results.json", &results)?;
     println!("wrote {}", path.display());
-    for h in xtask::plot::parse_hists(&run.log) {
-        let unit = results.iter().find(|r| r.name == h.name).map_or("tsc", |r| r.unit.as_str());
-        let svg = dir.join(format!("{}.svg", h.name));
-        xtask::plot::histogram_svg(&h, unit, &svg)?;
-        println!("wrote {}", svg.display());
+    let mut names: Vec<&str> = hists.iter().map(|(_, h)| h.name.as_str()).collect();
+    names.dedup();
+    for name in names {
+        let series: Vec<(&str, &xtask::plot::Hist)> =
+            hists.iter().filter(|(_, h)| h.name == name).map(|(s, h)| (*s, h)).collect();
+        let unit = results.iter().find(|r| r.name == name).map_or("tsc", |r| r.unit.as_str());
+        let svg = dir.join(format!("{name}.svg"));
+        xtask::plot::histogram_svg(&series, unit, &svg)?;
     }
+    println!("wrote {} (one histogram per metric)", dir.join("<metric>.svg").display());
     let summary = dir.join("summary.svg");
     xtask::plot::summary_svg(&results, &summary)?;
     println!("wrote {}", summary.display());

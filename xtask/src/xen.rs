@@ -61,6 +61,13 @@ pub fn machine(xen: &Path, dom0: &Path, dom0_cmdline: &str) -> Machine {
     m
 }
 
+/// The bench guest's standalone benchmarks (`scenario=bench-standalone`: the null call, the
+/// page-table, event and grant paths and the rest of the peer set) as Xen's dom0, with `iters`
+/// samples each: the Xen side of `cargo xtask bench --peer xen`.
+pub fn bench_machine(xen: &Path, testguest: &Path, iters: u64) -> Machine {
+    machine(xen, testguest, &format!("scenario=bench-standalone iters={iters}"))
+}
+
 /// How Xen says the machine is over, if `line` is such a line. Xen halts the CPU after each
 /// of these and leaves QEMU running.
 pub fn outcome_of_line(line: &str) -> Option<Outcome> {

@@ -95,6 +95,10 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("bench-console", "tests/tests/bench_smoke.rs", |c| bench_console::run(c.cmd)),
     sc("bench-mm", "tests/tests/bench_smoke.rs", |c| bench_mm::run(c.cmd)),
     sc("bench-evtchn", "tests/tests/bench_smoke.rs", |c| bench_evtchn::run(c.cmd)),
+    sc("bench-peer", "tests/tests/xen_bench.rs", |c| bench_peer::run(c.cmd)),
+    // The benchmarks that need only the hypervisor, for `cargo xtask bench --peer xen` (under
+    // Xen the guest is dom0 and alone: no xenstore, no partner domain).
+    sc("bench-standalone", "tests/tests/xen_bench.rs", bench_standalone),
     sc("bench-pingpong", "tests/tests/bench_smoke.rs", |c| bench_pingpong::run(c.si)),
     sc("bench-switch", "tests/tests/bench_smoke.rs", |c| bench_switch::run(c.si)),
     sc("switch-partner", "tests/tests/bench_smoke.rs", |c| bench_switch::partner(c.si)),
@@ -141,9 +145,18 @@ fn bench_all(c: &Ctx) {
     bench_console::run(c.cmd);
     bench_mm::run(c.cmd);
     bench_evtchn::run(c.cmd);
+    bench_peer::run(c.cmd);
     bench_pingpong::run(c.si);
     bench_switch::run(c.si);
     bench_order::announce_done(c.si);
+}
+
+/// The benchmarks that need nothing but the hypervisor, in the order `bench_all` runs them.
+fn bench_standalone(c: &Ctx) {
+    bench_null::run(c.cmd);
+    bench_mm::run(c.cmd);
+    bench_evtchn::run(c.cmd);
+    bench_peer::run(c.cmd);
 }
 
 /// Prints the result line. Each failure gets its own line first, so the result line stays
@@ -185,6 +198,8 @@ mod bench_mm;
 mod bench_null;
 #[path = "testguest/bench_order.rs"]
 mod bench_order;
+#[path = "testguest/bench_peer.rs"]
+mod bench_peer;
 #[path = "testguest/bench_pingpong.rs"]
 mod bench_pingpong;
 #[path = "testguest/bench_switch.rs"]
