@@ -1,12 +1,16 @@
-//! Linux artefacts for PV guests: the `vmlinux` ELF inside Debian's bzImage (whose payload is
-//! LZ4 today; gzip, xz and zstd are handled the same way), and the gzip decoder the Xen image
-//! needs too.
+//! Linux artefacts for PV guests, from Debian's packages: the `vmlinux` ELF inside the cloud
+//! kernel's bzImage (whose payload is LZ4 today; gzip, xz and zstd are handled the same way),
+//! an initramfs (cpio newc) holding busybox, the kernel's own modules and an init script, an
+//! ext4 disk image holding a known file, and reading a file back out of such an image.
 //!
 //! A bzImage keeps its compressed kernel at `payload_offset`/`payload_length` in the setup
 //! header (boot protocol 2.08+). Every format but gzip is followed by the uncompressed size as
 //! 4 little-endian bytes (the kernel's `size_append`); gzip carries its own in its trailer.
 
+use crate::debian::{self, Unavailable};
 use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 /// Decompresses a gzip stream.
 pub fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
@@ -146,6 +150,514 @@ pub fn extract_vmlinux(bzimage: &[u8]) -> Result<Vec<u8>, String> {
     Ok(elf)
 }
 
+/// Debian's metapackage of the cloud kernel; it depends on the versioned image package.
+pub const KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+/// Debian's static busybox.
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// Debian's cloud kernel, unpacked: its `vmlinux` (extracted from the bzImage once and cached
+/// next to the package) and its modules.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Kernel {
+    /// The kernel release (`6.1.0-57-cloud-amd64`): the name of its modules directory.
+    pub release: String,
+    /// The image package's version (`6.1.192-3`).
+    pub package_version: String,
+    pub vmlinux: PathBuf,
+    /// `lib/modules/<release>`.
+    pub modules: PathBuf,
+}
+
+/// Fetches Debian's cloud kernel (the metapackage, then the image package it depends on) and
+/// extracts its vmlinux (once per checkout).
+pub fn kernel() -> Result<Kernel, Unavailable> {
+    // One extraction at a time in this process; across processes the rename is atomic.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let meta = debian::fetch(KERNEL_PACKAGE)?;
+    let unavailable = |what: String, command: String, reason: String| Unavailable { what, command, reason };
+    let depends = debian::control_field(&meta.deb, "Depends").map_err(|r| {
+        unavailable(
+            format!("{KERNEL_PACKAGE}'s dependencies"),
+            format!("dpkg-deb -f {} Depends", meta.deb.display()),
+            r,
+        )
+    })?;
+    let image = debian::dependency_with_prefix(&depends, "linux-image-").ok_or_else(|| {
+        unavailable(
+            format!("{KERNEL_PACKAGE}'s kernel image"),
+            format!("dpkg-deb -f {} Depends", meta.deb.display()),
+            format!("no linux-image-* package in `{depends}`"),
+        )
+    })?;
+    let pkg = debian::fetch(&image)?;
+    let release = image.trim_start_matches("linux-image-").to_string();
+    let bz = pkg.root.join(format!("boot/vmlinuz-{release}"));
+    let vmlinux = pkg.root.join(format!("boot/vmlinux-{release}"));
+    if !vmlinux.exists() {
+        let fail = |reason: String| {
+            unavailable(
+                format!("vmlinux of {image}"),
+                format!("extract the payload of {}", bz.display()),
+                reason,
+            )
+        };
+        let bytes = std::fs::read(&bz).map_err(|e| fail(e.to_string()))?;
+        let elf = extract_vmlinux(&bytes).map_err(fail)?;
+        let tmp = vmlinux.with_extension(format!("tmp{}", std::process::id()));
+        std::fs::write(&tmp, elf)
+            .and_then(|_| std::fs::rename(&tmp, &vmlinux))
+            .map_err(|e| fail(e.to_string()))?;
+    }
+    Ok(Kernel {
+        modules: pkg.root.join("lib/modules").join(&release),
+        release,
+        package_version: pkg.version,
+        vmlinux,
+    })
+}
+
+/// Fetches `busybox-static` and returns its binary.
+pub fn busybox() -> Result<PathBuf, Unavailable> {
+    Ok(debian::fetch(BUSYBOX_PACKAGE)?.root.join("bin/busybox"))
+}
+
+/// A module's name as modprobe sees it: its file name without `.ko` and any compression
+/// suffix, with `-` and `_` the same.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// The `depends=` list of a module's `.modinfo` section (Debian's kernel package ships no
+/// `modules.dep`: depmod writes it at install time).
+pub fn module_depends(object_bytes: &[u8]) -> Result<Vec<String>, String> {
+    use object::{Object, ObjectSection};
+    let file = object::File::parse(object_bytes).map_err(|e| format!("not an ELF object: {e}"))?;
+    let info = file.section_by_name(".modinfo").ok_or("no .modinfo section")?;
+    let data = info.data().map_err(|e| format!(".modinfo: {e}"))?;
+    Ok(data
+        .split(|&b| b == 0)
+        .filter_map(|kv| kv.strip_prefix(b"depends="))
+        .flat_map(|list| String::from_utf8_lossy(list).split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|d| !d.is_empty())
+        .map(|d| d.replace('-', "_"))
+        .collect())
+}
+
+/// The module files under `dir` (a kernel's `lib/modules/<release>`), by module name.
+fn module_index(dir: &Path) -> Result<std::collections::HashMap<String, PathBuf>, String> {
+    let mut index = std::collections::HashMap::new();
+    let mut stack = vec![dir.join("kernel")];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).map_err(|e| format!("{}: {e}", d.display()))? {
+            let p = e.map_err(|e| e.to_string())?.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.to_string_lossy().contains(".ko") {
+                index.insert(module_name(&p.to_string_lossy()), p);
+            }
+        }
+    }
+    Ok(index)
+}
+
+/// The module files that loading `names` needs under `dir` (a kernel's
+/// `lib/modules/<release>`), dependencies first.
+pub fn modules_in_load_order(dir: &Path, names: &[&str]) -> Result<Vec<PathBuf>, String> {
+    let index = module_index(dir)?;
+    let mut order: Vec<PathBuf> = Vec::new();
+    // Depth-first, each module after its dependencies; `visiting` catches a cycle.
+    fn visit(
+        name: &str,
+        index: &std::collections::HashMap<String, PathBuf>,
+        order: &mut Vec<PathBuf>,
+        visiting: &mut Vec<String>,
+    ) -> Result<(), String> {
+        let path = index.get(name).ok_or_else(|| format!("no module {name}"))?;
+        if order.contains(path) {
+            return Ok(());
+        }
+        if visiting.iter().any(|v| v == name) {
+            return Err(format!("modules depend on each other in a cycle through {name}"));
+        }
+        visiting.push(name.to_string());
+        for dep in module_depends(&module_bytes(path)?).map_err(|e| format!("{}: {e}", path.display()))? {
+            visit(&dep, index, order, visiting)?;
+        }
+        visiting.pop();
+        order.push(path.clone());
+        Ok(())
+    }
+    for name in names {
+        visit(&name.replace('-', "_"), &index, &mut order, &mut Vec::new())?;
+    }
+    Ok(order)
+}
+
+/// A module file's contents, decompressed if it is `.ko.xz`, `.ko.zst` or `.ko.gz` (busybox's
+/// `insmod` reads plain ELF objects only).
+pub fn module_bytes(path: &Path) -> Result<Vec<u8>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let name = path.to_string_lossy();
+    let plain = if name.ends_with(".ko.xz") {
+        decompress(Compression::Xz, &bytes)
+    } else if name.ends_with(".ko.zst") {
+        decompress(Compression::Zstd, &bytes)
+    } else if name.ends_with(".ko.gz") {
+        gunzip(&bytes)
+    } else {
+        Ok(bytes)
+    };
+    let plain = plain.map_err(|e| format!("{}: {e}", path.display()))?;
+    if !plain.starts_with(b"\x7fELF") {
+        return Err(format!("{}: not an ELF object", path.display()));
+    }
+    Ok(plain)
+}
+
+/// One file of an initramfs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CpioEntry {
+    Dir(String),
+    File {
+        path: String,
+        mode: u32,
+        data: Vec<u8>,
+    },
+    Symlink {
+        path: String,
+        target: String,
+    },
+    /// A character device node (the kernel opens `/dev/console` before it runs `/init`, and
+    /// without the node init has no output).
+    CharDev {
+        path: String,
+        major: u32,
+        minor: u32,
+    },
+}
+
+/// File-type bits of a cpio mode (`S_IFDIR`, `S_IFREG`, `S_IFLNK`).
+const S_IFDIR: u32 = 0o040000;
+const S_IFREG: u32 = 0o100000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFCHR: u32 = 0o020000;
+
+/// Writes `entries` as a cpio newc archive (what the kernel unpacks as an initramfs): owned by
+/// root, each entry its own inode, with the trailer.
+pub fn cpio_newc(entries: &[CpioEntry]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write;
+    let mut out = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        let (path, mode, data, rdev): (&str, u32, &[u8], (u32, u32)) = match e {
+            CpioEntry::Dir(p) => (p, S_IFDIR | 0o755, &[], (0, 0)),
+            CpioEntry::File { path, mode, data } => (path, S_IFREG | (mode & 0o7777), data, (0, 0)),
+            CpioEntry::Symlink { path, target } => (path, S_IFLNK | 0o777, target.as_bytes(), (0, 0)),
+            CpioEntry::CharDev { path, major, minor } => (path, S_IFCHR | 0o600, &[], (*major, *minor)),
+        };
+        let size =
+            u32::try_from(data.len()).map_err(|_| std::io::Error::other(format!("{path} is over 4 GiB")))?;
+        let nlink = if matches!(e, CpioEntry::Dir(_)) { 2 } else { 1 };
+        let mut w = cpio::newc::Builder::new(path.trim_start_matches('/'))
+            .ino(i as u32 + 1)
+            .mode(mode)
+            .nlink(nlink)
+            .rdev_major(rdev.0)
+            .rdev_minor(rdev.1)
+            .write(&mut out, size);
+        w.write_all(data)?;
+        w.finish()?;
+    }
+    cpio::newc::trailer(&mut out)?;
+    Ok(out)
+}
+
+/// One entry of a cpio archive as read back: name, mode, rdev (major, minor), contents.
+pub type ReadEntry = (String, u32, (u32, u32), Vec<u8>);
+
+/// Reads every entry of a cpio newc archive (for checking what [`cpio_newc`] wrote).
+pub fn cpio_entries(mut archive: &[u8]) -> std::io::Result<Vec<ReadEntry>> {
+    let mut out = Vec::new();
+    loop {
+        let mut r = cpio::newc::Reader::new(archive)?;
+        if r.entry().is_trailer() {
+            return Ok(out);
+        }
+        let e = r.entry();
+        let (name, mode, rdev) = (e.name().to_string(), e.mode(), (e.rdev_major(), e.rdev_minor()));
+        let mut data = Vec::new();
+        r.read_to_end(&mut data)?;
+        out.push((name, mode, rdev, data));
+        archive = r.finish()?;
+    }
+}
+
+/// What the initramfs's `/init` does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InitPlan {
+    /// Module files to `insmod`, in load order ([`modules_in_load_order`]).
+    pub modules: Vec<PathBuf>,
+    /// Files of the initramfs (path, contents) the init prints, then adds to the archive.
+    pub files: Vec<(String, Vec<u8>)>,
+    /// The disk to mount and use, if any.
+    pub disk: Option<DiskPlan>,
+    /// Where the init's output goes.
+    pub output: InitOutput,
+    /// End at a shell on the console instead of powering off.
+    pub shell: bool,
+}
+
+/// The disk part of an [`InitPlan`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiskPlan {
+    /// The block device (`/dev/xvda` for a Xen vbd, `/dev/vda` for virtio-blk).
+    pub device: String,
+    /// A file at the file system's root whose contents the init prints.
+    pub read: String,
+    /// A file the init creates at the root with [`WRITTEN`] as its contents.
+    pub write: String,
+}
+
+/// Where `/init` writes its progress lines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitOutput {
+    /// `/dev/console` (a domU's hvc0, served by its console backend).
+    Console,
+    /// The kernel log (`/dev/kmsg`): for a kernel whose console is not reachable, e.g.
+    /// Debian's cloud kernel as Xen's dom0, which (built without CONFIG_XEN_DOM0) looks for
+    /// a domU's console ring and finds none; `earlyprintk=xen keep_bootcon` then shows the
+    /// kernel log through `console_io`.
+    Kmsg,
+}
+
+/// What the init writes into [`DiskPlan::write`].
+pub const WRITTEN: &str = "written by Linux inside the guest\n";
+
+/// The `/init` script for `plan`: busybox's applets, the modules, the files printed, the disk
+/// mounted with one file printed and one written, `sync`, unmount, then `poweroff -f`
+/// (SCHEDOP_shutdown) or a shell. Progress lines start with `LINUXINIT` so tests can follow.
+pub fn init_script(plan: &InitPlan) -> String {
+    let mut s = String::from(
+        "#!/bin/busybox sh\n\
+         # microvisor's Linux test init (xtask::linux::init_script)\n\
+         /bin/busybox mkdir -p /proc /sys /dev /mnt\n\
+         /bin/busybox mount -t proc proc /proc\n\
+         /bin/busybox --install -s /bin\n\
+         mount -t sysfs sysfs /sys\n\
+         mount -t devtmpfs devtmpfs /dev\n",
+    );
+    if plan.output == InitOutput::Kmsg {
+        s += "exec >/dev/kmsg 2>&1\n";
+    }
+    s += "echo LINUXINIT start\n";
+    for m in &plan.modules {
+        let file = module_name(&m.to_string_lossy()) + ".ko";
+        s += &format!("insmod /lib/modules/{file} && echo LINUXINIT insmod {file} ok || echo LINUXINIT insmod {file} FAILED\n");
+    }
+    for (path, _) in &plan.files {
+        s += &format!("echo \"LINUXINIT cat /{p}: $(cat /{p})\"\n", p = path.trim_start_matches('/'));
+    }
+    if let Some(d) = &plan.disk {
+        s += &format!(
+            "i=0\n\
+             while [ ! -b {dev} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done\n\
+             if mount -t ext4 {dev} /mnt; then\n\
+             \x20   echo LINUXINIT mounted {dev}\n\
+             \x20   echo \"LINUXINIT read {read}: $(cat /mnt/{read})\"\n\
+             \x20   printf '{written}' > /mnt/{write} && echo LINUXINIT wrote {write}\n\
+             \x20   sync\n\
+             \x20   umount /mnt && echo LINUXINIT unmounted {dev}\n\
+             else\n\
+             \x20   echo LINUXINIT mount {dev} FAILED\n\
+             fi\n",
+            dev = d.device,
+            read = d.read,
+            write = d.write,
+            written = WRITTEN.replace('\n', "\\n"),
+        );
+    }
+    if plan.shell {
+        s += "echo LINUXINIT shell: type 'poweroff -f' to end\nexec setsid cttyhack sh\n";
+    } else {
+        s += "echo LINUXINIT poweroff\npoweroff -f\n";
+    }
+    s
+}
+
+/// The initramfs of `plan`: busybox, `/dev/console`, the plan's modules (decompressed) and
+/// files, and `/init`.
+pub fn initramfs(busybox: &Path, plan: &InitPlan) -> Result<Vec<u8>, String> {
+    let mut entries: Vec<CpioEntry> = ["bin", "dev", "etc", "proc", "sys", "mnt", "lib", "lib/modules"]
+        .iter()
+        .map(|d| CpioEntry::Dir(d.to_string()))
+        .collect();
+    entries.push(CpioEntry::CharDev { path: "dev/console".into(), major: 5, minor: 1 });
+    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
+    entries.push(CpioEntry::File { path: "bin/busybox".into(), mode: 0o755, data: bb });
+    entries.push(CpioEntry::Symlink { path: "bin/sh".into(), target: "busybox".into() });
+    for m in &plan.modules {
+        let file = module_name(&m.to_string_lossy()) + ".ko";
+        entries.push(CpioEntry::File {
+            path: format!("lib/modules/{file}"),
+            mode: 0o644,
+            data: module_bytes(m)?,
+        });
+    }
+    for (path, data) in &plan.files {
+        entries.push(CpioEntry::File {
+            path: path.trim_start_matches('/').into(),
+            mode: 0o644,
+            data: data.clone(),
+        });
+    }
+    entries.push(CpioEntry::File { path: "init".into(), mode: 0o755, data: init_script(plan).into_bytes() });
+    cpio_newc(&entries).map_err(|e| format!("initramfs: {e}"))
+}
+
+/// Makes `image` an ext4 file system of `size_mib` MiB holding `files` (name, contents) at its
+/// root, with `mkfs.ext4 -d` from e2fsprogs.
+pub fn make_ext4(image: &Path, size_mib: u32, files: &[(&str, &[u8])]) -> Result<(), Unavailable> {
+    let fail = |command: String, reason: String| Unavailable {
+        what: format!("ext4 image {}", image.display()),
+        command,
+        reason,
+    };
+    let staging = image.with_extension("d");
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging)
+        .map_err(|e| fail(format!("mkdir {}", staging.display()), e.to_string()))?;
+    for (name, data) in files {
+        std::fs::write(staging.join(name), data).map_err(|e| fail(format!("write {name}"), e.to_string()))?;
+    }
+    let _ = std::fs::remove_file(image);
+    let command = format!("mkfs.ext4 -q -F -d {} {} {size_mib}M", staging.display(), image.display());
+    let out = Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-E", "root_owner=0:0", "-d"])
+        .arg(&staging)
+        .arg(image)
+        .arg(format!("{size_mib}M"))
+        .output();
+    let _ = std::fs::remove_dir_all(&staging);
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(fail(command, String::from_utf8_lossy(&o.stderr).trim().to_string())),
+        Err(e) => Err(fail(command, format!("{e} (install e2fsprogs: apt-get install -y e2fsprogs)"))),
+    }
+}
+
+/// Reads `path` out of the ext2/3/4 file system in `image`, with `debugfs -R 'cat …'`.
+pub fn read_ext_file(image: &Path, path: &str) -> Result<Vec<u8>, String> {
+    let command = format!("debugfs -R 'cat {path}' {}", image.display());
+    let out = Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(image)
+        .output()
+        .map_err(|e| format!("`{command}`: {e} (install e2fsprogs: apt-get install -y e2fsprogs)"))?;
+    let err = String::from_utf8_lossy(&out.stderr);
+    // debugfs reports a missing file on stderr and still exits 0.
+    if !out.status.success() || err.lines().any(|l| l.contains("not found") || l.contains("Bad magic")) {
+        return Err(format!("`{command}` failed: {}", err.trim()));
+    }
+    Ok(out.stdout)
+}
+
+/// The file the test disk holds at its root, and its contents.
+pub const KNOWN_FILE: &str = "hello.txt";
+pub const KNOWN_TEXT: &str = "hello from the host: microvisor's Linux test disk\n";
+/// The file the init writes onto the test disk.
+pub const NEW_FILE: &str = "from-linux.txt";
+
+/// Where a Linux guest runs, which decides its devices and console.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// A PV domU (microvisor's, as `xl create` would make it under Xen): console on hvc0,
+    /// the disk as `/dev/xvda` through xen-blkfront; `shell` leaves a shell on the console.
+    DomU { shell: bool },
+    /// Xen 4.17's dom0 in our QEMU, the reference run: no vbd (nothing serves one) and no
+    /// console ring, so the init prints a file of the initramfs and logs to the kernel log.
+    XenDom0,
+}
+
+/// A Linux guest's artefacts, built under `target/linux/<name>/`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxGuest {
+    pub kernel: Kernel,
+    pub initramfs: PathBuf,
+    /// The ext4 disk (holding [`KNOWN_FILE`]), for a role with a disk.
+    pub disk: Option<PathBuf>,
+    /// The kernel's command line.
+    pub cmdline: String,
+    pub plan: InitPlan,
+}
+
+/// Fetches the kernel and busybox and builds a guest's initramfs (and disk) for `role`.
+pub fn prepare(name: &str, role: Role) -> Result<LinuxGuest, Unavailable> {
+    let kernel = kernel()?;
+    let busybox = busybox()?;
+    let dir = crate::workspace_root().join("target/linux").join(name);
+    let fail = |command: String, reason: String| Unavailable {
+        what: format!("Linux guest {name}"),
+        command,
+        reason,
+    };
+    std::fs::create_dir_all(&dir).map_err(|e| fail(format!("mkdir -p {}", dir.display()), e.to_string()))?;
+    let modules = modules_in_load_order(&kernel.modules, &["xen-blkfront", "xen-netfront"])
+        .map_err(|e| fail(format!("resolve modules in {}", kernel.modules.display()), e))?;
+    let (plan, disk, cmdline) = match role {
+        Role::DomU { shell } => {
+            let disk = dir.join("disk.img");
+            make_ext4(&disk, 64, &[(KNOWN_FILE, KNOWN_TEXT.as_bytes())])?;
+            let plan = InitPlan {
+                modules,
+                files: Vec::new(),
+                disk: Some(DiskPlan {
+                    device: "/dev/xvda".into(),
+                    read: KNOWN_FILE.into(),
+                    write: NEW_FILE.into(),
+                }),
+                output: InitOutput::Console,
+                shell,
+            };
+            (plan, Some(disk), "console=hvc0".to_string())
+        }
+        Role::XenDom0 => {
+            let plan = InitPlan {
+                modules,
+                files: vec![(format!("etc/{KNOWN_FILE}"), KNOWN_TEXT.as_bytes().to_vec())],
+                disk: None,
+                output: InitOutput::Kmsg,
+                shell: false,
+            };
+            (plan, None, "console=hvc0 earlyprintk=xen keep_bootcon".to_string())
+        }
+    };
+    let initramfs = dir.join("initramfs.cpio");
+    let bytes =
+        crate::linux::initramfs(&busybox, &plan).map_err(|e| fail("build the initramfs".into(), e))?;
+    std::fs::write(&initramfs, bytes)
+        .map_err(|e| fail(format!("write {}", initramfs.display()), e.to_string()))?;
+    Ok(LinuxGuest { kernel, initramfs, disk, cmdline, plan })
+}
+
+impl crate::qemu::Machine {
+    /// Adds `guest` as a microvisor PV domU called `name` with `mem` (e.g. `256M`): its vmlinux
+    /// with the guest's command line, its initramfs as the domain's Xen ramdisk (a module
+    /// marked `ramdisk=<name>`, see the README's module table) and its disk as the domain's
+    /// vbd (`xvda`), served by dom0.
+    pub fn with_linux_domu(mut self, guest: &LinuxGuest, name: &str, mem: &str) -> crate::qemu::Machine {
+        use crate::qemu::Module;
+        self.modules
+            .push(Module::new(&guest.kernel.vmlinux, &format!("name={name} mem={mem} -- {}", guest.cmdline)));
+        self.modules.push(Module::new(&guest.initramfs, &format!("ramdisk={name}")));
+        match &guest.disk {
+            Some(disk) => self.with_vbd(disk, name),
+            None => self,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -251,6 +763,135 @@ mod tests {
             *x = 0xff;
         }
         assert!(extract_vmlinux(&bzimage(&bad)).is_err());
+    }
+
+    #[test]
+    fn cpio_archive_reads_back_entry_by_entry() {
+        let entries = vec![
+            CpioEntry::Dir("bin".into()),
+            CpioEntry::File { path: "/bin/busybox".into(), mode: 0o755, data: b"\x7fELF...".to_vec() },
+            CpioEntry::Symlink { path: "bin/sh".into(), target: "busybox".into() },
+            CpioEntry::CharDev { path: "dev/console".into(), major: 5, minor: 1 },
+            CpioEntry::File { path: "init".into(), mode: 0o755, data: b"#!/bin/sh\n".to_vec() },
+        ];
+        let seen = cpio_entries(&cpio_newc(&entries).unwrap()).unwrap();
+        let names: Vec<&str> = seen.iter().map(|e| e.0.as_str()).collect();
+        assert_eq!(names, ["bin", "bin/busybox", "bin/sh", "dev/console", "init"]);
+        assert_eq!(seen[0].1, S_IFDIR | 0o755);
+        assert_eq!((seen[1].1, &seen[1].3[..]), (S_IFREG | 0o755, &b"\x7fELF..."[..]));
+        assert_eq!((seen[2].1, &seen[2].3[..]), (S_IFLNK | 0o777, &b"busybox"[..]));
+        assert_eq!((seen[3].1, seen[3].2), (S_IFCHR | 0o600, (5, 1)));
+    }
+
+    #[test]
+    fn init_script_follows_the_plan() {
+        let mut plan = InitPlan {
+            modules: vec![PathBuf::from("/m/kernel/drivers/block/xen-blkfront.ko.xz")],
+            files: vec![("etc/hello.txt".into(), b"hi".to_vec())],
+            disk: Some(DiskPlan {
+                device: "/dev/xvda".into(),
+                read: "hello.txt".into(),
+                write: "new.txt".into(),
+            }),
+            output: InitOutput::Console,
+            shell: false,
+        };
+        let s = init_script(&plan);
+        assert!(s.starts_with("#!/bin/busybox sh\n"));
+        assert!(
+            s.contains("insmod /lib/modules/xen_blkfront.ko && echo LINUXINIT insmod xen_blkfront.ko ok"),
+            "{s}"
+        );
+        assert!(s.contains("LINUXINIT cat /etc/hello.txt: $(cat /etc/hello.txt)"), "{s}");
+        assert!(s.contains("mount -t ext4 /dev/xvda /mnt"), "{s}");
+        assert!(s.contains("printf 'written by Linux inside the guest\\n' > /mnt/new.txt"), "{s}");
+        assert!(s.find("sync").unwrap() < s.find("umount").unwrap());
+        assert!(s.trim_end().ends_with("poweroff -f"), "{s}");
+        assert!(!s.contains("/dev/kmsg"));
+        plan.output = InitOutput::Kmsg;
+        plan.shell = true;
+        plan.disk = None;
+        let s = init_script(&plan);
+        assert!(
+            s.contains("exec >/dev/kmsg 2>&1") && s.trim_end().ends_with("exec setsid cttyhack sh"),
+            "{s}"
+        );
+        assert!(!s.contains("mount -t ext4"));
+        assert_eq!(module_name("kernel/drivers/net/xen-netfront.ko.zst"), "xen_netfront");
+    }
+
+    #[test]
+    fn compressed_modules_are_unpacked_and_checked() {
+        let dir = std::env::temp_dir().join(format!("mv-ko-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let elf = b"\x7fELF\x02\x01\x01 module body".to_vec();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut std::io::BufReader::new(&elf[..]), &mut xz).unwrap();
+        std::fs::write(dir.join("a.ko.xz"), &xz).unwrap();
+        std::fs::write(
+            dir.join("b.ko.zst"),
+            ruzstd::encoding::compress_to_vec(&elf[..], ruzstd::encoding::CompressionLevel::Fastest),
+        )
+        .unwrap();
+        std::fs::write(dir.join("c.ko"), &elf).unwrap();
+        std::fs::write(dir.join("d.ko"), b"not an object").unwrap();
+        for f in ["a.ko.xz", "b.ko.zst", "c.ko"] {
+            assert_eq!(module_bytes(&dir.join(f)).unwrap(), elf, "{f}");
+        }
+        assert!(module_bytes(&dir.join("d.ko")).unwrap_err().contains("not an ELF"));
+        assert!(module_depends(b"not an object").is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn ext4_images_round_trip_through_mkfs_and_debugfs() {
+        let dir = std::env::temp_dir().join(format!("mv-ext-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let img = dir.join("t.img");
+        match make_ext4(&img, 8, &[("a.txt", b"alpha\n"), ("b.bin", &[0u8, 1, 2, 255])]) {
+            Ok(()) => {}
+            Err(u) => {
+                crate::debian::skip("linux::ext4_images_round_trip", "the ext4 round trip", &u);
+                return;
+            }
+        }
+        assert_eq!(read_ext_file(&img, "/a.txt").unwrap(), b"alpha\n");
+        assert_eq!(read_ext_file(&img, "/b.bin").unwrap(), [0u8, 1, 2, 255]);
+        assert!(read_ext_file(&img, "/missing.txt").unwrap_err().contains("not found"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_linux_domu_gets_its_kernel_ramdisk_and_vbd() {
+        let p = Path::new("/x");
+        let mut m = crate::qemu::Machine::with_hypervisor(p, "");
+        m.modules = vec![crate::qemu::Module::new(Path::new("/k/dom0"), "name=dom0 mem=64M")];
+        let g = LinuxGuest {
+            kernel: Kernel {
+                release: "r".into(),
+                package_version: "v".into(),
+                vmlinux: "/l/vmlinux".into(),
+                modules: "/l/m".into(),
+            },
+            initramfs: "/l/initramfs.cpio".into(),
+            disk: Some("/l/disk.img".into()),
+            cmdline: "console=hvc0".into(),
+            plan: InitPlan {
+                modules: vec![],
+                files: vec![],
+                disk: None,
+                output: InitOutput::Console,
+                shell: false,
+            },
+        };
+        let m = m.with_linux_domu(&g, "linux", "256M");
+        let args: Vec<String> = m.command().get_args().map(|a| a.to_string_lossy().into_owned()).collect();
+        let initrd = &args[args.iter().position(|a| a == "-initrd").unwrap() + 1];
+        assert_eq!(
+            initrd,
+            "/k/dom0 name=dom0 mem=64M -- vbd=linux,/l/vmlinux name=linux mem=256M -- console=hvc0,/l/initramfs.cpio ramdisk=linux"
+        );
+        assert!(args.iter().any(|a| a.starts_with("file=/l/disk.img,format=raw")));
     }
 
     proptest::proptest! {

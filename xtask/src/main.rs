@@ -10,8 +10,9 @@ usage: cargo xtask <command> [options]
 
 commands:
   build                 build the hypervisor and guest kernels
-  run [--gdb] [--kvm] [--icount] [-- <qemu args>]
-                        boot microvisor + dom0 + domU in QEMU (serial console here)
+  run [--gdb] [--kvm] [--icount] [--linux] [-- <qemu args>]
+                        boot microvisor + dom0 + domU in QEMU (serial console here);
+                        --linux adds Debian's Linux as a PV domU with a busybox shell
   test                  run every test: lint, host unit/property tests and QEMU boot tests
   lint                  cargo fmt --check and clippy (warnings are errors) on every crate
   trace [--bench]        boot with the hypervisor's event trace on and print a decoded
@@ -67,6 +68,18 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
+            "--linux" => {
+                // Debian's cloud kernel with our initramfs and a disk of its own, next to the
+                // demo domU; its init leaves a busybox shell on its console.
+                let guest = xtask::linux::prepare("run", xtask::linux::Role::DomU { shell: true })?;
+                m = m.with_linux_domu(&guest, "linux", "256M");
+                println!(
+                    "Linux domU: {} ({}), disk {}",
+                    guest.kernel.release,
+                    guest.kernel.package_version,
+                    guest.disk.as_ref().map_or("none".into(), |d| d.display().to_string())
+                );
+            }
             "--gdb" => m.gdb = true,
             "--kvm" => m.kvm = true,
             "--icount" => m.icount = true,

@@ -32,6 +32,9 @@ pub struct Xen {
 
 /// Fetches Xen (once per checkout) and returns its Multiboot image.
 pub fn hypervisor() -> Result<Xen, Unavailable> {
+    // One gunzip at a time in this process; across processes the rename is atomic.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
     let pkg = debian::fetch(PACKAGE)?;
     let gz = pkg.root.join(IMAGE_GZ);
     let image = pkg.root.join("boot/xen-4.17-amd64");
@@ -43,7 +46,7 @@ pub fn hypervisor() -> Result<Xen, Unavailable> {
         };
         let bytes = std::fs::read(&gz).map_err(|e| fail(e.to_string()))?;
         let elf = crate::linux::gunzip(&bytes).map_err(fail)?;
-        let tmp = image.with_extension("tmp");
+        let tmp = image.with_extension(format!("tmp{}", std::process::id()));
         std::fs::write(&tmp, elf)
             .and_then(|_| std::fs::rename(&tmp, &image))
             .map_err(|e| fail(e.to_string()))?;
@@ -66,6 +69,20 @@ pub fn machine(xen: &Path, dom0: &Path, dom0_cmdline: &str) -> Machine {
 /// samples each: the Xen side of `cargo xtask bench --peer xen`.
 pub fn bench_machine(xen: &Path, testguest: &Path, iters: u64) -> Machine {
     machine(xen, testguest, &format!("scenario=bench-standalone iters={iters}"))
+}
+
+/// Added when Debian's Linux is dom0: with SMEP/SMAP on, Xen 4.17 under QEMU 7.2's TCG
+/// crashes that kernel in its first milliseconds (a #PF Xen takes writing a bounce frame onto
+/// the kernel's stack, see docs/linux-reference.md); our own test guest does not need this.
+pub const LINUX_WORKAROUND: &str = "smap=0 smep=0";
+
+/// Debian's Linux as Xen's dom0 with `guest`'s initramfs as its ramdisk (Xen's second boot
+/// module) and 256 MiB: the reference run of [`crate::linux`]'s artefacts.
+pub fn linux_dom0_machine(xen: &Path, guest: &crate::linux::LinuxGuest) -> Machine {
+    let mut m = machine(xen, &guest.kernel.vmlinux, &guest.cmdline);
+    m.hv_cmdline = format!("{} {LINUX_WORKAROUND}", CMDLINE.replace("dom0_mem=64M", "dom0_mem=256M"));
+    m.modules.push(Module::new(&guest.initramfs, ""));
+    m
 }
 
 /// How Xen says the machine is over, if `line` is such a line. Xen halts the CPU after each
