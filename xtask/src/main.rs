@@ -23,10 +23,11 @@ commands:
                         audit every K hypercalls; prints calls/s, and on failure the command
                         that reproduces it and the last calls; --skip leaves operations out
                         (each draws from its own stream) to narrow a failure down
-  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--peer xen]
+  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--peer xen [--xen-args A]]
                         boot the bench configuration, print the figures, write
                         target/bench/results.json; with --peer xen, also run the
                         standalone benchmarks under Xen 4.17 and print both side by side
+                        (--xen-args <options> adds to Xen's command line, e.g. spec-ctrl=no)
   conformance [--diff] [scenario...]
                         run the test guest's standalone scenarios under microvisor (domU)
                         and Xen 4.17 (dom0) in the same QEMU and print both side by side
@@ -114,6 +115,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let mut compare = None;
     let mut kvm = false;
     let mut peer = None;
+    let mut xen_args = String::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("bench: `{a}` needs a value"));
@@ -126,6 +128,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
                 "xen" => peer = Some(System::Xen),
                 other => return Err(format!("bench: --peer takes `xen`, not `{other}`")),
             },
+            "--xen-args" => xen_args = value()?,
             other => return Err(format!("bench: unknown option `{other}`")),
         }
     }
@@ -153,6 +156,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     if let Some(x) = &xen {
         // The same guest, standalone benchmarks only, as Xen's dom0, in the same QEMU mode.
         let mut m = xtask::xen::bench_machine(&x.image, &k.testguest, iters);
+        m.hv_cmdline = format!("{} {xen_args}", m.hv_cmdline).trim().to_string();
         m.icount = mode == "insns";
         m.kvm = kvm;
         let run = m.run(Duration::from_secs(600))?;
@@ -164,7 +168,10 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             eprintln!("{}", run.text());
             return Err(format!("Xen bench run ended with {:?} and {} results", run.outcome, theirs.len()));
         }
-        println!("\nside by side with Xen {} as dom0 (same QEMU, {mode} mode):", x.version);
+        println!(
+            "\nside by side with Xen {} as dom0 (same QEMU, {mode} mode; Xen's command line: {}):",
+            x.version, m.hv_cmdline
+        );
         print!("{}", bench::peer_table(&results, &theirs));
         hists.extend(xtask::plot::parse_hists(&run.log).into_iter().map(|h| ("xen", h)));
         results.extend(theirs);
