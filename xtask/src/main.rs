@@ -28,9 +28,10 @@ commands:
                         target/bench/results.json; with --peer xen, also run the
                         standalone benchmarks under Xen 4.17 and print both side by side
                         (--xen-args <options> adds to Xen's command line, e.g. spec-ctrl=no)
-  conformance [--diff] [scenario...]
+  conformance [--diff] [--logs] [scenario...]
                         run the test guest's standalone scenarios under microvisor (domU)
                         and Xen 4.17 (dom0) in the same QEMU and print both side by side
+                        (--diff: only the rows that differ; --logs: both serial logs too)
 ";
 
 fn main() -> ExitCode {
@@ -259,8 +260,9 @@ fn test() -> Result<ExitCode> {
 fn conformance(args: &[String]) -> Result<ExitCode> {
     use xtask::conformance::{self, SCENARIOS};
     let only_differences = args.iter().any(|a| a == "--diff");
+    let logs = args.iter().any(|a| a == "--logs");
     let mut chosen = Vec::new();
-    for a in args.iter().filter(|a| *a != "--diff") {
+    for a in args.iter().filter(|a| *a != "--diff" && *a != "--logs") {
         chosen.push(conformance::find(a).ok_or_else(|| {
             let names: Vec<&str> = SCENARIOS.iter().map(|s| s.label).collect();
             format!("conformance: no scenario `{a}` (there are: {})", names.join(", "))
@@ -280,6 +282,14 @@ fn conformance(args: &[String]) -> Result<ExitCode> {
     let mut report = Vec::new();
     for s in chosen {
         let pair = conformance::run_pair(&k, &xen, s)?;
+        if logs {
+            // Both serial logs, Xen's boot messages left out (up to "Freed ... init memory").
+            println!("---- {} under microvisor ----\n{}", s.label, pair.microvisor.0.text());
+            if let Ok((run, _)) = &pair.xen {
+                let from = run.find("init memory").map_or(0, |i| i + 1);
+                println!("---- {} under Xen 4.17 ----\n{}", s.label, run.log[from..].join("\n"));
+            }
+        }
         match pair.rows() {
             Some(rows) => {
                 print!("{}", conformance::table(s.label, &rows, only_differences));
