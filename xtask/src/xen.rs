@@ -19,8 +19,9 @@ const IMAGE_GZ: &str = "boot/xen-4.17-amd64.gz";
 /// dom0's memory, and `noreboot` so that a crashed dom0 halts (and says so) instead of
 /// rebooting in five seconds.
 pub const CMDLINE: &str = "console=com1 dom0_mem=64M noreboot";
-/// Added for conformance runs: Xen then explains on the console why it refused a guest's
-/// request (its `gdprintk` lines), which helps reading a difference.
+/// Added for conformance runs: Xen then prints every warning it has about the guest (a release
+/// build like Debian's compiles its debug-only `gdprintk` explanations out; its `gprintk`
+/// warnings remain), which helps reading a difference.
 pub const VERBOSE: &str = "loglvl=all guest_loglvl=all";
 
 /// Xen's hypervisor image (the gunzipped Multiboot ELF) and the package version it came from.
