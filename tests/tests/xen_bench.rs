@@ -38,6 +38,8 @@ fn the_new_peer_benchmarks_run_under_microvisor() {
     }
 }
 
+/// `xen::bench_machine` boots the guest with `scenario=bench-standalone`: every benchmark that
+/// needs nothing but the hypervisor.
 #[test]
 fn the_peer_set_runs_under_xen_as_dom0() {
     let xen = match xtask::xen::hypervisor() {
