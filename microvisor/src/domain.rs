@@ -1,7 +1,7 @@
 //! Domains: identity, privilege, lifecycle state, vCPUs, the shared_info page, event channels
 //! and the per-domain console line buffer.
 
-use crate::console::LineBuffer;
+use crate::console::{LineBuffer, RateLimit};
 use crate::event::{Bitmaps, EventChannels};
 use crate::grant::{GrantTable, MAX_GRANT_FRAMES};
 use crate::vcpu::Vcpu;
@@ -10,7 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::sched::shutdown;
 use hypercall_abi::xen::SharedInfo;
-use hypercall_abi::{DomId, Mfn};
+use hypercall_abi::{DomId, Errno, Mfn};
 
 /// Why a domain stopped (`SHUTDOWN_*`), or that the hypervisor crashed it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +61,59 @@ pub enum DomainState {
     Dying,
 }
 
+/// Hypervisor heap a domU's state may take beyond its fixed part (grant-table active entries,
+/// maptrack, GDT copies).
+pub const DOMU_HV_MEM: usize = 512 << 10;
+/// The same for dom0, which maps every domU's grants for its backends.
+pub const DOM0_HV_MEM: usize = 2 << 20;
+
+/// An allowance of hypervisor heap: charged before each growth it covers (refused past the
+/// limit with `-ENOMEM`), given back as the state shrinks. A domain's quota bounds what its
+/// hypercalls can make the hypervisor allocate; the hypervisor's pool of quotas bounds the
+/// sum, so no set of domains can exhaust the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemQuota {
+    used: usize,
+    limit: usize,
+}
+
+impl MemQuota {
+    pub const fn new(limit: usize) -> MemQuota {
+        MemQuota { used: 0, limit }
+    }
+
+    /// Takes `bytes` of the allowance, or refuses with `-ENOMEM` leaving it unchanged.
+    pub fn charge(&mut self, bytes: usize) -> Result<(), Errno> {
+        match self.used.checked_add(bytes) {
+            Some(n) if n <= self.limit => {
+                self.used = n;
+                Ok(())
+            }
+            _ => Err(Errno::ENOMEM),
+        }
+    }
+
+    /// Gives back `bytes` charged earlier.
+    pub fn uncharge(&mut self, bytes: usize) {
+        debug_assert!(bytes <= self.used, "uncharging more than was charged");
+        self.used = self.used.saturating_sub(bytes);
+    }
+
+    pub fn used(&self) -> usize {
+        self.used
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Changes the limit (host tests simulating a smaller pool).
+    #[cfg(test)]
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit;
+    }
+}
+
 /// Per-domain configuration given at build time.
 #[derive(Clone, Debug)]
 pub struct DomainConfig {
@@ -86,12 +139,18 @@ pub struct Domain {
     pub vm_assist: u64,
     pub max_pages: u64,
     pub console: LineBuffer,
+    /// How much of its `console_io` output reaches the UART (unlimited for dom0).
+    pub console_limit: RateLimit,
     /// Machine frame of the console ring and its port (domUs), for the dom0 hand-over.
     pub console_ring: Option<(Mfn, u32)>,
     /// Machine frame of the xenstore ring and its port (domUs).
     pub store_ring: Option<(Mfn, u32)>,
     /// Its grant table and the mappings it holds of other domains' grants.
     pub grant: GrantTable,
+    /// The heap its hypercalls may make the hypervisor allocate (see [`MemQuota`]).
+    pub hv_mem: MemQuota,
+    /// What the hypervisor's pool committed to it at creation ([`Domain::commitment`]).
+    pub hv_commitment: usize,
 }
 
 impl Domain {
@@ -112,10 +171,23 @@ impl Domain {
             vm_assist: 0,
             max_pages: cfg.max_pages,
             console: LineBuffer::default(),
+            console_limit: if cfg.privileged { RateLimit::unlimited() } else { RateLimit::default() },
             console_ring: None,
             store_ring: None,
             grant: GrantTable::new(MAX_GRANT_FRAMES),
+            hv_mem: MemQuota::new(if cfg.privileged { DOM0_HV_MEM } else { DOMU_HV_MEM }),
+            hv_commitment: 0,
         }
+    }
+
+    /// Heap the hypervisor commits to a domain with `cfg` when it creates it: its fixed part
+    /// (the domain, its vCPUs, its port table) and its [`MemQuota`].
+    pub fn commitment(cfg: &DomainConfig) -> usize {
+        let vcpus = cfg.max_vcpus as usize;
+        core::mem::size_of::<Domain>()
+            + vcpus * (core::mem::size_of::<Vcpu>() + core::mem::size_of::<Box<Vcpu>>())
+            + EventChannels::commitment(vcpus, cfg.max_evtchn_ports)
+            + if cfg.privileged { DOM0_HV_MEM } else { DOMU_HV_MEM }
     }
 
     /// The 2-level event bitmaps in this domain's shared_info.

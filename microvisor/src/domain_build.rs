@@ -14,13 +14,14 @@ use crate::mm::frame_table::PageType;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use alloc::string::{String, ToString};
-use alloc::vec::Vec;
 use hypercall_abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
 use hypercall_abi::xen::SharedInfo;
 use hypercall_abi::{DomId, Mfn, Port, PAGE_SIZE};
 
 /// Largest kernel image accepted.
 pub const MAX_IMAGE: u64 = 256 << 20;
+/// vCPUs a domain may have.
+pub const MAX_VCPUS: usize = 8;
 /// Ports a boot domain may allocate.
 pub const MAX_EVTCHN_PORTS: u32 = 1024;
 
@@ -48,13 +49,6 @@ pub fn create_domain<P: Platform>(
         return Err(alloc::format!("domain {} exists already", id.0));
     }
     let nr_pages = spec.mem_bytes / PAGE_SIZE as u64;
-    hv.frames.add_domain(id, nr_pages, spec.is_dom0).map_err(|e| e.to_string())?;
-    let mem = hv.plat.mem();
-    let Some(shared_info) = hv.frames.alloc_xen_frame(mem) else {
-        let _ = hv.frames.remove_domain(id);
-        return Err("out of memory for shared_info".into());
-    };
-    hv.frames.share_xen_frame(shared_info, id, true).expect("fresh hypervisor frame can be shared");
     let cfg = DomainConfig {
         name: spec.name.into(),
         privileged: spec.is_dom0,
@@ -62,16 +56,42 @@ pub fn create_domain<P: Platform>(
         max_vcpus: spec.vcpus,
         max_evtchn_ports: MAX_EVTCHN_PORTS,
     };
-    if hv.sched.reserve(spec.vcpus as usize).is_err() {
-        let _ = hv.frames.remove_domain(id);
-        return Err("out of memory for the run queue".into());
+    // The heap this domain may ever make the hypervisor use, committed from the pool now.
+    let commitment = Domain::commitment(&cfg);
+    if hv.hv_mem_pool.charge(commitment).is_err() {
+        return Err(alloc::format!(
+            "not enough hypervisor memory for another domain ({} KiB of {} KiB committed)",
+            hv.hv_mem_pool.used() >> 10,
+            hv.hv_mem_pool.limit() >> 10
+        ));
     }
-    hv.domains.insert(id, Domain::new(id, &cfg, shared_info));
+    if let Err(e) = hv.frames.add_domain(id, nr_pages, spec.is_dom0) {
+        hv.hv_mem_pool.uncharge(commitment);
+        return Err(e.to_string());
+    }
+    let mem = hv.plat.mem();
+    let Some(shared_info) = hv.frames.alloc_xen_frame(mem) else {
+        let _ = hv.frames.remove_domain(id);
+        hv.hv_mem_pool.uncharge(commitment);
+        return Err("out of memory for shared_info".into());
+    };
+    hv.frames.share_xen_frame(shared_info, id, true).expect("fresh hypervisor frame can be shared");
+    if spec.vcpus as usize > MAX_VCPUS || hv.sched.reserve(spec.vcpus as usize).is_err() {
+        let _ = hv.frames.remove_domain(id);
+        hv.hv_mem_pool.uncharge(commitment);
+        return Err(alloc::format!("cannot run {} vCPUs (at most {MAX_VCPUS})", spec.vcpus));
+    }
+    let mut d = Domain::new(id, &cfg, shared_info);
+    d.hv_commitment = commitment;
+    if hv.options().guest_console_unlimited {
+        d.console_limit = crate::console::RateLimit::unlimited();
+    }
+    hv.domains.insert(id, d);
     // The table exists from creation (as Xen's domain_create makes it), so the reserved
     // references can be seeded before the domain runs.
     let mem = hv.plat.mem();
     let d = hv.domains.get_mut(&id).expect("just added");
-    if d.grant.grow(&mut hv.frames, mem, id, INITIAL_GRANT_FRAMES).is_err() {
+    if d.grant.grow(&mut hv.frames, mem, id, INITIAL_GRANT_FRAMES, &mut d.hv_mem).is_err() {
         destroy_domain(hv, id);
         return Err("out of memory for the grant table".into());
     }
@@ -147,41 +167,36 @@ pub fn destroy_domain<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> u64 {
     for v in 0..d.vcpus.len() as u32 {
         hv.set_vcpu_timer(crate::sched::VcpuRef { domid: id, vcpu: v }, None);
     }
-    let d = &hv.domains[&id];
-    let ports: Vec<Port> = d.evtchn.iter().map(|(p, _)| p).collect();
     hv.sched.remove_domain(id);
     if hv.sched.current().is_some_and(|r| r.domid == id) {
         hv.resched();
     }
-    for p in ports {
-        let _ = crate::event::close(hv, id, p);
+    // Nothing here allocates: dom0 destroys domains when memory may be short.
+    for p in 1..hv.domains[&id].evtchn.limit() {
+        let _ = crate::event::close(hv, id, Port(p));
     }
-    let d = &hv.domains[&id];
-    let bases: Vec<Mfn> = d.vcpus.iter().flat_map(|v| v.held_bases()).collect();
-    let gdt_frames: Vec<Mfn> = hv
-        .domains
-        .get_mut(&id)
-        .expect("exists")
-        .vcpus
-        .iter_mut()
-        .flat_map(|v| core::mem::take(&mut v.gdt_frames))
-        .collect();
+    let mut bases: heapless::Vec<Mfn, { 2 * MAX_VCPUS }> = heapless::Vec::new();
     let mem = hv.plat.mem();
-    for f in gdt_frames {
-        hv.frames.put_page_and_type(mem, f);
+    let d = hv.domains.get_mut(&id).expect("exists");
+    for v in d.vcpus.iter_mut() {
+        for b in v.held_bases() {
+            let _ = bases.push(b);
+        }
+        for f in core::mem::take(&mut v.gdt_frames) {
+            hv.frames.put_page_and_type(mem, f);
+        }
     }
     // Grants: the mappings it holds of others' grants go first, while its page tables
     // are still live; its own table is given up (others' mappings of its frames keep
     // their references and are released without it).
-    let mut cx = GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem };
-    let granters = cx.release_mappings(id);
+    GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem }.release_mappings(id);
     // The table's frames, like shared_info, are lent hypervisor frames: relinquish drops
     // the loan and the frame table frees each once nobody maps it any more.
     hv.domains.get_mut(&id).expect("exists").grant.teardown();
     let stats = hv.frames.relinquish(mem, id, &bases);
-    reap_if_dead(hv, id);
-    for g in granters {
-        reap_if_dead(hv, g);
+    // This domain, and any dying granter whose last frames it held, may now go.
+    for g in 0..hv.domains.id_bound() {
+        reap_if_dead(hv, DomId(g));
     }
     if hv.frames.take_flush_pending() {
         hv.request_flush(crate::mm::tlb::Flush::All);
@@ -199,6 +214,7 @@ pub fn reap_if_dead<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> bool {
     let _ = hv.frames.remove_domain(id);
     if let Some(d) = hv.domains.remove(&id) {
         hv.sched.unreserve(d.vcpus.len());
+        hv.hv_mem_pool.uncharge(d.hv_commitment);
     }
     true
 }

@@ -59,13 +59,19 @@ pub const EVTCHN_2L_NR_CHANNELS: u32 = 4096;
 const FREE: Channel = Channel { state: PortState::Free, notify_vcpu: 0 };
 
 impl EventChannels {
-    /// A table for a domain with `vcpus` vCPUs and at most `limit` ports (≤ 4096).
+    /// A table for a domain with `vcpus` vCPUs and at most `limit` ports (≤ 4096). Room for
+    /// every port is allocated now, so allocating a port later never allocates memory.
     pub fn new(vcpus: u32, limit: u32) -> EventChannels {
-        EventChannels {
-            ports: alloc::vec![FREE],
-            limit: limit.min(EVTCHN_2L_NR_CHANNELS),
-            virqs: alloc::vec![[None; virq::NR_VIRQS as usize]; vcpus as usize],
-        }
+        let limit = limit.min(EVTCHN_2L_NR_CHANNELS);
+        let mut ports = Vec::with_capacity(limit.max(1) as usize);
+        ports.push(FREE);
+        EventChannels { ports, limit, virqs: alloc::vec![[None; virq::NR_VIRQS as usize]; vcpus as usize] }
+    }
+
+    /// Heap a table for `vcpus` vCPUs and `limit` ports takes.
+    pub fn commitment(vcpus: usize, limit: u32) -> usize {
+        limit.clamp(1, EVTCHN_2L_NR_CHANNELS) as usize * core::mem::size_of::<Channel>()
+            + vcpus * core::mem::size_of::<[Option<Port>; virq::NR_VIRQS as usize]>()
     }
 
     /// The channel at `port`, if the port number is valid and allocated.
@@ -92,6 +98,7 @@ impl EventChannels {
                 if self.ports.len() as u32 >= self.limit {
                     return Err(Errno::ENOSPC);
                 }
+                // Within the capacity reserved for `limit` ports: never allocates.
                 self.ports.try_reserve(1).map_err(|_| Errno::ENOMEM)?;
                 self.ports.push(FREE);
                 self.ports.len() - 1

@@ -21,7 +21,7 @@
 //! Everything here is single-threaded like the frame table (one CPU, interrupts off), so the
 //! active records and maptrack need no locks; only the guest-shared entries need atomics.
 
-use crate::domain::{DomainState, Domains};
+use crate::domain::{DomainState, Domains, MemQuota};
 use crate::mm::frame_table::{ExternalRef, FrameTable, Owner, PageType};
 use crate::mm::pagetable::{adjust_guest_l1e, put_page_from_l1e};
 use crate::mm::tlb::Flush;
@@ -119,13 +119,15 @@ impl GrantTable {
     }
 
     /// Grows the table to `nr` frames (never shrinks), lending new zeroed hypervisor frames
-    /// to `owner` read-write. On failure nothing changes.
+    /// to `owner` read-write; the heap for the new active entries is charged to `quota`. On
+    /// failure nothing changes.
     pub fn grow<M: MachineMemory>(
         &mut self,
         ft: &mut FrameTable,
         mem: &M,
         owner: DomId,
         nr: u32,
+        quota: &mut MemQuota,
     ) -> Result<(), Errno> {
         if nr > self.max_frames {
             return Err(Errno::EINVAL);
@@ -135,11 +137,20 @@ impl GrantTable {
         if want <= have {
             return Ok(());
         }
-        let entries = want * GRANT_ENTRIES_PER_FRAME_V1 as usize;
-        self.shared.try_reserve(want - have).map_err(|_| Errno::ENOMEM)?;
-        self.active.try_reserve(entries - self.active.len()).map_err(|_| Errno::ENOMEM)?;
         if owner == DomId::XEN || ft.domain(owner).is_none() {
             return Err(Errno::ESRCH);
+        }
+        let entries = want * GRANT_ENTRIES_PER_FRAME_V1 as usize;
+        let bytes = (want - have) * core::mem::size_of::<Mfn>()
+            + (entries - self.active.len()) * core::mem::size_of::<Active>();
+        quota.charge(bytes)?;
+        let reserved = self
+            .shared
+            .try_reserve_exact(want - have)
+            .and_then(|()| self.active.try_reserve_exact(entries - self.active.len()));
+        if reserved.is_err() {
+            quota.uncharge(bytes);
+            return Err(Errno::ENOMEM);
         }
         // Allocate everything first: a fresh hypervisor frame can be freed again, a shared
         // one only through its domain's relinquish.
@@ -151,6 +162,7 @@ impl GrantTable {
                     for mfn in self.shared.drain(first_new..) {
                         let _ = ft.free_frame(mem, mfn);
                     }
+                    quota.uncharge(bytes);
                     return Err(Errno::ENOMEM);
                 }
             }
@@ -162,6 +174,14 @@ impl GrantTable {
         }
         self.active.resize(entries, Active::default());
         Ok(())
+    }
+
+    /// Heap the table's bookkeeping takes now (active entries, frame list, maptrack), what
+    /// its domain's quota was charged for it.
+    pub fn heap_bytes(&self) -> usize {
+        self.shared.capacity() * core::mem::size_of::<Mfn>()
+            + self.active.capacity() * core::mem::size_of::<Active>()
+            + self.maptrack.heap_bytes()
     }
 
     /// Gives up the table (its domain is being destroyed): returns its frames, which the
@@ -233,15 +253,16 @@ impl GrantTable {
         if pinned && act.domid != pin.grantee {
             return Err(gntst::GENERAL_ERROR);
         }
-        if act.reads.max(act.writes).checked_add(pin.uses).is_none_or(|n| n > MAX_PINS) {
-            // Xen's "risk of counter overflow" check.
-            return Err(gntst::GENERAL_ERROR);
-        }
+        // Xen refuses a pin that risks overflowing its 8-bit counters. Ours cannot overflow:
+        // one grantee holds an entry, with at most MAX_MAPTRACK mappings of two uses each
+        // plus one copy in progress.
+        debug_assert!(act.reads.max(act.writes) < 2 * MAX_MAPTRACK + 2);
         let writable = pin.access == Access::Writable;
         let mut mfn = act.mfn;
         if !pinned || (writable && act.writes == 0) {
-            let expect = pinned.then_some(act.mfn);
-            let frame = set_status(mem, ma, &pin, expect)?;
+            // Any frame field matches on the first pin; later, only the pinned frame.
+            let expect = if pinned { act.mfn.0 } else { ANY_FRAME };
+            let frame = set_status(mem, ma, pin.grantee, pin.access, pin.purpose, expect)?;
             if !pinned {
                 mfn = Mfn(u64::from(frame));
             }
@@ -342,24 +363,31 @@ pub struct Pin {
     pub purpose: Purpose,
 }
 
-/// Most uses of each kind one active entry may count (Xen refuses a pin that risks
-/// overflowing its 8-bit per-kind counters; ours are wider, the bound keeps arithmetic on
-/// them trivially in range).
-pub const MAX_PINS: u32 = 1 << 24;
+/// [`set_status`]'s `expect` on a first pin: the entry may name any frame.
+const ANY_FRAME: u64 = u64::MAX;
 
 /// Sets `GTF_reading` (and `GTF_writing` for a writable pin) in the entry at `ma`, checking
 /// first that it is a `GTF_permit_access` grant to the grantee — on the first pin, and on a
 /// writable pin of an entry already pinned for reading (`expect` = the pinned frame, which the
-/// entry must still name). A writable use of a `GTF_readonly` grant is refused. Returns the
+/// entry must still name; [`ANY_FRAME`] on a first pin). A writable use of a `GTF_readonly` grant is refused. Returns the
 /// frame field loaded together with the flags that passed. The guest may race with us; after
 /// a few failed attempts the entry counts as unstable.
-fn set_status<M: MachineMemory>(mem: &M, ma: u64, pin: &Pin, expect: Option<Mfn>) -> Result<u32, Status> {
-    let mask = gtf::TYPE_MASK | if pin.purpose == Purpose::Map { gtf::SUB_PAGE } else { 0 };
-    let writable = pin.access == Access::Writable;
-    let names_pinned = |e: &GrantEntryV1| expect.is_none_or(|m| u64::from(e.frame) == m.0);
+fn set_status<M: MachineMemory>(
+    mem: &M,
+    ma: u64,
+    grantee: DomId,
+    access: Access,
+    purpose: Purpose,
+    expect: u64,
+) -> Result<u32, Status> {
+    let mask = gtf::TYPE_MASK | if purpose == Purpose::Map { gtf::SUB_PAGE } else { 0 };
+    let writable = access == Access::Writable;
     for _ in 0..SET_STATUS_ATTEMPTS {
         let e = decode(mem.read_u64(ma));
-        if e.flags & mask != gtf::PERMIT_ACCESS || e.domid != pin.grantee || !names_pinned(&e) {
+        if e.flags & mask != gtf::PERMIT_ACCESS
+            || e.domid != grantee
+            || (expect != ANY_FRAME && u64::from(e.frame) != expect)
+        {
             return Err(gntst::GENERAL_ERROR);
         }
         let mut new = e.flags | gtf::READING;
@@ -476,11 +504,17 @@ impl Maptrack {
         self.chunks.get_mut((h / MAPTRACK_CHUNK) as usize).map(|c| &mut c[(h % MAPTRACK_CHUNK) as usize])
     }
 
+    /// Heap the maptrack takes.
+    pub fn heap_bytes(&self) -> usize {
+        self.chunks.capacity() * core::mem::size_of::<Box<[Mapping]>>()
+            + self.chunks.len() * MAPTRACK_CHUNK as usize * core::mem::size_of::<Mapping>()
+    }
+
     /// A free handle (its slot stays free until [`Maptrack::set`]), or `None` when the
-    /// domain holds [`MAX_MAPTRACK`] mappings or memory ran out.
-    fn alloc(&mut self) -> Option<u32> {
+    /// domain holds [`MAX_MAPTRACK`] mappings or its `quota` or the heap ran out.
+    fn alloc(&mut self, quota: &mut MemQuota) -> Option<u32> {
         if self.free == NIL {
-            self.grow()?;
+            self.grow(quota)?;
         }
         let h = self.free;
         self.free = self.slot(h).map_or(NIL, |m| m.next_free);
@@ -491,14 +525,27 @@ impl Maptrack {
     /// every `alloc` register saves).
     #[cold]
     #[inline(never)]
-    fn grow(&mut self) -> Option<()> {
+    fn grow(&mut self, quota: &mut MemQuota) -> Option<()> {
         let base = self.limit();
         if base >= MAX_MAPTRACK {
             return None;
         }
-        self.chunks.try_reserve(1).ok()?;
+        if self.chunks.capacity() == 0 {
+            // The chunk list, for the most chunks there can be, once.
+            let n = (MAX_MAPTRACK / MAPTRACK_CHUNK) as usize;
+            quota.charge(n * core::mem::size_of::<Box<[Mapping]>>()).ok()?;
+            if self.chunks.try_reserve_exact(n).is_err() {
+                quota.uncharge(n * core::mem::size_of::<Box<[Mapping]>>());
+                return None;
+            }
+        }
+        let bytes = MAPTRACK_CHUNK as usize * core::mem::size_of::<Mapping>();
+        quota.charge(bytes).ok()?;
         let mut chunk = Vec::new();
-        chunk.try_reserve_exact(MAPTRACK_CHUNK as usize).ok()?;
+        if chunk.try_reserve_exact(MAPTRACK_CHUNK as usize).is_err() {
+            quota.uncharge(bytes);
+            return None;
+        }
         chunk.extend((0..MAPTRACK_CHUNK).map(|i| Mapping {
             next_free: if i + 1 < MAPTRACK_CHUNK { base + i + 1 } else { NIL },
             ..Mapping::default()
@@ -759,8 +806,8 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         if !rd.is_real() || !usable(self.domains, rd) {
             return Err(gntst::BAD_DOMAIN);
         }
-        let lt = &mut self.domains.get_mut(&caller).ok_or(gntst::GENERAL_ERROR)?.grant;
-        let handle = lt.maptrack.alloc().ok_or(gntst::NO_DEVICE_SPACE)?;
+        let ld = self.domains.get_mut(&caller).ok_or(gntst::GENERAL_ERROR)?;
+        let handle = ld.grant.maptrack.alloc(&mut ld.hv_mem).ok_or(gntst::NO_DEVICE_SPACE)?;
         match self.map_with_handle(caller, l4, op, handle) {
             Ok((mfn, flush)) => Ok((handle, mfn, flush)),
             Err(st) => {
@@ -901,22 +948,19 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
     }
 
     /// Tears down every mapping `d` holds (it is being destroyed): host entries still in its
-    /// page tables are cleared, references dropped, the granters' flags fixed up. Returns the
-    /// granters whose frames were released (one may now be ready to go).
-    pub fn release_mappings(&mut self, d: DomId) -> Vec<DomId> {
-        let Some(dom) = self.domains.get(&d) else { return Vec::new() };
-        let all: Vec<(u32, Mapping)> = dom.grant.maptrack.iter().map(|(h, m)| (h, *m)).collect();
-        let mut granters: Vec<DomId> = Vec::new();
-        for (h, m) in all {
+    /// page tables are cleared, references dropped, the granters' flags fixed up. Allocates
+    /// nothing.
+    pub fn release_mappings(&mut self, d: DomId) {
+        let Some(limit) = self.domains.get(&d).map(|dom| dom.grant.maptrack.limit()) else { return };
+        for h in 0..limit {
+            let Some(m) = self.domains.get(&d).and_then(|dom| dom.grant.maptrack.get(h)).copied() else {
+                continue;
+            };
             if m.flags & gntmap::HOST_MAP != 0 {
                 remove_host_pte(self.ft, self.mem, d, &m);
             }
             self.drop_uses(d, h, &m, m.flags & (gntmap::HOST_MAP | gntmap::DEVICE_MAP));
-            if !granters.contains(&m.domid) {
-                granters.push(m.domid);
-            }
         }
-        granters
     }
 
     /// `GNTTABOP_copy` for `caller`: fills `op.status`.

@@ -898,6 +898,58 @@ fn table_and_maptrack_exhaustion() {
     audit(&hv);
 }
 
+/// A domU's grant table and maptrack grow only within its hypervisor-heap quota (issue 9):
+/// a hostile domU that grows its table to the maximum and maps its own grant over and over
+/// gets `GNTST_no_device_space` once its quota is spent, while the hypervisor's heap use
+/// for it stays within the quota and dom0 keeps mapping.
+#[test]
+fn a_domus_grant_state_is_bounded_by_its_heap_quota() {
+    let mut hv = two_domains();
+    let s = GnttabSetupTable {
+        dom: DomId::SELF,
+        nr_frames: MAX_GRANT_FRAMES,
+        frame_list: SCRATCH_VA + 0x800,
+        ..Default::default()
+    };
+    let (_, out) = gnttab(&mut hv, DU, op::SETUP_TABLE, &[s]);
+    assert_eq!(out[0].status, gntst::OKAY);
+    let quota = hv.domains[&DU].hv_mem;
+    assert_eq!(quota.limit(), crate::domain::DOMU_HV_MEM);
+    assert_eq!(quota.used(), hv.domains[&DU].grant.heap_bytes(), "the table is charged as it grows");
+    // The domU grants a frame to itself and maps it (device mappings) until refused.
+    let f = mfn_at(&hv, DU, grant_va(0));
+    set_entry(&hv, DU, 10, DU, f, gtf::PERMIT_ACCESS | gtf::READONLY);
+    let mem = hv.plat.mem.clone();
+    let mut mapped = 0u32;
+    loop {
+        let mut r = map_req(DU, 10, 0, gntmap::DEVICE_MAP | gntmap::READONLY);
+        GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem: &*mem }.map_grant_ref(DU, None, &mut r);
+        if r.status != gntst::OKAY {
+            assert_eq!(r.status, gntst::NO_DEVICE_SPACE);
+            break;
+        }
+        mapped += 1;
+        assert!(mapped < MAX_MAPTRACK, "the quota stops it before the handle space does");
+    }
+    let d = &hv.domains[&DU];
+    assert!(mapped > 0 && mapped < MAX_MAPTRACK, "{mapped} mappings");
+    assert_eq!(d.hv_mem.used(), d.grant.heap_bytes());
+    assert!(d.hv_mem.used() <= d.hv_mem.limit());
+    audit(&hv);
+    // Others are untouched: dom0 maps the domU's grants as before.
+    set_entry(&hv, DU, 11, D0, f, gtf::PERMIT_ACCESS | gtf::READONLY);
+    let m = map(&mut hv, D0, DU, 11, 0, gntmap::DEVICE_MAP | gntmap::READONLY);
+    assert_eq!(m.status, gntst::OKAY);
+    // The domU's commitment goes back to the pool once it is gone for good.
+    let (before, commitment) = (hv.hv_mem_pool.used(), hv.domains[&DU].hv_commitment);
+    crate::domain_build::destroy_domain(&mut hv, DU);
+    assert!(hv.domains.contains_key(&DU), "dom0 still maps one of its frames");
+    assert_eq!(hv.hv_mem_pool.used(), before);
+    assert_eq!(unmap(&mut hv, D0, m.handle, 0, f.addr()), gntst::OKAY);
+    assert!(!hv.domains.contains_key(&DU));
+    assert_eq!(hv.hv_mem_pool.used(), before - commitment);
+}
+
 #[test]
 fn long_batches_continue() {
     use crate::hypercall::grant::MAP_BATCH;

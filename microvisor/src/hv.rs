@@ -8,7 +8,7 @@
 //! frames, and returns everything the arch layer must apply as one value ([`GuestExit`]).
 //! The arch layer writes no core state: it calls entry points and reads views.
 
-use crate::domain::{Domain, DomainState, Domains, ShutdownReason};
+use crate::domain::{Domain, DomainState, Domains, MemQuota, ShutdownReason};
 use crate::domain_build::DomainSpec;
 use crate::event;
 use crate::guest_mem::GuestSpace;
@@ -97,6 +97,35 @@ struct ExitWork {
     continuation: Option<[u64; 5]>,
 }
 
+/// Of the hypervisor's fixed heap (16 MiB, beside the per-frame part that holds the frame
+/// table), what domains may be committed: their fixed parts and quotas. The rest is the
+/// trace buffer (4 MiB when tracing), the boot-time tables and slack for fragmentation.
+pub const HV_MEM_POOL: usize = 10 << 20;
+
+/// The core's options on the hypervisor command line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Options {
+    /// `arch_debug=domu`: domUs may read the debug hypercall's frame counts (for tests that
+    /// check the hypervisor's accounting from a domU); by default they are dom0's.
+    pub arch_debug_domu: bool,
+    /// `guest_loglvl=all` (Xen's option): domUs' console output is not rate-limited.
+    pub guest_console_unlimited: bool,
+}
+
+impl Options {
+    pub fn parse(cmdline: &str) -> Options {
+        let mut o = Options::default();
+        for opt in cmdline.split_whitespace() {
+            match opt {
+                "arch_debug=domu" => o.arch_debug_domu = true,
+                "guest_loglvl=all" | "guest_loglvl=all/all" => o.guest_console_unlimited = true,
+                _ => {}
+            }
+        }
+        o
+    }
+}
+
 /// The earliest of every vCPU's one-shot timer, kept so that the exit path does not scan
 /// every vCPU of every domain on each return to a guest.
 #[derive(Clone, Copy, Debug, Default)]
@@ -131,8 +160,12 @@ pub struct Hypervisor<P: Platform> {
     fpu_loaded: Option<VcpuRef>,
     /// GSIs mapped as pirqs.
     pub(crate) pirqs: Pirqs,
+    /// The heap committed to domains (each one's fixed part and quota) out of
+    /// [`HV_MEM_POOL`].
+    pub(crate) hv_mem_pool: MemQuota,
     /// The hypervisor's command line.
     cmdline: String,
+    options: Options,
     /// Event trace (off unless enabled at boot).
     pub(crate) trace: Tracer,
     /// Frame-table audit every N hypercalls (off unless `audit=<N>` at boot).
@@ -154,7 +187,9 @@ impl<P: Platform> Hypervisor<P> {
             timers: TimerCache::default(),
             fpu_loaded: None,
             pirqs: Pirqs::default(),
+            hv_mem_pool: MemQuota::new(HV_MEM_POOL),
             cmdline: String::new(),
+            options: Options::default(),
             trace: Tracer::default(),
             audit: crate::audit::Audit::default(),
             next_domid: 0,
@@ -164,9 +199,16 @@ impl<P: Platform> Hypervisor<P> {
     // -----------------------------------------------------------------------------------------
     // Boot-time set-up and read-only views for the arch layer
 
-    /// Sets the hypervisor's command line (`XENVER_commandline`).
+    /// Sets the hypervisor's command line (`XENVER_commandline`) and the core's options in it
+    /// ([`Options`]).
     pub fn set_cmdline(&mut self, cmdline: &str) {
         self.cmdline = String::from(cmdline);
+        self.options = Options::parse(cmdline);
+    }
+
+    /// The core's options from the command line.
+    pub fn options(&self) -> &Options {
+        &self.options
     }
 
     /// The hypervisor's command line.
@@ -370,6 +412,10 @@ impl<P: Platform> Hypervisor<P> {
         if !pending.is_empty() {
             self.guest_console_line(id, &pending);
         }
+        let refused = self.domains.get_mut(&id).map_or(0, |d| d.console_limit.take_suppressed());
+        if refused > 0 {
+            self.log(format_args!("d{}: {refused} console line(s) suppressed (rate limit)", id.0));
+        }
         self.sched.remove_domain(id);
         self.resched();
         self.fpu_save_live();
@@ -387,6 +433,16 @@ impl<P: Platform> Hypervisor<P> {
         let vcpu = self.sched.current().filter(|r| r.domid == id).map_or(0, |r| r.vcpu);
         self.log(format_args!("d{}v{} crashed: {}", id.0, vcpu, why));
         self.shutdown_domain(id, ShutdownReason::Crash);
+    }
+
+    /// Prints the frame accounting: free frames and each domain's.
+    pub(crate) fn dump_memory(&mut self) {
+        self.fpu_save_live();
+        xen_line(&mut self.plat, format_args!("memory: {} frames free", self.frames.nr_free()));
+        for d in self.domains.values() {
+            let owned = self.frames.tot_pages(d.id);
+            xen_line(&mut self.plat, format_args!("  d{} ({}): {owned} frames", d.id.0, d.name));
+        }
     }
 
     fn stop_machine(&mut self, dom0_reason: ShutdownReason) {
@@ -408,9 +464,22 @@ impl<P: Platform> Hypervisor<P> {
         self.audit_at_stop();
     }
 
-    /// Prints a complete guest console line as `(d<id>) line`.
+    /// Prints a complete guest console line as `(d<id>) line`, within the domain's console
+    /// allowance; the first line printed after refused ones says how many were refused.
     pub(crate) fn guest_console_line(&mut self, id: DomId, line: &[u8]) {
+        let Some(d) = self.domains.get_mut(&id) else { return };
+        let (time, plat) = (&self.time, &self.plat);
+        // The prefix and newline go to the UART too.
+        let Some(refused) = d.console_limit.admit_with(|| time.now_ns(plat.tsc()), line.len() + 8) else {
+            return;
+        };
         self.fpu_save_live();
+        if refused > 0 {
+            xen_line(
+                &mut self.plat,
+                format_args!("d{}: {refused} console line(s) suppressed (rate limit)", id.0),
+            );
+        }
         let mut w = ConsoleLine::new(b"(d");
         let _ = write!(w, "{}) ", id.0);
         w.push(line);
@@ -592,8 +661,8 @@ impl<P: Platform> Hypervisor<P> {
                 return Resume::Halt(code);
             }
             let prev = self.sched.current();
-            if let Some(args) = self.exit.continuation.take() {
-                if prev.is_some() {
+            if self.exit.continuation.is_some() {
+                if let (Some(args), Some(_)) = (self.exit.continuation.take(), prev) {
                     frame.set_hypercall_args(args);
                     frame.rip = frame.rip.wrapping_sub(2);
                 }

@@ -527,3 +527,103 @@ fn dom0_learns_boot_domains_rings_through_hvm_params() {
     run_as(&mut hv, DomId(1));
     assert_eq!(ask(&mut hv, param::STORE_PFN).0, Errno::EPERM.to_ret());
 }
+
+/// A domU flooding `console_io` gets a burst, then the long-run rate; the first line printed
+/// afterwards says how many were refused; dom0's output is never limited (issue 9).
+#[test]
+fn domu_console_output_is_rate_limited_and_dom0_is_not() {
+    use crate::console::{GUEST_BURST_BYTES, GUEST_RATE_BYTES_PER_S};
+    let mut hv = two_domains();
+    let line = [b'x'; 99];
+    let mut text = line.to_vec();
+    text.push(b'\n');
+    let write = |hv: &mut TestHv| {
+        hv.guest().write(SCRATCH_VA, &text).unwrap();
+        call(hv, nr::CONSOLE_IO, [consoleio::WRITE, text.len() as u64, SCRATCH_VA, 0, 0])
+    };
+    let printed = |hv: &TestHv, d: u16| console(hv).matches(&format!("(d{d}) xxx")).count() as u64;
+    run_as(&mut hv, DomId(1));
+    let flood = 5000u64;
+    for _ in 0..flood {
+        assert_eq!(write(&mut hv), 0, "the guest is never told");
+    }
+    // Each line costs its text, the `(d1) ` prefix and the newline.
+    let per_line = 99 + 8;
+    let burst = printed(&hv, 1);
+    assert_eq!(burst, GUEST_BURST_BYTES / per_line);
+    // One simulated second later the rate's worth goes out, led by the count of refused lines.
+    hv.plat.tsc.set(hv.plat.tsc.get() + crate::testkit::TSC_HZ);
+    assert_eq!(write(&mut hv), 0);
+    assert!(console(&hv)
+        .contains(&format!("(XEN) d1: {} console line(s) suppressed (rate limit)", flood - burst)));
+    for _ in 0..100 {
+        write(&mut hv);
+    }
+    let after = printed(&hv, 1) - burst;
+    assert_eq!(after, GUEST_RATE_BYTES_PER_S / per_line);
+    // dom0 writes as much as it likes.
+    run_as(&mut hv, DomId::DOM0);
+    for _ in 0..flood {
+        assert_eq!(write(&mut hv), 0);
+    }
+    assert_eq!(printed(&hv, 0), flood);
+    // The count of lines still refused is reported when the domU shuts down.
+    run_as(&mut hv, DomId(1));
+    let s = hypercall_abi::sched::SchedShutdown { reason: 0 };
+    let p = put(&hv, &s);
+    assert_eq!(call(&mut hv, nr::SCHED_OP, [2, p, 0, 0, 0]), 0);
+    let refused = 101 - after;
+    assert!(console(&hv).contains(&format!("(XEN) d1: {refused} console line(s) suppressed (rate limit)")));
+}
+
+/// The debug hypercall is dom0's: a domU may count only its own frames (issue 9), unless the
+/// hypervisor was booted with `arch_debug=domu`.
+#[test]
+fn the_debug_hypercall_is_dom0s() {
+    use hypercall_abi::hypercall::debug;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let eperm = Errno::EPERM.to_ret();
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]), eperm);
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DOMAIN_FRAMES, 0, 0, 0, 0]), eperm);
+    let before = console(&hv);
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), eperm);
+    assert_eq!(console(&hv), before, "nothing printed");
+    let own = call(&mut hv, nr::ARCH_DEBUG, [debug::DOMAIN_FRAMES, u64::from(DomId::SELF.0), 0, 0, 0]);
+    assert_eq!(own as u64, hv.frames.tot_pages(DomId(1)));
+    run_as(&mut hv, DomId::DOM0);
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]) as u64, hv.frames.nr_free());
+    assert!(call(&mut hv, nr::ARCH_DEBUG, [debug::DOMAIN_FRAMES, 1, 0, 0, 0]) > 0);
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), 0);
+    assert!(console(&hv).contains("(XEN) memory: "));
+    hv.set_cmdline("arch_debug=domu");
+    run_as(&mut hv, DomId(1));
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]) as u64, hv.frames.nr_free());
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), eperm);
+}
+
+/// The hypervisor commits each domain's heap (fixed part and quota) from a fixed pool when it
+/// creates it, and refuses a domain that does not fit, so no set of domains can exhaust the
+/// heap (issue 9).
+#[test]
+fn a_domain_whose_heap_does_not_fit_the_pool_is_refused() {
+    let mut hv = two_domains();
+    let used = hv.hv_mem_pool.used();
+    let per_domu = hv.domains[&DomId(1)].hv_commitment;
+    assert!(used >= crate::domain::DOM0_HV_MEM + crate::domain::DOMU_HV_MEM);
+    assert!(per_domu > crate::domain::DOMU_HV_MEM);
+    // Room for one more domU, not two.
+    hv.hv_mem_pool.set_limit(used + per_domu + per_domu / 2);
+    let image = crate::loader::elf::testelf::TestElf::kernel().build();
+    let spec = crate::domain_build::DomainSpec {
+        name: "more",
+        is_dom0: false,
+        mem_bytes: 4 << 20,
+        vcpus: 1,
+        cmdline: "",
+    };
+    hv.create_domain(&spec, &image).expect("one more domU fits");
+    let e = hv.create_domain(&spec, &image).unwrap_err();
+    assert!(e.contains("not enough hypervisor memory for another domain"), "{e}");
+    assert_eq!(hv.hv_mem_pool.used(), used + per_domu, "a refused domain commits nothing");
+}

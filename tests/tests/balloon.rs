@@ -27,7 +27,10 @@ fn field(f: &[(String, String)], key: &str) -> i64 {
 
 fn balloon_down_and_up(target: u64, want_pages: i64) {
     let k = kernels();
-    let run = boot(&Machine::scenario(&k, &format!("balloon balloon={target}")));
+    // The domU reads the hypervisor's free-frame count, dom0's by default.
+    let mut m = Machine::scenario(&k, &format!("balloon balloon={target}"));
+    m.hv_cmdline = "arch_debug=domu".into();
+    let run = boot(&m);
     run.expect_outcome(Outcome::Poweroff).expect_no_line("crashed");
     let down = figures(&run, "down");
     let up = figures(&run, "up");
@@ -60,7 +63,8 @@ fn ballooning_below_the_floor_stops_at_the_floor() {
 #[test]
 fn the_balloon_follows_memory_target_set_by_dom0() {
     let k = kernels();
-    let m = Machine::scenario(&k, "balloon-xs moves=2").dom0_options("mem-set=tg:28672:32768");
+    let mut m = Machine::scenario(&k, "balloon-xs moves=2").dom0_options("mem-set=tg:28672:32768");
+    m.hv_cmdline = "arch_debug=domu".into();
     let run = boot(&m);
     run.expect_outcome(Outcome::Poweroff)
         .expect_no_line("crashed")

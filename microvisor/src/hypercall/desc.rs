@@ -39,7 +39,8 @@ pub fn check_descriptor(d: u64) -> Option<u64> {
 /// The descriptors of a validated GDT frame.
 fn read_frame(mem: &impl MachineMemory, mfn: Mfn, out: &mut Vec<u64>, n: usize) {
     for i in 0..n {
-        out.push(mem.read_u64(mfn.addr() + (i * 8) as u64));
+        // Within the capacity reserved for every entry: never allocates.
+        out.push(check_descriptor(mem.read_u64(mfn.addr() + (i * 8) as u64)).unwrap_or(0));
     }
 }
 
@@ -56,6 +57,12 @@ pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> 
         let f = Mfn(hv.guest().read_elem::<u64>(list, i)?);
         frames.push(f).map_err(|_| Errno::EINVAL)?;
     }
+    // The validated copy is charged to the domain's heap quota (the old one is given back
+    // once replaced).
+    let mut copy = Vec::new();
+    copy.try_reserve_exact(entries).map_err(|_| Errno::ENOMEM)?;
+    let bytes = copy.capacity() * core::mem::size_of::<u64>();
+    hv.cur_dom_mut().hv_mem.charge(bytes)?;
     let me = hv.current().domid;
     // Take the new frames' references first, so a failure changes nothing.
     let mem = hv.plat.mem();
@@ -76,19 +83,19 @@ pub fn set_gdt<P: Platform>(hv: &mut Hypervisor<P>, list: u64, entries: u64) -> 
             for &g in &frames[..i] {
                 hv.frames.put_page_and_type(mem, g);
             }
+            hv.cur_dom_mut().hv_mem.uncharge(bytes);
             return Err(e);
         }
     }
-    let mut copy = Vec::with_capacity(entries);
     for (i, &f) in frames.iter().enumerate() {
         let n = (entries - i * ENTRIES_PER_FRAME).min(ENTRIES_PER_FRAME);
         read_frame(mem, f, &mut copy, n);
     }
-    let copy: Vec<u64> = copy.into_iter().map(|d| check_descriptor(d).unwrap_or(0)).collect();
     let v = hv.cur_vcpu_mut();
     let old = core::mem::replace(&mut v.gdt_frames, frames);
-    v.gdt = copy;
+    let old_copy = core::mem::replace(&mut v.gdt, copy);
     v.gdt_generation = v.gdt_generation.wrapping_add(1);
+    hv.cur_dom_mut().hv_mem.uncharge(old_copy.capacity() * core::mem::size_of::<u64>());
     let mem = hv.plat.mem();
     for f in old {
         hv.frames.put_page_and_type(mem, f);

@@ -137,8 +137,11 @@ fn setup_table<P: Platform>(hv: &mut Hypervisor<P>, uop: u64, count: u32) -> Res
         gntst::PERMISSION_DENIED
     } else {
         let mem = hv.plat.mem();
-        let table = &mut hv.domains.get_mut(&d).expect("checked usable").grant;
-        if st.nr_frames > table.max_frames() || table.grow(&mut hv.frames, mem, d, st.nr_frames).is_err() {
+        let dom = hv.domains.get_mut(&d).expect("checked usable");
+        let table = &mut dom.grant;
+        if st.nr_frames > table.max_frames()
+            || table.grow(&mut hv.frames, mem, d, st.nr_frames, &mut dom.hv_mem).is_err()
+        {
             gntst::GENERAL_ERROR
         } else {
             let mut status = gntst::OKAY;

@@ -87,7 +87,14 @@ fn reservation<P: Platform>(hv: &mut Hypervisor<P>, cmd: u32, start: u64, arg: u
     let n = (end - start) as usize;
     let list = r.extent_start;
     // Inputs: the frames to give back (decrease) or the pfns to fill (populate).
-    let mut input: Vec<u64> = Vec::with_capacity(n);
+    // Guest-sized buffers: a failed allocation is the guest's -ENOMEM, never a panic.
+    let mut input: Vec<u64> = Vec::new();
+    let mut out: Vec<u64> = Vec::new();
+    let out_len = if cmd == op::DECREASE_RESERVATION { 0 } else { n };
+    if input.try_reserve_exact(n).is_err() || out.try_reserve_exact(out_len).is_err() {
+        return Hc::Ret(Errno::ENOMEM.to_ret());
+    }
+    out.resize(out_len, 0);
     if cmd != op::INCREASE_RESERVATION {
         for i in start..end {
             match hv.guest().read_elem::<u64>(list, i) {
@@ -96,7 +103,6 @@ fn reservation<P: Platform>(hv: &mut Hypervisor<P>, cmd: u32, start: u64, arg: u
             }
         }
     }
-    let mut out = alloc::vec![0u64; if cmd == op::DECREASE_RESERVATION { 0 } else { n }];
     let (m2p_base, max_mfn) = (hv.m2p_base, hv.frames.max_mfn());
     let mem = hv.plat.mem();
     let mut m2p = |mfn, pfn| set_m2p(mem, m2p_base, max_mfn, mfn, pfn);

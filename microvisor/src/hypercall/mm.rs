@@ -18,6 +18,8 @@ use hypercall_abi::{DomId, Errno};
 pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
 /// Requests handled per call before continuing.
 pub const BATCH: u32 = 512;
+/// Requests copied onto the stack rather than the heap.
+const INLINE_BATCH: usize = 8;
 /// Multicall entries handled per call before continuing.
 pub const MULTICALL_BATCH: u64 = 64;
 
@@ -72,19 +74,36 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         done = read_done(hv, pdone);
     }
     let want = count.min(BATCH) as usize;
-    let mut reqs: Vec<T> = Vec::with_capacity(want);
+    // Short batches (the common single update) are copied onto the stack; longer ones into
+    // the heap, where a failed allocation is the guest's -ENOMEM, never a panic.
+    let mut small: [T; INLINE_BATCH] = core::array::from_fn(|_| T::new_zeroed());
+    let mut heap: Vec<T> = Vec::new();
+    let buf: &mut [T] = if want <= INLINE_BATCH {
+        &mut small[..want]
+    } else {
+        if heap.try_reserve_exact(want).is_err() {
+            return Hc::Ret(Errno::ENOMEM.to_ret());
+        }
+        heap.resize_with(want, T::new_zeroed);
+        &mut heap[..]
+    };
+    let mut got = 0;
     let mut fault = false;
-    for i in 0..want as u64 {
-        match hv.guest().read_elem::<T>(ureqs, i) {
-            Ok(r) => reqs.push(r),
+    for (i, slot) in buf.iter_mut().enumerate() {
+        match hv.guest().read_elem::<T>(ureqs, i as u64) {
+            Ok(r) => {
+                *slot = r;
+                got += 1;
+            }
             Err(_) => {
                 fault = true;
                 break;
             }
         }
     }
+    let reqs = &buf[..got];
     let outcome = with_mmu(hv, |ft, mem, ctx| {
-        let o = if reqs.is_empty() { None } else { Some(op(ft, mem, ctx, &reqs)) };
+        let o = if reqs.is_empty() { None } else { Some(op(ft, mem, ctx, reqs)) };
         let flush = o.map_or(Flush::None, |o| o.flush);
         (o, flush)
     });

@@ -76,6 +76,9 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
     sc("ipc-hostile", "tests/tests/ipc.rs", |_| ipc_hostile::run()),
+    // The hypervisor's per-domain limits: console rate, heap quota.
+    sc("console-flood", "tests/tests/limits.rs", |_| hv_limits::console_flood()),
+    sc("hv-mem-hostile", "tests/tests/limits.rs", |_| hv_limits::hv_mem_hostile()),
     // Virtual disk.
     sc("blk-pattern", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::pattern)),
     sc("blk-image", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::image)),
@@ -226,6 +229,8 @@ mod fuzz_exec;
 mod fuzz_mem;
 #[path = "testguest/hostile.rs"]
 mod hostile;
+#[path = "testguest/hv_limits.rs"]
+mod hv_limits;
 #[path = "testguest/ipc_hostile.rs"]
 mod ipc_hostile;
 #[path = "testguest/landing.rs"]

@@ -6,7 +6,7 @@ use super::{report, results};
 use alloc::vec::Vec;
 use core::sync::atomic::Ordering;
 use hypercall_abi::event_channel::{op as evtop, EvtchnBindVirq, EvtchnClose, EvtchnSend};
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::hypercall::{debug, nr};
 use hypercall_abi::xen::{consoleio, uvmf, MmuextOp, TrapInfo, MACH2PHYS_VIRT_START};
 use hypercall_abi::{callback, sched, vcpu, version, DomId, Errno, Port};
 use pv_guest_kernel::hypercall::{self, hypercall5, raw_syscall};
@@ -118,6 +118,11 @@ pub fn badargs() {
         hypercall::update_va_mapping(NON_CANONICAL, 0, uvmf::INVLPG),
         einval,
     );
+    // The debug hypercall is dom0's (issue 9): a domU may count only its own frames.
+    let eperm = Errno::EPERM.to_ret();
+    add("arch_debug(free_frames) from a domU", hypercall::debug_op(debug::FREE_FRAMES, 0), eperm);
+    add("arch_debug(domain_frames of dom0) from a domU", hypercall::debug_op(debug::DOMAIN_FRAMES, 0), eperm);
+    add("arch_debug(dump_memory) from a domU", hypercall::debug_op(debug::DUMP_MEMORY, 0), eperm);
     // Last: if the hypervisor wrongly accepted it, the domain would shut down here.
     add(
         "sched_op(shutdown) from NULL",
@@ -145,6 +150,8 @@ pub fn badargs() {
         results::yes("read-only-page-intact", intact);
         check!(fails, intact, "the hypervisor wrote into our read-only page");
     }
+    let own = hypercall::debug_op(debug::DOMAIN_FRAMES, u64::from(DomId::SELF.0));
+    check!(fails, own > 0, "arch_debug(domain_frames, DOMID_SELF) gave {own}, want our frame count");
     // The domain must still work normally.
     check!(fails, hypercall::xen_version(version::op::VERSION, 0) > 0, "xen_version broken afterwards");
     // Our own trap table must be intact: a #UD handler still runs.
