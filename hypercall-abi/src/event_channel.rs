@@ -55,6 +55,48 @@ pub struct EvtchnAllocUnbound {
 }
 assert_layout!(EvtchnAllocUnbound, size = 8, dom = 0, remote_dom = 2, port = 4);
 
+/// `struct evtchn_init_control` (FIFO ABI): register vCPU `vcpu`'s control block at
+/// `offset` in guest frame `control_gfn`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct EvtchnInitControl {
+    pub control_gfn: u64,
+    pub offset: u32,
+    pub vcpu: u32,
+    /// OUT: bits of an event word's LINK field.
+    pub link_bits: u8,
+    pub _pad: [u8; 7],
+}
+assert_layout!(EvtchnInitControl, size = 24, control_gfn = 0, offset = 8, vcpu = 12, link_bits = 16);
+
+/// `struct evtchn_expand_array` (FIFO ABI): add guest frame `array_gfn` to the event array.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct EvtchnExpandArray {
+    pub array_gfn: u64,
+}
+assert_layout!(EvtchnExpandArray, size = 8, array_gfn = 0);
+
+/// `struct evtchn_set_priority` (FIFO ABI).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct EvtchnSetPriority {
+    pub port: Port,
+    pub priority: u32,
+}
+assert_layout!(EvtchnSetPriority, size = 8, port = 0, priority = 4);
+
+/// FIFO ABI sizes (`public/event_channel.h`).
+pub mod fifo {
+    /// Queues (priorities) per vCPU.
+    pub const MAX_QUEUES: usize = 16;
+    /// `sizeof(struct evtchn_fifo_control_block)`: `ready`, a reserved word, one head per
+    /// queue. It must fit in the page at the registered offset.
+    pub const CONTROL_BLOCK_SIZE: usize = 8 + 4 * MAX_QUEUES;
+    /// `EVTCHN_FIFO_LINK_BITS`.
+    pub const LINK_BITS: u8 = 17;
+}
+
 /// `struct evtchn_bind_interdomain`: connect a new local port to `remote_dom:remote_port`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

@@ -178,6 +178,33 @@ pub struct GnttabUnmapGrantRef {
 }
 assert_layout!(GnttabUnmapGrantRef, size = 24, host_addr = 0, dev_bus_addr = 8, handle = 16, status = 20);
 
+/// `struct gnttab_unmap_and_replace`: unmap the host mapping of `handle` at `host_addr`,
+/// moving the caller's own entry for `new_addr` into its place (0: just unmap).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct GnttabUnmapAndReplace {
+    pub host_addr: u64,
+    pub new_addr: u64,
+    pub handle: u32,
+    /// OUT: [`gntst`].
+    pub status: i16,
+    pub _pad: u16,
+}
+assert_layout!(GnttabUnmapAndReplace, size = 24, host_addr = 0, new_addr = 8, handle = 16, status = 20);
+
+/// `struct gnttab_get_status_frames` (v2 tables): the frames of `dom`'s status array.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct GnttabGetStatusFrames {
+    pub nr_frames: u32,
+    pub dom: DomId,
+    /// OUT: [`gntst`].
+    pub status: i16,
+    /// Guest handle of `nr_frames` `u64` frame numbers.
+    pub frame_list: u64,
+}
+assert_layout!(GnttabGetStatusFrames, size = 16, nr_frames = 0, dom = 4, status = 6, frame_list = 8);
+
 /// `struct gnttab_setup_table`: size the caller's table and learn its frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
 #[repr(C)]

@@ -5,13 +5,12 @@
 //! one down so every frame returns to the free pool.
 
 use crate::domain::{Domain, DomainConfig, DomainState};
-use crate::event::PortState;
+use crate::event::{PortState, VcpuInfoRef};
 use crate::grant::{GrantCtx, INITIAL_GRANT_FRAMES};
 use crate::hv::Hypervisor;
 use crate::loader::builder::{build_pv_domain, BuildConfig};
 use crate::loader::elf::parse_pv_image;
 use crate::mm::frame_table::PageType;
-use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use alloc::string::{String, ToString};
 use hypercall_abi::grant_table::{GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE};
@@ -140,7 +139,8 @@ pub fn create_domain<P: Platform>(
     }
     // Xen starts every vCPU with event delivery masked; the guest unmasks when ready.
     for v in 0..spec.vcpus as usize {
-        mem.write_u8(shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 + 1, 1);
+        VcpuInfoRef { ma: shared_info.addr() + SharedInfo::vcpu_info_offset(v) as u64 }
+            .set_upcall_mask(mem, true);
     }
     let d = hv.domains.get_mut(&id).expect("just added");
     // libxc's xc_dom_gnttab_init: the rings are granted to dom0 (console daemon, xenstored).
@@ -183,6 +183,9 @@ pub fn destroy_domain<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> u64 {
             let _ = bases.push(b);
         }
         for f in core::mem::take(&mut v.gdt_frames) {
+            hv.frames.put_page_and_type(mem, f);
+        }
+        if let Some(f) = v.vcpu_info_frame.take() {
             hv.frames.put_page_and_type(mem, f);
         }
     }

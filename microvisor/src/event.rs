@@ -15,8 +15,9 @@ use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::sched::VcpuRef;
 use alloc::vec::Vec;
+use hypercall_abi::event_channel::fifo;
 use hypercall_abi::microvisor::trace::Record;
-use hypercall_abi::xen::{virq, SharedInfo};
+use hypercall_abi::xen::{virq, ArchVcpuInfo, SharedInfo, VcpuInfo};
 use hypercall_abi::{DomId, Errno, Mfn, Port};
 
 /// What a port is bound to.
@@ -192,7 +193,8 @@ pub fn set_pending<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port
         let tsc = hv.plat.tsc();
         hv.trace.record(&Record::EventSend { tsc, dom: domid.0, port: port.0 });
     }
-    if d.bitmaps().set_pending(hv.plat.mem(), vcpu, port) {
+    let Some(vi) = d.vcpu(vcpu).map(|v| v.info()) else { return };
+    if d.bitmaps().set_pending(hv.plat.mem(), vi, port) {
         hv.kick_vcpu(VcpuRef { domid, vcpu });
     }
 }
@@ -368,7 +370,8 @@ pub fn unmask<P: Platform>(hv: &mut Hypervisor<P>, port: Port) -> Result<(), Err
     let me = hv.current().domid;
     let d = hv.cur_dom();
     let ch = *d.evtchn.get(port)?;
-    if d.bitmaps().unmask(hv.mem(), ch.notify_vcpu, port) {
+    let vi = d.vcpu(ch.notify_vcpu).ok_or(Errno::EINVAL)?.info();
+    if d.bitmaps().unmask(hv.mem(), vi, port) {
         hv.kick_vcpu(VcpuRef { domid: me, vcpu: ch.notify_vcpu });
     }
     Ok(())
@@ -379,9 +382,97 @@ pub fn bind_vcpu<P: Platform>(hv: &mut Hypervisor<P>, port: Port, vcpu: u32) -> 
     hv.cur_dom_mut().evtchn.bind_vcpu(port, vcpu)
 }
 
+// ---------------------------------------------------------------------------------------------
+// The FIFO ABI: not provided. Guests probe it with EVTCHNOP_init_control and fall back to the
+// 2-level ABI on an error (Linux does). Arguments Xen 4.17 checks before anything else get
+// its errors; a valid request gets -EOPNOTSUPP, what a Xen without FIFO support answers.
+
+/// `EVTCHNOP_init_control`.
+pub fn fifo_init_control<P: Platform>(hv: &Hypervisor<P>, vcpu: u32, offset: u32) -> Result<(), Errno> {
+    if hv.cur_dom().vcpu(vcpu).is_none() {
+        return Err(Errno::ENOENT);
+    }
+    let offset = offset as usize;
+    if offset > hypercall_abi::PAGE_SIZE - fifo::CONTROL_BLOCK_SIZE || offset % 8 != 0 {
+        return Err(Errno::EINVAL);
+    }
+    Err(Errno::EOPNOTSUPP)
+}
+
+/// `EVTCHNOP_expand_array`: the FIFO ABI was never set up (Xen: -EOPNOTSUPP).
+pub fn fifo_expand_array() -> Result<(), Errno> {
+    Err(Errno::EOPNOTSUPP)
+}
+
+/// `EVTCHNOP_set_priority`: a port that is not valid is -EINVAL; the 2-level ABI has no
+/// priorities (Xen: -ENOSYS).
+pub fn set_priority<P: Platform>(hv: &Hypervisor<P>, port: Port) -> Result<(), Errno> {
+    hv.cur_dom().evtchn.state(port)?;
+    Err(Errno::ENOSYS)
+}
+
 /// VIRQs bound per domain (on one vCPU) rather than per vCPU.
 pub fn is_global_virq(v: u32) -> bool {
     !matches!(v, virq::TIMER | virq::DEBUG | virq::XENOPROF | virq::XENPMU)
+}
+
+/// One vCPU's `vcpu_info` (in shared_info, or wherever `VCPUOP_register_vcpu_info` moved it):
+/// the upcall flags and pending-word selector through which events reach that vCPU. Its
+/// address is 8-byte aligned RAM (the registration refuses anything else).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VcpuInfoRef {
+    /// Machine address of the `vcpu_info`.
+    pub ma: u64,
+}
+
+const UPCALL_PENDING: u64 = core::mem::offset_of!(VcpuInfo, evtchn_upcall_pending) as u64;
+const UPCALL_MASK: u64 = core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask) as u64;
+const PENDING_SEL: u64 = core::mem::offset_of!(VcpuInfo, evtchn_pending_sel) as u64;
+/// Where a bounced #PF's address goes (`arch.cr2`).
+pub const VCPU_INFO_CR2: u64 =
+    (core::mem::offset_of!(VcpuInfo, arch) + core::mem::offset_of!(ArchVcpuInfo, cr2)) as u64;
+/// Where the PV clock is (`time`).
+pub const VCPU_INFO_TIME: u64 = core::mem::offset_of!(VcpuInfo, time) as u64;
+const _: () = assert!(UPCALL_PENDING + 1 == UPCALL_MASK, "the exit path reads both as one word");
+
+impl VcpuInfoRef {
+    /// `evtchn_upcall_pending` and `evtchn_upcall_mask`.
+    pub fn upcall_state(&self, mem: &impl MachineMemory) -> (bool, bool) {
+        let mut b = [0u8; 2];
+        mem.read(self.ma + UPCALL_PENDING, &mut b);
+        (b[0] != 0, b[1] != 0)
+    }
+
+    /// Sets `evtchn_upcall_mask`, returning the old value.
+    pub fn set_upcall_mask(&self, mem: &impl MachineMemory, masked: bool) -> bool {
+        let old = mem.read_u8(self.ma + UPCALL_MASK);
+        mem.write_u8(self.ma + UPCALL_MASK, u8::from(masked));
+        old != 0
+    }
+
+    /// Sets the selector bit of `word` and the upcall flag. Returns true if the vCPU now has
+    /// an upcall pending that it did not have before (the caller kicks it).
+    fn mark_upcall(&self, mem: &impl MachineMemory, word: usize) -> bool {
+        let sel_bit = 1u64 << word;
+        if mem.fetch_or_u64(self.ma + PENDING_SEL, sel_bit) & sel_bit != 0 {
+            return false;
+        }
+        self.set_upcall_pending(mem)
+    }
+
+    /// Sets `evtchn_upcall_pending`; true if it was clear.
+    pub fn set_upcall_pending(&self, mem: &impl MachineMemory) -> bool {
+        let was = mem.read_u8(self.ma + UPCALL_PENDING);
+        mem.write_u8(self.ma + UPCALL_PENDING, 1);
+        was == 0
+    }
+
+    /// Marks every selector word as possibly pending and the upcall pending (Xen does so when a
+    /// `vcpu_info` moves, so that nothing pending is lost).
+    pub fn mark_all_pending(&self, mem: &impl MachineMemory) {
+        mem.write_u64(self.ma + PENDING_SEL, !0);
+        self.set_upcall_pending(mem);
+    }
 }
 
 /// The 2-level bitmaps of one domain's shared_info page.
@@ -395,9 +486,10 @@ impl Bitmaps {
         self.shared_info.addr() + off as u64
     }
 
-    /// Marks `port` pending for `vcpu` as Xen's `evtchn_2l_set_pending` does. Returns true if
-    /// the vCPU now has an upcall pending that it did not have before (the caller kicks it).
-    pub fn set_pending(&self, mem: &impl MachineMemory, vcpu: u32, port: Port) -> bool {
+    /// Marks `port` pending for the vCPU whose `vcpu_info` is `vi`, as Xen's
+    /// `evtchn_2l_set_pending` does. Returns true if the vCPU now has an upcall pending that it
+    /// did not have before (the caller kicks it).
+    pub fn set_pending(&self, mem: &impl MachineMemory, vi: VcpuInfoRef, port: Port) -> bool {
         let (w, bit) = (port.0 as usize / 64, 1u64 << (port.0 % 64));
         if mem.fetch_or_u64(self.word_ma(SharedInfo::pending_word_offset(w)), bit) & bit != 0 {
             return false;
@@ -405,15 +497,15 @@ impl Bitmaps {
         if mem.read_u64(self.word_ma(SharedInfo::mask_word_offset(w))) & bit != 0 {
             return false;
         }
-        self.mark_upcall(mem, vcpu, w)
+        vi.mark_upcall(mem, w)
     }
 
     /// Unmasks `port`; if it is pending, marks the vCPU's upcall as `set_pending` would.
-    pub fn unmask(&self, mem: &impl MachineMemory, vcpu: u32, port: Port) -> bool {
+    pub fn unmask(&self, mem: &impl MachineMemory, vi: VcpuInfoRef, port: Port) -> bool {
         let (w, bit) = (port.0 as usize / 64, 1u64 << (port.0 % 64));
         let old = mem.fetch_and_u64(self.word_ma(SharedInfo::mask_word_offset(w)), !bit);
         if old & bit != 0 && mem.read_u64(self.word_ma(SharedInfo::pending_word_offset(w))) & bit != 0 {
-            return self.mark_upcall(mem, vcpu, w);
+            return vi.mark_upcall(mem, w);
         }
         false
     }
@@ -434,34 +526,6 @@ impl Bitmaps {
     pub fn is_masked(&self, mem: &impl MachineMemory, port: Port) -> bool {
         let (w, bit) = (port.0 as usize / 64, 1u64 << (port.0 % 64));
         mem.read_u64(self.word_ma(SharedInfo::mask_word_offset(w))) & bit != 0
-    }
-
-    /// Sets the selector bit of `word` and the vCPU's upcall flag.
-    fn mark_upcall(&self, mem: &impl MachineMemory, vcpu: u32, word: usize) -> bool {
-        let vi = self.word_ma(SharedInfo::vcpu_info_offset(vcpu as usize));
-        let sel_bit = 1u64 << word;
-        if mem.fetch_or_u64(vi + 8, sel_bit) & sel_bit != 0 {
-            return false;
-        }
-        let was = mem.read_u8(vi);
-        mem.write_u8(vi, 1);
-        was == 0
-    }
-
-    /// `evtchn_upcall_pending` and `evtchn_upcall_mask` of `vcpu`.
-    pub fn upcall_state(&self, mem: &impl MachineMemory, vcpu: u32) -> (bool, bool) {
-        let vi = self.word_ma(SharedInfo::vcpu_info_offset(vcpu as usize));
-        let mut b = [0u8; 2];
-        mem.read(vi, &mut b);
-        (b[0] != 0, b[1] != 0)
-    }
-
-    /// Sets `evtchn_upcall_mask` of `vcpu`, returning the old value.
-    pub fn set_upcall_mask(&self, mem: &impl MachineMemory, vcpu: u32, masked: bool) -> bool {
-        let vi = self.word_ma(SharedInfo::vcpu_info_offset(vcpu as usize));
-        let old = mem.read_u8(vi + 1);
-        mem.write_u8(vi + 1, u8::from(masked));
-        old != 0
     }
 }
 
@@ -491,22 +555,27 @@ mod tests {
     fn two_level_delivery_follows_xen() {
         let mem = FakeMemory::new(4, 0);
         let bm = Bitmaps { shared_info: Mfn(1) };
+        let v0 = VcpuInfoRef { ma: Mfn(1).addr() };
         // First event: pending bit, selector bit and upcall flag all set; kick needed.
-        assert!(bm.set_pending(&mem, 0, Port(70)));
+        assert!(bm.set_pending(&mem, v0, Port(70)));
         assert!(bm.is_pending(&mem, Port(70)));
-        assert_eq!(bm.upcall_state(&mem, 0), (true, false));
+        assert_eq!(v0.upcall_state(&mem), (true, false));
         // Already pending: nothing more to do.
-        assert!(!bm.set_pending(&mem, 0, Port(70)));
+        assert!(!bm.set_pending(&mem, v0, Port(70)));
         // Same selector word, upcall already pending: no kick.
-        assert!(!bm.set_pending(&mem, 0, Port(71)));
+        assert!(!bm.set_pending(&mem, v0, Port(71)));
         // A masked port becomes pending silently; unmask delivers it.
-        let vi = Mfn(1).addr();
-        mem.write_u8(vi, 0);
-        mem.write_u64(vi + 8, 0);
+        mem.write_u8(v0.ma, 0);
+        mem.write_u64(v0.ma + 8, 0);
         mem.write_u64(Mfn(1).addr() + SharedInfo::mask_word_offset(0) as u64, 1 << 5);
-        assert!(!bm.set_pending(&mem, 0, Port(5)));
-        assert!(bm.unmask(&mem, 0, Port(5)));
+        assert!(!bm.set_pending(&mem, v0, Port(5)));
+        assert!(bm.unmask(&mem, v0, Port(5)));
         assert!(!bm.is_masked(&mem, Port(5)));
-        assert_eq!(bm.upcall_state(&mem, 0), (true, false));
+        assert_eq!(v0.upcall_state(&mem), (true, false));
+        // A vcpu_info registered elsewhere (another frame) gets the upcall there.
+        let moved = VcpuInfoRef { ma: Mfn(2).addr() + 64 };
+        assert!(bm.set_pending(&mem, moved, Port(200)));
+        assert_eq!(moved.upcall_state(&mem), (true, false));
+        assert_eq!(mem.read_u64(moved.ma + 8), 1 << 3);
     }
 }

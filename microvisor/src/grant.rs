@@ -29,8 +29,8 @@ use crate::mm::{pte, MachineMemory};
 use alloc::boxed::Box;
 use alloc::vec::Vec;
 use hypercall_abi::grant_table::{
-    gntcopy, gntmap, gntst, gtf, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabUnmapGrantRef,
-    GrantEntryV1, GRANT_ENTRIES_PER_FRAME_V1,
+    gntcopy, gntmap, gntst, gtf, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabUnmapAndReplace,
+    GnttabUnmapGrantRef, GrantEntryV1, GRANT_ENTRIES_PER_FRAME_V1,
 };
 use hypercall_abi::xen::{in_hypervisor_hole, is_canonical};
 use hypercall_abi::{DomId, Errno, GrantRef, Mfn, PAGE_SIZE};
@@ -695,6 +695,41 @@ fn remove_host_pte<M: MachineMemory>(ft: &FrameTable, mem: &M, caller: DomId, m:
     host_flush(m.flags, m.host_addr)
 }
 
+/// Moves the caller's L1 entry for `new_addr` into the slot of host mapping `m` (whose
+/// references its caller then drops) and clears it at `new_addr`: the entry's references
+/// move with it, so no count changes. Refused (nothing changed) when `m` was mapped through
+/// `GNTMAP_contains_pte`, when its entry is no longer in place, when `new_addr` has no L1
+/// entry in a live L1 table of the caller's, or (stricter than Xen) when that entry is itself
+/// a grant mapping, whose references belong to a handle.
+fn replace_host_pte<M: MachineMemory>(
+    ft: &FrameTable,
+    mem: &M,
+    caller: DomId,
+    l4: Option<Mfn>,
+    m: &Mapping,
+    new_addr: u64,
+) -> Result<Flush, Status> {
+    if m.flags & gntmap::CONTAINS_PTE != 0 {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    let dst = m.pte.ok_or(gntst::GENERAL_ERROR)?;
+    if !live_l1_of(ft, dst.l1, caller) || !is_entry_of(mem.read_pte(dst.l1, usize::from(dst.idx)), m) {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    let src = locate_pte(ft, mem, caller, l4, new_addr, false).ok_or(gntst::GENERAL_ERROR)?;
+    if src == dst {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    let e = mem.read_pte(src.l1, usize::from(src.idx));
+    if pte::is_present(e) && e & pte::GNTTAB != 0 {
+        return Err(gntst::GENERAL_ERROR);
+    }
+    mem.write_pte(src.l1, usize::from(src.idx), 0);
+    mem.write_pte(dst.l1, usize::from(dst.idx), e);
+    // Two addresses changed.
+    Ok(Flush::All)
+}
+
 /// Drops the frame references `uses` uses of a mapping hold (a lent hypervisor frame whose
 /// last reference this was is freed by the frame table).
 fn put_refs<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, readonly: bool, uses: u32) {
@@ -895,7 +930,7 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
     /// `op.host_addr` is the address it was mapped at, the device part when
     /// `op.dev_bus_addr` is its frame's address; the handle is freed when nothing is left.
     pub fn unmap_grant_ref(&mut self, caller: DomId, op: &mut GnttabUnmapGrantRef) -> Unmapped {
-        match self.unmap_one(caller, op) {
+        match self.unmap_one(caller, op, None) {
             Ok(u) => {
                 op.status = gntst::OKAY;
                 u
@@ -907,7 +942,42 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
         }
     }
 
-    fn unmap_one(&mut self, caller: DomId, op: &GnttabUnmapGrantRef) -> Result<Unmapped, Status> {
+    /// `GNTTABOP_unmap_and_replace` for `caller`, whose current page tables are rooted at
+    /// `l4`: fills `op.status`. The host mapping of `op.handle` at `op.host_addr` goes; the
+    /// caller's own L1 entry for `op.new_addr` (with its references) moves into its slot and
+    /// `new_addr` is left unmapped (Xen's `steal_linear_addr`). With `new_addr` 0 it is a
+    /// plain unmap of the host part.
+    pub fn unmap_and_replace(
+        &mut self,
+        caller: DomId,
+        l4: Option<Mfn>,
+        op: &mut GnttabUnmapAndReplace,
+    ) -> Unmapped {
+        let u = GnttabUnmapGrantRef {
+            host_addr: op.host_addr,
+            dev_bus_addr: 0,
+            handle: op.handle,
+            ..Default::default()
+        };
+        let replace = (op.new_addr != 0).then_some((l4, op.new_addr));
+        match self.unmap_one(caller, &u, replace) {
+            Ok(u) => {
+                op.status = gntst::OKAY;
+                u
+            }
+            Err(st) => {
+                op.status = st;
+                Unmapped::default()
+            }
+        }
+    }
+
+    fn unmap_one(
+        &mut self,
+        caller: DomId,
+        op: &GnttabUnmapGrantRef,
+        replace: Option<(Option<Mfn>, u64)>,
+    ) -> Result<Unmapped, Status> {
         let lt = &self.domains.get(&caller).ok_or(gntst::GENERAL_ERROR)?.grant;
         let m = *lt.maptrack.get(op.handle).ok_or(gntst::BAD_HANDLE)?;
         if op.dev_bus_addr != 0 && op.dev_bus_addr != m.mfn.addr() {
@@ -921,7 +991,10 @@ impl<M: MachineMemory> GrantCtx<'_, M> {
             if op.host_addr != m.host_addr {
                 return Err(gntst::GENERAL_ERROR);
             }
-            out.flush = remove_host_pte(self.ft, self.mem, caller, &m);
+            out.flush = match replace {
+                None => remove_host_pte(self.ft, self.mem, caller, &m),
+                Some((l4, new_addr)) => replace_host_pte(self.ft, self.mem, caller, l4, &m, new_addr)?,
+            };
             done |= gntmap::HOST_MAP;
         }
         if op.dev_bus_addr != 0 && m.flags & gntmap::DEVICE_MAP != 0 {

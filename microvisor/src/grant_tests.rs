@@ -12,9 +12,9 @@ use crate::mm::frame_table::{Owner, PageType};
 use crate::mm::{pte, MachineMemory};
 use crate::testkit::{run_as, two_domains, TestHv, SCRATCH_VA};
 use hypercall_abi::grant_table::{
-    gntcopy, gntmap, gntst, gtf, op, GnttabCopy, GnttabCopyPtr, GnttabGetVersion, GnttabMapGrantRef,
-    GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapGrantRef, GNTTAB_RESERVED_CONSOLE,
-    GNTTAB_RESERVED_XENSTORE,
+    gntcopy, gntmap, gntst, gtf, op, GnttabCopy, GnttabCopyPtr, GnttabGetStatusFrames, GnttabGetVersion,
+    GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace,
+    GnttabUnmapGrantRef, GNTTAB_RESERVED_CONSOLE, GNTTAB_RESERVED_XENSTORE,
 };
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::xen::{mmuext, MmuextOp};
@@ -209,8 +209,7 @@ fn table_setup_size_and_version() {
     );
 
     // Unknown commands, continuation bits on a command that takes none, negative counts.
-    for cmd in [op::DUMP_TABLE, op::TRANSFER, op::UNMAP_AND_REPLACE, op::SWAP_GRANT_REF, op::CACHE_FLUSH, 99]
-    {
+    for cmd in [op::DUMP_TABLE, op::TRANSFER, op::SWAP_GRANT_REF, op::CACHE_FLUSH, 99] {
         assert_eq!(gnttab(&mut hv, DU, cmd, &[0u64]).0, Errno::ENOSYS.to_ret(), "cmd {cmd}");
     }
     run_as(&mut hv, DU);
@@ -948,6 +947,80 @@ fn a_domus_grant_state_is_bounded_by_its_heap_quota() {
     assert_eq!(unmap(&mut hv, D0, m.handle, 0, f.addr()), gntst::OKAY);
     assert!(!hv.domains.contains_key(&DU));
     assert_eq!(hv.hv_mem_pool.used(), before - commitment);
+}
+
+/// `GNTTABOP_get_status_frames`, `get_version` and `set_version` as Xen 4.17 answers them for
+/// a v1 table with v2 disabled (issue 11 item 8): one operation each, status frames only for
+/// v2.
+#[test]
+fn version_and_status_frames_follow_xen() {
+    let mut hv = two_domains();
+    let sf =
+        |dom, nr_frames| GnttabGetStatusFrames { nr_frames, dom, status: 99, frame_list: SCRATCH_VA + 0x800 };
+    let (r, out) = gnttab(&mut hv, DU, op::GET_STATUS_FRAMES, &[sf(DomId::SELF, 0)]);
+    assert_eq!((r, out[0].status), (0, gntst::OKAY));
+    let (r, out) = gnttab(&mut hv, DU, op::GET_STATUS_FRAMES, &[sf(DomId::SELF, 1)]);
+    assert_eq!((r, out[0].status), (0, gntst::GENERAL_ERROR), "a v1 table has no status frames");
+    let (_, out) = gnttab(&mut hv, DU, op::GET_STATUS_FRAMES, &[sf(D0, 0)]);
+    assert_eq!(out[0].status, gntst::PERMISSION_DENIED);
+    let (_, out) = gnttab(&mut hv, DU, op::GET_STATUS_FRAMES, &[sf(DomId(77), 0)]);
+    assert_eq!(out[0].status, gntst::BAD_DOMAIN);
+    let (_, out) = gnttab(&mut hv, D0, op::GET_STATUS_FRAMES, &[sf(DU, 0)]);
+    assert_eq!(out[0].status, gntst::OKAY);
+    // Exactly one operation, or -EINVAL.
+    for cmd in [op::GET_STATUS_FRAMES, op::GET_VERSION, op::SET_VERSION] {
+        assert_eq!(gnttab(&mut hv, DU, cmd, &[0u64, 0]).0, Errno::EINVAL.to_ret(), "cmd {cmd}");
+    }
+    assert_eq!(gnttab::<GnttabSetVersion>(&mut hv, DU, op::SET_VERSION, &[]).0, Errno::EINVAL.to_ret());
+    // An operation the guest cannot read is -EFAULT.
+    run_as(&mut hv, DU);
+    let r = dispatch(&mut hv, nr::GRANT_TABLE_OP, [u64::from(op::GET_STATUS_FRAMES), 0, 1, 0, 0], None);
+    assert_eq!(r, Hc::Ret(Errno::EFAULT.to_ret()));
+}
+
+/// `GNTTABOP_unmap_and_replace` (issue 11 item 8): the grant mapping goes, the caller's own
+/// entry for `new_addr` moves into its slot with its references, `new_addr` is left unmapped;
+/// bad requests change nothing.
+#[test]
+fn unmap_and_replace_moves_the_callers_entry_into_the_mapping() {
+    let mut hv = two_domains();
+    let f = mfn_at(&hv, DU, grant_va(0));
+    set_entry(&hv, DU, 10, D0, f, gtf::PERMIT_ACCESS);
+    // dom0 maps the grant at host_va(0), then replaces it with its own page at host_va(1).
+    let m = map(&mut hv, D0, DU, 10, host_va(0), RW_HOST);
+    assert_eq!(m.status, gntst::OKAY);
+    let own = mfn_at(&hv, D0, host_va(1));
+    let own_e = l1e(&hv, D0, host_va(1));
+    let before = hv.frames.info(own).unwrap();
+    audit(&hv);
+    let replace = |hv: &mut TestHv, host_addr, new_addr, handle| {
+        let u = GnttabUnmapAndReplace { host_addr, new_addr, handle, ..Default::default() };
+        let (r, out) = gnttab(hv, D0, op::UNMAP_AND_REPLACE, &[u]);
+        assert_eq!(r, 0);
+        out[0].status
+    };
+    // Bad: wrong handle, wrong address, new_addr on the mapping itself or unmapped.
+    assert_eq!(replace(&mut hv, host_va(0), host_va(1), m.handle + 1), gntst::BAD_HANDLE);
+    assert_eq!(replace(&mut hv, host_va(2), host_va(1), m.handle), gntst::GENERAL_ERROR);
+    assert_eq!(replace(&mut hv, host_va(0), host_va(0), m.handle), gntst::GENERAL_ERROR);
+    assert_eq!(replace(&mut hv, host_va(0), 0x7000_0000_0000, m.handle), gntst::GENERAL_ERROR);
+    assert_eq!(l1e(&hv, D0, host_va(1)), own_e, "nothing moved");
+    assert_eq!(hv.domains[&DU].grant.pins(GrantRef(10)), Some((0, 1)));
+    audit(&hv);
+    assert_eq!(replace(&mut hv, host_va(0), host_va(1), m.handle), gntst::OKAY);
+    assert_eq!(l1e(&hv, D0, host_va(0)), own_e, "the entry moved into the mapping's slot");
+    assert_eq!(l1e(&hv, D0, host_va(1)), 0);
+    assert_eq!(mfn_at(&hv, D0, host_va(0)), own);
+    assert_eq!(hv.frames.info(own).unwrap(), before, "its references moved with it");
+    assert_eq!(hv.domains[&DU].grant.pins(GrantRef(10)), Some((0, 0)));
+    assert_eq!(flags(&hv, DU, 10), gtf::PERMIT_ACCESS);
+    assert_eq!(hv.domains[&D0].grant.maptrack.live(), 0);
+    audit(&hv);
+    // With new_addr 0 it is a plain unmap.
+    let m = map(&mut hv, D0, DU, 10, host_va(2), RW_HOST);
+    assert_eq!(replace(&mut hv, host_va(2), 0, m.handle), gntst::OKAY);
+    assert_eq!(l1e(&hv, D0, host_va(2)), 0);
+    audit(&hv);
 }
 
 #[test]

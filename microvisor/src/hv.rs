@@ -19,6 +19,7 @@ use crate::mm::tlb::Flush;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::sched::{Scheduler, VcpuRef};
+use crate::time;
 use crate::time::TimeBase;
 use crate::trace::Tracer;
 use crate::traps;
@@ -26,6 +27,8 @@ use crate::vcpu::{GuestFrame, RunState, Vcpu};
 use alloc::string::String;
 use core::fmt::{self, Write};
 use hypercall_abi::microvisor::trace::Record;
+use hypercall_abi::vcpu::{runstate, VcpuRunstateInfo};
+use hypercall_abi::xen::vmasst;
 use hypercall_abi::{DomId, Errno, Mfn};
 
 /// Values written to QEMU's exit device when the machine stops.
@@ -131,6 +134,9 @@ impl Options {
 #[derive(Clone, Copy, Debug, Default)]
 struct TimerCache {
     earliest: Option<u64>,
+    /// The running vCPU's next periodic tick (periodic timers tick only while their vCPU
+    /// runs, as Xen stops them when it is descheduled).
+    periodic: Option<u64>,
     /// A timer changed (or a vCPU went away) since `earliest` was computed.
     dirty: bool,
 }
@@ -387,8 +393,20 @@ impl<P: Platform> Hypervisor<P> {
         let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) else { return };
         if v.state == RunState::Blocked {
             v.state = RunState::Runnable;
+            // Its runstate moves from blocked to runnable now; kept exactly only for vCPUs
+            // whose guest reads it (the clock read is not free on the event path).
+            if v.runstate_area.is_some() && self.sched.current() != Some(r) {
+                let now = self.time.now_ns(self.plat.tsc());
+                v.runstate.set(hypercall_abi::vcpu::runstate::RUNNABLE, now);
+            }
             self.sched.wake(r);
         }
+    }
+
+    /// Takes a vCPU off the CPU (it blocked or went offline) and asks for the scheduler.
+    pub(crate) fn sleep_vcpu(&mut self, r: VcpuRef) {
+        self.sched.sleep(r);
+        self.resched();
     }
 
     /// Shuts a domain down with `reason`: its vCPUs stop, dom0 is told (VIRQ_DOM_EXC), and
@@ -712,6 +730,9 @@ impl<P: Platform> Hypervisor<P> {
             if let Some(v) = self.domains.get_mut(&p.domid).and_then(|d| d.vcpu_mut(p.vcpu)) {
                 v.frame = *frame;
                 v.runstate.leave_cpu(v.state, now);
+                if v.runstate_area.is_some() {
+                    self.publish_runstate(p);
+                }
             }
         }
         if self.trace.is_on() {
@@ -722,13 +743,70 @@ impl<P: Platform> Hypervisor<P> {
         self.exit.pending = true;
         if let Some(n) = next {
             let tsc = self.plat.tsc();
-            let d = self.domains.get_mut(&n.domid).expect("scheduled domain exists");
-            let si = d.shared_info;
-            let v = d.vcpu_mut(n.vcpu).expect("scheduled vCPU exists");
+            let v = self
+                .domains
+                .get_mut(&n.domid)
+                .and_then(|d| d.vcpu_mut(n.vcpu))
+                .expect("scheduled vCPU exists");
             *frame = v.frame;
             v.runstate.enter_cpu(now);
-            traps::write_pvclock(self.plat.mem(), si, n.vcpu, &self.time, tsc);
+            time::write_pvclock(self.plat.mem(), v.vcpu_info + event::VCPU_INFO_TIME, &self.time, tsc);
+            let (areas, tick) = (
+                v.runstate_area.is_some() || v.time_area.is_some(),
+                v.periodic_deadline().is_some_and(|t| t <= now),
+            );
+            if areas {
+                self.publish_runstate(n);
+                self.publish_time_area(n, tsc);
+            }
+            if tick {
+                self.periodic_tick(n, now);
+            }
         }
+        self.refresh_periodic();
+    }
+
+    /// Copies vCPU `r`'s runstate into its registered runstate area, through its kernel page
+    /// tables, as Xen's `update_runstate_area` (with `VMASST_TYPE_runstate_update_flag`, the
+    /// area's `state_entry_time` carries `XEN_RUNSTATE_UPDATE` while it changes). A fault is
+    /// the guest's business: the area simply is not updated.
+    pub(crate) fn publish_runstate(&self, r: VcpuRef) {
+        let Some(d) = self.domains.get(&r.domid) else { return };
+        let Some(v) = d.vcpu(r.vcpu) else { return };
+        let Some(va) = v.runstate_area else { return };
+        let space = GuestSpace::new(self.mem(), v.kernel_l4);
+        let info = runstate_info(&v.runstate);
+        let at_entry = va.wrapping_add(core::mem::offset_of!(VcpuRunstateInfo, state_entry_time) as u64);
+        let flagged = d.vm_assist & (1 << vmasst::TYPE_RUNSTATE_UPDATE_FLAG) != 0;
+        if flagged
+            && space.write_obj(at_entry, &(info.state_entry_time | runstate::XEN_RUNSTATE_UPDATE)).is_err()
+        {
+            return;
+        }
+        let mut w = info;
+        if flagged {
+            w.state_entry_time |= runstate::XEN_RUNSTATE_UPDATE;
+        }
+        if space.write_obj(va, &w).is_ok() && flagged {
+            let _ = space.write_obj(at_entry, &info.state_entry_time);
+        }
+    }
+
+    /// Writes vCPU `r`'s PV clock into its registered secondary time area.
+    pub(crate) fn publish_time_area(&self, r: VcpuRef, tsc: u64) {
+        let Some(v) = self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)) else { return };
+        if let Some(va) = v.time_area {
+            time::write_guest_pvclock(&GuestSpace::new(self.mem(), v.kernel_l4), va, &self.time, tsc);
+        }
+    }
+
+    /// The periodic timer of running vCPU `r` ticks: VIRQ_TIMER, next tick a period later.
+    fn periodic_tick(&mut self, r: VcpuRef, now: u64) {
+        if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
+            v.periodic_last_ns = now;
+            event::send_vcpu_virq(self, r, hypercall_abi::xen::virq::TIMER);
+        }
+        self.refresh_periodic();
     }
 
     /// Arms (or with `None` stops) vCPU `r`'s one-shot timer at absolute system time `t`.
@@ -748,11 +826,21 @@ impl<P: Platform> Hypervisor<P> {
             self.timers.earliest =
                 self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline()).min();
         }
-        let timers = self.timers.earliest;
+        let mut timers = self.timers.earliest;
+        if let Some(p) = self.timers.periodic.filter(|_| self.sched.current_runnable()) {
+            timers = Some(timers.map_or(p, |t| t.min(p)));
+        }
         match (self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), timers) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
+    }
+
+    /// Refreshes the cached next periodic tick of the running vCPU (after a switch, a tick or
+    /// a change of its period).
+    pub(crate) fn refresh_periodic(&mut self) {
+        self.timers.periodic =
+            self.sched.current().and_then(|r| self.domains.get(&r.domid)?.vcpu(r.vcpu)?.periodic_deadline());
     }
 
     /// A device interrupt on `gsi` (the arch layer has masked the pin): tell the owner.
@@ -781,10 +869,20 @@ impl<P: Platform> Hypervisor<P> {
                 }
             }
         }
+        if let Some(r) = self.sched.current().filter(|_| self.sched.current_runnable()) {
+            if self.timers.periodic.is_some_and(|t| t <= now) {
+                self.periodic_tick(r, now);
+            }
+        }
         if self.sched.slice_expired(now) {
             self.resched();
         }
     }
+}
+
+/// A vCPU's runstate as the ABI lays it out.
+pub(crate) fn runstate_info(r: &crate::vcpu::Runstate) -> VcpuRunstateInfo {
+    VcpuRunstateInfo { state: r.state, _pad: 0, state_entry_time: r.entry_ns, time: r.time }
 }
 
 /// Writes M2P entry `mfn` := `pfn` in the table starting at frame `base`.

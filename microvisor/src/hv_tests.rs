@@ -196,16 +196,16 @@ fn block_sleeps_until_an_event_and_send_wakes() {
     );
     run_as(&mut hv, DomId(1));
     // Clear what the bind left pending, then block: nothing pending, so the vCPU sleeps.
-    let bm1 = hv.domains[&DomId(1)].bitmaps();
+    let vi1 = hv.domains[&DomId(1)].vcpus[0].info();
     hv.mem().write_u8(hv.domains[&DomId(1)].shared_info.addr(), 0);
     assert_eq!(call(&mut hv, nr::SCHED_OP, [u64::from(hypercall_abi::sched::op::BLOCK), 0, 0, 0, 0]), 0);
     assert_eq!(hv.cur_vcpu().state, RunState::Blocked);
-    assert!(!bm1.upcall_state(hv.mem(), 0).1, "block re-enables event delivery");
+    assert!(!vi1.upcall_state(hv.mem()).1, "block re-enables event delivery");
     // dom0 sends: the domU wakes.
     run_as(&mut hv, DomId(0));
     assert_eq!(evtchn(&mut hv, op::SEND, &EvtchnSend { port: b.local_port }).0, 0);
     assert_eq!(hv.domains[&DomId(1)].vcpus[0].state, RunState::Runnable);
-    assert!(bm1.upcall_state(hv.mem(), 0).0);
+    assert!(vi1.upcall_state(hv.mem()).0);
 }
 
 #[test]
@@ -228,8 +228,9 @@ fn event_upcall_bounce_frame_and_iret_round_trip() {
         ..Default::default()
     };
     let bm = hv.domains[&DomId(1)].bitmaps();
-    bm.set_upcall_mask(hv.mem(), 0, false);
-    assert!(bm.set_pending(hv.mem(), 0, Port(5)));
+    let vi = hv.domains[&DomId(1)].vcpus[0].info();
+    vi.set_upcall_mask(hv.mem(), false);
+    assert!(bm.set_pending(hv.mem(), vi, Port(5)));
     crate::traps::deliver_event(&mut hv, &mut frame).unwrap();
     // Xen's frame: RCX, R11, RIP, CS|mask<<32, RFLAGS, RSP, SS, below the red zone.
     assert_eq!(frame.rip, callback);
@@ -247,7 +248,7 @@ fn event_upcall_bounce_frame_and_iret_round_trip() {
         ]
     );
     assert!(frame.rsp <= sp - 128 - 56 && frame.rsp.is_multiple_of(8));
-    assert!(bm.upcall_state(hv.mem(), 0).1, "delivery masks events");
+    assert!(vi.upcall_state(hv.mem()).1, "delivery masks events");
     // The handler pops rcx/r11, then jumps to the iret stub, which pushes rax, r11, rcx
     // over a zero flags word.
     let ctx = IretContext {
@@ -269,7 +270,7 @@ fn event_upcall_bounce_frame_and_iret_round_trip() {
         (ctx.rip, sp, 0x1111, 0x2222, 7, 0x3333)
     );
     assert_eq!(frame.cs, u64::from(FLAT_KERNEL_CS));
-    assert!(!bm.upcall_state(hv.mem(), 0).1, "iret with IF set unmasks events");
+    assert!(!vi.upcall_state(hv.mem()).1, "iret with IF set unmasks events");
 }
 
 #[test]
@@ -626,4 +627,28 @@ fn a_domain_whose_heap_does_not_fit_the_pool_is_refused() {
     let e = hv.create_domain(&spec, &image).unwrap_err();
     assert!(e.contains("not enough hypervisor memory for another domain"), "{e}");
     assert_eq!(hv.hv_mem_pool.used(), used + per_domu, "a refused domain commits nothing");
+}
+
+/// The FIFO ABI is not provided: Xen 4.17's errors for bad arguments, -EOPNOTSUPP (a Xen
+/// without FIFO) for good ones, and the 2-level ABI's answers to set_priority (issue 11).
+#[test]
+fn fifo_event_channel_ops_get_xens_errors() {
+    use hypercall_abi::event_channel::{EvtchnExpandArray, EvtchnInitControl, EvtchnSetPriority};
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let init = |vcpu, offset| EvtchnInitControl { control_gfn: 0x1234, offset, vcpu, ..Default::default() };
+    assert_eq!(evtchn(&mut hv, op::INIT_CONTROL, &init(1, 0)).0, Errno::ENOENT.to_ret());
+    assert_eq!(evtchn(&mut hv, op::INIT_CONTROL, &init(0, 4096 - 71)).0, Errno::EINVAL.to_ret());
+    assert_eq!(evtchn(&mut hv, op::INIT_CONTROL, &init(0, 12)).0, Errno::EINVAL.to_ret());
+    let (r, back) = evtchn(&mut hv, op::INIT_CONTROL, &init(0, 4096 - 72));
+    assert_eq!((r, back.link_bits), (Errno::EOPNOTSUPP.to_ret(), 0), "nothing copied back");
+    let r = call(&mut hv, nr::EVENT_CHANNEL_OP, [u64::from(op::INIT_CONTROL), 0, 0, 0, 0]);
+    assert_eq!(r, Errno::EFAULT.to_ret());
+    assert_eq!(
+        evtchn(&mut hv, op::EXPAND_ARRAY, &EvtchnExpandArray { array_gfn: 1 }).0,
+        Errno::EOPNOTSUPP.to_ret()
+    );
+    let prio = |port| EvtchnSetPriority { port: Port(port), priority: 3 };
+    assert_eq!(evtchn(&mut hv, op::SET_PRIORITY, &prio(1)).0, Errno::ENOSYS.to_ret());
+    assert_eq!(evtchn(&mut hv, op::SET_PRIORITY, &prio(1 << 20)).0, Errno::EINVAL.to_ret());
 }

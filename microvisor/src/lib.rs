@@ -38,3 +38,5 @@ mod hv_tests;
 pub mod testkit;
 #[cfg(test)]
 mod traps_tests;
+#[cfg(test)]
+mod vcpu_tests;

@@ -76,7 +76,18 @@ pub fn two_domains() -> TestHv {
 
 /// Switches the running vCPU to `domid` (as if the scheduler had picked it).
 pub fn run_as(hv: &mut TestHv, domid: DomId) {
+    let now = hv.now_ns();
+    if let Some(prev) = hv.sched.current().filter(|p| p.domid != domid) {
+        if let Some(v) = hv.domains.get_mut(&prev.domid).and_then(|d| d.vcpu_mut(prev.vcpu)) {
+            v.runstate.leave_cpu(v.state, now);
+        }
+    }
     hv.sched.set_current(VcpuRef { domid, vcpu: 0 });
+    if let Some(v) = hv.domains.get_mut(&domid).and_then(|d| d.vcpu_mut(0)) {
+        if v.runstate.state != hypercall_abi::vcpu::runstate::RUNNING {
+            v.runstate.enter_cpu(now);
+        }
+    }
 }
 
 /// Runs the exit path for the running vCPU (which must stay running) and returns what it

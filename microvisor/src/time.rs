@@ -1,6 +1,8 @@
 //! System time: nanoseconds since boot derived from the TSC, and the PV clock parameters
 //! (`vcpu_time_info`) that let guests compute the same time themselves without a hypercall.
 
+use crate::guest_mem::GuestSpace;
+use crate::mm::MachineMemory;
 use hypercall_abi::xen::{xen_pvclock, VcpuTimeInfo};
 
 /// A TSC-to-nanoseconds scale as the PV clock expresses it: shift the TSC delta by `shift`
@@ -86,6 +88,31 @@ impl TimeBase {
             ..VcpuTimeInfo::default()
         }
     }
+}
+
+/// Writes the PV clock (`vcpu_time_info`) at machine address `ma` (seqlock: odd version while
+/// the fields change), as of TSC value `tsc`.
+pub fn write_pvclock(mem: &impl MachineMemory, ma: u64, tb: &TimeBase, tsc: u64) {
+    let version = mem.read_u64(ma) as u32;
+    let v_odd = version.wrapping_add(1) | 1;
+    mem.write_u64(ma, u64::from(v_odd));
+    let mut t: VcpuTimeInfo = tb.pvclock(tsc);
+    t.version = v_odd;
+    mem.write_obj(ma, &t);
+    mem.write_u64(ma, u64::from(v_odd.wrapping_add(1)));
+}
+
+/// Writes the PV clock into guest memory at `va` (a registered secondary time area), with
+/// the same version protocol. A fault leaves the area as it was; the guest asked for it.
+pub fn write_guest_pvclock<M: MachineMemory>(space: &GuestSpace<'_, M>, va: u64, tb: &TimeBase, tsc: u64) {
+    let Ok(old) = space.read_obj::<VcpuTimeInfo>(va) else { return };
+    let v_odd = old.version.wrapping_add(1) | 1;
+    let mut t: VcpuTimeInfo = tb.pvclock(tsc);
+    t.version = v_odd;
+    if space.write_obj(va, &v_odd).is_err() || space.write_obj(va, &t).is_err() {
+        return;
+    }
+    let _ = space.write_obj(va, &v_odd.wrapping_add(1));
 }
 
 /// What a guest computes from a `vcpu_time_info` at TSC value `tsc` (the PV clock formula).

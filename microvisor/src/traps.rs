@@ -14,28 +14,24 @@ use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
-use crate::time::TimeBase;
 use crate::vcpu::{rflags, GuestFrame};
 use hypercall_abi::xen::{
-    in_hypervisor_hole, is_canonical, trap_flags, vgcf, ArchVcpuInfo, IretContext, SharedInfo, VcpuInfo,
-    VcpuTimeInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS, FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
+    in_hypervisor_hole, is_canonical, trap_flags, vgcf, IretContext, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
+    FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
 };
-use hypercall_abi::Mfn;
 
 pub use crate::x86::vector;
 use crate::x86::{cr0, cr4, efer, msr};
-use core::mem::offset_of;
 
 /// The CR0 a PV kernel reads (TS is its virtual one).
 const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
 /// The CR4 a PV kernel reads.
 const GUEST_CR4: u64 = cr4::PSE | cr4::PAE | cr4::MCE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT;
 
-/// Machine address of vCPU `vcpu`'s `vcpu_info.arch.cr2` (where Xen reports a #PF address).
-fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>, vcpu: u32) -> u64 {
-    hv.cur_dom().shared_info.addr()
-        + SharedInfo::vcpu_info_offset(vcpu as usize) as u64
-        + (offset_of!(VcpuInfo, arch) + offset_of!(ArchVcpuInfo, cr2)) as u64
+/// Machine address of the running vCPU's `vcpu_info.arch.cr2` (where Xen reports a #PF
+/// address), wherever its `vcpu_info` is.
+fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>) -> u64 {
+    hv.cur_vcpu().vcpu_info + crate::event::VCPU_INFO_CR2
 }
 
 /// Size of the red zone below a guest kernel's stack pointer that bounce frames skip.
@@ -90,8 +86,7 @@ pub fn bounce<P: Platform>(
     if !is_canonical(handler) {
         return Err(BounceError::BadHandler(handler));
     }
-    let r = hv.current();
-    let bm = hv.cur_dom().bitmaps();
+    let vi = hv.cur_vcpu().info();
     let from_user = !hv.cur_vcpu().kernel_mode;
     let base = if from_user {
         toggle_guest_mode(hv);
@@ -103,7 +98,7 @@ pub fn bounce<P: Platform>(
     if in_hypervisor_hole(sp) || in_hypervisor_hole(sp.wrapping_sub(1)) || !is_canonical(sp) {
         return Err(BounceError::BadStack(sp));
     }
-    let saved_mask = bm.upcall_state(hv.mem(), r.vcpu).1;
+    let saved_mask = vi.upcall_state(hv.mem()).1;
     let cs = if from_user { frame.cs } else { frame.cs & !3 };
     let mut rf = frame.rflags & !rflags::IF;
     if !saved_mask {
@@ -117,7 +112,8 @@ pub fn bounce<P: Platform>(
     }
     let _ =
         words.extend_from_slice(&[frame.rip, cs | (u64::from(saved_mask) << 32), rf, frame.rsp, frame.ss]);
-    let new_sp = sp - 8 * words.len() as u64;
+    // A guest-chosen stack near 0 wraps; the write below then faults and the domain crashes.
+    let new_sp = sp.wrapping_sub(8 * words.len() as u64);
     let mut bytes = [0u8; 64];
     for (i, w) in words.iter().enumerate() {
         bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
@@ -134,7 +130,7 @@ pub fn bounce<P: Platform>(
         | rflags::IF
         | rflags::FIXED;
     if mask_events {
-        bm.set_upcall_mask(hv.mem(), r.vcpu, true);
+        vi.set_upcall_mask(hv.mem(), true);
     }
     Ok(())
 }
@@ -170,24 +166,9 @@ pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
     bounce(hv, frame, handler, None, true)
 }
 
-/// Writes vCPU `vcpu`'s PV clock in the shared_info page at `si` (seqlock: odd version while
-/// the fields change).
-pub fn write_pvclock(mem: &impl MachineMemory, si: Mfn, vcpu: u32, tb: &TimeBase, tsc: u64) {
-    let base =
-        si.addr() + SharedInfo::vcpu_info_offset(vcpu as usize) as u64 + offset_of!(VcpuInfo, time) as u64;
-    let version = mem.read_u64(base) as u32;
-    let v_odd = version.wrapping_add(1) | 1;
-    mem.write_u64(base, u64::from(v_odd));
-    let mut t: VcpuTimeInfo = tb.pvclock(tsc);
-    t.version = v_odd;
-    mem.write_obj(base, &t);
-    mem.write_u64(base, u64::from(v_odd.wrapping_add(1)));
-}
-
 /// The `iret` hypercall: return from a bounce frame (`struct iret_context` at the guest's
 /// stack pointer). Returns `Err` with a reason when the guest must be crashed.
 pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), &'static str> {
-    let r = hv.current();
     let l4 = hv.cur_vcpu().current_l4();
     let ctx: IretContext =
         GuestSpace::new(hv.mem(), l4).read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
@@ -215,7 +196,7 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     frame.rsp = ctx.rsp;
     frame.ss = u64::from(ss);
     let masked = ctx.rflags & rflags::IF == 0;
-    hv.cur_dom().bitmaps().set_upcall_mask(hv.mem(), r.vcpu, masked);
+    hv.cur_vcpu().info().set_upcall_mask(hv.mem(), masked);
     Ok(())
 }
 
@@ -336,8 +317,7 @@ pub fn guest_exception<P: Platform>(
             }
         }
         vector::PF => {
-            let r = hv.current();
-            hv.mem().write_u64(vcpu_cr2_addr(hv, r.vcpu), cr2);
+            hv.mem().write_u64(vcpu_cr2_addr(hv), cr2);
             // The CPU saw ring 3 either way; the guest must see which of its own modes
             // faulted (Xen's pv_inject_event adjusts PFEC_user_mode the same way).
             const PFEC_USER: u64 = 1 << 2;
@@ -391,7 +371,7 @@ fn emulate_privileged<P: Platform>(
             let v = hv.cur_vcpu();
             let val = match cr {
                 0 => GUEST_CR0 | if v.fpu_ts { cr0::TS } else { 0 },
-                2 => hv.mem().read_u64(vcpu_cr2_addr(hv, hv.current().vcpu)),
+                2 => hv.mem().read_u64(vcpu_cr2_addr(hv)),
                 3 => v.current_l4().addr(),
                 4 => GUEST_CR4,
                 _ => return None,

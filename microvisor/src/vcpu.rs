@@ -230,6 +230,10 @@ impl FpuArea {
     }
 }
 
+/// Xen's default periodic timer for PV vCPUs: 100 Hz (guests that do their own timekeeping,
+/// as Linux does, stop it with `VCPUOP_stop_periodic_timer`).
+pub const DEFAULT_PERIODIC_NS: u64 = 10_000_000;
+
 /// The frames of a guest GDT (at most 16, so no heap).
 pub type GdtFrames = heapless::Vec<Mfn, { hypercall_abi::xen::MAX_GUEST_GDT_FRAMES }>;
 
@@ -263,8 +267,21 @@ pub struct Vcpu {
     pub fpu_ts: bool,
     /// Where its time went.
     pub runstate: Runstate,
-    /// Machine address of its `vcpu_info` (in the shared_info page).
+    /// Guest address where the hypervisor keeps a copy of `runstate` current
+    /// (`VCPUOP_register_runstate_memory_area`), written through the kernel page tables.
+    pub runstate_area: Option<u64>,
+    /// Guest address of a second copy of the PV clock (`VCPUOP_register_vcpu_time_memory_area`).
+    pub time_area: Option<u64>,
+    /// Machine address of its `vcpu_info`: in the shared_info page, or where
+    /// `VCPUOP_register_vcpu_info` moved it (8-byte aligned).
     pub vcpu_info: u64,
+    /// The guest frame holding the registered `vcpu_info` (a general and a writable type
+    /// reference are held on it), if it moved out of shared_info.
+    pub vcpu_info_frame: Option<Mfn>,
+    /// Period of the periodic timer in ns (0: stopped). PV vCPUs start with Xen's 100 Hz.
+    pub periodic_period_ns: u64,
+    /// System time of the periodic timer's last tick (or of its setting).
+    pub periodic_last_ns: u64,
     /// x87/SSE registers while not running.
     pub fpu: FpuArea,
     /// `set_gdt` frames (each holding a general and a segment-descriptor type reference).
@@ -297,12 +314,28 @@ impl Vcpu {
             virq_timer_port: None,
             fpu_ts: false,
             runstate: Runstate::offline(0),
+            runstate_area: None,
+            time_area: None,
             vcpu_info,
+            vcpu_info_frame: None,
+            periodic_period_ns: DEFAULT_PERIODIC_NS,
+            periodic_last_ns: 0,
             fpu: FpuArea::initial(),
             gdt_frames: GdtFrames::new(),
             gdt: alloc::vec::Vec::new(),
             gdt_generation: 0,
         }
+    }
+
+    /// Its `vcpu_info`.
+    #[inline]
+    pub fn info(&self) -> crate::event::VcpuInfoRef {
+        crate::event::VcpuInfoRef { ma: self.vcpu_info }
+    }
+
+    /// When the periodic timer next ticks, if it runs.
+    pub fn periodic_deadline(&self) -> Option<u64> {
+        (self.periodic_period_ns != 0).then(|| self.periodic_last_ns.saturating_add(self.periodic_period_ns))
     }
 
     /// Absolute system time (ns) of its one-shot timer, if armed.
@@ -358,4 +391,153 @@ impl Vcpu {
         self.user_l4 = None;
         self.state = RunState::Runnable;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// VCPUOP_* (Xen's common/domain.c `do_vcpu_op`): the vCPU's lifecycle, its timers and the
+// guest memory it asks the hypervisor to keep current. The caller is the running domain;
+// `hypercall/sched.rs` decodes and copies.
+
+use crate::hv::Hypervisor;
+use crate::mm::frame_table::PageType;
+use crate::mm::MachineMemory;
+use crate::platform::Platform;
+use crate::sched::VcpuRef;
+use hypercall_abi::xen::HYPERVISOR_VIRT_END;
+use hypercall_abi::{Errno, PAGE_SIZE};
+
+/// Size of a `vcpu_info` (what must fit in the page at the registered offset).
+const VCPU_INFO_SIZE: u64 = core::mem::size_of::<hypercall_abi::xen::VcpuInfo>() as u64;
+/// Alignment the hypervisor needs of a registered `vcpu_info`: its flags and selector are
+/// updated with 8-byte atomics, and the exit path reads the flags as one word.
+const VCPU_INFO_ALIGN: u64 = 8;
+/// Shortest periodic timer period Xen accepts (1 ms).
+pub const MIN_PERIOD_NS: u64 = 1_000_000;
+/// Longest (Xen's `STIME_DELTA_MAX`).
+pub const MAX_PERIOD_NS: u64 = u64::MAX >> 2;
+
+/// True if a guest handle at `va` is one Xen accepts (`guest_handle_okay`: below the
+/// canonical hole or above the hypervisor's range; only the start is checked).
+pub fn handle_okay(va: u64) -> bool {
+    va < 1 << 47 || va >= HYPERVISOR_VIRT_END
+}
+
+/// `VCPUOP_register_vcpu_info`: moves vCPU `vcpu`'s `vcpu_info` into guest frame `mfn` at
+/// `offset`, as Xen's `map_vcpu_info`: the old contents are copied there, every selector bit
+/// and the upcall are marked pending so that nothing is lost, and the frame is held (a
+/// general and a writable type reference) until the domain goes. Once only.
+pub fn register_vcpu_info<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    vcpu: u32,
+    mfn: u64,
+    offset: u32,
+) -> Result<(), Errno> {
+    let me = hv.current();
+    let offset = u64::from(offset);
+    if offset > PAGE_SIZE as u64 - VCPU_INFO_SIZE || offset % VCPU_INFO_ALIGN != 0 {
+        return Err(Errno::EINVAL);
+    }
+    let v = hv.cur_dom().vcpu(vcpu).ok_or(Errno::ENOENT)?;
+    if v.vcpu_info_frame.is_some() {
+        return Err(Errno::EINVAL);
+    }
+    // On itself, or on another vCPU that is down.
+    if vcpu != me.vcpu && v.state != RunState::Offline {
+        return Err(Errno::EINVAL);
+    }
+    let old_ma = v.vcpu_info;
+    let mfn = Mfn(mfn);
+    let mem = hv.plat.mem();
+    hv.frames.get_page(mfn, me.domid).map_err(|_| Errno::EINVAL)?;
+    if hv.frames.get_page_type(mem, mfn, PageType::Writable).is_err() {
+        hv.frames.put_page(mfn);
+        return Err(Errno::EINVAL);
+    }
+    let new = mfn.addr() + offset;
+    let mut old = [0u8; VCPU_INFO_SIZE as usize];
+    mem.read(old_ma, &mut old);
+    mem.write(new, &old);
+    let v = hv.domains.get_mut(&me.domid).and_then(|d| d.vcpu_mut(vcpu)).expect("checked above");
+    v.vcpu_info = new;
+    v.vcpu_info_frame = Some(mfn);
+    v.info().mark_all_pending(mem);
+    hv.kick_vcpu(VcpuRef { domid: me.domid, vcpu });
+    // The exit path's upcall test and the arch layer's pointer follow the new address.
+    hv.mark_hw_dirty();
+    Ok(())
+}
+
+/// `VCPUOP_down`: takes vCPU `vcpu` offline; the domain's last vCPU going down shuts the
+/// domain down (poweroff), as in Xen.
+pub fn down<P: Platform>(hv: &mut Hypervisor<P>, vcpu: u32) {
+    let me = hv.current().domid;
+    let d = hv.cur_dom();
+    let others_up = d.vcpus.iter().any(|v| v.id != vcpu && v.state != RunState::Offline);
+    if !others_up {
+        hv.shutdown_domain(me, crate::domain::ShutdownReason::Poweroff);
+        return;
+    }
+    let r = VcpuRef { domid: me, vcpu };
+    if let Some(v) = hv.cur_dom_mut().vcpu_mut(vcpu) {
+        v.state = RunState::Offline;
+    }
+    hv.sleep_vcpu(r);
+}
+
+/// `VCPUOP_register_runstate_memory_area`: from now on vCPU `vcpu`'s runstate is copied to
+/// guest address `va` whenever it changes CPU; it is copied once now. A zero address stops
+/// the copies.
+pub fn register_runstate_area<P: Platform>(hv: &mut Hypervisor<P>, vcpu: u32, va: u64) -> Result<(), Errno> {
+    if !handle_okay(va) {
+        return Err(Errno::EFAULT);
+    }
+    let d = hv.cur_dom_mut();
+    let id = d.id;
+    d.vcpu_mut(vcpu).ok_or(Errno::ENOENT)?.runstate_area = (va != 0).then_some(va);
+    hv.publish_runstate(VcpuRef { domid: id, vcpu });
+    Ok(())
+}
+
+/// `VCPUOP_register_vcpu_time_memory_area`: a second copy of vCPU `vcpu`'s PV clock at guest
+/// address `va`, written now and whenever the vCPU gets the CPU. Zero stops it.
+pub fn register_time_area<P: Platform>(hv: &mut Hypervisor<P>, vcpu: u32, va: u64) -> Result<(), Errno> {
+    if !handle_okay(va) {
+        return Err(Errno::EFAULT);
+    }
+    let d = hv.cur_dom_mut();
+    let id = d.id;
+    d.vcpu_mut(vcpu).ok_or(Errno::ENOENT)?.time_area = (va != 0).then_some(va);
+    let tsc = hv.plat.tsc();
+    hv.publish_time_area(VcpuRef { domid: id, vcpu }, tsc);
+    Ok(())
+}
+
+/// `VCPUOP_set_periodic_timer` / `VCPUOP_stop_periodic_timer` (a zero period): vCPU `vcpu`
+/// gets VIRQ_TIMER every `period_ns` while it runs, counting from now.
+pub fn set_periodic_timer<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    vcpu: u32,
+    period_ns: u64,
+) -> Result<(), Errno> {
+    if period_ns != 0 && !(MIN_PERIOD_NS..=MAX_PERIOD_NS).contains(&period_ns) {
+        return Err(Errno::EINVAL);
+    }
+    let now = hv.now_ns();
+    let v = hv.cur_dom_mut().vcpu_mut(vcpu).ok_or(Errno::ENOENT)?;
+    v.periodic_period_ns = period_ns;
+    v.periodic_last_ns = now;
+    // The next deadline changes: the exit path reprograms the timer.
+    hv.refresh_periodic();
+    hv.mark_hw_dirty();
+    Ok(())
+}
+
+/// vCPU `vcpu`'s runstate as of now (`VCPUOP_get_runstate_info`).
+pub fn runstate_now<P: Platform>(
+    hv: &Hypervisor<P>,
+    vcpu: u32,
+) -> Result<hypercall_abi::vcpu::VcpuRunstateInfo, Errno> {
+    let now = hv.now_ns();
+    let v = hv.cur_dom().vcpu(vcpu).ok_or(Errno::ENOENT)?;
+    Ok(crate::hv::runstate_info(&v.runstate.info_at(now)))
 }

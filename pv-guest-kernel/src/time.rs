@@ -102,11 +102,14 @@ mod kernel {
         TIMER_EVENTS.fetch_add(1, Ordering::SeqCst);
     }
 
-    /// Binds VIRQ_TIMER so that sleeps can wake up. Needs events.
+    /// Binds VIRQ_TIMER so that sleeps can wake up. Needs events. Stops Xen's default 100 Hz
+    /// periodic timer first, as Linux does: this kernel arms one-shot timers for its sleeps,
+    /// and a tick it did not ask for would only wake it early.
     pub fn init() -> Result<Port, Errno> {
         if let Some(p) = timer_port() {
             return Ok(p);
         }
+        crate::hypercall::vcpu_op(hypercall_abi::vcpu::op::STOP_PERIODIC_TIMER, 0, 0);
         let p = events::bind_virq_handler(virq::TIMER, on_timer)?;
         TIMER_PORT.store(p.0, Ordering::SeqCst);
         Ok(p)

@@ -7,7 +7,8 @@ use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use hypercall_abi::event_channel::{
     evtchnstat, op, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindPirq, EvtchnBindVcpu,
-    EvtchnBindVirq, EvtchnClose, EvtchnSend, EvtchnStatus, EvtchnUnmask,
+    EvtchnBindVirq, EvtchnClose, EvtchnExpandArray, EvtchnInitControl, EvtchnSend, EvtchnSetPriority,
+    EvtchnStatus, EvtchnUnmask,
 };
 use hypercall_abi::xen::resolve_domid;
 use hypercall_abi::Errno;
@@ -87,6 +88,22 @@ pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64)
         op::BIND_VCPU => {
             let b: EvtchnBindVcpu = hv.guest().read_obj(arg)?;
             event::bind_vcpu(hv, b.port, b.vcpu)?;
+            Ok(0)
+        }
+        op::INIT_CONTROL => {
+            // Xen copies the control out only on success, which never comes here.
+            let c: EvtchnInitControl = hv.guest().read_obj(arg)?;
+            event::fifo_init_control(hv, c.vcpu, c.offset)?;
+            Ok(0)
+        }
+        op::EXPAND_ARRAY => {
+            let _: EvtchnExpandArray = hv.guest().read_obj(arg)?;
+            event::fifo_expand_array()?;
+            Ok(0)
+        }
+        op::SET_PRIORITY => {
+            let p: EvtchnSetPriority = hv.guest().read_obj(arg)?;
+            event::set_priority(hv, p.port)?;
             Ok(0)
         }
         _ => Err(Errno::ENOSYS),

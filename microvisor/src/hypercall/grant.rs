@@ -12,8 +12,8 @@ use crate::guest_mem::elem_addr;
 use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use hypercall_abi::grant_table::{
-    gntst, op, GnttabCopy, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize, GnttabSetVersion,
-    GnttabSetupTable, GnttabUnmapGrantRef,
+    gntst, op, GnttabCopy, GnttabGetStatusFrames, GnttabGetVersion, GnttabMapGrantRef, GnttabQuerySize,
+    GnttabSetVersion, GnttabSetupTable, GnttabUnmapAndReplace, GnttabUnmapGrantRef,
 };
 use hypercall_abi::xen::resolve_domid;
 use hypercall_abi::Errno;
@@ -68,12 +68,30 @@ pub fn grant_table_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
                 GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem }.copy(me, c);
             })
         }
+        op::UNMAP_AND_REPLACE => {
+            let status = Some(core::mem::offset_of!(GnttabUnmapAndReplace, status));
+            batch(hv, cmd, uop, count, MAP_BATCH, status, |hv, u: &mut GnttabUnmapAndReplace| {
+                let me = hv.current().domid;
+                let l4 = Some(hv.cur_vcpu().current_l4()).filter(|l4| l4.0 != 0);
+                let mem = hv.plat.mem();
+                let done = GrantCtx { domains: &mut hv.domains, ft: &mut hv.frames, mem }
+                    .unmap_and_replace(me, l4, u);
+                hv.request_flush(done.flush);
+                if let Some(g) = done.granter.filter(|&g| g != me) {
+                    crate::domain_build::reap_if_dead(hv, g);
+                }
+            })
+        }
         op::SETUP_TABLE => setup_table(hv, uop, count).into(),
         op::QUERY_SIZE => query_size(hv, uop, count).into(),
+        // Xen's one-operation commands take exactly one.
+        op::SET_VERSION | op::GET_VERSION | op::GET_STATUS_FRAMES if count != 1 => {
+            Hc::Ret(Errno::EINVAL.to_ret())
+        }
         op::SET_VERSION => set_version(hv, uop).into(),
         op::GET_VERSION => get_version(hv, uop).into(),
-        // Not provided: transfer (page flipping), unmap_and_replace (only classic-Xen
-        // kernels used it), v2-only status frames, swap_grant_ref, cache_flush (Arm).
+        op::GET_STATUS_FRAMES => get_status_frames(hv, uop).into(),
+        // Not provided: transfer (page flipping), swap_grant_ref, cache_flush (Arm).
         _ => Hc::Ret(Errno::ENOSYS.to_ret()),
     }
 }
@@ -102,7 +120,10 @@ fn batch<P: Platform, T: FromBytes + IntoBytes + Immutable>(
         one(hv, &mut op);
         let written = match (elem_addr::<T>(uop, i), status_at) {
             (Ok(at), None) => hv.guest().write_obj(at, &op),
-            (Ok(at), Some(off)) => hv.guest().write(at + off as u64, &op.as_bytes()[off..off + 2]),
+            (Ok(at), Some(off)) => match at.checked_add(off as u64) {
+                Some(at) => hv.guest().write(at, &op.as_bytes()[off..off + 2]),
+                None => Err(Errno::EFAULT),
+            },
             (Err(e), _) => Err(e),
         };
         if let Err(e) = written {
@@ -154,7 +175,7 @@ fn setup_table<P: Platform>(hv: &mut Hypervisor<P>, uop: u64, count: u32) -> Res
             status
         }
     };
-    let at = uop + core::mem::offset_of!(GnttabSetupTable, status) as u64;
+    let at = uop.checked_add(core::mem::offset_of!(GnttabSetupTable, status) as u64).ok_or(Errno::EFAULT)?;
     hv.guest().write_obj(at, &st.status)?;
     Ok(0)
 }
@@ -195,6 +216,27 @@ fn set_version<P: Platform>(hv: &mut Hypervisor<P>, uop: u64) -> Result<i64, Err
     r
 }
 
+/// `GNTTABOP_get_status_frames`, as Xen 4.17: status frames exist only for v2 tables, and
+/// every table here is v1, so asking for any is `GNTST_general_error` (and for none, okay).
+fn get_status_frames<P: Platform>(hv: &mut Hypervisor<P>, uop: u64) -> Result<i64, Errno> {
+    let mut g: GnttabGetStatusFrames = hv.guest().read_obj(uop)?;
+    let me = hv.current().domid;
+    let d = resolve_domid(g.dom, me);
+    g.status = if !d.is_real() || !usable(&hv.domains, d) {
+        gntst::BAD_DOMAIN
+    } else if d != me && !hv.cur_dom().privileged {
+        gntst::PERMISSION_DENIED
+    } else if g.nr_frames > 0 {
+        gntst::GENERAL_ERROR
+    } else {
+        gntst::OKAY
+    };
+    let at =
+        uop.checked_add(core::mem::offset_of!(GnttabGetStatusFrames, status) as u64).ok_or(Errno::EFAULT)?;
+    hv.guest().write_obj(at, &g.status)?;
+    Ok(0)
+}
+
 /// `GNTTABOP_get_version`.
 fn get_version<P: Platform>(hv: &mut Hypervisor<P>, uop: u64) -> Result<i64, Errno> {
     let mut v: GnttabGetVersion = hv.guest().read_obj(uop)?;
@@ -207,7 +249,7 @@ fn get_version<P: Platform>(hv: &mut Hypervisor<P>, uop: u64) -> Result<i64, Err
         return Err(Errno::EPERM);
     }
     v.version = 1;
-    let at = uop + core::mem::offset_of!(GnttabGetVersion, version) as u64;
+    let at = uop.checked_add(core::mem::offset_of!(GnttabGetVersion, version) as u64).ok_or(Errno::EFAULT)?;
     hv.guest().write_obj(at, &v.version)?;
     Ok(0)
 }

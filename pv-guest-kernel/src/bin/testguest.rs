@@ -76,9 +76,14 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
     sc("ipc-hostile", "tests/tests/ipc.rs", |_| ipc_hostile::run()),
+    // Xen conformance of the core hypercalls (also run as dom0 under Xen 4.17).
+    sc("vcpu-ops", "tests/tests/conformance.rs", |_| abi_core::vcpu_ops()),
+    sc("evtchn-ops", "tests/tests/conformance.rs", |_| abi_core::evtchn_ops()),
+    sc("gnttab-ops", "tests/tests/conformance.rs", |_| abi_core::gnttab_ops()),
     // The hypervisor's per-domain limits: console rate, heap quota.
     sc("console-flood", "tests/tests/limits.rs", |_| hv_limits::console_flood()),
     sc("hv-mem-hostile", "tests/tests/limits.rs", |_| hv_limits::hv_mem_hostile()),
+    sc("fpu-ts-console", "tests/tests/limits.rs", |_| hv_limits::fpu_ts_console()),
     // Virtual disk.
     sc("blk-pattern", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::pattern)),
     sc("blk-image", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::image)),
@@ -187,6 +192,8 @@ macro_rules! check {
 
 // A crate root's modules sit beside it; these live in `testguest/` so that cargo does not
 // take them for binaries of their own.
+#[path = "testguest/abi_core.rs"]
+mod abi_core;
 #[path = "testguest/badargs.rs"]
 mod badargs;
 #[path = "testguest/balloon.rs"]
