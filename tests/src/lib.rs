@@ -22,6 +22,18 @@ pub fn boot(m: &Machine) -> Run {
     m.run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"))
 }
 
+/// The number domain `d` printed as `<scenario>: <key>=<n>` (the test guest's `key=value`
+/// results); panics with the log when there is none.
+pub fn guest_value(run: &Run, d: u16, scenario: &str, key: &str) -> i64 {
+    let prefix = format!("(d{d}) {scenario}: {key}=");
+    let v = run
+        .text()
+        .lines()
+        .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_string()))
+        .unwrap_or_else(|| fail(run, &format!("no line contains {prefix:?}")));
+    v.parse().unwrap_or_else(|_| fail(run, &format!("{prefix}{v} is not a number")))
+}
+
 /// Assertions on a finished run.
 pub trait RunExt {
     /// Panics with the log unless the run ended with `outcome`.

@@ -3,15 +3,11 @@
 //! checks against Xen 4.17's answers. They need no xenstore and no second domain, so the same
 //! scenarios run as dom0 under Xen for the differential run.
 
-use tests::{boot, kernels, Machine, Outcome, RunExt};
+use tests::{boot, guest_value, kernels, Machine, Outcome, RunExt};
 
-/// The value the guest printed for `key` in `scenario`.
+/// The value the test guest (domain 1) printed for `key` in `scenario`.
 fn value(run: &tests::Run, scenario: &str, key: &str) -> i64 {
-    let prefix = format!("(d1) {scenario}: {key}=");
-    run.text()
-        .lines()
-        .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().parse().expect("a number")))
-        .unwrap_or_else(|| panic!("no {prefix}\n{}", run.text()))
+    guest_value(run, 1, scenario, key)
 }
 
 #[test]

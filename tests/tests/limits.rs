@@ -3,31 +3,22 @@
 //! hypervisor keep as much state as the ABI allows are each stopped by their own quota with an
 //! error, the hypervisor survives, and a well-behaved domU next to them passes its tests.
 
-use tests::{boot, kernels, Machine, Module, Outcome, RunExt};
-
-/// `<scenario>: key=value` results of domain `d`.
-fn result(run: &tests::Run, d: u16, scenario: &str, key: &str) -> i64 {
-    let prefix = format!("(d{d}) {scenario}: {key}=");
-    let line = run
-        .text()
-        .lines()
-        .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| panic!("no {prefix} line\n{}", run.text()));
-    line.parse().unwrap_or_else(|_| panic!("{prefix}{line} is not a number\n{}", run.text()))
-}
+use tests::{boot, guest_value, kernels, Machine, Module, Outcome, RunExt};
 
 #[test]
 fn a_domu_flooding_its_console_is_rate_limited_and_dom0_is_not() {
     let k = kernels();
     let run = boot(&Machine::scenario(&k, "console-flood"));
     run.expect_outcome(Outcome::Poweroff).expect_line("TEST console-flood PASS").expect_no_line("crashed");
-    let lines = result(&run, 1, "console-flood", "lines");
+    let lines = guest_value(&run, 1, "console-flood", "lines");
     let printed = run.text().lines().filter(|l| l.contains("(d1) flood ")).count() as i64;
     // The hypervisor reports the refused lines whenever the domU's next line goes out.
     let refused: i64 = run
         .text()
         .lines()
-        .filter_map(|l| l.split_once("(XEN) d1: ")?.1.strip_suffix(" console line(s) suppressed (rate limit)"))
+        .filter_map(|l| {
+            l.split_once("(XEN) d1: ")?.1.strip_suffix(" console line(s) suppressed (rate limit)")
+        })
         .map(|n| n.parse::<i64>().expect("a count"))
         .sum();
     assert!(refused > 0, "no suppression report\n{}", run.text());
@@ -59,16 +50,16 @@ fn hostile_domus_exhausting_hypervisor_memory_are_stopped_by_their_quotas() {
         .expect_line(&format!("(d{}) TEST events PASS", HOSTILE + 1));
     for d in 1..=HOSTILE {
         run.expect_line(&format!("(d{d}) TEST hv-mem-hostile PASS"));
-        assert_eq!(result(&run, d, "hv-mem", "grant_frames"), 32, "d{d}\n{}", run.text());
-        let mappings = result(&run, d, "hv-mem", "mappings");
+        assert_eq!(guest_value(&run, d, "hv-mem", "grant_frames"), 32, "d{d}\n{}", run.text());
+        let mappings = guest_value(&run, d, "hv-mem", "mappings");
         // Stopped by its quota (512 KiB, most of it the full grant table), well before the
         // 16384 handles of the ABI: the hypervisor's heap held.
         assert!(mappings > 0 && mappings < 4096, "d{d}: {mappings} mappings\n{}", run.text());
-        assert_eq!(result(&run, d, "hv-mem", "map_refused_status"), -7, "GNTST_no_device_space, d{d}");
+        assert_eq!(guest_value(&run, d, "hv-mem", "map_refused_status"), -7, "GNTST_no_device_space, d{d}");
         // Every port left of the 1024 (port 0 is reserved; the runtime holds a few).
-        let ports = result(&run, d, "hv-mem", "ports");
+        let ports = guest_value(&run, d, "hv-mem", "ports");
         assert!((1000..1024).contains(&ports), "d{d}: {ports} ports\n{}", run.text());
-        assert_eq!(result(&run, d, "hv-mem", "port_refused_errno"), -28, "ENOSPC, d{d}");
+        assert_eq!(guest_value(&run, d, "hv-mem", "port_refused_errno"), -28, "ENOSPC, d{d}");
     }
 }
 
