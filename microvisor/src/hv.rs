@@ -137,8 +137,26 @@ struct TimerCache {
     /// The running vCPU's next periodic tick (periodic timers tick only while their vCPU
     /// runs, as Xen stops them when it is descheduled).
     periodic: Option<u64>,
-    /// A timer changed (or a vCPU went away) since `earliest` was computed.
+    /// The earlier of the two.
+    next: Option<u64>,
+    /// A one-shot timer changed (or a vCPU went away) since `earliest` was computed.
     dirty: bool,
+}
+
+impl TimerCache {
+    fn set_periodic(&mut self, p: Option<u64>) {
+        self.periodic = p;
+        self.next = earlier(self.earliest, p);
+    }
+}
+
+/// The earlier of two optional times.
+#[inline]
+fn earlier(a: Option<u64>, b: Option<u64>) -> Option<u64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// The whole hypervisor state. The fields are the core's own: subsystems reach their state
@@ -751,19 +769,22 @@ impl<P: Platform> Hypervisor<P> {
             *frame = v.frame;
             v.runstate.enter_cpu(now);
             time::write_pvclock(self.plat.mem(), v.vcpu_info + event::VCPU_INFO_TIME, &self.time, tsc);
-            let (areas, tick) = (
-                v.runstate_area.is_some() || v.time_area.is_some(),
-                v.periodic_deadline().is_some_and(|t| t <= now),
-            );
-            if areas {
+            // The rarer work, for vCPUs that registered areas or run a periodic timer (the
+            // guests here stop the default one at boot, as Linux does).
+            if v.runstate_area.is_some() || v.time_area.is_some() || v.periodic_period_ns != 0 {
+                let periodic = v.periodic_deadline();
+                self.timers.set_periodic(periodic);
                 self.publish_runstate(n);
                 self.publish_time_area(n, tsc);
-            }
-            if tick {
-                self.periodic_tick(n, now);
+                if periodic.is_some_and(|t| t <= now) {
+                    self.periodic_tick(n, now);
+                }
+                return;
             }
         }
-        self.refresh_periodic();
+        if self.timers.periodic.is_some() {
+            self.timers.set_periodic(None);
+        }
     }
 
     /// Copies vCPU `r`'s runstate into its registered runstate area, through its kernel page
@@ -825,22 +846,17 @@ impl<P: Platform> Hypervisor<P> {
         if core::mem::take(&mut self.timers.dirty) {
             self.timers.earliest =
                 self.domains.values().flat_map(|d| d.vcpus.iter()).filter_map(|v| v.timer_deadline()).min();
+            self.timers.next = earlier(self.timers.earliest, self.timers.periodic);
         }
-        let mut timers = self.timers.earliest;
-        if let Some(p) = self.timers.periodic.filter(|_| self.sched.current_runnable()) {
-            timers = Some(timers.map_or(p, |t| t.min(p)));
-        }
-        match (self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), timers) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        earlier(self.sched.slice_end_ns().filter(|_| self.sched.queued() > 0), self.timers.next)
     }
 
-    /// Refreshes the cached next periodic tick of the running vCPU (after a switch, a tick or
-    /// a change of its period).
+    /// Refreshes the cached next periodic tick of the running vCPU (after a tick or a change
+    /// of its period; a switch sets it directly).
     pub(crate) fn refresh_periodic(&mut self) {
-        self.timers.periodic =
+        let p =
             self.sched.current().and_then(|r| self.domains.get(&r.domid)?.vcpu(r.vcpu)?.periodic_deadline());
+        self.timers.set_periodic(p);
     }
 
     /// A device interrupt on `gsi` (the arch layer has masked the pin): tell the owner.

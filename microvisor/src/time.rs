@@ -92,6 +92,7 @@ impl TimeBase {
 
 /// Writes the PV clock (`vcpu_time_info`) at machine address `ma` (seqlock: odd version while
 /// the fields change), as of TSC value `tsc`.
+#[inline]
 pub fn write_pvclock(mem: &impl MachineMemory, ma: u64, tb: &TimeBase, tsc: u64) {
     let version = mem.read_u64(ma) as u32;
     let v_odd = version.wrapping_add(1) | 1;
