@@ -393,7 +393,7 @@ pub fn fifo_init_control<P: Platform>(hv: &Hypervisor<P>, vcpu: u32, offset: u32
         return Err(Errno::ENOENT);
     }
     let offset = offset as usize;
-    if offset > hypercall_abi::PAGE_SIZE - fifo::CONTROL_BLOCK_SIZE || offset % 8 != 0 {
+    if offset > hypercall_abi::PAGE_SIZE - fifo::CONTROL_BLOCK_SIZE || !offset.is_multiple_of(8) {
         return Err(Errno::EINVAL);
     }
     Err(Errno::EOPNOTSUPP)

@@ -419,7 +419,7 @@ pub const MAX_PERIOD_NS: u64 = u64::MAX >> 2;
 /// True if a guest handle at `va` is one Xen accepts (`guest_handle_okay`: below the
 /// canonical hole or above the hypervisor's range; only the start is checked).
 pub fn handle_okay(va: u64) -> bool {
-    va < 1 << 47 || va >= HYPERVISOR_VIRT_END
+    !(1 << 47..HYPERVISOR_VIRT_END).contains(&va)
 }
 
 /// `VCPUOP_register_vcpu_info`: moves vCPU `vcpu`'s `vcpu_info` into guest frame `mfn` at
@@ -434,7 +434,7 @@ pub fn register_vcpu_info<P: Platform>(
 ) -> Result<(), Errno> {
     let me = hv.current();
     let offset = u64::from(offset);
-    if offset > PAGE_SIZE as u64 - VCPU_INFO_SIZE || offset % VCPU_INFO_ALIGN != 0 {
+    if offset > PAGE_SIZE as u64 - VCPU_INFO_SIZE || !offset.is_multiple_of(VCPU_INFO_ALIGN) {
         return Err(Errno::EINVAL);
     }
     let v = hv.cur_dom().vcpu(vcpu).ok_or(Errno::ENOENT)?;

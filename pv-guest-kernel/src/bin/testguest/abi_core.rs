@@ -349,6 +349,10 @@ pub fn gnttab_ops() {
     c.report();
 }
 
+/// What `replace_case` writes in the granted page and in its own page, to tell them apart.
+const GRANTED_MARK: u64 = 0x6772_616e_7465_6421;
+const MINE_MARK: u64 = 0x6d69_6e65;
+
 fn replace_case(c: &mut Checks) -> Result<(), Errno> {
     let me = own_domid().ok_or(Errno::ENODEV)?;
     gnttab::init(1)?;
@@ -357,8 +361,8 @@ fn replace_case(c: &mut Checks) -> Result<(), Errno> {
     let granted = mm::alloc_page()?;
     // SAFETY: freshly allocated pages of ours, mapped writable in the direct map.
     unsafe {
-        (mine.va as *mut u64).write_volatile(0x6d69_6e65);
-        (granted.va as *mut u64).write_volatile(0x6772_616e_7465_64);
+        (mine.va as *mut u64).write_volatile(MINE_MARK);
+        (granted.va as *mut u64).write_volatile(GRANTED_MARK);
     }
     let (va, new_va) = (PROBE_VA, PROBE_VA + 4096);
     mm::map_page(va, scratch.mfn, pt::PAGE_KERNEL | pt::NX)?;
@@ -375,7 +379,7 @@ fn replace_case(c: &mut Checks) -> Result<(), Errno> {
     c.eq("map_own_grant_status", i64::from(m[0].status), i64::from(gntst::OKAY));
     // SAFETY: `va` now maps the granted page (or faults if the map failed, caught above).
     let seen = unsafe { (va as *const u64).read_volatile() };
-    c.eq("mapped_reads_granted", i64::from(seen == 0x6772_616e_7465_64), 1);
+    c.eq("mapped_reads_granted", i64::from(seen == GRANTED_MARK), 1);
     let replace = |host_addr: u64, new_addr: u64, handle: u32| {
         let mut u = [GnttabUnmapAndReplace { host_addr, new_addr, handle, ..Default::default() }];
         let r = gnttab(gntop::UNMAP_AND_REPLACE, &mut u);
@@ -389,7 +393,7 @@ fn replace_case(c: &mut Checks) -> Result<(), Errno> {
     c.eq("replace_status", i64::from(st), i64::from(gntst::OKAY));
     // SAFETY: `va` now holds the entry that mapped `mine`.
     let seen = unsafe { (va as *const u64).read_volatile() };
-    c.eq("replaced_reads_new_page", i64::from(seen == 0x6d69_6e65), 1);
+    c.eq("replaced_reads_new_page", i64::from(seen == MINE_MARK), 1);
     let gone = mm::lookup(new_va).map(|e| e.is_some_and(pt::is_present));
     c.eq("new_addr_unmapped", i64::from(gone == Ok(false)), 1);
     let ended = gnttab::end_access(gref);
