@@ -72,6 +72,8 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("syscall-compat", "tests/tests/entry.rs", |_| cpu_entry::syscall_compat()),
     sc("noncanonical-rip", "tests/tests/entry.rs", |_| cpu_entry::noncanonical_rip()),
     sc("entry-flags", "tests/tests/entry.rs", |_| cpu_entry::entry_flags()),
+    // Xen conformance of the CPU side.
+    sc("hypercall-regs", "tests/tests/cpu.rs", |_| regs::run()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
@@ -246,6 +248,8 @@ mod landing;
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/regs.rs"]
+mod regs;
 #[path = "testguest/results.rs"]
 mod results;
 #[path = "testguest/ring_scribble.rs"]

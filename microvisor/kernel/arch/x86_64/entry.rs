@@ -6,8 +6,9 @@
 //!   and the general registers, completing the frame in place. The core logic switches vCPUs
 //!   by copying frames in and out of it, and every slow exit pops it and `iretq`s.
 //! * **Hypercall fast path.** `syscall` from guest kernel mode (other than `iret`) saves only
-//!   what the Rust call would clobber and the guest must keep (`%rcx`, `%r11`, `%r9`), calls
-//!   the dispatcher with the arguments in registers and returns with `sysretq`. Only when the
+//!   what the Rust call would clobber (`%rcx`, `%r11`, `%r9` and the five argument registers:
+//!   as a release Xen, a hypercall changes nothing but `%rax`), calls the dispatcher with the
+//!   arguments in registers and returns with `sysretq`. Only when the
 //!   dispatcher asks for the exit path (reschedule, event, continuation) is a full frame built.
 //! * **`sysretq` only to a canonical RIP.** The RIP `sysretq` returns to is the one the CPU
 //!   saved in `%rcx`: the address after the `syscall`. That is canonical except for a
@@ -202,6 +203,17 @@ global_asm!(
         pop %rdi
     .endm
 
+    .macro POP_HYPERCALL_REGS
+        pop %r8
+        pop %r10
+        pop %rdx
+        pop %rsi
+        pop %rdi
+        pop %r9
+        pop %r11
+        pop %rcx
+    .endm
+
     /* The frame of a `syscall` in the live frame (the CPU saved RIP in rcx and RFLAGS in
        r11; the guest rsp is in GUEST_RSP_SCRATCH), then the hypervisor stack. */
     .macro SYSCALL_FRAME code_sel
@@ -255,13 +267,18 @@ syscall_entry_general:
     lea boot_stack_top(%rip), %rsp
     cmp ${iret}, %eax
     je syscall_full
-    /* Keep what the call clobbers and the guest keeps (rcx/r11 hold the return rip/rflags
-       for sysret, r9 is not an argument register). Four pushes keep the stack 16-byte
-       aligned at the call. */
+    /* Xen's register contract: a hypercall changes %rax only (the page's stub keeps rcx and
+       r11 around the syscall). Keep everything the call may clobber: rcx/r11 (the return
+       rip/rflags for sysret), r9, and the argument registers. Eight pushes keep the stack
+       16-byte aligned at the call. */
     push %rcx
     push %r11
     push %r9
-    push %rax
+    push %rdi
+    push %rsi
+    push %rdx
+    push %r10
+    push %r8
     mov %r10, %rcx
     mov %rax, %r9
     call {hc_general}
@@ -274,21 +291,16 @@ syscall_entry_general:
     je hypercall_exit_path
     /* The saved %rcx is the return RIP: the one non-canonical value goes through iretq. */
     movabs ${noncanonical}, %rdx
-    cmp %rdx, 24(%rsp)
+    cmp %rdx, 56(%rsp)
     je hypercall_exit_path
-    add $8, %rsp
-    pop %r9
-    pop %r11
-    pop %rcx
+    POP_HYPERCALL_REGS
     mov GUEST_RSP_SCRATCH(%rip), %rsp
     sysretq
 
 hypercall_exit_path:
-    /* The dispatcher wants the exit path: build the frame (rax = its result). */
-    add $8, %rsp
-    pop %r9
-    pop %r11
-    pop %rcx
+    /* The dispatcher wants the exit path: build the frame (rax = its result) from the
+       guest's registers. */
+    POP_HYPERCALL_REGS
     SYSCALL_FRAME {cs}
     call {hc_exit}
     jmp exit_to_guest
