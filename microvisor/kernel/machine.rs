@@ -138,6 +138,12 @@ pub fn trap_from_guest(mut live: Live) {
                 hv.timer_tick();
             }
             apic::SPURIOUS_VECTOR => {}
+            microvisor::x86::vector::LEGACY_SYSCALL => {
+                if let traps::ExceptionOutcome::Crash(why) = traps::legacy_syscall(hv, live.frame()) {
+                    let id = hv.current().domid;
+                    hv.crash_domain(id, format_args!("{why}"));
+                }
+            }
             v if microvisor::irq::vector_to_gsi(v).is_some() => {
                 let gsi = microvisor::irq::vector_to_gsi(v).expect("checked");
                 device_interrupt(gsi);

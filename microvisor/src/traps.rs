@@ -293,15 +293,18 @@ pub fn guest_exception<P: Platform>(
             if let Some(done) = emulate_privileged(hv, frame) {
                 done
             } else if frame.error_code & 3 == 2 {
-                // `int $n` through a gate the guest may not use directly: bounce it if the
-                // virtual IDT's DPL allows the current guest mode.
+                // `int $n` through a gate the guest may not use directly (Xen's soft-interrupt
+                // path in do_general_protection): the vector is what the error code names
+                // (truncated to 8 bits as Xen does), and the virtual IDT's DPL decides — the
+                // guest kernel needs DPL >= 1, guest user mode DPL 3. Allowed: a software
+                // interrupt to that handler after the `int` (one without a handler crashes the
+                // domain, as Xen's null bounce does); otherwise #GP with the error code.
                 let n = (frame.error_code >> 3) as u8;
-                let ti = hv.cur_vcpu().traps[n as usize];
-                let dpl = ti.flags & trap_flags::DPL_MASK;
-                let allowed = if hv.cur_vcpu().kernel_mode { dpl >= 1 } else { dpl == 3 };
-                if ti.address != 0 && allowed {
+                let dpl = hv.cur_vcpu().traps[usize::from(n)].flags & trap_flags::DPL_MASK;
+                let allowed = dpl >= if hv.cur_vcpu().kernel_mode { 1 } else { 3 };
+                if allowed {
                     frame.rip = frame.rip.wrapping_add(2);
-                    bounce(hv, frame, ti.address, None, ti.flags & trap_flags::DISABLES_EVENTS != 0)
+                    bounce_exception(hv, frame, n, None)
                 } else {
                     bounce_exception(hv, frame, vector::GP, err)
                 }
@@ -339,6 +342,24 @@ pub fn guest_exception<P: Platform>(
         Err(BounceError::NoHandler { vector: "#PF", rip }) => {
             ExceptionOutcome::Crash(CrashReason::UnhandledPageFault { rip, addr: cr2 })
         }
+        Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),
+    }
+}
+
+/// `int $0x80` from the guest, whose gate is DPL 3 as in Xen. With a 0x80 handler in the
+/// virtual IDT it goes straight there, whatever that entry's DPL (Xen's `entry_int80`);
+/// without one, the guest gets what a DPL-0 gate would have given: the #GP of `int $0x80`
+/// at the instruction, error code `(0x80 << 3) | 2` (Xen's `int80_slow_path`), which the
+/// soft-interrupt rule above then judges.
+pub fn legacy_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> ExceptionOutcome {
+    let ti = hv.cur_vcpu().traps[usize::from(vector::LEGACY_SYSCALL)];
+    if ti.address == 0 {
+        frame.rip = frame.rip.wrapping_sub(2);
+        frame.error_code = (u64::from(vector::LEGACY_SYSCALL) << 3) | 2;
+        return guest_exception(hv, frame, vector::GP, 0);
+    }
+    match bounce(hv, frame, ti.address, None, ti.flags & trap_flags::DISABLES_EVENTS != 0) {
+        Ok(()) => ExceptionOutcome::Handled,
         Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),
     }
 }

@@ -26,6 +26,9 @@ pub mod vector {
     pub const CP: u8 = 21;
     pub const VC: u8 = 29;
     pub const SX: u8 = 30;
+    /// `int $0x80`, the legacy system call a PV guest may raise from any ring (Xen's
+    /// `LEGACY_SYSCALL_VECTOR`, a DPL-3 gate).
+    pub const LEGACY_SYSCALL: u8 = 0x80;
 
     /// Short mnemonic for messages.
     pub fn name(v: u8) -> &'static str {

@@ -26,3 +26,8 @@ fn scenario_agrees_with_xen(scenario: &str) {
 fn a_hypercall_changes_only_rax_on_every_path() {
     scenario_agrees_with_xen("hypercall-regs");
 }
+
+#[test]
+fn software_interrupts_reach_the_guest_as_xen_delivers_them() {
+    scenario_agrees_with_xen("softint");
+}

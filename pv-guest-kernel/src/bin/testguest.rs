@@ -74,6 +74,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("entry-flags", "tests/tests/entry.rs", |_| cpu_entry::entry_flags()),
     // Xen conformance of the CPU side.
     sc("hypercall-regs", "tests/tests/cpu.rs", |_| regs::run()),
+    sc("softint", "tests/tests/cpu.rs", |_| softint::run()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
@@ -256,6 +257,8 @@ mod results;
 mod ring_scribble;
 #[path = "testguest/rng.rs"]
 mod rng;
+#[path = "testguest/softint.rs"]
+mod softint;
 #[path = "testguest/timing.rs"]
 mod timing;
 #[path = "testguest/traps.rs"]

@@ -1,10 +1,11 @@
 //! The IDT: 256 gates pointing at the entry stubs of `entry.rs`, interrupt gates with DPL 0
-//! except `int3` and `into`, which PV guests may raise from ring 3 (Xen makes the same two
-//! DPL 3); NMI, #DF and #MC run on their own IST stacks.
+//! except `int3`, `into` and `int $0x80`, which PV guests may raise from ring 3 (Xen makes the
+//! same three DPL 3); NMI, #DF and #MC run on their own IST stacks.
 
 use super::gdt::{HV_CS, IST_DF, IST_MC, IST_NMI};
 use core::arch::asm;
 use core::cell::UnsafeCell;
+use microvisor::x86::vector;
 
 #[derive(Clone, Copy)]
 #[repr(C)]
@@ -19,13 +20,18 @@ unsafe impl Sync for IdtCell {}
 
 static IDT: IdtCell = IdtCell(UnsafeCell::new([Gate { lo: 0, hi: 0 }; 256]));
 
+/// Gates ring 3 may use directly, as in Xen: `int3`, `into` and `int $0x80`. Every other
+/// `int $n` from a guest raises #GP, which the core turns into the guest's soft interrupt or
+/// #GP by its virtual IDT's DPL.
+const DPL3_VECTORS: [u8; 3] = [vector::BP, vector::OF, vector::LEGACY_SYSCALL];
+
 /// Fills the IDT with the stubs at `stubs + 16 * vector` and loads it.
 pub fn init(stubs: u64) {
     // SAFETY: boot time, single CPU, nothing reads the IDT before `lidt`.
     let idt = unsafe { &mut *IDT.0.get() };
     for (v, g) in idt.iter_mut().enumerate() {
         let addr = stubs + 16 * v as u64;
-        let dpl: u64 = if v == 3 || v == 4 { 3 } else { 0 };
+        let dpl: u64 = if DPL3_VECTORS.contains(&(v as u8)) { 3 } else { 0 };
         let ist: u64 = match v {
             2 => u64::from(IST_NMI),
             8 => u64::from(IST_DF),
