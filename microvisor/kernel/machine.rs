@@ -36,23 +36,10 @@ impl Platform for Machine {
         serial::try_read()
     }
     fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
-        with_ts_clear(|| cpu::fxsave(area));
+        cpu::fxsave(area);
     }
     fn fpu_restore(&mut self, area: &microvisor::vcpu::FpuArea) {
-        with_ts_clear(|| cpu::fxrstor(area));
-    }
-}
-
-/// Runs `f` (fxsave/fxrstor) with CR0.TS clear, which the guest's virtual TS may have set
-/// (they would raise #NM in ring 0), and puts TS back as it was.
-fn with_ts_clear(f: impl FnOnce()) {
-    let ts = cpu::read_cr0() & microvisor::x86::cr0::TS != 0;
-    if ts {
-        cpu::set_cr0_ts(false);
-    }
-    f();
-    if ts {
-        cpu::set_cr0_ts(true);
+        cpu::fxrstor(area);
     }
 }
 

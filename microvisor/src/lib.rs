@@ -12,6 +12,7 @@ pub mod console;
 pub mod cpuid;
 pub mod domain;
 pub mod domain_build;
+pub mod emulate;
 pub mod event;
 pub mod grant;
 pub mod guest_mem;

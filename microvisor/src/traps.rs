@@ -21,16 +21,9 @@ use hypercall_abi::xen::{
 };
 
 pub use crate::x86::vector;
-use crate::x86::{cr0, cr4, efer, msr};
-
-/// The CR0 a PV kernel reads (TS is its virtual one).
-const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
-/// The CR4 a PV kernel reads.
-const GUEST_CR4: u64 = cr4::PSE | cr4::PAE | cr4::MCE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT;
-
 /// Machine address of the running vCPU's `vcpu_info.arch.cr2` (where Xen reports a #PF
 /// address), wherever its `vcpu_info` is.
-fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>) -> u64 {
+pub(crate) fn vcpu_cr2_addr<P: Platform>(hv: &Hypervisor<P>) -> u64 {
     hv.cur_vcpu().vcpu_info + crate::event::VCPU_INFO_CR2
 }
 
@@ -290,8 +283,13 @@ pub fn guest_exception<P: Platform>(
     let err = vector::has_error_code(vec).then_some(frame.error_code);
     let result = match vec {
         vector::GP => {
-            if let Some(done) = emulate_privileged(hv, frame) {
-                done
+            let emulated =
+                if frame.error_code == 0 { crate::emulate::privileged_op(hv, frame) } else { None };
+            if let Some(outcome) = emulated {
+                match outcome {
+                    crate::emulate::Outcome::Done => Ok(()),
+                    crate::emulate::Outcome::Gp => bounce_exception(hv, frame, vector::GP, Some(0)),
+                }
             } else if frame.error_code & 3 == 2 {
                 // `int $n` through a gate the guest may not use directly (Xen's soft-interrupt
                 // path in do_general_protection): the vector is what the error code names
@@ -361,78 +359,6 @@ pub fn legacy_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFram
     match bounce(hv, frame, ti.address, None, ti.flags & trap_flags::DISABLES_EVENTS != 0) {
         Ok(()) => ExceptionOutcome::Handled,
         Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),
-    }
-}
-
-/// Decodes and emulates a privileged instruction that raised #GP in guest kernel mode.
-/// Returns `None` when the instruction is not one we emulate.
-fn emulate_privileged<P: Platform>(
-    hv: &mut Hypervisor<P>,
-    frame: &mut GuestFrame,
-) -> Option<Result<(), BounceError>> {
-    if !hv.cur_vcpu().kernel_mode || frame.error_code != 0 {
-        return None;
-    }
-    let mut insn = [0u8; 16];
-    let l4 = hv.cur_vcpu().current_l4();
-    let space = GuestSpace::new(hv.mem(), l4);
-    // Fetch what is readable; instructions we emulate are at most 4 bytes.
-    let n = (1..=4).rev().find(|&n| space.read(frame.rip, &mut insn[..n]).is_ok())?;
-    let code = &insn[..n];
-    let (rex, body) = match code.first() {
-        Some(&b) if b & 0xf0 == 0x40 => (b, &code[1..]),
-        _ => (0, code),
-    };
-    let len = (code.len() - body.len()) as u64;
-    match body {
-        // mov %crN, %reg
-        [0x0f, 0x20, modrm, ..] if modrm >> 6 == 3 => {
-            let cr = ((modrm >> 3) & 7) | if rex & 4 != 0 { 8 } else { 0 };
-            let reg = (modrm & 7) | if rex & 1 != 0 { 8 } else { 0 };
-            let v = hv.cur_vcpu();
-            let val = match cr {
-                0 => GUEST_CR0 | if v.fpu_ts { cr0::TS } else { 0 },
-                2 => hv.mem().read_u64(vcpu_cr2_addr(hv)),
-                3 => v.current_l4().addr(),
-                4 => GUEST_CR4,
-                _ => return None,
-            };
-            frame.set_gpr(reg, val);
-            frame.rip = frame.rip.wrapping_add(len + 3);
-            Some(Ok(()))
-        }
-        // rdmsr
-        [0x0f, 0x32, ..] => {
-            let v = hv.cur_vcpu();
-            let val = match frame.rcx as u32 {
-                msr::EFER => efer::SCE | efer::LME | efer::LMA | efer::NXE,
-                msr::FS_BASE => v.fs_base,
-                msr::GS_BASE => v.gs_base_kernel,
-                msr::SHADOW_GS_BASE => v.gs_base_user,
-                _ => return Some(bounce_exception(hv, frame, vector::GP, Some(0))),
-            };
-            frame.rax = val & 0xffff_ffff;
-            frame.rdx = val >> 32;
-            frame.rip = frame.rip.wrapping_add(len + 2);
-            Some(Ok(()))
-        }
-        // wrmsr of the segment bases
-        [0x0f, 0x30, ..] => {
-            let val = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
-            let msr = frame.rcx as u32;
-            if !is_canonical(val) || !matches!(msr, msr::FS_BASE | msr::GS_BASE | msr::SHADOW_GS_BASE) {
-                return Some(bounce_exception(hv, frame, vector::GP, Some(0)));
-            }
-            let v = hv.cur_vcpu_mut();
-            match msr {
-                msr::FS_BASE => v.fs_base = val,
-                msr::GS_BASE => v.gs_base_kernel = val,
-                _ => v.gs_base_user = val,
-            }
-            frame.rip = frame.rip.wrapping_add(len + 2);
-            Some(Ok(()))
-        }
-        _ => None,
     }
 }
 

@@ -31,3 +31,8 @@ fn a_hypercall_changes_only_rax_on_every_path() {
 fn software_interrupts_reach_the_guest_as_xen_delivers_them() {
     scenario_agrees_with_xen("softint");
 }
+
+#[test]
+fn privileged_instructions_are_emulated_or_refused_as_on_xen() {
+    scenario_agrees_with_xen("privop-emul");
+}

@@ -147,6 +147,12 @@ pub fn mmuext_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     })
 }
 
+/// An emulated `mov %reg, %cr3` from the guest kernel: `mfn` becomes its kernel base table,
+/// exactly as `MMUEXT_NEW_BASEPTR` (Xen's `new_guest_cr3` serves both).
+pub(crate) fn write_cr3<P: Platform>(hv: &mut Hypervisor<P>, mfn: hypercall_abi::Mfn) -> Result<(), Errno> {
+    with_mmu(hv, |ft, mem, ctx| (mmu::new_baseptr(ft, mem, ctx, mfn), Flush::None))
+}
+
 /// `update_va_mapping(va, val, flags)`.
 pub fn update_va_mapping<P: Platform>(
     hv: &mut Hypervisor<P>,

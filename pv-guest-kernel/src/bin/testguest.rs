@@ -75,6 +75,7 @@ pub const SCENARIOS: &[Scenario] = &[
     // Xen conformance of the CPU side.
     sc("hypercall-regs", "tests/tests/cpu.rs", |_| regs::run()),
     sc("softint", "tests/tests/cpu.rs", |_| softint::run()),
+    sc("privop-emul", "tests/tests/cpu.rs", |_| privop::run()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
@@ -249,6 +250,8 @@ mod landing;
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/privop.rs"]
+mod privop;
 #[path = "testguest/regs.rs"]
 mod regs;
 #[path = "testguest/results.rs"]

@@ -167,17 +167,37 @@ pub fn cpuid(leaf: u32, subleaf: u32) -> [u32; 4] {
     [a, b, c, d]
 }
 
+/// Runs `f` (an FXSAVE or FXRSTOR) with CR0.TS clear, putting TS back afterwards: TS holds
+/// the running guest's virtual TS (`fpu_taskswitch`), and FXSAVE/FXRSTOR raise #NM under it —
+/// in ring 0, which stopped the machine when a guest printed after `fpu_taskswitch(1)` (the
+/// console path saves the guest's FPU state before formatting).
+fn with_ts_clear(f: impl FnOnce()) {
+    let ts = read_cr0() & cr0::TS != 0;
+    if ts {
+        set_cr0_ts(false);
+    }
+    f();
+    if ts {
+        set_cr0_ts(true);
+    }
+}
+
 /// Saves the CPU's x87/SSE registers into a vCPU's save area.
 pub fn fxsave(area: &mut microvisor::vcpu::FpuArea) {
-    // SAFETY: `FpuArea` is 512 bytes and 16-byte aligned, as FXSAVE requires.
-    unsafe { asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack, preserves_flags)) }
+    // SAFETY: `FpuArea` is 512 bytes and 16-byte aligned, as FXSAVE requires; TS is clear.
+    with_ts_clear(|| unsafe {
+        asm!("fxsave64 [{}]", in(reg) area.0.as_mut_ptr(), options(nostack, preserves_flags))
+    });
 }
 
 /// Loads a vCPU's x87/SSE registers.
 pub fn fxrstor(area: &microvisor::vcpu::FpuArea) {
     // SAFETY: the area is aligned and holds an image produced by `fxsave` or
-    // `FpuArea::initial`; the hypervisor never lets a guest write MXCSR reserved bits into it.
-    unsafe { asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags)) }
+    // `FpuArea::initial`; the hypervisor never lets a guest write MXCSR reserved bits into it;
+    // TS is clear.
+    with_ts_clear(|| unsafe {
+        asm!("fxrstor64 [{}]", in(reg) area.0.as_ptr(), options(nostack, preserves_flags))
+    });
 }
 
 /// Sets or clears CR0.TS (the guest's virtual TS from `fpu_taskswitch`).
