@@ -680,10 +680,11 @@ impl<P: Platform> Hypervisor<P> {
 
     /// An exception from a guest (the arch layer read CR2 for a #PF): emulate, bounce to the
     /// guest's handler, or crash the domain. The arch layer then runs the exit path.
+    /// A crash prints the guest's state as it faulted (`crash_report`).
     pub fn guest_exception(&mut self, frame: &mut GuestFrame, vector: u8, cr2: u64) {
+        let at_fault = *frame;
         if let traps::ExceptionOutcome::Crash(why) = traps::guest_exception(self, frame, vector, cr2) {
-            let id = self.current().domid;
-            self.crash_domain(id, format_args!("{why}"));
+            crate::crash_report::crash_with_report(self, &at_fault, format_args!("{why}"));
         }
     }
 

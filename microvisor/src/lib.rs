@@ -10,6 +10,7 @@ pub mod audit;
 pub mod bootcfg;
 pub mod console;
 pub mod cpuid;
+pub mod crash_report;
 pub mod domain;
 pub mod domain_build;
 pub mod emulate;

@@ -36,3 +36,19 @@ fn software_interrupts_reach_the_guest_as_xen_delivers_them() {
 fn privileged_instructions_are_emulated_or_refused_as_on_xen() {
     scenario_agrees_with_xen("privop-emul");
 }
+
+#[test]
+fn an_unhandled_guest_fault_prints_registers_decoded_instruction_and_stack() {
+    let k = kernels();
+    // A wrmsr Xen refuses, with no trap table: the domain is crashed with a readable report.
+    let run = boot(&Machine::scenario(&k, "privop insn=wrmsr"));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("d1v0 crashed: unhandled #GP")
+        .expect_line("----[ d1v0 guest state (kernel mode) ]----")
+        .expect_line("RIP:    e033:[<ffffffff8")
+        .expect_line("rcx: 0000000000001234")
+        .expect_line("Guest code at rip: 0f 30 => wrmsr")
+        .expect_line("Guest stack at rsp ffffffff8")
+        .expect_order("crashed: unhandled #GP", "Guest code at rip")
+        .expect_line("Domain 0 (dom0) shut down: poweroff");
+}
