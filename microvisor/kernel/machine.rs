@@ -84,8 +84,8 @@ fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
 /// A hypercall from guest kernel mode (see entry.rs): arguments in registers; returns the
 /// result for `%rax` and whether the exit path must run.
 #[inline(always)]
-pub fn hypercall_general(hv: &mut Hv, a: [u64; 5], nr: u64) -> entry::FastRet {
-    let (rax, slow) = hv.hypercall_general(nr, a[0], a[1], a[2], a[3], a[4]);
+pub fn hypercall_general(hv: &mut Hv, args: &[u64; 5], nr: u64) -> entry::FastRet {
+    let (rax, slow) = hv.hypercall_general(nr, args);
     entry::FastRet { rax, slow: u64::from(slow) }
 }
 

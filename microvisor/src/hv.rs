@@ -604,10 +604,9 @@ impl<P: Platform> Hypervisor<P> {
     /// hands everything over), which is what lets the register-only fast path answer without
     /// asking the core at all.
     #[inline(never)]
-    pub fn hypercall_general(&mut self, nr: u64, a1: u64, a2: u64, a3: u64, a4: u64, a5: u64) -> (u64, bool) {
-        let args = [a1, a2, a3, a4, a5];
-        self.trace_hypercall(nr, a1);
-        let hc = hypercall::dispatch(self, nr, args, None);
+    pub fn hypercall_general(&mut self, nr: u64, args: &[u64; 5]) -> (u64, bool) {
+        self.trace_hypercall(nr, args[0]);
+        let hc = hypercall::dispatch(self, nr, *args, None);
         self.trace_hypercall_done(nr, &hc);
         self.after_hypercall(nr, &hc);
         match hc {

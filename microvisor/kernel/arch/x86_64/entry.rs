@@ -204,11 +204,11 @@ global_asm!(
     .endm
 
     .macro POP_HYPERCALL_REGS
-        pop %r8
-        pop %r10
-        pop %rdx
-        pop %rsi
         pop %rdi
+        pop %rsi
+        pop %rdx
+        pop %r10
+        pop %r8
         pop %r9
         pop %r11
         pop %rcx
@@ -270,17 +270,18 @@ syscall_entry_general:
     /* Xen's register contract: a hypercall changes %rax only (the page's stub keeps rcx and
        r11 around the syscall). Keep everything the call may clobber: rcx/r11 (the return
        rip/rflags for sysret), r9, and the argument registers. Eight pushes keep the stack
-       16-byte aligned at the call. */
+       16-byte aligned at the call. The argument registers are pushed so that their copy is
+       the array of the five arguments (rdi first), which the dispatcher reads in place. */
     push %rcx
     push %r11
     push %r9
-    push %rdi
-    push %rsi
-    push %rdx
-    push %r10
     push %r8
-    mov %r10, %rcx
-    mov %rax, %r9
+    push %r10
+    push %rdx
+    push %rsi
+    push %rdi
+    mov %rsp, %rdi
+    mov %rax, %rsi
     call {hc_general}
     /* Exit work the core reported, or an event to deliver: Xen's test_guest_events, the
        {{evtchn_upcall_pending, evtchn_upcall_mask}} word of the running vCPU == 0x0001. */
@@ -427,9 +428,10 @@ pub fn enter_first_guest(prepare: impl FnOnce(Live)) -> ! {
 
 // ---- The Rust ends of the stubs: what the assembly calls, handing the core's glue its state.
 
-/// `syscall_entry_general`: a hypercall from guest kernel mode with its arguments in
-/// registers. Returns the result in `%rax` and whether to take the exit path in `%rdx`.
-extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr: u64) -> FastRet {
+/// `syscall_entry_general`: a hypercall from guest kernel mode; `args` is the stub's saved
+/// copy of the argument registers (`rdi, rsi, rdx, r10, r8`). Returns the result in `%rax` and
+/// whether to take the exit path in `%rdx`.
+extern "C" fn hypercall_general(args: &[u64; 5], nr: u64) -> FastRet {
     // SAFETY: `syscall` from a guest is the only way here and guests run only after the
     // hypervisor was installed; no hypervisor code was running (it never executes `syscall`
     // and runs with interrupts off), so no other reference exists. This hot path skips the
@@ -437,7 +439,7 @@ extern "C" fn hypercall_general(a1: u64, a2: u64, a3: u64, a4: u64, a5: u64, nr:
     let slot = unsafe { crate::machine::HV.get_unchecked() };
     // SAFETY: installed before the first guest runs (`machine::install`), never removed.
     let hv = unsafe { slot.as_deref_mut().unwrap_unchecked() };
-    crate::machine::hypercall_general(hv, [a1, a2, a3, a4, a5], nr)
+    crate::machine::hypercall_general(hv, args, nr)
 }
 
 /// `hypercall_exit_path`: the frame is built in the live frame.
