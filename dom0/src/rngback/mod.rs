@@ -17,7 +17,7 @@ use alloc::vec::Vec;
 use hypercall_abi::io::ring::{RingError, RingMemory};
 use hypercall_abi::io::rngif::{RngRequest, RngResponse, RNG_RING_SIZE};
 use hypercall_abi::{DomId, Errno, GrantRef};
-use pv_guest_kernel::split::back::BackChannel;
+use pv_guest_kernel::split::back::{one_ring, BackChannel};
 use pv_guest_kernel::split::{BackendDriver, Keys, Served, Store};
 
 pub mod keys;
@@ -83,9 +83,10 @@ impl<M: RingMemory, H: RngHost> BackendDriver<M> for RngDriver<H> {
     fn connect<S: Store + ?Sized>(
         &mut self,
         frontend: DomId,
-        ring: M,
+        rings: Vec<M>,
         _keys: &mut Keys<'_, S>,
-    ) -> Result<(RngConn<M>, Vec<(&'static str, String)>), (M, &'static str)> {
+    ) -> Result<(RngConn<M>, Vec<(&'static str, String)>), (Vec<M>, &'static str)> {
+        let ring = one_ring(rings).map_err(|r| (r, "one ring expected"))?;
         let conn = RngConn { chan: BackChannel::new(ring), frontend, stats: RngStats::default() };
         Ok((conn, keys::connect_keys()))
     }
@@ -104,9 +105,9 @@ impl<M: RingMemory, H: RngHost> BackendDriver<M> for RngDriver<H> {
         c.chan.broken()
     }
 
-    fn disconnect(&mut self, c: RngConn<M>) -> M {
+    fn disconnect(&mut self, c: RngConn<M>) -> Vec<M> {
         self.last = Some(c.stats);
-        c.chan.into_mem()
+        alloc::vec![c.chan.into_mem()]
     }
 }
 

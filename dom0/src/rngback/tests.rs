@@ -48,7 +48,7 @@ fn connected() -> (&'static AtomicPage, RngFrontRing, RngDriver<FakeHost>, RngCo
     let front = RngFrontRing::init(page);
     let mut d = RngDriver::new(FakeHost::default());
     let mut store = NoStore;
-    let (conn, keys) = d.connect(DomId(1), page, &mut Keys::new(&mut store, "/x")).ok().unwrap();
+    let (conn, keys) = d.connect(DomId(1), alloc::vec![page], &mut Keys::new(&mut store, "/x")).ok().unwrap();
     assert_eq!(keys, [("max-request", String::from("4096"))]);
     (page, front, d, conn)
 }

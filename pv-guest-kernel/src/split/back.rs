@@ -1,7 +1,8 @@
 //! The backend half of a split device: announces the driver's features, follows the
-//! frontend through the XenBus handshake, and when the frontend has published its ring
-//! parses `ring-ref`/`event-channel`/`protocol` strictly, maps the ring, binds the port and
-//! lets the driver build its connection around the mapped ring. Serving is the driver's
+//! frontend through the XenBus handshake, and when the frontend has published its rings
+//! parses their grant references (`ring-ref`, or the driver's [`BackendDriver::RINGS`]),
+//! `event-channel` and `protocol` strictly, maps the rings, binds the port and lets the
+//! driver build its connection around the mapped rings. Serving is the driver's
 //! ([`BackendDriver::service`]); [`BackChannel`] is the serve loop most drivers need.
 //!
 //! Teardown is the framework's: when the frontend closes, breaks the ring or its domain
@@ -10,7 +11,7 @@
 //! unmapped — and only after that does the backend publish Closing, so a frontend that sees
 //! it may revoke the ring grant at once.
 
-use super::{parse_ring_keys, BackendOps, Keys, SplitError, Store, XsOps};
+use super::{parse_ring_keys, parse_ring_ref, BackendOps, Keys, SplitError, Store, XsOps, ONE_RING};
 use crate::xenbus::state::{Role, Step, XenbusDevice};
 use alloc::format;
 use alloc::string::String;
@@ -36,24 +37,29 @@ pub struct Served {
 }
 
 /// What a backend driver provides: its features, what it makes of a new connection, and
-/// how it serves one. `M` is the mapped ring ([`BackendOps::Mapping`]).
+/// how it serves one. `M` is a mapped ring ([`BackendOps::Mapping`]).
 pub trait BackendDriver<M: RingMemory> {
-    /// Per-connection state, built around the mapped ring (which it owns until
-    /// [`disconnect`](Self::disconnect) gives it back).
+    /// Per-connection state, built around the mapped rings (which it owns until
+    /// [`disconnect`](Self::disconnect) gives them back).
     type Conn;
+    /// The xenstore keys under which the frontend publishes its rings' grant references, in
+    /// the order [`connect`](Self::connect) receives the rings mapped: one `ring-ref` for
+    /// most devices, `tx-ring-ref` and `rx-ring-ref` for netif. All share one event channel.
+    const RINGS: &'static [&'static str] = ONE_RING;
     /// Keys published at InitWait, before the frontend sets its side up.
     fn features(&mut self) -> Vec<(&'static str, String)> {
         Vec::new()
     }
-    /// The frontend published a ring, now mapped as `ring`: check its other keys and build
-    /// the connection, with the keys to publish at Connected. On refusal, hand the ring back.
+    /// The frontend published its rings, now mapped as `rings` (one per [`RINGS`](Self::RINGS)
+    /// key, in that order): check its other keys and build the connection, with the keys to
+    /// publish at Connected. On refusal, hand the rings back.
     #[allow(clippy::type_complexity)]
     fn connect<S: Store + ?Sized>(
         &mut self,
         frontend: DomId,
-        ring: M,
+        rings: Vec<M>,
         keys: &mut Keys<'_, S>,
-    ) -> Result<(Self::Conn, Vec<(&'static str, String)>), (M, &'static str)>;
+    ) -> Result<(Self::Conn, Vec<(&'static str, String)>), (Vec<M>, &'static str)>;
     /// Takes requests (copied out of the ring) and answers them.
     fn service(&mut self, conn: &mut Self::Conn) -> Served;
     /// Stops taking requests: the frontend is leaving or broke the ring.
@@ -64,8 +70,8 @@ pub trait BackendDriver<M: RingMemory> {
     }
     /// Why the ring was given up, if it was.
     fn broken(&self, conn: &Self::Conn) -> Option<RingError>;
-    /// The connection is over: hand the ring back to be unmapped.
-    fn disconnect(&mut self, conn: Self::Conn) -> M;
+    /// The connection is over: hand the rings back to be unmapped.
+    fn disconnect(&mut self, conn: Self::Conn) -> Vec<M>;
 }
 
 /// Things worth a log line, in the order they happened.
@@ -77,7 +83,7 @@ pub enum Notice {
     ConnectFailed(SplitError),
     /// The frontend broke the ring; the connection is being closed.
     Broken(RingError),
-    /// The ring was released (`unmapped`: the unmap succeeded).
+    /// The rings were released (`unmapped`: every unmap succeeded).
     Disconnected {
         unmapped: bool,
     },
@@ -215,7 +221,7 @@ impl<M: RingMemory, D: BackendDriver<M>> BackDevice<M, D> {
         }
     }
 
-    /// Maps the ring, binds the port and lets the driver connect.
+    /// Maps the rings, binds the port and lets the driver connect.
     fn connect<S, O>(&mut self, s: &mut S, ops: &mut O) -> Result<Port, SplitError>
     where
         S: XsOps,
@@ -223,27 +229,37 @@ impl<M: RingMemory, D: BackendDriver<M>> BackDevice<M, D> {
     {
         let fdir = self.dev.other_dir.clone();
         let mut keys = Keys::new(s, &fdir);
-        let (rr, ec, proto, order) = (
-            keys.raw("ring-ref"),
-            keys.raw("event-channel"),
-            keys.raw("protocol"),
-            keys.raw("ring-page-order"),
-        );
+        let first = D::RINGS.first().copied().unwrap_or(ONE_RING[0]);
+        let (rr, ec, proto, order) =
+            (keys.raw(first), keys.raw("event-channel"), keys.raw("protocol"), keys.raw("ring-page-order"));
         let rk = parse_ring_keys(rr.as_deref(), ec.as_deref(), proto.as_deref(), order.as_deref())
             .map_err(SplitError::Keys)?;
-        let ring = ops.map_ring(self.frontend, rk.ring_ref)?;
+        let mut grefs = alloc::vec![rk.ring_ref];
+        for k in D::RINGS.iter().skip(1) {
+            grefs.push(parse_ring_ref(keys.raw(k).as_deref()).map_err(SplitError::Keys)?);
+        }
+        let mut rings = Vec::with_capacity(grefs.len());
+        for g in grefs {
+            match ops.map_ring(self.frontend, g) {
+                Ok(m) => rings.push(m),
+                Err(e) => {
+                    unmap_all(ops, rings);
+                    return Err(e.into());
+                }
+            }
+        }
         let port = match ops.bind_interdomain(self.frontend, rk.port) {
             Ok(p) => p,
             Err(e) => {
-                let _ = ops.unmap_ring(ring);
+                unmap_all(ops, rings);
                 return Err(e.into());
             }
         };
-        let (conn, publish) = match self.driver.connect(self.frontend, ring, &mut keys) {
+        let (conn, publish) = match self.driver.connect(self.frontend, rings, &mut keys) {
             Ok(c) => c,
-            Err((ring, why)) => {
+            Err((rings, why)) => {
                 ops.close(port);
-                let _ = ops.unmap_ring(ring);
+                unmap_all(ops, rings);
                 return Err(SplitError::Driver(why));
             }
         };
@@ -329,10 +345,32 @@ impl<M: RingMemory, D: BackendDriver<M>> BackDevice<M, D> {
 
     fn teardown<O: BackendOps<Mapping = M> + ?Sized>(&mut self, ops: &mut O) {
         let Some(l) = self.live.take() else { return };
-        let ring = self.driver.disconnect(l.conn);
+        let rings = self.driver.disconnect(l.conn);
         ops.close(l.port);
-        let unmapped = ops.unmap_ring(ring).is_ok();
+        let unmapped = unmap_all(ops, rings);
         self.notices.push(Notice::Disconnected { unmapped });
+    }
+}
+
+/// Unmaps every ring; true if every unmap succeeded.
+fn unmap_all<O: BackendOps + ?Sized>(ops: &mut O, rings: Vec<O::Mapping>) -> bool {
+    // Every ring, even after a failure.
+    let mut all = true;
+    for r in rings {
+        all &= ops.unmap_ring(r).is_ok();
+    }
+    all
+}
+
+/// The one ring of a single-ring driver's [`BackendDriver::connect`] (the framework maps
+/// exactly as many rings as [`BackendDriver::RINGS`] names); the rings back if not one.
+pub fn one_ring<M>(mut rings: Vec<M>) -> Result<M, Vec<M>> {
+    match (rings.pop(), rings.is_empty()) {
+        (Some(r), true) => Ok(r),
+        (r, _) => {
+            rings.extend(r);
+            Err(rings)
+        }
     }
 }
 

@@ -1,13 +1,14 @@
 //! The frontend half of a split device: finds the backend from its own device directory,
-//! follows the XenBus handshake, sets the ring up when the backend is ready (a fresh page,
-//! `SHARED_RING_INIT`, granted to the backend; an unbound port; the keys), hands the driver
-//! the backend's keys once both ends are Connected, and releases everything at the end.
+//! follows the XenBus handshake, sets the rings up when the backend is ready (a fresh page
+//! per ring, `SHARED_RING_INIT`, granted to the backend; an unbound port; the keys), hands
+//! the driver the backend's keys once both ends are Connected, and releases everything at
+//! the end.
 //!
 //! The backend is another domain and is not trusted: its `state` is re-read on every watch
 //! event and garbage reads as Unknown, its keys reach the driver only through [`Keys`], and
 //! its responses only through [`FrontChannel::take`], which checks the ring indexes.
 
-use super::{ring_keys, FrontendOps, Keys, SplitError, Store, XsOps};
+use super::{ring_keys, FrontendOps, Keys, SplitError, Store, XsOps, ONE_RING};
 use crate::xenbus::state::{Role, Step, XenbusDevice};
 use alloc::format;
 use alloc::string::String;
@@ -19,8 +20,13 @@ use hypercall_abi::{DomId, Errno, GrantRef, Port};
 /// What a frontend driver provides: its ring entries and what it reads and writes in
 /// xenstore. The handshake itself is the framework's.
 pub trait FrontendDriver {
+    /// The entries of the first ring (the one [`FrontChannel`] drives).
     type Req: RingEntry;
     type Rsp: RingEntry;
+    /// The xenstore keys of the rings' grant references, one page each: one `ring-ref` for
+    /// most devices. Rings after the first are the driver's to drive
+    /// ([`FrontChannel::extra`]); all share the one event channel.
+    const RINGS: &'static [&'static str] = ONE_RING;
     /// Keys to publish with the ring (e.g. features asked for), given the backend's
     /// directory as it stands at InitWait.
     fn publish<S: Store + ?Sized>(&mut self, _backend: &mut Keys<'_, S>) -> Vec<(&'static str, String)> {
@@ -45,13 +51,18 @@ pub enum FrontStatus {
     Closed,
 }
 
-/// The frontend's end of a connected ring: the page, its grant, the port.
+/// The frontend's end of a connected ring: the page, its grant, the port; and the pages of
+/// the driver's further rings.
 pub struct FrontChannel<M, Req, Rsp> {
     /// The ring page (ours).
     pub mem: M,
     pub ring: FrontRing<Req, Rsp>,
+    /// The pages of the rings after the first ([`FrontendDriver::RINGS`]), initialised
+    /// (`SHARED_RING_INIT`) and granted; the driver keeps their `FrontRing`s.
+    pub extra: Vec<M>,
     port: Port,
     gref: GrantRef,
+    extra_grefs: Vec<GrantRef>,
     broken: bool,
 }
 
@@ -69,6 +80,14 @@ impl<M: RingMemory, Req: RingEntry, Rsp: RingEntry> FrontChannel<M, Req, Rsp> {
     /// The ring page's grant.
     pub fn gref(&self) -> GrantRef {
         self.gref
+    }
+    /// The grants of the further rings' pages.
+    pub fn extra_grefs(&self) -> &[GrantRef] {
+        &self.extra_grefs
+    }
+    /// Notifies the backend (for drivers that publish on their further rings).
+    pub fn notify<O: super::EventOps + ?Sized>(&self, ops: &mut O) {
+        ops.notify(self.port);
     }
     /// True once the backend broke the ring indexes; nothing more is sent or taken.
     pub fn is_broken(&self) -> bool {
@@ -118,7 +137,8 @@ pub struct FrontDevice<M, D: FrontendDriver> {
     chan: Option<FrontChannel<M, D::Req, D::Rsp>>,
     ready: bool,
     released: bool,
-    /// A ring grant the backend still had mapped at release: its page was not freed.
+    /// A ring grant the backend still had mapped at release (the first, if several): its
+    /// page was not freed.
     pub leaked: Option<GrantRef>,
 }
 
@@ -240,44 +260,57 @@ impl<M: RingMemory, D: FrontendDriver> FrontDevice<M, D> {
         Ok(self.status())
     }
 
-    /// Allocates, initialises and grants the ring page, allocates the port and publishes
-    /// both with the driver's keys; undoes whatever was done if a step fails.
+    /// Allocates, initialises and grants the ring pages, allocates the port and publishes
+    /// them with the driver's keys; undoes whatever was done if a step fails.
     fn setup<S, O>(&mut self, s: &mut S, ops: &mut O) -> Result<(), SplitError>
     where
         S: XsOps,
         O: FrontendOps<Page = M> + ?Sized,
     {
-        let (page, mfn) = ops.alloc_page()?;
-        SharedRing::init(&page);
-        let gref = match ops.grant(self.backend_id, mfn, false) {
-            Ok(g) => g,
-            Err(e) => {
-                ops.free_page(page);
-                return Err(e.into());
+        let mut rings: Vec<(M, GrantRef)> = Vec::with_capacity(D::RINGS.len().max(1));
+        for _ in 0..D::RINGS.len().max(1) {
+            let (page, mfn) = match ops.alloc_page() {
+                Ok(p) => p,
+                Err(e) => {
+                    release_rings(ops, rings);
+                    return Err(e.into());
+                }
+            };
+            SharedRing::init(&page);
+            match ops.grant(self.backend_id, mfn, false) {
+                Ok(g) => rings.push((page, g)),
+                Err(e) => {
+                    ops.free_page(page);
+                    release_rings(ops, rings);
+                    return Err(e.into());
+                }
             }
-        };
+        }
         let port = match ops.alloc_unbound(self.backend_id) {
             Ok(p) => p,
             Err(e) => {
-                // Never mapped yet, so the revocation cannot fail.
-                let _ = ops.end_grant(gref);
-                ops.free_page(page);
+                release_rings(ops, rings);
                 return Err(e.into());
             }
         };
         let other = self.dev.other_dir.clone();
-        let mut keys: Vec<(&'static str, String)> = ring_keys(gref, port).into_iter().collect();
+        let grefs: Vec<GrantRef> = rings.iter().map(|r| r.1).collect();
+        let names = if D::RINGS.is_empty() { ONE_RING } else { D::RINGS };
+        let mut keys = ring_keys(names, &grefs, port);
         keys.extend(self.driver.publish(&mut Keys::new(s, &other)));
         let dir = self.dev.dir.clone();
         for (k, v) in &keys {
             if let Err(e) = s.write_node(&format!("{dir}/{k}"), v.as_bytes()) {
                 ops.close(port);
-                let _ = ops.end_grant(gref);
-                ops.free_page(page);
+                release_rings(ops, rings);
                 return Err(e.into());
             }
         }
-        self.chan = Some(FrontChannel { mem: page, ring: FrontRing::new(), port, gref, broken: false });
+        let mut rings = rings.into_iter();
+        let Some((mem, gref)) = rings.next() else { return Err(SplitError::Os(Errno::EINVAL)) };
+        let (extra, extra_grefs) = rings.unzip();
+        self.chan =
+            Some(FrontChannel { mem, ring: FrontRing::new(), extra, port, gref, extra_grefs, broken: false });
         Ok(())
     }
 
@@ -303,7 +336,7 @@ impl<M: RingMemory, D: FrontendDriver> FrontDevice<M, D> {
         }
     }
 
-    /// Closes the port, revokes the ring grant and frees the page, and stops watching.
+    /// Closes the port, revokes the ring grants and frees the pages, and stops watching.
     fn release<S, O>(&mut self, s: &mut S, ops: &mut O)
     where
         S: XsOps,
@@ -314,13 +347,25 @@ impl<M: RingMemory, D: FrontendDriver> FrontDevice<M, D> {
         let _ = s.unwatch(&self.dev.other_state_path(), &self.token());
         let Some(c) = self.chan.take() else { return };
         ops.close(c.port);
-        match ops.end_grant(c.gref) {
-            Ok(()) => ops.free_page(c.mem),
-            // Still mapped by the backend: the page cannot be reused, ever (it is not freed).
-            Err(Errno::EBUSY) | Err(_) => {
-                self.leaked = Some(c.gref);
-                core::mem::forget(c.mem);
+        let rings = core::iter::once((c.mem, c.gref)).chain(c.extra.into_iter().zip(c.extra_grefs));
+        for (mem, gref) in rings {
+            match ops.end_grant(gref) {
+                Ok(()) => ops.free_page(mem),
+                // Still mapped by the backend: the page cannot be reused, ever (it is not freed).
+                Err(Errno::EBUSY) | Err(_) => {
+                    self.leaked.get_or_insert(gref);
+                    core::mem::forget(mem);
+                }
             }
         }
+    }
+}
+
+/// Revokes and frees ring pages that were never published (so never mapped).
+fn release_rings<M, O: FrontendOps<Page = M> + ?Sized>(ops: &mut O, rings: Vec<(M, GrantRef)>) {
+    for (page, gref) in rings {
+        // Never published, so never mapped: the revocation cannot fail.
+        let _ = ops.end_grant(gref);
+        ops.free_page(page);
     }
 }

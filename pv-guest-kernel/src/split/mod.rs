@@ -3,10 +3,12 @@
 //!
 //! What the framework owns, for both ends (`docs/writing-a-split-driver.md` is the guide):
 //! * the XenBus handshake ([`crate::xenbus::state`]'s policy, written once for both roles):
-//!   the frontend grants a fresh ring page, allocates an unbound port and publishes
-//!   `ring-ref`, `event-channel` and `protocol`; the backend announces its features, reads
-//!   and strictly parses those keys ([`parse_ring_keys`]), maps the ring, binds the port and
-//!   publishes what its driver adds; each end follows the other's `state` through a watch;
+//!   the frontend grants a fresh page per ring, allocates an unbound port and publishes
+//!   `ring-ref` (or the driver's ring keys, [`FrontendDriver::RINGS`]: netif has
+//!   `tx-ring-ref` and `rx-ring-ref`), `event-channel` and `protocol`; the backend announces
+//!   its features, reads and strictly parses those keys ([`parse_ring_keys`]), maps the
+//!   rings, binds the port and publishes what its driver adds; each end follows the other's
+//!   `state` through a watch;
 //! * the ring ([`hypercall_abi::io::ring`]): every request is copied out of the shared page
 //!   once before the driver sees it, notifications follow the `req_event`/`rsp_event`
 //!   hold-off, and a peer that breaks the ring indexes is disconnected;
@@ -173,6 +175,11 @@ impl KeyError {
     }
 }
 
+/// A ring grant reference node: a decimal that fits a `grant_ref_t`.
+pub fn parse_ring_ref(v: Option<&[u8]>) -> Result<GrantRef, KeyError> {
+    v.and_then(parse_decimal).and_then(|v| u32::try_from(v).ok()).map(GrantRef).ok_or(KeyError::BadRingRef)
+}
+
 /// Checks a frontend's ring nodes (`None` = node absent). Only single-page rings and the
 /// native protocol are accepted.
 pub fn parse_ring_keys(
@@ -186,8 +193,7 @@ pub fn parse_ring_keys(
             return Err(KeyError::MultiPageRing);
         }
     }
-    let ring_ref =
-        ring_ref.and_then(parse_decimal).and_then(|v| u32::try_from(v).ok()).ok_or(KeyError::BadRingRef)?;
+    let ring_ref = parse_ring_ref(ring_ref)?;
     let port = event_channel
         .and_then(parse_decimal)
         .and_then(|v| u32::try_from(v).ok())
@@ -199,16 +205,21 @@ pub fn parse_ring_keys(
             return Err(KeyError::UnsupportedProtocol);
         }
     }
-    Ok(RingKeys { ring_ref: GrantRef(ring_ref), port: Port(port) })
+    Ok(RingKeys { ring_ref, port: Port(port) })
 }
 
-/// The keys a frontend publishes for its ring.
-pub fn ring_keys(gref: GrantRef, port: Port) -> [(&'static str, String); 3] {
-    [
-        ("ring-ref", format!("{}", gref.0)),
-        ("event-channel", format!("{}", port.0)),
-        ("protocol", String::from(XEN_IO_PROTO_ABI_X86_64)),
-    ]
+/// The ring keys of a device with one ring, the default of [`FrontendDriver::RINGS`] and
+/// [`BackendDriver::RINGS`].
+pub const ONE_RING: &[&str] = &["ring-ref"];
+
+/// The keys a frontend publishes for its rings: each ring's grant under its key (`names[i]`
+/// for `grefs[i]`), the port and the protocol.
+pub fn ring_keys(names: &[&'static str], grefs: &[GrantRef], port: Port) -> Vec<(&'static str, String)> {
+    let mut keys: Vec<(&'static str, String)> =
+        names.iter().zip(grefs).map(|(k, g)| (*k, format!("{}", g.0))).collect();
+    keys.push(("event-channel", format!("{}", port.0)));
+    keys.push(("protocol", String::from(XEN_IO_PROTO_ABI_X86_64)));
+    keys
 }
 
 /// Follows the other end for a device whose ring and port come from elsewhere (the console's

@@ -60,15 +60,16 @@ impl BackendDriver<ModelPage> for TestBack {
     fn connect<S: Store + ?Sized>(
         &mut self,
         _frontend: DomId,
-        ring: ModelPage,
+        rings: Vec<ModelPage>,
         keys: &mut Keys<'_, S>,
-    ) -> Result<(EchoConn, Vec<(&'static str, String)>), (ModelPage, &'static str)> {
+    ) -> Result<(EchoConn, Vec<(&'static str, String)>), (Vec<ModelPage>, &'static str)> {
         if let Some(why) = self.refuse {
-            return Err((ring, why));
+            return Err((rings, why));
         }
         if !keys.flag("feature-x") {
-            return Err((ring, "frontend lacks feature-x"));
+            return Err((rings, "frontend lacks feature-x"));
         }
+        let ring = back::one_ring(rings).map_err(|r| (r, "one ring"))?;
         self.connects += 1;
         Ok((EchoConn { chan: BackChannel::new(ring), busy: 0 }, vec![("magic", String::from("42"))]))
     }
@@ -84,9 +85,9 @@ impl BackendDriver<ModelPage> for TestBack {
     fn broken(&self, c: &EchoConn) -> Option<RingError> {
         c.chan.broken()
     }
-    fn disconnect(&mut self, c: EchoConn) -> ModelPage {
+    fn disconnect(&mut self, c: EchoConn) -> Vec<ModelPage> {
         self.disconnects += 1;
-        c.chan.into_mem()
+        vec![c.chan.into_mem()]
     }
 }
 
@@ -563,5 +564,169 @@ proptest! {
         r.fe.abandon(&mut r.s, &mut r.fo);
         prop_assert_eq!(r.fo.held(), Held::default());
         prop_assert!(r.fo.world.borrow().violations.is_empty());
+    }
+}
+
+/// A device with two rings (as netif's tx and rx) on one event channel.
+mod two_rings {
+    use super::*;
+
+    const RINGS: &[&str] = &["tx-ring-ref", "rx-ring-ref"];
+
+    struct Front;
+    impl FrontendDriver for Front {
+        type Req = Entry;
+        type Rsp = Entry;
+        const RINGS: &'static [&'static str] = RINGS;
+    }
+
+    #[derive(Default)]
+    struct Back {
+        /// Frames of the rings the last connection got, in order.
+        mapped: Vec<Mfn>,
+        refuse: bool,
+    }
+
+    struct Conn {
+        rings: Vec<ModelPage>,
+    }
+
+    impl BackendDriver<ModelPage> for Back {
+        type Conn = Conn;
+        const RINGS: &'static [&'static str] = RINGS;
+        fn connect<S: Store + ?Sized>(
+            &mut self,
+            _frontend: DomId,
+            rings: Vec<ModelPage>,
+            _keys: &mut Keys<'_, S>,
+        ) -> Result<(Conn, Vec<(&'static str, String)>), (Vec<ModelPage>, &'static str)> {
+            self.mapped = rings.iter().map(|r| r.mfn).collect();
+            if self.refuse {
+                return Err((rings, "refused"));
+            }
+            Ok((Conn { rings }, Vec::new()))
+        }
+        fn service(&mut self, _c: &mut Conn) -> Served {
+            Served::default()
+        }
+        fn broken(&self, _c: &Conn) -> Option<RingError> {
+            None
+        }
+        fn disconnect(&mut self, c: Conn) -> Vec<ModelPage> {
+            c.rings
+        }
+    }
+
+    fn rig(
+        back: Back,
+    ) -> (ModelStore, Side, Side, FrontDevice<ModelPage, Front>, BackDevice<ModelPage, Back>) {
+        let mut s = ModelStore::default();
+        for (k, v) in [("backend", BE_DIR), ("backend-id", "0"), ("state", "1")] {
+            s.set(&format!("{FE_DIR}/{k}"), v);
+        }
+        for (k, v) in [("frontend", FE_DIR), ("frontend-id", "1"), ("state", "1")] {
+            s.set(&format!("{BE_DIR}/{k}"), v);
+        }
+        let (mut fo, mut bo) = Side::pair();
+        let mut be = BackDevice::new(DomId(1), BE_DIR, FE_DIR, "be:two", back);
+        be.start(&mut s, &mut bo);
+        let mut fe = FrontDevice::open(&mut s, FE_DIR, Front).unwrap();
+        let _ = fe.step(&mut s, &mut fo);
+        (s, fo, bo, fe, be)
+    }
+
+    fn settle(
+        s: &mut ModelStore,
+        fo: &mut Side,
+        bo: &mut Side,
+        fe: &mut FrontDevice<ModelPage, Front>,
+        be: &mut BackDevice<ModelPage, Back>,
+    ) {
+        for _ in 0..8 {
+            let _ = fe.step(s, fo);
+            be.on_watch(s, bo);
+        }
+    }
+
+    #[test]
+    fn both_rings_are_published_mapped_in_order_and_released() {
+        let (mut s, mut fo, mut bo, mut fe, mut be) = rig(Back::default());
+        settle(&mut s, &mut fo, &mut bo, &mut fe, &mut be);
+        assert_eq!(fe.status(), FrontStatus::Connected);
+        assert_eq!(s.get(&format!("{FE_DIR}/ring-ref")), None, "no ring-ref for a two-ring device");
+        let c = fe.channel().unwrap();
+        let (tx, rx) = (c.gref(), c.extra_grefs()[0]);
+        assert_eq!(s.get(&format!("{FE_DIR}/tx-ring-ref")), Some(format!("{}", tx.0).as_str()));
+        assert_eq!(s.get(&format!("{FE_DIR}/rx-ring-ref")), Some(format!("{}", rx.0).as_str()));
+        let c = fe.channel().unwrap();
+        assert_eq!(be.driver.mapped, [c.mem.mfn, c.extra[0].mfn], "mapped in RINGS order");
+        assert_eq!(fo.held(), Held { pages: 2, grants: 2, maps: 0, ports: 1 });
+        assert_eq!(bo.held(), Held { pages: 0, grants: 0, maps: 2, ports: 1 });
+        fe.close(&mut s);
+        settle(&mut s, &mut fo, &mut bo, &mut fe, &mut be);
+        assert_eq!(fe.status(), FrontStatus::Closed);
+        assert_eq!(fe.leaked, None);
+        assert!(be.take_notices().contains(&Notice::Disconnected { unmapped: true }));
+        assert_eq!((fo.held(), bo.held()), (Held::default(), Held::default()));
+        assert!(fo.world.borrow().violations.is_empty());
+    }
+
+    #[test]
+    fn a_bad_second_ring_ref_maps_nothing() {
+        for bad in ["", "x", "99999999999"] {
+            let (mut s, mut fo, mut bo, mut fe, mut be) = rig(Back::default());
+            s.set(&format!("{FE_DIR}/rx-ring-ref"), bad);
+            be.on_watch(&mut s, &mut bo);
+            assert_eq!(be.take_notices(), [Notice::ConnectFailed(SplitError::Keys(KeyError::BadRingRef))]);
+            assert_eq!(bo.held(), Held::default());
+            settle(&mut s, &mut fo, &mut bo, &mut fe, &mut be);
+            assert_eq!((fo.held(), bo.held()), (Held::default(), Held::default()));
+        }
+        // A second grant that is not the backend's to map: the first ring is unmapped again.
+        let (mut s, mut fo, mut bo, mut fe, mut be) = rig(Back::default());
+        let (page, mfn) = fo.alloc_page().unwrap();
+        let g = fo.grant(DomId(5), mfn, false).unwrap();
+        s.set(&format!("{FE_DIR}/rx-ring-ref"), &format!("{}", g.0));
+        be.on_watch(&mut s, &mut bo);
+        assert_eq!(be.take_notices(), [Notice::ConnectFailed(SplitError::Os(Errno::EACCES))]);
+        assert_eq!(bo.held(), Held::default());
+        fo.end_grant(g).unwrap();
+        fo.free_page(page);
+        settle(&mut s, &mut fo, &mut bo, &mut fe, &mut be);
+        assert_eq!((fo.held(), bo.held()), (Held::default(), Held::default()));
+        assert!(fo.world.borrow().violations.is_empty());
+    }
+
+    #[test]
+    fn a_refusing_driver_gets_both_rings_unmapped() {
+        let (mut s, mut fo, mut bo, mut fe, mut be) = rig(Back { refuse: true, ..Default::default() });
+        settle(&mut s, &mut fo, &mut bo, &mut fe, &mut be);
+        assert_eq!(be.driver.mapped.len(), 2);
+        assert_eq!(fe.status(), FrontStatus::Closed);
+        assert_eq!((fo.held(), bo.held()), (Held::default(), Held::default()));
+    }
+
+    #[test]
+    fn a_failure_setting_up_the_second_ring_releases_the_first() {
+        let (mut s, mut fo, mut bo, _, _) = rig(Back::default());
+        // A fresh frontend whose second grant fails.
+        let dir = "/local/domain/1/device/vtest/1";
+        for (k, v) in [("backend", BE_DIR), ("backend-id", "0"), ("state", "1")] {
+            s.set(&format!("{dir}/{k}"), v);
+        }
+        let mut fe = FrontDevice::open(&mut s, dir, Front).unwrap();
+        let before = fo.held();
+        fo.world.borrow_mut().fail = Some("alloc_unbound");
+        assert!(fe.step(&mut s, &mut fo).is_err());
+        assert_eq!(fo.held(), before, "both pages and grants released");
+        let _ = &mut bo;
+        assert!(fo.world.borrow().violations.is_empty());
+    }
+
+    #[test]
+    fn one_ring_takes_exactly_one() {
+        assert_eq!(back::one_ring(vec![7]), Ok(7));
+        assert_eq!(back::one_ring(Vec::<u8>::new()), Err(vec![]));
+        assert_eq!(back::one_ring(vec![1, 2]), Err(vec![1, 2]));
     }
 }

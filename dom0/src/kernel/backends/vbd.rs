@@ -50,6 +50,7 @@ use hypercall_abi::grant_table::{gntmap, gntst, GnttabMapGrantRef, GnttabUnmapGr
 use hypercall_abi::io::blkif::{keys as blkif_keys, BLKIF_MAX_SEGMENTS_PER_REQUEST};
 use hypercall_abi::io::ring::RingError;
 use hypercall_abi::{DomId, Errno};
+use pv_guest_kernel::split::back::one_ring;
 use pv_guest_kernel::split::kernel::GrantMapping;
 use pv_guest_kernel::split::{BackendDriver, Keys, Served, Store};
 use pv_guest_kernel::{cmdline, hypercall, println};
@@ -285,9 +286,10 @@ impl BackendDriver<GrantMapping> for VbdDriver {
     fn connect<S: Store + ?Sized>(
         &mut self,
         frontend: DomId,
-        ring: GrantMapping,
+        rings: Vec<GrantMapping>,
         keys: &mut Keys<'_, S>,
-    ) -> Result<(VbdConn, Vec<(&'static str, String)>), (GrantMapping, &'static str)> {
+    ) -> Result<(VbdConn, Vec<(&'static str, String)>), (Vec<GrantMapping>, &'static str)> {
+        let ring = one_ring(rings).map_err(|r| (r, "one ring expected"))?;
         let persistent = keys.flag("feature-persistent");
         let back = Blkback::new(ring, frontend, self.info, 0);
         Ok((VbdConn { back, data: DeviceMaps::new(persistent) }, keys::connect_keys(&self.info)))
@@ -339,10 +341,10 @@ impl BackendDriver<GrantMapping> for VbdDriver {
         c.back.broken()
     }
 
-    fn disconnect(&mut self, mut c: VbdConn) -> GrantMapping {
+    fn disconnect(&mut self, mut c: VbdConn) -> Vec<GrantMapping> {
         let kept = c.data.release_persistent();
         self.last = Some((c.back.stats, kept, c.data.unmap_failures));
-        c.back.into_memory()
+        alloc::vec![c.back.into_memory()]
     }
 }
 
