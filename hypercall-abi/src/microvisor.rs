@@ -1,7 +1,8 @@
 //! microvisor's own extensions next to Xen's interface, shared by the hypervisor, the guests
 //! and the host runner so they can never disagree: the QEMU exit values that tell poweroff
-//! from crash, the `BENCH` line format benchmarks print and the `RESULT` line format of
-//! conformance checks.
+//! from crash, the `BENCH` line format benchmarks print, the `RESULT` line format of
+//! conformance checks, and the network demo's byte pattern and hash (so the host checks
+//! what a domU sent or received).
 
 /// Values the hypervisor writes to QEMU's `isa-debug-exit` device (QEMU then exits with
 /// `(value << 1) | 1`).
@@ -16,6 +17,106 @@ pub mod exit {
     /// QEMU's process exit status for `value`.
     pub const fn qemu_status(value: u8) -> i32 {
         ((value as i32) << 1) | 1
+    }
+}
+
+/// What the network demo's servers send and the clients check (guest HTTP server and client,
+/// the host's tests and benchmarks): a byte pattern any side can regenerate from an offset,
+/// and the 64-bit FNV-1a hash bodies are reported with.
+pub mod netdemo {
+    /// QEMU's user network is `10.0.2.0/24` with its gateway (slirp) here.
+    pub const GATEWAY: [u8; 4] = [10, 0, 2, 2];
+    /// dom0's own address on it.
+    pub const DOM0_IP: [u8; 4] = [10, 0, 2, 10];
+
+    /// The static address of domain `domid`: `10.0.2.(14 + domid)`, so the first domU gets
+    /// `10.0.2.15`, the address QEMU's DHCP would have given it.
+    pub const fn domu_ip(domid: u16) -> [u8; 4] {
+        [10, 0, 2, 14u8.wrapping_add(domid as u8)]
+    }
+
+    /// Byte `i` of every pattern body (`GET /bytes/<n>` answers bytes `0..n`): a mix of the
+    /// offset's bits, so a byte shifted, lost or repeated anywhere changes what follows.
+    pub const fn pattern(i: u64) -> u8 {
+        let x = i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        (x >> 56) as u8 ^ (i as u8)
+    }
+
+    /// Fills `buf` with the pattern's bytes from offset `start`.
+    pub fn fill_pattern(start: u64, buf: &mut [u8]) {
+        for (i, b) in buf.iter_mut().enumerate() {
+            *b = pattern(start + i as u64);
+        }
+    }
+
+    /// True if `data` is the pattern's bytes from offset `start`.
+    pub fn is_pattern(start: u64, data: &[u8]) -> bool {
+        data.iter().enumerate().all(|(i, b)| *b == pattern(start + i as u64))
+    }
+
+    /// 64-bit FNV-1a.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Fnv1a(u64);
+
+    impl Default for Fnv1a {
+        fn default() -> Self {
+            Self::new()
+        }
+    }
+
+    impl Fnv1a {
+        pub const fn new() -> Self {
+            Fnv1a(0xcbf2_9ce4_8422_2325)
+        }
+        pub fn update(&mut self, data: &[u8]) {
+            for &b in data {
+                self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        pub const fn finish(&self) -> u64 {
+            self.0
+        }
+    }
+
+    /// The hash of the pattern's first `n` bytes.
+    pub fn pattern_hash(n: u64) -> u64 {
+        let mut h = Fnv1a::new();
+        let mut chunk = [0u8; 256];
+        let mut at = 0;
+        while at < n {
+            let k = (n - at).min(chunk.len() as u64) as usize;
+            fill_pattern(at, &mut chunk[..k]);
+            h.update(&chunk[..k]);
+            at += k as u64;
+        }
+        h.finish()
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn fnv_and_pattern() {
+            // FNV-1a's published test vectors.
+            let mut h = Fnv1a::new();
+            assert_eq!(h.finish(), 0xcbf2_9ce4_8422_2325);
+            h.update(b"a");
+            assert_eq!(h.finish(), 0xaf63_dc4c_8601_ec8c);
+            let mut h = Fnv1a::new();
+            h.update(b"foobar");
+            assert_eq!(h.finish(), 0x8594_4171_f739_67e8);
+            let mut buf = [0u8; 1000];
+            fill_pattern(77, &mut buf);
+            assert!(is_pattern(77, &buf));
+            assert!(!is_pattern(78, &buf));
+            let mut h = Fnv1a::new();
+            fill_pattern(0, &mut buf);
+            h.update(&buf);
+            assert_eq!(pattern_hash(1000), h.finish());
+            // Neighbouring offsets differ: a lost or repeated byte shows.
+            assert!((0..4096).filter(|&i| pattern(i) == pattern(i + 1)).count() < 64);
+        }
     }
 }
 

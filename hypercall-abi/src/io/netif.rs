@@ -1,10 +1,76 @@
 //! The PV network protocol (`public/io/netif.h`): a transmit ring (frontend sends packets as
 //! granted fragments) and a receive ring (frontend posts granted buffers the backend fills),
-//! 256 slots each.
+//! 256 slots each, sharing one event channel (unless split event channels are negotiated).
+//!
+//! Xenstore: the device class is `vif`; the toolstack writes `mac` (and `handle`) in both
+//! directories; the backend advertises what it offers with the [`keys`] `feature-*` nodes
+//! before InitWait, the frontend publishes `tx-ring-ref`, `rx-ring-ref`, `event-channel` and
+//! what it asks for (`request-rx-copy`, `feature-rx-notify`, `feature-sg`, ...).
 
 use super::ring::{ring_size, slot_size, BackRing, FrontRing};
 use crate::types::GrantRef;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+/// The device class in xenstore paths.
+pub const KIND: &str = "vif";
+
+/// The keys of the two rings' grant references, in the order a backend maps them.
+pub const RINGS: [&str; 2] = ["tx-ring-ref", "rx-ring-ref"];
+
+/// Xenstore keys of the feature negotiation (`netif.h`'s "Feature and Parameter
+/// Negotiation"), as Linux's netfront and netback read and write them.
+pub mod keys {
+    // Written by the backend (what it offers).
+    /// Receive by grant copy (the only receive mode left; Linux's netfront requires it).
+    pub const FEATURE_RX_COPY: &str = "feature-rx-copy";
+    /// Receive by page flipping (obsolete; `0`).
+    pub const FEATURE_RX_FLIP: &str = "feature-rx-flip";
+    /// Packets of more than one slot, both ways.
+    pub const FEATURE_SG: &str = "feature-sg";
+    pub const FEATURE_GSO_TCPV4: &str = "feature-gso-tcpv4";
+    pub const FEATURE_GSO_TCPV6: &str = "feature-gso-tcpv6";
+    /// Checksum offload for IPv6 (IPv4's is always on).
+    pub const FEATURE_IPV6_CSUM_OFFLOAD: &str = "feature-ipv6-csum-offload";
+    pub const FEATURE_SPLIT_EVENT_CHANNELS: &str = "feature-split-event-channels";
+    pub const MULTI_QUEUE_MAX_QUEUES: &str = "multi-queue-max-queues";
+    pub const FEATURE_MULTICAST_CONTROL: &str = "feature-multicast-control";
+    // Written by the frontend (what it asks for).
+    pub const REQUEST_RX_COPY: &str = "request-rx-copy";
+    /// It notifies when it posts receive buffers (Linux's netback requires it).
+    pub const FEATURE_RX_NOTIFY: &str = "feature-rx-notify";
+    /// It cannot take packets whose checksum is blank.
+    pub const FEATURE_NO_CSUM_OFFLOAD: &str = "feature-no-csum-offload";
+    pub const MULTI_QUEUE_NUM_QUEUES: &str = "multi-queue-num-queues";
+    // Written by the toolstack.
+    pub const MAC: &str = "mac";
+    pub const HANDLE: &str = "handle";
+}
+
+/// Parses a `mac` node (`00:16:3e:01:02:03`: six two-digit hex bytes, either case).
+pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let s = s.trim_end_matches('\0');
+    let mut mac = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut mac {
+        let p = parts.next()?;
+        if p.len() != 2 || !p.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return None;
+        }
+        *b = u8::from_str_radix(p, 16).ok()?;
+    }
+    parts.next().is_none().then_some(mac)
+}
+
+/// A MAC displayed as the toolstack writes it (lower-case hex, colons).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MacDisplay(pub [u8; 6]);
+
+impl core::fmt::Display for MacDisplay {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
 
 /// `NETTXF_*`: [`NetifTxRequest::flags`].
 pub mod nettxf {
@@ -182,6 +248,7 @@ pub type NetifRxBackRing = BackRing<NetifRxRequest, NetifRxResponse>;
 
 #[cfg(test)]
 mod tests {
+    extern crate std;
     use super::*;
 
     #[test]
@@ -191,6 +258,27 @@ mod tests {
         assert_eq!(slot.as_extra_info(), e);
         assert_eq!(slot.as_extra_info().gso(), (1448, gso_type::TCPV4, 0));
         assert_eq!(e.as_bytes(), &[1, 1, 0xa8, 0x05, 1, 0, 0, 0]);
+    }
+
+    #[test]
+    fn macs_parse_strictly() {
+        assert_eq!(parse_mac("00:16:3e:0A:ff:01"), Some([0, 0x16, 0x3e, 0x0a, 0xff, 1]));
+        assert_eq!(parse_mac("00:16:3e:0a:ff:01\0"), Some([0, 0x16, 0x3e, 0x0a, 0xff, 1]));
+        for bad in [
+            "",
+            "00:16:3e:0a:ff",
+            "00:16:3e:0a:ff:01:02",
+            "0:16:3e:0a:ff:01",
+            "00:16:3e:0a:ff:0g",
+            "00-16-3e-0a-ff-01",
+            "+0:16:3e:0a:ff:01",
+        ] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+        let m = [0, 0x16, 0x3e, 0x12, 0x34, 7];
+        let text = std::format!("{}", MacDisplay(m));
+        assert_eq!(text, "00:16:3e:12:34:07");
+        assert_eq!(parse_mac(&text), Some(m));
     }
 
     #[test]
