@@ -13,6 +13,8 @@ pub mod console_backend;
 pub mod domains;
 pub mod local_xs;
 pub mod mem_set;
+pub mod netback;
+pub mod netswitch;
 pub mod pci;
 pub mod rngback;
 pub mod store_ring;
