@@ -22,6 +22,8 @@ pub mod gnttab;
 pub mod heap;
 pub mod hypercall;
 pub mod mm;
+pub mod net;
+pub mod netfront;
 pub mod rngfront;
 pub mod shared;
 pub mod split;
