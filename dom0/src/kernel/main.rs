@@ -73,8 +73,13 @@ fn main(si: &StartInfo) {
     if let Some(m) = services::mem_set::MemSetService::new(cmd, &xs) {
         all.add(Box::new(m));
     }
-    for b in
-        [backends::vrng::service(cmd, &xs), backends::vbd::service(cmd, disks, &xs)].into_iter().flatten()
+    for b in [
+        backends::vrng::service(cmd, &xs),
+        backends::vbd::service(cmd, disks, &xs),
+        backends::vif::service(cmd, &xs),
+    ]
+    .into_iter()
+    .flatten()
     {
         all.add(b);
     }

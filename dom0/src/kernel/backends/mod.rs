@@ -18,6 +18,7 @@
 //! kind says a device of theirs has work, e.g. a disk completion).
 
 pub mod vbd;
+pub mod vif;
 pub mod vrng;
 
 use crate::domctl::alive;

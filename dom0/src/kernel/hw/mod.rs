@@ -1,7 +1,7 @@
 //! dom0's hardware (kernel only: port I/O, device memory and DMA need `unsafe`): PCI
 //! access through the legacy ports, machine-contiguous DMA and BAR mappings, virtio-drivers'
 //! `Hal`, device interrupts as pirq event channels, and the virtio devices dom0 drives
-//! (virtio-blk, virtio-rng). The pure logic they use (PCI decoding, the virtqueue) lives in
+//! (virtio-blk, virtio-rng, virtio-net). The pure logic they use (PCI decoding, the virtqueue) lives in
 //! the library and is host-tested; the backends serving the devices to domUs are
 //! [`crate::backends`].
 //!
@@ -12,6 +12,7 @@ pub mod hal;
 pub mod irq;
 pub mod portio;
 pub mod virtio_blk;
+pub mod virtio_net;
 pub mod virtio_rng;
 
 use alloc::vec::Vec;
