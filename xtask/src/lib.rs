@@ -10,6 +10,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod kernels;
 pub mod linux;
+pub mod net;
 pub mod plot;
 pub mod qemu;
 pub mod trace;

@@ -104,6 +104,9 @@ pub struct Machine {
     pub memory_mib: u32,
     /// Raw disk images attached as virtio-blk devices.
     pub disks: Vec<PathBuf>,
+    /// A virtio-net NIC on QEMU's user network (isolated: `restrict=on`), with these host
+    /// ports forwarded to guest addresses ([`crate::net`]); none: no NIC.
+    pub forwards: Vec<crate::net::Forward>,
     /// `-icount shift=0`: guest time follows the instruction count (deterministic figures).
     pub icount: bool,
     /// Use KVM instead of TCG (for users on real hardware; not used by the tests).
@@ -134,6 +137,7 @@ impl Machine {
             modules: Vec::new(),
             memory_mib: 512,
             disks: Vec::new(),
+            forwards: Vec::new(),
             icount: false,
             kvm: false,
             gdb: false,
@@ -236,6 +240,10 @@ impl Machine {
             c.arg("-drive").arg(format!("file={},format=raw,if=none,id=disk{i},cache=unsafe", d.display()));
             c.arg("-device").arg(format!("virtio-blk-pci,drive=disk{i},disable-legacy=on"));
         }
+        if let Some(netdev) = crate::net::netdev_arg(&self.forwards) {
+            c.arg("-netdev").arg(netdev);
+            c.args(["-device", "virtio-net-pci,netdev=n0,disable-legacy=on"]);
+        }
         // A random-number source dom0 serves to the domUs (its `vrng` backend).
         c.args(["-device", "virtio-rng-pci,disable-legacy=on"]);
         c.args(&self.extra_args);
@@ -244,13 +252,28 @@ impl Machine {
 
     /// Runs the machine to its end or `deadline`, collecting the serial log.
     pub fn run(&self, deadline: Duration) -> Result<Run> {
-        self.run_watched(deadline, None)
+        self.run_inner(deadline, None, |_| {})
     }
 
     /// As [`Machine::run`], and with `watch = Some((needle, quiet))` also stops the machine
     /// (as a timeout) once `quiet` has passed without a line containing `needle` since the
     /// start or the last such line; the log then ends with [`STALL_LINE`] and the needle.
     pub fn run_watched(&self, deadline: Duration, watch: Option<(&str, Duration)>) -> Result<Run> {
+        self.run_inner(deadline, watch, |_| {})
+    }
+
+    /// [`run`](Self::run), handing each serial line to `on_line` as it arrives (so a test can
+    /// start talking to a guest once it says it is ready).
+    pub fn run_watching(&self, deadline: Duration, on_line: impl FnMut(&str)) -> Result<Run> {
+        self.run_inner(deadline, None, on_line)
+    }
+
+    fn run_inner(
+        &self,
+        deadline: Duration,
+        watch: Option<(&str, Duration)>,
+        mut on_line: impl FnMut(&str),
+    ) -> Result<Run> {
         ensure_qemu()?;
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -285,6 +308,7 @@ impl Machine {
                             let _ = child.kill();
                         }
                     }
+                    on_line(&line);
                     log.push(line);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,

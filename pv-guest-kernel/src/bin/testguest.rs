@@ -101,6 +101,10 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("rng-hostile", "tests/tests/rng.rs", |c| rng::with_device(c, rng::hostile)),
     // xenstored.
     sc("xs-fill", "tests/tests/xenstore.rs", xs_fill::run),
+    // Network (netfront, dom0's switch and NIC).
+    sc("net-serve", "tests/tests/net.rs", |c| net::with_stack(c, net::serve)),
+    sc("net-fetch", "tests/tests/net.rs", |c| net::with_stack(c, net::fetch)),
+    sc("net-hostile", "tests/tests/net.rs", |c| net::with_stack(c, net::hostile)),
     // Benchmarks: `bench` runs them all in the bench configuration (`cargo xtask bench`).
     sc("bench", "tests/tests/bench_smoke.rs", bench_all),
     sc("bench-null", "tests/tests/bench_smoke.rs", |c| bench_null::run(c.cmd)),
@@ -256,6 +260,8 @@ mod privop;
 mod regs;
 #[path = "testguest/results.rs"]
 mod results;
+#[path = "testguest/net.rs"]
+mod net;
 #[path = "testguest/ring_scribble.rs"]
 mod ring_scribble;
 #[path = "testguest/rng.rs"]
