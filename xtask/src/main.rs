@@ -10,8 +10,9 @@ usage: cargo xtask <command> [options]
 
 commands:
   build                 build the hypervisor and guest kernels
-  run [--gdb] [--kvm] [--icount] [--linux] [-- <qemu args>]
-                        boot microvisor + dom0 + domU in QEMU (serial console here);
+  run [--gdb] [--kvm] [--icount] [--linux] [--serve <s>] [-- <qemu args>]
+                        boot microvisor + dom0 + domU in QEMU (serial console here); the
+                        domU serves HTTP on a host port for <s> seconds (default 15);
                         --linux adds Debian's Linux as a PV domU with a busybox shell
   test                  run every test: lint, host unit/property tests and QEMU boot tests
   lint                  cargo fmt --check and clippy (warnings are errors) on every crate
@@ -67,6 +68,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
     let disk = xtask::workspace_root().join("target/disk.img");
     xtask::disk::ensure_image(&disk, xtask::disk::RUN_DISK_BYTES)?;
     let mut m = Machine::standard(&k).with_vbd(&disk, "domU");
+    let mut serve = 15u64;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
@@ -85,10 +87,16 @@ fn run(args: &[String]) -> Result<ExitCode> {
             "--gdb" => m.gdb = true,
             "--kvm" => m.kvm = true,
             "--icount" => m.icount = true,
+            "--serve" => {
+                serve =
+                    it.next().and_then(|v| v.parse().ok()).ok_or("run: --serve needs a number of seconds")?
+            }
             "--" => m.extra_args.extend(it.by_ref().cloned()),
             other => return Err(format!("run: unknown option `{other}`")),
         }
     }
+    // The NIC, and the demo domU's HTTP server reachable from this host only.
+    let port = xtask::net::demo_forward(&mut m, serve);
     if m.gdb {
         println!("QEMU is halted with a gdb stub on :1234. In another terminal:");
         println!(
@@ -97,9 +105,10 @@ fn run(args: &[String]) -> Result<ExitCode> {
             k.dom0.display(),
             k.domu.display()
         );
+        let status = m.command().status().map_err(|e| format!("cannot start QEMU: {e}"))?;
+        return Ok(ExitCode::from(Outcome::from_status(status.code()).exit_code() as u8));
     }
-    let status = m.command().status().map_err(|e| format!("cannot start QEMU: {e}"))?;
-    let outcome = Outcome::from_status(status.code());
+    let outcome = xtask::net::run_demo(&m, port, serve)?;
     if outcome != Outcome::Poweroff {
         eprintln!("xtask: machine ended with {outcome:?}");
     }

@@ -4,8 +4,9 @@
 //! machine and only the host reaches in. A small HTTP/1.0 client talks to the guests' servers
 //! for the tests, `cargo xtask run` and the benchmarks.
 
-use crate::qemu::Machine;
-use std::io::{Read, Write};
+use crate::qemu::{Machine, Outcome};
+use crate::Result;
+use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -48,6 +49,60 @@ impl Machine {
         self.forwards.push(Forward { host_port, guest, guest_port });
         host_port
     }
+}
+
+/// The port `cargo xtask run` forwards to the demo domU's HTTP server: 8080 when free (easy
+/// to type), else one the OS picks.
+pub fn demo_forward(m: &mut Machine, serve_s: u64) -> u16 {
+    let port = if TcpListener::bind(("127.0.0.1", 8080)).is_ok() { 8080 } else { free_port() };
+    m.forwards.push(Forward { host_port: port, guest: domu_ip(1), guest_port: 80 });
+    if let Some(domu) = m.modules.get_mut(1) {
+        let sep = if domu.args.contains(" -- ") { " " } else { " -- " };
+        domu.args = format!("{}{sep}serve={serve_s}", domu.args);
+    }
+    port
+}
+
+/// Runs the demo machine with its console here, and once the domU serves, fetches its page
+/// the way a person would with curl, and says how to try it by hand. The machine ends by
+/// itself: the domU stops serving after `serve_s` seconds (or a `GET /bye`) and powers off.
+pub fn run_demo(m: &Machine, port: u16, serve_s: u64) -> Result<Outcome> {
+    crate::qemu::ensure_qemu()?;
+    let mut cmd = m.command();
+    cmd.stdout(std::process::Stdio::piped());
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start QEMU: {e}"))?;
+    let out = child.stdout.take().ok_or("no QEMU stdout")?;
+    let mut fetcher = None;
+    let stdout = std::io::stdout();
+    for line in BufReader::new(out).split(b'\n') {
+        let Ok(line) = line else { break };
+        let text = String::from_utf8_lossy(&line);
+        {
+            let mut o = stdout.lock();
+            let _ = o.write_all(&line);
+            let _ = o.write_all(b"\n");
+            let _ = o.flush();
+        }
+        if fetcher.is_none() && text.contains("domU: http server listening") {
+            fetcher = Some(std::thread::spawn(move || {
+                let r = get_when_up(port, "/", Duration::from_secs(10));
+                let url = format!("http://127.0.0.1:{port}/");
+                match r {
+                    Ok(r) => println!("xtask: curl {url} -> {} {}", r.status, r.text().trim()),
+                    Err(e) => println!("xtask: curl {url} failed: {e}"),
+                }
+                println!(
+                    "xtask: try it by hand for the next {serve_s} s: curl {url}  (also {url}bytes/<n>; \
+                     `cargo xtask run --serve <s>` serves longer, curl {url}bye ends it)"
+                );
+            }));
+        }
+    }
+    let status = child.wait().map_err(|e| format!("waiting for QEMU: {e}"))?;
+    if let Some(f) = fetcher {
+        let _ = f.join();
+    }
+    Ok(Outcome::from_status(status.code()))
 }
 
 /// A response from a guest's server.

@@ -2,14 +2,16 @@
 //! served by dom0 (its lines then appear as dom0's `[domU] ...`), prints, runs a CPU-bound
 //! loop long enough to be preempted (its lines interleave with dom0's on the console), echoes
 //! any console input it receives, then uses its split devices — the virtual disk dom0 serves
-//! from virtio-blk (write, flush, read back) and 32 bytes from dom0's virtio-rng — and powers
-//! off.
+//! from virtio-blk (write, flush, read back), 32 bytes from dom0's virtio-rng, and its vif
+//! (dom0's greeting fetched over HTTP; with `serve=<s>` an HTTP server the host reaches through
+//! QEMU's port forward) — and powers off.
 //!
 //! Between steps it follows the toolstack's `memory/target` with its balloon driver
 //! ([`pv_guest_kernel::balloon`]), so dom0's `mem-set=` moves its memory.
 //!
 //! Options: `steps=<n>` iterations (default 30), `work=<n>` computation steps per iteration,
-//! `xstest` to run the xenstore self-test ([`xstest`]) first.
+//! `serve=<s>` to serve HTTP that long, `xstest` to run the xenstore self-test ([`xstest`])
+//! first.
 #![no_std]
 #![no_main]
 
@@ -62,7 +64,8 @@ fn main(si: &StartInfo) {
     // steps, and would keep the two loops from interleaving.
     if let Some(xb) = xb.as_mut() {
         disk::run(xb);
-        rng::run(xb)
+        rng::run(xb);
+        net::run(xb, cmd)
     }
     println!("domU: done after {ms} ms (checksum {:#x}), powering off", acc & 0xffff);
 }
@@ -99,6 +102,8 @@ fn busy_work(n: u64, seed: u64) -> u64 {
 // The demo's parts live in `domu/` so that cargo does not take them for binaries of their own.
 #[path = "domu/disk.rs"]
 mod disk;
+#[path = "domu/net.rs"]
+mod net;
 #[path = "domu/rng.rs"]
 mod rng;
 #[path = "domu/xstest.rs"]

@@ -113,7 +113,8 @@ impl Irq {
                 needs_eoi: l.needs_eoi.load(Ordering::SeqCst),
             });
         }
-        let slot = LINES.iter().position(|l| l.port.load(Ordering::SeqCst) == NO_PORT).ok_or(Errno::ENOSPC)?;
+        let slot =
+            LINES.iter().position(|l| l.port.load(Ordering::SeqCst) == NO_PORT).ok_or(Errno::ENOSPC)?;
         let mut m = PhysdevMapPirq {
             domid: DomId::SELF,
             type_: map_pirq_type::GSI,

@@ -48,7 +48,8 @@ pub fn with_stack(c: &Ctx, body: Body) {
             return;
         }
     };
-    let domid = xb.read_string(TxId::NONE, "domid").ok().and_then(|d| d.trim().parse::<u16>().ok()).unwrap_or(1);
+    let domid =
+        xb.read_string(TxId::NONE, "domid").ok().and_then(|d| d.trim().parse::<u16>().ok()).unwrap_or(1);
     let nf = match NetFront::connect(&mut xb, SETUP_NS) {
         Ok(n) => n,
         Err(e) => {
@@ -57,7 +58,12 @@ pub fn with_stack(c: &Ctx, body: Body) {
         }
     };
     let ip = cmdline::get(cmd, "ip").and_then(net::parse_ip).unwrap_or(net::domu_ip(domid));
-    println!("{scenario}: vif {} connected (backend d{}), address {}", MacDisplay(nf.mac), nf.backend().0, dotted(ip));
+    println!(
+        "{scenario}: vif {} connected (backend d{}), address {}",
+        MacDisplay(nf.mac),
+        nf.backend().0,
+        dotted(ip)
+    );
     let mac = nf.mac;
     let addr = net::Addr { ip, prefix: 24, gateway: Some(net::GATEWAY) };
     let stack = Stack::new(nf, mac, addr, time::rdtsc() ^ u64::from(domid), time::now_ns());
@@ -77,7 +83,11 @@ fn dotted(ip: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
 }
 
-pub fn serve(mut stack: Stack<NetFront>, _xb: &mut Xenbus<RingTransport>, c: &Ctx) -> Option<Stack<NetFront>> {
+pub fn serve(
+    mut stack: Stack<NetFront>,
+    _xb: &mut Xenbus<RingTransport>,
+    c: &Ctx,
+) -> Option<Stack<NetFront>> {
     let cmd = c.cmd;
     let ip = stack.iface.ipv4_addr().map_or([0; 4], |a| a.octets());
     let secs = cmdline::get_u64(cmd, "serve", 120, 1, 3600).unwrap_or(120);
@@ -111,7 +121,11 @@ pub fn serve(mut stack: Stack<NetFront>, _xb: &mut Xenbus<RingTransport>, c: &Ct
     Some(stack)
 }
 
-pub fn fetch(mut stack: Stack<NetFront>, _xb: &mut Xenbus<RingTransport>, c: &Ctx) -> Option<Stack<NetFront>> {
+pub fn fetch(
+    mut stack: Stack<NetFront>,
+    _xb: &mut Xenbus<RingTransport>,
+    c: &Ctx,
+) -> Option<Stack<NetFront>> {
     let cmd = c.cmd;
     let Some(peer) = cmdline::get(cmd, "peer").and_then(net::parse_ip) else {
         println!("TEST net-fetch FAIL no peer=<ip>");
@@ -181,7 +195,11 @@ pub fn fetch(mut stack: Stack<NetFront>, _xb: &mut Xenbus<RingTransport>, c: &Ct
 /// The hostile frontend. Its good frames go to the broadcast address from its own MAC (an
 /// ARP-less IPv4 ethertype with a payload nobody parses), so they are switched and counted
 /// but disturb no one.
-pub fn hostile(mut stack: Stack<NetFront>, xb: &mut Xenbus<RingTransport>, c: &Ctx) -> Option<Stack<NetFront>> {
+pub fn hostile(
+    mut stack: Stack<NetFront>,
+    xb: &mut Xenbus<RingTransport>,
+    c: &Ctx,
+) -> Option<Stack<NetFront>> {
     let cmd = c.cmd;
     let mac = stack.dev.mac;
     let backend = stack.dev.backend();
