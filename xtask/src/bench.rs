@@ -20,7 +20,7 @@ pub struct BenchResult {
     pub system: String,
 }
 
-fn microvisor() -> String {
+pub(crate) fn microvisor() -> String {
     crate::qemu::System::Microvisor.name().to_string()
 }
 

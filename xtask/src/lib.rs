@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod kernels;
 pub mod linux;
 pub mod net;
+pub mod netbench;
 pub mod plot;
 pub mod qemu;
 pub mod trace;

@@ -24,10 +24,11 @@ commands:
                         audit every K hypercalls; prints calls/s, and on failure the command
                         that reproduces it and the last calls; --skip leaves operations out
                         (each draws from its own stream) to narrow a failure down
-  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--peer xen [--xen-args A]]
-                        boot the bench configuration, print the figures, write
-                        target/bench/results.json; with --peer xen, also run the
-                        standalone benchmarks under Xen 4.17 and print both side by side
+  bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--no-net|--net-only]
+        [--peer xen [--xen-args A]]
+                        boot the bench configuration (and the network one), print the
+                        figures, write target/bench/results.json; with --peer xen, also run
+                        the standalone benchmarks under Xen 4.17 and print both side by side
                         (--xen-args <options> adds to Xen's command line, e.g. spec-ctrl=no)
   conformance [--diff] [--logs] [scenario...]
                         run the test guest's standalone scenarios under microvisor (domU)
@@ -126,11 +127,15 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let mut kvm = false;
     let mut peer = None;
     let mut xen_args = String::new();
+    let mut net = true;
+    let mut only_net = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("bench: `{a}` needs a value"));
         match a.as_str() {
             "--mode" => mode = value()?,
+            "--no-net" => net = false,
+            "--net-only" => only_net = true,
             "--iters" => iters = value()?.parse().map_err(|_| "bench: --iters needs a number".to_string())?,
             "--compare" => compare = Some(value()?),
             "--accel" => kvm = value()? == "kvm",
@@ -153,16 +158,28 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let mut m = xtask::qemu::Machine::bench_with(&k, iters, mode == "wall");
     m.icount = mode == "insns";
     m.kvm = kvm;
-    let run = m.run(Duration::from_secs(600))?;
-    let mut results = bench::parse(&run.log, &mode);
-    if run.outcome != Outcome::Poweroff || results.is_empty() {
-        eprintln!("{}", run.text());
-        return Err(format!("bench run ended with {:?} and {} results", run.outcome, results.len()));
+    let (mut results, mut log) = (Vec::new(), Vec::new());
+    if !only_net {
+        let run = m.run(Duration::from_secs(600))?;
+        results = bench::parse(&run.log, &mode);
+        if run.outcome != Outcome::Poweroff || results.is_empty() {
+            eprintln!("{}", run.text());
+            return Err(format!("bench run ended with {:?} and {} results", run.outcome, results.len()));
+        }
+        log = run.log;
+    }
+    // The network in a boot of its own (wall mode only: under -icount the host's side of
+    // every transfer runs in real time, so the figures would mean nothing).
+    if (net || only_net) && mode == "wall" && !kvm {
+        let (net_results, run) = xtask::netbench::run(&k, xtask::netbench::Plan::FULL)?;
+        results.extend(net_results);
+        log.extend(run.log);
     }
     print!("{}", bench::table(&results));
     print!("{}", xtask::disk::blk_ratios(&results));
+    print!("{}", xtask::netbench::summary(&results));
     let mut hists: Vec<(&str, xtask::plot::Hist)> =
-        xtask::plot::parse_hists(&run.log).into_iter().map(|h| ("microvisor", h)).collect();
+        xtask::plot::parse_hists(&log).into_iter().map(|h| ("microvisor", h)).collect();
     if let Some(x) = &xen {
         // The same guest, standalone benchmarks only, as Xen's dom0, in the same QEMU mode.
         let mut m = xtask::xen::bench_machine(&x.image, &k.testguest, iters);
@@ -199,9 +216,11 @@ fn bench(args: &[String]) -> Result<ExitCode> {
         xtask::plot::histogram_svg(&series, unit, &svg)?;
     }
     println!("wrote {} (one histogram per metric)", dir.join("<metric>.svg").display());
-    let summary = dir.join("summary.svg");
-    xtask::plot::summary_svg(&results, &summary)?;
-    println!("wrote {}", summary.display());
+    if !only_net {
+        let summary = dir.join("summary.svg");
+        xtask::plot::summary_svg(&results, &summary)?;
+        println!("wrote {}", summary.display());
+    }
     if let Some(old) = compare {
         let text = std::fs::read_to_string(&old).map_err(|e| format!("{old}: {e}"))?;
         let old: Vec<bench::BenchResult> = serde_json::from_str(&text).map_err(|e| format!("{old}: {e}"))?;

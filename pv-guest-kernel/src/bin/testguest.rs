@@ -105,6 +105,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("net-serve", "tests/tests/net.rs", |c| net::with_stack(c, net::serve)),
     sc("net-fetch", "tests/tests/net.rs", |c| net::with_stack(c, net::fetch)),
     sc("net-hostile", "tests/tests/net.rs", |c| net::with_stack(c, net::hostile)),
+    sc("net-bench", "tests/tests/net.rs", |c| net::with_stack(c, net::bench)),
     // Benchmarks: `bench` runs them all in the bench configuration (`cargo xtask bench`).
     sc("bench", "tests/tests/bench_smoke.rs", bench_all),
     sc("bench-null", "tests/tests/bench_smoke.rs", |c| bench_null::run(c.cmd)),

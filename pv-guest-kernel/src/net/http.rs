@@ -143,6 +143,11 @@ impl Server {
         self.stopped
     }
 
+    /// Serves on after a `/bye` (until the next one).
+    pub fn resume(&mut self) {
+        self.stopped = false;
+    }
+
     /// Moves every connection on; call after each [`Stack::poll`]. True if anything moved.
     pub fn poll<D: Device>(&mut self, stack: &mut Stack<D>, now_ns: u64) -> bool {
         let mut moved = false;

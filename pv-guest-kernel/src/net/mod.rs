@@ -71,11 +71,15 @@ impl<D: Device> Stack<D> {
         Stack { dev, iface, sockets: SocketSet::new(vec![]) }
     }
 
-    /// A TCP socket with [`TCP_BUFFER`]-byte buffers.
+    /// A TCP socket with [`TCP_BUFFER`]-byte buffers. ACKs go out with the next poll rather
+    /// than after smoltcp's delayed-ACK timer: dom0's stack is polled when frames arrive, not
+    /// on its timers, and the comparison with a domU's stack must not hinge on that.
     pub fn tcp_socket(&mut self) -> SocketHandle {
         let rx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
         let tx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
-        self.sockets.add(tcp::Socket::new(rx, tx))
+        let mut s = tcp::Socket::new(rx, tx);
+        s.set_ack_delay(None);
+        self.sockets.add(s)
     }
 
     /// Runs the stack: frames in and out, timers. True if a socket's state may have changed.

@@ -338,3 +338,197 @@ pub fn hostile(
     );
     Some(stack)
 }
+
+/// Ethertype of the small-packet flood (IEEE's local experimental type: nobody parses it).
+const FLOOD_ETHERTYPE: [u8; 2] = [0x88, 0xb5];
+/// Size of a flood frame: the Ethernet minimum (without FCS).
+const FLOOD_FRAME: usize = 60;
+
+/// The network benchmark (`cargo xtask bench`), two domains:
+///
+/// * `role=sink` (the first domU): HTTP and echo for the host's throughput and round-trip
+///   measurements, until the host says `/bye`; then it announces `data/bench-done` and counts
+///   the small-packet flood the other domU sends it (`net.pps.domu_domu`: frames delivered per
+///   second, from the first flood frame to the last), then serves the other domU's fetch and
+///   echo until its `/bye`;
+/// * `role=flood` (given `after=<sink's domid>` and `peer=<ip>`): waits for the sink's turn to
+///   end, floods it with minimum-size frames for `flood=<s>` seconds (default 2) straight
+///   through netfront, then fetches `/bytes/<n>` from it (`net.tcp.domu_domu`, KiB/s) and
+///   measures 1-byte round trips through its echo service (`net.rtt.domu_domu`, ns).
+pub fn bench(
+    mut stack: Stack<NetFront>,
+    _xb: &mut Xenbus<RingTransport>,
+    c: &Ctx,
+) -> Option<Stack<NetFront>> {
+    match cmdline::get(c.cmd, "role") {
+        Some("flood") => {
+            super::bench_order::wait_after(c.si);
+            bench_flood(&mut stack, c.cmd);
+        }
+        _ => bench_sink(&mut stack, c),
+    }
+    Some(stack)
+}
+
+fn bench_sink(stack: &mut Stack<NetFront>, c: &Ctx) {
+    let mut srv = http::Server::new(stack, 80, 4, "net-bench");
+    let mut echo = http::Echo::new(stack, 7, 2);
+    println!("net-bench: ready, serving the host");
+    let serve = |stack: &mut Stack<NetFront>, srv: &mut http::Server, echo: &mut http::Echo| {
+        drive(stack, time::now_ns() + 600 * SEC, |st, now| {
+            srv.poll(st, now);
+            echo.poll(st);
+            srv.stopped()
+        })
+    };
+    if !serve(stack, &mut srv, &mut echo) {
+        println!("TEST net-bench FAIL the host never said /bye");
+        return;
+    }
+    super::bench_order::announce_done(c.si);
+    // The flood: read straight off netfront (the stack is not polled meanwhile), counting
+    // the flood's frames from the first to the last; it ends after a second without one.
+    let (frames, ns) = count_flood(stack, time::now_ns() + 120 * SEC);
+    let pps = frames * SEC / ns.max(1);
+    println!("BENCH name=net.pps.domu_domu unit=pps n=1 min={pps} median={pps} p99={pps}");
+    println!("net-bench: {frames} flood frames in {} ms", ns / 1_000_000);
+    // The flooder's fetch and echo, until its /bye.
+    srv.resume();
+    let done = serve(stack, &mut srv, &mut echo);
+    let fails: Vec<String> = if done { Vec::new() } else { alloc::vec![String::from("no second /bye")] };
+    report("net-bench", &fails, format_args!("{frames} flood frames, {} echoed", echo.bytes));
+}
+
+/// Counts flood frames received until a second passes without one (after the first), or
+/// `deadline`: how many, and the nanoseconds from the first to the last.
+fn count_flood(stack: &mut Stack<NetFront>, deadline: u64) -> (u64, u64) {
+    use smoltcp::phy::{Device, RxToken};
+    let (mut frames, mut first, mut last) = (0u64, 0u64, 0u64);
+    loop {
+        let now = time::now_ns();
+        while let Some((rx, _)) = stack.dev.receive(net::instant(now)) {
+            if rx.consume(|f| f.get(12..14) == Some(&FLOOD_ETHERTYPE[..])) {
+                let t = time::now_ns();
+                if frames == 0 {
+                    first = t;
+                }
+                frames += 1;
+                last = t;
+            }
+        }
+        stack.dev.flush();
+        if now >= deadline || (frames > 0 && now.saturating_sub(last) > SEC) {
+            return (frames, last.saturating_sub(first));
+        }
+        stack.dev.wait(Some(now + SEC / 10));
+    }
+}
+
+fn bench_flood(stack: &mut Stack<NetFront>, cmd: &str) {
+    use smoltcp::phy::{Device, TxToken};
+    let Some(peer) = cmdline::get(cmd, "peer").and_then(net::parse_ip) else {
+        return println!("TEST net-flood FAIL no peer=<ip>");
+    };
+    let secs = cmdline::get_u64(cmd, "flood", 2, 1, 60).unwrap_or(2);
+    // The peer's MAC: the toolstack's for its domid (the last byte of its address - 14).
+    let peer_mac = [0x00, 0x16, 0x3e, 0x00, peer[3].wrapping_sub(14), 0x00];
+    let mut frame = [0u8; FLOOD_FRAME];
+    frame[..6].copy_from_slice(&peer_mac);
+    frame[6..12].copy_from_slice(&stack.dev.mac);
+    frame[12..14].copy_from_slice(&FLOOD_ETHERTYPE);
+    let until = time::now_ns() + secs * SEC;
+    let mut sent = 0u64;
+    while time::now_ns() < until {
+        let now = net::instant(time::now_ns());
+        let mut batch = 0;
+        while batch < 32 {
+            let Some(tok) = stack.dev.transmit(now) else { break };
+            tok.consume(FLOOD_FRAME, |b| b.copy_from_slice(&frame));
+            batch += 1;
+        }
+        sent += batch;
+        stack.dev.flush();
+        if batch == 0 {
+            stack.dev.wait(Some(time::now_ns() + 1_000_000));
+        }
+    }
+    println!("net-flood: sent {sent} frames in {secs} s");
+    // A quiet gap, so the sink's count ends before any other traffic starts.
+    let _ = time::sleep(3 * SEC);
+    // domU to domU TCP: the sink's pattern, fetched and checked.
+    let n = cmdline::get_u64(cmd, "bytes", 8 << 20, 1, 1 << 30).unwrap_or(8 << 20);
+    let mut fails = Vec::new();
+    let t0 = time::now_ns();
+    let mut r = None;
+    match http::Client::get(stack, peer, 80, &format!("/bytes/{n}"), 41000, t0) {
+        Ok(mut cl) => {
+            drive(stack, t0 + 120 * SEC, |st, now| {
+                r = cl.poll(st, now, 120 * SEC);
+                r.is_some()
+            });
+        }
+        Err(e) => fails.push(format!("connect: {e}")),
+    }
+    let ns = time::now_ns().saturating_sub(t0).max(1);
+    match r {
+        Some(Ok(f)) if f.status == 200 && f.len == n && f.pattern => {
+            let kib_s = n * SEC / 1024 / ns;
+            println!("BENCH name=net.tcp.domu_domu unit=KiB/s n=1 min={kib_s} median={kib_s} p99={kib_s}");
+        }
+        other => fails.push(format!("fetch: {other:?}")),
+    }
+    // Round trips through the sink's echo service.
+    match echo_rtts(stack, peer, 1000) {
+        Ok(mut s) => {
+            if let Some(st) = hypercall_abi::microvisor::bench::Stats::compute(&mut s) {
+                println!(
+                    "BENCH name=net.rtt.domu_domu unit=ns n={} min={} median={} p99={}",
+                    st.n, st.min, st.median, st.p99
+                );
+            }
+        }
+        Err(e) => fails.push(format!("echo: {e}")),
+    }
+    if let Ok(mut cl) = http::Client::get(stack, peer, 80, "/bye", 41002, time::now_ns()) {
+        drive(stack, time::now_ns() + 10 * SEC, |st, now| cl.poll(st, now, 10 * SEC).is_some());
+    }
+    report("net-flood", &fails, format_args!("{sent} frames flooded"));
+}
+
+/// `n` round trips of one byte through `peer`'s echo service: each in ns.
+fn echo_rtts(stack: &mut Stack<NetFront>, peer: [u8; 4], n: usize) -> Result<Vec<u64>, &'static str> {
+    use smoltcp::socket::tcp;
+    use smoltcp::wire::IpAddress;
+    let h = stack.tcp_socket();
+    let cx = stack.iface.context();
+    stack
+        .sockets
+        .get_mut::<tcp::Socket>(h)
+        .connect(cx, (IpAddress::v4(peer[0], peer[1], peer[2], peer[3]), 7), 41001)
+        .map_err(|_| "connect")?;
+    stack.sockets.get_mut::<tcp::Socket>(h).set_nagle_enabled(false);
+    stack.sockets.get_mut::<tcp::Socket>(h).set_ack_delay(None);
+    let mut out = Vec::with_capacity(n);
+    let (mut sent_at, mut waiting) = (0u64, false);
+    let deadline = time::now_ns() + 60 * SEC;
+    drive(stack, deadline, |st, _| {
+        let s = st.sockets.get_mut::<tcp::Socket>(h);
+        if waiting && s.can_recv() {
+            let mut b = [0u8; 1];
+            if s.recv_slice(&mut b) == Ok(1) {
+                out.push(time::now_ns().saturating_sub(sent_at));
+                waiting = false;
+            }
+        }
+        if !waiting && out.len() < n && s.can_send() {
+            sent_at = time::now_ns();
+            waiting = s.send_slice(&[out.len() as u8]) == Ok(1);
+        }
+        out.len() >= n || !s.is_open()
+    });
+    stack.sockets.get_mut::<tcp::Socket>(h).close();
+    if out.len() < n {
+        return Err("echo did not answer every byte");
+    }
+    Ok(out)
+}
