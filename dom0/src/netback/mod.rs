@@ -25,8 +25,11 @@
 //! the switch's queues bound what waits for a frontend that posts no buffers.
 
 pub mod csum;
+pub mod keys;
 #[cfg(test)]
 mod tests;
+
+pub use keys::FrontFeatures;
 
 use crate::netswitch::{BufId, Mac, PortId, Switch, BUF_SIZE, ETH_HLEN, HEADROOM, MAX_FRAME};
 use alloc::rc::Rc;
@@ -79,16 +82,6 @@ impl<I: NetIo> Fabric<I> {
         let now = self.io.now_ns();
         self.sw.ingress(from, buf, len, validated, &head, now).is_ok()
     }
-}
-
-/// What the frontend asked for (its keys), checked at connect.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FrontFeatures {
-    pub sg: bool,
-    pub rx_notify: bool,
-    /// `feature-no-csum-offload`: it cannot take frames whose checksum is blank (we never
-    /// send it any: every frame is completed at ingress).
-    pub no_csum_offload: bool,
 }
 
 /// Counters of one connection.
@@ -516,22 +509,6 @@ impl<M: RingMemory> Vif<M> {
 /// `BUF_SIZE` is what a copy may reach in a buffer: a frame after the headroom.
 const _: () = assert!(HEADROOM + MAX_FRAME <= BUF_SIZE && BUF_SIZE <= PAGE_SIZE);
 
-/// The keys netback publishes at InitWait: what Linux's netfront looks for (`feature-rx-copy`
-/// is mandatory for it, the rest switch its offloads on). No GSO, no multicast control, no
-/// split event channels, one queue.
-pub fn features() -> Vec<(&'static str, String)> {
-    use hypercall_abi::io::netif::keys;
-    [
-        (keys::FEATURE_RX_COPY, "1"),
-        (keys::FEATURE_RX_FLIP, "0"),
-        (keys::FEATURE_SG, "1"),
-        (keys::FEATURE_IPV6_CSUM_OFFLOAD, "1"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k, String::from(v)))
-    .collect()
-}
-
 /// The `vif` driver of one frontend on the split-driver framework: connects its two rings
 /// to a port of the shared switch.
 pub struct NetDriver<I> {
@@ -556,16 +533,12 @@ impl<I: NetIo> NetDriver<I> {
     }
 }
 
-/// Why a frontend's keys were refused.
-pub const NEED_RX_COPY: &str = "frontend did not request rx-copy (the only receive mode)";
-pub const NO_MULTI_QUEUE: &str = "multi-queue-num-queues other than 1 (multi-queue not offered)";
-
 impl<M: RingMemory, I: NetIo> BackendDriver<M> for NetDriver<I> {
     type Conn = Vif<M>;
     const RINGS: &'static [&'static str] = &netif::RINGS;
 
     fn features(&mut self) -> Vec<(&'static str, String)> {
-        features()
+        keys::announce_keys()
     }
 
     fn connect<S: Store + ?Sized>(
@@ -574,18 +547,9 @@ impl<M: RingMemory, I: NetIo> BackendDriver<M> for NetDriver<I> {
         rings: Vec<M>,
         keys: &mut Keys<'_, S>,
     ) -> Result<(Vif<M>, Vec<(&'static str, String)>), (Vec<M>, &'static str)> {
-        use hypercall_abi::io::netif::keys as k;
-        if !keys.flag(k::REQUEST_RX_COPY) {
-            return Err((rings, NEED_RX_COPY));
-        }
-        if keys.raw(k::MULTI_QUEUE_NUM_QUEUES).is_some() && keys.number(k::MULTI_QUEUE_NUM_QUEUES) != Some(1)
-        {
-            return Err((rings, NO_MULTI_QUEUE));
-        }
-        let features = FrontFeatures {
-            sg: keys.flag(k::FEATURE_SG),
-            rx_notify: keys.flag(k::FEATURE_RX_NOTIFY),
-            no_csum_offload: keys.flag(k::FEATURE_NO_CSUM_OFFLOAD),
+        let features = match keys::front_features(keys) {
+            Ok(f) => f,
+            Err(why) => return Err((rings, why)),
         };
         let mut it = rings.into_iter();
         let (Some(tx), Some(rx), None) = (it.next(), it.next(), it.next()) else {

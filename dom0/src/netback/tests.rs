@@ -571,29 +571,30 @@ proptest! {
 }
 
 #[test]
-fn the_driver_checks_the_frontends_keys() {
+fn the_driver_refuses_a_frontend_without_rx_copy_and_connects_one_with_it() {
     use pv_guest_kernel::split::model::ModelStore;
     let fab = Rc::new(RefCell::new(fabric()));
     let mut d = NetDriver::new(fab.clone(), PortId::vif(1), vif_mac(1, 0));
-    let dir = "/fe";
     let mut s = ModelStore::default();
     let rings = || vec![page(), page()];
-    let mut connect = |s: &mut ModelStore| {
-        BackendDriver::<&'static AtomicPage>::connect(&mut d, DomId(1), rings(), &mut Keys::new(s, dir))
-            .map(|c| c.0.features)
-    };
-    assert_eq!(connect(&mut s).err().map(|e| e.1), Some(NEED_RX_COPY));
-    s.set("/fe/request-rx-copy", "1");
-    s.set("/fe/multi-queue-num-queues", "2");
-    assert_eq!(connect(&mut s).err().map(|e| e.1), Some(NO_MULTI_QUEUE));
-    s.set("/fe/multi-queue-num-queues", "1");
-    s.set("/fe/feature-sg", "1");
-    s.set("/fe/feature-rx-notify", "1");
-    assert_eq!(
-        connect(&mut s).ok(),
-        Some(FrontFeatures { sg: true, rx_notify: true, no_csum_offload: false })
+    let r = BackendDriver::<&'static AtomicPage>::connect(
+        &mut d,
+        DomId(1),
+        rings(),
+        &mut Keys::new(&mut s, "/fe"),
     );
-    assert!(fab.borrow().sw.has_port(PortId::vif(1)));
-    let keys: Vec<&str> = features().iter().map(|k| k.0).collect();
-    assert!(keys.contains(&"feature-rx-copy") && keys.contains(&"feature-sg"));
+    assert_eq!(r.err().map(|e| (e.0.len(), e.1)), Some((2, keys::NEED_RX_COPY)), "both rings handed back");
+    assert!(!fab.borrow().sw.has_port(PortId::vif(1)));
+    s.set("/fe/request-rx-copy", "1");
+    let r = BackendDriver::<&'static AtomicPage>::connect(
+        &mut d,
+        DomId(1),
+        rings(),
+        &mut Keys::new(&mut s, "/fe"),
+    );
+    assert!(r.is_ok());
+    assert!(fab.borrow().sw.has_port(PortId::vif(1)), "the vif joins the switch at connect");
+    let (conn, _) = r.ok().unwrap();
+    assert_eq!(BackendDriver::<&'static AtomicPage>::disconnect(&mut d, conn).len(), 2);
+    assert!(!fab.borrow().sw.has_port(PortId::vif(1)), "and leaves it at disconnect");
 }

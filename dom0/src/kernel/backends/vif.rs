@@ -97,9 +97,8 @@ impl BackendKind for Vifs {
     }
 
     fn driver_for(&mut self, domid: DomId, name: &str) -> Option<Self::Driver> {
-        let id = format!("{}", domid.0);
         if let Some(w) = &self.wanted {
-            if !w.iter().any(|w| *w == name || *w == id) {
+            if !w.iter().any(|w| dom0::domains::names(w, name, domid)) {
                 return None;
             }
         }
@@ -320,13 +319,7 @@ pub fn service(cmd: &str, xs: &Rc<RefCell<Xenstore>>) -> Option<Box<dyn Service>
         net::DOM0_IP[3],
         MacDisplay(dom0_mac),
     );
-    let wanted = match cmdline::get(cmd, "vif") {
-        Some("none") => Some(Vec::new()),
-        Some(list) => {
-            Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        }
-        None => None,
-    };
+    let wanted = dom0::netback::keys::parse_vif_option(cmdline::get(cmd, "vif"));
     let vifs =
         Backends::new(Vifs { fabric: fabric.clone(), wanted, uplink: format!("virtio-net {}", f.bdf) }, xs);
     Some(Box::new(NetService { fabric, nic, vifs, local: Local { stack, http, echo } }))
