@@ -67,6 +67,16 @@ pub fn get_u64<'a>(
     }
 }
 
+/// [`get_u64`], or `default` with a line saying why (prefixed `who: `) when the option is
+/// present but malformed or out of range.
+#[cfg(not(test))]
+pub fn get_u64_or(cmdline: &str, who: &str, key: &str, default: u64, min: u64, max: u64) -> u64 {
+    get_u64(cmdline, key, default, min, max).unwrap_or_else(|e| {
+        crate::println!("{who}: ignoring {key}= ({e:?}), using {default}");
+        default
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

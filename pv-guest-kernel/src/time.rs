@@ -143,6 +143,19 @@ mod kernel {
 #[cfg(not(test))]
 pub use kernel::*;
 
+/// A CPU-bound computation of `n` xorshift steps that the compiler cannot drop: load for the
+/// demos that show the scheduler interleaving busy domains.
+pub fn busy_work(n: u64, seed: u64) -> u64 {
+    let mut x = seed | 1;
+    for _ in 0..n {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x = core::hint::black_box(x);
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -29,7 +29,7 @@ use hypercall_abi::xen::virq;
 use hypercall_abi::Port;
 use kernel_rt as _;
 use pv_guest_kernel::start_info::StartInfo;
-use pv_guest_kernel::{cmdline, events, println};
+use pv_guest_kernel::{cmdline, events, println, time};
 
 #[cfg(feature = "test-aids")]
 mod aids;
@@ -46,8 +46,8 @@ fn main(si: &StartInfo) {
     let cmd = si.cmdline();
     println!("dom0: up, {} pages, flags {:#x}, command line \"{cmd}\"", si.nr_pages, si.flags);
     grow_heap(si.nr_pages);
-    let steps = option(cmd, "steps", 30, 0, 10_000);
-    let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
+    let steps = cmdline::get_u64_or(cmd, "dom0", "steps", 30, 0, 10_000);
+    let work = cmdline::get_u64_or(cmd, "dom0", "work", 6_000_000, 1, 1 << 32);
     let exc_port = watch_domain_exceptions();
     #[allow(unused_mut)]
     let mut disks = hw::disks(cmd);
@@ -61,10 +61,9 @@ fn main(si: &StartInfo) {
 
     // News of a domain reaches the services in this order.
     let xenstored = services::xenstored::Xenstored::new(domus.len());
-    if let Ok(kib) = cmdline::get_u64(cmd, "heap-reserve", 0, 1, 1 << 30) {
-        if cmdline::get(cmd, "heap-reserve").is_some() {
-            services::set_heap_reserve(kib as usize * 1024);
-        }
+    if cmdline::get(cmd, "heap-reserve").is_some() {
+        let kib = cmdline::get_u64_or(cmd, "dom0", "heap-reserve", 0, 1, 1 << 30);
+        services::set_heap_reserve(kib as usize * 1024);
     }
     let xs = xenstored.store().clone();
     let mut all = services::Services::default();
@@ -91,7 +90,7 @@ fn main(si: &StartInfo) {
 
     let mut acc = 0u64;
     for step in 1..=steps {
-        acc = acc.wrapping_add(busy_work(work, step));
+        acc = acc.wrapping_add(time::busy_work(work, step));
         println!("dom0: step {step}/{steps}");
         ts.poll();
         if step < steps && ts.domus_left() == 0 {
@@ -122,26 +121,6 @@ fn grow_heap(nr_pages: u64) {
         Ok(()) => println!("dom0: heap {} KiB", pv_guest_kernel::heap::stats().size / 1024),
         Err(e) => println!("dom0: heap not grown ({e}), {} KiB", pv_guest_kernel::heap::stats().size / 1024),
     }
-}
-
-/// A numeric option, its default if absent or malformed (with a message).
-fn option(cmd: &str, key: &str, default: u64, min: u64, max: u64) -> u64 {
-    cmdline::get_u64(cmd, key, default, min, max).unwrap_or_else(|e| {
-        println!("dom0: ignoring {key}= ({e:?}), using {default}");
-        default
-    })
-}
-
-/// A CPU-bound computation of `n` xorshift steps.
-fn busy_work(n: u64, seed: u64) -> u64 {
-    let mut x = seed | 1;
-    for _ in 0..n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = core::hint::black_box(x);
-    }
-    x
 }
 
 static DOM_EXC: AtomicU64 = AtomicU64::new(0);

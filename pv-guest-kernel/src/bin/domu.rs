@@ -26,8 +26,8 @@ pv_guest_kernel::pv_kernel!(main, "microvisor-domU");
 fn main(si: &StartInfo) {
     let cmd = si.cmdline();
     println!("domU: up, {} pages, command line \"{cmd}\"", si.nr_pages);
-    let steps = option(cmd, "steps", 30, 1, 10_000);
-    let work = option(cmd, "work", 6_000_000, 1, 1 << 32);
+    let steps = cmdline::get_u64_or(cmd, "domU", "steps", 30, 1, 10_000);
+    let work = cmdline::get_u64_or(cmd, "domU", "work", 6_000_000, 1, 1 << 32);
     let mut xb = match xenbus::connect(si) {
         Ok(mut xb) => {
             match console_ring::connect(&mut xb, si) {
@@ -51,7 +51,7 @@ fn main(si: &StartInfo) {
     let t0 = time::now_ns();
     let mut acc = 0u64;
     for step in 1..=steps {
-        acc = acc.wrapping_add(busy_work(work, step));
+        acc = acc.wrapping_add(time::busy_work(work, step));
         println!("domU: step {step}/{steps}");
         echo_input();
         // Watch events other than the balloon's have no taker here.
@@ -77,26 +77,6 @@ fn echo_input() {
     for line in buf[..n].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         println!("domU: console input: {}", core::str::from_utf8(line).unwrap_or("(not UTF-8)"));
     }
-}
-
-/// A numeric option, its default if absent or malformed (with a message).
-fn option(cmd: &str, key: &str, default: u64, min: u64, max: u64) -> u64 {
-    cmdline::get_u64(cmd, key, default, min, max).unwrap_or_else(|e| {
-        println!("domU: ignoring {key}= ({e:?}), using {default}");
-        default
-    })
-}
-
-/// A CPU-bound computation of `n` xorshift steps.
-fn busy_work(n: u64, seed: u64) -> u64 {
-    let mut x = seed | 1;
-    for _ in 0..n {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x = core::hint::black_box(x);
-    }
-    x
 }
 
 // The demo's parts live in `domu/` so that cargo does not take them for binaries of their own.

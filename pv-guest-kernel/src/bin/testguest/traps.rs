@@ -38,26 +38,34 @@ pub fn pf_handler(f: &mut TrapFrame) {
     skip_or_die(f);
 }
 
-/// Writes to `addr` with a single instruction whose address and successor are recorded for
-/// the handler. Registers survive the fault: the handler returns through `iret`.
+/// Runs one instruction whose address and successor are recorded for the handler
+/// ([`skip_or_die`] resumes after it). Registers survive a fault: the handler returns through
+/// `iret`. Extra operands of the instruction follow it.
+macro_rules! recoverable {
+    ($insn:literal $(, $($operands:tt)+)?) => {
+        // SAFETY: the instruction either completes on what the caller chose, or faults and the
+        // registered handler resumes at label 2; the recorded addresses are plain atomics.
+        unsafe {
+            asm!(
+                "lea 2f(%rip), {tmp}",
+                "mov {tmp}, ({resume})",
+                "lea 1f(%rip), {tmp}",
+                "mov {tmp}, ({fault})",
+                concat!("1: ", $insn),
+                "2:",
+                tmp = out(reg) _,
+                resume = in(reg) RESUME_RIP.as_ptr(),
+                fault = in(reg) FAULT_RIP.as_ptr(),
+                $($($operands)+,)?
+                options(att_syntax, nostack),
+            )
+        }
+    };
+}
+
+/// Writes to `addr` with one recoverable instruction.
 fn write_and_recover(addr: u64) {
-    // SAFETY: the store either succeeds on memory the caller chose, or faults and the
-    // registered handler resumes at label 2; the recorded addresses are plain atomics.
-    unsafe {
-        asm!(
-            "lea 2f(%rip), {tmp}",
-            "mov {tmp}, ({resume})",
-            "lea 1f(%rip), {tmp}",
-            "mov {tmp}, ({fault})",
-            "1: movq $0x5a, ({addr})",
-            "2:",
-            tmp = out(reg) _,
-            resume = in(reg) RESUME_RIP.as_ptr(),
-            fault = in(reg) FAULT_RIP.as_ptr(),
-            addr = in(reg) addr,
-            options(att_syntax, nostack),
-        );
-    }
+    recoverable!("movq $0x5a, ({addr})", addr = in(reg) addr);
 }
 
 /// Bit of a #PF error code: the access was a write.
@@ -142,21 +150,7 @@ pub fn ud_handler(f: &mut TrapFrame) {
 }
 
 pub fn execute_ud2() {
-    // SAFETY: ud2 raises #UD, whose handler resumes at label 2.
-    unsafe {
-        asm!(
-            "lea 2f(%rip), {tmp}",
-            "mov {tmp}, ({resume})",
-            "lea 1f(%rip), {tmp}",
-            "mov {tmp}, ({fault})",
-            "1: ud2",
-            "2:",
-            tmp = out(reg) _,
-            resume = in(reg) RESUME_RIP.as_ptr(),
-            fault = in(reg) FAULT_RIP.as_ptr(),
-            options(att_syntax, nostack),
-        );
-    }
+    recoverable!("ud2");
 }
 
 /// CPUID through Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`).
