@@ -255,14 +255,14 @@ mod landing;
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
 mod mm_hostile;
+#[path = "testguest/net.rs"]
+mod net;
 #[path = "testguest/privop.rs"]
 mod privop;
 #[path = "testguest/regs.rs"]
 mod regs;
 #[path = "testguest/results.rs"]
 mod results;
-#[path = "testguest/net.rs"]
-mod net;
 #[path = "testguest/ring_scribble.rs"]
 mod ring_scribble;
 #[path = "testguest/rng.rs"]
