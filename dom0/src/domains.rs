@@ -56,6 +56,18 @@ pub fn describe(flags: u32) -> String {
     }
 }
 
+/// An option naming domains (`vrng=`, `vif=`): `none`, or a comma-separated list of names or
+/// ids; `None` (option absent): every domain.
+pub fn parse_domain_list(v: Option<&str>) -> Option<Vec<String>> {
+    match v {
+        Some("none") => Some(Vec::new()),
+        Some(list) => {
+            Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+        }
+        None => None,
+    }
+}
+
 /// True if `who` (from an option) names the domain: its name or its id.
 pub fn names(who: &str, name: &str, domid: DomId) -> bool {
     who == name || who.parse::<u16>() == Ok(domid.0)

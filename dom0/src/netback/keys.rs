@@ -53,13 +53,7 @@ pub fn front_features<S: Store + ?Sized>(keys: &mut Keys<'_, S>) -> Result<Front
 /// dom0's `vif=` option: `none`, or a comma-separated list of domain names or ids (`None`:
 /// every domain).
 pub fn parse_vif_option(v: Option<&str>) -> Option<Vec<String>> {
-    match v {
-        Some("none") => Some(Vec::new()),
-        Some(list) => {
-            Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        }
-        None => None,
-    }
+    crate::domains::parse_domain_list(v)
 }
 
 #[cfg(test)]

@@ -237,9 +237,10 @@ impl<M: RingMemory> Vif<M> {
     }
 
     /// Reads the next slot into the packet being assembled; true once a packet is complete
-    /// in `partial`. Slots of an over-long chain are answered at once.
+    /// in `partial`. Slots of an over-long chain are answered at once. `None`: the ring is
+    /// empty and `req_event` re-armed.
     fn read_slot(&mut self) -> Result<Option<bool>, RingError> {
-        let Some(req) = self.tx.take_request(&self.tx_mem)? else { return Ok(None) };
+        let Some(req) = self.tx.next_request(&self.tx_mem)? else { return Ok(None) };
         let kind = match self.expect {
             Expect::First | Expect::Data => SlotKind::Data,
             Expect::Extra { .. } => SlotKind::Extra,
@@ -327,14 +328,7 @@ impl<M: RingMemory> Vif<M> {
             match self.read_slot() {
                 Ok(Some(true)) => {}
                 Ok(Some(false)) => continue,
-                Ok(None) => match self.tx.final_check_for_requests(&self.tx_mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        self.broken = Some(e);
-                        break;
-                    }
-                },
+                Ok(None) => break,
                 Err(e) => {
                     self.broken = Some(e);
                     break;
@@ -447,19 +441,13 @@ impl<M: RingMemory> Vif<M> {
         self.ops.clear();
         self.rx_ids.clear();
         while self.rx_ids.len() < RX_BUDGET && f.sw.queued(self.port) > 0 {
-            let req: NetifRxRequest = match self.rx.take_request(&self.rx_mem) {
+            let req: NetifRxRequest = match self.rx.next_request(&self.rx_mem) {
                 Ok(Some(req)) => req,
-                Ok(None) => match self.rx.final_check_for_requests(&self.rx_mem) {
-                    Ok(true) => continue,
-                    Ok(false) => {
-                        r.rx_stalled = true;
-                        break;
-                    }
-                    Err(e) => {
-                        self.broken = Some(e);
-                        break;
-                    }
-                },
+                Ok(None) => {
+                    // The frontend notifies when it posts again (req_event re-armed).
+                    r.rx_stalled = true;
+                    break;
+                }
                 Err(e) => {
                     self.broken = Some(e);
                     break;

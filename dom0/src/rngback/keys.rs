@@ -16,13 +16,7 @@ pub fn connect_keys() -> Vec<(&'static str, String)> {
 /// dom0's `vrng=` option: `none`, or a comma-separated list of domain names or ids (`None`:
 /// every domain).
 pub fn parse_vrng_option(v: Option<&str>) -> Option<Vec<String>> {
-    match v {
-        Some("none") => Some(Vec::new()),
-        Some(list) => {
-            Some(list.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
-        }
-        None => None,
-    }
+    crate::domains::parse_domain_list(v)
 }
 
 #[cfg(test)]

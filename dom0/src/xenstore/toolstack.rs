@@ -69,7 +69,7 @@ pub struct DomainConfig {
 }
 
 /// A frontend/backend device pair for [`Xenstore::add_device`].
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DeviceConfig {
     /// Device class, e.g. `vbd`, `vif`.
     pub kind: String,

@@ -529,6 +529,22 @@ impl<Req: RingEntry, Rsp: RingEntry> BackRing<Req, Rsp> {
         crosses_event(old, new, mem.load_u32_acquire(RSP_EVENT_OFFSET))
     }
 
+    /// The next request, copied out ([`take_request`](Self::take_request)); when none is left,
+    /// re-arms `req_event` and looks once more ([`final_check_for_requests`]). `Ok(None)`
+    /// then means the frontend will notify on its next request: the loop every backend
+    /// drains its ring with.
+    ///
+    /// [`final_check_for_requests`]: Self::final_check_for_requests
+    pub fn next_request<M: RingMemory + ?Sized>(&mut self, mem: &M) -> Result<Option<Req>, RingError> {
+        if let Some(r) = self.take_request(mem)? {
+            return Ok(Some(r));
+        }
+        if self.final_check_for_requests(mem)? {
+            return self.take_request(mem);
+        }
+        Ok(None)
+    }
+
     /// `RING_FINAL_CHECK_FOR_REQUESTS`: call when no request is left, before waiting for an
     /// event. Returns true if requests arrived meanwhile; false means the frontend will notify
     /// on the next request.

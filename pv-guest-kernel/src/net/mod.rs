@@ -52,6 +52,9 @@ pub struct Stack<D: Device> {
     pub dev: D,
     pub iface: Interface,
     pub sockets: SocketSet<'static>,
+    /// New TCP sockets ACK at once instead of after smoltcp's delayed-ACK timer: for a
+    /// stack polled when frames arrive rather than on its timers (dom0's).
+    pub immediate_acks: bool,
 }
 
 impl<D: Device> Stack<D> {
@@ -68,17 +71,17 @@ impl<D: Device> Stack<D> {
         if let Some([g0, g1, g2, g3]) = addr.gateway {
             let _ = iface.routes_mut().add_default_ipv4_route(Ipv4Address::new(g0, g1, g2, g3));
         }
-        Stack { dev, iface, sockets: SocketSet::new(vec![]) }
+        Stack { dev, iface, sockets: SocketSet::new(vec![]), immediate_acks: false }
     }
 
-    /// A TCP socket with [`TCP_BUFFER`]-byte buffers. ACKs go out with the next poll rather
-    /// than after smoltcp's delayed-ACK timer: dom0's stack is polled when frames arrive, not
-    /// on its timers, and the comparison with a domU's stack must not hinge on that.
+    /// A TCP socket with [`TCP_BUFFER`]-byte buffers (see [`Stack::immediate_acks`]).
     pub fn tcp_socket(&mut self) -> SocketHandle {
         let rx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
         let tx = tcp::SocketBuffer::new(vec![0; TCP_BUFFER]);
         let mut s = tcp::Socket::new(rx, tx);
-        s.set_ack_delay(None);
+        if self.immediate_acks {
+            s.set_ack_delay(None);
+        }
         self.sockets.add(s)
     }
 

@@ -406,7 +406,7 @@ impl<M: RingMemory, Req: RingEntry, Rsp: RingEntry> BackChannel<M, Req, Rsp> {
             return out;
         }
         while out.taken < budget {
-            match self.ring.take_request(&self.mem) {
+            match self.ring.next_request(&self.mem) {
                 Ok(Some(req)) => {
                     out.taken += 1;
                     let rsp = handle(&req);
@@ -415,14 +415,7 @@ impl<M: RingMemory, Req: RingEntry, Rsp: RingEntry> BackChannel<M, Req, Rsp> {
                         out.answered += 1;
                     }
                 }
-                Ok(None) => match self.ring.final_check_for_requests(&self.mem) {
-                    Ok(true) => continue,
-                    Ok(false) => break,
-                    Err(e) => {
-                        self.broken = Some(e);
-                        break;
-                    }
-                },
+                Ok(None) => break,
                 Err(e) => {
                     self.broken = Some(e);
                     break;

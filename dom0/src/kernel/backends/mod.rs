@@ -54,15 +54,7 @@ pub trait BackendKind {
     /// What the toolstack writes besides the standard keys: frontend entries, read-only
     /// frontend entries, backend entries.
     fn entries(&self, _driver: &Self::Driver) -> DeviceConfig {
-        DeviceConfig {
-            kind: String::new(),
-            devid: 0,
-            frontend: DomId(0),
-            backend: DomId::DOM0,
-            frontend_entries: Vec::new(),
-            frontend_ro_entries: Vec::new(),
-            backend_entries: Vec::new(),
-        }
+        DeviceConfig::default()
     }
     /// A one-line description of a new device, for the log.
     fn describe(&self, _driver: &Self::Driver) -> String {

@@ -108,15 +108,11 @@ impl BackendKind for Vifs {
     fn entries(&self, d: &Self::Driver) -> DeviceConfig {
         let mac = format!("{}", MacDisplay(d.mac));
         let common = alloc::vec![(String::from("mac"), mac), (String::from("handle"), String::from("0"))];
+        // The switch pins the vif to this address; the frontend may not change it.
         DeviceConfig {
-            kind: String::new(),
-            devid: 0,
-            frontend: DomId(0),
-            backend: DomId::DOM0,
-            frontend_entries: Vec::new(),
-            // The switch pins the vif to this address; the frontend may not change it.
             frontend_ro_entries: common.clone(),
             backend_entries: common,
+            ..DeviceConfig::default()
         }
     }
 
@@ -303,6 +299,9 @@ pub fn service(cmd: &str, xs: &Rc<RefCell<Xenstore>>) -> Option<Box<dyn Service>
     let now = time::now_ns();
     let addr = net::Addr { ip: net::DOM0_IP, prefix: 24, gateway: Some(net::GATEWAY) };
     let mut stack = Stack::new(LocalPort { fabric: fabric.clone() }, dom0_mac, addr, time::rdtsc(), now);
+    // dom0's stack is polled when frames arrive, not on its timers: its ACKs must not wait
+    // for smoltcp's delayed-ACK timer.
+    stack.immediate_acks = true;
     let http = http::Server::new(&mut stack, 80, 4, "dom0");
     let echo = http::Echo::new(&mut stack, 7, 2);
     println!(
