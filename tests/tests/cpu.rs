@@ -1,17 +1,18 @@
 //! Xen conformance of the CPU side (issue 11): the hypercall register contract, software
 //! interrupts, privileged-instruction emulation and the crash report. Each guest check is a
-//! structured `RESULT ... ok=1` line whose `want` is Xen 4.17's value.
+//! structured `RESULT <scenario> <check>=<value>` line, compared in the guest with Xen 4.17's
+//! value.
 
 use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
 
-/// Every `RESULT` line of `scenario` says `ok=1`, there is at least one, and the scenario passed.
+/// `scenario` reported its checks (`RESULT <scenario> <check>=<value>` lines, the format the
+/// differential run against Xen compares) and passed: the guest compares each value with Xen
+/// 4.17's and names every one that differs on its `TEST <scenario> FAIL` line.
 fn all_results_ok(run: &Run, scenario: &str) {
     let text = run.text();
-    let prefix = format!("RESULT scenario={scenario} ");
-    let results: Vec<&str> = text.lines().filter(|l| l.contains(&prefix)).collect();
-    assert!(!results.is_empty(), "no RESULT lines for {scenario}:\n{text}");
-    let bad: Vec<&&str> = results.iter().filter(|l| !l.ends_with("ok=1")).collect();
-    assert!(bad.is_empty(), "checks of {scenario} that differ from Xen: {bad:#?}\n{text}");
+    let prefix = format!("RESULT {scenario} ");
+    let results = text.lines().filter(|l| l.contains(&prefix)).count();
+    assert!(results > 0, "no RESULT lines for {scenario}:\n{text}");
     run.expect_line(&format!("TEST {scenario} PASS"));
 }
 
