@@ -12,6 +12,7 @@ use microvisor::hv::{exit_code, Hypervisor, Resume};
 use microvisor::platform::Platform;
 use microvisor::traps;
 use microvisor::vcpu::GuestFrame;
+use microvisor::x86::{rflags, vector};
 
 /// The machine as the core sees it.
 pub struct Machine {
@@ -137,8 +138,12 @@ pub fn trap_from_guest(mut live: Live) {
                 hv.pirq_fired(gsi);
             }
             0..=31 => {
-                let cr2 = if vector == 14 { cpu::read_cr2() } else { 0 };
-                hv.guest_exception(live.frame(), vector, cr2);
+                let info = match vector {
+                    vector::PF => cpu::read_cr2(),
+                    vector::DB => cpu::debugreg::take_dr6(),
+                    _ => 0,
+                };
+                hv.guest_exception(live.frame(), vector, info);
             }
             v => {
                 apic::eoi();
@@ -164,9 +169,23 @@ pub fn trap_in_hypervisor(f: &mut GuestFrame) {
             GSIS_FIRED.fetch_or(1 << gsi, Ordering::AcqRel);
             TIMER_FIRED.store(true, Ordering::Release);
         }
+        vector::DB => debug_in_hypervisor(f),
         _ if crate::arch::x86_64::probe::recover(f) => {}
         _ => fatal(f, "fault in the hypervisor"),
     }
+}
+
+/// A #DB in ring 0, which no guest breakpoint should cause (their addresses lie outside the
+/// hypervisor, which never touches guest virtual addresses, and `syscall` clears TF): noted
+/// once and resumed past, as Xen does, with RF set so an instruction breakpoint cannot fire
+/// again on the same instruction.
+fn debug_in_hypervisor(f: &mut GuestFrame) {
+    static SEEN: AtomicBool = AtomicBool::new(false);
+    let dr6 = cpu::debugreg::take_dr6();
+    if !SEEN.swap(true, Ordering::Relaxed) {
+        let _ = writeln!(SerialWriter, "(XEN) #DB in the hypervisor at {:#x}, dr6 {dr6:#x}: resumed", f.rip);
+    }
+    f.rflags = (f.rflags & !rflags::TF) | rflags::RF;
 }
 
 /// Decides what runs next and returns once the live frame holds a guest to return to.

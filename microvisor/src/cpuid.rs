@@ -25,9 +25,9 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
                 | (1 << 28)
                 | (1 << 29);
             c = (c & !ECX_HIDE) | (1 << 31);
-            // edx: VME 1, DE 2, PSE 3, MTRR 12, PGE 13, MCA 14, APIC 9, ACPI 22, DS 21, TM 29, PBE 31.
+            // edx: VME 1, PSE 3, MTRR 12, PGE 13, MCA 14, APIC 9, ACPI 22, DS 21, TM 29, PBE 31.
+            // DE stays, as on Xen: CR4.DE and I/O breakpoints are emulated (`cpu_state`).
             const EDX_HIDE: u32 = (1 << 1)
-                | (1 << 2)
                 | (1 << 3)
                 | (1 << 9)
                 | (1 << 12)

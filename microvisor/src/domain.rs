@@ -151,6 +151,8 @@ pub struct Domain {
     pub hv_mem: MemQuota,
     /// What the hypervisor's pool committed to it at creation ([`Domain::commitment`]).
     pub hv_commitment: usize,
+    /// The port-I/O index registers emulated for it.
+    pub io: crate::cpu_state::IoLatches,
 }
 
 impl Domain {
@@ -177,6 +179,7 @@ impl Domain {
             grant: GrantTable::new(MAX_GRANT_FRAMES),
             hv_mem: MemQuota::new(if cfg.privileged { DOM0_HV_MEM } else { DOMU_HV_MEM }),
             hv_commitment: 0,
+            io: crate::cpu_state::IoLatches::default(),
         }
     }
 

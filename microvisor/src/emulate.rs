@@ -1,25 +1,27 @@
 //! Privileged-instruction emulation for PV kernels (Xen's `pv/emul-priv-op.c`): a guest
-//! kernel runs in ring 3, so `rdmsr`, `wrmsr`, `mov` to or from a control register, `clts`,
-//! `wbinvd`/`invd` and `lmsw` raise #GP(0), and the hypervisor carries them out on the vCPU's
-//! virtual state as Xen does. The instruction is decoded with `iced-x86` (a maintained,
-//! fuzzed `no_std` decoder: prefixes, REX and ModRM forms are its job, not ours). What Xen
-//! refuses gets #GP(0) as on Xen; the RIP is advanced only after success, and
-//! `traps::check_return_rip` keeps any result off the non-canonical range.
+//! kernel runs in ring 3, so `rdmsr`, `wrmsr`, `mov` to or from a control or debug register,
+//! `clts`, `wbinvd`/`invd`, `lmsw`, `cli`/`sti` and port I/O raise #GP(0) (`rdtsc`/`rdtscp`
+//! too while the guest has CR4.TSD), and the hypervisor carries them out on the vCPU's
+//! virtual state as Xen does. `cli`, `sti` and port I/O are judged by the virtual IOPL, in
+//! guest user mode as well; everything else only for the guest kernel (Xen's `mode_ring0`).
+//! The instruction is decoded with `iced-x86` (a maintained, fuzzed `no_std` decoder:
+//! prefixes, REX and ModRM forms are its job, not ours). What Xen refuses gets the exception
+//! Xen gives; the RIP is advanced only after success, a single-stepping guest then gets its
+//! #DB, and `traps::check_return_rip` keeps any result off the non-canonical range.
 
+use crate::cpu_state::{self, Cr4Policy};
 use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::vcpu::GuestFrame;
-use crate::x86::{cr0, cr4, efer, msr};
+use crate::x86::{cr0, dr, efer, msr, rflags};
 use hypercall_abi::xen::is_canonical;
+use hypercall_abi::Errno;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
 
 /// The CR0 a PV kernel reads (TS is its virtual one).
 pub const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
-/// The CR4 a PV kernel reads. Xen fixes a written CR4 up to what the guest may control
-/// rather than refusing it; here writes are accepted and this value stays (see ARCHITECTURE).
-pub const GUEST_CR4: u64 = cr4::PSE | cr4::PAE | cr4::MCE | cr4::PGE | cr4::OSFXSR | cr4::OSXMMEXCPT;
 /// Xen's PAT (`XEN_MSR_PAT`), what a PV guest reads.
 pub const XEN_MSR_PAT: u64 = 0x0005_0100_0704_0406;
 /// `MSR_IA32_MISC_ENABLE` as Xen shows it (BTS and PEBS unavailable, xTPR disabled, fast
@@ -40,8 +42,13 @@ const MAX_INSN: usize = 15;
 pub enum Outcome {
     /// Done: the RIP moves past the instruction.
     Done,
+    /// Done, and it hit these breakpoints (DR6 bits: a single step or I/O breakpoints): the
+    /// guest gets #DB after it.
+    DoneDebug(u64),
     /// Xen refuses it: the guest gets #GP(0) at the instruction.
     Gp,
+    /// Not an instruction here (a debug register that does not exist): #UD at it.
+    Ud,
 }
 
 /// Fetches the instruction bytes at `rip` (as many of the 15 as are readable).
@@ -62,14 +69,28 @@ pub fn decode(bytes: &[u8], rip: u64) -> Option<Instruction> {
 }
 
 /// Emulates the privileged instruction at the frame's RIP, which raised #GP(0) in guest
-/// kernel mode. `None`: not one Xen emulates (the guest gets the #GP).
+/// kernel or user mode. `None`: not one Xen emulates (the guest gets the #GP).
 pub fn privileged_op<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Option<Outcome> {
-    if !hv.cur_vcpu().kernel_mode {
-        return None;
-    }
     let (bytes, n) = fetch(hv, frame.rip);
     let insn = decode(&bytes[..n], frame.rip)?;
+    let kernel = hv.cur_vcpu().kernel_mode;
     let outcome = match insn.code() {
+        // Judged by the virtual IOPL in either mode. Xen completes `cli`/`sti` as no-ops (the
+        // guest masks events through vcpu_info, and a `popf` could never undo a real `cli`).
+        Code::Cli | Code::Sti => {
+            if iopl_ok(hv) {
+                Outcome::Done
+            } else {
+                Outcome::Gp
+            }
+        }
+        code if port_io(code).is_some() => {
+            let (dir, width, port_in_dx) = port_io(code)?;
+            let port = if port_in_dx { frame.rdx as u16 } else { u16::from(insn.immediate8()) };
+            io(hv, frame, dir, port, width)
+        }
+        // Everything else only for the guest kernel (`mode_ring0` in Xen's emulator).
+        _ if !kernel => return None,
         Code::Rdmsr => rdmsr(hv, frame),
         Code::Wrmsr => wrmsr(hv, frame),
         Code::Mov_r64_cr => {
@@ -78,6 +99,33 @@ pub fn privileged_op<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
             Outcome::Done
         }
         Code::Mov_cr_r64 => write_cr(hv, insn.op0_register(), reg(frame, insn.op1_register())?)?,
+        Code::Mov_r64_dr => {
+            match cpu_state::get_debugreg(&hv.cur_vcpu().arch, dr_index(insn.op1_register())?) {
+                Ok(v) => {
+                    set_reg(frame, insn.op0_register(), v);
+                    Outcome::Done
+                }
+                Err(e) => dr_fault(e),
+            }
+        }
+        Code::Mov_dr_r64 => {
+            let (n, v) = (dr_index(insn.op0_register())?, reg(frame, insn.op1_register())?);
+            match set_debugreg(hv, n, v) {
+                Ok(()) => Outcome::Done,
+                Err(e) => dr_fault(e),
+            }
+        }
+        // With the guest's CR4.TSD its kernel's `rdtsc` faults and is emulated.
+        Code::Rdtsc | Code::Rdtscp => {
+            let tsc = hv.plat.tsc();
+            frame.rax = tsc & 0xffff_ffff;
+            frame.rdx = tsc >> 32;
+            if insn.code() == Code::Rdtscp {
+                // The guest's TSC_AUX, which it cannot change: Xen's 0.
+                frame.rcx = 0;
+            }
+            Outcome::Done
+        }
         Code::Clts => {
             set_ts(hv, false);
             Outcome::Done
@@ -93,10 +141,113 @@ pub fn privileged_op<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
         }
         _ => return None,
     };
-    if outcome == Outcome::Done {
-        frame.rip = frame.rip.wrapping_add(insn.len() as u64);
-    }
+    let outcome = match outcome {
+        Outcome::Done | Outcome::DoneDebug(_) => {
+            frame.rip = frame.rip.wrapping_add(insn.len() as u64);
+            // A single-stepping guest traps after the instruction, as it would have natively.
+            let hits = match outcome {
+                Outcome::DoneDebug(h) => h,
+                _ => 0,
+            } | if frame.rflags & rflags::TF != 0 { dr::DR6_BS } else { 0 };
+            if hits != 0 {
+                let d = &mut hv.cur_vcpu_mut().arch.debug;
+                d.dr6 |= hits | dr::DR6_DEFAULT;
+                Outcome::DoneDebug(hits)
+            } else {
+                Outcome::Done
+            }
+        }
+        o => o,
+    };
     Some(outcome)
+}
+
+/// Xen's `iopl_ok` for the running vCPU.
+fn iopl_ok<P: Platform>(hv: &Hypervisor<P>) -> bool {
+    let architectural = crate::traps::architectural_iopl(hv);
+    cpu_state::iopl_ok(&hv.cur_vcpu().arch, hv.cur_vcpu().kernel_mode, architectural)
+}
+
+/// Direction of a port access.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Dir {
+    In,
+    Out,
+}
+
+/// `in`/`out` forms: direction, width in bytes, and whether the port is in `%dx` (else an
+/// immediate). The string forms (`ins`/`outs`) are not emulated (see ARCHITECTURE.md).
+fn port_io(code: Code) -> Option<(Dir, u32, bool)> {
+    Some(match code {
+        Code::In_AL_imm8 => (Dir::In, 1, false),
+        Code::In_AX_imm8 => (Dir::In, 2, false),
+        Code::In_EAX_imm8 => (Dir::In, 4, false),
+        Code::In_AL_DX => (Dir::In, 1, true),
+        Code::In_AX_DX => (Dir::In, 2, true),
+        Code::In_EAX_DX => (Dir::In, 4, true),
+        Code::Out_imm8_AL => (Dir::Out, 1, false),
+        Code::Out_imm8_AX => (Dir::Out, 2, false),
+        Code::Out_imm8_EAX => (Dir::Out, 4, false),
+        Code::Out_DX_AL => (Dir::Out, 1, true),
+        Code::Out_DX_AX => (Dir::Out, 2, true),
+        Code::Out_DX_EAX => (Dir::Out, 4, true),
+        _ => return None,
+    })
+}
+
+/// A port access that faulted: the CPU's I/O bitmap (dom0's) did not allow it, so the domain
+/// has no rights to that port. With the virtual IOPL it completes as Xen completes it for such
+/// a port (see `cpu_state::IoLatches`); without, #GP(0).
+fn io<P: Platform>(
+    hv: &mut Hypervisor<P>,
+    frame: &mut GuestFrame,
+    dir: Dir,
+    port: u16,
+    width: u32,
+) -> Outcome {
+    if !iopl_ok(hv) {
+        return Outcome::Gp;
+    }
+    let mask = u64::from(u32::MAX >> (32 - 8 * width));
+    match dir {
+        Dir::In => {
+            let v = u64::from(hv.cur_dom().io.read(port, width));
+            // 8- and 16-bit reads keep the rest of %rax; a 32-bit one zero-extends.
+            frame.rax = if width == 4 { v } else { (frame.rax & !mask) | (v & mask) };
+        }
+        Dir::Out => hv.cur_dom_mut().io.write(port, width, (frame.rax & mask) as u32),
+    }
+    match cpu_state::io_breakpoints(&hv.cur_vcpu().arch, port, u64::from(width)) {
+        0 => Outcome::Done,
+        hits => Outcome::DoneDebug(hits),
+    }
+}
+
+/// The debug register a `mov` names.
+fn dr_index(r: Register) -> Option<u64> {
+    let n = r as u32;
+    (Register::DR0 as u32..=Register::DR15 as u32).contains(&n).then(|| u64::from(n - Register::DR0 as u32))
+}
+
+/// The exception a refused debug-register access gets (Xen's `x86emul_write_dr`).
+fn dr_fault(e: Errno) -> Outcome {
+    if e == Errno::ENODEV {
+        Outcome::Ud
+    } else {
+        Outcome::Gp
+    }
+}
+
+/// `set_debugreg` on the running vCPU (the hypercall and `mov %reg, %drN`).
+pub fn set_debugreg<P: Platform>(hv: &mut Hypervisor<P>, reg: u64, value: u64) -> Result<(), Errno> {
+    cpu_state::set_debugreg(&mut hv.cur_vcpu_mut().arch, reg, value)?;
+    hv.mark_hw_dirty();
+    Ok(())
+}
+
+/// The CR4 rules of the running domain's CPUID.
+fn cr4_policy<P: Platform>(hv: &Hypervisor<P>) -> Cr4Policy {
+    Cr4Policy::from_cpuid(crate::cpuid::pv_cpuid(1, hv.plat.cpuid(1, 0)))
 }
 
 /// The x86 register number of a 64-bit or 16-bit general register (the forms `mov` to or
@@ -135,14 +286,14 @@ fn read_cr<P: Platform>(hv: &Hypervisor<P>, cr: Register) -> Option<u64> {
         Register::CR0 => GUEST_CR0 | if v.fpu_ts { cr0::TS } else { 0 },
         Register::CR2 => hv.mem().read_u64(crate::traps::vcpu_cr2_addr(hv)),
         Register::CR3 => v.current_l4().addr(),
-        Register::CR4 => GUEST_CR4,
+        Register::CR4 => cr4_policy(hv).read(&v.arch),
         _ => return None,
     })
 }
 
 /// `mov %reg, %crN` (Xen's `write_cr`): CR0 may change only TS (`fpu_taskswitch`); CR2 is
-/// the vCPU's fault address; CR3 is a new kernel base table (`new_guest_cr3`); CR4 is
-/// accepted (see [`GUEST_CR4`]).
+/// the vCPU's fault address; CR3 is a new kernel base table (`new_guest_cr3`); CR4 keeps the
+/// bits the guest controls and its CPUID allows, ignoring the rest (`pv_fixup_guest_cr4`).
 fn write_cr<P: Platform>(hv: &mut Hypervisor<P>, cr: Register, val: u64) -> Option<Outcome> {
     Some(match cr {
         Register::CR0 => {
@@ -162,7 +313,15 @@ fn write_cr<P: Platform>(hv: &mut Hypervisor<P>, cr: Register, val: u64) -> Opti
             Ok(()) => Outcome::Done,
             Err(_) => Outcome::Gp,
         },
-        Register::CR4 => Outcome::Done,
+        Register::CR4 => {
+            let kept = cr4_policy(hv).fixup(val);
+            let a = &mut hv.cur_vcpu_mut().arch;
+            if a.cr4 != kept {
+                a.cr4 = kept;
+                hv.mark_hw_dirty();
+            }
+            Outcome::Done
+        }
         _ => return None,
     })
 }

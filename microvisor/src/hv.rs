@@ -81,6 +81,13 @@ pub struct HwState {
     /// evtchn_upcall_mask}` word the hypercall return paths test in place (8-byte aligned,
     /// in RAM).
     pub vcpu_info: u64,
+    /// The guest's CR4 bits the CPU must hold while it runs (TSD, FSGSBASE).
+    pub guest_cr4: u64,
+    /// The guest's DR7 if a breakpoint is enabled (then DR0-DR3 and DR6 are
+    /// [`Hypervisor::running_debugregs`]), else 0: no guest breakpoint may stay armed.
+    pub dr7: u64,
+    /// Bumped whenever the vCPU's debug registers change.
+    pub debug_generation: u64,
 }
 
 /// What the exit path owes, accumulated by handlers until [`Hypervisor::resume`] applies it
@@ -565,6 +572,12 @@ impl<P: Platform> Hypervisor<P> {
         &self.cur_vcpu().gdt
     }
 
+    /// The running vCPU's DR0-DR3 and DR6, to load with [`HwState::dr7`].
+    pub fn running_debugregs(&self) -> ([u64; 4], u64) {
+        let d = &self.cur_vcpu().arch.debug;
+        (d.dr, d.dr6)
+    }
+
     /// True if the running vCPU has an event to deliver: `evtchn_upcall_pending` set and
     /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
     #[inline]
@@ -587,6 +600,9 @@ impl<P: Platform> Hypervisor<P> {
             gdt_generation: v.gdt_generation,
             io_ports: d.privileged,
             vcpu_info: v.vcpu_info,
+            guest_cr4: v.arch.cr4 & crate::cpu_state::HARDWARE_CR4_MASK,
+            dr7: if v.arch.debug.active() { v.arch.debug.dr7 } else { 0 },
+            debug_generation: v.arch.debug_generation,
         }
     }
 
@@ -680,9 +696,9 @@ impl<P: Platform> Hypervisor<P> {
     /// An exception from a guest (the arch layer read CR2 for a #PF): emulate, bounce to the
     /// guest's handler, or crash the domain. The arch layer then runs the exit path.
     /// A crash prints the guest's state as it faulted (`crash_report`).
-    pub fn guest_exception(&mut self, frame: &mut GuestFrame, vector: u8, cr2: u64) {
+    pub fn guest_exception(&mut self, frame: &mut GuestFrame, vector: u8, info: u64) {
         let at_fault = *frame;
-        if let traps::ExceptionOutcome::Crash(why) = traps::guest_exception(self, frame, vector, cr2) {
+        if let traps::ExceptionOutcome::Crash(why) = traps::guest_exception(self, frame, vector, info) {
             crate::crash_report::crash_with_report(self, &at_fault, format_args!("{why}"));
         }
     }

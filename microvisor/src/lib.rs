@@ -9,6 +9,7 @@ extern crate alloc;
 pub mod audit;
 pub mod bootcfg;
 pub mod console;
+pub mod cpu_state;
 pub mod cpuid;
 pub mod crash_report;
 pub mod domain;
@@ -32,6 +33,8 @@ pub mod vcpu;
 pub mod version;
 pub mod x86;
 
+#[cfg(test)]
+mod emulate_tests;
 #[cfg(test)]
 mod grant_tests;
 #[cfg(test)]

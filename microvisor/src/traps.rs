@@ -16,7 +16,7 @@ use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::vcpu::{rflags, GuestFrame};
 use hypercall_abi::xen::{
-    in_hypervisor_hole, is_canonical, trap_flags, vgcf, IretContext, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
+    in_hypervisor_hole, is_canonical, trap_flags, vgcf, vmasst, IretContext, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
     FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
 };
 
@@ -93,9 +93,13 @@ pub fn bounce<P: Platform>(
     }
     let saved_mask = vi.upcall_state(hv.mem()).1;
     let cs = if from_user { frame.cs } else { frame.cs & !3 };
-    let mut rf = frame.rflags & !rflags::IF;
+    let mut rf = frame.rflags & !(rflags::IF | rflags::IOPL);
     if !saved_mask {
         rf |= rflags::IF;
+    }
+    if architectural_iopl(hv) {
+        // The guest sees its virtual IOPL in the frame, as Xen folds it in.
+        rf |= u64::from(hv.cur_vcpu().arch.iopl) << 12;
     }
     let mut words: heapless::Vec<u64, 8> = heapless::Vec::new();
     let _ = words.push(frame.rcx);
@@ -126,6 +130,12 @@ pub fn bounce<P: Platform>(
         vi.set_upcall_mask(hv.mem(), true);
     }
     Ok(())
+}
+
+/// True if the running domain opted into `VMASST_TYPE_architectural_iopl`: its kernel counts
+/// as ring 0 for IOPL checks, and its virtual IOPL travels in `iret` and bounce frames.
+pub(crate) fn architectural_iopl<P: Platform>(hv: &Hypervisor<P>) -> bool {
+    hv.cur_dom().vm_assist & (1 << vmasst::TYPE_ARCHITECTURAL_IOPL) != 0
 }
 
 /// Bounces exception `vec` to the guest's handler from its trap table.
@@ -178,6 +188,9 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
         }
         toggle_guest_mode(hv);
     }
+    if architectural_iopl(hv) {
+        hv.cur_vcpu_mut().arch.iopl = ((ctx.rflags & rflags::IOPL) >> 12) as u8;
+    }
     frame.rax = ctx.rax;
     if ctx.flags & vgcf::IN_SYSCALL == 0 {
         frame.r11 = ctx.r11;
@@ -185,7 +198,9 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     }
     frame.rip = ctx.rip;
     frame.cs = u64::from(cs);
-    frame.rflags = (ctx.rflags & rflags::GUEST_SETTABLE) | rflags::IF | rflags::FIXED;
+    // RF passes too, as on Xen: a #DB handler resuming at an instruction breakpoint sets it
+    // so the breakpoint does not fire again on the same instruction.
+    frame.rflags = (ctx.rflags & (rflags::GUEST_SETTABLE | rflags::RF)) | rflags::IF | rflags::FIXED;
     frame.rsp = ctx.rsp;
     frame.ss = u64::from(ss);
     let masked = ctx.rflags & rflags::IF == 0;
@@ -265,12 +280,13 @@ impl core::fmt::Display for CrashReason {
 }
 
 /// Handles an exception raised by a guest (in ring 3): emulate the privileged instructions PV
-/// kernels use, bounce everything else to the guest's trap table.
+/// kernels use, bounce everything else to the guest's trap table. `info` is what the CPU
+/// reported beside the frame: CR2 for a #PF, DR6 for a #DB.
 pub fn guest_exception<P: Platform>(
     hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
     vec: u8,
-    cr2: u64,
+    info: u64,
 ) -> ExceptionOutcome {
     if hv.trace.is_on() {
         let (tsc, r) = (hv.plat.tsc(), hv.current());
@@ -288,7 +304,9 @@ pub fn guest_exception<P: Platform>(
             if let Some(outcome) = emulated {
                 match outcome {
                     crate::emulate::Outcome::Done => Ok(()),
+                    crate::emulate::Outcome::DoneDebug(_) => bounce_exception(hv, frame, vector::DB, None),
                     crate::emulate::Outcome::Gp => bounce_exception(hv, frame, vector::GP, Some(0)),
+                    crate::emulate::Outcome::Ud => bounce_exception(hv, frame, vector::UD, None),
                 }
             } else if frame.error_code & 3 == 2 {
                 // `int $n` through a gate the guest may not use directly (Xen's soft-interrupt
@@ -318,7 +336,7 @@ pub fn guest_exception<P: Platform>(
             }
         }
         vector::PF => {
-            hv.mem().write_u64(vcpu_cr2_addr(hv), cr2);
+            hv.mem().write_u64(vcpu_cr2_addr(hv), info);
             // The CPU saw ring 3 either way; the guest must see which of its own modes
             // faulted (Xen's pv_inject_event adjusts PFEC_user_mode the same way).
             const PFEC_USER: u64 = 1 << 2;
@@ -329,6 +347,12 @@ pub fn guest_exception<P: Platform>(
                 other => other,
             })
         }
+        vector::DB => {
+            // `info` is the DR6 the CPU reported (the arch layer reset it): the guest reads
+            // the cause from its own DR6 (`get_debugreg(6)`), as on Xen.
+            crate::cpu_state::record_debug_exception(&mut hv.cur_vcpu_mut().arch, info);
+            bounce_exception(hv, frame, vector::DB, None)
+        }
         vector::NM if hv.cur_vcpu().fpu_ts => {
             hv.cur_vcpu_mut().fpu_ts = false;
             bounce_exception(hv, frame, vector::NM, None)
@@ -338,7 +362,7 @@ pub fn guest_exception<P: Platform>(
     match result {
         Ok(()) => ExceptionOutcome::Handled,
         Err(BounceError::NoHandler { vector: "#PF", rip }) => {
-            ExceptionOutcome::Crash(CrashReason::UnhandledPageFault { rip, addr: cr2 })
+            ExceptionOutcome::Crash(CrashReason::UnhandledPageFault { rip, addr: info })
         }
         Err(e) => ExceptionOutcome::Crash(CrashReason::Bounce(e)),
     }

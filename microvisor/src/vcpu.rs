@@ -291,6 +291,8 @@ pub struct Vcpu {
     pub gdt: alloc::vec::Vec<u64>,
     /// Bumped whenever `gdt` changes, so the arch layer knows to reload it.
     pub gdt_generation: u64,
+    /// Virtual IOPL, CR4 and debug registers.
+    pub arch: crate::cpu_state::VcpuArch,
 }
 
 impl Vcpu {
@@ -324,6 +326,7 @@ impl Vcpu {
             gdt_frames: GdtFrames::new(),
             gdt: alloc::vec::Vec::new(),
             gdt_generation: 0,
+            arch: crate::cpu_state::VcpuArch::default(),
         }
     }
 

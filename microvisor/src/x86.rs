@@ -70,6 +70,8 @@ pub mod msr {
     pub const GS_BASE: u32 = 0xc000_0101;
     /// The GS base `swapgs` exchanges with the active one.
     pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
+    /// The value `rdtscp` returns in `%ecx`.
+    pub const TSC_AUX: u32 = 0xc000_0103;
 }
 
 /// EFER bits.
@@ -100,6 +102,10 @@ pub mod cr0 {
 
 /// CR4 bits.
 pub mod cr4 {
+    /// Time-stamp disable: `rdtsc`/`rdtscp` outside ring 0 raise #GP.
+    pub const TSD: u64 = 1 << 2;
+    /// Debugging extensions: DR4/DR5 are not aliases of DR6/DR7, and I/O breakpoints exist.
+    pub const DE: u64 = 1 << 3;
     pub const PSE: u64 = 1 << 4;
     pub const PAE: u64 = 1 << 5;
     pub const MCE: u64 = 1 << 6;
@@ -107,11 +113,38 @@ pub mod cr4 {
     pub const PGE: u64 = 1 << 7;
     pub const OSFXSR: u64 = 1 << 9;
     pub const OSXMMEXCPT: u64 = 1 << 10;
+    /// `rd/wr{fs,gs}base` usable outside ring 0.
+    pub const FSGSBASE: u64 = 1 << 16;
+    pub const OSXSAVE: u64 = 1 << 18;
     /// Supervisor-mode execution prevention: ring 0 never runs code from a user page.
     pub const SMEP: u64 = 1 << 20;
     /// Supervisor-mode access prevention: ring 0 never reads or writes a user page (unless
     /// RFLAGS.AC is set).
     pub const SMAP: u64 = 1 << 21;
+}
+
+/// Debug-register bits (DR6, DR7).
+pub mod dr {
+    /// DR6 as it reads with nothing recorded: the reserved bits that read as 1.
+    pub const DR6_DEFAULT: u64 = 0xffff_0ff0;
+    /// DR6 bit that always reads as 0.
+    pub const DR6_ZEROS: u64 = 1 << 12;
+    /// DR6: breakpoint 0-3 matched.
+    pub const DR6_BP_MASK: u64 = 0xf;
+    /// DR6: single step.
+    pub const DR6_BS: u64 = 1 << 14;
+    /// DR7 as it reads with nothing enabled (bit 10 reads as 1).
+    pub const DR7_DEFAULT: u64 = 0x400;
+    /// DR7 bits that always read as 0 (11: RTM, absent under a PV CPUID; 12, 14, 15).
+    pub const DR7_ZEROS: u64 = 0xd800;
+    /// DR7: the local and global enables of breakpoints 0-3.
+    pub const DR7_ACTIVE_MASK: u64 = 0xff;
+    /// DR7: general detect (a `mov` to or from a debug register raises #DB).
+    pub const DR7_GD: u64 = 1 << 13;
+    /// DR7: first bit of breakpoint 0's RW/LEN field; each breakpoint has four bits.
+    pub const DR7_CONTROL_SHIFT: u32 = 16;
+    /// RW value of an I/O breakpoint (defined only with CR4.DE).
+    pub const RW_IO: u64 = 0b10;
 }
 
 pub use crate::vcpu::rflags;

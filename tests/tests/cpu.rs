@@ -1,7 +1,7 @@
 //! Xen conformance of the CPU side (issue 11): the hypercall register contract, software
-//! interrupts, privileged-instruction emulation and the crash report. Each guest check is a
-//! structured `RESULT <scenario> <check>=<value>` line, compared in the guest with Xen 4.17's
-//! value.
+//! interrupts, privileged-instruction emulation, the debug registers, the virtual IOPL and the
+//! crash report. Each guest check is a structured `RESULT <scenario> <check>=<value>` line,
+//! compared in the guest with Xen 4.17's value.
 
 use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
 
@@ -52,4 +52,14 @@ fn an_unhandled_guest_fault_prints_registers_decoded_instruction_and_stack() {
         .expect_line("Guest stack at rsp ffffffff8")
         .expect_order("crashed: unhandled #GP", "Guest code at rip")
         .expect_line("Domain 0 (dom0) shut down: poweroff");
+}
+
+#[test]
+fn debug_registers_are_validated_loaded_and_reported_as_on_xen() {
+    scenario_agrees_with_xen("debugreg");
+}
+
+#[test]
+fn cli_sti_and_port_io_follow_the_virtual_iopl_as_on_xen() {
+    scenario_agrees_with_xen("iopl");
 }

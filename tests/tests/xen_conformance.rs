@@ -85,6 +85,8 @@ scenarios! {
     privop_hlt => "privop-hlt",
     privop_wrmsr => "privop-wrmsr",
     privop_in => "privop-in",
+    debugreg => "debugreg",
+    iopl => "iopl",
     unmapped => "unmapped",
     hvspace => "hvspace",
     stack_overflow => "stack-overflow",

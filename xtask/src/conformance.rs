@@ -47,6 +47,8 @@ pub const SCENARIOS: &[Scenario] = &[
     scenario("privop-hlt", "scenario=privop insn=hlt"),
     scenario("privop-wrmsr", "scenario=privop insn=wrmsr"),
     scenario("privop-in", "scenario=privop insn=in"),
+    scenario("debugreg", "scenario=debugreg"),
+    scenario("iopl", "scenario=iopl"),
     scenario("unmapped", "scenario=unmapped"),
     scenario("hvspace", "scenario=hvspace"),
     scenario("stack-overflow", "scenario=stack-overflow"),

@@ -68,6 +68,11 @@ pub fn dispatch<P: Platform>(
         nr::XEN_VERSION => misc::xen_version(hv, a[0], a[1]).into(),
         nr::CONSOLE_IO => misc::console_io(hv, a),
         nr::VM_ASSIST => misc::vm_assist(hv, a[0], a[1]).into(),
+        // Xen's handlers take the register number as an `int`: only the low 32 bits count.
+        nr::SET_DEBUGREG => crate::emulate::set_debugreg(hv, u64::from(a[0] as u32), a[1]).map(|()| 0).into(),
+        nr::GET_DEBUGREG => crate::cpu_state::get_debugreg(&hv.cur_vcpu().arch, u64::from(a[0] as u32))
+            .map(|v| v as i64)
+            .into(),
         nr::IRET => match frame {
             Some(f) => match traps::do_iret(hv, f) {
                 Ok(()) => Hc::FrameDone,

@@ -1,12 +1,14 @@
 //! `physdev_op`: what a driver domain needs from the hypervisor for real devices — mapping
 //! GSIs to pirqs, acknowledging them, querying them — for dom0 only; every other domain gets
-//! `-EPERM`. I/O ports come from dom0's I/O bitmap, so `set_iopl` has nothing to change.
+//! `-EPERM` — except `set_iopl`, the virtual IOPL any vCPU may set (`cpu_state`). dom0 reaches
+//! its I/O ports through the CPU's I/O bitmap without it.
 
 use crate::hv::Hypervisor;
 use crate::irq::{gsi_available, IrqOp, Pirq};
 use crate::platform::Platform;
 use hypercall_abi::physdev::{
-    map_pirq_type, op, xenirqstat, PhysdevEoi, PhysdevIrqStatusQuery, PhysdevMapPirq, PhysdevUnmapPirq,
+    map_pirq_type, op, xenirqstat, PhysdevEoi, PhysdevIrqStatusQuery, PhysdevMapPirq, PhysdevSetIopl,
+    PhysdevUnmapPirq,
 };
 use hypercall_abi::xen::resolve_domid;
 use hypercall_abi::Errno;
@@ -15,8 +17,13 @@ pub fn physdev_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Re
     let me = hv.current().domid;
     let privileged = hv.cur_dom().privileged;
     match cmd as u32 {
-        // Virtual IOPL: accepted; port access is decided by the I/O bitmap.
-        op::SET_IOPL => Ok(0),
+        // The virtual IOPL, which decides `cli`, `sti` and trapped port I/O (Xen's rule).
+        op::SET_IOPL => {
+            let s: PhysdevSetIopl = hv.guest().read_obj(arg)?;
+            let iopl = u8::try_from(s.iopl).ok().filter(|&i| i <= 3).ok_or(Errno::EINVAL)?;
+            hv.cur_vcpu_mut().arch.iopl = iopl;
+            Ok(0)
+        }
         op::IRQ_STATUS_QUERY => {
             let mut q: PhysdevIrqStatusQuery = hv.guest().read_obj(arg)?;
             q.flags =

@@ -76,6 +76,8 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("hypercall-regs", "tests/tests/cpu.rs", |_| regs::run()),
     sc("softint", "tests/tests/cpu.rs", |_| softint::run()),
     sc("privop-emul", "tests/tests/cpu.rs", |_| privop::run()),
+    sc("debugreg", "tests/tests/cpu.rs", |_| vcpu_state::debugreg()),
+    sc("iopl", "tests/tests/cpu.rs", |_| vcpu_state::iopl()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.
@@ -277,5 +279,7 @@ mod traps;
 mod user_mode;
 #[path = "testguest/user_space.rs"]
 mod user_space;
+#[path = "testguest/vcpu_state.rs"]
+mod vcpu_state;
 #[path = "testguest/xs_fill.rs"]
 mod xs_fill;

@@ -130,6 +130,55 @@ pub unsafe fn write_cr4(v: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
 }
 
+/// Sets the guest-owned CR4 bits (`microvisor::cpu_state::HARDWARE_CR4_MASK`) to `bits`,
+/// keeping every other bit.
+pub fn set_guest_cr4(bits: u64) {
+    let mask = microvisor::cpu_state::HARDWARE_CR4_MASK;
+    let cr4 = read_cr4();
+    // SAFETY: only TSD and FSGSBASE change (the core offers FSGSBASE only where CPUID has it);
+    // PAE, OSFXSR, SMEP and SMAP are kept.
+    unsafe { write_cr4((cr4 & !mask) | (bits & mask)) };
+}
+
+/// The debug registers: a guest's breakpoints are loaded while it runs (their addresses were
+/// checked to lie outside the hypervisor, and the hypervisor never touches guest virtual
+/// addresses, so they cannot match in ring 0).
+pub mod debugreg {
+    use core::arch::asm;
+
+    /// Loads DR0-DR3 and DR6, then DR7.
+    pub fn load(dr: [u64; 4], dr6: u64, dr7: u64) {
+        // SAFETY: writes to the debug registers only arm breakpoints on guest addresses
+        // (validated by the core) and take effect in ring 3 on the guest's own accesses.
+        unsafe {
+            asm!("mov dr0, {}", in(reg) dr[0], options(nomem, nostack, preserves_flags));
+            asm!("mov dr1, {}", in(reg) dr[1], options(nomem, nostack, preserves_flags));
+            asm!("mov dr2, {}", in(reg) dr[2], options(nomem, nostack, preserves_flags));
+            asm!("mov dr3, {}", in(reg) dr[3], options(nomem, nostack, preserves_flags));
+            asm!("mov dr6, {}", in(reg) dr6, options(nomem, nostack, preserves_flags));
+        }
+        set_dr7(dr7);
+    }
+
+    /// Writes DR7 (`microvisor::x86::dr::DR7_DEFAULT` disarms every breakpoint).
+    pub fn set_dr7(v: u64) {
+        // SAFETY: see `load`; the core clears general detect and the reserved bits.
+        unsafe { asm!("mov dr7, {}", in(reg) v, options(nomem, nostack, preserves_flags)) };
+    }
+
+    /// Reads DR6 after a #DB and resets it, as Xen does, so the next #DB reports only its own
+    /// cause.
+    pub fn take_dr6() -> u64 {
+        let v: u64;
+        // SAFETY: reading and resetting the debug status has no other effect.
+        unsafe {
+            asm!("mov {}, dr6", out(reg) v, options(nomem, nostack, preserves_flags));
+            asm!("mov dr6, {}", in(reg) microvisor::x86::dr::DR6_DEFAULT, options(nomem, nostack, preserves_flags));
+        }
+        v
+    }
+}
+
 /// Invalidates the TLB entry of one virtual address.
 pub fn invlpg(va: u64) {
     // SAFETY: invalidating a TLB entry is always safe; at worst it costs a refill.

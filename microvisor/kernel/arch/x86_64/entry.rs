@@ -334,7 +334,9 @@ vector_stubs:
     .set vec, 0
     .rept 256
         .balign 16
-        .if (vec < 32) && (({ec_mask} >> vec) & 1)
+        .if vec == {db}
+            jmp db_entry
+        .elseif (vec < 32) && (({ec_mask} >> vec) & 1)
             pushq $vec
         .else
             pushq $0
@@ -343,6 +345,23 @@ vector_stubs:
         jmp common_entry
         .set vec, vec + 1
     .endr
+
+    /* #DB arrives on its own IST stack (see gdt::IST_DB). From ring 0 it is handled there;
+       from ring 3 its frame is moved to where every other ring-3 entry leaves it, the top of
+       the live frame, and the common path continues on it. */
+db_entry:
+    pushq $0
+    pushq ${db}
+    testb $3, 24(%rsp)
+    jz common_entry
+    push %rax
+    .irp word, 0, 1, 2, 3, 4, 5, 6
+        mov 8+8*\word(%rsp), %rax
+        mov %rax, LIVE_FRAME+{off_vector}+8*\word(%rip)
+    .endr
+    pop %rax
+    lea LIVE_FRAME+{off_vector}(%rip), %rsp
+    jmp common_entry
 
 common_entry:
     /* The guest may have set DF and AC: the hypervisor's code assumes DF clear, and AC would
@@ -384,6 +403,8 @@ exit_to_guest:
     smap_on = sym SMAP_ON,
     vsyscall = const VECTOR_SYSCALL,
     off_cs = const offset_of!(GuestFrame, cs),
+    off_vector = const offset_of!(GuestFrame, vector),
+    db = const microvisor::x86::vector::DB,
     nr_xen_version = const nr::XEN_VERSION,
     xen_version = const microvisor::version::XEN_VERSION,
     hc_general = sym hypercall_general,

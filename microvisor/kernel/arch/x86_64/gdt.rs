@@ -48,6 +48,11 @@ pub struct Tss {
 pub const IST_NMI: u8 = 1;
 pub const IST_DF: u8 = 2;
 pub const IST_MC: u8 = 3;
+/// #DB has a stack of its own: a `mov %ss`/`pop %ss` with a guest data breakpoint defers the
+/// #DB past a following `syscall`, into ring 0 on the guest's `%rsp` (XSA-260); with an IST
+/// the CPU never writes the frame there.
+pub const IST_DB: u8 = 4;
+const IST_STACKS: usize = 4;
 const IST_STACK_SIZE: usize = 16 * 1024;
 
 /// A TSS followed by its I/O permission bitmap (a set bit denies the port) and the
@@ -64,7 +69,7 @@ struct Tables {
     gdt: [u64; GDT_ENTRIES],
     tss: Tss,
     tss_io: TssWithIo,
-    ist_stacks: [[u8; IST_STACK_SIZE]; 3],
+    ist_stacks: [[u8; IST_STACK_SIZE]; IST_STACKS],
 }
 
 struct TablesCell(UnsafeCell<Tables>);
@@ -81,7 +86,7 @@ static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
         bitmap: [0; 8192],
         end: 0xff,
     },
-    ist_stacks: [[0; IST_STACK_SIZE]; 3],
+    ist_stacks: [[0; IST_STACK_SIZE]; IST_STACKS],
 }));
 
 const fn seg(access: u64, flags: u64) -> u64 {
@@ -110,11 +115,12 @@ pub fn init(rsp0: u64) {
     (t.gdt[r + 8], t.gdt[r + 9]) = tss_desc(&t.tss as *const Tss as u64, core::mem::size_of::<Tss>());
     (t.gdt[r + 10], t.gdt[r + 11]) =
         tss_desc(&t.tss_io as *const TssWithIo as u64, core::mem::size_of::<TssWithIo>());
-    let ist: [u64; 3] = core::array::from_fn(|i| t.ist_stacks[i].as_ptr() as u64 + IST_STACK_SIZE as u64);
+    let ist: [u64; IST_STACKS] =
+        core::array::from_fn(|i| t.ist_stacks[i].as_ptr() as u64 + IST_STACK_SIZE as u64);
     for tss in [&mut t.tss, &mut t.tss_io.tss] {
         tss.rsp[0] = rsp0;
         let mut ists = tss.ist;
-        ists[..3].copy_from_slice(&ist);
+        ists[..IST_STACKS].copy_from_slice(&ist);
         tss.ist = ists;
         // The bitmap starts right after the TSS; for the plain TSS that is beyond its limit,
         // so every port faults.

@@ -2,7 +2,7 @@
 //! except `int3`, `into` and `int $0x80`, which PV guests may raise from ring 3 (Xen makes the
 //! same three DPL 3); NMI, #DF and #MC run on their own IST stacks.
 
-use super::gdt::{HV_CS, IST_DF, IST_MC, IST_NMI};
+use super::gdt::{HV_CS, IST_DB, IST_DF, IST_MC, IST_NMI};
 use core::arch::asm;
 use core::cell::UnsafeCell;
 use microvisor::x86::vector;
@@ -36,6 +36,7 @@ pub fn init(stubs: u64) {
             2 => u64::from(IST_NMI),
             8 => u64::from(IST_DF),
             18 => u64::from(IST_MC),
+            1 => u64::from(IST_DB),
             _ => 0,
         };
         // Present, interrupt gate (0xe): IF is cleared on entry, so the hypervisor always

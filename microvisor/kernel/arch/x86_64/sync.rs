@@ -1,6 +1,6 @@
 //! The exit path's last step: make the CPU match the vCPU the core chose (page tables and
-//! TLB, GDT entries, I/O bitmap, segment bases, FPU and TS, the syscall entry of its mode, the
-//! timer), writing only what changed since the last exit.
+//! TLB, GDT entries, I/O bitmap, segment bases, FPU and TS, the syscall entry of its mode, its
+//! CR4 bits and debug registers, the timer), writing only what changed since the last exit.
 
 use super::cpu_local::CpuLocal;
 use super::{apic, cpu, entry, paging::DirectMap};
@@ -41,6 +41,11 @@ struct Loaded {
     io_ports: bool,
     kernel_mode: Option<bool>,
     vcpu_info: u64,
+    /// The guest-owned CR4 bits in the CPU.
+    guest_cr4: u64,
+    /// Whose debug registers are loaded (vCPU, generation), and whether DR7 arms any.
+    debug: Option<(microvisor::sched::VcpuRef, u64)>,
+    dr7_armed: bool,
 }
 
 static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
@@ -55,11 +60,15 @@ static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
     io_ports: false,
     kernel_mode: None,
     vcpu_info: 0,
+    guest_cr4: 0,
+    debug: None,
+    dr7_armed: false,
 });
 
 /// Makes the CPU match the running vCPU and applies what the core handed over: page tables,
 /// TLB flush, guest GDT, the fast path's `vcpu_info` pointer and mode, I/O access, segment
-/// bases, TS, interrupt-controller changes and the next timer deadline. Only what changed is
+/// bases, TS, interrupt-controller changes, the guest's CR4 bits and debug registers, and the
+/// next timer deadline. Only what changed is
 /// written. The core owes nothing once it returned `exit` (it loaded the FPU registers
 /// itself), so nothing here may call back into it except to read.
 #[inline(always)]
@@ -124,6 +133,21 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         entry::set_guest_kernel_mode(hw.kernel_mode, hv.trace_on());
         l.kernel_mode = Some(hw.kernel_mode);
     }
+    if l.guest_cr4 != hw.guest_cr4 {
+        cpu::set_guest_cr4(hw.guest_cr4);
+        l.guest_cr4 = hw.guest_cr4;
+    }
+    let debug = Some((hw.vcpu, hw.debug_generation));
+    if l.debug != debug && (hw.dr7 != 0 || l.dr7_armed) {
+        if hw.dr7 != 0 {
+            let (dr, dr6) = hv.running_debugregs();
+            cpu::debugreg::load(dr, dr6, hw.dr7);
+        } else {
+            cpu::debugreg::set_dr7(microvisor::x86::dr::DR7_DEFAULT);
+        }
+        l.dr7_armed = hw.dr7 != 0;
+    }
+    l.debug = debug;
     if exit.timer_deadline_ns != l.timer_deadline {
         match exit.timer_deadline_ns {
             Some(t) => apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),

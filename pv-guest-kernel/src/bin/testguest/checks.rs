@@ -34,6 +34,40 @@ impl Results {
         self.eq(check, u64::from(ok), 1);
     }
 
+    /// Records a hypercall's return value (reported as `0`, a count or the errno's name).
+    pub fn ret(&mut self, check: &str, got: i64, want: i64) {
+        self.word_check(
+            check,
+            super::results::Value::Ret(got),
+            got == want,
+            format_args!("{got} want {want}"),
+        );
+    }
+
+    /// Records a check whose value is a word (`done`, `#GP`, ...).
+    pub fn word(&mut self, check: &str, got: &str, want: &str) {
+        self.word_check(
+            check,
+            super::results::Value::Word(got),
+            got == want,
+            format_args!("{got} want {want}"),
+        );
+    }
+
+    fn word_check(
+        &mut self,
+        check: &str,
+        v: super::results::Value<'_>,
+        ok: bool,
+        detail: core::fmt::Arguments<'_>,
+    ) {
+        self.n += 1;
+        super::results::emit(check, v);
+        if !ok {
+            self.fails.push(alloc::format!("{check}: got {detail}"));
+        }
+    }
+
     /// Records a failure that is not a value comparison (a set-up step).
     pub fn fail(&mut self, what: String) {
         println!("{}: {what}", self.scenario);

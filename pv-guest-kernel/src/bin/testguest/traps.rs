@@ -11,8 +11,8 @@ use pv_guest_kernel::traps::{self, TrapFrame};
 use pv_guest_kernel::{events, mm, println};
 
 /// Where the instruction under test is, and where to resume after it.
-static FAULT_RIP: AtomicU64 = AtomicU64::new(0);
-static RESUME_RIP: AtomicU64 = AtomicU64::new(0);
+pub(crate) static FAULT_RIP: AtomicU64 = AtomicU64::new(0);
+pub(crate) static RESUME_RIP: AtomicU64 = AtomicU64::new(0);
 
 static PF_COUNT: AtomicU64 = AtomicU64::new(0);
 static PF_CR2: AtomicU64 = AtomicU64::new(0);
@@ -21,7 +21,7 @@ static PF_RIP: AtomicU64 = AtomicU64::new(0);
 static PF_CS: AtomicU64 = AtomicU64::new(0);
 
 /// Skips the instruction under test, or treats anything else as fatal.
-fn skip_or_die(f: &mut TrapFrame) {
+pub(crate) fn skip_or_die(f: &mut TrapFrame) {
     if f.rip == FAULT_RIP.load(Ordering::SeqCst) {
         f.rip = RESUME_RIP.load(Ordering::SeqCst);
     } else {
@@ -46,7 +46,7 @@ macro_rules! recoverable {
         // SAFETY: the instruction either completes on what the caller chose, or faults and the
         // registered handler resumes at label 2; the recorded addresses are plain atomics.
         unsafe {
-            asm!(
+            core::arch::asm!(
                 "lea 2f(%rip), {tmp}",
                 "mov {tmp}, ({resume})",
                 "lea 1f(%rip), {tmp}",
@@ -54,14 +54,16 @@ macro_rules! recoverable {
                 concat!("1: ", $insn),
                 "2:",
                 tmp = out(reg) _,
-                resume = in(reg) RESUME_RIP.as_ptr(),
-                fault = in(reg) FAULT_RIP.as_ptr(),
+                resume = in(reg) $crate::traps::RESUME_RIP.as_ptr(),
+                fault = in(reg) $crate::traps::FAULT_RIP.as_ptr(),
                 $($($operands)+,)?
                 options(att_syntax, nostack),
             )
         }
     };
 }
+
+pub(crate) use recoverable;
 
 /// Writes to `addr` with one recoverable instruction.
 fn write_and_recover(addr: u64) {

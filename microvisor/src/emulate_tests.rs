@@ -1,0 +1,121 @@
+//! Host tests of the emulator's virtual CPU state (`emulate.rs` with `cpu_state.rs`): the
+//! instruction is written into the test guest's memory, the #GP it raised is handed to
+//! `traps::guest_exception`, and the outcome is what Xen gives: completed with the RIP moved,
+//! or the guest's #GP/#UD/#DB handler entered.
+
+use crate::testkit::{two_domains, TestHv, SCRATCH_VA};
+use crate::traps::{self, vector};
+use crate::vcpu::GuestFrame;
+use crate::x86::{cr4, dr, rflags};
+use hypercall_abi::xen::{trap_flags, TrapInfo, FLAT_KERNEL_CS, FLAT_KERNEL_SS};
+
+const HANDLER: u64 = crate::loader::elf::testelf::BASE + 0x100;
+const CODE: u64 = SCRATCH_VA;
+const STACK: u64 = SCRATCH_VA + 0x800;
+
+/// Where an emulated instruction left the guest.
+#[derive(Debug, PartialEq, Eq)]
+enum Went {
+    /// Past the instruction (its length).
+    Done(u64),
+    /// Into the handler of this vector.
+    Trap(u8),
+}
+
+/// Runs `bytes` as a guest-kernel instruction that raised #GP(0), with `setup` applied first.
+fn run(hv: &mut TestHv, bytes: &[u8], f: &mut GuestFrame) -> Went {
+    for v in [vector::GP, vector::UD, vector::DB] {
+        // Each vector's handler at its own address, so the test sees which one ran.
+        hv.cur_vcpu_mut().traps[usize::from(v)] = TrapInfo {
+            vector: v,
+            flags: trap_flags::DISABLES_EVENTS,
+            cs: FLAT_KERNEL_CS,
+            _pad: 0,
+            address: HANDLER + u64::from(v),
+        };
+    }
+    hv.guest().write(CODE, bytes).unwrap();
+    f.rip = CODE;
+    f.cs = u64::from(FLAT_KERNEL_CS);
+    f.ss = u64::from(FLAT_KERNEL_SS);
+    f.rsp = STACK;
+    f.rflags |= rflags::IF | rflags::FIXED;
+    f.error_code = 0;
+    let out = traps::guest_exception(hv, f, vector::GP, 0);
+    assert!(matches!(out, traps::ExceptionOutcome::Handled), "the guest was crashed");
+    match f.rip {
+        r if r > HANDLER && r < HANDLER + 32 => Went::Trap((r - HANDLER) as u8),
+        r => Went::Done(r - CODE),
+    }
+}
+
+const CLI: &[u8] = &[0xfa];
+const STI: &[u8] = &[0xfb];
+/// `in $0x21, %al`
+const IN_21: &[u8] = &[0xe4, 0x21];
+/// `out %eax, %dx`
+const OUT_DX_EAX: &[u8] = &[0xef];
+/// `in %dx, %eax`
+const IN_EAX_DX: &[u8] = &[0xed];
+/// `mov %rax, %dr7`
+const MOV_RAX_DR7: &[u8] = &[0x0f, 0x23, 0xf8];
+/// `mov %dr4, %rax`
+const MOV_DR4_RAX: &[u8] = &[0x0f, 0x21, 0xe0];
+/// `mov %rax, %cr4`
+const MOV_RAX_CR4: &[u8] = &[0x0f, 0x22, 0xe0];
+
+#[test]
+fn cli_sti_and_ports_need_the_virtual_iopl() {
+    let mut hv = two_domains();
+    let mut f = GuestFrame::default();
+    for insn in [CLI, STI, IN_21] {
+        assert_eq!(run(&mut hv, insn, &mut f), Went::Trap(vector::GP), "{insn:x?} at IOPL 0");
+    }
+    hv.cur_vcpu_mut().arch.iopl = 1;
+    assert_eq!(run(&mut hv, CLI, &mut f), Went::Done(1));
+    assert_eq!(run(&mut hv, STI, &mut f), Went::Done(1));
+    f.rax = 0x1234_5678;
+    assert_eq!(run(&mut hv, IN_21, &mut f), Went::Done(2));
+    assert_eq!(f.rax, 0x1234_56ff, "an 8-bit in keeps the rest of %rax");
+    // The PCI configuration address latches a 32-bit write.
+    f.rdx = 0xcf8;
+    f.rax = 0x8000_0010;
+    assert_eq!(run(&mut hv, OUT_DX_EAX, &mut f), Went::Done(1));
+    f.rax = u64::MAX;
+    assert_eq!(run(&mut hv, IN_EAX_DX, &mut f), Went::Done(1));
+    assert_eq!(f.rax, 0x8000_0010, "a 32-bit in zero-extends");
+    // Guest user mode counts as ring 3.
+    hv.cur_vcpu_mut().kernel_mode = false;
+    assert_eq!(run(&mut hv, CLI, &mut f), Went::Trap(vector::GP));
+    hv.cur_vcpu_mut().arch.iopl = 3;
+    assert_eq!(run(&mut hv, CLI, &mut f), Went::Done(1));
+}
+
+#[test]
+fn debug_register_moves_are_validated_as_set_debugreg() {
+    let mut hv = two_domains();
+    let mut f = GuestFrame { rax: dr::DR7_GD, ..GuestFrame::default() };
+    assert_eq!(run(&mut hv, MOV_RAX_DR7, &mut f), Went::Trap(vector::GP), "general detect");
+    f.rax = 1;
+    assert_eq!(run(&mut hv, MOV_RAX_DR7, &mut f), Went::Done(3));
+    assert_eq!(hv.cur_vcpu().arch.debug.dr7, dr::DR7_DEFAULT | 1);
+    assert!(hv.cur_vcpu().arch.debug.active(), "an armed breakpoint is loaded for the guest");
+    assert_eq!(run(&mut hv, MOV_DR4_RAX, &mut f), Went::Done(3), "DR4 aliases DR6 without CR4.DE");
+    assert_eq!(f.rax, dr::DR6_DEFAULT);
+    // The fake CPU's CPUID has no DE: a written CR4.DE is ignored, as Xen discards bits
+    // outside the domain's policy.
+    f.rax = cr4::DE;
+    assert_eq!(run(&mut hv, MOV_RAX_CR4, &mut f), Went::Done(3));
+    assert_eq!(hv.cur_vcpu().arch.cr4, 0);
+    hv.cur_vcpu_mut().arch.cr4 = cr4::DE;
+    assert_eq!(run(&mut hv, MOV_DR4_RAX, &mut f), Went::Trap(vector::UD), "no DR4 with CR4.DE");
+}
+
+#[test]
+fn a_single_stepping_guest_gets_its_db_after_an_emulated_instruction() {
+    let mut hv = two_domains();
+    hv.cur_vcpu_mut().arch.iopl = 1;
+    let mut f = GuestFrame { rflags: rflags::TF, ..GuestFrame::default() };
+    assert_eq!(run(&mut hv, CLI, &mut f), Went::Trap(vector::DB));
+    assert_eq!(hv.cur_vcpu().arch.debug.dr6 & dr::DR6_BS, dr::DR6_BS);
+}
