@@ -35,6 +35,15 @@ pub fn guest_value(run: &Run, d: u16, scenario: &str, key: &str) -> i64 {
 }
 
 /// Assertions on a finished run.
+/// `scenario` reported its checks as `RESULT <scenario> <check>=<value>` lines and passed: the
+/// guest compares each value with Xen 4.17's and fails the scenario on a mismatch, naming both.
+pub fn all_results_ok(run: &Run, scenario: &str) {
+    let obs = xtask::conformance::observations(xtask::qemu::System::Microvisor, &run.log, scenario, "-");
+    // Two of the observations are the runner's own (`verdict`, `end`).
+    assert!(obs.checks.len() > 2, "no RESULT lines for {scenario}:\n{}", run.text());
+    run.expect_line(&format!("TEST {scenario} PASS"));
+}
+
 pub trait RunExt {
     /// Panics with the log unless the run ended with `outcome`.
     fn expect_outcome(&self, outcome: Outcome) -> &Self;

@@ -3,18 +3,7 @@
 //! crash report. Each guest check is a structured `RESULT <scenario> <check>=<value>` line,
 //! compared in the guest with Xen 4.17's value.
 
-use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
-
-/// `scenario` reported its checks (`RESULT <scenario> <check>=<value>` lines, the format the
-/// differential run against Xen compares) and passed: the guest compares each value with Xen
-/// 4.17's and names every one that differs on its `TEST <scenario> FAIL` line.
-fn all_results_ok(run: &Run, scenario: &str) {
-    let text = run.text();
-    let prefix = format!("RESULT {scenario} ");
-    let results = text.lines().filter(|l| l.contains(&prefix)).count();
-    assert!(results > 0, "no RESULT lines for {scenario}:\n{text}");
-    run.expect_line(&format!("TEST {scenario} PASS"));
-}
+use tests::{all_results_ok, boot, kernels, Machine, Outcome, RunExt};
 
 fn scenario_agrees_with_xen(scenario: &str) {
     let k = kernels();

@@ -4,15 +4,7 @@
 //! is a structured `RESULT <scenario> <check>=<value>` line, checked in the guest against Xen
 //! 4.17's value (a mismatch fails the scenario with both values).
 
-use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
-
-/// `scenario` reported its checks as `RESULT` lines and passed: every value was Xen's.
-fn all_results_ok(run: &Run, scenario: &str) {
-    let obs = xtask::conformance::observations(xtask::qemu::System::Microvisor, &run.log, scenario, "-");
-    // Two of the observations are the runner's own (`verdict`, `end`).
-    assert!(obs.checks.len() > 2, "no RESULT lines for {scenario}:\n{}", run.text());
-    run.expect_line(&format!("TEST {scenario} PASS"));
-}
+use tests::{all_results_ok, boot, kernels, Machine, Outcome, RunExt};
 
 #[test]
 fn smep_and_smap_keep_ring0_out_of_guest_pages() {
