@@ -219,3 +219,29 @@ fn a_hostile_frontend_is_refused_and_flooding_does_not_stop_a_neighbours_traffic
     assert!(line.contains("rings unmapped: yes"), "{line}");
     run.expect_line("dom0: d2/vif0: disconnected (");
 }
+
+/// The network benchmark's machine (`net-bench`: a sink and a flood domU next to dom0) runs a
+/// short plan end to end: every transfer's bytes are checked by the runner, and each metric
+/// the bench publishes comes back with samples (the figures themselves are the bench's
+/// business, not a pass/fail matter).
+#[test]
+fn the_network_benchmark_runs_with_every_transfer_checked() {
+    let k = kernels();
+    let (results, run) =
+        xtask::netbench::run(&k, xtask::netbench::Plan::SMOKE).unwrap_or_else(|e| panic!("{e}"));
+    run.expect_outcome(Outcome::Poweroff).expect_no_line("FATAL").expect_no_line("crashed");
+    for name in [
+        "net.tcp_rx.host_domu",
+        "net.tcp_rx.host_dom0",
+        "net.tcp_tx.host_domu",
+        "net.tcp_tx.host_dom0",
+        "net.rtt.host_domu",
+        "net.rtt.host_dom0",
+        "net.pps.domu_domu",
+        "net.tcp.domu_domu",
+        "net.rtt.domu_domu",
+    ] {
+        let r = results.iter().find(|r| r.name == name).unwrap_or_else(|| panic!("no {name} in {results:?}"));
+        assert!(r.n > 0, "{name} has no samples: {r:?}");
+    }
+}
