@@ -33,6 +33,9 @@ impl Platform for Machine {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         cpu::cpuid(leaf, subleaf)
     }
+    fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
+        crate::arch::x86_64::probe::rdmsr_safe(msr)
+    }
     fn console_read(&mut self) -> Option<u8> {
         serial::try_read()
     }

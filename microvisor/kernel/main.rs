@@ -56,6 +56,7 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     paging::init_heap(&mut balloc, heap_bytes);
 
     entry::init();
+    cpu::detect_features();
     let protections = cpu::enable_protections();
     if protections.smap {
         entry::set_smap_on();

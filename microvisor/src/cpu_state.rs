@@ -21,6 +21,8 @@ pub struct VcpuArch {
     pub debug: DebugRegs,
     /// Bumped whenever the debug registers change, so the arch layer knows to reload them.
     pub debug_generation: u64,
+    /// `MSR_TSC_AUX`: what `rdtscp` and `rdpid` read, loaded into the CPU while the vCPU runs.
+    pub tsc_aux: u32,
 }
 
 /// The guest's debug registers.

@@ -2,6 +2,11 @@
 //! use hidden (virtualization, monitor/mwait, XSAVE/AVX — the hypervisor switches FPU state
 //! with FXSAVE only — and the local APIC), plus Xen's hypervisor leaves at 0x40000000.
 
+/// Leaf 0x8000_0001, EDX: RDTSCP.
+pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+/// Leaf 7, subleaf 0, ECX: RDPID.
+pub const L7_ECX_RDPID: u32 = 1 << 22;
+
 /// What a PV guest sees for `leaf` given the real values (the same for dom0 and domUs).
 pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
     let [mut a, mut b, mut c, mut d] = real;

@@ -22,16 +22,42 @@ use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
 
 /// The CR0 a PV kernel reads (TS is its virtual one).
 pub const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0::MP | cr0::PE;
-/// Xen's PAT (`XEN_MSR_PAT`), what a PV guest reads.
-pub const XEN_MSR_PAT: u64 = 0x0005_0100_0704_0406;
-/// `MSR_IA32_MISC_ENABLE` as Xen shows it (BTS and PEBS unavailable, xTPR disabled, fast
-/// strings on), without reading the host's.
-pub const GUEST_MISC_ENABLE: u64 = (1 << 0) | (1 << 11) | (1 << 12) | (1 << 23);
+/// Xen 4.17's PAT (`XEN_MSR_PAT`: WB, WT, UC-, UC, WC, WP, UC, UC, Linux's own layout), what
+/// a PV guest reads.
+pub const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
 /// MSR numbers emulated here beyond `x86::msr`.
 pub mod more_msr {
+    pub const TSC: u32 = 0x10;
+    pub const APIC_BASE: u32 = 0x1b;
     pub const PLATFORM_INFO: u32 = 0xce;
     pub const MISC_ENABLE: u32 = 0x1a0;
     pub const PAT: u32 = 0x277;
+    pub const PERF_CAPABILITIES: u32 = 0x345;
+    /// The hypervisor leaves (0x4000_xxxx), never faked as 0 (Xen's `(reg >> 16) != 0x4000`).
+    pub const HYPERVISOR_BLOCK: u32 = 0x4000;
+}
+
+/// `MSR_IA32_MISC_ENABLE` bits Xen adjusts in the host's value (`guest_misc_enable`).
+pub mod misc_enable {
+    pub const PERF_AVAIL: u64 = 1 << 7;
+    pub const BTS_UNAVAIL: u64 = 1 << 11;
+    pub const PEBS_UNAVAIL: u64 = 1 << 12;
+    pub const MONITOR_ENABLE: u64 = 1 << 18;
+    pub const XTPR_DISABLE: u64 = 1 << 23;
+}
+
+/// `MSR_IA32_MISC_ENABLE` as Xen shows the host's `host` to a PV guest: no performance
+/// monitoring, BTS or PEBS, no MONITOR/MWAIT, xTPR messages disabled.
+pub fn guest_misc_enable(host: u64) -> u64 {
+    use misc_enable::*;
+    (host & !(PERF_AVAIL | MONITOR_ENABLE)) | BTS_UNAVAIL | PEBS_UNAVAIL | XTPR_DISABLE
+}
+
+/// APIC base bits a PV guest reads (Xen: "Linux PV guests will attempt to read APIC_BASE").
+pub mod apic_base {
+    pub const BSP: u64 = 1 << 8;
+    pub const ENABLE: u64 = 1 << 11;
+    pub const DEFAULT_PHYS_BASE: u64 = 0xfee0_0000;
 }
 
 /// Longest x86 instruction.
@@ -115,14 +141,13 @@ pub fn privileged_op<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
                 Err(e) => dr_fault(e),
             }
         }
-        // With the guest's CR4.TSD its kernel's `rdtsc` faults and is emulated.
+        // With the guest's CR4.TSD its kernel's `rdtsc` and `rdtscp` fault and are emulated.
         Code::Rdtsc | Code::Rdtscp => {
             let tsc = hv.plat.tsc();
             frame.rax = tsc & 0xffff_ffff;
             frame.rdx = tsc >> 32;
             if insn.code() == Code::Rdtscp {
-                // The guest's TSC_AUX, which it cannot change: Xen's 0.
-                frame.rcx = 0;
+                frame.rcx = u64::from(hv.cur_vcpu().arch.tsc_aux);
             }
             Outcome::Done
         }
@@ -326,27 +351,56 @@ fn write_cr<P: Platform>(hv: &mut Hypervisor<P>, cr: Register, val: u64) -> Opti
     })
 }
 
-/// `rdmsr` as Xen answers a PV kernel; what it refuses is #GP(0).
+/// `rdmsr` as Xen answers a PV kernel. What it refuses is #GP(0), except for a guest with no
+/// #GP handler yet (early boot): an MSR the CPU has then reads as 0, as Xen 4.17 fakes it.
 fn rdmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome {
-    let v = hv.cur_vcpu();
-    let val = match frame.rcx as u32 {
-        msr::EFER => efer::SCE | efer::LME | efer::LMA | efer::NXE,
-        msr::FS_BASE => v.fs_base,
-        msr::GS_BASE => v.gs_base_kernel,
-        msr::SHADOW_GS_BASE => v.gs_base_user,
-        more_msr::PAT => XEN_MSR_PAT,
-        more_msr::MISC_ENABLE => GUEST_MISC_ENABLE,
-        more_msr::PLATFORM_INFO => 0,
-        // APIC base, the MTRRs (CPUID shows no MTRR to PV guests) and anything unknown.
-        _ => return Outcome::Gp,
+    let which = frame.rcx as u32;
+    let val = match read_msr(hv, which) {
+        Some(v) => v,
+        None if hv.cur_vcpu().traps[usize::from(crate::x86::vector::GP)].address == 0
+            && which >> 16 != more_msr::HYPERVISOR_BLOCK
+            && hv.plat.rdmsr_safe(which).is_some() =>
+        {
+            0
+        }
+        None => return Outcome::Gp,
     };
     frame.rax = val & 0xffff_ffff;
     frame.rdx = val >> 32;
     Outcome::Done
 }
 
-/// `wrmsr` as Xen takes it from a PV kernel: the segment bases (canonical values), and a
-/// write of the value a read gives for the MSRs a guest may only read; #GP otherwise.
+/// The value of MSR `which` for the running vCPU, or `None` where Xen refuses it.
+fn read_msr<P: Platform>(hv: &Hypervisor<P>, which: u32) -> Option<u64> {
+    let v = hv.cur_vcpu();
+    Some(match which {
+        msr::EFER => efer::SCE | efer::LME | efer::LMA | efer::NXE,
+        msr::FS_BASE => v.fs_base,
+        msr::GS_BASE => v.gs_base_kernel,
+        msr::SHADOW_GS_BASE => v.gs_base_user,
+        msr::TSC_AUX if tsc_aux_visible(hv) => u64::from(v.arch.tsc_aux),
+        more_msr::TSC => hv.plat.tsc(),
+        more_msr::APIC_BASE => {
+            let bsp = if hv.current().vcpu == 0 { apic_base::BSP } else { 0 };
+            apic_base::ENABLE | apic_base::DEFAULT_PHYS_BASE | bsp
+        }
+        more_msr::PAT => XEN_MSR_PAT,
+        more_msr::MISC_ENABLE => guest_misc_enable(hv.plat.rdmsr_safe(which)?),
+        more_msr::PLATFORM_INFO | more_msr::PERF_CAPABILITIES => 0,
+        // The MTRRs (CPUID shows no MTRR to PV guests) and anything unknown.
+        _ => return None,
+    })
+}
+
+/// True if the guest's CPUID offers `rdtscp` or `rdpid`, so `MSR_TSC_AUX` exists for it.
+fn tsc_aux_visible<P: Platform>(hv: &Hypervisor<P>) -> bool {
+    let leaf = |l: u32| crate::cpuid::pv_cpuid(l, hv.plat.cpuid(l, 0));
+    leaf(0x8000_0001)[3] & crate::cpuid::EXT1_EDX_RDTSCP != 0 || leaf(7)[2] & crate::cpuid::L7_ECX_RDPID != 0
+}
+
+/// `wrmsr` as Xen takes it from a PV kernel: the segment bases (canonical values), TSC_AUX
+/// (32 bits), EFER unchanged, MISC_ENABLE ignored (Xen only logs a change); #GP otherwise,
+/// PAT included.
 fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome {
     let val = (frame.rdx << 32) | (frame.rax & 0xffff_ffff);
     let which = frame.rcx as u32;
@@ -364,13 +418,16 @@ fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
             hv.mark_hw_dirty();
             Outcome::Done
         }
-        msr::EFER | more_msr::PAT | more_msr::MISC_ENABLE => {
-            let mut probe = GuestFrame { rcx: frame.rcx, ..GuestFrame::default() };
-            match rdmsr(hv, &mut probe) {
-                Outcome::Done if (probe.rdx << 32 | probe.rax) == val => Outcome::Done,
-                _ => Outcome::Gp,
+        msr::TSC_AUX if tsc_aux_visible(hv) => match u32::try_from(val) {
+            Ok(aux) => {
+                hv.cur_vcpu_mut().arch.tsc_aux = aux;
+                hv.mark_hw_dirty();
+                Outcome::Done
             }
-        }
+            Err(_) => Outcome::Gp,
+        },
+        msr::EFER if read_msr(hv, which) == Some(val) => Outcome::Done,
+        more_msr::MISC_ENABLE if hv.plat.rdmsr_safe(which).is_some() => Outcome::Done,
         _ => Outcome::Gp,
     }
 }

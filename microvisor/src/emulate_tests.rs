@@ -22,9 +22,14 @@ enum Went {
     Trap(u8),
 }
 
-/// Runs `bytes` as a guest-kernel instruction that raised #GP(0), with `setup` applied first.
+/// Runs `bytes` as a guest-kernel instruction that raised #GP(0), with handlers for #GP, #UD
+/// and #DB.
 fn run(hv: &mut TestHv, bytes: &[u8], f: &mut GuestFrame) -> Went {
-    for v in [vector::GP, vector::UD, vector::DB] {
+    run_with_handlers(hv, bytes, f, &[vector::GP, vector::UD, vector::DB])
+}
+
+fn run_with_handlers(hv: &mut TestHv, bytes: &[u8], f: &mut GuestFrame, handlers: &[u8]) -> Went {
+    for &v in handlers {
         // Each vector's handler at its own address, so the test sees which one ran.
         hv.cur_vcpu_mut().traps[usize::from(v)] = TrapInfo {
             vector: v,
@@ -118,4 +123,45 @@ fn a_single_stepping_guest_gets_its_db_after_an_emulated_instruction() {
     let mut f = GuestFrame { rflags: rflags::TF, ..GuestFrame::default() };
     assert_eq!(run(&mut hv, CLI, &mut f), Went::Trap(vector::DB));
     assert_eq!(hv.cur_vcpu().arch.debug.dr6 & dr::DR6_BS, dr::DR6_BS);
+}
+
+/// `rdmsr`
+const RDMSR: &[u8] = &[0x0f, 0x32];
+/// `wrmsr`
+const WRMSR: &[u8] = &[0x0f, 0x30];
+
+fn msr_value(f: &GuestFrame) -> u64 {
+    (f.rdx << 32) | (f.rax & 0xffff_ffff)
+}
+
+#[test]
+fn misc_enable_is_the_hosts_as_xen_adjusts_it_and_writes_are_ignored() {
+    let mut hv = two_domains();
+    let mut f = GuestFrame { rcx: 0x1a0, ..GuestFrame::default() };
+    assert_eq!(run(&mut hv, RDMSR, &mut f), Went::Done(2));
+    // Fast strings kept, MONITOR cleared; BTS/PEBS unavailable and xTPR disabled set.
+    assert_eq!(msr_value(&f), 0x80_1801);
+    f.rax = 0;
+    f.rdx = 0;
+    assert_eq!(run(&mut hv, WRMSR, &mut f), Went::Done(2), "a write is ignored, not refused");
+    assert_eq!(crate::emulate::guest_misc_enable(0), 0x80_1800);
+}
+
+#[test]
+fn an_msr_the_cpu_has_reads_as_zero_only_while_the_guest_has_no_gp_handler() {
+    let mut hv = two_domains();
+    let mut f = GuestFrame { rcx: 0xfe, rax: 7, ..GuestFrame::default() };
+    assert_eq!(run(&mut hv, RDMSR, &mut f), Went::Trap(vector::GP), "MTRRcap is refused");
+    hv.cur_vcpu_mut().traps = [TrapInfo::default(); 256];
+    assert_eq!(run_with_handlers(&mut hv, RDMSR, &mut f, &[]), Went::Done(2));
+    assert_eq!(msr_value(&f), 0, "faked as 0, as Xen does for a kernel's first instructions");
+}
+
+#[test]
+fn tsc_aux_exists_only_where_cpuid_offers_rdtscp_or_rdpid() {
+    // The fake CPU's CPUID offers neither: TSC_AUX is refused both ways.
+    let mut hv = two_domains();
+    let mut f = GuestFrame { rcx: 0xc000_0103, rax: 5, ..GuestFrame::default() };
+    assert_eq!(run(&mut hv, WRMSR, &mut f), Went::Trap(vector::GP));
+    assert_eq!(run(&mut hv, RDMSR, &mut f), Went::Trap(vector::GP));
 }

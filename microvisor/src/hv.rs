@@ -88,6 +88,8 @@ pub struct HwState {
     pub dr7: u64,
     /// Bumped whenever the vCPU's debug registers change.
     pub debug_generation: u64,
+    /// The vCPU's `MSR_TSC_AUX` (loaded where the CPU has one).
+    pub tsc_aux: u32,
 }
 
 /// What the exit path owes, accumulated by handlers until [`Hypervisor::resume`] applies it
@@ -603,6 +605,7 @@ impl<P: Platform> Hypervisor<P> {
             guest_cr4: v.arch.cr4 & crate::cpu_state::HARDWARE_CR4_MASK,
             dr7: if v.arch.debug.active() { v.arch.debug.dr7 } else { 0 },
             debug_generation: v.arch.debug_generation,
+            tsc_aux: v.arch.tsc_aux,
         }
     }
 

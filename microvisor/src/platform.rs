@@ -19,6 +19,12 @@ pub trait Platform {
     fn fpu_save(&mut self, area: &mut crate::vcpu::FpuArea);
     /// Loads the CPU's x87/SSE registers from `area`.
     fn fpu_restore(&mut self, area: &crate::vcpu::FpuArea);
+    /// Reads an MSR of the real CPU; `None` if the CPU refuses it (#GP). Used for what Xen
+    /// derives from the host's MSRs (`MISC_ENABLE`) and its rule for guests without a #GP
+    /// handler (an MSR the CPU has reads as 0).
+    fn rdmsr_safe(&self, _msr: u32) -> Option<u64> {
+        None
+    }
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

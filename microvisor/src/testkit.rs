@@ -36,11 +36,17 @@ impl Platform for FakePlatform {
     fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
         [0; 4]
     }
+    fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
+        FAKE_MSRS.iter().find(|&&(m, _)| m == msr).map(|&(_, v)| v)
+    }
     fn fpu_save(&mut self, _area: &mut FpuArea) {}
     fn fpu_restore(&mut self, _area: &FpuArea) {}
 }
 
 pub type TestHv = Hypervisor<FakePlatform>;
+
+/// The MSRs the fake CPU has: MTRRcap, and MISC_ENABLE with fast strings and MONITOR enabled.
+pub const FAKE_MSRS: &[(u32, u64)] = &[(0xfe, 0x508), (0x1a0, 0x4_0001)];
 
 /// TSC rate of the fake clock: 1 GHz, so ticks are nanoseconds.
 pub const TSC_HZ: u64 = 1_000_000_000;

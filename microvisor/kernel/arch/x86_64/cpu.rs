@@ -33,6 +33,23 @@ pub mod feature {
     pub const L7_EBX_SMAP: u32 = 1 << 20;
 }
 
+/// 1 if the CPU has `MSR_TSC_AUX` (it has `rdtscp` or `rdpid`), set once at boot.
+static HAS_TSC_AUX: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+
+/// Notes the optional features the exit path uses; call once at boot.
+pub fn detect_features() {
+    let ext = if cpuid(0x8000_0000, 0)[0] >= 0x8000_0001 { cpuid(0x8000_0001, 0)[3] } else { 0 };
+    let l7 = if cpuid(0, 0)[0] >= 7 { cpuid(7, 0)[2] } else { 0 };
+    let has = ext & microvisor::cpuid::EXT1_EDX_RDTSCP != 0 || l7 & microvisor::cpuid::L7_ECX_RDPID != 0;
+    HAS_TSC_AUX.store(has, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// True if the CPU has `MSR_TSC_AUX`.
+#[inline(always)]
+pub fn has_tsc_aux() -> bool {
+    HAS_TSC_AUX.load(core::sync::atomic::Ordering::Relaxed)
+}
+
 /// Which of the supervisor-mode protections are on.
 #[derive(Clone, Copy, Debug)]
 pub struct Protections {

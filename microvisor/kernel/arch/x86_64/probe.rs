@@ -49,6 +49,21 @@ probe_read_insn:
     .globl probe_read_recover
 probe_read_recover:
     ret
+
+    /* msr_read_safe(edi = msr, rsi = out): reads the MSR into *out; returns 0, or the #GP
+       from recover if the CPU refuses it. */
+    .globl msr_read_safe
+msr_read_safe:
+    mov %edi, %ecx
+    .globl msr_read_insn
+msr_read_insn:
+    rdmsr
+    mov %eax, (%rsi)
+    mov %edx, 4(%rsi)
+    xor %eax, %eax
+    .globl msr_read_recover
+msr_read_recover:
+    ret
     "#,
     options(att_syntax)
 );
@@ -59,6 +74,18 @@ extern "C" {
     fn probe_exec_recover();
     fn probe_read_insn();
     fn probe_read_recover();
+    fn msr_read_safe(msr: u32, out: *mut u64) -> u64;
+    fn msr_read_insn();
+    fn msr_read_recover();
+}
+
+/// Reads an MSR the CPU may not have: `None` if `rdmsr` raised #GP.
+pub fn rdmsr_safe(msr: u32) -> Option<u64> {
+    let mut v = 0u64;
+    // SAFETY: `rdmsr` only reads; a #GP on it is resumed at the recovery label by `recover`
+    // (called from the ring-0 fault handler), which reports it in the result.
+    let r = unsafe { msr_read_safe(msr, &mut v) };
+    (r == 0).then_some(v)
 }
 
 static ACTIVE: AtomicBool = AtomicBool::new(false);
@@ -142,10 +169,16 @@ pub fn run(
     Some((outcome(exec), outcome(read)))
 }
 
-/// Called for a fault in ring 0: if it is a probe's expected #PF, resumes the probe at its
-/// recovery label with the fault in `%rax` and returns true.
+/// Called for a fault in ring 0: if it is a probe's expected #PF (or the #GP of an
+/// `rdmsr_safe`), resumes at its recovery label with the fault in `%rax` and returns true.
 pub fn recover(f: &mut GuestFrame) -> bool {
     const PF: u64 = 14;
+    const GP: u64 = 13;
+    if f.vector == GP && f.rip == msr_read_insn as *const () as u64 {
+        f.rax = FAULTED | (f.vector << 32) | (f.error_code & 0xffff_ffff);
+        f.rip = msr_read_recover as *const () as u64;
+        return true;
+    }
     if !ACTIVE.load(Ordering::Acquire) || f.vector != PF {
         return false;
     }

@@ -46,6 +46,8 @@ struct Loaded {
     /// Whose debug registers are loaded (vCPU, generation), and whether DR7 arms any.
     debug: Option<(microvisor::sched::VcpuRef, u64)>,
     dr7_armed: bool,
+    /// The `MSR_TSC_AUX` in the CPU (0 after reset).
+    tsc_aux: u32,
 }
 
 static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
@@ -63,12 +65,13 @@ static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
     guest_cr4: 0,
     debug: None,
     dr7_armed: false,
+    tsc_aux: 0,
 });
 
 /// Makes the CPU match the running vCPU and applies what the core handed over: page tables,
 /// TLB flush, guest GDT, the fast path's `vcpu_info` pointer and mode, I/O access, segment
-/// bases, TS, interrupt-controller changes, the guest's CR4 bits and debug registers, and the
-/// next timer deadline. Only what changed is
+/// bases, TS, interrupt-controller changes, the guest's CR4 bits, debug registers and TSC_AUX,
+/// and the next timer deadline. Only what changed is
 /// written. The core owes nothing once it returned `exit` (it loaded the FPU registers
 /// itself), so nothing here may call back into it except to read.
 #[inline(always)]
@@ -148,6 +151,10 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         l.dr7_armed = hw.dr7 != 0;
     }
     l.debug = debug;
+    if l.tsc_aux != hw.tsc_aux && cpu::has_tsc_aux() {
+        cpu::wrmsr(cpu::msr::TSC_AUX, u64::from(hw.tsc_aux));
+        l.tsc_aux = hw.tsc_aux;
+    }
     if exit.timer_deadline_ns != l.timer_deadline {
         match exit.timer_deadline_ns {
             Some(t) => apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t.saturating_sub(hv.now_ns()))),

@@ -1,7 +1,8 @@
 //! `privop-emul`: privileged instructions a PV kernel executes in ring 3 and Xen emulates
-//! (issue 11, item 3): `rdmsr`/`wrmsr` of the segment bases, EFER, PAT and MSRs Xen refuses,
-//! `mov` to and from CR0 (only TS may change), CR2 and CR3, `clts`, `wbinvd`. Each result, or
-//! the #GP(0) Xen gives instead, is checked against Xen 4.17's.
+//! (issue 11, item 3): `rdmsr`/`wrmsr` of the segment bases, EFER, PAT, the APIC base,
+//! MISC_ENABLE, the TSC, TSC_AUX (and `rdtscp`) and MSRs Xen refuses (read as 0 while the
+//! guest has no #GP handler), `mov` to and from CR0 (only TS may change), CR2 and CR3, `clts`,
+//! `wbinvd`. Each result, or the #GP(0) Xen gives instead, is checked against Xen 4.17's.
 
 use super::checks::Results;
 use core::arch::asm;
@@ -17,8 +18,17 @@ const MSR_APIC_BASE: u32 = 0x1b;
 const MSR_MTRRCAP: u32 = 0xfe;
 /// EFER as a PV kernel reads it on Xen: SCE | LME | LMA | NXE.
 const GUEST_EFER: u64 = (1 << 0) | (1 << 8) | (1 << 10) | (1 << 11);
-/// Xen's `XEN_MSR_PAT`.
-const XEN_MSR_PAT: u64 = 0x0005_0100_0704_0406;
+/// Xen 4.17's `XEN_MSR_PAT`.
+const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
+/// APIC base as a PV vCPU 0 reads it on Xen: enabled, at the default address, the BSP.
+const GUEST_APIC_BASE: u64 = 0xfee0_0000 | (1 << 11) | (1 << 8);
+const MSR_TSC: u32 = 0x10;
+const MSR_MISC_ENABLE: u32 = 0x1a0;
+const MSR_TSC_AUX: u32 = 0xc000_0103;
+/// MISC_ENABLE bits Xen always shows set (BTS and PEBS unavailable, xTPR disabled) and clear
+/// (performance monitoring, MONITOR/MWAIT).
+const MISC_ENABLE_SET: u64 = (1 << 11) | (1 << 12) | (1 << 23);
+const MISC_ENABLE_CLEAR: u64 = (1 << 7) | (1 << 18);
 /// CR0 as a PV kernel reads it on Xen (TS clear): PG | AM | WP | NE | ET | MP | PE.
 const GUEST_CR0: u64 = 0x8005_0033;
 const CR0_TS: u64 = 1 << 3;
@@ -68,6 +78,14 @@ fn wrmsr(msr: u32, val: u64) -> Result<(), u64> {
     })
 }
 
+/// The TSC_AUX `rdtscp` returns in `%ecx`.
+fn rdtscp_aux() -> u64 {
+    let aux: u32;
+    // SAFETY: reads the TSC and TSC_AUX; no other effect.
+    unsafe { asm!("rdtscp", out("eax") _, out("edx") _, out("ecx") aux, options(nostack, nomem)) };
+    u64::from(aux)
+}
+
 fn read_cr0() -> u64 {
     let v: u64;
     // SAFETY: emulated for PV kernels; no side effects.
@@ -89,21 +107,37 @@ pub fn run() {
 
     // Segment bases: written and read back; a non-canonical one is #GP(0).
     let fs0 = rdmsr(MSR_FS_BASE).unwrap_or(0);
-    r.eq("msr.fs_base.write", wrmsr(MSR_FS_BASE, 0x1234_5000).err().unwrap_or(0), 0);
+    r.is("msr.fs_base.write.accepted", wrmsr(MSR_FS_BASE, 0x1234_5000).is_ok());
     r.eq("msr.fs_base.read", rdmsr(MSR_FS_BASE).unwrap_or(u64::MAX), 0x1234_5000);
     r.eq("msr.fs_base.noncanonical", wrmsr(MSR_FS_BASE, 1 << 47).err().unwrap_or(u64::MAX), 0);
     let _ = wrmsr(MSR_FS_BASE, fs0);
     let sg0 = rdmsr(MSR_SHADOW_GS_BASE).unwrap_or(0);
-    r.eq("msr.shadow_gs.write", wrmsr(MSR_SHADOW_GS_BASE, 0x7777_0000).err().unwrap_or(0), 0);
+    r.is("msr.shadow_gs.write.accepted", wrmsr(MSR_SHADOW_GS_BASE, 0x7777_0000).is_ok());
     r.eq("msr.shadow_gs.read", rdmsr(MSR_SHADOW_GS_BASE).unwrap_or(u64::MAX), 0x7777_0000);
     let _ = wrmsr(MSR_SHADOW_GS_BASE, sg0);
-    // EFER and PAT: Xen's values; writing the same value is accepted, another is #GP(0).
+    // EFER and PAT: Xen's values; EFER takes its own value back (anything else is #GP(0)), PAT
+    // refuses every write.
     r.eq("msr.efer.read", rdmsr(MSR_EFER).unwrap_or(u64::MAX), GUEST_EFER);
-    r.eq("msr.efer.write_same", wrmsr(MSR_EFER, GUEST_EFER).err().unwrap_or(0), 0);
+    r.is("msr.efer.write_same.accepted", wrmsr(MSR_EFER, GUEST_EFER).is_ok());
     r.eq("msr.efer.write_other", wrmsr(MSR_EFER, GUEST_EFER & !(1 << 11)).err().unwrap_or(u64::MAX), 0);
     r.eq("msr.pat.read", rdmsr(MSR_PAT).unwrap_or(u64::MAX), XEN_MSR_PAT);
-    // Refused: the APIC base, the MTRRs (no MTRR in a PV guest's CPUID), unknown MSRs.
-    r.eq("msr.apic_base.gp", rdmsr(MSR_APIC_BASE).err().unwrap_or(u64::MAX), 0);
+    r.is("msr.pat.write_same.refused", wrmsr(MSR_PAT, XEN_MSR_PAT).is_err());
+    // The APIC base Linux reads; MISC_ENABLE as Xen adjusts the host's (a write is ignored);
+    // the TSC.
+    r.eq("msr.apic_base.read", rdmsr(MSR_APIC_BASE).unwrap_or(u64::MAX), GUEST_APIC_BASE);
+    let misc = rdmsr(MSR_MISC_ENABLE).unwrap_or(u64::MAX);
+    r.eq("msr.misc_enable.read", misc & (MISC_ENABLE_SET | MISC_ENABLE_CLEAR), MISC_ENABLE_SET);
+    r.is("msr.misc_enable.write_other.accepted", wrmsr(MSR_MISC_ENABLE, misc ^ 1).is_ok());
+    r.eq("msr.misc_enable.unchanged", rdmsr(MSR_MISC_ENABLE).unwrap_or(u64::MAX), misc);
+    r.is("msr.tsc.read", rdmsr(MSR_TSC).is_ok_and(|t| t != 0));
+    // TSC_AUX: what rdtscp and rdpid read, 32 bits.
+    r.eq("msr.tsc_aux.read", rdmsr(MSR_TSC_AUX).unwrap_or(u64::MAX), 0);
+    r.is("msr.tsc_aux.write.accepted", wrmsr(MSR_TSC_AUX, 0x1234).is_ok());
+    r.eq("msr.tsc_aux.readback", rdmsr(MSR_TSC_AUX).unwrap_or(u64::MAX), 0x1234);
+    r.eq("rdtscp.aux", rdtscp_aux(), 0x1234);
+    r.eq("msr.tsc_aux.write_wide", wrmsr(MSR_TSC_AUX, 1 << 32).err().unwrap_or(u64::MAX), 0);
+    let _ = wrmsr(MSR_TSC_AUX, 0);
+    // Refused: the MTRRs (no MTRR in a PV guest's CPUID), unknown MSRs.
     r.eq("msr.mtrrcap.gp", rdmsr(MSR_MTRRCAP).err().unwrap_or(u64::MAX), 0);
     r.eq("msr.unknown.gp", rdmsr(0x1234).err().unwrap_or(u64::MAX), 0);
 
@@ -114,9 +148,9 @@ pub fn run() {
     // SAFETY: clts faults in ring 3 and is emulated (clears the virtual TS).
     unsafe { asm!("clts", options(nostack)) };
     r.eq("cr0.ts_after_clts", read_cr0() & CR0_TS, 0);
-    r.eq("cr0.write_ts", write_cr0(GUEST_CR0 | CR0_TS).err().unwrap_or(0), 0);
+    r.is("cr0.write_ts.accepted", write_cr0(GUEST_CR0 | CR0_TS).is_ok());
     r.eq("cr0.ts_after_mov", read_cr0() & CR0_TS, CR0_TS);
-    r.eq("cr0.write_ts_clear", write_cr0(GUEST_CR0).err().unwrap_or(0), 0);
+    r.is("cr0.write_ts_clear.accepted", write_cr0(GUEST_CR0).is_ok());
     r.eq("cr0.write_wp_gp", write_cr0(GUEST_CR0 & !CR0_WP).err().unwrap_or(u64::MAX), 0);
     r.eq("cr0.unchanged_after_gp", read_cr0(), GUEST_CR0);
 
@@ -132,21 +166,33 @@ pub fn run() {
     // SAFETY: emulated: reads the kernel base table's machine address.
     unsafe { asm!("mov {}, cr3", out(reg) cr3, options(nostack)) };
     let l4 = mm::info().map_or(0, |i| i.l4.0 << 12);
-    r.eq("cr3.read", cr3, l4);
+    r.is("cr3.is_the_base_table", cr3 == l4);
     let w = guarded(3, || {
         // SAFETY: the same base table again: emulated as new_guest_cr3 of the current L4.
         unsafe { asm!("mov cr3, {}", in(reg) cr3, options(nostack)) };
     });
-    r.eq("cr3.write_same", w.err().unwrap_or(0), 0);
+    r.is("cr3.write_same.accepted", w.is_ok());
 
     // wbinvd: accepted and ignored.
     let w = guarded(2, || {
         // SAFETY: emulated as a no-op for a PV kernel.
         unsafe { asm!("wbinvd", options(nostack)) };
     });
-    r.eq("wbinvd", w.err().unwrap_or(0), 0);
-    r.eq("gp.total", GP_COUNT.load(Ordering::SeqCst), 6);
+    r.is("wbinvd.accepted", w.is_ok());
+    r.eq("gp.total", GP_COUNT.load(Ordering::SeqCst), 7);
 
     traps::set_handler(13, old);
+
+    // With no #GP handler at all (a kernel's first instructions), an MSR the CPU has reads as
+    // 0 instead of faulting (Xen 4.17's "faking RDMSR"): QEMU has MTRRcap.
+    if traps::clear_table().is_ok() {
+        let (lo, hi): (u32, u32);
+        // SAFETY: emulated: either read as 0 or the domain is crashed (which fails the test).
+        unsafe { asm!("rdmsr", in("ecx") MSR_MTRRCAP, out("eax") lo, out("edx") hi, options(nostack)) };
+        let _ = traps::init();
+        r.eq("msr.mtrrcap.no_gp_handler", (u64::from(hi) << 32) | u64::from(lo), 0);
+    } else {
+        r.fail("cannot clear the trap table".into());
+    }
     r.report();
 }

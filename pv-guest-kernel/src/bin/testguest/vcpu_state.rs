@@ -5,7 +5,8 @@
 //!   %dr0-%dr7 (emulated), breakpoints and single-step really armed for the guest (an
 //!   instruction breakpoint, a data breakpoint, a single step over a plain and over an
 //!   emulated instruction, an I/O breakpoint with CR4.DE), the guest's CR4 (what reads back
-//!   after a write, TSD making the kernel's `rdtsc` emulated), and a `mov %ss` with a data
+//!   after a write, TSD making the kernel's `rdtsc`/`rdtscp` emulated, `rdpid` reading the
+//!   same TSC_AUX), and a `mov %ss` with a data
 //!   breakpoint right before a hypercall (XSA-260: the hypervisor must survive it).
 //! * `iopl`: `cli`, `sti`, `in` and `out` decided by the virtual IOPL (`PHYSDEVOP_set_iopl`,
 //!   `VMASST_TYPE_architectural_iopl`): #GP(0) without it; with it `cli`/`sti` complete as
@@ -283,7 +284,23 @@ pub fn debugreg() {
     let t0 = rdtsc();
     let t1 = rdtsc();
     r.is("tsd.rdtsc_counts", t1 > t0 && t0 != 0);
+    // rdtscp is emulated too, with the vCPU's TSC_AUX in %ecx.
+    let _ = wrmsr(MSR_TSC_AUX, 0x77);
+    let aux: u32;
+    // SAFETY: reads the TSC and TSC_AUX (emulated under CR4.TSD).
+    unsafe { asm!("rdtscp", out("eax") _, out("edx") _, out("ecx") aux, options(nostack, nomem)) };
+    r.eq("tsd.rdtscp_aux", u64::from(aux), 0x77);
     r.word("cr4.write_back#2", write_cr4(cr4), "done");
+    // rdpid (never trapped) reads the same TSC_AUX, where the CPU has it.
+    if cpuid(7)[2] & CPUID7_ECX_RDPID != 0 {
+        let pid: u64;
+        // SAFETY: reads TSC_AUX.
+        unsafe { asm!("rdpid {}", out(reg) pid, options(nostack, nomem)) };
+        r.eq("rdpid", pid, 0x77);
+    } else {
+        super::results::emit("rdpid", super::results::Value::Word("absent"));
+    }
+    let _ = wrmsr(MSR_TSC_AUX, 0);
 
     // XSA-260: `mov %ss` from a watched word defers the #DB past the next instruction; that
     // instruction is a hypercall, so the #DB may arrive in the hypervisor on the guest's stack
@@ -315,6 +332,18 @@ pub fn debugreg() {
         traps::set_handler(v, h);
     }
     r.report();
+}
+
+const MSR_TSC_AUX: u32 = 0xc000_0103;
+const CPUID7_ECX_RDPID: u32 = 1 << 22;
+
+fn wrmsr(msr: u32, v: u64) -> &'static str {
+    outcome(|| recoverable!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32))
+}
+
+fn cpuid(leaf: u32) -> [u32; 4] {
+    let r = core::arch::x86_64::__cpuid_count(leaf, 0);
+    [r.eax, r.ebx, r.ecx, r.edx]
 }
 
 fn rdtsc() -> u64 {
