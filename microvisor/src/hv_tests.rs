@@ -652,3 +652,36 @@ fn fifo_event_channel_ops_get_xens_errors() {
     assert_eq!(evtchn(&mut hv, op::SET_PRIORITY, &prio(1)).0, Errno::ENOSYS.to_ret());
     assert_eq!(evtchn(&mut hv, op::SET_PRIORITY, &prio(1 << 20)).0, Errno::EINVAL.to_ret());
 }
+
+/// What Linux's boot needs from `stack_switch` and `set_segment_base(GS_USER_SEL)`, as Xen 4.17
+/// answers them: `xen_load_sp0` passes its own `__KERNEL_DS` (0x18) and fails its multicall on
+/// an error; `xen_load_gs_index` passes `__USER_DS` (0x2b) and BUG()s on an error.
+#[test]
+fn stack_switch_and_user_gs_selector_take_linuxs_selectors() {
+    use hypercall_abi::xen::segbase;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    for ss in [0x18u64, 0x2b, u64::from(FLAT_KERNEL_SS), 0] {
+        assert_eq!(call(&mut hv, nr::STACK_SWITCH, [ss, 0xffff_8000_0001_0000, 0, 0, 0]), 0, "ss {ss:#x}");
+        assert_eq!(hv.cur_vcpu().kernel_ss, (ss as u16) | 3, "RPL raised to 3");
+        assert_eq!(hv.cur_vcpu().kernel_sp, 0xffff_8000_0001_0000);
+    }
+    // A GDT descriptor with base 0x12345678 at index 6 (selector 0x33).
+    let desc = |base: u64| 0x00cf_f300_0000_ffff | ((base & 0xff_ffff) << 16) | ((base >> 24) << 56);
+    let mut gdt = alloc::vec![0u64; 8];
+    gdt[5] = desc(0);
+    gdt[6] = desc(0x1234_5678);
+    hv.cur_vcpu_mut().gdt = gdt;
+    hv.cur_vcpu_mut().gs_base_user = 0xdead_0000;
+    let load = |hv: &mut TestHv, sel: u64| {
+        let r = call(hv, nr::SET_SEGMENT_BASE, [u64::from(segbase::GS_USER_SEL), sel, 0, 0, 0]);
+        (r, hv.cur_vcpu().gs_base_user)
+    };
+    assert_eq!(load(&mut hv, 0x2b), (0, 0), "Linux's __USER_DS");
+    assert_eq!(load(&mut hv, 0x30), (0, 0x1234_5678), "the descriptor's base, RPL raised");
+    // Selectors that do not load leave a null %gs rather than failing.
+    for sel in [0u64, 3, 0x7f8, 0x34, 0xffff] {
+        hv.cur_vcpu_mut().gs_base_user = 0xdead_0000;
+        assert_eq!(load(&mut hv, sel), (0, 0), "selector {sel:#x}");
+    }
+}

@@ -9,10 +9,7 @@ use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegi
 use hypercall_abi::elfnote::feature;
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
-use hypercall_abi::xen::{
-    consoleio, is_canonical, segbase, vmasst, TrapInfo, FLAT_KERNEL_SS, FLAT_RING3_DS32,
-    HYPERVISOR_VIRT_START,
-};
+use hypercall_abi::xen::{consoleio, is_canonical, segbase, vmasst, TrapInfo, HYPERVISOR_VIRT_START};
 use hypercall_abi::Errno;
 
 pub fn set_trap_table<P: Platform>(hv: &mut Hypervisor<P>, table: u64) -> Result<i64, Errno> {
@@ -38,11 +35,12 @@ pub fn set_trap_table<P: Platform>(hv: &mut Hypervisor<P>, table: u64) -> Result
     Ok(0)
 }
 
+/// `stack_switch(ss, sp)`: as Xen 4.17 (`do_stack_switch`), any selector is accepted with its
+/// RPL raised to the guest kernel's (3), and the call always succeeds. A 64-bit PV bounce
+/// frame always uses the flat kernel stack segment, so `ss` is only recorded: Linux passes its
+/// own `__KERNEL_DS` (0x18) from `xen_load_sp0` and fails its boot-time multicall otherwise.
 pub fn stack_switch<P: Platform>(hv: &mut Hypervisor<P>, ss: u64, sp: u64) -> Result<i64, Errno> {
     let ss = (ss as u16) | 3;
-    if ss != FLAT_KERNEL_SS && ss != FLAT_RING3_DS32 {
-        return Err(Errno::EPERM);
-    }
     let v = hv.cur_vcpu_mut();
     v.kernel_ss = ss;
     v.kernel_sp = sp;
@@ -129,12 +127,29 @@ pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u
             v.gs_base_kernel = base;
             Ok(0)
         }
-        // Only the flat selectors exist; loading one (or null) leaves a zero base.
-        segbase::GS_USER_SEL if base == 0 || (base as u16 | 3) == FLAT_RING3_DS32 => {
-            v.gs_base_user = 0;
+        // As Xen: the user %gs is reloaded from the selector (RPL raised to 3) and its base
+        // read from the descriptor; a selector that does not load leaves a null %gs. It never
+        // fails (Linux's `xen_load_gs_index` BUG()s if it does, as for its `__USER_DS`, 0x2b).
+        segbase::GS_USER_SEL => {
+            v.gs_base_user = user_selector_base(&v.gdt, base as u16);
             Ok(0)
         }
         _ => Err(Errno::EINVAL),
+    }
+}
+
+/// The base a data-segment load of `sel` gives in long mode: the descriptor's 32-bit base for
+/// a present GDT entry, 0 for a null selector, an LDT selector or one the GDT does not hold
+/// (Xen's reserved flat selectors included, whose base is 0).
+fn user_selector_base(gdt: &[u64], sel: u16) -> u64 {
+    const TI_LDT: u16 = 1 << 2;
+    const PRESENT: u64 = 1 << 47;
+    if sel & TI_LDT != 0 {
+        return 0;
+    }
+    match gdt.get(usize::from(sel >> 3)) {
+        Some(&d) if sel >> 3 != 0 && d & PRESENT != 0 => ((d >> 16) & 0xff_ffff) | ((d >> 56) << 24),
+        _ => 0,
     }
 }
 
