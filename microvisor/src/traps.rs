@@ -176,8 +176,9 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     let ctx: IretContext =
         GuestSpace::new(hv.mem(), l4).read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
     let to_user = ctx.cs & 3 == 3;
-    let cs = check_selector(ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
-    let ss = check_selector(ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
+    let gdt = &hv.cur_vcpu().gdt;
+    let cs = check_selector(gdt, ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
+    let ss = check_selector(gdt, ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
     // No check of the RIP here, as in Xen: a non-canonical one gets the guest #GP(0) on the
     // way out (`check_return_rip`), one in the hypervisor's hole a #PF when fetched in ring 3.
     if to_user && hv.cur_vcpu().kernel_mode {
@@ -208,14 +209,35 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     Ok(())
 }
 
-/// Accepts the flat selectors a PV guest may load (with RPL forced to 3).
-fn check_selector(sel: u16, code: bool) -> Option<u16> {
-    let ok = if code {
+/// Accepts the selectors an `iretq` can load without faulting (RPL already forced to 3): Xen's
+/// flat ones, and those of the vCPU's own validated GDT (`gdt`, DPL already 3) that name a
+/// present code segment (64-bit or 32-bit) for `code`, or a present writable data segment for
+/// a stack. Linux returns to user mode on its own `__USER_CS`/`__USER_DS` (0x33/0x2b). Xen
+/// lets the hardware `iretq` decide and fixes up the fault; here nothing may fault in ring 0,
+/// so LDT selectors (not loaded for guests) and anything else are refused.
+pub(crate) fn check_selector(gdt: &[u64], sel: u16, code: bool) -> Option<u16> {
+    const TI_LDT: u16 = 1 << 2;
+    const PRESENT: u64 = 1 << 47;
+    const S: u64 = 1 << 44;
+    const EXEC: u64 = 1 << 43;
+    const WRITABLE: u64 = 1 << 41;
+    const L: u64 = 1 << 53;
+    const DB: u64 = 1 << 54;
+    let flat = if code {
         sel == FLAT_RING3_CS64 || sel == FLAT_RING3_CS32
     } else {
         sel == FLAT_RING3_DS32 || sel == 3
     };
-    ok.then_some(if sel == 3 { FLAT_RING3_DS32 } else { sel })
+    if flat {
+        return Some(if sel == 3 { FLAT_RING3_DS32 } else { sel });
+    }
+    let d = match gdt.get(usize::from(sel >> 3)) {
+        Some(&d) if sel & TI_LDT == 0 && sel >> 3 != 0 => d,
+        _ => return None,
+    };
+    let ok = d & (PRESENT | S) == PRESENT | S
+        && if code { d & EXEC != 0 && d & (L | DB) != L | DB } else { d & (EXEC | WRITABLE) == WRITABLE };
+    ok.then_some(sel)
 }
 
 /// A `syscall` that is not a hypercall (Xen's `switch_to_kernel`): one from guest user mode,

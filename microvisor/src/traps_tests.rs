@@ -133,3 +133,31 @@ fn user_syscall_without_a_callback_is_ud_at_the_syscall() {
     assert!(hv.cur_vcpu().kernel_mode, "bounced into guest kernel mode");
     assert_eq!(bounce_words(&hv, &f, 7)[2], 0x40_0020);
 }
+
+/// `iret` takes the selectors of the guest's own GDT that load without faulting: Linux returns
+/// to user mode on `__USER_CS` 0x33 and `__USER_DS` 0x2b (and `__USER32_CS` 0x23 for 32-bit
+/// tasks); anything that would make the hardware `iretq` fault in ring 0 is refused.
+#[test]
+fn iret_selectors_from_the_guests_gdt() {
+    use hypercall_abi::xen::{FLAT_RING3_CS64, FLAT_RING3_DS32};
+    // Linux's GDT (arch/x86/kernel/cpu/common.c), as set_gdt leaves it (DPL 3).
+    let mut gdt = vec![0u64; 16];
+    gdt[4] = 0x00cf_fb00_0000_ffff; // __USER32_CS
+    gdt[5] = 0x00cf_f300_0000_ffff; // __USER_DS
+    gdt[6] = 0x00af_fb00_0000_ffff; // __USER_CS
+    gdt[7] = 0x00af_7b00_0000_ffff; // not present
+    gdt[8] = 0x0000_e900_0000_0067; // a TSS (system) descriptor
+    gdt[9] = 0x00ef_fb00_0000_ffff; // code with both L and D
+    gdt[10] = 0x00cf_f100_0000_ffff; // read-only data
+    let code = |sel| traps::check_selector(&gdt, sel, true);
+    let data = |sel| traps::check_selector(&gdt, sel, false);
+    assert_eq!(code(FLAT_RING3_CS64), Some(FLAT_RING3_CS64));
+    assert_eq!(data(3), Some(FLAT_RING3_DS32), "null stack selector is the flat one");
+    assert_eq!((code(0x33), code(0x23), data(0x2b)), (Some(0x33), Some(0x23), Some(0x2b)));
+    for sel in [0x2b, 0x3b, 0x43, 0x4b, 0x53, 0x37, 0x83, 0xfff3, 0x03] {
+        assert_eq!(code(sel), None, "code selector {sel:#x}");
+    }
+    for sel in [0x33, 0x3b, 0x43, 0x53, 0x2f, 0x83, 0x0b] {
+        assert_eq!(data(sel), None, "stack selector {sel:#x}");
+    }
+}
