@@ -97,7 +97,11 @@ pub fn next_step(role: Role, own: XenbusState, other: XenbusState) -> Option<Ste
     match (own, other) {
         (Closed, _) => None,
         (_, Closed) => Some(Step::Closed),
-        (Closing, Closing) => Some(Step::Closed),
+        // The frontend goes Closed once both are closing; the backend stays Closing until the
+        // frontend is Closed (Linux's blkback and netback do): a Linux frontend shutting down
+        // waits for the backend's Closing itself (`xenbus_frontend_dev_shutdown`), and one
+        // that reads Closed instead waits its 5 s timeout.
+        (Closing, Closing) if role == Role::Frontend => Some(Step::Closed),
         (Closing, _) => None,
         (Unknown, _) => None,
         (_, Closing) => Some(Step::Close),
@@ -278,6 +282,25 @@ mod tests {
             // Closed ends can start over.
             fe.switch(&mut s, Initialising).unwrap();
         }
+    }
+
+    /// Linux's order when its frontend leaves: the backend follows to Closing and stays there
+    /// until the frontend is Closed (a frontend shutting down waits to see Closing).
+    #[test]
+    fn the_backend_stays_closing_until_the_frontend_is_closed() {
+        let (mut s, mut fe, mut be) = pair();
+        settle(&mut s, &mut fe, &mut be);
+        fe.switch(&mut s, Closing).unwrap();
+        be.refresh_other(&mut s);
+        assert_eq!(be.next_step(), Some(Step::Close));
+        be.complete(&mut s, Step::Close).unwrap();
+        assert_eq!(be.next_step(), None, "the backend waits in Closing for the frontend");
+        assert_eq!(s.0[&format!("{BE}/state")], b"5");
+        fe.refresh_other(&mut s);
+        assert_eq!(fe.next_step(), Some(Step::Closed));
+        fe.complete(&mut s, Step::Closed).unwrap();
+        be.refresh_other(&mut s);
+        assert_eq!(be.next_step(), Some(Step::Closed));
     }
 
     #[test]
