@@ -48,6 +48,8 @@ const PROGRESS: u64 = 10_000;
 const RESET_EVERY: u64 = 2_000;
 /// Calls kept for the failure report.
 const RING: usize = 40;
+/// How much of a direct call's struct argument the oracles keep from before the call.
+pub const PRE_BYTES: usize = 64;
 
 /// splitmix64: tiny, fast, and every seed gives a full-period stream.
 pub(super) struct Rng(u64);
@@ -226,8 +228,9 @@ pub(super) struct Fuzzer {
     pub console_dirty: bool,
     /// The snippet being generated has its `syscall`.
     pub syscall_emitted: bool,
-    /// The first bytes of a direct call's struct argument as they were before the call.
-    pub pre: [u8; 64],
+    /// The first bytes (at most [`PRE_BYTES`]) of a direct call's struct argument as they were
+    /// before the call, as many as lie in the scratch pages.
+    pub pre: Vec<u8>,
     /// Our domain id, and the neighbour doing disk I/O (never offers us anything).
     pub me: DomId,
     pub peer: Option<DomId>,
@@ -491,7 +494,7 @@ impl Fuzzer {
             precious_ports: [si.store_evtchn.0, si.console.evtchn.0],
             console_dirty: false,
             syscall_emitted: false,
-            pre: [0; 64],
+            pre: Vec::new(),
             me,
             peer,
         };

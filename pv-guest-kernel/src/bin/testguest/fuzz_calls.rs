@@ -8,7 +8,7 @@
 //! harmless forms (no shutdown with a valid reason, no `VCPUOP_down` of our vCPU, no reset of
 //! our own event channels, no watchdog) or with their effect put back afterwards.
 
-use super::fuzz::{restore, Fuzzer};
+use super::fuzz::{restore, Fuzzer, PRE_BYTES};
 use super::fuzz_mem::{put_bytes, Use, AREA_VA, ARG_END, ARG_VA, PLAY_VA, RO_VA};
 use alloc::format;
 use alloc::vec::Vec;
@@ -352,7 +352,7 @@ impl Fuzzer {
             8 => self.grant_copy(),
             _ => {
                 let (what, n, a) = self.gen_grant_misc();
-                self.pre = self.mem.get(a[1]);
+                self.pre = self.mem.get_bytes(a[1], PRE_BYTES);
                 let r = self.call(what, n, a);
                 self.after_call(n, a, r, true);
             }
@@ -1138,7 +1138,7 @@ impl Fuzzer {
     pub fn random_hypercall(&mut self) {
         self.mem.scratch_reset();
         let (what, n, a) = self.gen_call(Ctx::Direct);
-        self.pre = self.mem.get(a[1]);
+        self.pre = self.mem.get_bytes(a[1], PRE_BYTES);
         let r = self.call(what, n, a);
         self.after_call(n, a, r, true);
     }

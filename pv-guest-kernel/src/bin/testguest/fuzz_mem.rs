@@ -237,6 +237,21 @@ impl Mem {
         at
     }
 
+    /// Up to `max` bytes from `at`: as many as lie inside the scratch pages (a struct that
+    /// runs past their end is seen cut short, not as zeros).
+    pub fn get_bytes(&self, at: u64, max: usize) -> Vec<u8> {
+        if !(ARG_VA..ARG_END).contains(&at) {
+            return Vec::new();
+        }
+        let n = (ARG_END - at).min(max as u64);
+        (0..n)
+            .map(|k| {
+                // SAFETY: `at + k` is inside the scratch pages, which are mapped writable.
+                unsafe { ((at + k) as *const u8).read_volatile() }
+            })
+            .collect()
+    }
+
     /// Reads a `T` back from the scratch pages.
     pub fn get<T: FromBytes + IntoBytes>(&self, at: u64) -> T {
         let mut v = T::new_zeroed();
