@@ -700,6 +700,9 @@ impl Fuzzer {
         };
         let n = if n == nr::IRET && ctx == Ctx::Direct { nr::XEN_VERSION } else { n };
         let e = self.rng.edgy();
+        if matches!(n, nr::SET_DEBUGREG | nr::PHYSDEV_OP | nr::PHYSDEV_OP_COMPAT | nr::VM_ASSIST) {
+            self.restore |= restore::CPU;
+        }
         let a: [u64; 5] = match n {
             nr::SET_TRAP_TABLE => {
                 self.restore |= restore::TRAPS;

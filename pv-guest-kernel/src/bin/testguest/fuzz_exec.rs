@@ -1009,6 +1009,20 @@ impl Fuzzer {
         if bits & restore::BASEPTR != 0 {
             self.restore_baseptr();
         }
+        if bits & restore::CPU != 0 {
+            // Disarm every breakpoint, IOPL 0, no architectural IOPL (the fuzzer starts so).
+            if hypercall::hypercall5(nr::SET_DEBUGREG, 7, 0, 0, 0, 0) != 0 {
+                bad.push("debug registers");
+            }
+            let iopl = hypercall_abi::physdev::PhysdevSetIopl { iopl: 0 };
+            let set_iopl = u64::from(hypercall_abi::physdev::op::SET_IOPL);
+            let _ = hypercall::hypercall5(nr::PHYSDEV_OP, set_iopl, hypercall::ptr(&iopl), 0, 0, 0);
+            let (cmd, ty) = (
+                hypercall_abi::xen::vmasst::CMD_DISABLE,
+                hypercall_abi::xen::vmasst::TYPE_ARCHITECTURAL_IOPL,
+            );
+            let _ = hypercall::hypercall5(nr::VM_ASSIST, u64::from(cmd), u64::from(ty), 0, 0, 0);
+        }
         for b in bad {
             self.fail(format!("cannot put back our {b}"));
         }
