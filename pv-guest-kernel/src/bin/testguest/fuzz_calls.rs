@@ -235,8 +235,11 @@ impl Fuzzer {
         match cmd {
             evop::ALLOC_UNBOUND => {
                 let v: EvtchnAllocUnbound = self.mem.get(at);
-                if v.dom != DomId::SELF && v.dom != self.me {
-                    self.fail(format!("EVTCHNOP_alloc_unbound in domain {} succeeded for a domU", v.dom.0));
+                // Which domain was asked for: the request as made (the hypervisor's output, or
+                // an event handler run since, may have written over the struct).
+                let dom = self.request::<EvtchnAllocUnbound>().map_or(v.dom, |q| q.dom);
+                if !self.is_me(dom) {
+                    self.fail(format!("EVTCHNOP_alloc_unbound in domain {} succeeded for a domU", dom.0));
                 }
                 self.handles.ports.push(v.port);
             }
@@ -261,8 +264,9 @@ impl Fuzzer {
             evop::BIND_PIRQ => self.fail("EVTCHNOP_bind_pirq succeeded for a domU (it has no pirqs)".into()),
             evop::STATUS => {
                 let v: EvtchnStatus = self.mem.get(at);
-                if v.dom != DomId::SELF && v.dom != self.me {
-                    self.fail(format!("EVTCHNOP_status of domain {} succeeded for a domU", v.dom.0));
+                let dom = self.request::<EvtchnStatus>().map_or(v.dom, |q| q.dom);
+                if !self.is_me(dom) {
+                    self.fail(format!("EVTCHNOP_status of domain {} succeeded for a domU", dom.0));
                 }
             }
             evop::RESET => {
@@ -325,6 +329,12 @@ impl Fuzzer {
     }
 
     /// True if `d` is us.
+    /// A direct call's struct argument as it was before the call (see `Fuzzer::pre`), if all
+    /// of it lay in the scratch pages.
+    fn request<T: FromBytes>(&self) -> Option<T> {
+        T::read_from_prefix(&self.pre).ok().map(|(v, _)| v)
+    }
+
     fn is_me(&self, d: DomId) -> bool {
         d == DomId::SELF || d == self.me
     }
@@ -1279,7 +1289,10 @@ impl Fuzzer {
                     cmd,
                     memop::INCREASE_RESERVATION | memop::DECREASE_RESERVATION | memop::POPULATE_PHYSMAP
                 ) {
-                    let v: XenMemoryReservation = self.mem.get(a[1]);
+                    // The request as made: the extents the hypervisor writes back may overlap
+                    // the struct itself.
+                    let v: XenMemoryReservation =
+                        self.request::<XenMemoryReservation>().unwrap_or_else(|| self.mem.get(a[1]));
                     // Xen's answer counts the extents done from the start of the list, the
                     // `start_extent` encoded above the command's bits included (and is
                     // `start_extent` itself when there was nothing to do from there).
