@@ -422,10 +422,13 @@ impl Fuzzer {
                 continue;
             }
             self.stats.grant_maps += 1;
-            if !self.is_me(m.dom) {
+            // The granter asked for is the request's (`ops`), whatever has since been written
+            // over the struct.
+            let asked = ops[k as usize].dom;
+            if !self.is_me(asked) {
                 self.fail(format!(
                     "mapped grant {} of d{}, which never granted us anything",
-                    m.ref_.0, m.dom.0
+                    ops[k as usize].ref_.0, asked.0
                 ));
             }
             if self.handles.maps.len() < 64 {
