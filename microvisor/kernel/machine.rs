@@ -39,6 +39,9 @@ impl Platform for Machine {
     fn console_read(&mut self) -> Option<u8> {
         serial::try_read()
     }
+    fn wbinvd(&mut self) {
+        cpu::wbinvd();
+    }
     fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
         cpu::fxsave(area);
     }

@@ -116,8 +116,10 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     }
     // Device memory dom0 may map: below the physical address width, never the interrupt
     // controllers (XSA-173; see microvisor::iomem).
+    let phys_addr_bits = cpu::cpuid(0x8000_0008, 0)[0] & 0xff;
+    frames.set_phys_addr_bits(phys_addr_bits);
     frames.set_iomem_policy(IomemPolicy::new(
-        cpu::cpuid(0x8000_0008, 0)[0] & 0xff,
+        phys_addr_bits,
         apic::base_address(),
         arch::x86_64::ioapic::IOAPIC_PHYS,
     ));

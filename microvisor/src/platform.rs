@@ -25,6 +25,8 @@ pub trait Platform {
     fn rdmsr_safe(&self, _msr: u32) -> Option<u64> {
         None
     }
+    /// Writes back and invalidates the CPU's caches (`wbinvd`).
+    fn wbinvd(&mut self);
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

@@ -20,6 +20,8 @@ pub struct FakePlatform {
     pub mem: Rc<FakeMemory>,
     pub tsc: Cell<u64>,
     pub out: Vec<u8>,
+    /// Cache flushes (`wbinvd`) the core asked for.
+    pub wbinvds: u32,
 }
 
 impl Platform for FakePlatform {
@@ -38,6 +40,9 @@ impl Platform for FakePlatform {
     }
     fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
         FAKE_MSRS.iter().find(|&&(m, _)| m == msr).map(|&(_, v)| v)
+    }
+    fn wbinvd(&mut self) {
+        self.wbinvds += 1;
     }
     fn fpu_save(&mut self, _area: &mut FpuArea) {}
     fn fpu_restore(&mut self, _area: &FpuArea) {}
@@ -67,7 +72,7 @@ pub fn two_domains() -> TestHv {
     for f in 8..16 {
         ft.share_xen_frame(Mfn(f), DomId::XEN, false).unwrap();
     }
-    let plat = FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new() };
+    let plat = FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new(), wbinvds: 0 };
     let mut hv = Hypervisor::new(plat, ft, m2p_base, TimeBase::new(0, TSC_HZ));
     let image = testelf::TestElf::kernel().build();
     for (name, is_dom0) in [("dom0", true), ("domU", false)] {

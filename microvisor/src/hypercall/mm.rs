@@ -36,7 +36,13 @@ fn with_mmu<P: Platform, R>(
     let mem = hv.plat.mem();
     let mut m2p = |mfn, pfn| set_m2p(mem, m2p_base, max_mfn, mfn, pfn);
     let mut ctx = MmuCtx { domid: r.domid, privileged, kernel_l4: Some(k), user_l4: u, set_m2p: &mut m2p };
+    // Page-table work is preemptible (XSA-45): bounded per call, inside a multicall per
+    // multicall.
+    let started = hv.frames.begin_preemptible();
     let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
+    if started {
+        hv.frames.end_preemptible();
+    }
     let (nk, nu) = (ctx.kernel_l4, ctx.user_l4);
     let v = hv.cur_vcpu_mut();
     if let Some(nk) = nk {
@@ -47,6 +53,9 @@ fn with_mmu<P: Platform, R>(
         hv.mark_hw_dirty();
     }
     hv.request_flush(flush);
+    if let Some(v) = hv.frames.take_l1tf_violation() {
+        hv.crash_domain(v.domid, format_args!("L1TF-vulnerable L{}e {:#018x}", v.level, v.pte));
+    }
     out
 }
 
@@ -107,6 +116,9 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         let flush = o.map_or(Flush::None, |o| o.flush);
         (o, flush)
     });
+    if outcome.is_some_and(|o| o.cache_flush) {
+        hv.plat.wbinvd();
+    }
     let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
     done = done.wrapping_add(i as u32);
     if pdone != 0 && hv.guest().write_obj(pdone, &done).is_err() {
@@ -182,6 +194,16 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
 /// frame of the whole batch). A call that continues itself suspends the batch at that entry
 /// with the call's updated arguments written back.
 pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
+    // One page-table work budget for all entries: the batch stops when it is spent.
+    let started = hv.frames.begin_preemptible();
+    let r = multicall_entries(hv, entries, count);
+    if started {
+        hv.frames.end_preemptible();
+    }
+    r
+}
+
+fn multicall_entries<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
     for i in 0..count.min(MULTICALL_BATCH) {
         let mut e: MulticallEntry = match hv.guest().read_elem(entries, i) {
             Ok(e) => e,
@@ -210,6 +232,10 @@ pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) 
         }
         if hv.halting() || !hv.cur_dom().is_alive() {
             return Hc::Ret(0);
+        }
+        if hv.frames.preempt_pending() && i + 1 < count {
+            let at = entries.wrapping_add((i + 1) * core::mem::size_of::<MulticallEntry>() as u64);
+            return Hc::Continue([at, count - i - 1, 0, 0, 0]);
         }
     }
     if count > MULTICALL_BATCH {

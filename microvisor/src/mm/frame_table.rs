@@ -131,6 +131,12 @@ const PGT_TYPE_SHIFT: u32 = 24;
 const PGT_TYPE_MASK: u32 = 7 << PGT_TYPE_SHIFT;
 const PGT_PINNED: u32 = 1 << 27;
 const PGT_VALIDATED: u32 = 1 << 28;
+/// Xen's `PGT_partial`: a page table part-way through validation or teardown, preempted.
+/// Entries below `aux` (Xen's `nr_validated_ptes`) hold their references, the rest hold none.
+/// The partial state owns one type and one general reference of the frame; whoever next takes
+/// the same type resumes the validation and takes them over, and a teardown (the owner's
+/// deferred list, or its death) releases them. Only one type reference exists meanwhile.
+const PGT_PARTIAL: u32 = 1 << 29;
 
 const fn type_bits(ty: PageType) -> u32 {
     (ty as u32) << PGT_TYPE_SHIFT
@@ -207,6 +213,18 @@ impl ExternalRef {
     }
 }
 
+/// A guest wrote a non-present entry that L1TF (XSA-273) could use to read the L1 data cache
+/// at a machine address of its choosing; Xen crashes such a domain where it cannot shadow it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L1tfViolation {
+    pub domid: DomId,
+    pub level: u32,
+    pub pte: u64,
+}
+
+/// Physical address width assumed until the platform says (`set_phys_addr_bits`).
+const DEFAULT_PHYS_ADDR_BITS: u32 = 46;
+
 /// What [`FrameTable::relinquish`] achieved.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RelinquishStats {
@@ -232,7 +250,22 @@ pub struct FrameTable {
     free_dirty: bool,
     /// A flush is owed before any guest runs again.
     flush_pending: bool,
+    /// Xen's `l1tf_safe_maddr`: a non-present entry whose address is 0 or at least this
+    /// cannot hit cached data.
+    l1tf_safe_maddr: u64,
+    /// A domain to crash for an L1TF-unsafe entry, for the dispatcher to act on.
+    l1tf_violation: Option<L1tfViolation>,
+    /// Page-table entries a preemptible operation may still examine before it must stop
+    /// (`None`: not preemptible — boot, domain destruction).
+    budget: Option<u32>,
+    /// Partial frames whose teardown was preempted (failed validations, last type references
+    /// dropped), finished by their owner's next memory hypercall.
+    deferred: Vec<Mfn>,
 }
+
+/// Page-table entries one hypercall examines before it is preempted (Xen checks
+/// `hypercall_preempt_check()` between entries): about a fifth of a millisecond under TCG.
+pub const PREEMPT_BUDGET: u32 = 2048;
 
 impl FrameTable {
     /// A table for frames `0..max_mfn`, all initially owned by the hypervisor. Boot code then
@@ -250,7 +283,150 @@ impl FrameTable {
             epoch: 0,
             free_dirty: false,
             flush_pending: false,
+            l1tf_safe_maddr: l1tf_safe_maddr(DEFAULT_PHYS_ADDR_BITS, max_mfn),
+            l1tf_violation: None,
+            budget: None,
+            deferred: Vec::new(),
         }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Preemption of page-table validation and teardown (XSA-45)
+
+    /// Starts a preemptible operation with a fresh budget; false (and nothing changes) if one
+    /// is already running (a multicall's entries share the multicall's budget).
+    pub fn begin_preemptible(&mut self) -> bool {
+        self.begin_preemptible_with(PREEMPT_BUDGET)
+    }
+
+    /// As [`FrameTable::begin_preemptible`] with a budget of `entries` (tests use tiny ones).
+    pub fn begin_preemptible_with(&mut self, entries: u32) -> bool {
+        if self.budget.is_some() {
+            return false;
+        }
+        self.budget = Some(entries);
+        true
+    }
+
+    /// Ends the preemptible operation.
+    pub fn end_preemptible(&mut self) {
+        self.budget = None;
+    }
+
+    /// True when the running preemptible operation has used its budget: it must stop at the
+    /// next point where it can continue later.
+    pub fn preempt_pending(&self) -> bool {
+        self.budget == Some(0)
+    }
+
+    fn spend(&mut self) {
+        if let Some(b) = &mut self.budget {
+            *b = b.saturating_sub(1);
+        }
+    }
+
+    /// Accounts for one page-table entry examined; true if the operation must stop first.
+    pub(crate) fn must_preempt(&mut self) -> bool {
+        if self.preempt_pending() {
+            return true;
+        }
+        self.spend();
+        false
+    }
+
+    /// True if `mfn` is a partial page table (validation or teardown preempted).
+    pub fn is_partial(&self, mfn: Mfn) -> bool {
+        self.page(mfn).is_some_and(|p| p.type_info & PGT_PARTIAL != 0)
+    }
+
+    /// Finishes the teardowns `d` left unfinished. `Err(ERESTART)` if the budget ran out
+    /// first: the caller continues the hypercall without doing anything else.
+    pub fn drain_deferred<M: MachineMemory>(&mut self, mem: &M, d: DomId) -> Result<(), Errno> {
+        while let Some(k) = self.deferred.iter().position(|&m| self.owner(m) == Some(Owner::Domain(d))) {
+            if self.preempt_pending() {
+                return Err(Errno::ERESTART);
+            }
+            let mfn = self.deferred.swap_remove(k);
+            // Someone may have resumed it since (it is theirs now).
+            if self.is_partial(mfn) {
+                self.teardown_partial(mem, mfn);
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of frames waiting for a deferred teardown.
+    pub fn deferred_len(&self) -> usize {
+        self.deferred.len()
+    }
+
+    /// Releases the entries of the partial frame `mfn` from the top down, then the partial
+    /// state's references; if the budget runs out first, the frame stays partial and goes on
+    /// the deferred list.
+    fn teardown_partial<M: MachineMemory>(&mut self, mem: &M, mfn: Mfn) {
+        let i = mfn.0 as usize;
+        let ti = self.frames[i].type_info;
+        debug_assert!(ti & PGT_PARTIAL != 0 && ti & PGT_COUNT_MASK == 1);
+        let Some(level) = type_of(ti).level() else { return };
+        let mut nr = self.frames[i].aux as usize;
+        while nr > 0 {
+            if self.must_preempt() {
+                self.frames[i].aux = nr as u32;
+                if !self.deferred.contains(&mfn) {
+                    self.deferred.push(mfn);
+                }
+                return;
+            }
+            nr -= 1;
+            // The entry leaves the validated range before its references go: what it points
+            // at may be torn down (and preempted) in turn.
+            self.frames[i].aux = nr as u32;
+            pagetable::release_entry(self, mem, mfn, level, nr);
+        }
+        self.frames[i].type_info = 0;
+        self.frames[i].aux = self.epoch;
+        self.put_page(mfn);
+    }
+
+    /// Makes the frame `i`, whose single type reference is going away (validated or being
+    /// validated up to `nr`), a partial frame and tears it down.
+    fn begin_teardown<M: MachineMemory>(&mut self, mem: &M, i: usize, nr: usize) {
+        let ti = self.frames[i].type_info;
+        self.frames[i].type_info = (ti & !(PGT_VALIDATED | PGT_PINNED)) | PGT_PARTIAL;
+        self.frames[i].aux = nr as u32;
+        // The partial state's general reference (the caller may drop its own meanwhile).
+        self.frames[i].count += 1;
+        self.teardown_partial(mem, Mfn(i as u64));
+    }
+
+    /// Records the CPU's physical address width (CPUID 0x80000008), from which the L1TF-safe
+    /// address of non-present entries follows.
+    pub fn set_phys_addr_bits(&mut self, bits: u32) {
+        self.l1tf_safe_maddr = l1tf_safe_maddr(bits, self.max_mfn());
+    }
+
+    /// Xen's `pv_l1tf_check_pte` for a non-present entry `e` at `level` written by `d`: true
+    /// (and the domain is marked for crashing) if `e` could steer a speculative L1TF load at
+    /// cached data — an address that is neither 0 nor above everything cacheable, or PSE at
+    /// any level above 1 (a speculative superpage; an L4 entry too, through linear tables).
+    /// Xen checks domUs only by default (`pv-l1tf=domu`); the hardware domain is exempt.
+    pub(crate) fn l1tf_check(&mut self, d: DomId, level: u32, e: u64) -> bool {
+        debug_assert!(!super::pte::is_present(e));
+        if self.domain(d).is_none_or(|m| m.iomem) {
+            return false;
+        }
+        let maddr = e & super::pte::ADDR_MASK;
+        let unsafe_addr = maddr != 0 && maddr < self.l1tf_safe_maddr;
+        if unsafe_addr || (level > 1 && e & super::pte::PSE != 0) {
+            self.l1tf_violation.get_or_insert(L1tfViolation { domid: d, level, pte: e });
+            return true;
+        }
+        false
+    }
+
+    /// The domain an update just found breaking the L1TF rule, if any (cleared).
+    pub fn take_l1tf_violation(&mut self) -> Option<L1tfViolation> {
+        self.l1tf_violation.take()
     }
 
     /// One past the highest frame with a record.
@@ -703,16 +879,27 @@ impl FrameTable {
         if count == PGT_COUNT_MASK {
             return Err(Errno::EINVAL);
         }
-        if count != 0 {
+        let mut start = 0;
+        if count != 0 && ti & PGT_PARTIAL != 0 && type_of(ti) == ty {
+            // Resume a preempted validation (or a teardown: the entries below `aux` hold
+            // their references either way). The caller holds a general reference of its own,
+            // so dropping the partial state's cannot free the frame.
+            debug_assert_eq!(count, 1);
+            self.frames[i].type_info = ti & !PGT_PARTIAL;
+            self.frames[i].count -= 1;
+            start = self.frames[i].aux as usize;
+        } else if count != 0 {
             // In use: only the same, fully validated type may be shared. An unvalidated frame
-            // with references is being validated further up this very call chain.
+            // with references is partial or being validated further up this very call chain.
             if type_of(ti) != ty || ti & PGT_VALIDATED == 0 {
                 return Err(Errno::EINVAL);
             }
             self.frames[i].type_info = ti + 1;
             return Ok(());
         }
-        let validate = if type_of(ti) != ty {
+        let validate = if count != 0 {
+            true
+        } else if type_of(ti) != ty {
             if self.frames[i].aux == self.epoch {
                 // Translations from the frame's previous use may survive in a TLB; they must
                 // be gone before the guest can use the new type.
@@ -730,19 +917,33 @@ impl FrameTable {
         }
         self.frames[i].type_info &= !PGT_VALIDATED;
         let r = match ty.level() {
-            Some(level) => pagetable::promote(self, mem, mfn, level),
+            Some(level) => pagetable::promote(self, mem, mfn, level, start),
             None if check_seg_desc(mfn) => Ok(()),
-            None => Err(Errno::EINVAL),
+            None => Err((Errno::EINVAL, 0)),
         };
+        // Nobody else can hold a type reference to a frame under validation.
+        debug_assert_eq!(self.frames[i].type_info & PGT_COUNT_MASK, 1);
         match r {
             Ok(()) => {
                 self.frames[i].type_info |= PGT_VALIDATED;
                 Ok(())
             }
-            Err(e) => {
-                // Nobody else can hold a reference to a frame under validation.
-                debug_assert_eq!(self.frames[i].type_info & PGT_COUNT_MASK, 1);
+            Err((Errno::ERESTART, nr)) => {
+                // Preempted: the frame keeps its progress and the partial state takes the
+                // type reference and a general reference of its own (the caller drops its).
+                self.frames[i].type_info |= PGT_PARTIAL;
+                self.frames[i].aux = nr as u32;
+                self.frames[i].count += 1;
+                Err(Errno::ERESTART)
+            }
+            Err((e, 0)) => {
                 self.frames[i].type_info = 0;
+                self.frames[i].aux = self.epoch;
+                Err(e)
+            }
+            Err((e, nr)) => {
+                // The entries below the bad one hold references: release them, preemptibly.
+                self.begin_teardown(mem, i, nr);
                 Err(e)
             }
         }
@@ -763,15 +964,11 @@ impl FrameTable {
         }
         if count == 1 {
             self.frames[i].aux = self.epoch;
-            if let Some(level) = type_of(ti).level() {
-                if ti & PGT_VALIDATED != 0 {
-                    // Unvalidated while its entries are released, so nothing can take a
-                    // new reference to a half-torn-down table.
-                    self.frames[i].type_info = ti & !PGT_VALIDATED;
-                    pagetable::demote(self, mem, mfn, level);
-                    self.frames[i].type_info -= 1;
-                    return;
-                }
+            if type_of(ti).level().is_some() && ti & PGT_VALIDATED != 0 {
+                // Unvalidated (partial) while its entries are released, so nothing can take
+                // a new reference to a half-torn-down table; preemptible like validation.
+                self.begin_teardown(mem, i, super::ENTRIES_PER_TABLE);
+                return;
             }
         }
         self.frames[i].type_info = ti - 1;
@@ -908,6 +1105,8 @@ impl FrameTable {
         };
         m.dying = true;
         let before = self.count_owned(d);
+        // Destruction is not preempted (a multicall's budget does not apply).
+        let budget = self.budget.take();
 
         for &b in held_bases {
             // A base holds a general and an L4 type reference of its own (the allocation
@@ -930,6 +1129,15 @@ impl FrameTable {
                 self.put_page_and_type(mem, Mfn(i as u64));
             }
         }
+
+        // Preempted validations and teardowns are finished now.
+        for i in 0..n {
+            if self.frames[i].owner == d.0 && self.frames[i].type_info & PGT_PARTIAL != 0 {
+                self.teardown_partial(mem, Mfn(i as u64));
+            }
+        }
+        let frames = &self.frames;
+        self.deferred.retain(|m| frames[m.0 as usize].type_info & PGT_PARTIAL != 0);
 
         // Whatever tables are still validated are only referenced from inside the dead domain
         // (linear entries) or from outside it; nothing can use them any more.
@@ -960,6 +1168,7 @@ impl FrameTable {
             }
         }
 
+        self.budget = budget;
         let after = self.count_owned(d);
         RelinquishStats { released: before - after, still_referenced: after }
     }
@@ -990,6 +1199,18 @@ impl FrameTable {
                 tcount[i] += 1;
             }
             let ty = type_of(p.type_info);
+            if p.type_info & PGT_PARTIAL != 0 {
+                if ty.level().is_none()
+                    || p.type_info & (PGT_VALIDATED | PGT_PINNED) != 0
+                    || p.type_info & PGT_COUNT_MASK != 1
+                    || p.aux as usize > super::ENTRIES_PER_TABLE
+                {
+                    return Err(format!("frame {i:#x}: inconsistent partial state {:#x}", p.type_info));
+                }
+                // The partial state's own type and general references.
+                count[i] += 1;
+                tcount[i] += 1;
+            }
             if p.type_info & PGT_PINNED != 0 {
                 if ty.level().is_none() || p.type_info & PGT_VALIDATED == 0 {
                     return Err(format!("frame {i:#x}: pinned but not a validated table"));
@@ -1030,14 +1251,20 @@ impl FrameTable {
             if validated && tc == 0 {
                 return Err(format!("frame {i:#x}: validated {ty:?} with no type references"));
             }
-            if !validated {
+            // Entries holding references: all of a validated table's, those below the
+            // progress mark of a partial one.
+            let held = if validated {
+                super::ENTRIES_PER_TABLE
+            } else if p.type_info & PGT_PARTIAL != 0 {
+                p.aux as usize
+            } else {
                 continue;
-            }
+            };
             let Owner::Domain(d) = owner_of(p.owner) else {
                 return Err(format!("frame {i:#x}: validated {ty:?} not owned by a domain"));
             };
             let table = Mfn(i as u64);
-            for slot in 0..super::ENTRIES_PER_TABLE {
+            for slot in 0..held {
                 if level == 4 && !pagetable::is_guest_l4_slot(slot) {
                     continue;
                 }
@@ -1182,6 +1409,20 @@ impl FrameTable {
             return Err(format!("free frame {i:#x} missing from the free list"));
         }
         Ok(())
+    }
+}
+
+/// Xen's `l1tf_calculations` where the L1D width is not known to exceed CPUID's: the top half
+/// of the physical address space is assumed to hold nothing cacheable, extended above the
+/// highest RAM frame if RAM reaches that far.
+fn l1tf_safe_maddr(phys_addr_bits: u32, max_mfn: Mfn) -> u64 {
+    let bits = phys_addr_bits.clamp(32, 52);
+    let half = 1u64 << (bits - 1);
+    let top = max_mfn.addr();
+    if top <= half {
+        half
+    } else {
+        top.next_power_of_two()
     }
 }
 

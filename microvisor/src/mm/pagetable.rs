@@ -16,12 +16,16 @@
 //!   one step deep (XSA-182, XSA-240, XSA-286);
 //! * cacheability bits, superpages (XSA-148), the global bit above L1 and Xen's grant marker
 //!   are refused; frames outside the frame table are refused (XSA-173);
+//! * a non-present entry of a domU must not name cacheable memory nor set PSE above L1 (the
+//!   L1TF rule, XSA-273): such a domain is crashed, as Xen does where it cannot shadow it;
 //! * the hypervisor's L4 slots 256..=271 are never taken from the guest: validation overwrites
 //!   them and updates to them fail.
 //!
 //! Validation recurses (an L4 promotes its L3s, which promote L2s, ...) at most four levels
-//! deep with a few words of stack per level. It is not preemptible: the work is bounded by the
-//! number of page-table frames the domain owns.
+//! deep with a few words of stack per level. Validation and teardown are preemptible (XSA-45):
+//! each entry examined is charged to the hypercall's budget, and when it runs out the frames
+//! on the way keep their progress as partial frames (see `frame_table`'s `PGT_PARTIAL`) and the
+//! hypercall continues itself.
 
 use super::frame_table::{FrameTable, Owner, PageType};
 use super::pte::{self, ACCESSED, DIRTY, GLOBAL, GNTTAB, NX, PAT, PCD, PRESENT, PWT, RW, USER};
@@ -253,24 +257,35 @@ pub fn put_page_from_entry<M: MachineMemory>(ft: &mut FrameTable, mem: &M, e: u6
     ft.put_page_and_type(mem, target);
 }
 
-/// Validates every entry of `mfn` as a table of `level` (the frame already carries the type
-/// with count 1, not yet validated), writing back the adjusted entries, and for an L4 the
-/// hypervisor's slots. On failure every reference taken is dropped again.
+/// Validates the entries of `mfn` as a table of `level` from slot `start` on (the frame
+/// already carries the type with count 1, not yet validated; entries below `start` hold their
+/// references from an earlier, preempted call), writing back the adjusted entries, and for an
+/// L4 the hypervisor's slots. Stops with `(ERESTART, slot)` when the operation's budget runs
+/// out (or a table below was preempted), and with `(error, slot)` at a bad entry: either way
+/// the entries below `slot` hold references, the rest none, for the caller to record.
 pub(crate) fn promote<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
     mfn: Mfn,
     level: u32,
-) -> Result<(), Errno> {
+    start: usize,
+) -> Result<(), (Errno, usize)> {
     let Some(Owner::Domain(d)) = ft.owner(mfn) else {
-        return Err(Errno::EINVAL);
+        return Err((Errno::EINVAL, start));
     };
-    for slot in 0..ENTRIES_PER_TABLE {
+    for slot in start..ENTRIES_PER_TABLE {
         if level == 4 && !is_guest_l4_slot(slot) {
             continue;
         }
+        // At least one entry per call, so a resumed validation always progresses.
+        if slot > start && ft.must_preempt() {
+            return Err((Errno::ERESTART, slot));
+        }
         let e = mem.read_pte(mfn, slot);
         if !pte::is_present(e) {
+            if ft.l1tf_check(d, level, e) {
+                return Err((Errno::EINVAL, slot));
+            }
             continue;
         }
         let r = if level == 1 {
@@ -284,10 +299,7 @@ pub(crate) fn promote<M: MachineMemory>(
                     mem.write_pte(mfn, slot, adjusted);
                 }
             }
-            Err(err) => {
-                release_entries(ft, mem, mfn, level, slot);
-                return Err(err);
-            }
+            Err(err) => return Err((err, slot)),
         }
     }
     if level == 4 {
@@ -296,25 +308,32 @@ pub(crate) fn promote<M: MachineMemory>(
     Ok(())
 }
 
-/// Drops the references held by the entries of `mfn` (a table of `level`) below `end`.
-fn release_entries<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32, end: usize) {
-    for slot in 0..end {
-        if level == 4 && !is_guest_l4_slot(slot) {
-            continue;
-        }
-        let e = mem.read_pte(mfn, slot);
-        if level == 1 {
-            put_page_from_l1e(ft, mem, e);
-        } else {
-            put_page_from_entry(ft, mem, e, mfn);
-        }
+/// Drops the references held by entry `slot` of `mfn`, a table of `level` (nothing for the
+/// hypervisor's L4 slots).
+pub(crate) fn release_entry<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    mfn: Mfn,
+    level: u32,
+    slot: usize,
+) {
+    if level == 4 && !is_guest_l4_slot(slot) {
+        return;
+    }
+    let e = mem.read_pte(mfn, slot);
+    if level == 1 {
+        put_page_from_l1e(ft, mem, e);
+    } else {
+        put_page_from_entry(ft, mem, e, mfn);
     }
 }
 
-/// Releases what every entry of the table `mfn` of `level` holds (its last type reference is
-/// going away, or its domain is dying). The contents are left as they are.
+/// Releases what every entry of the table `mfn` of `level` holds at once (its domain is
+/// dying). The contents are left as they are.
 pub(crate) fn demote<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32) {
-    release_entries(ft, mem, mfn, level, ENTRIES_PER_TABLE);
+    for slot in 0..ENTRIES_PER_TABLE {
+        release_entry(ft, mem, mfn, level, slot);
+    }
 }
 
 /// Writes the hypervisor's entries into slots 256..=271 of the L4 `mfn`.
@@ -363,6 +382,9 @@ pub fn mod_entry<M: MachineMemory>(
         return Err(Errno::EINVAL);
     }
     let mut new = new;
+    if !pte::is_present(new) && ft.l1tf_check(owners.l1e_owner, level, new) {
+        return Err(Errno::EINVAL);
+    }
     if pte::is_present(new) {
         let mask =
             if level == 1 { l1_disallow_mask(ft.cache_attrs_ok(owners.l1e_owner)) } else { BASE_DISALLOW };
@@ -413,6 +435,43 @@ mod tests {
     use crate::mm::mmu::testkit::*;
     use crate::mm::pte::{make, PSE};
     use hypercall_abi::xen::mmuext;
+
+    /// XSA-273: a domU's non-present entries may not name cacheable memory, nor set PSE above
+    /// L1; the offender is reported for crashing and the entry is not stored.
+    #[test]
+    fn l1tf_unsafe_non_present_entries_are_refused_for_domus() {
+        let (mut m, mut g, s) = one_guest();
+        let before = m.mem.read_pte(s.l1, 9);
+        assert_eq!(m.update(&mut g, s.l1, 9, make(s.data[0], RW), SELF), Err(Errno::EINVAL));
+        assert_eq!(m.mem.read_pte(s.l1, 9), before);
+        let v = m.ft.take_l1tf_violation().expect("reported");
+        assert_eq!((v.domid, v.level, v.pte), (g.domid, 1, make(s.data[0], RW)));
+        // Above RAM but below the safe address is still unsafe (it may be cacheable MMIO).
+        assert_eq!(m.update(&mut g, s.l1, 9, 0x10_0000_0000, SELF), Err(Errno::EINVAL));
+        assert!(m.ft.take_l1tf_violation().is_some());
+        // A non-present PSE entry above L1 (a speculative superpage from frame 0).
+        assert_eq!(m.update(&mut g, s.l2, 9, PSE, SELF), Err(Errno::EINVAL));
+        assert_eq!(m.ft.take_l1tf_violation().map(|v| v.level), Some(2));
+        assert_eq!(m.update(&mut g, s.l4, 9, PSE, SELF), Err(Errno::EINVAL));
+        assert!(m.ft.take_l1tf_violation().is_some());
+        // Safe: zero, software bits only, or an address above everything cacheable.
+        for safe in [0, 0x0ffe, 0x000f_ffff_ffff_f000, 1 << 45] {
+            assert_eq!(m.update(&mut g, s.l1, 9, safe, SELF), Ok(()), "{safe:#x}");
+        }
+        assert_eq!(m.ft.take_l1tf_violation(), None);
+        // Validation applies the same rule to the entries of a table being promoted.
+        let t = m.alloc(&g);
+        m.mem.write_pte(t, 0, make(s.data[0], PRESENT));
+        m.mem.write_pte(t, 1, 0x6000);
+        assert_eq!(m.ext(&mut g, mmuext::PIN_L1_TABLE, t.0, 0).result, Err(Errno::EINVAL));
+        assert!(m.ft.take_l1tf_violation().is_some());
+        m.audit(&[&g]);
+        // The hardware domain is exempt, as in Xen's default (`pv-l1tf=domu`).
+        let mut d0 = m.guest(0, true, 16);
+        let s0 = m.build_space(&mut d0);
+        assert_eq!(m.update(&mut d0, s0.l1, 9, 0x6000, SELF), Ok(()));
+        assert_eq!(m.ft.take_l1tf_violation(), None);
+    }
 
     #[test]
     fn flag_masks_match_xen() {
@@ -714,9 +773,11 @@ mod tests {
         let l3 = m.alloc(&g);
         assert_eq!(m.update(&mut g, s.l4, 9, make(l3, PRESENT | RW), SELF), Ok(()));
         assert_eq!(m.mem.read_pte(s.l4, 9), make(l3, PRESENT | RW | USER | ACCESSED));
-        // Not-present entries are stored as given.
-        assert_eq!(m.update(&mut g, s.l1, 9, 0x5000, SELF), Ok(()));
-        assert_eq!(m.mem.read_pte(s.l1, 9), 0x5000);
+        // Not-present entries are stored as given (this one L1TF-safe: Linux's inverted
+        // swap-entry form, its address above anything cacheable).
+        let swap = 0x000f_ffff_fffa_5000 | 0x40;
+        assert_eq!(m.update(&mut g, s.l1, 9, swap, SELF), Ok(()));
+        assert_eq!(m.mem.read_pte(s.l1, 9), swap);
         // In a promoted table, too.
         let t = m.alloc(&g);
         m.mem.write_pte(t, 0, make(s.data[0], PRESENT | NX));

@@ -214,3 +214,199 @@ fn a_grant_unmap_with_a_new_baseptr_in_one_multicall_flushes_the_global_entry() 
     assert!(!tlb.reaches(host_va), "the grantee still reaches the granter's page");
     audit(&hv);
 }
+
+/// The L1TF rule (XSA-273) through the dispatcher: a domU writing a non-present entry that
+/// names cacheable memory is crashed, as Xen does where it cannot shadow the domain; the
+/// entry is not stored and the machine and dom0 go on.
+#[test]
+fn an_l1tf_unsafe_entry_crashes_the_domu_alone() {
+    use crate::domain::{DomainState, ShutdownReason};
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    let l4 = hv.cur_vcpu().kernel_l4;
+    assert_eq!(mmu_update(&mut hv, l4, 7, 0x1000_0000_0000 >> 20 << 12), Errno::EINVAL.to_ret());
+    assert_eq!(hv.mem().read_pte(l4, 7), 0);
+    assert_eq!(hv.domains[&DOMU].state, DomainState::Shutdown(ShutdownReason::Crash));
+    assert!(crate::testkit::console(&hv).contains("L1TF-vulnerable L4e"));
+    assert_eq!(hv.domains[&DomId::DOM0].state, DomainState::Running);
+}
+
+/// Finding 4 (XSA-45 class): pinning and unpinning an L4 over many L1s is done in bounded
+/// steps. Each call examines at most the budget (plus one entry per level, so that a resumed
+/// call always progresses), keeps its progress in the frames, and the continuation finishes
+/// the job; the frame table is consistent after every step.
+#[test]
+fn pin_and_unpin_of_a_large_tree_are_preemptible() {
+    use crate::mm::mmu::testkit::{Machine, RO, RWF, SELF};
+    use crate::mm::pte::make;
+    const L1S: usize = 24;
+    const BUDGET: u32 = 300;
+    let mut m = Machine::new(128);
+    let mut g = m.guest(1, false, 100);
+    let s = m.build_space(&mut g);
+    // A second tree: L4 -> L3 -> L2 -> 24 full L1s, each mapping the four data frames
+    // read-only 128 times over.
+    let (l4, l3, l2) = (m.alloc(&g), m.alloc(&g), m.alloc(&g));
+    m.mem.write_pte(l4, 0, make(l3, RWF));
+    m.mem.write_pte(l3, 0, make(l2, RWF));
+    let l1s: Vec<Mfn> = (0..L1S).map(|_| m.alloc(&g)).collect();
+    for (k, &l1) in l1s.iter().enumerate() {
+        m.mem.write_pte(l2, k, make(l1, RWF));
+        for e in 0..512 {
+            m.mem.write_pte(l1, e, make(s.data[e % 4], RO));
+        }
+    }
+    let data_count = m.info(s.data[0]).count;
+    m.budget = Some(BUDGET);
+    let mut calls = 0;
+    loop {
+        calls += 1;
+        let r = m.ext(&mut g, mmuext::PIN_L4_TABLE, l4.0, 0);
+        assert_eq!(r.result, Ok(()));
+        m.audit(&[&g]);
+        if r.done == 1 {
+            break;
+        }
+        assert!(m.ft.is_partial(l4), "progress is kept in the frame");
+        assert!(calls < 1000);
+    }
+    // Every slot examined counts, present or not: the L1s' and the L2's, L3's and L4's.
+    let entries = L1S * 512 + 3 * 512;
+    assert!(calls as usize >= entries / BUDGET as usize, "{calls} calls for {entries} entries");
+    assert!(calls as usize <= entries / (BUDGET as usize - 4) + 1, "{calls} calls");
+    assert!(m.info(l4).pinned && m.info(l4).validated);
+    assert_eq!(m.info(s.data[0]).count, data_count + (L1S * 128) as u32);
+    // UNPIN returns at once; the teardown goes on in the next calls (any memory hypercall
+    // finishes it first).
+    assert_eq!(m.ext(&mut g, mmuext::UNPIN_TABLE, l4.0, 0).done, 1);
+    m.audit(&[&g]);
+    assert!(m.ft.deferred_len() > 0);
+    let mut calls = 0;
+    while m.ft.deferred_len() > 0 {
+        calls += 1;
+        let r = m.ext(&mut g, mmuext::TLB_FLUSH_LOCAL, 0, 0);
+        assert_eq!(r.result, Ok(()));
+        m.audit(&[&g]);
+        assert!(calls < 1000);
+    }
+    assert!(calls as usize >= entries / BUDGET as usize - 1, "{calls} teardown calls");
+    for t in [l4, l3, l2].iter().chain(&l1s) {
+        let i = m.info(*t);
+        assert!(i.type_count == 0 && !i.validated, "{t:?}: {i:?}");
+    }
+    assert_eq!(m.info(s.data[0]).count, data_count);
+    // A failure deep in the tree tears down what was validated, preemptibly too.
+    m.mem.write_pte(l1s[L1S - 1], 511, make(Mfn(2), RO));
+    let mut calls = 0;
+    let r = loop {
+        calls += 1;
+        let r = m.ext(&mut g, mmuext::PIN_L4_TABLE, l4.0, 0);
+        m.audit(&[&g]);
+        if r.done == 1 || r.result.is_err() {
+            break r;
+        }
+        assert!(calls < 1000);
+    };
+    assert_eq!(r.result, Err(Errno::EBUSY));
+    while m.ft.deferred_len() > 0 {
+        assert_eq!(m.update(&mut g, s.data[3], 0, 0, SELF), Ok(()));
+        m.audit(&[&g]);
+    }
+    assert_eq!(m.info(l4).type_count, 0);
+    assert_eq!(m.info(s.data[0]).count, data_count);
+    // The domain's death finishes whatever is partial, with no budget.
+    m.budget = Some(BUDGET);
+    let r = m.ext(&mut g, mmuext::PIN_L4_TABLE, l4.0, 0);
+    assert_eq!((r.done, r.result), (0, Ok(())));
+    let bases: Vec<Mfn> = [g.kernel_l4, g.user_l4].into_iter().flatten().collect();
+    m.ft.relinquish(&m.mem, g.domid, &bases);
+    assert_eq!(m.ft.tot_pages(g.domid), 0);
+    m.ft.audit(&m.mem, &[]).unwrap();
+}
+
+/// Finding 4 through the dispatcher: a multicall of `mmuext_op`s, each pinning and unpinning
+/// an L4 over a large tree several times, continues itself in bounded steps (the multicall
+/// shares one budget) and completes with every entry's result; the audit holds at each step.
+#[test]
+fn a_pin_storm_multicall_continues_in_bounded_steps() {
+    use crate::mm::frame_table::PREEMPT_BUDGET;
+    use crate::mm::pte::make;
+    use hypercall_abi::xen::MulticallEntry;
+    const L1S: usize = 16;
+    const PAIRS: usize = 4;
+    const CALLS: usize = 6;
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    let tot = hv.frames.tot_pages(DOMU);
+    hv.frames.set_max_pages(DOMU, tot + 64).unwrap();
+    let mem = hv.plat.mem.clone();
+    let mut alloc = || hv.frames.alloc_domain_frame(&*mem, DOMU).unwrap();
+    let (l4, l3, l2) = (alloc(), alloc(), alloc());
+    let data = alloc();
+    let l1s: Vec<Mfn> = (0..L1S).map(|_| alloc()).collect();
+    mem.write_pte(l4, 0, make(l3, 0x67));
+    mem.write_pte(l3, 0, make(l2, 0x67));
+    for (k, &l1) in l1s.iter().enumerate() {
+        mem.write_pte(l2, k, make(l1, 0x67));
+        for e in 0..512 {
+            mem.write_pte(l1, e, make(data, 0x25));
+        }
+    }
+    let ops: Vec<MmuextOp> = (0..PAIRS)
+        .flat_map(|_| {
+            [
+                MmuextOp { cmd: mmuext::PIN_L4_TABLE, _pad: 0, arg1: l4.0, arg2: 0 },
+                MmuextOp { cmd: mmuext::UNPIN_TABLE, _pad: 0, arg1: l4.0, arg2: 0 },
+            ]
+        })
+        .collect();
+    let ops_va = SCRATCH_VA + 0x400;
+    for (i, o) in ops.iter().enumerate() {
+        hv.guest().write_elem(ops_va, i as u64, o).unwrap();
+    }
+    for i in 0..CALLS as u64 {
+        let e = MulticallEntry {
+            op: nr::MMUEXT_OP,
+            result: 1,
+            args: [ops_va, ops.len() as u64, 0, u64::from(DomId::SELF.0), 0, 0],
+        };
+        hv.guest().write_elem(SCRATCH_VA, i, &e).unwrap();
+    }
+    let mut args = [SCRATCH_VA, CALLS as u64, 0, 0, 0];
+    let mut continuations = 0;
+    loop {
+        match dispatch(&mut hv, nr::MULTICALL, args, None) {
+            Hc::Ret(r) => {
+                assert_eq!(r, 0);
+                break;
+            }
+            Hc::Continue(a) => {
+                continuations += 1;
+                args = a;
+                audit(&hv);
+                assert!(continuations < 10_000);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    for i in 0..CALLS as u64 {
+        let e: MulticallEntry = hv.guest().read_elem(SCRATCH_VA, i).unwrap();
+        assert_eq!(e.result, 0, "entry {i}");
+    }
+    // Each pin and each teardown examines the whole tree once.
+    let per_pass = (L1S + 3) * 512;
+    let work = 2 * per_pass * PAIRS * CALLS;
+    // (Less the L4's hypervisor slots, and the last teardown, still deferred.)
+    let bound = work / PREEMPT_BUDGET as usize;
+    assert!((bound * 9 / 10..=bound + 1).contains(&continuations), "{continuations} continuations, {bound}");
+    // Whatever teardown is still deferred finishes with the domain's next memory call.
+    let flush = MmuextOp { cmd: mmuext::TLB_FLUSH_LOCAL, _pad: 0, arg1: 0, arg2: 0 };
+    hv.guest().write_obj(SCRATCH_VA, &flush).unwrap();
+    while hv.frames.deferred_len() > 0 {
+        let r = dispatch(&mut hv, nr::MMUEXT_OP, [SCRATCH_VA, 1, 0, u64::from(DomId::SELF.0), 0], None);
+        assert!(matches!(r, Hc::Ret(0) | Hc::Continue(_)), "{r:?}");
+    }
+    let i = hv.frames.info(l4).unwrap();
+    assert!(!i.pinned && i.type_count == 0, "{i:?}");
+    audit(&hv);
+}

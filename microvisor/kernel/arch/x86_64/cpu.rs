@@ -212,6 +212,14 @@ pub fn flush_tlb_global() {
     }
 }
 
+/// Writes back and invalidates every cache line (`MMUEXT_FLUSH_CACHE` for a domain that may
+/// use uncached mappings of its devices).
+pub fn wbinvd() {
+    // SAFETY: wbinvd only writes dirty lines back and invalidates caches; memory contents
+    // are unchanged. It is slow, which is why only domains with I/O memory may ask for it.
+    unsafe { asm!("wbinvd", options(nostack, preserves_flags)) }
+}
+
 /// Reads the time-stamp counter.
 #[inline(always)]
 pub fn rdtsc() -> u64 {
