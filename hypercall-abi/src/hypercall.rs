@@ -197,6 +197,10 @@ pub mod debug {
     pub const DOMAIN_FRAMES: u64 = 1;
     /// Prints the per-domain frame accounting on the hypervisor console.
     pub const DUMP_MEMORY: u64 = 2;
+    /// Returns the longest page-table operation (a memory hypercall or multicall, one call
+    /// up to its continuation) since the last query, in TSC ticks, and restarts the count:
+    /// the longest stretch a guest's page-table work kept interrupts off.
+    pub const LONGEST_MM_OP: u64 = 3;
 }
 
 #[cfg(test)]

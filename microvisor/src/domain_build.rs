@@ -182,7 +182,7 @@ pub fn destroy_domain<P: Platform>(hv: &mut Hypervisor<P>, id: DomId) -> u64 {
         for b in v.held_bases() {
             let _ = bases.push(b);
         }
-        for f in core::mem::take(&mut v.gdt_frames) {
+        for f in core::mem::take(&mut v.gdt_frames).into_iter().chain(core::mem::take(&mut v.ldt_frames)) {
             hv.frames.put_page_and_type(mem, f);
         }
         if let Some(f) = v.vcpu_info_frame.take() {

@@ -580,6 +580,11 @@ impl<P: Platform> Hypervisor<P> {
         (d.dr, d.dr6)
     }
 
+    /// The running vCPU's validated LDT descriptors (`MMUEXT_SET_LDT`; same generation).
+    pub fn running_ldt(&self) -> &[u64] {
+        &self.cur_vcpu().ldt
+    }
+
     /// True if the running vCPU has an event to deliver: `evtchn_upcall_pending` set and
     /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
     #[inline]

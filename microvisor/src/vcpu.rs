@@ -289,10 +289,14 @@ pub struct Vcpu {
     /// The validated descriptors of those frames, which the arch layer loads (its heap is
     /// charged to the domain's quota).
     pub gdt: alloc::vec::Vec<u64>,
-    /// Bumped whenever `gdt` changes, so the arch layer knows to reload it.
+    /// Bumped whenever `gdt` or `ldt` changes, so the arch layer knows to reload them.
     pub gdt_generation: u64,
     /// Virtual IOPL, CR4 and debug registers.
     pub arch: crate::cpu_state::VcpuArch,
+    /// `MMUEXT_SET_LDT` frames (each holding a general and a segment-descriptor type
+    /// reference), and the validated descriptors the arch layer loads as the LDT.
+    pub ldt_frames: alloc::vec::Vec<Mfn>,
+    pub ldt: alloc::vec::Vec<u64>,
 }
 
 impl Vcpu {
@@ -327,6 +331,8 @@ impl Vcpu {
             gdt: alloc::vec::Vec::new(),
             gdt_generation: 0,
             arch: crate::cpu_state::VcpuArch::default(),
+            ldt_frames: alloc::vec::Vec::new(),
+            ldt: alloc::vec::Vec::new(),
         }
     }
 

@@ -297,6 +297,8 @@ pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Resu
         debug::FREE_FRAMES if !may_read => Err(Errno::EPERM),
         debug::DUMP_MEMORY if !privileged => Err(Errno::EPERM),
         debug::FREE_FRAMES => Ok(hv.frames.nr_free() as i64),
+        debug::LONGEST_MM_OP if !may_read => Err(Errno::EPERM),
+        debug::LONGEST_MM_OP => Ok(hv.frames.take_longest_op() as i64),
         debug::DUMP_MEMORY => {
             hv.dump_memory();
             Ok(0)

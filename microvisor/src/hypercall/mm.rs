@@ -38,10 +38,10 @@ fn with_mmu<P: Platform, R>(
     let mut ctx = MmuCtx { domid: r.domid, privileged, kernel_l4: Some(k), user_l4: u, set_m2p: &mut m2p };
     // Page-table work is preemptible (XSA-45): bounded per call, inside a multicall per
     // multicall.
-    let started = hv.frames.begin_preemptible();
+    let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
     let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
     if started {
-        hv.frames.end_preemptible();
+        hv.frames.end_preemptible_at(hv.plat.tsc());
     }
     let (nk, nu) = (ctx.kernel_l4, ctx.user_l4);
     let v = hv.cur_vcpu_mut();
@@ -119,6 +119,9 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
     if outcome.is_some_and(|o| o.cache_flush) {
         hv.plat.wbinvd();
     }
+    if let Some((base, entries)) = outcome.and_then(|o| o.ldt) {
+        super::desc::set_ldt(hv, base, entries);
+    }
     let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
     done = done.wrapping_add(i as u32);
     if pdone != 0 && hv.guest().write_obj(pdone, &done).is_err() {
@@ -195,10 +198,10 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
 /// with the call's updated arguments written back.
 pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
     // One page-table work budget for all entries: the batch stops when it is spent.
-    let started = hv.frames.begin_preemptible();
+    let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
     let r = multicall_entries(hv, entries, count);
     if started {
-        hv.frames.end_preemptible();
+        hv.frames.end_preemptible_at(hv.plat.tsc());
     }
     r
 }

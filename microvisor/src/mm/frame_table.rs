@@ -261,6 +261,11 @@ pub struct FrameTable {
     /// Partial frames whose teardown was preempted (failed validations, last type references
     /// dropped), finished by their owner's next memory hypercall.
     deferred: Vec<Mfn>,
+    /// TSC at the start of the running preemptible operation, and the longest one seen (the
+    /// hypervisor runs with interrupts off, so this bounds what a guest's page-table work
+    /// can delay everything else by).
+    op_started: u64,
+    longest_op: u64,
 }
 
 /// Page-table entries one hypercall examines before it is preempted (Xen checks
@@ -287,6 +292,8 @@ impl FrameTable {
             l1tf_violation: None,
             budget: None,
             deferred: Vec::new(),
+            op_started: 0,
+            longest_op: 0,
         }
     }
 
@@ -311,6 +318,26 @@ impl FrameTable {
     /// Ends the preemptible operation.
     pub fn end_preemptible(&mut self) {
         self.budget = None;
+    }
+
+    /// [`FrameTable::begin_preemptible`], noting the TSC for [`FrameTable::take_longest_op`].
+    pub fn begin_preemptible_at(&mut self, tsc: u64) -> bool {
+        let started = self.begin_preemptible();
+        if started {
+            self.op_started = tsc;
+        }
+        started
+    }
+
+    /// [`FrameTable::end_preemptible`], recording how long the operation ran.
+    pub fn end_preemptible_at(&mut self, tsc: u64) {
+        self.end_preemptible();
+        self.longest_op = self.longest_op.max(tsc.saturating_sub(self.op_started));
+    }
+
+    /// The longest preemptible operation (TSC ticks) since the last call, which resets it.
+    pub fn take_longest_op(&mut self) -> u64 {
+        core::mem::take(&mut self.longest_op)
     }
 
     /// True when the running preemptible operation has used its budget: it must stop at the

@@ -38,6 +38,8 @@ pub(crate) fn audit(hv: &TestHv) {
     for d in hv.domains.values() {
         for v in &d.vcpus {
             ext.extend(v.held_bases().map(|m| ExternalRef::root(m, d.id)));
+            // Descriptor-table frames hold a general and a SegDesc type reference each.
+            ext.extend(v.gdt_frames.iter().chain(&v.ldt_frames).map(|&m| ExternalRef::mapping(m, true)));
         }
     }
     if let Err(e) = hv.frames.audit(hv.mem(), &ext) {
@@ -409,4 +411,79 @@ fn a_pin_storm_multicall_continues_in_bounded_steps() {
     let i = hv.frames.info(l4).unwrap();
     assert!(!i.pinned && i.type_count == 0, "{i:?}");
     audit(&hv);
+}
+
+/// `MMUEXT_SET_LDT` loads a real LDT (it used to return success and do nothing): the pages
+/// become descriptor pages whose descriptors are checked as Xen's `check_descriptor` (DPL
+/// raised to 3, gates refused), `update_descriptor` refreshes the loaded copy, an LDT page
+/// that cannot be a descriptor page ends the LDT, and `SET_LDT(0, 0)` removes it.
+#[test]
+fn set_ldt_loads_checked_descriptors() {
+    use crate::guest_mem::Access;
+    use crate::loader::elf::testelf::BASE;
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    let va = BASE + 0x30_0000;
+    let ma = hv.guest().translate(va, Access::Write).unwrap();
+    let frame = Mfn::containing(ma);
+    let code = 0x00af_fa00_0000_ffff_u64; // 64-bit code, DPL 3
+    let kernel_dpl = code & !(3 << 45); // DPL 0: raised to 3
+    hv.mem().write_u64(ma, code);
+    hv.mem().write_u64(ma + 8, kernel_dpl);
+    let set_ldt = |hv: &mut TestHv, base: u64, ents: u64| {
+        let op = MmuextOp { cmd: mmuext::SET_LDT, _pad: 0, arg1: base, arg2: ents };
+        hv.guest().write_obj(SCRATCH_VA, &op).unwrap();
+        call(hv, nr::MMUEXT_OP, [SCRATCH_VA, 1, 0, u64::from(DomId::SELF.0), 0])
+    };
+    // Still mapped writable: Xen accepts the call (its mapping is lazy); nothing is loaded.
+    assert_eq!(set_ldt(&mut hv, va, 2), 0);
+    assert!(hv.cur_vcpu().ldt.is_empty());
+    // Read-only, as Linux makes its LDT pages.
+    let ro = crate::mm::pte::make(frame, crate::mm::pte::PRESENT | crate::mm::pte::USER);
+    assert_eq!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, ro, 2, 0, 0]), 0);
+    let gen = hv.cur_vcpu().gdt_generation;
+    assert_eq!(set_ldt(&mut hv, va, 2), 0);
+    assert_eq!(hv.cur_vcpu().ldt, [code, code]);
+    assert!(hv.cur_vcpu().gdt_generation != gen, "the arch layer reloads it");
+    assert_eq!(hv.frames.info(frame).unwrap().ty, crate::mm::frame_table::PageType::SegDesc);
+    audit(&hv);
+    // A call gate may not be written; a data descriptor may, and the loaded copy follows.
+    assert_eq!(
+        call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 8, 0x0000_ec00_0008_0000, 0, 0, 0]),
+        Errno::EINVAL.to_ret()
+    );
+    let data = 0x00cf_f200_0000_ffff_u64;
+    assert_eq!(call(&mut hv, nr::UPDATE_DESCRIPTOR, [ma + 8, data, 0, 0, 0]), 0);
+    assert_eq!(hv.cur_vcpu().ldt, [code, data]);
+    // Removing it drops the frame's references.
+    assert_eq!(set_ldt(&mut hv, 0, 0), 0);
+    assert!(hv.cur_vcpu().ldt.is_empty() && hv.cur_vcpu().ldt_frames.is_empty());
+    assert_eq!(hv.frames.info(frame).unwrap().type_count, 0);
+    audit(&hv);
+    // Xen's argument checks.
+    assert_eq!(set_ldt(&mut hv, va + 8, 2), Errno::EINVAL.to_ret());
+    assert_eq!(set_ldt(&mut hv, va, 8193), Errno::EINVAL.to_ret());
+    // A domain dying with an LDT loaded gives its frame back.
+    assert_eq!(set_ldt(&mut hv, va, 512), 0);
+    assert_eq!(hv.cur_vcpu().ldt.len(), 512);
+    run_as(&mut hv, DomId::DOM0);
+    let dc = hypercall_abi::domctl::XenDomctl::new(hypercall_abi::domctl::cmd::DESTROYDOMAIN, DOMU);
+    hv.guest().write_obj(SCRATCH_VA, &dc).unwrap();
+    assert_eq!(call(&mut hv, nr::DOMCTL, [SCRATCH_VA, 0, 0, 0, 0]), 0);
+    assert_eq!(hv.frames.owner(frame), Some(crate::mm::frame_table::Owner::Free));
+    audit(&hv);
+}
+
+/// `MMUEXT_FLUSH_CACHE` really flushes (it used to return success and do nothing), for a
+/// domain with I/O memory only, as Xen.
+#[test]
+fn flush_cache_runs_wbinvd_for_dom0_only() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    assert_eq!(ext(&mut hv, mmuext::FLUSH_CACHE, 0), Errno::EACCES.to_ret());
+    assert_eq!(ext(&mut hv, mmuext::FLUSH_CACHE_GLOBAL, 0), Errno::EINVAL.to_ret());
+    assert_eq!(hv.plat.wbinvds, 0);
+    run_as(&mut hv, DomId::DOM0);
+    assert_eq!(ext(&mut hv, mmuext::FLUSH_CACHE, 0), 0);
+    assert_eq!(hv.plat.wbinvds, 1);
 }

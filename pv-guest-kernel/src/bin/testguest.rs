@@ -67,6 +67,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("mm-hostile", "tests/tests/mm.rs", |c| mm_hostile::run(c.si)),
     sc("mm-leak", "tests/tests/mm.rs", |_| mm_hostile::leave_mess()),
     sc("user-mode", "tests/tests/mm.rs", |_| user_mode::run()),
+    sc("pin-storm", "tests/tests/mm.rs", |c| pin_storm::run(c.cmd)),
     // Entry and exit paths a hostile guest reaches with instructions (32-bit syscall, RIPs
     // that end up non-canonical, DF set at an exception).
     sc("syscall-compat", "tests/tests/entry.rs", |_| cpu_entry::syscall_compat()),
@@ -167,6 +168,8 @@ fn bench_all(c: &Ctx) {
     bench_peer::run(c.cmd);
     bench_pingpong::run(c.si);
     bench_switch::run(c.si);
+    // Last: it leaves its page tables behind.
+    pin_storm::run("l1s=4096 pairs=1 calls=1 rounds=4");
     bench_order::announce_done(c.si);
 }
 
@@ -259,6 +262,8 @@ mod mm;
 mod mm_hostile;
 #[path = "testguest/net.rs"]
 mod net;
+#[path = "testguest/pin_storm.rs"]
+mod pin_storm;
 #[path = "testguest/privop.rs"]
 mod privop;
 #[path = "testguest/regs.rs"]

@@ -30,7 +30,12 @@ const HYPERVISOR_PORTS: &[(u16, u16)] =
 /// 0xe033 and SS = 0xe023 + 8 = 0xe02b, exactly Xen's flat ring-3 selectors.
 pub const STAR: u64 = (0xe023u64 << 48) | ((HV_CS as u64) << 32);
 
-const GDT_ENTRIES: usize = FIRST_RESERVED_GDT_ENTRY + 12;
+/// The guest LDT's system descriptor (16 bytes, entries r+12 and r+13).
+pub const LDT_SEL: u16 = 0xe060;
+const LDT_ENTRY: usize = FIRST_RESERVED_GDT_ENTRY + 12;
+const GDT_ENTRIES: usize = FIRST_RESERVED_GDT_ENTRY + 14;
+/// Largest LDT (`MMUEXT_SET_LDT` allows 8192 entries).
+const MAX_LDT_ENTRIES: usize = 8192;
 
 /// The 64-bit TSS.
 #[repr(C, packed(4))]
@@ -70,6 +75,8 @@ struct Tables {
     tss: Tss,
     tss_io: TssWithIo,
     ist_stacks: [[u8; IST_STACK_SIZE]; IST_STACKS],
+    /// The running vCPU's validated LDT descriptors (the CPU reads them through `LDT_SEL`).
+    ldt: [u64; MAX_LDT_ENTRIES],
 }
 
 struct TablesCell(UnsafeCell<Tables>);
@@ -87,6 +94,7 @@ static TABLES: TablesCell = TablesCell(UnsafeCell::new(Tables {
         end: 0xff,
     },
     ist_stacks: [[0; IST_STACK_SIZE]; IST_STACKS],
+    ldt: [0; MAX_LDT_ENTRIES],
 }));
 
 const fn seg(access: u64, flags: u64) -> u64 {
@@ -174,6 +182,32 @@ pub fn load_guest_descriptors(entries: &[u64], previous_len: usize) {
     t.gdt[..n].copy_from_slice(&entries[..n]);
     if previous_len > n {
         t.gdt[n..previous_len.min(FIRST_RESERVED_GDT_ENTRY)].fill(0);
+    }
+}
+
+/// Loads a guest's validated LDT descriptors (from `MMUEXT_SET_LDT`, each checked as Xen's
+/// `check_descriptor`: no gates, DPL 3), or no LDT at all.
+pub fn load_guest_ldt(entries: &[u64]) {
+    const _: () = assert!(FIRST_RESERVED_GDT_BYTE + 0x60 == LDT_SEL as usize);
+    let n = entries.len().min(MAX_LDT_ENTRIES);
+    // SAFETY: single CPU with interrupts off; the CPU reads the LDT only when a guest loads an
+    // LDT selector, after this returns. `lldt` takes a present LDT descriptor in the GDT (or
+    // the null selector, which leaves no LDT).
+    unsafe {
+        let t = &mut *TABLES.0.get();
+        if n == 0 {
+            asm!("lldt {0:x}", in(reg) 0u64, options(nostack, preserves_flags));
+            return;
+        }
+        t.ldt[..n].copy_from_slice(&entries[..n]);
+        let (addr, limit) = (t.ldt.as_ptr() as u64, (n * 8 - 1) as u64);
+        t.gdt[LDT_ENTRY] = (limit & 0xffff)
+            | ((addr & 0xff_ffff) << 16)
+            | (0x82 << 40)
+            | (((limit >> 16) & 0xf) << 48)
+            | (((addr >> 24) & 0xff) << 56);
+        t.gdt[LDT_ENTRY + 1] = addr >> 32;
+        asm!("lldt {0:x}", in(reg) u64::from(LDT_SEL), options(nostack, preserves_flags));
     }
 }
 

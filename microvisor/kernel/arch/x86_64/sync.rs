@@ -38,6 +38,7 @@ struct Loaded {
     /// Whose guest descriptors are in the GDT: vCPU, generation, number of entries.
     gdt: Option<(microvisor::sched::VcpuRef, u64)>,
     gdt_len: usize,
+    ldt_len: usize,
     io_ports: bool,
     kernel_mode: Option<bool>,
     vcpu_info: u64,
@@ -59,6 +60,7 @@ static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
     timer_deadline: None,
     gdt: None,
     gdt_len: 0,
+    ldt_len: 0,
     io_ports: false,
     kernel_mode: None,
     vcpu_info: 0,
@@ -99,6 +101,11 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         let entries = hv.running_gdt();
         super::gdt::load_guest_descriptors(entries, l.gdt_len);
         l.gdt_len = entries.len();
+    }
+    if l.gdt != gdt && (l.ldt_len > 0 || !hv.running_ldt().is_empty()) {
+        let entries = hv.running_ldt();
+        super::gdt::load_guest_ldt(entries);
+        l.ldt_len = entries.len();
     }
     l.gdt = gdt;
     if l.vcpu_info != hw.vcpu_info {
