@@ -250,6 +250,14 @@ impl<M: MachineMemory> DomainMemory<'_, M> {
         self.for_each_piece(va, data.len() as u64, |ma, off, n| self.mem.write(ma, &data[off..off + n]))
     }
 
+    /// Writes `data` into the pages from `first` on, which need not be mapped.
+    fn write_pfns(&self, first: Pfn, data: &[u8]) -> Result<(), BuildFailure> {
+        for (i, chunk) in data.chunks(PAGE_SIZE as usize).enumerate() {
+            self.mem.write(self.mfn(Pfn(first.0 + i as u64))?.addr(), chunk);
+        }
+        Ok(())
+    }
+
     fn zero(&self, va: u64, len: u64) -> Result<(), BuildFailure> {
         const ZEROS: [u8; PAGE_SIZE as usize] = [0; PAGE_SIZE as usize];
         self.for_each_piece(va, len, |ma, _, n| self.mem.write(ma, &ZEROS[..n]))
@@ -370,7 +378,12 @@ fn populate<M: MachineMemory>(
     }
 
     if !cfg.initrd.is_empty() {
-        dm.write(layout.initrd.va, cfg.initrd).map_err(at(BuildStep::LoadInitrd))?;
+        let step = at(BuildStep::LoadInitrd);
+        if layout.initrd_mapped {
+            dm.write(layout.initrd.va, cfg.initrd).map_err(step)?;
+        } else {
+            dm.write_pfns(layout.initrd.pfn, cfg.initrd).map_err(step)?;
+        }
     }
 
     // P2M list, and the rest of its last page cleared.
@@ -403,9 +416,13 @@ fn populate<M: MachineMemory>(
     si.pt_base = layout.pt_base();
     si.nr_pt_frames = layout.nr_pt_frames();
     si.mfn_list = layout.p2m.va;
-    if layout.initrd_len != 0 {
+    if layout.initrd_len != 0 && layout.initrd_mapped {
         si.mod_start = layout.initrd.va;
         si.mod_len = layout.initrd_len;
+    } else if layout.initrd_len != 0 {
+        si.mod_start = layout.initrd.pfn.0;
+        si.mod_len = layout.initrd_len;
+        si.flags |= sif::MOD_START_PFN;
     }
     let cmdline = cfg.cmdline.split(|&b| b == 0).next().unwrap_or(&[]);
     let n = cmdline.len().min(MAX_GUEST_CMDLINE - 1);
@@ -666,11 +683,11 @@ mod tests {
         assert_eq!(si.first_p2m_pfn, 0);
         assert!(si_bytes[core::mem::size_of::<StartInfo>()..].iter().all(|&b| b == 0));
         if cfg.is_dom0 {
-            assert_eq!(si.flags, sif::PRIVILEGED | sif::INITDOMAIN);
+            assert_eq!(si.flags & !sif::MOD_START_PFN, sif::PRIVILEGED | sif::INITDOMAIN);
             assert_eq!((si.store_mfn, si.console.mfn), (0, 0));
             assert_eq!((d.store_mfn, d.console_mfn), (None, None));
         } else {
-            assert_eq!(si.flags, 0);
+            assert_eq!(si.flags & !sif::MOD_START_PFN, 0);
             let (store, console) = (d.store_mfn.unwrap(), d.console_mfn.unwrap());
             assert_eq!((si.store_mfn, si.store_evtchn), (store.0, cfg.store_evtchn));
             assert_eq!((si.console.mfn, si.console.evtchn), (console.0, cfg.console_evtchn));
@@ -681,9 +698,21 @@ mod tests {
         }
         if cfg.initrd.is_empty() {
             assert_eq!((si.mod_start, si.mod_len), (0, 0));
-        } else {
+        } else if l.initrd_mapped {
             assert_eq!((si.mod_start, si.mod_len), (l.initrd.va, cfg.initrd.len() as u64));
             assert_eq!(read_va(mem, d.l4, si.mod_start, si.mod_len), cfg.initrd);
+            assert_eq!(si.flags & sif::MOD_START_PFN, 0);
+        } else {
+            // MOD_START_PFN: named by pfn, in pages after the mapped region, not mapped.
+            assert_eq!((si.mod_start, si.mod_len), (l.initrd.pfn.0, cfg.initrd.len() as u64));
+            assert_ne!(si.flags & sif::MOD_START_PFN, 0);
+            assert!(si.mod_start >= l.mapped_pages());
+            let mut got = Vec::new();
+            for (i, chunk) in cfg.initrd.chunks(PAGE_SIZE as usize).enumerate() {
+                let f = mem.frame(d.p2m[si.mod_start as usize + i]);
+                got.extend_from_slice(&f[..chunk.len()]);
+            }
+            assert_eq!(got, cfg.initrd);
         }
         let cmd = cfg.cmdline.split(|&b| b == 0).next().unwrap();
         let cmd = &cmd[..cmd.len().min(MAX_GUEST_CMDLINE - 1)];
@@ -734,6 +763,26 @@ mod tests {
         verify(&mem, &d, &img, &bytes, &c);
         assert_eq!(d.layout.initrd.pages, 3);
         assert_eq!(frames.free_frames(), 4096 - 3000);
+    }
+
+    #[test]
+    fn a_mod_start_pfn_kernel_gets_its_initrd_unmapped_by_pfn() {
+        let mut elf = TestElf::kernel();
+        elf.set_note(note::MOD_START_PFN, u64_desc(1));
+        let bytes = elf.build();
+        let img = parse_pv_image(&bytes, LIMIT).unwrap();
+        let mem = memory(4096);
+        let mut frames = TestFrames::new(&mem, 4096, 99, true);
+        let initrd: Vec<u8> = (0..0x2345u32).map(|i| (i * 7 + 1) as u8).collect();
+        let c = BuildConfig { initrd: &initrd, ..cfg(3000) };
+        let d = build_pv_domain(&mem, &mut frames, &img, &bytes, &c).unwrap();
+        assert!(!d.layout.initrd_mapped);
+        verify(&mem, &d, &img, &bytes, &c);
+        // Nothing in the bootstrap mapping reaches the initrd's pages.
+        let first = d.p2m[d.layout.initrd.pfn.0 as usize];
+        for va in (d.layout.virt_base..d.layout.v_end).step_by(PAGE_SIZE as usize) {
+            assert_ne!(walk(&mem, d.l4, va).map(|w| w.0), Some(first), "{va:#x}");
+        }
     }
 
     #[test]

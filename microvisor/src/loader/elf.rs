@@ -107,7 +107,8 @@ pub struct XenNotes {
     /// INIT_P2M: where the guest would like its P2M list. microvisor always places the P2M in
     /// the bootstrap region (the guest finds it through `start_info.mfn_list`).
     pub init_p2m: Option<u64>,
-    /// MOD_START_PFN: the guest accepts an unmapped initrd. microvisor always maps it.
+    /// MOD_START_PFN: the guest accepts an unmapped initrd, which the builder then places
+    /// after the mapped region and names by pfn (`SIF_MOD_START_PFN`).
     pub mod_start_pfn: Option<u64>,
     /// PHYS32_ENTRY: a PVH entry point; irrelevant for PV, kept for information.
     pub phys32_entry: Option<u64>,

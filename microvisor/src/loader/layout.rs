@@ -36,6 +36,10 @@ pub struct LayoutRequest {
     pub is_dom0: bool,
     /// Initial ramdisk length in bytes (0: none).
     pub initrd_len: u64,
+    /// The kernel's MOD_START_PFN note: the initrd goes in pages after the mapped region,
+    /// unmapped, and `start_info.mod_start` is its first pfn (`SIF_MOD_START_PFN`), as libxc
+    /// does for such kernels (Linux among them).
+    pub unmapped_initrd: bool,
 }
 
 impl LayoutRequest {
@@ -48,6 +52,7 @@ impl LayoutRequest {
             nr_pages,
             is_dom0,
             initrd_len,
+            unmapped_initrd: image.notes.mod_start_pfn.is_some_and(|v| v != 0),
         }
     }
 }
@@ -112,9 +117,11 @@ pub struct BootLayout {
     pub nr_pages: u64,
     /// The pages holding `[virt_kstart, virt_kend)`.
     pub kernel: Region,
-    /// Pages holding the initrd (none if it is empty).
+    /// Pages holding the initrd (none if it is empty). With `initrd_mapped` false they
+    /// follow the mapped region and `initrd.va` is not mapped.
     pub initrd: Region,
     pub initrd_len: u64,
+    pub initrd_mapped: bool,
     /// The P2M list, `start_info.mfn_list`.
     pub p2m: Region,
     pub start_info: Region,
@@ -200,11 +207,11 @@ impl BootLayout {
         })
     }
 
-    /// The elements in address order, with their names (for logs and checks).
+    /// The mapped elements in address order, with their names (for logs and checks).
     pub fn regions(&self) -> impl Iterator<Item = (&'static str, Region)> {
         [
             Some(("kernel", self.kernel)),
-            Some(("initrd", self.initrd)),
+            self.initrd_mapped.then_some(("initrd", self.initrd)),
             Some(("p2m", self.p2m)),
             Some(("start_info", self.start_info)),
             self.xenstore.map(|r| ("xenstore", r)),
@@ -313,7 +320,8 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
         Region { pfn: Pfn((kstart - vb) / PAGE_SIZE), va: kstart, pages: (kend - kstart) / PAGE_SIZE };
 
     let mut cur = Cursor { virt_base: vb, next: kend };
-    let initrd = cur.take(req.initrd_len.div_ceil(PAGE_SIZE))?;
+    let initrd_pages = req.initrd_len.div_ceil(PAGE_SIZE);
+    let mut initrd = cur.take(if req.unmapped_initrd { 0 } else { initrd_pages })?;
     let p2m_bytes = req.nr_pages.checked_mul(P2M_ENTRY_SIZE).ok_or(overflow)?;
     let p2m = cur.take(p2m_bytes.div_ceil(PAGE_SIZE))?;
     let start_info = cur.take(1)?;
@@ -344,7 +352,11 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
     if vb < HYPERVISOR_VIRT_END && v_end > HYPERVISOR_VIRT_START {
         return Err(LayoutError::HypervisorHole { start: vb, end: v_end });
     }
-    let needed = (v_end - vb) / PAGE_SIZE;
+    let mut needed = (v_end - vb) / PAGE_SIZE;
+    if req.unmapped_initrd {
+        initrd = Cursor { virt_base: vb, next: v_end }.take(initrd_pages)?;
+        needed = needed.checked_add(initrd_pages).ok_or(overflow)?;
+    }
     if needed > req.nr_pages {
         return Err(LayoutError::NotEnoughMemory { needed, nr_pages: req.nr_pages });
     }
@@ -356,6 +368,7 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
         kernel,
         initrd,
         initrd_len: req.initrd_len,
+        initrd_mapped: !req.unmapped_initrd,
         p2m,
         start_info,
         xenstore,
@@ -374,6 +387,24 @@ mod tests {
 
     const BASE: u64 = 0xffff_ffff_8000_0000;
 
+    #[test]
+    fn an_unmapped_initrd_follows_the_mapped_region() {
+        let r = LayoutRequest { initrd_len: 0x3001, unmapped_initrd: true, ..req(4096) };
+        let l = compute_layout(&r).unwrap();
+        let mapped = compute_layout(&LayoutRequest { initrd_len: 0, ..r }).unwrap();
+        assert_eq!(l.v_end, mapped.v_end, "the initrd takes no room in the mapped region");
+        assert_eq!((l.initrd.pfn, l.initrd.pages, l.initrd_mapped), (Pfn(l.mapped_pages()), 4, false));
+        assert!(l.regions().all(|(n, _)| n != "initrd"));
+        let short = LayoutRequest { nr_pages: l.mapped_pages() + 3, ..r };
+        assert_eq!(
+            compute_layout(&short),
+            Err(LayoutError::NotEnoughMemory {
+                needed: l.mapped_pages() + 4,
+                nr_pages: l.mapped_pages() + 3
+            })
+        );
+    }
+
     fn req(nr_pages: u64) -> LayoutRequest {
         LayoutRequest {
             virt_base: BASE,
@@ -382,6 +413,7 @@ mod tests {
             nr_pages,
             is_dom0: false,
             initrd_len: 0,
+            unmapped_initrd: false,
         }
     }
 
@@ -570,6 +602,7 @@ mod tests {
                 nr_pages,
                 is_dom0,
                 initrd_len,
+                unmapped_initrd: false,
             };
             let l = match compute_layout(&r) {
                 Ok(l) => l,

@@ -257,7 +257,8 @@ pub struct FrameTable {
     l1tf_violation: Option<L1tfViolation>,
     /// Page-table entries a preemptible operation may still examine before it must stop
     /// (`None`: not preemptible — boot, domain destruction).
-    budget: Option<u32>,
+    budget: u32,
+    preemptible: bool,
     /// Partial frames whose teardown was preempted (failed validations, last type references
     /// dropped), finished by their owner's next memory hypercall.
     deferred: Vec<Mfn>,
@@ -290,7 +291,8 @@ impl FrameTable {
             flush_pending: false,
             l1tf_safe_maddr: l1tf_safe_maddr(DEFAULT_PHYS_ADDR_BITS, max_mfn),
             l1tf_violation: None,
-            budget: None,
+            budget: u32::MAX,
+            preemptible: false,
             deferred: Vec::new(),
             op_started: 0,
             longest_op: 0,
@@ -308,16 +310,18 @@ impl FrameTable {
 
     /// As [`FrameTable::begin_preemptible`] with a budget of `entries` (tests use tiny ones).
     pub fn begin_preemptible_with(&mut self, entries: u32) -> bool {
-        if self.budget.is_some() {
+        if self.preemptible {
             return false;
         }
-        self.budget = Some(entries);
+        self.preemptible = true;
+        self.budget = entries;
         true
     }
 
     /// Ends the preemptible operation.
     pub fn end_preemptible(&mut self) {
-        self.budget = None;
+        self.preemptible = false;
+        self.budget = u32::MAX;
     }
 
     /// [`FrameTable::begin_preemptible`], noting the TSC for [`FrameTable::take_longest_op`].
@@ -343,21 +347,18 @@ impl FrameTable {
     /// True when the running preemptible operation has used its budget: it must stop at the
     /// next point where it can continue later.
     pub fn preempt_pending(&self) -> bool {
-        self.budget == Some(0)
-    }
-
-    fn spend(&mut self) {
-        if let Some(b) = &mut self.budget {
-            *b = b.saturating_sub(1);
-        }
+        // Outside a preemptible operation the budget is u32::MAX entries, which no operation
+        // can examine (that many entries are 32 TiB of page tables).
+        self.budget == 0
     }
 
     /// Accounts for one page-table entry examined; true if the operation must stop first.
+    #[inline]
     pub(crate) fn must_preempt(&mut self) -> bool {
-        if self.preempt_pending() {
+        if self.budget == 0 {
             return true;
         }
-        self.spend();
+        self.budget -= 1;
         false
     }
 
@@ -382,6 +383,16 @@ impl FrameTable {
         Ok(())
     }
 
+    /// How many of `mfn`'s entries (from the first) hold references: all of a validated
+    /// table's, those below the progress mark of a partial one, none otherwise.
+    pub fn held_entries(&self, mfn: Mfn) -> usize {
+        match self.page(mfn) {
+            Some(p) if p.type_info & PGT_VALIDATED != 0 => super::ENTRIES_PER_TABLE,
+            Some(p) if p.type_info & PGT_PARTIAL != 0 => p.aux as usize,
+            _ => 0,
+        }
+    }
+
     /// Number of frames waiting for a deferred teardown.
     pub fn deferred_len(&self) -> usize {
         self.deferred.len()
@@ -397,6 +408,11 @@ impl FrameTable {
         let Some(level) = type_of(ti).level() else { return };
         let mut nr = self.frames[i].aux as usize;
         while nr > 0 {
+            let e = pagetable::guest_entry(mem, mfn, level, nr - 1);
+            if e == 0 && !pagetable::charges_empty(nr - 1) {
+                nr -= 1;
+                continue;
+            }
             if self.must_preempt() {
                 self.frames[i].aux = nr as u32;
                 if !self.deferred.contains(&mfn) {
@@ -405,10 +421,9 @@ impl FrameTable {
                 return;
             }
             nr -= 1;
-            // The entry leaves the validated range before its references go: what it points
-            // at may be torn down (and preempted) in turn.
-            self.frames[i].aux = nr as u32;
-            pagetable::release_entry(self, mem, mfn, level, nr);
+            // (`aux` is written only where the teardown stops: nothing reads a partial
+            // frame's progress while it is being torn down.)
+            pagetable::release_entry(self, mem, mfn, level, e);
         }
         self.frames[i].type_info = 0;
         self.frames[i].aux = self.epoch;
@@ -432,20 +447,33 @@ impl FrameTable {
         self.l1tf_safe_maddr = l1tf_safe_maddr(bits, self.max_mfn());
     }
 
-    /// Xen's `pv_l1tf_check_pte` for a non-present entry `e` at `level` written by `d`: true
-    /// (and the domain is marked for crashing) if `e` could steer a speculative L1TF load at
-    /// cached data — an address that is neither 0 nor above everything cacheable, or PSE at
-    /// any level above 1 (a speculative superpage; an L4 entry too, through linear tables).
-    /// Xen checks domUs only by default (`pv-l1tf=domu`); the hardware domain is exempt.
+    /// True if `d`'s non-present entries are checked for L1TF: Xen checks domUs only by
+    /// default (`pv-l1tf=domu`); the hardware domain is exempt.
+    #[inline]
+    pub(crate) fn l1tf_checked(&self, d: DomId) -> bool {
+        self.domain(d).is_some_and(|m| !m.iomem)
+    }
+
+    /// Xen's `pv_l1tf_check_pte` condition for a non-present entry `e` at `level`: it could
+    /// steer a speculative L1TF load at cached data — an address that is neither 0 nor above
+    /// everything cacheable, or PSE at any level above 1 (a speculative superpage; an L4 entry
+    /// too, through linear tables).
+    #[inline]
+    pub(crate) fn l1tf_unsafe(&self, level: u32, e: u64) -> bool {
+        let maddr = e & super::pte::ADDR_MASK;
+        (maddr != 0 && maddr < self.l1tf_safe_maddr) || (level > 1 && e & super::pte::PSE != 0)
+    }
+
+    /// Records that `d` wrote the L1TF-unsafe entry `e`, for the dispatcher to crash it.
+    pub(crate) fn report_l1tf(&mut self, d: DomId, level: u32, e: u64) {
+        self.l1tf_violation.get_or_insert(L1tfViolation { domid: d, level, pte: e });
+    }
+
+    /// Both checks for one non-present entry, reporting a violation; true if `e` is unsafe.
     pub(crate) fn l1tf_check(&mut self, d: DomId, level: u32, e: u64) -> bool {
         debug_assert!(!super::pte::is_present(e));
-        if self.domain(d).is_none_or(|m| m.iomem) {
-            return false;
-        }
-        let maddr = e & super::pte::ADDR_MASK;
-        let unsafe_addr = maddr != 0 && maddr < self.l1tf_safe_maddr;
-        if unsafe_addr || (level > 1 && e & super::pte::PSE != 0) {
-            self.l1tf_violation.get_or_insert(L1tfViolation { domid: d, level, pte: e });
+        if self.l1tf_checked(d) && self.l1tf_unsafe(level, e) {
+            self.report_l1tf(d, level, e);
             return true;
         }
         false
@@ -1133,7 +1161,8 @@ impl FrameTable {
         m.dying = true;
         let before = self.count_owned(d);
         // Destruction is not preempted (a multicall's budget does not apply).
-        let budget = self.budget.take();
+        let saved = (self.preemptible, self.budget);
+        self.end_preemptible();
 
         for &b in held_bases {
             // A base holds a general and an L4 type reference of its own (the allocation
@@ -1195,7 +1224,7 @@ impl FrameTable {
             }
         }
 
-        self.budget = budget;
+        (self.preemptible, self.budget) = saved;
         let after = self.count_owned(d);
         RelinquishStats { released: before - after, still_referenced: after }
     }

@@ -1321,12 +1321,13 @@ mod proptests {
 
         /// True if a validated L1 of `d` maps `f`.
         fn referenced_by(&self, d: DomId, f: Mfn) -> bool {
+            // Validated L1s, and the part of partial ones (preempted validations or deferred
+            // teardowns) whose entries still hold references.
             (0..FRAMES).map(Mfn).any(|t| {
                 let Some(i) = self.m.ft.info(t) else { return false };
                 i.owner == Owner::Domain(d)
                     && i.ty == PageType::L1
-                    && i.validated
-                    && (0..512).any(|s| {
+                    && (0..self.m.ft.held_entries(t)).any(|s| {
                         let e = self.m.mem.read_pte(t, s);
                         pte::is_present(e) && pte::mfn(e) == f
                     })

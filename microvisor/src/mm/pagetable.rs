@@ -273,17 +273,22 @@ pub(crate) fn promote<M: MachineMemory>(
     let Some(Owner::Domain(d)) = ft.owner(mfn) else {
         return Err((Errno::EINVAL, start));
     };
+    let l1tf = ft.l1tf_checked(d);
     for slot in start..ENTRIES_PER_TABLE {
         if level == 4 && !is_guest_l4_slot(slot) {
+            continue;
+        }
+        let e = mem.read_pte(mfn, slot);
+        if e == 0 && !charges_empty(slot) {
             continue;
         }
         // At least one entry per call, so a resumed validation always progresses.
         if slot > start && ft.must_preempt() {
             return Err((Errno::ERESTART, slot));
         }
-        let e = mem.read_pte(mfn, slot);
         if !pte::is_present(e) {
-            if ft.l1tf_check(d, level, e) {
+            if l1tf && ft.l1tf_unsafe(level, e) {
+                ft.report_l1tf(d, level, e);
                 return Err((Errno::EINVAL, slot));
             }
             continue;
@@ -308,19 +313,32 @@ pub(crate) fn promote<M: MachineMemory>(
     Ok(())
 }
 
-/// Drops the references held by entry `slot` of `mfn`, a table of `level` (nothing for the
-/// hypervisor's L4 slots).
-pub(crate) fn release_entry<M: MachineMemory>(
-    ft: &mut FrameTable,
-    mem: &M,
-    mfn: Mfn,
-    level: u32,
-    slot: usize,
-) {
+/// How the work of validating or tearing down a table is charged to the preemption budget:
+/// one unit per non-empty entry (which may take and drop references, or recurse), and one per
+/// `EMPTY_PER_UNIT` slots for the empty ones, which cost a read each.
+const EMPTY_PER_UNIT: usize = 16;
+
+/// True if an empty entry at `slot` is charged (one in `EMPTY_PER_UNIT`).
+#[inline]
+pub(crate) const fn charges_empty(slot: usize) -> bool {
+    slot.is_multiple_of(EMPTY_PER_UNIT)
+}
+
+/// Entry `slot` of `mfn`, a table of `level`, as far as teardown is concerned: the
+/// hypervisor's L4 slots hold nothing of the guest's and read as empty.
+#[inline]
+pub(crate) fn guest_entry<M: MachineMemory>(mem: &M, mfn: Mfn, level: u32, slot: usize) -> u64 {
     if level == 4 && !is_guest_l4_slot(slot) {
+        return 0;
+    }
+    mem.read_pte(mfn, slot)
+}
+
+/// Drops the references the entry `e` of `mfn`, a table of `level`, holds.
+pub(crate) fn release_entry<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32, e: u64) {
+    if !pte::is_present(e) {
         return;
     }
-    let e = mem.read_pte(mfn, slot);
     if level == 1 {
         put_page_from_l1e(ft, mem, e);
     } else {
@@ -332,7 +350,7 @@ pub(crate) fn release_entry<M: MachineMemory>(
 /// dying). The contents are left as they are.
 pub(crate) fn demote<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32) {
     for slot in 0..ENTRIES_PER_TABLE {
-        release_entry(ft, mem, mfn, level, slot);
+        release_entry(ft, mem, mfn, level, guest_entry(mem, mfn, level, slot));
     }
 }
 
