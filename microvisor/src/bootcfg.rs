@@ -1,5 +1,7 @@
 //! Boot-domain configuration from a Multiboot module's command line:
-//! `<path> [name=<name>] [mem=<size>] [vcpus=<n>] [-- <guest command line>]`.
+//! `<path> [name=<name>] [mem=<size>] [vcpus=<n>] [-- <guest command line>]`, or, for a module
+//! that is not a kernel but a domain's Xen ramdisk (`start_info.mod_start`/`mod_len`),
+//! `<path> ramdisk=<domain name>`.
 //! Sizes take `K`, `M` or `G` suffixes. Unknown options are an error, so typos show up at
 //! boot instead of silently changing a domain.
 
@@ -28,6 +30,21 @@ pub fn parse_size(s: &str) -> Option<u64> {
         _ => (s, 1),
     };
     num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// If the module command line marks a ramdisk (`<path> ramdisk=<name>`, nothing else), the
+/// name of the domain it belongs to; `None` for a kernel module.
+pub fn ramdisk_of(cmdline: &str) -> Option<Result<String, String>> {
+    let mut words = cmdline.split_whitespace().skip(1);
+    let v = words.clone().find_map(|w| w.strip_prefix("ramdisk="))?;
+    if words.nth(1).is_some() || words.any(|w| w == "--") || cmdline.contains(" -- ") {
+        return Some(Err(alloc::format!("a ramdisk module takes only `ramdisk=<name>`: `{cmdline}`")));
+    }
+    if v.is_empty() || v.len() > 32 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Some(Err(alloc::format!("bad domain name in `ramdisk={v}`")));
+    }
+    Some(Ok(v.to_string()))
 }
 
 /// Parses a module command line; `default_name` is used without `name=`.
@@ -77,6 +94,18 @@ mod tests {
         assert_eq!(c.guest_cmdline, "console=hvc0 test=x");
         let c = parse("/x/domu", "domU1").unwrap();
         assert_eq!((c.name.as_str(), c.mem_bytes, c.guest_cmdline.as_str()), ("domU1", DEFAULT_MEM, ""));
+    }
+
+    #[test]
+    fn ramdisk_modules_name_their_domain() {
+        assert_eq!(ramdisk_of("/x/initrd.cpio ramdisk=linux"), Some(Ok("linux".into())));
+        assert_eq!(ramdisk_of("/x/domu name=linux mem=64M"), None);
+        assert!(ramdisk_of("/x/initrd ramdisk=linux mem=4M").unwrap().is_err());
+        assert!(ramdisk_of("/x/initrd ramdisk=linux -- x").unwrap().is_err());
+        assert!(ramdisk_of("/x/initrd ramdisk=a/b").unwrap().is_err());
+        assert!(ramdisk_of("/x/initrd ramdisk=").unwrap().is_err());
+        // A kernel line may not say ramdisk= (it is not one of its options).
+        assert!(parse("/x/domu ramdisk=linux name=x", "d").is_err());
     }
 
     #[test]

@@ -33,6 +33,8 @@ pub struct DomainSpec<'a> {
     pub mem_bytes: u64,
     pub vcpus: u32,
     pub cmdline: &'a str,
+    /// The Xen ramdisk (`start_info.mod_start`/`mod_len`; empty: none).
+    pub initrd: &'a [u8],
 }
 
 /// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable. On failure
@@ -112,7 +114,7 @@ pub fn create_domain<P: Platform>(
         store_evtchn: store_port,
         console_evtchn: console_port,
         cmdline: spec.cmdline.as_bytes(),
-        initrd: &[],
+        initrd: spec.initrd,
         hypervisor_l4: hv.frames.xen_l4_slots().entries,
     };
     let mem = hv.plat.mem();

@@ -622,6 +622,7 @@ fn a_domain_whose_heap_does_not_fit_the_pool_is_refused() {
         mem_bytes: 4 << 20,
         vcpus: 1,
         cmdline: "",
+        initrd: &[],
     };
     hv.create_domain(&spec, &image).expect("one more domU fits");
     let e = hv.create_domain(&spec, &image).unwrap_err();

@@ -76,7 +76,7 @@ pub fn two_domains() -> TestHv {
     let mut hv = Hypervisor::new(plat, ft, m2p_base, TimeBase::new(0, TSC_HZ));
     let image = testelf::TestElf::kernel().build();
     for (name, is_dom0) in [("dom0", true), ("domU", false)] {
-        let spec = DomainSpec { name, is_dom0, mem_bytes: 4 << 20, vcpus: 1, cmdline: "" };
+        let spec = DomainSpec { name, is_dom0, mem_bytes: 4 << 20, vcpus: 1, cmdline: "", initrd: &[] };
         hv.create_domain(&spec, &image).expect("test domain builds");
     }
     let mut frame = GuestFrame::default();

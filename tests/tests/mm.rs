@@ -172,3 +172,25 @@ fn dom0_keeps_serving_a_disk_during_a_pin_storm() {
         }
     }
 }
+
+/// Issue 12 item 1: a boot module marked `ramdisk=<name>` becomes that domain's Xen ramdisk
+/// (`start_info.mod_start`/`mod_len`); the guest hashes what it finds there and the host
+/// compares with the file it gave QEMU.
+#[test]
+fn a_ramdisk_module_reaches_its_domain() {
+    let k = kernels();
+    let dir = xtask::workspace_root().join("target/disks");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("ramdisk-test.bin");
+    // Not a multiple of the page size, so the length is checked too.
+    let data: Vec<u8> = (0..300_001u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    let mut m = Machine::scenario(&k, "ramdisk");
+    m.modules.push(tests::Module::new(&path, "ramdisk=tg"));
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST ramdisk PASS").expect_no_line(" FAIL ");
+    let fnv = data
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
+    run.expect_line(&format!("ramdisk: len={} fnv={fnv:#018x}", data.len()));
+}

@@ -7,7 +7,9 @@ use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::mmu;
 use crate::platform::Platform;
 use alloc::vec::Vec;
-use hypercall_abi::memory::{e820, op, E820Entry, XenMachphysMapping, XenMemoryMap, XenMemoryReservation};
+use hypercall_abi::memory::{
+    e820, op, E820Entry, XenMachphysMapping, XenMachphysMfnList, XenMemoryMap, XenMemoryReservation,
+};
 use hypercall_abi::xen::{resolve_domid, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
 use hypercall_abi::{DomId, Errno, PAGE_SIZE};
 
@@ -53,6 +55,7 @@ pub fn memory_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Hc 
             hv.guest().write_obj(arg, &map)?;
             Ok(0)
         })(),
+        op::MACHPHYS_MFN_LIST => machphys_mfn_list(hv, arg),
         op::MACHPHYS_MAPPING => {
             let m = XenMachphysMapping {
                 v_start: MACH2PHYS_VIRT_START,
@@ -64,6 +67,25 @@ pub fn memory_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Hc 
         _ => Err(Errno::ENOSYS),
     };
     res.into()
+}
+
+/// Bytes of the M2P one `XENMEM_machphys_mfn_list` extent covers (a 2 MiB superpage).
+const M2P_EXTENT_BYTES: u64 = 2 << 20;
+
+/// `XENMEM_machphys_mfn_list`: the first frame of each 2 MiB of the M2P table, up to
+/// `max_extents` (the table is machine-contiguous here; Xen walks its mapping for them).
+fn machphys_mfn_list<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errno> {
+    let mut l: XenMachphysMfnList = hv.guest().read_obj(arg)?;
+    let table_bytes = hv.frames.max_mfn().0.saturating_mul(8);
+    let extents = table_bytes.div_ceil(M2P_EXTENT_BYTES).min(u64::from(l.max_extents));
+    let per_extent = M2P_EXTENT_BYTES / PAGE_SIZE as u64;
+    for i in 0..extents {
+        let mfn = hv.m2p_base.0 + i * per_extent;
+        hv.guest().write_elem(l.extent_start, i, &mfn)?;
+    }
+    l.nr_extents = extents as u32;
+    hv.guest().write_obj(arg, &l)?;
+    Ok(0)
 }
 
 /// increase/decrease_reservation and populate_physmap over extents `[start, nr_extents)`.
@@ -141,4 +163,33 @@ fn reservation<P: Platform>(hv: &mut Hypervisor<P>, cmd: u32, start: u64, arg: u
         return Hc::Ret(total as i64);
     }
     Hc::Continue([u64::from(cmd) | (total << MEMOP_EXTENT_SHIFT), arg, 0, 0, 0])
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::hypercall::{dispatch, Hc};
+    use crate::testkit::{run_as, two_domains, SCRATCH_VA};
+    use hypercall_abi::hypercall::nr;
+    use hypercall_abi::memory::{op, XenMachphysMfnList};
+    use hypercall_abi::DomId;
+
+    #[test]
+    fn machphys_mfn_list_names_the_m2p_extents() {
+        let mut hv = two_domains();
+        run_as(&mut hv, DomId(1));
+        let list = SCRATCH_VA + 0x100;
+        let call = |hv: &mut crate::testkit::TestHv, max_extents: u32| {
+            let l = XenMachphysMfnList { max_extents, extent_start: list, ..Default::default() };
+            hv.guest().write_obj(SCRATCH_VA, &l).unwrap();
+            let r =
+                dispatch(hv, nr::MEMORY_OP, [u64::from(op::MACHPHYS_MFN_LIST), SCRATCH_VA, 0, 0, 0], None);
+            assert_eq!(r, Hc::Ret(0));
+            hv.guest().read_obj::<XenMachphysMfnList>(SCRATCH_VA).unwrap()
+        };
+        // The fake machine's M2P (4096 frames x 8 bytes) fits one 2 MiB extent.
+        let l = call(&mut hv, 8);
+        assert_eq!(l.nr_extents, 1);
+        assert_eq!(hv.guest().read_obj::<u64>(list).unwrap(), hv.m2p_base.0);
+        assert_eq!(call(&mut hv, 0).nr_extents, 0);
+    }
 }

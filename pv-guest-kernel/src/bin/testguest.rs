@@ -68,6 +68,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("mm-leak", "tests/tests/mm.rs", |_| mm_hostile::leave_mess()),
     sc("user-mode", "tests/tests/mm.rs", |_| user_mode::run()),
     sc("pin-storm", "tests/tests/mm.rs", |c| pin_storm::run(c.cmd)),
+    sc("ramdisk", "tests/tests/mm.rs", |c| ramdisk::run(c.si)),
     // Entry and exit paths a hostile guest reaches with instructions (32-bit syscall, RIPs
     // that end up non-canonical, DF set at an exception).
     sc("syscall-compat", "tests/tests/entry.rs", |_| cpu_entry::syscall_compat()),
@@ -266,6 +267,8 @@ mod net;
 mod pin_storm;
 #[path = "testguest/privop.rs"]
 mod privop;
+#[path = "testguest/ramdisk.rs"]
+mod ramdisk;
 #[path = "testguest/regs.rs"]
 mod regs;
 #[path = "testguest/results.rs"]
