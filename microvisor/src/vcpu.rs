@@ -295,7 +295,7 @@ pub struct Vcpu {
     pub arch: crate::cpu_state::VcpuArch,
     /// `MMUEXT_SET_LDT` frames (each holding a general and a segment-descriptor type
     /// reference), and the validated descriptors the arch layer loads as the LDT.
-    pub ldt_frames: alloc::vec::Vec<Mfn>,
+    pub ldt_frames: GdtFrames,
     pub ldt: alloc::vec::Vec<u64>,
 }
 
@@ -331,7 +331,7 @@ impl Vcpu {
             gdt: alloc::vec::Vec::new(),
             gdt_generation: 0,
             arch: crate::cpu_state::VcpuArch::default(),
-            ldt_frames: alloc::vec::Vec::new(),
+            ldt_frames: GdtFrames::new(),
             ldt: alloc::vec::Vec::new(),
         }
     }

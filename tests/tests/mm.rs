@@ -134,9 +134,8 @@ fn destroying_a_domain_after_hostile_updates_returns_every_frame() {
 /// here).
 #[test]
 fn dom0_keeps_serving_a_disk_during_a_pin_storm() {
-    use xtask::disk::{self, SECTOR};
     let k = kernels();
-    let img = disk::scratch_image("storm-neighbour", 64 << 20).unwrap();
+    let img = xtask::disk::scratch_image("storm-neighbour", 64 << 20).unwrap();
     let seed = 0x5707_u64;
     let mut m = Machine::scenario(&k, "pin-storm l1s=2048 pairs=1 calls=4 rounds=8");
     m.modules.push(tests::Module::new(
@@ -153,24 +152,7 @@ fn dom0_keeps_serving_a_disk_during_a_pin_storm() {
     // The figures are published (timing is asserted in benchmarks, not here).
     assert!(run.has("pin-storm: longest_op="), "{}", run.text());
     // The neighbour's writes are really on its disk.
-    let chunks: Vec<u64> = run
-        .lines_with("blk-pattern: seed")
-        .flat_map(|l| {
-            let list = &l[l.find("chunks ").expect("chunk list") + 7..];
-            list.split_whitespace().map(|s| s.parse::<u64>().unwrap()).collect::<Vec<_>>()
-        })
-        .collect();
-    assert_eq!(chunks.len(), 64, "chunk list:\n{}", run.text());
-    let data = std::fs::read(&img).unwrap();
-    for &c in &chunks {
-        for s in c..c + 512 {
-            let at = (s * SECTOR) as usize;
-            for (i, w) in data[at..at + SECTOR as usize].chunks_exact(8).enumerate() {
-                let w = u64::from_le_bytes(w.try_into().unwrap());
-                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
-            }
-        }
-    }
+    tests::check_pattern(&run, &img, seed);
 }
 
 /// Issue 12 item 1: a boot module marked `ramdisk=<name>` becomes that domain's Xen ramdisk
