@@ -6,6 +6,7 @@ pub mod frame_table;
 pub mod mmu;
 pub mod pagetable;
 pub mod pte;
+pub mod ptwr;
 pub mod tlb;
 
 #[cfg(test)]
