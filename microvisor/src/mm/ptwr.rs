@@ -86,7 +86,7 @@ pub fn emulated_update<M: MachineMemory>(
     bytes: usize,
     expected: Option<u64>,
 ) -> Result<PtwrOutcome, Errno> {
-    if !matches!(bytes, 1 | 2 | 4 | 8) || at.offset % bytes != 0 || at.offset >= PAGE_SIZE {
+    if !matches!(bytes, 1 | 2 | 4 | 8) || !at.offset.is_multiple_of(bytes) || at.offset >= PAGE_SIZE {
         return Err(Errno::EINVAL);
     }
     if !ft.is_live_type(at.l1, PageType::L1) || ft.owner(at.l1) != Some(Owner::Domain(d)) {
