@@ -6,7 +6,6 @@ use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use crate::version;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
-use hypercall_abi::elfnote::feature;
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
 use hypercall_abi::xen::{consoleio, is_canonical, segbase, vmasst, TrapInfo, HYPERVISOR_VIRT_START};
@@ -201,13 +200,7 @@ pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
         xenver::GET_FEATURES => {
             let mut fi: XenFeatureInfo = hv.guest().read_obj(arg)?;
             fi.submap = match fi.submap_idx {
-                0 => {
-                    let mut m = 1 << feature::MMU_PT_UPDATE_PRESERVE_AD;
-                    if hv.cur_dom().privileged {
-                        m |= 1 << feature::DOM0;
-                    }
-                    m
-                }
+                0 => crate::loader::elf::reported_features(hv.cur_dom().privileged),
                 _ => 0,
             };
             hv.guest().write_obj(arg, &fi)?;

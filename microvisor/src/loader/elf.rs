@@ -48,6 +48,23 @@ pub const HYPERVISOR_FEATURES: u32 = (1 << feature::WRITABLE_PAGE_TABLES)
     | (1 << feature::GNTTAB_MAP_AVAIL_BITS)
     | (1 << feature::DOM0);
 
+/// What `XENVER_get_features` reports (submap 0) to a 64-bit PV domain: what microvisor
+/// really does, in the bits Xen 4.17 reports for PV (`MMU_PT_UPDATE_PRESERVE_AD`,
+/// `GNTTAB_MAP_AVAIL_BITS`, and `DOM0` for the hardware domain). Xen also reports
+/// `memory_op_vnode_supported` and `highmem_assist`; microvisor has no vNUMA and no 32-bit
+/// guests, so it does not claim them. (Writable page tables, which a PV kernel may require in
+/// its notes, Xen turns on with `VMASST_TYPE_writable_pagetables`, not with this bitmap.)
+pub const fn reported_features(hardware_domain: bool) -> u32 {
+    let pv = (1 << feature::MMU_PT_UPDATE_PRESERVE_AD) | (1 << feature::GNTTAB_MAP_AVAIL_BITS);
+    if hardware_domain {
+        pv | (1 << feature::DOM0)
+    } else {
+        pv
+    }
+}
+
+const _: () = assert!(reported_features(true) & !HYPERVISOR_FEATURES == 0);
+
 /// The `PAE_MODE` note. It only matters for 32-bit guests; a 64-bit guest's value is kept for
 /// information (Xen does not reject any value for x86_64).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
