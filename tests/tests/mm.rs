@@ -176,3 +176,34 @@ fn a_ramdisk_module_reaches_its_domain() {
         .fold(0xcbf2_9ce4_8422_2325_u64, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3));
     run.expect_line(&format!("ramdisk: len={} fnv={fnv:#018x}", data.len()));
 }
+
+/// Issue 11 item 6: the `memory_op` queries and `XENVER_get_features` a PV kernel makes at boot
+/// return Xen's results for a PV domain (the scenario is standalone, so it runs under Xen too).
+#[test]
+fn memory_op_queries_give_xens_results() {
+    let run = boot(&Machine::scenario(&kernels(), "memop"));
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST memop PASS");
+    let value = |key: &str| -> String {
+        let needle = format!(" {key}=");
+        let line = run.lines_with(&needle).next().unwrap_or_else(|| panic!("{key}:\n{}", run.text())).clone();
+        line.split(&needle).nth(1).unwrap().split_whitespace().next().unwrap().to_string()
+    };
+    let nr_pages: i64 = value("nr_pages").parse().unwrap();
+    // tot_pages is what the domain was built with; max_pages at least that.
+    assert_eq!(value("current_reservation").parse::<i64>().unwrap(), nr_pages);
+    assert!(value("maximum_reservation").parse::<i64>().unwrap() >= nr_pages);
+    // shared_info.arch.max_pfn, which this guest never writes: (0 ?: 1) - 1.
+    assert_eq!(value("maximum_gpfn"), "0");
+    // A domain that does not exist: ESRCH before any permission check.
+    assert_eq!(value("current_reservation_other"), "-3");
+    assert_eq!(value("maximum_ram_page_positive"), "true");
+    // The read-only M2P at Xen's RO_MPT_VIRT_START (v_end follows the machine's size).
+    assert_eq!(value("machphys_mapping"), "0");
+    assert_eq!(value("v_start"), "0xffff800000000000");
+    assert_eq!(value("machphys_mfn_list"), "0");
+    assert_eq!(value("nr_extents_positive"), "true");
+    // XENFEAT_mmu_pt_update_preserve_ad (5) and gnttab_map_avail_bits (7), no dom0 (11).
+    assert_eq!(value("get_features"), "0");
+    let submap = u32::from_str_radix(value("submap0").trim_start_matches("0x"), 16).unwrap();
+    assert_eq!(submap & (1 << 5 | 1 << 7 | 1 << 11), 1 << 5 | 1 << 7, "{submap:#x}");
+}

@@ -5,12 +5,15 @@
 use super::Hc;
 use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::mmu;
+use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use alloc::vec::Vec;
 use hypercall_abi::memory::{
     e820, op, E820Entry, XenMachphysMapping, XenMachphysMfnList, XenMemoryMap, XenMemoryReservation,
 };
-use hypercall_abi::xen::{resolve_domid, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START};
+use hypercall_abi::xen::{
+    resolve_domid, ArchSharedInfo, SharedInfo, MACH2PHYS_VIRT_END, MACH2PHYS_VIRT_START,
+};
 use hypercall_abi::{DomId, Errno, PAGE_SIZE};
 
 /// Bits of `cmd` holding the command; the rest is the extent to continue from.
@@ -32,14 +35,22 @@ pub fn memory_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Hc 
                 Ok(d) => resolve_domid(d, me),
                 Err(e) => return Hc::Ret(e.to_ret()),
             };
-            if target != me && !hv.cur_dom().privileged {
+            // As Xen: the domain is looked up first (ESRCH), then the caller's right to it.
+            if hv.domains.contains_key(&target) && target != me && !hv.cur_dom().privileged {
                 return Hc::Ret(Errno::EPERM.to_ret());
             }
             match (hv.domains.get(&target), (cmd & MEMOP_CMD_MASK) as u32) {
                 (None, _) => Err(Errno::ESRCH),
                 (Some(_), op::CURRENT_RESERVATION) => Ok(hv.frames.tot_pages(target) as i64),
                 (Some(d), op::MAXIMUM_RESERVATION) => Ok(d.max_pages as i64),
-                (Some(d), _) => Ok(d.max_pages.saturating_sub(1) as i64),
+                (Some(d), _) => {
+                    // Xen's domain_get_maximum_gpfn for PV: the guest's own word for its P2M
+                    // size, `shared_info.arch.max_pfn` (PV guests give a count, hence - 1).
+                    let at = d.shared_info.addr() + core::mem::offset_of!(SharedInfo, arch) as u64;
+                    let max_pfn =
+                        hv.mem().read_u64(at + core::mem::offset_of!(ArchSharedInfo, max_pfn) as u64);
+                    Ok((max_pfn.max(1) - 1) as i64)
+                }
             }
         }
         op::MEMORY_MAP => (|| {

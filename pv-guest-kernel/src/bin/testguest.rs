@@ -69,6 +69,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("user-mode", "tests/tests/mm.rs", |_| user_mode::run()),
     sc("pin-storm", "tests/tests/mm.rs", |c| pin_storm::run(c.cmd)),
     sc("ramdisk", "tests/tests/mm.rs", |c| ramdisk::run(c.si)),
+    sc("memop", "tests/tests/mm.rs", |c| memop::run(c.si)),
     // Entry and exit paths a hostile guest reaches with instructions (32-bit syscall, RIPs
     // that end up non-canonical, DF set at an exception).
     sc("syscall-compat", "tests/tests/entry.rs", |_| cpu_entry::syscall_compat()),
@@ -257,6 +258,8 @@ mod hv_limits;
 mod ipc_hostile;
 #[path = "testguest/landing.rs"]
 mod landing;
+#[path = "testguest/memop.rs"]
+mod memop;
 #[path = "testguest/mm.rs"]
 mod mm;
 #[path = "testguest/mm_hostile.rs"]
