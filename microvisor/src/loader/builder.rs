@@ -416,6 +416,11 @@ fn populate<M: MachineMemory>(
     si.pt_base = layout.pt_base();
     si.nr_pt_frames = layout.nr_pt_frames();
     si.mfn_list = layout.p2m.va;
+    if layout.p2m_separate {
+        // INIT_P2M: the list's frames, which the bootstrap tables do not map.
+        si.first_p2m_pfn = layout.p2m.pfn.0;
+        si.nr_p2m_frames = layout.p2m.pages;
+    }
     if layout.initrd_len != 0 && layout.initrd_mapped {
         si.mod_start = layout.initrd.va;
         si.mod_len = layout.initrd_len;
@@ -475,6 +480,23 @@ fn build_page_tables<M: MachineMemory>(
         let pfn = Pfn(pfn);
         let flags = if layout.is_page_table(pfn) { PAGE_FLAGS & !pte::RW } else { PAGE_FLAGS };
         dm.mem.write_pte(table(1, va)?, pte::table_index(va, 1), pte::make(dm.mfn(pfn)?, flags));
+    }
+
+    // INIT_P2M: the P2M list at the address the kernel asked for, writable.
+    if layout.p2m_separate {
+        for i in 0..layout.p2m.pages {
+            let va = layout.p2m.va + i * PAGE_SIZE;
+            for level in (2..=4).rev() {
+                let child = table(level - 1, va)?;
+                dm.mem.write_pte(
+                    table(level, va)?,
+                    pte::table_index(va, level),
+                    pte::make(child, TABLE_FLAGS),
+                );
+            }
+            let mfn = dm.mfn(Pfn(layout.p2m.pfn.0 + i))?;
+            dm.mem.write_pte(table(1, va)?, pte::table_index(va, 1), pte::make(mfn, PAGE_FLAGS));
+        }
     }
 
     let l4 = table(4, layout.virt_base)?;
@@ -610,11 +632,15 @@ mod tests {
         assert_eq!(d.page_tables.len() as u64, l.nr_pt_frames());
         assert_eq!(d.page_tables[0].level, 4);
         assert_eq!(d.page_tables[0].mfn, d.l4);
-        assert!(d.page_tables.windows(2).all(|w| w[0].level >= w[1].level && w[1].pfn.0 == w[0].pfn.0 + 1));
+        // (The separate INIT_P2M mapping's tables follow, in the same order.)
+        let boot = l.pt_counts.total() as usize;
+        for part in [&d.page_tables[..boot], &d.page_tables[boot..]] {
+            assert!(part.windows(2).all(|w| w[0].level >= w[1].level && w[1].pfn.0 == w[0].pfn.0 + 1));
+        }
         for lvl in 1..=4 {
             let n = d.page_tables.iter().filter(|t| t.level == lvl).count() as u64;
-            let c = l.pt_counts;
-            assert_eq!(n, [c.l1, c.l2, c.l3, c.l4][lvl as usize - 1]);
+            let (c, p) = (l.pt_counts, l.p2m_pt_counts);
+            assert_eq!(n, [c.l1 + p.l1, c.l2 + p.l2, c.l3 + p.l3, c.l4][lvl as usize - 1]);
         }
         for t in &d.page_tables {
             assert_eq!(t.mfn, d.p2m[t.pfn.0 as usize]);
@@ -640,10 +666,13 @@ mod tests {
                 }
             }
         }
-        assert_eq!(present[1] as u64, l.mapped_pages());
-        assert_eq!(present[2] as u64, l.pt_counts.l1);
-        assert_eq!(present[3] as u64, l.pt_counts.l2);
-        assert_eq!(present[4] as u64, l.pt_counts.l3 + HYPERVISOR_L4_SLOTS as u64);
+        // Present entries per level: the bootstrap region's, plus the separate P2M mapping's.
+        let p = l.p2m_pt_counts;
+        let p2m_pages = if l.p2m_separate { l.p2m.pages } else { 0 };
+        assert_eq!(present[1] as u64, l.mapped_pages() + p2m_pages);
+        assert_eq!(present[2] as u64, l.pt_counts.l1 + p.l1);
+        assert_eq!(present[3] as u64, l.pt_counts.l2 + p.l2);
+        assert_eq!(present[4] as u64, l.pt_counts.l3 + p.l3 + HYPERVISOR_L4_SLOTS as u64);
 
         // Kernel bytes, zeroed bss, hypercall page.
         for seg in &img.segments {
@@ -680,7 +709,12 @@ mod tests {
         assert_eq!(walk(mem, d.l4, si.pt_base).unwrap().0, d.l4);
         assert_eq!(si.nr_pt_frames, d.page_tables.len() as u64);
         assert_eq!(si.mfn_list, l.p2m.va);
-        assert_eq!(si.first_p2m_pfn, 0);
+        if l.p2m_separate {
+            assert_eq!((si.first_p2m_pfn, si.nr_p2m_frames), (l.p2m.pfn.0, l.p2m.pages));
+            assert!(si.first_p2m_pfn >= l.mapped_pages());
+        } else {
+            assert_eq!((si.first_p2m_pfn, si.nr_p2m_frames), (0, 0));
+        }
         assert!(si_bytes[core::mem::size_of::<StartInfo>()..].iter().all(|&b| b == 0));
         if cfg.is_dom0 {
             assert_eq!(si.flags & !sif::MOD_START_PFN, sif::PRIVILEGED | sif::INITDOMAIN);
@@ -782,6 +816,29 @@ mod tests {
         let first = d.p2m[d.layout.initrd.pfn.0 as usize];
         for va in (d.layout.virt_base..d.layout.v_end).step_by(PAGE_SIZE as usize) {
             assert_ne!(walk(&mem, d.l4, va).map(|w| w.0), Some(first), "{va:#x}");
+        }
+    }
+
+    #[test]
+    fn an_init_p2m_kernel_gets_its_p2m_where_it_asks() {
+        const P2M: u64 = 0x80_0000_0000;
+        let mut elf = TestElf::kernel();
+        elf.set_note(note::INIT_P2M, u64_desc(P2M));
+        let bytes = elf.build();
+        let img = parse_pv_image(&bytes, LIMIT).unwrap();
+        let mem = memory(4096);
+        let mut frames = TestFrames::new(&mem, 4096, 99, true);
+        let c = cfg(3000);
+        let d = build_pv_domain(&mem, &mut frames, &img, &bytes, &c).unwrap();
+        assert!(d.layout.p2m_separate);
+        assert_eq!(d.layout.p2m.va, P2M);
+        // verify reads the list through the built tables at P2M and checks start_info.
+        verify(&mem, &d, &img, &bytes, &c);
+        // Mapped writable (the guest maintains it), and nowhere in the bootstrap region.
+        let (mfn, flags, _) = walk(&mem, d.l4, P2M).unwrap();
+        assert_eq!((mfn, flags & pte::RW), (d.p2m[d.layout.p2m.pfn.0 as usize], pte::RW));
+        for va in (d.layout.virt_base..d.layout.v_end).step_by(PAGE_SIZE as usize) {
+            assert_ne!(walk(&mem, d.l4, va).map(|w| w.0), Some(mfn), "{va:#x}");
         }
     }
 

@@ -121,8 +121,9 @@ pub struct XenNotes {
     /// First (mask, value) pair of L1_MFN_VALID; a scalar note gives (v, v).
     pub l1_mfn_valid: Option<(u64, u64)>,
     pub suspend_cancel: Option<u64>,
-    /// INIT_P2M: where the guest would like its P2M list. microvisor always places the P2M in
-    /// the bootstrap region (the guest finds it through `start_info.mfn_list`).
+    /// INIT_P2M: where the guest would like its P2M list. The builder maps it there with page
+    /// tables of its own (`start_info.mfn_list`, `first_p2m_pfn`, `nr_p2m_frames`), or, if
+    /// that place is unusable, in the bootstrap region as for kernels without the note.
     pub init_p2m: Option<u64>,
     /// MOD_START_PFN: the guest accepts an unmapped initrd, which the builder then places
     /// after the mapped region and names by pfn (`SIF_MOD_START_PFN`).

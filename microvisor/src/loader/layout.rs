@@ -40,6 +40,10 @@ pub struct LayoutRequest {
     /// unmapped, and `start_info.mod_start` is its first pfn (`SIF_MOD_START_PFN`), as libxc
     /// does for such kernels (Linux among them).
     pub unmapped_initrd: bool,
+    /// The kernel's INIT_P2M note: the virtual address where it wants its P2M list, mapped
+    /// by page tables of its own instead of inside the bootstrap region (libxc's
+    /// `p2m_base`; Linux asks for 512 GiB).
+    pub p2m_base: Option<u64>,
 }
 
 impl LayoutRequest {
@@ -53,6 +57,7 @@ impl LayoutRequest {
             is_dom0,
             initrd_len,
             unmapped_initrd: image.notes.mod_start_pfn.is_some_and(|v| v != 0),
+            p2m_base: image.notes.init_p2m,
         }
     }
 }
@@ -118,12 +123,16 @@ pub struct BootLayout {
     /// The pages holding `[virt_kstart, virt_kend)`.
     pub kernel: Region,
     /// Pages holding the initrd (none if it is empty). With `initrd_mapped` false they
-    /// follow the mapped region and `initrd.va` is not mapped.
+    /// follow the mapped region (and the separate P2M) and `initrd.va` is 0.
     pub initrd: Region,
     pub initrd_len: u64,
     pub initrd_mapped: bool,
-    /// The P2M list, `start_info.mfn_list`.
+    /// The P2M list, `start_info.mfn_list`. With `p2m_separate` its pages follow the
+    /// bootstrap region and are mapped at `p2m.va` (INIT_P2M) by the last page tables.
     pub p2m: Region,
+    pub p2m_separate: bool,
+    /// Page tables of the separate P2M mapping (its L4 is the bootstrap one).
+    pub p2m_pt_counts: PtCounts,
     pub start_info: Region,
     /// domU only.
     pub xenstore: Option<Region>,
@@ -157,9 +166,14 @@ impl BootLayout {
         self.page_tables.va
     }
 
-    /// The pfn mapped at `va`, if `va` is in the bootstrap region.
+    /// The pfn mapped at `va`, if `va` is in the bootstrap region or the separate P2M
+    /// mapping.
     pub fn va_to_pfn(&self, va: u64) -> Option<Pfn> {
-        (va >= self.virt_base && va < self.v_end).then(|| Pfn((va - self.virt_base) / PAGE_SIZE))
+        if va >= self.virt_base && va < self.v_end {
+            return Some(Pfn((va - self.virt_base) / PAGE_SIZE));
+        }
+        (self.p2m_separate && va >= self.p2m.va && va < self.p2m.end_va())
+            .then(|| Pfn(self.p2m.pfn.0 + (va - self.p2m.va) / PAGE_SIZE))
     }
 
     /// The virtual address of `pfn`, if it is mapped.
@@ -176,6 +190,17 @@ impl BootLayout {
     /// be in the bootstrap region.
     pub fn table_pfn(&self, level: u32, va: u64) -> Option<Pfn> {
         self.va_to_pfn(va)?;
+        if self.p2m_separate && va >= self.p2m.va && va < self.p2m.end_va() && level < 4 {
+            // After the bootstrap region's tables; the L4 is shared.
+            let (b, c) = (self.pt_counts.total(), &self.p2m_pt_counts);
+            let nth = |shift: u32| (va >> shift) - (self.p2m.va >> shift);
+            let index = match level {
+                3 => b + nth(39),
+                2 => b + c.l3 + nth(30),
+                _ => b + c.l3 + c.l2 + nth(21),
+            };
+            return Some(Pfn(self.page_tables.pfn.0 + index));
+        }
         let c = &self.pt_counts;
         // One level-`level` table covers 2^(12 + 9 * level) bytes.
         let nth = |shift: u32| (va >> shift) - (self.virt_base >> shift);
@@ -194,8 +219,13 @@ impl BootLayout {
         if !self.is_page_table(pfn) {
             return None;
         }
-        let i = pfn.0 - self.page_tables.pfn.0;
-        let c = &self.pt_counts;
+        let mut i = pfn.0 - self.page_tables.pfn.0;
+        let mut c = self.pt_counts;
+        if i >= c.total() {
+            // The separate P2M mapping's tables.
+            i -= c.total();
+            c = self.p2m_pt_counts;
+        }
         Some(if i < c.l4 {
             4
         } else if i < c.l4 + c.l3 {
@@ -323,7 +353,31 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
     let initrd_pages = req.initrd_len.div_ceil(PAGE_SIZE);
     let mut initrd = cur.take(if req.unmapped_initrd { 0 } else { initrd_pages })?;
     let p2m_bytes = req.nr_pages.checked_mul(P2M_ENTRY_SIZE).ok_or(overflow)?;
-    let p2m = cur.take(p2m_bytes.div_ceil(PAGE_SIZE))?;
+    let p2m_pages = p2m_bytes.div_ceil(PAGE_SIZE);
+    // INIT_P2M: a mapping of its own where the kernel asks, if that is a usable place: page
+    // aligned, canonical, clear of the hypervisor, in L4 slots the bootstrap region does not
+    // use. Elsewhere the P2M stays in the bootstrap region, as for kernels without the note.
+    let p2m_at = req.p2m_base.filter(|&b| {
+        let Some(end) = b.checked_add(p2m_pages * PAGE_SIZE) else { return false };
+        let last = end - 1;
+        let boot_slots = (vb >> 39)..=(req.virt_kend.max(vb) >> 39).saturating_add(1);
+        b.is_multiple_of(PAGE_SIZE)
+            && p2m_pages > 0
+            && is_canonical(b)
+            && is_canonical(last)
+            && (b >> 63) == (last >> 63)
+            && !(b < HYPERVISOR_VIRT_END && end > HYPERVISOR_VIRT_START)
+            && !boot_slots.contains(&(b >> 39))
+            && !boot_slots.contains(&(last >> 39))
+    });
+    let mut p2m = cur.take(if p2m_at.is_some() { 0 } else { p2m_pages })?;
+    let p2m_pt_counts = match p2m_at {
+        Some(b) => {
+            let c = count_page_tables(b, b + p2m_pages * PAGE_SIZE);
+            PtCounts { l4: 0, ..c }
+        }
+        None => PtCounts::default(),
+    };
     let start_info = cur.take(1)?;
     let (xenstore, console) =
         if req.is_dom0 { (None, None) } else { (Some(cur.take(1)?), Some(cur.take(1)?)) };
@@ -334,7 +388,7 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
     let mut nr_pt = 0;
     let (page_tables, stack, v_end, pt_counts) = loop {
         let mut c = Cursor { virt_base: vb, next: pt_start };
-        let page_tables = c.take(nr_pt)?;
+        let page_tables = c.take(nr_pt + p2m_pt_counts.total())?;
         let stack = c.take(1)?;
         let padded = c.next.checked_add(MIN_PADDING).ok_or(overflow)?;
         let v_end = round_up(padded, END_ALIGN).ok_or(overflow)?;
@@ -353,8 +407,15 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
         return Err(LayoutError::HypervisorHole { start: vb, end: v_end });
     }
     let mut needed = (v_end - vb) / PAGE_SIZE;
+    // What is not mapped by the bootstrap tables follows them in pfns: the separate P2M, then
+    // an unmapped initrd.
+    if let Some(b) = p2m_at {
+        p2m = Region { pfn: Pfn(needed), va: b, pages: p2m_pages };
+        needed = needed.checked_add(p2m_pages).ok_or(overflow)?;
+    }
     if req.unmapped_initrd {
-        initrd = Cursor { virt_base: vb, next: v_end }.take(initrd_pages)?;
+        // Not mapped: no virtual address.
+        initrd = Region { pfn: Pfn(needed), va: 0, pages: initrd_pages };
         needed = needed.checked_add(initrd_pages).ok_or(overflow)?;
     }
     if needed > req.nr_pages {
@@ -370,6 +431,8 @@ pub fn compute_layout(req: &LayoutRequest) -> Result<BootLayout, LayoutError> {
         initrd_len: req.initrd_len,
         initrd_mapped: !req.unmapped_initrd,
         p2m,
+        p2m_separate: p2m_at.is_some(),
+        p2m_pt_counts,
         start_info,
         xenstore,
         console,
@@ -405,6 +468,38 @@ mod tests {
         );
     }
 
+    #[test]
+    fn init_p2m_gets_a_mapping_of_its_own() {
+        const P2M: u64 = 0x80_0000_0000; // Linux's INIT_P2M
+        let r =
+            LayoutRequest { p2m_base: Some(P2M), initrd_len: 0x2000, unmapped_initrd: true, ..req(40_000) };
+        let l = compute_layout(&r).unwrap();
+        let inside = compute_layout(&LayoutRequest { p2m_base: None, ..r }).unwrap();
+        assert!(l.p2m_separate);
+        assert_eq!((l.p2m.va, l.p2m.pfn, l.p2m.pages), (P2M, Pfn(l.mapped_pages()), 79));
+        assert_eq!(l.initrd.pfn, Pfn(l.mapped_pages() + 79), "the unmapped initrd follows");
+        assert!(l.mapped_pages() <= inside.mapped_pages(), "no room in the bootstrap region");
+        // One L3, one L2, one L1 of its own (79 pages), after the bootstrap tables.
+        assert_eq!(l.p2m_pt_counts, PtCounts { l4: 0, l3: 1, l2: 1, l1: 1 });
+        assert_eq!(l.page_tables.pages, l.pt_counts.total() + 3);
+        let first = l.page_tables.pfn.0 + l.pt_counts.total();
+        assert_eq!(l.table_pfn(4, P2M), Some(l.page_tables.pfn));
+        assert_eq!((l.table_pfn(3, P2M), l.table_level(Pfn(first))), (Some(Pfn(first)), Some(3)));
+        assert_eq!(
+            (l.table_pfn(1, P2M + 78 * PAGE_SIZE), l.table_level(Pfn(first + 2))),
+            (Some(Pfn(first + 2)), Some(1))
+        );
+        assert_eq!(l.va_to_pfn(P2M + 5 * PAGE_SIZE), Some(Pfn(l.p2m.pfn.0 + 5)));
+        assert_eq!(l.va_to_pfn(P2M + 79 * PAGE_SIZE), None);
+        // Unusable places keep the P2M in the bootstrap region: unaligned, in the bootstrap
+        // region's L4 slot, non-canonical, in the hypervisor's range.
+        for bad in [P2M + 8, BASE, 0x0000_7fff_ffff_f000, 0xffff_8000_0000_0000] {
+            let l = compute_layout(&LayoutRequest { p2m_base: Some(bad), ..r }).unwrap();
+            assert!(!l.p2m_separate, "{bad:#x}");
+            assert_eq!(l.p2m_pt_counts, PtCounts::default());
+        }
+    }
+
     fn req(nr_pages: u64) -> LayoutRequest {
         LayoutRequest {
             virt_base: BASE,
@@ -414,6 +509,7 @@ mod tests {
             is_dom0: false,
             initrd_len: 0,
             unmapped_initrd: false,
+            p2m_base: None,
         }
     }
 
@@ -603,6 +699,7 @@ mod tests {
                 is_dom0,
                 initrd_len,
                 unmapped_initrd: false,
+                p2m_base: None,
             };
             let l = match compute_layout(&r) {
                 Ok(l) => l,
