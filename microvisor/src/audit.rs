@@ -119,7 +119,7 @@ impl Audit {
 impl<P: Platform> Hypervisor<P> {
     /// Every reference to a frame held outside the page tables: the page-table bases of the
     /// vCPUs of domains not being destroyed (a general and an L4 type reference each, checked
-    /// as roots), their GDT frames (a general and a descriptor-table type reference each),
+    /// as roots), their GDT and LDT frames (a general and a descriptor-table type reference each),
     /// their registered `vcpu_info` frames (a general and a writable type reference), and
     /// every grant mapping (a general reference, and a type reference when writable).
     pub fn external_refs(&self) -> Vec<ExternalRef> {
@@ -127,7 +127,9 @@ impl<P: Platform> Hypervisor<P> {
         for d in self.domains.values().filter(|d| d.state != DomainState::Dying) {
             for v in &d.vcpus {
                 ext.extend(v.held_bases().map(|m| ExternalRef::root(m, d.id)));
-                ext.extend(v.gdt_frames.iter().map(|&mfn| ExternalRef { mfn, typed: true, root_of: None }));
+                ext.extend(
+                    v.gdt_frames.iter().chain(&v.ldt_frames).map(|&mfn| ExternalRef::mapping(mfn, true)),
+                );
                 // A registered vcpu_info frame (a general and a writable type reference).
                 ext.extend(v.vcpu_info_frame.map(|mfn| ExternalRef { mfn, typed: true, root_of: None }));
             }

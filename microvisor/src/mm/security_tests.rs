@@ -3,7 +3,6 @@
 //! in fake memory. Each reproduces the hostile sequence as a guest would issue it.
 
 use crate::hypercall::{dispatch, Hc};
-use crate::mm::frame_table::ExternalRef;
 use crate::mm::MachineMemory;
 use crate::testkit::{run_as, two_domains, TestHv, SCRATCH_VA};
 use crate::vcpu::GuestFrame;
@@ -32,17 +31,10 @@ fn mmu_update(hv: &mut TestHv, table: Mfn, slot: usize, val: u64) -> i64 {
     call(hv, nr::MMU_UPDATE, [SCRATCH_VA, 1, 0, u64::from(DomId::SELF.0), 0])
 }
 
-/// Every reference held outside page tables, with the vCPUs' bases as roots.
+/// The frame table's audit with every reference held outside page tables (the run-time
+/// audit's list: vCPU roots, descriptor-table frames, grant mappings).
 pub(crate) fn audit(hv: &TestHv) {
-    let mut ext = crate::grant::external_refs(&hv.domains);
-    for d in hv.domains.values() {
-        for v in &d.vcpus {
-            ext.extend(v.held_bases().map(|m| ExternalRef::root(m, d.id)));
-            // Descriptor-table frames hold a general and a SegDesc type reference each.
-            ext.extend(v.gdt_frames.iter().chain(&v.ldt_frames).map(|&m| ExternalRef::mapping(m, true)));
-        }
-    }
-    if let Err(e) = hv.frames.audit(hv.mem(), &ext) {
+    if let Err(e) = hv.audit_frames() {
         panic!("audit: {e}");
     }
 }
