@@ -9,7 +9,8 @@
 //! * `entry-flags`: exceptions taken with RFLAGS.DF set (`std`), which ring 3 may do. The
 //!   hypervisor's own code (its `rep movs` copies) must run with DF clear, and the guest must
 //!   get its DF back untouched: a #UD bounced with Xen's frame, a forced-emulation `cpuid`
-//!   emulated.
+//!   emulated; a timer interrupt taken while the guest spins with DF set, delivered as an
+//!   event upcall.
 //! * `noncanonical-rip`: instructions ending at 0x7fff_ffff_ffff whose next RIP,
 //!   0x8000_0000_0000, is not canonical — emulated ones (`rdmsr`, `mov %cr0`, the
 //!   forced-emulation `cpuid`) and a `syscall` on the fast and the general hypercall path —
@@ -27,7 +28,7 @@ use hypercall_abi::hypercall::nr;
 use hypercall_abi::version;
 use hypercall_abi::xen::{FLAT_KERNEL_CS, FLAT_RING3_CS32, FLAT_RING3_SS64};
 use pv_guest_kernel::mm::{self, pt};
-use pv_guest_kernel::{events, hypercall, traps};
+use pv_guest_kernel::{events, hypercall, time, traps};
 
 /// What the 32-bit program leaves in %eax before its `syscall`.
 const MARK32: u64 = 0x3232_0032;
@@ -275,11 +276,13 @@ fn forced_cpuid_with_df(leaf: u32) -> (u32, u64) {
             ".ascii \"xen\"",
             "cpuid",
             "pushf",
-            "pop {f}",
+            "pop %rdi",
             "cld",
             "xchg {b}, %rbx",
             b = inout(reg) 0u64 => b,
-            f = out(reg) flags,
+            // Not a `reg` operand: the allocator may pick %rbx for one, and `pop` would then
+            // overwrite the CPUID result before it is swapped out.
+            out("rdi") flags,
             inout("eax") leaf => _,
             inout("ecx") 0u32 => _,
             out("edx") _,
@@ -287,6 +290,46 @@ fn forced_cpuid_with_df(leaf: u32) -> (u32, u64) {
         );
     }
     (b as u32, flags)
+}
+
+/// Spins with DF set across a timer interrupt, which the hypervisor turns into an event upcall
+/// (the machine stopped this way once: a guest's `memmove` was interrupted between its `std` and
+/// `cld`, and the hypervisor's frame copies ran backwards over its heap). True if the timer
+/// event arrived during the spin, and the RFLAGS the spin ended with.
+fn timer_interrupt_with_df() -> (bool, u64) {
+    const SPIN_MS: u64 = 50;
+    // SAFETY: rdtsc is allowed in ring 3 (CR4.TSD is clear for PV guests, as on Xen).
+    let tsc = || unsafe { core::arch::x86_64::_rdtsc() };
+    // TSC ticks per millisecond, against the PV clock.
+    let (t0, c0) = (time::now_ns(), tsc());
+    while time::now_ns() < t0 + 1_000_000 {}
+    let per_ms = (tsc() - c0) * 1_000_000 / (time::now_ns() - t0).max(1);
+    let before = time::timer_events();
+    let _ = hypercall::set_timer_op(time::now_ns() + 2_000_000);
+    let deadline = tsc() + SPIN_MS * per_ms;
+    let flags: u64;
+    // SAFETY: DF is set only while this loop runs (no compiler-generated code in between);
+    // events are unmasked, so the timer's upcall interrupts the loop and returns to it.
+    unsafe {
+        core::arch::asm!(
+            "std",
+            "2:",
+            "rdtsc",
+            "shl $32, %rdx",
+            "or %rdx, %rax",
+            "cmp {deadline}, %rax",
+            "jb 2b",
+            "pushf",
+            "pop {f}",
+            "cld",
+            deadline = in(reg) deadline,
+            f = out(reg) flags,
+            out("rax") _,
+            out("rdx") _,
+            options(att_syntax),
+        );
+    }
+    (time::timer_events() > before, flags)
 }
 
 pub fn entry_flags() {
@@ -308,6 +351,9 @@ pub fn entry_flags() {
     let (ebx, flags) = forced_cpuid_with_df(0x4000_0000);
     r.eq("forced_cpuid.df.ebx", u64::from(ebx), u64::from(u32::from_le_bytes(*b"XenV")));
     r.eq("forced_cpuid.df.rflags.df", flags & RFLAGS_DF, RFLAGS_DF);
+    let (timer, flags) = timer_interrupt_with_df();
+    r.is("timer_irq.df.delivered", timer);
+    r.eq("timer_irq.df.rflags.df", flags & RFLAGS_DF, RFLAGS_DF);
     r.is("hypercalls.work", hypercall::xen_version(version::op::VERSION, 0) > 0);
     r.report();
 }
