@@ -41,7 +41,7 @@ fn with_mmu<P: Platform, R>(
     let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
     let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
     if started {
-        hv.frames.end_preemptible_at(hv.plat.tsc());
+        hv.frames.end_preemptible_at(|| hv.plat.tsc());
     }
     let (nk, nu) = (ctx.kernel_l4, ctx.user_l4);
     let v = hv.cur_vcpu_mut();
@@ -201,7 +201,7 @@ pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) 
     let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
     let r = multicall_entries(hv, entries, count);
     if started {
-        hv.frames.end_preemptible_at(hv.plat.tsc());
+        hv.frames.end_preemptible_at(|| hv.plat.tsc());
     }
     r
 }

@@ -255,10 +255,11 @@ pub struct FrameTable {
     l1tf_safe_maddr: u64,
     /// A domain to crash for an L1TF-unsafe entry, for the dispatcher to act on.
     l1tf_violation: Option<L1tfViolation>,
-    /// Page-table entries a preemptible operation may still examine before it must stop
-    /// (`None`: not preemptible — boot, domain destruction).
+    /// Page-table entries a preemptible operation may still examine before it must stop;
+    /// `NOT_PREEMPTIBLE` outside one (boot, domain destruction).
     budget: u32,
-    preemptible: bool,
+    /// The budget the running operation started with.
+    budget_at_start: u32,
     /// Partial frames whose teardown was preempted (failed validations, last type references
     /// dropped), finished by their owner's next memory hypercall.
     deferred: Vec<Mfn>,
@@ -272,6 +273,13 @@ pub struct FrameTable {
 /// Page-table entries one hypercall examines before it is preempted (Xen checks
 /// `hypercall_preempt_check()` between entries): about a fifth of a millisecond under TCG.
 pub const PREEMPT_BUDGET: u32 = 2048;
+
+/// The budget outside a preemptible operation: more entries than any operation can examine
+/// (that many entries are 32 TiB of page tables). Work done outside one (boot, teardowns
+/// from other subsystems) still counts it down; any budget from `OUTSIDE` up means no
+/// operation is running.
+const NOT_PREEMPTIBLE: u32 = u32::MAX;
+const OUTSIDE: u32 = 1 << 31;
 
 impl FrameTable {
     /// A table for frames `0..max_mfn`, all initially owned by the hypervisor. Boot code then
@@ -291,8 +299,8 @@ impl FrameTable {
             flush_pending: false,
             l1tf_safe_maddr: l1tf_safe_maddr(DEFAULT_PHYS_ADDR_BITS, max_mfn),
             l1tf_violation: None,
-            budget: u32::MAX,
-            preemptible: false,
+            budget: NOT_PREEMPTIBLE,
+            budget_at_start: NOT_PREEMPTIBLE,
             deferred: Vec::new(),
             op_started: 0,
             longest_op: 0,
@@ -309,22 +317,25 @@ impl FrameTable {
     }
 
     /// As [`FrameTable::begin_preemptible`] with a budget of `entries` (tests use tiny ones).
+    #[inline]
     pub fn begin_preemptible_with(&mut self, entries: u32) -> bool {
-        if self.preemptible {
+        debug_assert!(entries < OUTSIDE);
+        if self.budget < OUTSIDE {
             return false;
         }
-        self.preemptible = true;
         self.budget = entries;
+        self.budget_at_start = entries;
         true
     }
 
     /// Ends the preemptible operation.
+    #[inline]
     pub fn end_preemptible(&mut self) {
-        self.preemptible = false;
-        self.budget = u32::MAX;
+        self.budget = NOT_PREEMPTIBLE;
     }
 
     /// [`FrameTable::begin_preemptible`], noting the TSC for [`FrameTable::take_longest_op`].
+    #[inline]
     pub fn begin_preemptible_at(&mut self, tsc: u64) -> bool {
         let started = self.begin_preemptible();
         if started {
@@ -333,10 +344,15 @@ impl FrameTable {
         started
     }
 
-    /// [`FrameTable::end_preemptible`], recording how long the operation ran.
-    pub fn end_preemptible_at(&mut self, tsc: u64) {
+    /// [`FrameTable::end_preemptible`], recording how long the operation ran if it examined
+    /// page-table entries (`tsc` is read only then: an operation that validated and tore
+    /// down nothing is as short as a single update).
+    #[inline]
+    pub fn end_preemptible_at(&mut self, tsc: impl FnOnce() -> u64) {
+        if self.budget != self.budget_at_start {
+            self.longest_op = self.longest_op.max(tsc().saturating_sub(self.op_started));
+        }
         self.end_preemptible();
-        self.longest_op = self.longest_op.max(tsc.saturating_sub(self.op_started));
     }
 
     /// The longest preemptible operation (TSC ticks) since the last call, which resets it.
@@ -347,8 +363,7 @@ impl FrameTable {
     /// True when the running preemptible operation has used its budget: it must stop at the
     /// next point where it can continue later.
     pub fn preempt_pending(&self) -> bool {
-        // Outside a preemptible operation the budget is u32::MAX entries, which no operation
-        // can examine (that many entries are 32 TiB of page tables).
+        // (Outside a preemptible operation the budget is `NOT_PREEMPTIBLE`.)
         self.budget == 0
     }
 
@@ -369,7 +384,16 @@ impl FrameTable {
 
     /// Finishes the teardowns `d` left unfinished. `Err(ERESTART)` if the budget ran out
     /// first: the caller continues the hypercall without doing anything else.
+    #[inline]
     pub fn drain_deferred<M: MachineMemory>(&mut self, mem: &M, d: DomId) -> Result<(), Errno> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.drain_deferred_slow(mem, d)
+    }
+
+    #[cold]
+    fn drain_deferred_slow<M: MachineMemory>(&mut self, mem: &M, d: DomId) -> Result<(), Errno> {
         while let Some(k) = self.deferred.iter().position(|&m| self.owner(m) == Some(Owner::Domain(d))) {
             if self.preempt_pending() {
                 return Err(Errno::ERESTART);
@@ -407,27 +431,44 @@ impl FrameTable {
         debug_assert!(ti & PGT_PARTIAL != 0 && ti & PGT_COUNT_MASK == 1);
         let Some(level) = type_of(ti).level() else { return };
         let mut nr = self.frames[i].aux as usize;
+        let run = pagetable::EMPTY_PER_UNIT;
         while nr > 0 {
-            let e = pagetable::guest_entry(mem, mfn, level, nr - 1);
-            if e == 0 && !pagetable::charges_empty(nr - 1) {
-                nr -= 1;
-                continue;
-            }
-            if self.must_preempt() {
-                self.frames[i].aux = nr as u32;
-                if !self.deferred.contains(&mfn) {
-                    self.deferred.push(mfn);
-                }
+            // Run by aligned run, from the top; a whole run of empty slots costs one unit (as
+            // in validation).
+            let run_start = (nr - 1) / run * run;
+            let whole_empty = nr - run_start == run && pagetable::run_is_empty(mem, mfn, level, run_start);
+            if whole_empty && self.must_preempt() {
+                self.defer_teardown(i, nr);
                 return;
             }
-            nr -= 1;
-            // (`aux` is written only where the teardown stops: nothing reads a partial
-            // frame's progress while it is being torn down.)
-            pagetable::release_entry(self, mem, mfn, level, e);
+            while !whole_empty && nr > run_start {
+                let e = pagetable::guest_entry(mem, mfn, level, nr - 1);
+                if e != 0 {
+                    if self.must_preempt() {
+                        self.defer_teardown(i, nr);
+                        return;
+                    }
+                    // (`aux` is written only where the teardown stops: nothing reads a
+                    // partial frame's progress while it is being torn down.)
+                    pagetable::release_entry(self, mem, mfn, level, e);
+                }
+                nr -= 1;
+            }
+            nr = run_start;
         }
         self.frames[i].type_info = 0;
         self.frames[i].aux = self.epoch;
         self.put_page(mfn);
+    }
+
+    /// Leaves the partial frame `i` with the entries below `nr` still holding references, on
+    /// the deferred list (its teardown ran out of budget).
+    fn defer_teardown(&mut self, i: usize, nr: usize) {
+        self.frames[i].aux = nr as u32;
+        let mfn = Mfn(i as u64);
+        if !self.deferred.contains(&mfn) {
+            self.deferred.push(mfn);
+        }
     }
 
     /// Makes the frame `i`, whose single type reference is going away (validated or being
@@ -1161,7 +1202,7 @@ impl FrameTable {
         m.dying = true;
         let before = self.count_owned(d);
         // Destruction is not preempted (a multicall's budget does not apply).
-        let saved = (self.preemptible, self.budget);
+        let saved = self.budget;
         self.end_preemptible();
 
         for &b in held_bases {
@@ -1224,7 +1265,7 @@ impl FrameTable {
             }
         }
 
-        (self.preemptible, self.budget) = saved;
+        self.budget = saved;
         let after = self.count_owned(d);
         RelinquishStats { released: before - after, still_referenced: after }
     }

@@ -133,6 +133,17 @@ pub fn get_page_from_l1e<M: MachineMemory>(
     l1e: u64,
     owners: L1Owners,
 ) -> Result<u64, Errno> {
+    get_page_from_l1e_inline(ft, mem, l1e, owners)
+}
+
+/// [`get_page_from_l1e`], inlined into the validation loop of an L1.
+#[inline(always)]
+fn get_page_from_l1e_inline<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    l1e: u64,
+    owners: L1Owners,
+) -> Result<u64, Errno> {
     debug_assert!(pte::is_present(l1e));
     if l1e & l1_disallow_mask(ft.cache_attrs_ok(owners.l1e_owner)) != 0 {
         return Err(Errno::EINVAL);
@@ -263,6 +274,9 @@ pub fn put_page_from_entry<M: MachineMemory>(ft: &mut FrameTable, mem: &M, e: u6
 /// L4 the hypervisor's slots. Stops with `(ERESTART, slot)` when the operation's budget runs
 /// out (or a table below was preempted), and with `(error, slot)` at a bad entry: either way
 /// the entries below `slot` hold references, the rest none, for the caller to record.
+///
+/// The work is charged to the budget as [`EMPTY_PER_UNIT`] describes; the first slot examined
+/// is free, so a resumed validation always progresses.
 pub(crate) fn promote<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
@@ -274,38 +288,31 @@ pub(crate) fn promote<M: MachineMemory>(
         return Err((Errno::EINVAL, start));
     };
     let l1tf = ft.l1tf_checked(d);
-    for slot in start..ENTRIES_PER_TABLE {
-        if level == 4 && !is_guest_l4_slot(slot) {
+    let mut chunk = start - start % EMPTY_PER_UNIT;
+    while chunk < ENTRIES_PER_TABLE {
+        let end = chunk + EMPTY_PER_UNIT;
+        if level == 4 && chunk == FIRST_HYPERVISOR_L4_SLOT {
+            // The hypervisor's slots are exactly one chunk: they are rewritten below.
+            const _: () = assert!(FIRST_HYPERVISOR_L4_SLOT % EMPTY_PER_UNIT == 0);
+            const _: () = assert!(LAST_HYPERVISOR_L4_SLOT + 1 == FIRST_HYPERVISOR_L4_SLOT + EMPTY_PER_UNIT);
+            chunk = end;
             continue;
         }
-        let e = mem.read_pte(mfn, slot);
-        if e == 0 && !charges_empty(slot) {
-            continue;
-        }
-        // At least one entry per call, so a resumed validation always progresses.
-        if slot > start && ft.must_preempt() {
-            return Err((Errno::ERESTART, slot));
-        }
-        if !pte::is_present(e) {
-            if l1tf && ft.l1tf_unsafe(level, e) {
-                ft.report_l1tf(d, level, e);
-                return Err((Errno::EINVAL, slot));
+        let from = chunk.max(start);
+        if from == chunk && chunk_is_empty(mem, mfn, chunk) {
+            if chunk > start && ft.must_preempt() {
+                return Err((Errno::ERESTART, chunk));
             }
+            chunk = end;
             continue;
         }
         let r = if level == 1 {
-            get_page_from_l1e(ft, mem, e, L1Owners::local(d)).map(|flip| adjust_guest_l1e(e ^ flip))
+            promote_l1_entries(ft, mem, mfn, d, l1tf, from..end, start)
         } else {
-            get_page_from_entry(ft, mem, e, mfn, level, d).map(|()| adjust_guest_entry(e, level))
+            promote_entries(ft, mem, mfn, level, d, l1tf, from..end, start)
         };
-        match r {
-            Ok(adjusted) => {
-                if adjusted != e {
-                    mem.write_pte(mfn, slot, adjusted);
-                }
-            }
-            Err(err) => return Err((err, slot)),
-        }
+        r?;
+        chunk = end;
     }
     if level == 4 {
         install_xen_l4_slots(ft, mem, mfn);
@@ -313,16 +320,103 @@ pub(crate) fn promote<M: MachineMemory>(
     Ok(())
 }
 
+/// True if the entries `chunk..chunk + EMPTY_PER_UNIT` of `mfn` are all zero.
+#[inline(always)]
+fn chunk_is_empty<M: MachineMemory>(mem: &M, mfn: Mfn, chunk: usize) -> bool {
+    (chunk..chunk + EMPTY_PER_UNIT).all(|slot| mem.read_pte(mfn, slot) == 0)
+}
+
+/// [`chunk_is_empty`] for teardown, of a table of `level`: the hypervisor's L4 slots hold
+/// nothing of the guest's and count as empty.
+#[inline]
+pub(crate) fn run_is_empty<M: MachineMemory>(mem: &M, mfn: Mfn, level: u32, chunk: usize) -> bool {
+    (level == 4 && chunk == FIRST_HYPERVISOR_L4_SLOT) || chunk_is_empty(mem, mfn, chunk)
+}
+
+/// A non-present entry at `level` of a domain whose entries are checked for L1TF (`l1tf`): an
+/// error if it is unsafe (reported for the dispatcher to crash the domain).
+#[inline(always)]
+fn check_not_present(ft: &mut FrameTable, d: DomId, l1tf: bool, level: u32, e: u64) -> Result<(), Errno> {
+    if l1tf && ft.l1tf_unsafe(level, e) {
+        ft.report_l1tf(d, level, e);
+        return Err(Errno::EINVAL);
+    }
+    Ok(())
+}
+
+/// [`promote`] of the L1 entries `slots` (one chunk): every present entry is checked and
+/// takes its references. Kept apart from the upper levels so that the loop over up to 512
+/// mappings stays tight (issue 10: the instruction counts of `pin_l4`).
+#[allow(clippy::too_many_arguments)]
+fn promote_l1_entries<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    mfn: Mfn,
+    d: DomId,
+    l1tf: bool,
+    slots: core::ops::Range<usize>,
+    start: usize,
+) -> Result<(), (Errno, usize)> {
+    let owners = L1Owners::local(d);
+    for slot in slots {
+        let e = mem.read_pte(mfn, slot);
+        if e == 0 {
+            continue;
+        }
+        if slot > start && ft.must_preempt() {
+            return Err((Errno::ERESTART, slot));
+        }
+        if !pte::is_present(e) {
+            check_not_present(ft, d, l1tf, 1, e).map_err(|err| (err, slot))?;
+            continue;
+        }
+        let flip = get_page_from_l1e_inline(ft, mem, e, owners).map_err(|err| (err, slot))?;
+        let adjusted = adjust_guest_l1e(e ^ flip);
+        if adjusted != e {
+            mem.write_pte(mfn, slot, adjusted);
+        }
+    }
+    Ok(())
+}
+
+/// [`promote`] of the L2, L3 or L4 entries `slots` (one chunk).
+#[allow(clippy::too_many_arguments)]
+fn promote_entries<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    mfn: Mfn,
+    level: u32,
+    d: DomId,
+    l1tf: bool,
+    slots: core::ops::Range<usize>,
+    start: usize,
+) -> Result<(), (Errno, usize)> {
+    for slot in slots {
+        let e = mem.read_pte(mfn, slot);
+        if e == 0 {
+            continue;
+        }
+        if slot > start && ft.must_preempt() {
+            return Err((Errno::ERESTART, slot));
+        }
+        if !pte::is_present(e) {
+            check_not_present(ft, d, l1tf, level, e).map_err(|err| (err, slot))?;
+            continue;
+        }
+        get_page_from_entry(ft, mem, e, mfn, level, d).map_err(|err| (err, slot))?;
+        let adjusted = adjust_guest_entry(e, level);
+        if adjusted != e {
+            mem.write_pte(mfn, slot, adjusted);
+        }
+    }
+    Ok(())
+}
+
 /// How the work of validating or tearing down a table is charged to the preemption budget:
 /// one unit per non-empty entry (which may take and drop references, or recurse), and one per
-/// `EMPTY_PER_UNIT` slots for the empty ones, which cost a read each.
-const EMPTY_PER_UNIT: usize = 16;
-
-/// True if an empty entry at `slot` is charged (one in `EMPTY_PER_UNIT`).
-#[inline]
-pub(crate) const fn charges_empty(slot: usize) -> bool {
-    slot.is_multiple_of(EMPTY_PER_UNIT)
-}
+/// aligned run of `EMPTY_PER_UNIT` empty slots, which cost a read each (a run with entries in
+/// it costs only its entries).
+pub(crate) const EMPTY_PER_UNIT: usize = 16;
 
 /// Entry `slot` of `mfn`, a table of `level`, as far as teardown is concerned: the
 /// hypervisor's L4 slots hold nothing of the guest's and read as empty.
@@ -400,7 +494,8 @@ pub fn mod_entry<M: MachineMemory>(
         return Err(Errno::EINVAL);
     }
     let mut new = new;
-    if !pte::is_present(new) && ft.l1tf_check(owners.l1e_owner, level, new) {
+    // (A zero entry, how entries are cleared, is always L1TF-safe.)
+    if new != 0 && !pte::is_present(new) && ft.l1tf_check(owners.l1e_owner, level, new) {
         return Err(Errno::EINVAL);
     }
     if pte::is_present(new) {
