@@ -117,8 +117,9 @@ pub const HV_MEM_POOL: usize = 10 << 20;
 /// The core's options on the hypervisor command line.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `arch_debug=domu`: domUs may read the debug hypercall's frame counts (for tests that
-    /// check the hypervisor's accounting from a domU); by default they are dom0's.
+    /// `arch_debug=domu`: domUs may read the debug hypercall's frame counts and the longest
+    /// page-table operation (for tests that check the hypervisor's accounting from a domU);
+    /// by default they are dom0's.
     pub arch_debug_domu: bool,
     /// `guest_loglvl=all` (Xen's option): domUs' console output is not rate-limited.
     pub guest_console_unlimited: bool,

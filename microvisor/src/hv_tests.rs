@@ -587,6 +587,7 @@ fn the_debug_hypercall_is_dom0s() {
     let eperm = Errno::EPERM.to_ret();
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]), eperm);
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DOMAIN_FRAMES, 0, 0, 0, 0]), eperm);
+    assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::LONGEST_MM_OP, 0, 0, 0, 0]), eperm);
     let before = console(&hv);
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), eperm);
     assert_eq!(console(&hv), before, "nothing printed");
@@ -600,6 +601,7 @@ fn the_debug_hypercall_is_dom0s() {
     hv.set_cmdline("arch_debug=domu");
     run_as(&mut hv, DomId(1));
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]) as u64, hv.frames.nr_free());
+    assert!(call(&mut hv, nr::ARCH_DEBUG, [debug::LONGEST_MM_OP, 0, 0, 0, 0]) >= 0);
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), eperm);
 }
 

@@ -38,7 +38,7 @@ fn with_mmu<P: Platform, R>(
     let mut ctx = MmuCtx { domid: r.domid, privileged, kernel_l4: Some(k), user_l4: u, set_m2p: &mut m2p };
     // Page-table work is preemptible (XSA-45): bounded per call, inside a multicall per
     // multicall.
-    let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
+    let started = hv.frames.begin_preemptible_at(|| hv.plat.tsc());
     let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
     if started {
         hv.frames.end_preemptible_at(|| hv.plat.tsc());
@@ -198,7 +198,7 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
 /// with the call's updated arguments written back.
 pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
     // One page-table work budget for all entries: the batch stops when it is spent.
-    let started = hv.frames.begin_preemptible_at(hv.plat.tsc());
+    let started = hv.frames.begin_preemptible_at(|| hv.plat.tsc());
     let r = multicall_entries(hv, entries, count);
     if started {
         hv.frames.end_preemptible_at(|| hv.plat.tsc());

@@ -258,16 +258,17 @@ pub struct FrameTable {
     /// Page-table entries a preemptible operation may still examine before it must stop;
     /// `NOT_PREEMPTIBLE` outside one (boot, domain destruction).
     budget: u32,
-    /// The budget the running operation started with.
-    budget_at_start: u32,
     /// Partial frames whose teardown was preempted (failed validations, last type references
     /// dropped), finished by their owner's next memory hypercall.
     deferred: Vec<Mfn>,
     /// TSC at the start of the running preemptible operation, and the longest one seen (the
     /// hypervisor runs with interrupts off, so this bounds what a guest's page-table work
-    /// can delay everything else by).
+    /// can delay everything else by). Timed only once someone asked for the figure
+    /// ([`FrameTable::take_longest_op`]): the TSC reads are instrumentation, and every
+    /// `mmu_update` would pay for them.
     op_started: u64,
     longest_op: u64,
+    timing: bool,
 }
 
 /// Page-table entries one hypercall examines before it is preempted (Xen checks
@@ -300,10 +301,10 @@ impl FrameTable {
             l1tf_safe_maddr: l1tf_safe_maddr(DEFAULT_PHYS_ADDR_BITS, max_mfn),
             l1tf_violation: None,
             budget: NOT_PREEMPTIBLE,
-            budget_at_start: NOT_PREEMPTIBLE,
             deferred: Vec::new(),
             op_started: 0,
             longest_op: 0,
+            timing: false,
         }
     }
 
@@ -324,7 +325,6 @@ impl FrameTable {
             return false;
         }
         self.budget = entries;
-        self.budget_at_start = entries;
         true
     }
 
@@ -334,29 +334,31 @@ impl FrameTable {
         self.budget = NOT_PREEMPTIBLE;
     }
 
-    /// [`FrameTable::begin_preemptible`], noting the TSC for [`FrameTable::take_longest_op`].
+    /// [`FrameTable::begin_preemptible`], noting the TSC (`tsc`, read only while operations
+    /// are timed) for [`FrameTable::take_longest_op`].
     #[inline]
-    pub fn begin_preemptible_at(&mut self, tsc: u64) -> bool {
+    pub fn begin_preemptible_at(&mut self, tsc: impl FnOnce() -> u64) -> bool {
         let started = self.begin_preemptible();
-        if started {
-            self.op_started = tsc;
+        if started && self.timing {
+            self.op_started = tsc();
         }
         started
     }
 
-    /// [`FrameTable::end_preemptible`], recording how long the operation ran if it examined
-    /// page-table entries (`tsc` is read only then: an operation that validated and tore
-    /// down nothing is as short as a single update).
+    /// [`FrameTable::end_preemptible`], recording how long the operation ran while
+    /// operations are timed.
     #[inline]
     pub fn end_preemptible_at(&mut self, tsc: impl FnOnce() -> u64) {
-        if self.budget != self.budget_at_start {
+        if self.timing {
             self.longest_op = self.longest_op.max(tsc().saturating_sub(self.op_started));
         }
         self.end_preemptible();
     }
 
-    /// The longest preemptible operation (TSC ticks) since the last call, which resets it.
+    /// The longest preemptible operation (TSC ticks) since the last call, which resets it;
+    /// operations are timed from the first call on.
     pub fn take_longest_op(&mut self) -> u64 {
+        self.timing = true;
         core::mem::take(&mut self.longest_op)
     }
 
