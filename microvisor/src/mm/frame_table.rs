@@ -436,25 +436,18 @@ impl FrameTable {
         let run = pagetable::EMPTY_PER_UNIT;
         while nr > 0 {
             // Run by aligned run, from the top; a whole run of empty slots costs one unit (as
-            // in validation).
+            // in validation), one with entries in it one per entry.
             let run_start = (nr - 1) / run * run;
-            let whole_empty = nr - run_start == run && pagetable::run_is_empty(mem, mfn, level, run_start);
-            if whole_empty && self.must_preempt() {
-                self.defer_teardown(i, nr);
-                return;
-            }
-            while !whole_empty && nr > run_start {
-                let e = pagetable::guest_entry(mem, mfn, level, nr - 1);
-                if e != 0 {
-                    if self.must_preempt() {
-                        self.defer_teardown(i, nr);
-                        return;
-                    }
-                    // (`aux` is written only where the teardown stops: nothing reads a
-                    // partial frame's progress while it is being torn down.)
-                    pagetable::release_entry(self, mem, mfn, level, e);
+            if nr - run_start == run && pagetable::run_is_empty(mem, mfn, level, run_start) {
+                if self.must_preempt() {
+                    self.defer_teardown(i, nr);
+                    return;
                 }
-                nr -= 1;
+            } else if let Err(at) = pagetable::release_run(self, mem, mfn, level, run_start..nr) {
+                // (`aux` is written only where the teardown stops: nothing reads a partial
+                // frame's progress while it is being torn down.)
+                self.defer_teardown(i, at);
+                return;
             }
             nr = run_start;
         }

@@ -181,6 +181,12 @@ fn get_page_from_l1e_inline<M: MachineMemory>(
 /// Drops the references a present L1 entry holds. Entries carrying Xen's grant marker hold
 /// none: the grant-table code that created them owns their references.
 pub fn put_page_from_l1e<M: MachineMemory>(ft: &mut FrameTable, mem: &M, l1e: u64) {
+    put_page_from_l1e_inline(ft, mem, l1e)
+}
+
+/// [`put_page_from_l1e`], inlined into the teardown loop of an L1.
+#[inline(always)]
+fn put_page_from_l1e_inline<M: MachineMemory>(ft: &mut FrameTable, mem: &M, l1e: u64) {
     if !pte::is_present(l1e) || l1e & GNTTAB != 0 {
         return;
     }
@@ -418,34 +424,52 @@ fn promote_entries<M: MachineMemory>(
 /// it costs only its entries).
 pub(crate) const EMPTY_PER_UNIT: usize = 16;
 
-/// Entry `slot` of `mfn`, a table of `level`, as far as teardown is concerned: the
-/// hypervisor's L4 slots hold nothing of the guest's and read as empty.
-#[inline]
-pub(crate) fn guest_entry<M: MachineMemory>(mem: &M, mfn: Mfn, level: u32, slot: usize) -> u64 {
-    if level == 4 && !is_guest_l4_slot(slot) {
-        return 0;
-    }
-    mem.read_pte(mfn, slot)
-}
-
-/// Drops the references the entry `e` of `mfn`, a table of `level`, holds.
-pub(crate) fn release_entry<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32, e: u64) {
-    if !pte::is_present(e) {
-        return;
-    }
+/// Teardown of the entries `run` of `mfn` (a table of `level`, one aligned run of
+/// [`EMPTY_PER_UNIT`] slots or the top of one), from the top down: each non-empty entry is
+/// charged one unit and drops its references (the hypervisor's L4 slots hold nothing of the
+/// guest's and count as empty). `Err(slot)` if the budget ran out first: the entries below
+/// `slot` still hold theirs.
+pub(crate) fn release_run<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    mfn: Mfn,
+    level: u32,
+    run: core::ops::Range<usize>,
+) -> Result<(), usize> {
     if level == 1 {
-        put_page_from_l1e(ft, mem, e);
+        // Kept apart from the upper levels so that the loop over up to 512 mappings stays
+        // tight, as in validation.
+        for slot in run.rev() {
+            let e = mem.read_pte(mfn, slot);
+            if e == 0 {
+                continue;
+            }
+            if ft.must_preempt() {
+                return Err(slot + 1);
+            }
+            put_page_from_l1e_inline(ft, mem, e);
+        }
     } else {
-        put_page_from_entry(ft, mem, e, mfn);
+        for slot in run.rev() {
+            let e = if level == 4 && !is_guest_l4_slot(slot) { 0 } else { mem.read_pte(mfn, slot) };
+            if e == 0 {
+                continue;
+            }
+            if ft.must_preempt() {
+                return Err(slot + 1);
+            }
+            put_page_from_entry(ft, mem, e, mfn);
+        }
     }
+    Ok(())
 }
 
 /// Releases what every entry of the table `mfn` of `level` holds at once (its domain is
 /// dying). The contents are left as they are.
 pub(crate) fn demote<M: MachineMemory>(ft: &mut FrameTable, mem: &M, mfn: Mfn, level: u32) {
-    for slot in 0..ENTRIES_PER_TABLE {
-        release_entry(ft, mem, mfn, level, guest_entry(mem, mfn, level, slot));
-    }
+    // Outside any preemptible operation: the budget does not run out.
+    let done = release_run(ft, mem, mfn, level, 0..ENTRIES_PER_TABLE);
+    debug_assert!(done.is_ok());
 }
 
 /// Writes the hypervisor's entries into slots 256..=271 of the L4 `mfn`.
