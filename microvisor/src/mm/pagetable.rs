@@ -299,7 +299,7 @@ pub(crate) fn promote<M: MachineMemory>(
         let end = chunk + EMPTY_PER_UNIT;
         if level == 4 && chunk == FIRST_HYPERVISOR_L4_SLOT {
             // The hypervisor's slots are exactly one chunk: they are rewritten below.
-            const _: () = assert!(FIRST_HYPERVISOR_L4_SLOT % EMPTY_PER_UNIT == 0);
+            const _: () = assert!(FIRST_HYPERVISOR_L4_SLOT.is_multiple_of(EMPTY_PER_UNIT));
             const _: () = assert!(LAST_HYPERVISOR_L4_SLOT + 1 == FIRST_HYPERVISOR_L4_SLOT + EMPTY_PER_UNIT);
             chunk = end;
             continue;
