@@ -53,10 +53,29 @@ fn with_mmu<P: Platform, R>(
         hv.mark_hw_dirty();
     }
     hv.request_flush(flush);
+    if hv.frames.l1tf_violation_pending() {
+        crash_l1tf_violator(hv);
+    }
+    out
+}
+
+/// What a batch asked of the hypervisor beyond the frame table: a cache flush, a new LDT.
+#[cold]
+fn after_batch<P: Platform>(hv: &mut Hypervisor<P>, o: mmu::BatchOutcome) {
+    if o.cache_flush {
+        hv.plat.wbinvd();
+    }
+    if let Some((base, entries)) = o.ldt {
+        super::desc::set_ldt(hv, base, entries);
+    }
+}
+
+/// Crashes the domain an update found breaking the L1TF rule (XSA-273).
+#[cold]
+fn crash_l1tf_violator<P: Platform>(hv: &mut Hypervisor<P>) {
     if let Some(v) = hv.frames.take_l1tf_violation() {
         hv.crash_domain(v.domid, format_args!("L1TF-vulnerable L{}e {:#018x}", v.level, v.pte));
     }
-    out
 }
 
 /// Reads `*pdone` (a `u32`) when continuing.
@@ -116,11 +135,8 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         let flush = o.map_or(Flush::None, |o| o.flush);
         (o, flush)
     });
-    if outcome.is_some_and(|o| o.cache_flush) {
-        hv.plat.wbinvd();
-    }
-    if let Some((base, entries)) = outcome.and_then(|o| o.ldt) {
-        super::desc::set_ldt(hv, base, entries);
+    if let Some(o) = outcome.filter(|o| o.cache_flush || o.ldt.is_some()) {
+        after_batch(hv, o);
     }
     let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
     done = done.wrapping_add(i as u32);

@@ -379,6 +379,20 @@ impl FrameTable {
         false
     }
 
+    /// True if the running operation (or work outside one) may examine `n` more entries
+    /// without stopping; the caller then charges them with [`FrameTable::charge`].
+    #[inline]
+    pub(crate) fn budget_covers(&self, n: usize) -> bool {
+        self.budget as usize >= n
+    }
+
+    /// Charges `n` entries examined, which [`FrameTable::budget_covers`] allowed.
+    #[inline]
+    pub(crate) fn charge(&mut self, n: u32) {
+        debug_assert!(self.budget >= n);
+        self.budget -= n;
+    }
+
     /// True if `mfn` is a partial page table (validation or teardown preempted).
     pub fn is_partial(&self, mfn: Mfn) -> bool {
         self.page(mfn).is_some_and(|p| p.type_info & PGT_PARTIAL != 0)
@@ -513,6 +527,12 @@ impl FrameTable {
             return true;
         }
         false
+    }
+
+    /// True if an update just found a domain breaking the L1TF rule.
+    #[inline]
+    pub fn l1tf_violation_pending(&self) -> bool {
+        self.l1tf_violation.is_some()
     }
 
     /// The domain an update just found breaking the L1TF rule, if any (cleared).

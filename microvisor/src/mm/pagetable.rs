@@ -352,7 +352,9 @@ fn check_not_present(ft: &mut FrameTable, d: DomId, l1tf: bool, level: u32, e: u
 
 /// [`promote`] of the L1 entries `slots` (one chunk): every present entry is checked and
 /// takes its references. Kept apart from the upper levels so that the loop over up to 512
-/// mappings stays tight (issue 10: the instruction counts of `pin_l4`).
+/// mappings stays tight (issue 10: the instruction counts of `pin_l4`). Taking an L1 entry's
+/// references never validates or tears down a table, so with budget for the whole chunk it is
+/// charged once, after the loop (one unit per non-empty entry, as entry by entry).
 #[allow(clippy::too_many_arguments)]
 fn promote_l1_entries<M: MachineMemory>(
     ft: &mut FrameTable,
@@ -363,13 +365,39 @@ fn promote_l1_entries<M: MachineMemory>(
     slots: core::ops::Range<usize>,
     start: usize,
 ) -> Result<(), (Errno, usize)> {
+    if ft.budget_covers(slots.len()) {
+        let mut used = 0;
+        let r = promote_l1_run::<false, M>(ft, mem, mfn, d, l1tf, slots, start, &mut used);
+        ft.charge(used);
+        r
+    } else {
+        promote_l1_run::<true, M>(ft, mem, mfn, d, l1tf, slots, start, &mut 0)
+    }
+}
+
+/// The loop of [`promote_l1_entries`]: with `CHECKED` each non-empty entry but the first is
+/// charged as it comes (and may stop the run), otherwise it is counted in `used`.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn promote_l1_run<const CHECKED: bool, M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    mfn: Mfn,
+    d: DomId,
+    l1tf: bool,
+    slots: core::ops::Range<usize>,
+    start: usize,
+    used: &mut u32,
+) -> Result<(), (Errno, usize)> {
     let owners = L1Owners::local(d);
     for slot in slots {
         let e = mem.read_pte(mfn, slot);
         if e == 0 {
             continue;
         }
-        if slot > start && ft.must_preempt() {
+        if !CHECKED {
+            *used += 1;
+        } else if slot > start && ft.must_preempt() {
             return Err((Errno::ERESTART, slot));
         }
         if !pte::is_present(e) {
@@ -438,7 +466,20 @@ pub(crate) fn release_run<M: MachineMemory>(
 ) -> Result<(), usize> {
     if level == 1 {
         // Kept apart from the upper levels so that the loop over up to 512 mappings stays
-        // tight, as in validation.
+        // tight, as in validation; dropping an L1 entry's references never tears down a
+        // table, so with budget for the whole run it is charged once, after the loop.
+        if ft.budget_covers(run.len()) {
+            let mut used = 0;
+            for slot in run.rev() {
+                let e = mem.read_pte(mfn, slot);
+                if e != 0 {
+                    used += 1;
+                    put_page_from_l1e_inline(ft, mem, e);
+                }
+            }
+            ft.charge(used);
+            return Ok(());
+        }
         for slot in run.rev() {
             let e = mem.read_pte(mfn, slot);
             if e == 0 {
