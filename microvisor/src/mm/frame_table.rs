@@ -919,6 +919,16 @@ impl FrameTable {
         Ok(())
     }
 
+    /// [`FrameTable::put_page`] for loops over many entries (teardown of an L1): a reference
+    /// that is not the frame's last is dropped inline.
+    #[inline(always)]
+    pub(crate) fn put_page_inline(&mut self, mfn: Mfn) {
+        match self.frames.get_mut(mfn.0 as usize) {
+            Some(f) if f.count & PGC_COUNT_MASK > 1 => f.count -= 1,
+            _ => self.put_page(mfn),
+        }
+    }
+
     /// Drops a general reference; the last one frees the frame.
     pub fn put_page(&mut self, mfn: Mfn) {
         let Some(i) = self.index(mfn) else {

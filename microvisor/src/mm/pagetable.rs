@@ -197,7 +197,7 @@ fn put_page_from_l1e_inline<M: MachineMemory>(ft: &mut FrameTable, mem: &M, l1e:
             if l1e & RW != 0 {
                 ft.put_page_and_type(mem, mfn);
             } else {
-                ft.put_page(mfn);
+                ft.put_page_inline(mfn);
             }
         }
     }
@@ -396,7 +396,8 @@ fn promote_l1_run<const CHECKED: bool, M: MachineMemory>(
             continue;
         }
         if !CHECKED {
-            *used += 1;
+            // (At most a chunk's length.)
+            *used = used.wrapping_add(1);
         } else if slot > start && ft.must_preempt() {
             return Err((Errno::ERESTART, slot));
         }
@@ -469,11 +470,12 @@ pub(crate) fn release_run<M: MachineMemory>(
         // tight, as in validation; dropping an L1 entry's references never tears down a
         // table, so with budget for the whole run it is charged once, after the loop.
         if ft.budget_covers(run.len()) {
-            let mut used = 0;
+            let mut used: u32 = 0;
             for slot in run.rev() {
                 let e = mem.read_pte(mfn, slot);
                 if e != 0 {
-                    used += 1;
+                    // (At most a run's length.)
+                    used = used.wrapping_add(1);
                     put_page_from_l1e_inline(ft, mem, e);
                 }
             }
