@@ -435,8 +435,12 @@ fn set_ldt_loads_checked_descriptors() {
     let ro = crate::mm::pte::make(frame, crate::mm::pte::PRESENT | crate::mm::pte::USER);
     assert_eq!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, ro, 2, 0, 0]), 0);
     let gen = hv.cur_vcpu().gdt_generation;
+    let quota_before = hv.cur_dom().hv_mem.used();
     assert_eq!(set_ldt(&mut hv, va, 2), 0);
     assert_eq!(hv.cur_vcpu().ldt, [code, code]);
+    // The validated copy is charged to the domain's heap quota.
+    let charged = hv.cur_vcpu().ldt.capacity() * 8;
+    assert_eq!(hv.cur_dom().hv_mem.used(), quota_before + charged);
     assert!(hv.cur_vcpu().gdt_generation != gen, "the arch layer reloads it");
     assert_eq!(hv.frames.info(frame).unwrap().ty, crate::mm::frame_table::PageType::SegDesc);
     audit(&hv);
@@ -452,6 +456,17 @@ fn set_ldt_loads_checked_descriptors() {
     assert_eq!(set_ldt(&mut hv, 0, 0), 0);
     assert!(hv.cur_vcpu().ldt.is_empty() && hv.cur_vcpu().ldt_frames.is_empty());
     assert_eq!(hv.frames.info(frame).unwrap().type_count, 0);
+    assert_eq!(hv.cur_dom().hv_mem.used(), quota_before, "the charge is given back");
+    audit(&hv);
+    // A copy the quota cannot hold ends the LDT (its selectors fault), holding nothing.
+    let quota =
+        core::mem::replace(&mut hv.cur_dom_mut().hv_mem, crate::domain::MemQuota::new(quota_before + 64));
+    assert_eq!(hv.cur_dom_mut().hv_mem.charge(quota_before), Ok(()));
+    assert_eq!(set_ldt(&mut hv, va, 512), 0);
+    assert!(hv.cur_vcpu().ldt.is_empty() && hv.cur_vcpu().ldt_frames.is_empty());
+    assert_eq!(hv.frames.info(frame).unwrap().type_count, 0);
+    assert_eq!(hv.cur_dom().hv_mem.used(), quota_before);
+    hv.cur_dom_mut().hv_mem = quota;
     audit(&hv);
     // Xen's argument checks.
     assert_eq!(set_ldt(&mut hv, va + 8, 2), Errno::EINVAL.to_ret());
