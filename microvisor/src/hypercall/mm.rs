@@ -7,6 +7,7 @@ use super::{dispatch, Hc};
 use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::frame_table::FrameTable;
 use crate::mm::mmu::{self, MmuCtx};
+use crate::mm::ptwr;
 use crate::mm::tlb::Flush;
 use crate::platform::Platform;
 use alloc::vec::Vec;
@@ -57,6 +58,40 @@ fn with_mmu<P: Platform, R>(
         crash_l1tf_violator(hv);
     }
     out
+}
+
+impl<P: Platform> Hypervisor<P> {
+    /// Writable page tables (Xen's `ptwr`), for the page-fault path: the L1 entry a write
+    /// fault at `va` with `error_code`, taken by the running vCPU's kernel, hits through a
+    /// read-only mapping of one of its domain's own live L1s; `None` if the fault is the
+    /// guest's.
+    pub fn ptwr_target(&self, va: u64, error_code: u64) -> Option<ptwr::PtwrTarget> {
+        let (d, l4) = (self.current().domid, self.cur_vcpu().kernel_l4);
+        ptwr::target(&self.frames, self.plat.mem(), d, l4, va, error_code)
+    }
+
+    /// Applies the store the faulting instruction makes (decoded by the trap path: the low
+    /// `bytes` of `val`, compared first with `expected` for `cmpxchg`) to the entry `at`,
+    /// validated as `mmu_update` validates it; the flush a reused frame may owe is requested
+    /// and an L1TF-unsafe entry crashes the domain, as after `mmu_update`. `Err`: the guest
+    /// gets its page fault.
+    pub fn ptwr_store(
+        &mut self,
+        at: ptwr::PtwrTarget,
+        val: u64,
+        bytes: usize,
+        expected: Option<u64>,
+    ) -> Result<ptwr::PtwrOutcome, Errno> {
+        let d = self.current().domid;
+        let r = ptwr::emulated_update(&mut self.frames, self.plat.mem(), d, at, val, bytes, expected);
+        if self.frames.take_flush_pending() {
+            self.request_flush(Flush::All);
+        }
+        if self.frames.l1tf_violation_pending() {
+            crash_l1tf_violator(self);
+        }
+        r
+    }
 }
 
 /// What a batch asked of the hypervisor beyond the frame table: a cache flush, a new LDT.

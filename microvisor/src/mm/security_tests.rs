@@ -495,3 +495,58 @@ fn flush_cache_runs_wbinvd_for_dom0_only() {
     assert_eq!(ext(&mut hv, mmuext::FLUSH_CACHE, 0), 0);
     assert_eq!(hv.plat.wbinvds, 1);
 }
+
+/// Writable page tables through the hypervisor (issue 11 item 4, what the page-fault path
+/// calls once it has decoded the faulting store): a domU's kernel writing an entry of one of
+/// its own L1s through its read-only mapping gets the entry validated and written as by
+/// `mmu_update`; a store that `mmu_update` would refuse is the guest's page fault, and one
+/// that breaks the L1TF rule crashes the domU alone.
+#[test]
+fn a_write_to_an_own_l1_through_its_read_only_mapping_is_applied_as_mmu_update() {
+    use crate::mm::pte::{make, PRESENT, RW, USER};
+    use crate::mm::ptwr::{pfec, PtwrOutcome};
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    // The L1 mapping the scratch page, and where the domain's own mapping of it is: page
+    // tables are mapped read-only with the rest of the domain, at virt_base + pfn pages.
+    let l4 = hv.cur_vcpu().kernel_l4;
+    let mut table = l4;
+    for level in (2..=4).rev() {
+        table = crate::mm::pte::mfn(hv.mem().read_pte(table, crate::mm::pte::table_index(SCRATCH_VA, level)));
+    }
+    let l1 = table;
+    let pfn = hv.mem().read_u64(hv.m2p_base.addr() + l1.0 * 8);
+    let l1_va = crate::loader::elf::testelf::BASE + (pfn << 12);
+    assert_eq!(hv.guest().translate(l1_va, crate::guest_mem::Access::Read).map(Mfn::containing), Ok(l1));
+    let fault = pfec::PRESENT | pfec::WRITE;
+    let slot = 300;
+    let at = hv.ptwr_target(l1_va + slot * 8, fault).expect("a write to an own L1");
+    // A data page of the domain's, mapped read-only by the store.
+    let data_va = SCRATCH_VA + 0x1000;
+    let data = Mfn::containing(hv.guest().translate(data_va, crate::guest_mem::Access::Read).unwrap());
+    let before = hv.frames.info(data).unwrap().count;
+    let e = make(data, PRESENT | USER);
+    assert_eq!(hv.ptwr_store(at, e, 8, None), Ok(PtwrOutcome::Written));
+    assert_eq!(hv.frames.info(data).unwrap().count, before + 1);
+    audit(&hv);
+    // A writable mapping of a page table: the guest's page fault, nothing written.
+    let bad = make(l1, PRESENT | RW | USER);
+    let at2 = hv.ptwr_target(l1_va + (slot + 1) * 8, fault).unwrap();
+    let untouched = hv.mem().read_pte(l1, slot as usize + 1);
+    assert_eq!(hv.ptwr_store(at2, bad, 8, None), Err(Errno::EBUSY));
+    assert_eq!(hv.mem().read_pte(l1, slot as usize + 1), untouched);
+    // Clearing the entry drops its reference.
+    assert_eq!(hv.ptwr_store(at, 0, 8, None), Ok(PtwrOutcome::Written));
+    assert_eq!(hv.frames.info(data).unwrap().count, before);
+    audit(&hv);
+    // Reads, and writes through writable mappings, are not ptwr's.
+    assert_eq!(hv.ptwr_target(l1_va, pfec::PRESENT), None);
+    assert_eq!(hv.ptwr_target(data_va, fault), None);
+    // An L1TF-unsafe non-present entry crashes the domU alone.
+    assert!(hv.ptwr_store(at, 0x5000, 8, None).is_err());
+    assert_eq!(
+        hv.domains[&DOMU].state,
+        crate::domain::DomainState::Shutdown(crate::domain::ShutdownReason::Crash)
+    );
+    assert_eq!(hv.domains[&DomId::DOM0].state, crate::domain::DomainState::Running);
+}
