@@ -1,8 +1,10 @@
 //! `pin-storm`: the hostile page-table workload of issue 9, finding 4 (XSA-45 class). The
 //! guest builds one L4 over `l1s=` full L1s (each mapping one data page read-only 512 times),
 //! then issues `calls=` multicall entries, each an `mmuext_op` of `pairs=` ×
-//! (`PIN_L4_TABLE`, `UNPIN_TABLE`) of that L4, `rounds=` times. Each pass validates or tears
-//! down the whole tree; the hypervisor must do it in bounded, preemptible steps so that other
+//! (`PIN_L4_TABLE`, `UNPIN_TABLE`) of that L4, `rounds=` times, and with `seconds=` more
+//! rounds until that much time has passed since the storm started (so that a neighbour's work
+//! fits inside the storm however fast the hypervisor gets). Each pass validates or tears down
+//! the whole tree; the hypervisor must do it in bounded, preemptible steps so that other
 //! domains (dom0 serving a disk) keep running.
 //!
 //! It prints `pin-storm: key=value` lines: the longest page-table operation the hypervisor
@@ -17,7 +19,7 @@ use hypercall_abi::hypercall::{debug, nr};
 use hypercall_abi::xen::{mmuext, uvmf, MmuextOp, MulticallEntry};
 use hypercall_abi::DomId;
 use pv_guest_kernel::mm::{self, pt};
-use pv_guest_kernel::{cmdline, hypercall, println};
+use pv_guest_kernel::{cmdline, hypercall, println, time};
 
 type Failure = alloc::string::String;
 
@@ -65,11 +67,15 @@ fn build(l1s: usize, data: hypercall_abi::Mfn) -> Result<(mm::Page, Vec<mm::Page
 }
 
 fn storm(cmd: &str) -> Result<(u64, u64, usize), Failure> {
-    let arg = |k, d, max| cmdline::get_u64(cmd, k, d, 1, max).map_err(|e| alloc::format!("bad {k}= ({e:?})"));
+    let arg_from = |k, d, min, max| {
+        cmdline::get_u64(cmd, k, d, min, max).map_err(|e| alloc::format!("bad {k}= ({e:?})"))
+    };
+    let arg = |k, d, max| arg_from(k, d, 1, max);
     let l1s = arg("l1s", 2048, 16384)? as usize;
     let pairs = arg("pairs", 2, 256)? as usize;
     let calls = arg("calls", 4, 64)? as usize;
     let rounds = arg("rounds", 1, 1000)?;
+    let seconds = arg_from("seconds", 0, 0, 600)?;
     let data = mm::alloc_page().map_err(|e| alloc::format!("no data page: {e:?}"))?;
     let (l4, _tables) = build(l1s, data.mfn)?;
     let ops: Vec<MmuextOp> = (0..pairs)
@@ -81,10 +87,12 @@ fn storm(cmd: &str) -> Result<(u64, u64, usize), Failure> {
         })
         .collect();
     let self_ = u64::from(DomId::SELF.0);
-    println!("pin-storm: started l1s={l1s} pairs={pairs} calls={calls} rounds={rounds}");
+    println!("pin-storm: started l1s={l1s} pairs={pairs} calls={calls} rounds={rounds} seconds={seconds}");
     let _ = hypercall::debug_op(debug::LONGEST_MM_OP, 0);
+    let until = time::now_ns() + seconds * 1_000_000_000;
     let mut longest_round = 0;
-    for round in 0..rounds {
+    let mut round = 0;
+    while round < rounds || time::now_ns() < until {
         let mut mc: Vec<MulticallEntry> = (0..calls)
             .map(|_| MulticallEntry {
                 op: nr::MMUEXT_OP,
@@ -101,12 +109,13 @@ fn storm(cmd: &str) -> Result<(u64, u64, usize), Failure> {
         if let Some((i, e)) = mc.iter().enumerate().find(|(_, e)| e.result != 0) {
             return Err(alloc::format!("round {round}: entry {i} returned {}", e.result as i64));
         }
+        round += 1;
     }
     let longest_op = hypercall::debug_op(debug::LONGEST_MM_OP, 0);
     if longest_op <= 0 {
         return Err(alloc::format!("LONGEST_MM_OP returned {longest_op}"));
     }
-    Ok((longest_op as u64, longest_round, 2 * pairs * calls * rounds as usize))
+    Ok((longest_op as u64, longest_round, 2 * pairs * calls * round as usize))
 }
 
 fn bench_line(name: &str, v: u64) {
