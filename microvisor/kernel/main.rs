@@ -118,6 +118,14 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     // controllers (XSA-173; see microvisor::iomem).
     let phys_addr_bits = cpu::cpuid(0x8000_0008, 0)[0] & 0xff;
     frames.set_phys_addr_bits(phys_addr_bits);
+    // L1TF checks of PV domains' non-present entries where the CPU needs them (Xen's pv-l1tf).
+    let [_, b, c, d] = cpu::cpuid(0, 0);
+    const L7_EDX_ARCH_CAPS: u32 = 1 << 29;
+    let arch_caps = (cpu::cpuid(7, 0)[3] & L7_EDX_ARCH_CAPS != 0)
+        .then(|| arch::x86_64::probe::rdmsr_safe(microvisor::mm::frame_table::MSR_ARCH_CAPABILITIES))
+        .flatten();
+    let l1tf_bug = microvisor::mm::frame_table::cpu_has_bug_l1tf([b, d, c], arch_caps);
+    frames.set_l1tf_policy(microvisor::mm::frame_table::L1tfPolicy::from_cmdline(options, l1tf_bug));
     frames.set_iomem_policy(IomemPolicy::new(
         phys_addr_bits,
         apic::base_address(),

@@ -213,6 +213,59 @@ impl ExternalRef {
     }
 }
 
+/// Which domains' non-present page-table entries are checked for L1TF (XSA-273), as Xen's
+/// `pv-l1tf=` decides: by default domUs' on a CPU vulnerable to L1TF and never the hardware
+/// domain's. (Xen shadows or crashes an offending domU; microvisor, without shadow paging,
+/// crashes it.) Elsewhere the check protects nothing, and Xen does not make it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L1tfPolicy {
+    pub dom0: bool,
+    pub domu: bool,
+}
+
+/// `IA32_ARCH_CAPABILITIES`, present when CPUID.(7,0):EDX bit 29 is set.
+pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
+/// Its bit RDCL_NO: the CPU does not speculate through not-present entries (no L1TF, no
+/// Meltdown).
+pub const ARCH_CAPS_RDCL_NO: u64 = 1 << 0;
+
+/// Whether the CPU is treated as vulnerable to L1TF: an Intel CPU (CPUID 0's vendor in EBX,
+/// EDX, ECX) that does not say RDCL_NO in `arch_caps`. Xen also exempts a list of Intel models
+/// (Atoms, Xeon Phi); microvisor errs on the checking side for them. Other vendors' CPUs are
+/// not vulnerable; QEMU's TCG CPU says AuthenticAMD.
+pub fn cpu_has_bug_l1tf(vendor: [u32; 3], arch_caps: Option<u64>) -> bool {
+    const GENUINE_INTEL: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
+    vendor == GENUINE_INTEL && arch_caps.is_none_or(|c| c & ARCH_CAPS_RDCL_NO == 0)
+}
+
+impl L1tfPolicy {
+    /// domUs checked, the hardware domain not: Xen's default on a vulnerable CPU.
+    pub const CHECK_DOMUS: L1tfPolicy = L1tfPolicy { dom0: false, domu: true };
+
+    /// Xen's default for a CPU that `cpu_has_bug_l1tf` or not, then the hypervisor command
+    /// line's last `pv-l1tf=` applied: a boolean for both, or a comma list of `dom0=<bool>`
+    /// and `domu=<bool>` (`1`/`0`, `yes`/`no`, `on`/`off`, `true`/`false`).
+    pub fn from_cmdline(cmdline: &str, cpu_has_bug_l1tf: bool) -> L1tfPolicy {
+        let mut p = L1tfPolicy { dom0: false, domu: cpu_has_bug_l1tf };
+        let parse_bool = |v: &str| match v {
+            "1" | "yes" | "on" | "true" | "enable" => Some(true),
+            "0" | "no" | "off" | "false" | "disable" => Some(false),
+            _ => None,
+        };
+        for value in cmdline.split_whitespace().filter_map(|o| o.strip_prefix("pv-l1tf=")) {
+            for item in value.split(',') {
+                match (parse_bool(item), item.split_once('=')) {
+                    (Some(b), _) => (p.dom0, p.domu) = (b, b),
+                    (None, Some(("dom0", v))) => p.dom0 = parse_bool(v).unwrap_or(p.dom0),
+                    (None, Some(("domu", v))) => p.domu = parse_bool(v).unwrap_or(p.domu),
+                    _ => {}
+                }
+            }
+        }
+        p
+    }
+}
+
 /// A guest wrote a non-present entry that L1TF (XSA-273) could use to read the L1 data cache
 /// at a machine address of its choosing; Xen crashes such a domain where it cannot shadow it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -255,6 +308,8 @@ pub struct FrameTable {
     l1tf_safe_maddr: u64,
     /// A domain to crash for an L1TF-unsafe entry, for the dispatcher to act on.
     l1tf_violation: Option<L1tfViolation>,
+    /// Whose non-present entries are checked for L1TF.
+    l1tf_policy: L1tfPolicy,
     /// Page-table entries a preemptible operation may still examine before it must stop;
     /// `NOT_PREEMPTIBLE` outside one (boot, domain destruction).
     budget: u32,
@@ -300,6 +355,7 @@ impl FrameTable {
             flush_pending: false,
             l1tf_safe_maddr: l1tf_safe_maddr(DEFAULT_PHYS_ADDR_BITS, max_mfn),
             l1tf_violation: None,
+            l1tf_policy: L1tfPolicy::CHECK_DOMUS,
             budget: NOT_PREEMPTIBLE,
             deferred: Vec::new(),
             op_started: 0,
@@ -497,11 +553,17 @@ impl FrameTable {
         self.l1tf_safe_maddr = l1tf_safe_maddr(bits, self.max_mfn());
     }
 
-    /// True if `d`'s non-present entries are checked for L1TF: Xen checks domUs only by
-    /// default (`pv-l1tf=domu`); the hardware domain is exempt.
+    /// Whose non-present entries are checked for L1TF (the boot code sets
+    /// [`L1tfPolicy::from_cmdline`]; until then, and in tests, domUs' are).
+    pub fn set_l1tf_policy(&mut self, policy: L1tfPolicy) {
+        self.l1tf_policy = policy;
+    }
+
+    /// True if `d`'s non-present entries are checked for L1TF (the hardware domain, the one
+    /// with I/O memory, as `pv-l1tf=dom0` says; the others as `pv-l1tf=domu` says).
     #[inline]
     pub(crate) fn l1tf_checked(&self, d: DomId) -> bool {
-        self.domain(d).is_some_and(|m| !m.iomem)
+        self.domain(d).is_some_and(|m| if m.iomem { self.l1tf_policy.dom0 } else { self.l1tf_policy.domu })
     }
 
     /// Xen's `pv_l1tf_check_pte` condition for a non-present entry `e` at `level`: it could
@@ -1580,6 +1642,29 @@ impl<M: MachineMemory> FrameAllocator for FrameTableAllocator<'_, M> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Xen's `pv-l1tf=` (XSA-273): domUs checked by default where the CPU is vulnerable, the
+    /// hardware domain never; the option overrides either.
+    #[test]
+    fn l1tf_policy_follows_xens_pv_l1tf_option() {
+        let p = |c, bug| L1tfPolicy::from_cmdline(c, bug);
+        let (no, domu, both) = (
+            L1tfPolicy { dom0: false, domu: false },
+            L1tfPolicy::CHECK_DOMUS,
+            L1tfPolicy { dom0: true, domu: true },
+        );
+        assert_eq!((p("", true), p("", false)), (domu, no));
+        assert_eq!((p("pv-l1tf=1", false), p("pv-l1tf=off", true)), (both, no));
+        assert_eq!(p("x=1 pv-l1tf=domu=1 y", false), domu);
+        assert_eq!(p("pv-l1tf=dom0=yes,domu=no", true), L1tfPolicy { dom0: true, domu: false });
+        assert_eq!(p("pv-l1tf=domu=maybe,junk", true), domu, "unknown values change nothing");
+        assert_eq!(p("pv-l1tf=0 pv-l1tf=domu=on", false), domu, "the last option wins");
+        let intel = [0x756e_6547, 0x4965_6e69, 0x6c65_746e]; // "GenuineIntel"
+        let amd = [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
+        assert!(cpu_has_bug_l1tf(intel, None) && cpu_has_bug_l1tf(intel, Some(0)));
+        assert!(!cpu_has_bug_l1tf(intel, Some(ARCH_CAPS_RDCL_NO)));
+        assert!(!cpu_has_bug_l1tf(amd, None));
+    }
     use crate::mm::mmu;
     use crate::mm::mmu::testkit::*;
     use crate::mm::pte::make;
