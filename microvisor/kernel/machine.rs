@@ -33,6 +33,9 @@ impl Platform for Machine {
     fn cpuid(&self, leaf: u32, subleaf: u32) -> [u32; 4] {
         cpu::cpuid(leaf, subleaf)
     }
+    fn live_segment_bases(&self, vcpu: microvisor::sched::VcpuRef) -> Option<(u64, u64)> {
+        crate::arch::x86_64::sync::live_segment_bases(vcpu)
+    }
     fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
         crate::arch::x86_64::probe::rdmsr_safe(msr)
     }
@@ -149,7 +152,11 @@ pub fn trap_from_guest(mut live: Live) {
                     vector::DB => cpu::debugreg::take_dr6(),
                     _ => 0,
                 };
-                hv.guest_exception(live.frame(), vector, info);
+                if vector == vector::PF && smap_quirk(hv, live.frame(), info) {
+                    // SMAP is now off: the guest retries its far return as it was.
+                } else {
+                    hv.guest_exception(live.frame(), vector, info);
+                }
             }
             v => {
                 apic::eoi();
@@ -158,6 +165,23 @@ pub fn trap_from_guest(mut live: Live) {
         }
         exit_path(hv, live);
     });
+}
+
+/// QEMU 7.2 TCG's SMAP quirk (`microvisor::emulate::is_tcg_smap_quirk`): a guest's ring-3
+/// `iretq`/far return faults on its own stack with SMAP on. Xen 4.17 shares it and needs
+/// `smap=0`; here the first such fault turns SMAP off for good, with one structured line, and
+/// the guest retries. SMEP stays on. Real hardware never reports this fault, so there SMAP
+/// stays on. Returns true if it was the quirk.
+fn smap_quirk(hv: &mut Hv, f: &GuestFrame, cr2: u64) -> bool {
+    if !cpu::smap_enabled() || !microvisor::emulate::is_tcg_smap_quirk(hv, f, f.error_code, cr2) {
+        return false;
+    }
+    cpu::disable_smap();
+    hv.log(format_args!(
+        "smap-quirk detected=1 smap=0 smep={}: this CPU reads a ring-3 far return's stack as a supervisor access (QEMU TCG); SMAP is off from now on",
+        u8::from(cpu::read_cr4() & cpu::cr4::SMEP != 0)
+    ));
+    true
 }
 
 /// An interrupt or exception in ring 0: the timer while idle, or a hypervisor bug.

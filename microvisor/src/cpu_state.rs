@@ -62,13 +62,14 @@ pub fn iopl_ok(a: &VcpuArch, kernel_mode: bool, architectural_iopl: bool) -> boo
     cpl <= a.iopl
 }
 
-/// CR4 bits a PV guest may toggle (Xen's `PV_CR4_GUEST_MASK`): TSD reaches the CPU while it
-/// runs, the rest are emulated or refused by [`Cr4Policy`].
+/// CR4 bits a PV guest may toggle (Xen's `PV_CR4_GUEST_MASK`): TSD and FSGSBASE reach the CPU
+/// while it runs, the rest are emulated or refused by [`Cr4Policy`].
 pub const GUEST_CR4_MASK: u64 = cr4::TSD | cr4::DE | cr4::FSGSBASE | cr4::OSXSAVE;
 /// The guest CR4 bits the CPU holds while the guest runs: TSD makes its `rdtsc` fault (the
-/// kernel's is then emulated). DE and OSXSAVE stay virtual: I/O breakpoints are emulated, and
-/// XSAVE is not offered.
-pub const HARDWARE_CR4_MASK: u64 = cr4::TSD;
+/// kernel's is then emulated), FSGSBASE lets it use `rd/wr{fs,gs}base` (the hypervisor takes
+/// the bases back from the CPU whenever it needs them, see `Platform::live_segment_bases`).
+/// DE and OSXSAVE stay virtual: I/O breakpoints are emulated, and XSAVE is not offered.
+pub const HARDWARE_CR4_MASK: u64 = cr4::TSD | cr4::FSGSBASE;
 /// Hardware CR4 bits a PV guest sees (Xen's `PV_CR4_GUEST_VISIBLE_MASK`).
 pub const GUEST_CR4_VISIBLE_MASK: u64 = cr4::PAE | cr4::MCE | cr4::OSFXSR | cr4::OSXMMEXCPT;
 
@@ -83,15 +84,17 @@ pub struct Cr4Policy {
 }
 
 impl Cr4Policy {
-    /// The policy of a guest whose CPUID leaf 1 reads `leaf1`: TSD with TSC, DE with DE,
-    /// OSXSAVE with XSAVE; MCE is seen with MCE (Xen turns it on where the CPU has it), PAE and
-    /// the SSE bits always. FSGSBASE is never settable yet: the guest's `wr{fs,gs}base` would
-    /// change bases the hypervisor keeps per vCPU behind its back (see ARCHITECTURE.md).
-    pub fn from_cpuid(leaf1: [u32; 4]) -> Cr4Policy {
+    /// The policy of a guest whose CPUID leaf 1 and leaf 7 (subleaf 0) read `leaf1`, `leaf7`:
+    /// TSD with TSC, DE with DE, FSGSBASE with FSGSBASE, OSXSAVE with XSAVE; MCE is seen with
+    /// MCE (Xen turns it on where the CPU has it), PAE and the SSE bits always.
+    pub fn from_cpuid(leaf1: [u32; 4], leaf7: [u32; 4]) -> Cr4Policy {
         let edx1 = leaf1[3];
         let bit = |word: u32, n: u32, v: u64| if word & (1 << n) != 0 { v } else { 0 };
         Cr4Policy {
-            settable: bit(edx1, 4, cr4::TSD) | bit(edx1, 2, cr4::DE) | bit(leaf1[2], 26, cr4::OSXSAVE),
+            settable: bit(edx1, 4, cr4::TSD)
+                | bit(edx1, 2, cr4::DE)
+                | bit(leaf7[1], 0, cr4::FSGSBASE)
+                | bit(leaf1[2], 26, cr4::OSXSAVE),
             visible: cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | bit(edx1, 7, cr4::MCE),
         }
     }
@@ -353,11 +356,11 @@ mod tests {
 
     #[test]
     fn cr4_keeps_only_what_the_guest_may_control() {
-        let p = Cr4Policy::from_cpuid([0, 0, 0, (1 << 4) | (1 << 2) | (1 << 7)]);
+        let p = Cr4Policy::from_cpuid([0, 0, 0, (1 << 4) | (1 << 2) | (1 << 7)], [0, 1, 0, 0]);
         let a = VcpuArch { cr4: p.fixup(!0), ..VcpuArch::default() };
-        assert_eq!(a.cr4, cr4::TSD | cr4::DE, "no XSAVE in the policy, FSGSBASE not yet");
-        assert_eq!(p.read(&a), cr4::TSD | cr4::DE | GUEST_CR4_VISIBLE_MASK);
-        let bare = Cr4Policy::from_cpuid([0; 4]);
+        assert_eq!(a.cr4, cr4::TSD | cr4::DE | cr4::FSGSBASE, "no XSAVE in the policy");
+        assert_eq!(p.read(&a), cr4::TSD | cr4::DE | cr4::FSGSBASE | GUEST_CR4_VISIBLE_MASK);
+        let bare = Cr4Policy::from_cpuid([0; 4], [0; 4]);
         assert_eq!(bare.fixup(!0), 0);
         assert_eq!(bare.read(&VcpuArch::default()), cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT);
     }

@@ -272,7 +272,8 @@ pub fn set_debugreg<P: Platform>(hv: &mut Hypervisor<P>, reg: u64, value: u64) -
 
 /// The CR4 rules of the running domain's CPUID.
 fn cr4_policy<P: Platform>(hv: &Hypervisor<P>) -> Cr4Policy {
-    Cr4Policy::from_cpuid(crate::cpuid::pv_cpuid(1, hv.plat.cpuid(1, 0)))
+    let leaf = |l: u32| crate::cpuid::pv_cpuid(l, hv.plat.cpuid(l, 0));
+    Cr4Policy::from_cpuid(leaf(1), leaf(7))
 }
 
 /// The x86 register number of a 64-bit or 16-bit general register (the forms `mov` to or
@@ -355,6 +356,7 @@ fn write_cr<P: Platform>(hv: &mut Hypervisor<P>, cr: Register, val: u64) -> Opti
 /// #GP handler yet (early boot): an MSR the CPU has then reads as 0, as Xen 4.17 fakes it.
 fn rdmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome {
     let which = frame.rcx as u32;
+    hv.refresh_segment_bases(hv.current());
     let val = match read_msr(hv, which) {
         Some(v) => v,
         None if hv.cur_vcpu().traps[usize::from(crate::x86::vector::GP)].address == 0
@@ -409,6 +411,7 @@ fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
             if !is_canonical(val) {
                 return Outcome::Gp;
             }
+            hv.refresh_segment_bases(hv.current());
             let v = hv.cur_vcpu_mut();
             match which {
                 msr::FS_BASE => v.fs_base = val,
@@ -430,4 +433,38 @@ fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
         more_msr::MISC_ENABLE if hv.plat.rdmsr_safe(which).is_some() => Outcome::Done,
         _ => Outcome::Gp,
     }
+}
+
+/// True if the #PF a guest just took (error code `error_code`, address `cr2`) is QEMU 7.2
+/// TCG's SMAP quirk rather than the guest's own fault: a ring-3 `iretq` or far return reads
+/// its stack as a supervisor access, so with SMAP on it faults on the guest's (user) stack
+/// with "present, supervisor, read". Real hardware never reports a supervisor access for
+/// that stack read, so this cannot match there.
+pub fn is_tcg_smap_quirk<P: Platform>(
+    hv: &Hypervisor<P>,
+    frame: &GuestFrame,
+    error_code: u64,
+    cr2: u64,
+) -> bool {
+    const PFEC_PRESENT: u64 = 1;
+    /// The frame a 64-bit `iretq` pops: RIP, CS, RFLAGS, RSP, SS.
+    const IRET_FRAME: u64 = 5 * 8;
+    if error_code != PFEC_PRESENT || !(frame.rsp..frame.rsp.saturating_add(IRET_FRAME)).contains(&cr2) {
+        return false;
+    }
+    let (bytes, n) = fetch(hv, frame.rip);
+    decode(&bytes[..n], frame.rip).is_some_and(|i| {
+        matches!(
+            i.code(),
+            Code::Iretq
+                | Code::Iretd
+                | Code::Iretw
+                | Code::Retfq
+                | Code::Retfd
+                | Code::Retfw
+                | Code::Retfq_imm16
+                | Code::Retfd_imm16
+                | Code::Retfw_imm16
+        )
+    })
 }

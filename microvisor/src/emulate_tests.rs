@@ -165,3 +165,24 @@ fn tsc_aux_exists_only_where_cpuid_offers_rdtscp_or_rdpid() {
     assert_eq!(run(&mut hv, WRMSR, &mut f), Went::Trap(vector::GP));
     assert_eq!(run(&mut hv, RDMSR, &mut f), Went::Trap(vector::GP));
 }
+
+#[test]
+fn the_tcg_smap_quirk_is_recognised_only_for_a_far_return_reading_its_own_stack() {
+    let mut hv = two_domains();
+    const IRETQ: &[u8] = &[0x48, 0xcf];
+    const LRETQ: &[u8] = &[0x48, 0xcb];
+    const MOV_LOAD: &[u8] = &[0x48, 0x8b, 0x04, 0x24]; // mov (%rsp), %rax
+    let f = GuestFrame { rip: CODE, rsp: STACK, ..GuestFrame::default() };
+    let quirk = |hv: &mut TestHv, insn: &[u8], ec: u64, cr2: u64| {
+        hv.guest().write(CODE, insn).unwrap();
+        crate::emulate::is_tcg_smap_quirk(hv, &f, ec, cr2)
+    };
+    assert!(quirk(&mut hv, IRETQ, 1, STACK));
+    assert!(quirk(&mut hv, IRETQ, 1, STACK + 32));
+    assert!(quirk(&mut hv, LRETQ, 1, STACK + 8));
+    assert!(!quirk(&mut hv, IRETQ, 1, STACK + 40), "beyond the iret frame");
+    assert!(!quirk(&mut hv, IRETQ, 1, STACK - 8), "below the stack pointer");
+    assert!(!quirk(&mut hv, IRETQ, 5, STACK), "a user access is the guest's own fault");
+    assert!(!quirk(&mut hv, IRETQ, 3, STACK), "a write");
+    assert!(!quirk(&mut hv, MOV_LOAD, 1, STACK), "not a far return");
+}

@@ -541,6 +541,22 @@ impl<P: Platform> Hypervisor<P> {
         self.sched.current().expect("an entry from a guest always has a running vCPU")
     }
 
+    /// Takes `vcpu`'s segment bases back from the CPU if it holds them, before anything reads
+    /// or replaces the vCPU's copy (a mode toggle, a switch away, `set_segment_base`, the
+    /// emulated MSRs): the guest may have changed them by loading `%fs`/`%gs`.
+    pub(crate) fn refresh_segment_bases(&mut self, r: VcpuRef) {
+        if let Some((fs, gs)) = self.plat.live_segment_bases(r) {
+            if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
+                v.fs_base = fs;
+                if v.kernel_mode {
+                    v.gs_base_kernel = gs;
+                } else {
+                    v.gs_base_user = gs;
+                }
+            }
+        }
+    }
+
     /// The running domain.
     pub(crate) fn cur_dom(&self) -> &Domain {
         let r = self.current();
@@ -770,6 +786,7 @@ impl<P: Platform> Hypervisor<P> {
     /// vCPUs' run time and runstate are accounted at `now`.
     fn switch_to(&mut self, frame: &mut GuestFrame, prev: Option<VcpuRef>, next: Option<VcpuRef>, now: u64) {
         if let Some(p) = prev {
+            self.refresh_segment_bases(p);
             if let Some(v) = self.domains.get_mut(&p.domid).and_then(|d| d.vcpu_mut(p.vcpu)) {
                 v.frame = *frame;
                 v.runstate.leave_cpu(v.state, now);

@@ -27,6 +27,13 @@ pub trait Platform {
     }
     /// Writes back and invalidates the CPU's caches (`wbinvd`).
     fn wbinvd(&mut self);
+    /// The FS base and active GS base in the CPU, if it holds `vcpu`'s (None otherwise, or
+    /// where there is no CPU). A guest changes them behind the hypervisor's back by loading
+    /// `%fs`/`%gs` (a null selector zeroes the base), so the CPU, not the vCPU's copy, is the
+    /// truth while it runs.
+    fn live_segment_bases(&self, _vcpu: crate::sched::VcpuRef) -> Option<(u64, u64)> {
+        None
+    }
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

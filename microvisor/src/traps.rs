@@ -59,6 +59,8 @@ impl core::fmt::Display for BounceError {
 /// Switches the running vCPU between guest kernel and user mode (`toggle_guest_mode`): the
 /// page-table base and the active GS base follow the mode; the arch layer applies them.
 pub fn toggle_guest_mode<P: Platform>(hv: &mut Hypervisor<P>) {
+    // The active GS base changes slot: keep the one the guest may have loaded itself.
+    hv.refresh_segment_bases(hv.current());
     let v = hv.cur_vcpu_mut();
     v.kernel_mode = !v.kernel_mode;
 }

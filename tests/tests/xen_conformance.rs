@@ -90,6 +90,8 @@ scenarios! {
     privop_emul => "privop-emul",
     debugreg => "debugreg",
     iopl => "iopl",
+    segbase => "segbase",
+    iret_to_self => "iret-to-self",
     unmapped => "unmapped",
     hvspace => "hvspace",
     stack_overflow => "stack-overflow",

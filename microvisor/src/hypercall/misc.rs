@@ -110,6 +110,9 @@ pub fn fpu_taskswitch<P: Platform>(hv: &mut Hypervisor<P>, set: u64) -> Result<i
 }
 
 pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u64) -> Result<i64, Errno> {
+    // From the CPU first: a base the guest zeroed by loading a null selector must be written
+    // again even when the value is the one the hypervisor last gave (Xen always writes).
+    hv.refresh_segment_bases(hv.current());
     hv.mark_hw_dirty();
     let v = hv.cur_vcpu_mut();
     match which as u32 {

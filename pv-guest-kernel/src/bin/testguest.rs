@@ -81,6 +81,8 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("privop-emul", "tests/tests/cpu.rs", |_| privop::run()),
     sc("debugreg", "tests/tests/cpu.rs", |_| vcpu_state::debugreg()),
     sc("iopl", "tests/tests/cpu.rs", |_| vcpu_state::iopl()),
+    sc("segbase", "tests/tests/cpu.rs", |_| vcpu_state::segbase()),
+    sc("iret-to-self", "tests/tests/cpu.rs", |_| vcpu_state::iret_to_self()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.

@@ -76,6 +76,19 @@ pub fn enable_protections() -> Protections {
     p
 }
 
+/// True while CR4.SMAP is on.
+pub fn smap_enabled() -> bool {
+    read_cr4() & cr4::SMAP != 0
+}
+
+/// Turns SMAP off (QEMU TCG's far-return quirk, see `machine::smap_quirk`). The entry stub's
+/// `clac` stays valid: it needs only CPUID's SMAP.
+pub fn disable_smap() {
+    // SAFETY: clearing SMAP only lifts a protection; ring 0 still never touches guest pages
+    // (it reaches them through the supervisor-only direct map), and SMEP is kept.
+    unsafe { write_cr4(read_cr4() & !cr4::SMAP) };
+}
+
 /// Reads an MSR.
 pub fn rdmsr(msr: u32) -> u64 {
     let (lo, hi): (u32, u32);

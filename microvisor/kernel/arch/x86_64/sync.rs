@@ -170,3 +170,17 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         l.timer_deadline = exit.timer_deadline_ns;
     }
 }
+
+/// The FS base and active GS base in the CPU if it holds `vcpu`'s (the last exit synced it),
+/// read from the CPU, which also refreshes what `sync_hardware` believes is loaded: a guest
+/// loading `%fs`/`%gs` changes the bases without the hypervisor seeing it.
+pub fn live_segment_bases(vcpu: microvisor::sched::VcpuRef) -> Option<(u64, u64)> {
+    LOADED.with(|l| {
+        if l.vcpu != Some(vcpu) {
+            return None;
+        }
+        l.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
+        l.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+        Some((l.fs_base, l.gs_base))
+    })
+}

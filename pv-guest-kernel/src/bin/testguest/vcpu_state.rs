@@ -8,6 +8,8 @@
 //!   after a write, TSD making the kernel's `rdtsc`/`rdtscp` emulated, `rdpid` reading the
 //!   same TSC_AUX), and a `mov %ss` with a data
 //!   breakpoint right before a hypercall (XSA-260: the hypervisor must survive it).
+//! * `segbase`: the CPU's `%fs`/`%gs` bases stay the truth when the guest changes them by
+//!   loading a selector (see [`segbase`]).
 //! * `iopl`: `cli`, `sti`, `in` and `out` decided by the virtual IOPL (`PHYSDEVOP_set_iopl`,
 //!   `VMASST_TYPE_architectural_iopl`): #GP(0) without it; with it `cli`/`sti` complete as
 //!   no-ops and ports the domain has no rights to read as ones, except the RTC index and the
@@ -15,11 +17,12 @@
 
 use super::checks::Results;
 use super::traps::{recoverable, skip_or_die};
+use alloc::format;
 use core::arch::{asm, global_asm};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::physdev::{op as physdev, PhysdevSetIopl};
-use hypercall_abi::xen::vmasst;
+use hypercall_abi::xen::{segbase, vmasst};
 use pv_guest_kernel::hypercall;
 use pv_guest_kernel::traps::{self, TrapFrame};
 
@@ -336,6 +339,8 @@ pub fn debugreg() {
 
 const MSR_TSC_AUX: u32 = 0xc000_0103;
 const CPUID7_ECX_RDPID: u32 = 1 << 22;
+const CPUID7_EBX_FSGSBASE: u32 = 1 << 0;
+const CR4_FSGSBASE: u64 = 1 << 16;
 
 fn wrmsr(msr: u32, v: u64) -> &'static str {
     outcome(|| recoverable!("wrmsr", in("ecx") msr, in("eax") v as u32, in("edx") (v >> 32) as u32))
@@ -433,5 +438,151 @@ pub fn iopl() {
     r.word("architectural_off.cli", cli(), "#GP0");
 
     traps::set_handler(GP, old);
+    r.report();
+}
+
+/// Read through `%fs`/`%gs` while their bases point at it.
+static SEG_WORD: AtomicU64 = AtomicU64::new(0x5eed_0001);
+const MSR_GS_BASE: u32 = 0xc000_0101;
+
+fn set_segment_base(which: u32, base: u64) -> i64 {
+    hypercall::hypercall5(nr::SET_SEGMENT_BASE, u64::from(which), base, 0, 0, 0)
+}
+
+fn rdmsr(msr: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: emulated for the guest kernel (the MSRs read here are ones Xen emulates).
+    unsafe { asm!("rdmsr", in("ecx") msr, out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+/// Loads the null selector into `%fs` or `%gs`: the CPU zeroes that base, with no hypercall.
+fn load_null(gs: bool) {
+    // SAFETY: a null data selector is always loadable; nothing here uses %fs or %gs.
+    unsafe {
+        if gs {
+            asm!("mov {0:x}, %gs", in(reg) 0u64, options(att_syntax, nostack, nomem));
+        } else {
+            asm!("mov {0:x}, %fs", in(reg) 0u64, options(att_syntax, nostack, nomem));
+        }
+    }
+}
+
+fn read_through(gs: bool) -> u64 {
+    let v: u64;
+    // SAFETY: the base points at SEG_WORD (checked by the caller's set_segment_base).
+    unsafe {
+        if gs {
+            asm!("mov %gs:0, {}", out(reg) v, options(att_syntax, nostack, readonly));
+        } else {
+            asm!("mov %fs:0, {}", out(reg) v, options(att_syntax, nostack, readonly));
+        }
+    }
+    v
+}
+
+/// `segbase`: the CPU's `%fs`/`%gs` bases are the truth while the guest runs. A guest that
+/// loads a null selector zeroes a base without a hypercall; `set_segment_base` with the value
+/// the hypervisor last gave must still reach the CPU (Linux's `load_percpu_segment` does
+/// exactly this), and the emulated `rdmsr` reads what the CPU has.
+pub fn segbase() {
+    let mut r = Results::new("segbase");
+    let old = [GP, UD].map(|v| (v, traps::set_handler(v, Some(catch))));
+    let word = SEG_WORD.as_ptr() as u64;
+    let gs0 = rdmsr(MSR_GS_BASE);
+    let fs0 = rdmsr(MSR_FS_BASE);
+    for (name, which, gs) in [("gs", segbase::GS_KERNEL, true), ("fs", segbase::FS, false)] {
+        r.ret(&format!("{name}.set"), set_segment_base(which, word), 0);
+        r.eq(&format!("{name}.read"), read_through(gs), 0x5eed_0001);
+        load_null(gs);
+        r.ret(&format!("{name}.set_again"), set_segment_base(which, word), 0);
+        r.eq(&format!("{name}.read_after_set_again"), read_through(gs), 0x5eed_0001);
+        // And once more after a hypercall that changes nothing: the base stays in the CPU.
+        let _ = hypercall::xen_version(0, 0);
+        r.eq(&format!("{name}.read_after_hypercall"), read_through(gs), 0x5eed_0001);
+        // The emulated rdmsr reads the CPU's base, not the hypervisor's copy.
+        load_null(gs);
+        let msr = if gs { MSR_GS_BASE } else { MSR_FS_BASE };
+        r.eq(&format!("{name}.rdmsr_after_null_selector"), rdmsr(msr), 0);
+    }
+    // With CR4.FSGSBASE (where CPUID offers it) the guest writes its bases itself.
+    if cpuid(7)[1] & CPUID7_EBX_FSGSBASE != 0 {
+        let cr4 = read_cr4();
+        r.word("fsgsbase.cr4_write", write_cr4(cr4 | CR4_FSGSBASE), "done");
+        r.eq("fsgsbase.cr4_read", read_cr4() & CR4_FSGSBASE, CR4_FSGSBASE);
+        r.word("fsgsbase.wrgsbase", outcome(|| recoverable!("wrgsbase {w}", w = in(reg) word)), "done");
+        r.eq("fsgsbase.read", read_through(true), 0x5eed_0001);
+        r.eq("fsgsbase.rdmsr", rdmsr(MSR_GS_BASE), word);
+        let _ = hypercall::xen_version(0, 0);
+        r.eq("fsgsbase.read_after_hypercall", read_through(true), 0x5eed_0001);
+        let mut got: u64 = 0;
+        r.word("fsgsbase.rdgsbase", outcome(|| recoverable!("rdgsbase {g}", g = inout(reg) got)), "done");
+        r.eq("fsgsbase.rdgsbase.value", got, word);
+        r.word("fsgsbase.cr4_clear", write_cr4(cr4), "done");
+        r.word("fsgsbase.rdgsbase_without", outcome(|| recoverable!("rdgsbase {g}", g = out(reg) _)), "#UD");
+    } else {
+        super::results::emit("fsgsbase", super::results::Value::Word("absent"));
+    }
+    let _ = set_segment_base(segbase::GS_KERNEL, gs0);
+    let _ = set_segment_base(segbase::FS, fs0);
+    for (v, h) in old {
+        traps::set_handler(v, h);
+    }
+    r.report();
+}
+
+static PF_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// A #PF at the `iretq` of [`iret_to_self`]: recorded, and resumed after it with its frame
+/// dropped.
+fn pf_at_iret(f: &mut TrapFrame) {
+    if f.rip != super::traps::FAULT_RIP.load(Ordering::SeqCst) {
+        traps::fatal(f);
+    }
+    PF_SEEN.fetch_add(1, Ordering::SeqCst);
+    f.rip = super::traps::RESUME_RIP.load(Ordering::SeqCst);
+    f.rsp += 5 * 8;
+}
+
+/// `iret-to-self`: the guest kernel returns to itself with `iretq` on its own stack, as
+/// Linux's `iret_to_self` does at boot. Under QEMU 7.2's TCG with SMAP on, that `iretq` reads
+/// its (user-page) stack as a supervisor access and faults; microvisor recognises the quirk
+/// and turns SMAP off (one `smap-quirk` line), so the guest never sees it. Xen 4.17 on the
+/// same QEMU passes the #PF to the guest (it needs `smap=0`): a listed difference.
+pub fn iret_to_self() {
+    let mut r = Results::new("iret-to-self");
+    let old = traps::set_handler(14, Some(pf_at_iret));
+    for round in ["first", "again"] {
+        let before = PF_SEEN.load(Ordering::SeqCst);
+        // SAFETY: builds an iret frame that returns to label 2 with the current stack, flags
+        // and selectors; a #PF at the iretq is resumed at label 2 with the frame dropped.
+        unsafe {
+            asm!(
+                "lea 2f(%rip), {t}",
+                "mov {t}, ({resume})",
+                "lea 1f(%rip), {t}",
+                "mov {t}, ({fault})",
+                "mov %rsp, {t}",
+                "mov %ss, {s:e}",
+                "push {s}",
+                "push {t}",
+                "pushfq",
+                "mov %cs, {s:e}",
+                "push {s}",
+                "lea 2f(%rip), {s}",
+                "push {s}",
+                "1: iretq",
+                "2:",
+                t = out(reg) _,
+                s = out(reg) _,
+                resume = in(reg) super::traps::RESUME_RIP.as_ptr(),
+                fault = in(reg) super::traps::FAULT_RIP.as_ptr(),
+                options(att_syntax),
+            )
+        };
+        let faulted = PF_SEEN.load(Ordering::SeqCst) != before;
+        r.word(&format!("{round}.iretq"), if faulted { "#PF" } else { "done" }, "done");
+    }
+    traps::set_handler(14, old);
     r.report();
 }
