@@ -468,3 +468,209 @@ pub fn is_tcg_smap_quirk<P: Platform>(
         )
     })
 }
+
+/// RFLAGS bits the emulated read-modify-write forms set, as the CPU would.
+mod arith {
+    pub const CF: u64 = 1 << 0;
+    pub const PF: u64 = 1 << 2;
+    pub const ZF: u64 = 1 << 6;
+    pub const SF: u64 = 1 << 7;
+    pub const OF: u64 = 1 << 11;
+    pub const ALL: u64 = CF | PF | (1 << 4) | ZF | SF | OF;
+}
+
+/// The store a faulting write instruction makes to a page-table entry, decoded for the
+/// memory half (`mm::ptwr`), and what it does to the registers afterwards.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PtwrStore {
+    /// Operand size in bytes (1, 2, 4 or 8).
+    pub bytes: usize,
+    /// The new value of the operand.
+    pub val: u64,
+    /// `cmpxchg`: the value the operand must hold (the accumulator).
+    pub expected: Option<u64>,
+    pub effect: PtwrEffect,
+}
+
+/// What an emulated store does besides writing memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PtwrEffect {
+    /// `mov`.
+    None,
+    /// `xchg`: the register gets the old value.
+    Exchange(Register),
+    /// `cmpxchg`: ZF says whether it stored; if not, the accumulator gets the current value.
+    CompareExchange,
+    /// `and`/`or`/`xor`: the arithmetic flags of the result.
+    Logic,
+    /// `bts`/`btr`/`btc`: CF is the bit's old value.
+    BitTest(u32),
+}
+
+/// A general register's value at its own width; `None` for the high-byte registers (AH...),
+/// which no page-table code uses.
+fn sized_reg(frame: &GuestFrame, r: Register) -> Option<u64> {
+    if matches!(r, Register::AH | Register::BH | Register::CH | Register::DH) {
+        return None;
+    }
+    let v = reg(frame, r.full_register())?;
+    Some(v & width_mask(r.size()))
+}
+
+/// Writes `v` to `r` as the CPU does: a 32-bit write zero-extends, 8/16-bit ones merge.
+fn set_sized_reg(frame: &mut GuestFrame, r: Register, v: u64) {
+    let full = r.full_register();
+    let mask = width_mask(r.size());
+    let new = match r.size() {
+        4 | 8 => v & mask,
+        _ => (reg(frame, full).unwrap_or(0) & !mask) | (v & mask),
+    };
+    set_reg(frame, full, new);
+}
+
+fn width_mask(bytes: usize) -> u64 {
+    if bytes >= 8 {
+        u64::MAX
+    } else {
+        (1u64 << (bytes * 8)) - 1
+    }
+}
+
+/// Decodes `insn`, a store to memory whose current value is `cur`, into the store Xen's
+/// ptwr emulator would make: `mov`, `xchg`, `cmpxchg`, `and`/`or`/`xor` and `bts`/`btr`/`btc`
+/// with a register or immediate source. `None`: not a form emulated here (the guest gets its
+/// page fault, as Xen's emulator fails it).
+pub fn ptwr_store(insn: &Instruction, frame: &GuestFrame, cur: u64) -> Option<PtwrStore> {
+    use iced_x86::{Mnemonic, OpKind};
+    let mem_op = (0..insn.op_count()).find(|&i| insn.op_kind(i) == OpKind::Memory)?;
+    let bytes = insn.memory_size().size();
+    if !matches!(bytes, 1 | 2 | 4 | 8) {
+        return None;
+    }
+    let mask = width_mask(bytes);
+    let other = if mem_op == 0 { 1 } else { 0 };
+    let src = || -> Option<u64> {
+        match insn.op_kind(other) {
+            OpKind::Register => sized_reg(frame, insn.op_register(other)),
+            OpKind::Immediate8
+            | OpKind::Immediate16
+            | OpKind::Immediate32
+            | OpKind::Immediate64
+            | OpKind::Immediate8to16
+            | OpKind::Immediate8to32
+            | OpKind::Immediate8to64
+            | OpKind::Immediate32to64 => Some(insn.immediate(other) & mask),
+            _ => None,
+        }
+    };
+    let store = |val: u64, expected: Option<u64>, effect| {
+        Some(PtwrStore { bytes, val: val & mask, expected, effect })
+    };
+    match insn.mnemonic() {
+        Mnemonic::Mov if mem_op == 0 => store(src()?, None, PtwrEffect::None),
+        Mnemonic::Xchg if insn.op_kind(other) == OpKind::Register => {
+            store(src()?, None, PtwrEffect::Exchange(insn.op_register(other)))
+        }
+        Mnemonic::Cmpxchg if mem_op == 0 => {
+            store(src()?, Some(frame.rax & mask), PtwrEffect::CompareExchange)
+        }
+        Mnemonic::And if mem_op == 0 => store(cur & src()?, None, PtwrEffect::Logic),
+        Mnemonic::Or if mem_op == 0 => store(cur | src()?, None, PtwrEffect::Logic),
+        Mnemonic::Xor if mem_op == 0 => store(cur ^ src()?, None, PtwrEffect::Logic),
+        Mnemonic::Bts | Mnemonic::Btr | Mnemonic::Btc if mem_op == 0 => {
+            // A register bit offset may address beyond the operand; only bits within it here.
+            let bit = src()?;
+            let bits = (bytes * 8) as u64;
+            if insn.op_kind(1) == OpKind::Register && bit >= bits {
+                return None;
+            }
+            let b = 1u64 << (bit % bits);
+            let val = match insn.mnemonic() {
+                Mnemonic::Bts => cur | b,
+                Mnemonic::Btr => cur & !b,
+                _ => cur ^ b,
+            };
+            store(val, None, PtwrEffect::BitTest((bit % bits) as u32))
+        }
+        _ => None,
+    }
+}
+
+/// Writable page tables, the trap half (Xen's `ptwr_do_page_fault` and its emulator): a
+/// write fault of the guest kernel on a read-only mapping of one of its own live L1 tables
+/// is decoded here (as on Xen 4.17 for 64-bit PV kernels, whatever
+/// `VMASST_TYPE_writable_pagetables` says)
+/// ([`ptwr_store`]) and applied by `mm::ptwr` with `mmu_update`'s validation; the RIP moves
+/// past it. False: the guest's own page fault (any other fault, a form not emulated, or an
+/// entry `mmu_update` would refuse).
+pub fn ptwr_write<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame, cr2: u64) -> bool {
+    use crate::mm::ptwr::{self, PtwrOutcome, PtwrTarget};
+    let d = hv.current().domid;
+    if !hv.cur_vcpu().kernel_mode {
+        return false;
+    }
+    let l4 = hv.cur_vcpu().current_l4();
+    let Some(at) = ptwr::target(&hv.frames, hv.mem(), d, l4, cr2, frame.error_code) else {
+        return false;
+    };
+    let (bytes, n) = fetch(hv, frame.rip);
+    let Some(insn) = decode(&bytes[..n], frame.rip) else {
+        return false;
+    };
+    let size = insn.memory_size().size().max(1);
+    let at = PtwrTarget { l1: at.l1, offset: at.offset & !(size - 1) };
+    let shift = (at.offset % 8) * 8;
+    let cur = (hv.mem().read_pte(at.l1, at.offset / 8) >> shift) & width_mask(size);
+    let Some(st) = ptwr_store(&insn, frame, cur) else {
+        return false;
+    };
+    let r = ptwr::emulated_update(&mut hv.frames, hv.plat.mem(), d, at, st.val, st.bytes, st.expected);
+    // A frame whose last mapping went may be reused: no stale translation may survive.
+    if hv.frames.take_flush_pending() {
+        hv.request_flush(crate::mm::tlb::Flush::All);
+    }
+    let stored = match r {
+        Ok(PtwrOutcome::Written) => true,
+        Ok(PtwrOutcome::CmpxchgFailed(now)) => {
+            set_sized_reg(frame, width_reg(size), now);
+            false
+        }
+        Err(_) => return false,
+    };
+    match st.effect {
+        PtwrEffect::None => {}
+        PtwrEffect::Exchange(r) => set_sized_reg(frame, r, cur),
+        PtwrEffect::CompareExchange => {
+            frame.rflags = (frame.rflags & !arith::ZF) | if stored { arith::ZF } else { 0 };
+        }
+        PtwrEffect::Logic => {
+            let sign = 1u64 << (size * 8 - 1);
+            let mut f = frame.rflags & !arith::ALL;
+            if st.val == 0 {
+                f |= arith::ZF;
+            }
+            if st.val & sign != 0 {
+                f |= arith::SF;
+            }
+            if (st.val as u8).count_ones().is_multiple_of(2) {
+                f |= arith::PF;
+            }
+            frame.rflags = f;
+        }
+        PtwrEffect::BitTest(bit) => {
+            frame.rflags = (frame.rflags & !arith::CF) | (((cur >> bit) & 1) * arith::CF);
+        }
+    }
+    frame.rip = frame.rip.wrapping_add(insn.len() as u64);
+    true
+}
+
+/// The accumulator at `bytes` width (where `cmpxchg` leaves the current value).
+fn width_reg(bytes: usize) -> Register {
+    match bytes {
+        1 => Register::AL,
+        2 => Register::AX,
+        4 => Register::EAX,
+        _ => Register::RAX,
+    }
+}

@@ -186,3 +186,37 @@ fn the_tcg_smap_quirk_is_recognised_only_for_a_far_return_reading_its_own_stack(
     assert!(!quirk(&mut hv, IRETQ, 3, STACK), "a write");
     assert!(!quirk(&mut hv, MOV_LOAD, 1, STACK), "not a far return");
 }
+
+/// Decodes `bytes` as the faulting store of a ptwr write whose operand holds `cur`.
+fn ptwr(bytes: &[u8], f: &GuestFrame, cur: u64) -> Option<crate::emulate::PtwrStore> {
+    let insn = crate::emulate::decode(bytes, CODE).expect("valid instruction");
+    crate::emulate::ptwr_store(&insn, f, cur)
+}
+
+#[test]
+fn page_table_stores_decode_to_what_they_write() {
+    use crate::emulate::{PtwrEffect as E, PtwrStore as S};
+    use iced_x86::Register;
+    let f = GuestFrame { rax: 0x8000_0000_1234_5067, rdx: 0x5555_6067, ..GuestFrame::default() };
+    let cur = 0x8000_0000_0abc_d067;
+    let s = |bytes, val, expected, effect| Some(S { bytes, val, expected, effect });
+    // mov %rax,(%rdi); mov %eax,(%rdi); movq $imm32,(%rdi) sign-extended.
+    assert_eq!(ptwr(&[0x48, 0x89, 0x07], &f, cur), s(8, f.rax, None, E::None));
+    assert_eq!(ptwr(&[0x89, 0x07], &f, cur), s(4, 0x1234_5067, None, E::None));
+    assert_eq!(ptwr(&[0x48, 0xc7, 0x07, 0xff, 0xff, 0xff, 0xff], &f, cur), s(8, u64::MAX, None, E::None));
+    // xchg %rax,(%rdi) (Linux's ptep_get_and_clear): the register gets the old entry.
+    assert_eq!(ptwr(&[0x48, 0x87, 0x07], &f, cur), s(8, f.rax, None, E::Exchange(Register::RAX)));
+    // lock cmpxchg %rdx,(%rdi): compared with %rax.
+    assert_eq!(ptwr(&[0xf0, 0x48, 0x0f, 0xb1, 0x17], &f, cur), s(8, f.rdx, Some(f.rax), E::CompareExchange));
+    // lock andb $0xfd,(%rdi) (clear_bit of _PAGE_RW): one byte.
+    assert_eq!(ptwr(&[0xf0, 0x80, 0x27, 0xfd], &f, 0x67), s(1, 0x65, None, E::Logic));
+    // lock orq %rdx,(%rdi).
+    assert_eq!(ptwr(&[0xf0, 0x48, 0x09, 0x17], &f, cur), s(8, cur | f.rdx, None, E::Logic));
+    // lock btrq $5,(%rdi) (test_and_clear_bit of _PAGE_ACCESSED).
+    assert_eq!(ptwr(&[0xf0, 0x48, 0x0f, 0xba, 0x37, 0x05], &f, cur), s(8, cur & !0x20, None, E::BitTest(5)));
+    // A register bit offset beyond the operand, a load, and the high-byte registers: not here.
+    let far = GuestFrame { rax: 70, ..f };
+    assert_eq!(ptwr(&[0xf0, 0x48, 0x0f, 0xab, 0x07], &far, cur), None);
+    assert_eq!(ptwr(&[0x48, 0x8b, 0x07], &f, cur), None);
+    assert_eq!(ptwr(&[0x88, 0x27], &f, cur), None, "mov %ah,(%rdi)");
+}

@@ -359,6 +359,8 @@ pub fn guest_exception<P: Platform>(
                 bounce_exception(hv, frame, vector::UD, None)
             }
         }
+        // Writable page tables: the guest kernel's store to one of its own L1s is emulated.
+        vector::PF if crate::emulate::ptwr_write(hv, frame, info) => Ok(()),
         vector::PF => {
             hv.mem().write_u64(vcpu_cr2_addr(hv), info);
             // The CPU saw ring 3 either way; the guest must see which of its own modes

@@ -73,3 +73,8 @@ fn a_guest_kernels_iret_to_self_survives_qemus_smap_quirk_with_smep_kept() {
         assert!(l.contains("smap-quirk detected=1 smap=0 smep=1"), "{l}");
     }
 }
+
+#[test]
+fn a_guest_kernels_stores_to_its_own_page_tables_are_emulated_and_validated_as_on_xen() {
+    scenario_agrees_with_xen("ptwr");
+}

@@ -92,6 +92,7 @@ scenarios! {
     iopl => "iopl",
     segbase => "segbase",
     iret_to_self => "iret-to-self",
+    ptwr => "ptwr",
     unmapped => "unmapped",
     hvspace => "hvspace",
     stack_overflow => "stack-overflow",

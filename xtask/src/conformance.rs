@@ -54,6 +54,7 @@ pub const SCENARIOS: &[Scenario] = &[
     scenario("iopl", "scenario=iopl"),
     scenario("segbase", "scenario=segbase"),
     scenario("iret-to-self", "scenario=iret-to-self"),
+    scenario("ptwr", "scenario=ptwr"),
     scenario("unmapped", "scenario=unmapped"),
     scenario("hvspace", "scenario=hvspace"),
     scenario("stack-overflow", "scenario=stack-overflow"),
@@ -93,6 +94,8 @@ const ROLE: &str = "role: dom0 (privileged) under Xen, a domU under microvisor";
 
 /// Differences on purpose, each with its reason.
 pub const DELIBERATE: &[Listed] = &[
+    listed("ptwr", "refused.foreign", "role: Xen lets dom0 map any frame no domain owns (I/O memory)"),
+    listed("ptwr", "verdict", ROLE),
     listed(
         "iret-to-self",
         "*",

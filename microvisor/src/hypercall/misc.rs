@@ -156,9 +156,8 @@ fn user_selector_base(gdt: &[u64], sel: u16) -> u64 {
 }
 
 pub fn vm_assist<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, ty: u64) -> Result<i64, Errno> {
-    // Writable page tables need trap-and-emulate of PTE writes, which microvisor does not
-    // offer; guests fall back to explicit updates.
-    if ty >= 64 || vmasst::VALID_MASK & (1 << ty) == 0 || ty == u64::from(vmasst::TYPE_WRITABLE_PAGETABLES) {
+    // Writable page tables are emulated once enabled (`emulate::ptwr_write`).
+    if ty >= 64 || vmasst::VALID_MASK & (1 << ty) == 0 {
         return Err(Errno::EINVAL);
     }
     let d = hv.cur_dom_mut();

@@ -83,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("iopl", "tests/tests/cpu.rs", |_| vcpu_state::iopl()),
     sc("segbase", "tests/tests/cpu.rs", |_| vcpu_state::segbase()),
     sc("iret-to-self", "tests/tests/cpu.rs", |_| vcpu_state::iret_to_self()),
+    sc("ptwr", "tests/tests/cpu.rs", |_| vcpu_state::ptwr()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
     sc("balloon-xs", "tests/tests/balloon.rs", |c| balloon::follow(c.si)),
     // Grants and event channels between domains.

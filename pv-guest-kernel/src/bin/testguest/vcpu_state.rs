@@ -586,3 +586,109 @@ pub fn iret_to_self() {
     traps::set_handler(14, old);
     r.report();
 }
+
+/// Where the `ptwr` scenario maps its test page.
+const PTWR_VA: u64 = 0x70_0000;
+const PTE_ACCESSED: u64 = 1 << 5;
+const PTE_DIRTY: u64 = 1 << 6;
+/// Set by the hypervisor on guest mappings (Xen's `adjust_guest_l1e`), not by the guest.
+const PTE_GLOBAL: u64 = 1 << 8;
+
+/// The L1 entry for `PTWR_VA` as the guest wrote it: without the bits the CPU and the
+/// hypervisor set.
+fn ptwr_entry(l1: hypercall_abi::Mfn, idx: usize) -> u64 {
+    pv_guest_kernel::mm::read_table(l1, idx).unwrap_or(u64::MAX) & !(PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL)
+}
+
+/// `ptwr`: writable page tables. The guest kernel writes an entry of one of its own L1
+/// tables with ordinary instructions through the table's read-only mapping (as Linux's
+/// `set_pte`, `ptep_get_and_clear`, `ptep_test_and_clear_young` do): each store is emulated
+/// and validated as `mmu_update` would validate it, and one `mmu_update` refuses is the
+/// guest's page fault with the entry unchanged.
+pub fn ptwr() {
+    use pv_guest_kernel::mm::{self, pt};
+    let mut r = Results::new("ptwr");
+    let old = [GP, 14].map(|v| (v, traps::set_handler(v, Some(catch))));
+    let setup = (|| {
+        let page = mm::alloc_page().ok()?;
+        let maddr = mm::entry_maddr(PTWR_VA, 1).ok()?;
+        let l1 = hypercall_abi::Mfn(maddr >> 12);
+        let entry_va = mm::pfn_to_virt(mm::mfn_to_pfn(l1)?)? + (maddr & 0xfff);
+        Some((page, l1, (maddr & 0xfff) as usize / 8, entry_va))
+    })();
+    let Some((page, l1, idx, entry_va)) = setup else {
+        r.fail("cannot set up the test page and its L1".into());
+        return r.report();
+    };
+    // SAFETY: our page, writable in the direct map.
+    unsafe { (page.va as *mut u64).write_volatile(0x7077_0001) };
+    let ro = (page.mfn.0 << 12) | pt::PAGE_KERNEL_RO;
+    let mov = |v: u64| outcome(|| recoverable!("movq {v}, ({p})", v = in(reg) v, p = in(reg) entry_va));
+    let read_mapped = || -> u64 {
+        // SAFETY: PTWR_VA maps our page (checked by the caller through the entry).
+        unsafe { (PTWR_VA as *const u64).read_volatile() }
+    };
+
+    // Xen 4.17 emulates these stores for a 64-bit PV kernel whatever the
+    // VMASST_TYPE_writable_pagetables setting (Linux enables it; the call succeeds).
+    r.ret("vmasst.on", vm_assist(vmasst::CMD_ENABLE, vmasst::TYPE_WRITABLE_PAGETABLES), 0);
+
+    // mov: a new read-only mapping of our page, which then reads through.
+    r.word("mov", mov(ro), "done");
+    r.is("mov.entry_is_the_one_written", ptwr_entry(l1, idx) == ro & !(PTE_ACCESSED | PTE_DIRTY));
+    r.eq("mov.reads_through", read_mapped(), 0x7077_0001);
+    // lock btrq $5: test-and-clear of the accessed bit (CF is its old value).
+    let mut cf: u64 = 0;
+    r.word(
+        "btr",
+        outcome(|| recoverable!("lock btrq $5, ({p})\n setc {f:l}", p = in(reg) entry_va, f = inout(reg) cf)),
+        "done",
+    );
+    r.eq("btr.cf", cf & 1, 1);
+    r.eq("btr.accessed", pv_guest_kernel::mm::read_table(l1, idx).unwrap_or(0) & PTE_ACCESSED, 0);
+    // Refused like mmu_update: a writable mapping of a page table. The entry stays as it was
+    // and the guest gets its page fault.
+    let before = ptwr_entry(l1, idx);
+    r.word("refused.writable_l1", mov((l1.0 << 12) | pt::PAGE_KERNEL), "#PF");
+    r.is("refused.entry_unchanged", ptwr_entry(l1, idx) == before);
+    // lock cmpxchg: a stale expected value stores nothing and loads the current entry.
+    let cur = pv_guest_kernel::mm::read_table(l1, idx).unwrap_or(0);
+    let (mut acc, mut zf) = (cur ^ 1, 0u64);
+    r.word(
+        "cmpxchg.stale",
+        outcome(|| {
+            recoverable!("lock cmpxchgq {n}, ({p})\n setz {f:l}", n = in(reg) 0u64, p = in(reg) entry_va,
+                f = inout(reg) zf, inout("rax") acc)
+        }),
+        "done",
+    );
+    r.eq("cmpxchg.stale.zf", zf & 1, 0);
+    r.is("cmpxchg.stale.loaded_current", acc == cur);
+    r.is("cmpxchg.stale.entry_unchanged", ptwr_entry(l1, idx) == before);
+    // xchg with 0 (ptep_get_and_clear): the old entry comes back, the mapping goes.
+    let mut got: u64 = 0;
+    r.word(
+        "xchg",
+        outcome(|| recoverable!("xchgq {g}, ({p})", g = inout(reg) got, p = in(reg) entry_va)),
+        "done",
+    );
+    r.is("xchg.returned_the_entry", got & !(PTE_ACCESSED | PTE_DIRTY | PTE_GLOBAL) == before);
+    r.eq("xchg.entry", ptwr_entry(l1, idx), 0);
+    let flush = [hypercall_abi::xen::MmuextOp {
+        cmd: hypercall_abi::xen::mmuext::TLB_FLUSH_LOCAL,
+        ..Default::default()
+    }];
+    let mut ok = 0u32;
+    let _ = hypercall::mmuext_op(&flush, &mut ok, hypercall_abi::DomId::SELF);
+    r.ret("vmasst.off", vm_assist(vmasst::CMD_DISABLE, vmasst::TYPE_WRITABLE_PAGETABLES), 0);
+    r.word("after_off.mov", mov(ro), "done");
+    // A frame this domU does not own (under Xen the guest is dom0, which may map any frame no
+    // domain owns: a listed difference).
+    r.word("refused.foreign", mov(0xf_ffff_f000 | pt::PAGE_KERNEL_RO), "#PF");
+    let _ = mov(0);
+    let _ = hypercall::mmuext_op(&flush, &mut ok, hypercall_abi::DomId::SELF);
+    for (v, h) in old {
+        traps::set_handler(v, h);
+    }
+    r.report();
+}
