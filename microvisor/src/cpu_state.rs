@@ -23,6 +23,10 @@ pub struct VcpuArch {
     pub debug_generation: u64,
     /// `MSR_TSC_AUX`: what `rdtscp` and `rdpid` read, loaded into the CPU while the vCPU runs.
     pub tsc_aux: u32,
+    /// The hypervisor changed the vCPU's segment bases (or which GS base is active) since the
+    /// CPU last got them: until the exit path loads them, the vCPU's copy is the newer one and
+    /// must not be replaced by what the CPU holds.
+    pub bases_pending: bool,
 }
 
 /// The guest's debug registers.

@@ -418,7 +418,7 @@ fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
                 msr::GS_BASE => v.gs_base_kernel = val,
                 _ => v.gs_base_user = val,
             }
-            hv.mark_hw_dirty();
+            hv.bases_changed();
             Outcome::Done
         }
         msr::TSC_AUX if tsc_aux_visible(hv) => match u32::try_from(val) {

@@ -220,3 +220,26 @@ fn page_table_stores_decode_to_what_they_write() {
     assert_eq!(ptwr(&[0x48, 0x8b, 0x07], &f, cur), None);
     assert_eq!(ptwr(&[0x88, 0x27], &f, cur), None, "mov %ah,(%rdi)");
 }
+
+#[test]
+fn the_cpus_segment_bases_are_the_truth_except_while_the_hypervisors_own_change_waits() {
+    use hypercall_abi::xen::segbase;
+    let mut hv = two_domains();
+    let me = hv.current();
+    // The guest loaded a null %gs: the CPU's GS base is 0, the vCPU's copy says 0x5000.
+    hv.cur_vcpu_mut().gs_base_kernel = 0x5000;
+    hv.plat.live_bases.set(Some((me, 0x7000, 0)));
+    hv.refresh_segment_bases(me);
+    assert_eq!((hv.cur_vcpu().fs_base, hv.cur_vcpu().gs_base_kernel), (0x7000, 0), "taken from the CPU");
+    // set_segment_base of the old value: the hypervisor's copy is the truth until the exit
+    // path loads it (a switch away in between must not take the stale CPU value back).
+    let args = [u64::from(segbase::GS_KERNEL), 0x5000, 0, 0, 0];
+    let _ = crate::hypercall::dispatch(&mut hv, hypercall_abi::hypercall::nr::SET_SEGMENT_BASE, args, None);
+    hv.refresh_segment_bases(me);
+    assert_eq!(hv.cur_vcpu().gs_base_kernel, 0x5000);
+    let exit = crate::testkit::exit_work(&mut hv);
+    assert_eq!(exit.hw.gs_base, 0x5000, "the exit path loads it");
+    // Loaded: the CPU is the truth again.
+    hv.refresh_segment_bases(me);
+    assert_eq!(hv.cur_vcpu().gs_base_kernel, 0);
+}

@@ -543,8 +543,16 @@ impl<P: Platform> Hypervisor<P> {
 
     /// Takes `vcpu`'s segment bases back from the CPU if it holds them, before anything reads
     /// or replaces the vCPU's copy (a mode toggle, a switch away, `set_segment_base`, the
-    /// emulated MSRs): the guest may have changed them by loading `%fs`/`%gs`.
+    /// emulated MSRs): the guest may have changed them by loading `%fs`/`%gs`. Not while the
+    /// hypervisor's own change waits for the exit path (`bases_pending`).
+    ///
+    /// Call [`Hypervisor::bases_changed`] after changing them.
     pub(crate) fn refresh_segment_bases(&mut self, r: VcpuRef) {
+        let pending =
+            self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)).is_none_or(|v| v.arch.bases_pending);
+        if pending {
+            return;
+        }
         if let Some((fs, gs)) = self.plat.live_segment_bases(r) {
             if let Some(v) = self.domains.get_mut(&r.domid).and_then(|d| d.vcpu_mut(r.vcpu)) {
                 v.fs_base = fs;
@@ -555,6 +563,13 @@ impl<P: Platform> Hypervisor<P> {
                 }
             }
         }
+    }
+
+    /// Notes that the running vCPU's segment bases (or its active GS base) changed here: the
+    /// exit path must load them, and until then they are the truth.
+    pub(crate) fn bases_changed(&mut self) {
+        self.cur_vcpu_mut().arch.bases_pending = true;
+        self.mark_hw_dirty();
     }
 
     /// The running domain.
@@ -773,6 +788,8 @@ impl<P: Platform> Hypervisor<P> {
             self.fpu_load_running();
             let (flush, irq) = (self.exit.flush, self.exit.irq);
             self.exit = ExitWork::default();
+            // The exit path loads the bases now: from here on the CPU's are the truth.
+            self.cur_vcpu_mut().arch.bases_pending = false;
             return Resume::Guest(GuestExit {
                 hw: self.hw_state(),
                 flush,

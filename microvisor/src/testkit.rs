@@ -22,6 +22,9 @@ pub struct FakePlatform {
     pub out: Vec<u8>,
     /// Cache flushes (`wbinvd`) the core asked for.
     pub wbinvds: u32,
+    /// The segment bases "in the CPU" (FS, active GS) and whose they are, for tests of the
+    /// rule that the CPU's bases are the truth while a vCPU runs.
+    pub live_bases: Cell<Option<(VcpuRef, u64, u64)>>,
 }
 
 impl Platform for FakePlatform {
@@ -37,6 +40,9 @@ impl Platform for FakePlatform {
     }
     fn cpuid(&self, _leaf: u32, _subleaf: u32) -> [u32; 4] {
         [0; 4]
+    }
+    fn live_segment_bases(&self, vcpu: VcpuRef) -> Option<(u64, u64)> {
+        self.live_bases.get().filter(|&(v, _, _)| v == vcpu).map(|(_, fs, gs)| (fs, gs))
     }
     fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
         FAKE_MSRS.iter().find(|&&(m, _)| m == msr).map(|&(_, v)| v)
@@ -72,7 +78,8 @@ pub fn two_domains() -> TestHv {
     for f in 8..16 {
         ft.share_xen_frame(Mfn(f), DomId::XEN, false).unwrap();
     }
-    let plat = FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new(), wbinvds: 0 };
+    let plat =
+        FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new(), wbinvds: 0, live_bases: Cell::new(None) };
     let mut hv = Hypervisor::new(plat, ft, m2p_base, TimeBase::new(0, TSC_HZ));
     let image = testelf::TestElf::kernel().build();
     for (name, is_dom0) in [("dom0", true), ("domU", false)] {

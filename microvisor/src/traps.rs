@@ -63,6 +63,7 @@ pub fn toggle_guest_mode<P: Platform>(hv: &mut Hypervisor<P>) {
     hv.refresh_segment_bases(hv.current());
     let v = hv.cur_vcpu_mut();
     v.kernel_mode = !v.kernel_mode;
+    hv.bases_changed();
 }
 
 /// Builds a bounce frame and points the vCPU at `handler`.

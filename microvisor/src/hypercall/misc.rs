@@ -113,7 +113,7 @@ pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u
     // From the CPU first: a base the guest zeroed by loading a null selector must be written
     // again even when the value is the one the hypervisor last gave (Xen always writes).
     hv.refresh_segment_bases(hv.current());
-    hv.mark_hw_dirty();
+    hv.bases_changed();
     let v = hv.cur_vcpu_mut();
     match which as u32 {
         segbase::FS | segbase::GS_USER | segbase::GS_KERNEL if !is_canonical(base) => Err(Errno::EINVAL),
