@@ -604,13 +604,11 @@ pub fn ptwr_store(insn: &Instruction, frame: &GuestFrame, cur: u64) -> Option<Pt
 /// past it. False: the guest's own page fault (any other fault, a form not emulated, or an
 /// entry `mmu_update` would refuse).
 pub fn ptwr_write<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame, cr2: u64) -> bool {
-    use crate::mm::ptwr::{self, PtwrOutcome, PtwrTarget};
-    let d = hv.current().domid;
+    use crate::mm::ptwr::{PtwrOutcome, PtwrTarget};
     if !hv.cur_vcpu().kernel_mode {
         return false;
     }
-    let l4 = hv.cur_vcpu().current_l4();
-    let Some(at) = ptwr::target(&hv.frames, hv.mem(), d, l4, cr2, frame.error_code) else {
+    let Some(at) = hv.ptwr_target(cr2, frame.error_code) else {
         return false;
     };
     let (bytes, n) = fetch(hv, frame.rip);
@@ -624,18 +622,16 @@ pub fn ptwr_write<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame, c
     let Some(st) = ptwr_store(&insn, frame, cur) else {
         return false;
     };
-    let r = ptwr::emulated_update(&mut hv.frames, hv.plat.mem(), d, at, st.val, st.bytes, st.expected);
-    // A frame whose last mapping went may be reused: no stale translation may survive.
-    if hv.frames.take_flush_pending() {
-        hv.request_flush(crate::mm::tlb::Flush::All);
-    }
-    let stored = match r {
+    // Validated as mmu_update validates; the flush a reused frame owes and an L1TF-unsafe entry
+    // (which crashes the domain) are handled as after mmu_update.
+    let stored = match hv.ptwr_store(at, st.val, st.bytes, st.expected) {
         Ok(PtwrOutcome::Written) => true,
         Ok(PtwrOutcome::CmpxchgFailed(now)) => {
             set_sized_reg(frame, width_reg(size), now);
             false
         }
-        Err(_) => return false,
+        // A crashed domain gets no page fault.
+        Err(_) => return !hv.cur_dom().is_alive(),
     };
     match st.effect {
         PtwrEffect::None => {}

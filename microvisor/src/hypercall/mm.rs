@@ -61,12 +61,12 @@ fn with_mmu<P: Platform, R>(
 }
 
 impl<P: Platform> Hypervisor<P> {
-    /// Writable page tables (Xen's `ptwr`), for the page-fault path: the L1 entry a write
-    /// fault at `va` with `error_code`, taken by the running vCPU's kernel, hits through a
-    /// read-only mapping of one of its domain's own live L1s; `None` if the fault is the
-    /// guest's.
+    /// Writable page tables (Xen's `ptwr`), for the page-fault path (`emulate::ptwr_write`):
+    /// the L1 entry a write fault at `va` with `error_code`, taken by the running vCPU on its
+    /// current page tables, hits through a read-only mapping of one of its domain's own live
+    /// L1s; `None` if the fault is the guest's.
     pub fn ptwr_target(&self, va: u64, error_code: u64) -> Option<ptwr::PtwrTarget> {
-        let (d, l4) = (self.current().domid, self.cur_vcpu().kernel_l4);
+        let (d, l4) = (self.current().domid, self.cur_vcpu().current_l4());
         ptwr::target(&self.frames, self.plat.mem(), d, l4, va, error_code)
     }
 
