@@ -47,15 +47,14 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
             b &= 0x0000_ffff;
         }
         7 => {
-            // ebx: FSGSBASE 0, AVX2 5, SMEP 7, INVPCID 10, AVX-512 (16, 17, 21, 26-28, 30, 31),
-            // SMAP 20; ecx: AVX-512 bits, PKU 3, OSPKE 4, UMIP 2; edx: AVX-512 bits. SMEP and
-            // SMAP are HVM-only in Xen's policy (`/*S*/` in cpufeatureset.h): a PV kernel runs
-            // in ring 3, where `stac`/`clac` raise #UD, and Linux patches them into every entry
-            // path when it sees SMAP. FSGSBASE is hidden until a guest's CR4.FSGSBASE write is
-            // honoured (Xen shows it and lets PV kernels set the bit): Linux sets the bit once it
-            // sees the feature and then uses `rdfsbase`, which raises #UD with the bit clear.
-            const EBX_HIDE: u32 = (1 << 0)
-                | (1 << 5)
+            // ebx: AVX2 5, SMEP 7, INVPCID 10, AVX-512 (16, 17, 21, 26-28, 30, 31), SMAP 20;
+            // ecx: AVX-512 bits, PKU 3, OSPKE 4, UMIP 2; edx: AVX-512 bits. SMEP and SMAP are
+            // HVM-only in Xen's policy (`/*S*/` in cpufeatureset.h): a PV kernel runs in ring 3,
+            // where `stac`/`clac` raise #UD, and Linux patches them into every entry path when
+            // it sees SMAP. FSGSBASE (0) stays visible, as on Xen: a guest's CR4.FSGSBASE write
+            // reaches the CPU (`cpu_state::HARDWARE_CR4_MASK`), and Linux, which sets the bit
+            // once it sees the feature, then uses `rdfsbase`.
+            const EBX_HIDE: u32 = (1 << 5)
                 | (1 << 7)
                 | (1 << 10)
                 | (1 << 16)
@@ -101,7 +100,7 @@ mod tests {
         let l7 = pv_cpuid(7, [0, 0xffff_ffff, 0xffff_ffff, 0xffff_ffff]);
         assert_eq!(l7[1] & (1 << 7), 0, "SMEP hidden (Xen: HVM only)");
         assert_eq!(l7[1] & (1 << 20), 0, "SMAP hidden (Xen: HVM only)");
-        assert_eq!(l7[1] & 1, 0, "FSGSBASE hidden (CR4.FSGSBASE is not the guest's to set)");
+        assert_eq!(l7[1] & 1, 1, "FSGSBASE shown (a guest's CR4.FSGSBASE reaches the CPU)");
         let x = pv_cpuid(0x4000_0000, [0; 4]);
         let sig: Vec<u8> = x[1..].iter().flat_map(|w| w.to_le_bytes()).collect();
         assert_eq!(&sig, b"XenVMMXenVMM");
