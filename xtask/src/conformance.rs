@@ -127,6 +127,12 @@ pub const DELIBERATE: &[Listed] = &[
         "version: microvisor reports Xen 4.19's interface (xen_version 0x40013); the reference is 4.17 (0x40011)",
     ),
     listed(
+        "badargs",
+        "arch_debug_*",
+        "design: arch_7 is microvisor's debug hypercall (dom0's, EPERM for a domU); Xen 4.17 has no arch_7 and answers ENOSYS",
+    ),
+    listed("badargs", "verdict", "design: the scenario expects microvisor's debug hypercall (arch_7), which Xen 4.17 lacks"),
+    listed(
         "mm-hostile",
         "machphys-foreign",
         "role: under Xen the guest is the only domain, so there is no foreign frame to try",
