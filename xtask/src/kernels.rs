@@ -93,7 +93,8 @@ fn add_target(target: &str) -> bool {
 pub struct Kernels {
     /// The hypervisor's Multiboot image.
     pub microvisor: PathBuf,
-    /// dom0.
+    /// dom0. The guests' paths are their boot copies, without debug info ([`boot_copy`]);
+    /// [`Kernels::with_debug_info`] names the ELF files gdb wants.
     pub dom0: PathBuf,
     /// The demo PV domU.
     pub domu: PathBuf,
@@ -124,13 +125,57 @@ pub fn build() -> Result<Kernels> {
     let out = |dir: &Path, name: &str| dir.join(target).join("release").join(name);
     let k = Kernels {
         microvisor: out(&hv_dir, "microvisor"),
-        dom0: out(&guest_dir, "dom0"),
-        domu: out(&guest_dir, "domu"),
-        testguest: out(&guest_dir, "testguest"),
+        dom0: boot_copy(&out(&guest_dir, "dom0"))?,
+        domu: boot_copy(&out(&guest_dir, "domu"))?,
+        testguest: boot_copy(&out(&guest_dir, "testguest"))?,
     };
     check_hypervisor_image(&k.microvisor)?;
     *built = Some(k.clone());
     Ok(k)
+}
+
+/// The folder (under each guest's release folder) of the copies QEMU loads.
+const BOOT_DIR: &str = "boot";
+
+/// The copy of guest kernel `elf` that machines load: its debug info stripped (`strip
+/// --strip-debug`, from binutils, which the host toolchain's C linker brings). The release
+/// profile keeps debug info for gdb, which makes the test guest about 12 MiB; QEMU holds every
+/// module in guest RAM until the hypervisor has built the domains, so a machine of sixteen
+/// domains would spend a third of its memory on debug info. Symbols, notes and every loaded
+/// byte stay as built. Written under a temporary name and renamed, so a machine of another
+/// process never reads half a file.
+fn boot_copy(elf: &Path) -> Result<PathBuf> {
+    let (Some(dir), Some(name)) = (elf.parent(), elf.file_name()) else {
+        return Err(format!("{}: not a file path", elf.display()));
+    };
+    let dir = dir.join(BOOT_DIR);
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let copy = dir.join(name);
+    let tmp = dir.join(format!("{}.{}", name.to_string_lossy(), std::process::id()));
+    let status = Command::new("strip")
+        .arg("--strip-debug")
+        .arg("-o")
+        .arg(&tmp)
+        .arg(elf)
+        .status()
+        .map_err(|e| format!("cannot run `strip` (binutils) for {}: {e}", elf.display()))?;
+    if !status.success() {
+        return Err(format!("`strip --strip-debug -o {} {}` failed", tmp.display(), elf.display()));
+    }
+    std::fs::rename(&tmp, &copy).map_err(|e| format!("{}: {e}", copy.display()))?;
+    Ok(copy)
+}
+
+impl Kernels {
+    /// The guest kernel with its debug info (for gdb) of a boot copy in this build.
+    pub fn with_debug_info(boot: &Path) -> PathBuf {
+        match (boot.parent(), boot.file_name()) {
+            (Some(dir), Some(name)) if dir.ends_with(BOOT_DIR) => {
+                dir.parent().map_or_else(|| boot.to_path_buf(), |d| d.join(name))
+            }
+            _ => boot.to_path_buf(),
+        }
+    }
 }
 
 fn cargo_build(root: &Path, target_dir: &Path, target: &str, rustflags: &str, what: &[&str]) -> Result<()> {

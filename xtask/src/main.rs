@@ -103,8 +103,8 @@ fn run(args: &[String]) -> Result<ExitCode> {
         println!(
             "  gdb {} -ex 'target remote :1234' -ex 'add-symbol-file {}' -ex 'add-symbol-file {}'",
             k.microvisor.display(),
-            k.dom0.display(),
-            k.domu.display()
+            xtask::kernels::Kernels::with_debug_info(&k.dom0).display(),
+            xtask::kernels::Kernels::with_debug_info(&k.domu).display()
         );
         let status = m.command().status().map_err(|e| format!("cannot start QEMU: {e}"))?;
         return Ok(ExitCode::from(Outcome::from_status(status.code()).exit_code() as u8));
