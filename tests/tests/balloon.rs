@@ -1,5 +1,6 @@
-//! The balloon driver against the hypervisor's accounting: ballooning down by N pages frees N
-//! machine frames and takes N from the domain, ballooning back up reverses both exactly; with
+//! The balloon driver against the hypervisor's accounting: ballooning down by N pages takes
+//! exactly N frames from the domain and frees them (the machine-wide count to within what dom0
+//! moves meanwhile), ballooning back up reverses both; with
 //! the target set by dom0 through xenstore (`mem-set=`) as well as by a boot option.
 
 use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
@@ -25,6 +26,13 @@ fn field(f: &[(String, String)], key: &str) -> i64 {
         .unwrap_or_else(|| panic!("no numeric {key} in {f:?}"))
 }
 
+/// The machine-wide free-frame count follows our domain's to within what dom0 and the
+/// hypervisor heap may move meanwhile (the guest's `OTHERS_DRIFT`); the domain's own count and
+/// reservation are exact.
+fn assert_free_moved(got: i64, want: i64, log: &str) {
+    assert!((got - want).abs() <= 64, "free frames moved by {got}, want {want} (±64)\n{log}");
+}
+
 fn balloon_down_and_up(target: u64, want_pages: i64) {
     let k = kernels();
     // The domU reads the hypervisor's free-frame count, dom0's by default.
@@ -35,10 +43,10 @@ fn balloon_down_and_up(target: u64, want_pages: i64) {
     let down = figures(&run, "down");
     let up = figures(&run, "up");
     assert_eq!(field(&down, "pages"), want_pages, "{}", run.text());
-    assert_eq!(field(&down, "free_delta"), want_pages, "{}", run.text());
+    assert_free_moved(field(&down, "free_delta"), want_pages, &run.text());
     assert_eq!(field(&down, "domain_delta"), -want_pages, "{}", run.text());
     assert_eq!(field(&up, "pages"), want_pages, "{}", run.text());
-    assert_eq!(field(&up, "free_delta"), -want_pages, "{}", run.text());
+    assert_free_moved(field(&up, "free_delta"), -want_pages, &run.text());
     assert_eq!(field(&up, "domain_delta"), want_pages, "{}", run.text());
     // The domain's reservation follows: 8192 pages at boot.
     assert_eq!(field(&down, "reservation"), 8192 - want_pages, "{}", run.text());
@@ -58,8 +66,8 @@ fn ballooning_below_the_floor_stops_at_the_floor() {
 }
 
 /// `xl mem-set` through xenstore: dom0 writes a lower `memory/target`, waits until the domain
-/// holds it (getdomaininfo), then writes the original; the domain's balloon follows both, and
-/// the hypervisor's free-frame count moves by exactly the difference and back.
+/// holds it (getdomaininfo), then writes the original; the domain's balloon follows both, its
+/// frame count moves by exactly the difference and back, and the free-frame count with it.
 #[test]
 fn the_balloon_follows_memory_target_set_by_dom0() {
     let k = kernels();
@@ -81,7 +89,7 @@ fn the_balloon_follows_memory_target_set_by_dom0() {
     let up = figures(&run, "up");
     for (f, dir, sign) in [(&down, "down", 1), (&up, "up", -1)] {
         assert_eq!(field(f, "pages"), 1024, "{dir}\n{}", run.text());
-        assert_eq!(field(f, "free_delta"), sign * 1024, "{dir}\n{}", run.text());
+        assert_free_moved(field(f, "free_delta"), sign * 1024, &format!("{dir}\n{}", run.text()));
         assert_eq!(field(f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
     }
     assert_eq!(field(&down, "target_kib"), 28672, "{}", run.text());
@@ -94,5 +102,5 @@ fn the_balloon_follows_memory_target_set_by_dom0() {
         let (a, b) = v.split_once("->").unwrap();
         (a.parse().unwrap(), b.parse().unwrap())
     };
-    assert_eq!(free(&down).0, free(&up).1, "{}", run.text());
+    assert_free_moved(free(&up).1 - free(&down).0, 0, &run.text());
 }

@@ -276,7 +276,8 @@ fn test() -> Result<ExitCode> {
     kernels::build()?;
     let skips = xtask::debian::skip_log();
     let _ = std::fs::remove_file(&skips);
-    let ok = cargo(&["test", "--workspace"])?;
+    // Every test file runs even after one fails, so a red run shows all that is wrong.
+    let ok = cargo(&["test", "--workspace", "--no-fail-fast"])?;
     // cargo's harness hides what passing tests print: repeat every skip where it is seen.
     if let Ok(text) = std::fs::read_to_string(&skips) {
         eprintln!("\n*** {} test(s) skipped parts that need a reference system:", text.lines().count());

@@ -21,6 +21,17 @@ use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::start_info::StartInfo;
 use pv_guest_kernel::{balloon, cmdline, hypercall, println, time, xenbus};
 
+/// How far the machine-wide free-frame count may drift while we balloon: dom0 keeps running
+/// (xenstored, the console backend, grant mappings) and the hypervisor's heap grows and shrinks
+/// with it, so only our own frame count and reservation are exact; the free count must follow
+/// them to within this many frames.
+const OTHERS_DRIFT: i64 = 64;
+
+/// Whether the free-frame count moved by `got` where our ballooning alone moves it by `want`.
+fn free_moved_as(got: i64, want: i64) -> bool {
+    (got - want).abs() <= OTHERS_DRIFT
+}
+
 /// (free frames, our frames, our current reservation).
 fn figures() -> (i64, i64, i64) {
     let mut me = DomId::SELF;
@@ -64,7 +75,7 @@ pub fn run(si: &StartInfo) {
     check!(fails, st.target <= nr && st.target >= target.min(nr), "clamped target {}", st.target);
     check!(fails, st.current == st.target, "balloon at {} pages, target {}", st.current, st.target);
     check!(fails, n as u64 == nr - st.target, "{n} pages ballooned, want {}", nr - st.target);
-    check!(fails, free1 - free0 == n, "free frames rose by {}, want {n}", free1 - free0);
+    check!(fails, free_moved_as(free1 - free0, n), "free frames rose by {}, want {n}", free1 - free0);
     check!(fails, dom0 - dom1 == n, "our frames fell by {}, want {n}", dom0 - dom1);
     check!(fails, cur1 == dom1, "current_reservation {cur1} != {dom1}");
     // Every ballooned pfn: P2M invalid, direct map unmapped.
@@ -99,7 +110,7 @@ pub fn run(si: &StartInfo) {
         "balloon at {} pages after going back up",
         st.current
     );
-    check!(fails, free2 == free0, "free frames {free2}, were {free0} before ballooning");
+    check!(fails, free_moved_as(free2 - free0, 0), "free frames {free2}, were {free0} before ballooning");
     check!(fails, dom2 == dom0, "our frames {dom2}, were {dom0} before ballooning");
     check!(fails, cur2 == dom2, "current_reservation {cur2} != {dom2}");
     // The pages came back usable: P2M and M2P agree, mapped writable, and they hold data.
@@ -201,7 +212,7 @@ pub fn follow(si: &StartInfo) {
         check!(fails, dom1 - dom0 == n, "target {kib} KiB: our frames moved by {}, want {n}", dom1 - dom0);
         check!(
             fails,
-            free0 - free1 == n,
+            free_moved_as(free0 - free1, n),
             "target {kib} KiB: free frames moved by {}, want {}",
             free1 - free0,
             -n
