@@ -209,6 +209,34 @@ macro_rules! check {
     };
 }
 
+/// Assembly text shared by the probes that run code with chosen registers and record what
+/// comes back (landing.rs, regs.rs, fuzz_exec.rs): the SysV callee-saved registers pushed on the
+/// way in and popped on the way out, in one order.
+macro_rules! push_callee_saved {
+    () => {
+        "push %rbx\npush %rbp\npush %r12\npush %r13\npush %r14\npush %r15\n"
+    };
+}
+
+/// The counterpart of [`push_callee_saved`].
+macro_rules! pop_callee_saved {
+    () => {
+        "pop %r15\npop %r14\npop %r13\npop %r12\npop %rbp\npop %rbx\n"
+    };
+}
+
+/// Stores rax, rbx, rcx, rdx, rsi, rdi, rbp, r8..r15 (the order of `regs::NAMES`) into the
+/// `[u64; 15+]` array named by the asm operand `$to` (a `sym`), RIP-relative.
+macro_rules! store_gprs {
+    ($to:ident) => {
+        store_gprs!(@ $to; "rax" 0, "rbx" 8, "rcx" 16, "rdx" 24, "rsi" 32, "rdi" 40, "rbp" 48,
+            "r8" 56, "r9" 64, "r10" 72, "r11" 80, "r12" 88, "r13" 96, "r14" 104, "r15" 112)
+    };
+    (@ $to:ident; $($reg:literal $off:literal),*) => {
+        concat!($("mov %", $reg, ", {", stringify!($to), "}+", $off, "(%rip)\n"),*)
+    };
+}
+
 // A crate root's modules sit beside it; these live in `testguest/` so that cargo does not
 // take them for binaries of their own.
 #[path = "testguest/abi_core.rs"]

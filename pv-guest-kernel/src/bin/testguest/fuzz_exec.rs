@@ -117,12 +117,9 @@ core::arch::global_asm!(
 
     .globl __fz_exec
 __fz_exec:
-    push %rbx
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    "#,
+    push_callee_saved!(),
+    r#"
     mov %rsp, FZ_STATE+{o_rsp}(%rip)
     mov FZ_STATE+{o_in}+8*1(%rip), %rcx
     mov FZ_STATE+{o_in}+8*2(%rip), %rdx
@@ -170,12 +167,9 @@ __fz_exec_return:
     mov %eax, %es
     mov ${ss}, %eax
     mov %eax, %ss
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    "#,
+    pop_callee_saved!(),
+    r#"
     ret
 
     /* The syscall callback: user mode executed `syscall`. Frame: RCX R11 RIP CS RFLAGS RSP SS. */

@@ -39,12 +39,9 @@ core::arch::global_asm!(
        landing stub that took over. */
     .globl __tg_catch
 __tg_catch:
-    push %rbx
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    "#,
+    push_callee_saved!(),
+    r#"
     mov %rsp, {catch_rsp}(%rip)
     mov %rdi, %rax
     mov %rsi, %rdi
@@ -54,21 +51,9 @@ __tg_catch:
 
     /* A landing stub pushed its id; the bounce frame lies above it. */
 __tg_land_common:
-    mov %rax, {regs}+0(%rip)
-    mov %rbx, {regs}+8(%rip)
-    mov %rcx, {regs}+16(%rip)
-    mov %rdx, {regs}+24(%rip)
-    mov %rsi, {regs}+32(%rip)
-    mov %rdi, {regs}+40(%rip)
-    mov %rbp, {regs}+48(%rip)
-    mov %r8, {regs}+56(%rip)
-    mov %r9, {regs}+64(%rip)
-    mov %r10, {regs}+72(%rip)
-    mov %r11, {regs}+80(%rip)
-    mov %r12, {regs}+88(%rip)
-    mov %r13, {regs}+96(%rip)
-    mov %r14, {regs}+104(%rip)
-    mov %r15, {regs}+112(%rip)
+    "#,
+    store_gprs!(regs),
+    r#"
     lea 8(%rsp), %rsi
     lea {frame}(%rip), %rdi
     mov $8, %ecx
@@ -76,12 +61,9 @@ __tg_land_common:
     rep movsq
     pop %rax
 9:  mov {catch_rsp}(%rip), %rsp
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    "#,
+    pop_callee_saved!(),
+    r#"
     ret
 
     .balign 16

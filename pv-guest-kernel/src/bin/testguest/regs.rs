@@ -53,12 +53,9 @@ core::arch::global_asm!(
        every register after it. */
     .globl __tg_regs_call
 __tg_regs_call:
-    push %rbx
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    "#,
+    push_callee_saved!(),
+    r#"
     mov %rsp, {saved}(%rip)
     mov 0(%rdi), %rax
     mov %rax, {target}(%rip)
@@ -85,41 +82,23 @@ __tg_regs_call:
     mov %r8, {inp}+56(%rip)
     mov %rsp, {inp}+120(%rip)
     call *{target}(%rip)
-    mov %rax, {out}+0(%rip)
-    mov %rbx, {out}+8(%rip)
-    mov %rcx, {out}+16(%rip)
-    mov %rdx, {out}+24(%rip)
-    mov %rsi, {out}+32(%rip)
-    mov %rdi, {out}+40(%rip)
-    mov %rbp, {out}+48(%rip)
-    mov %r8, {out}+56(%rip)
-    mov %r9, {out}+64(%rip)
-    mov %r10, {out}+72(%rip)
-    mov %r11, {out}+80(%rip)
-    mov %r12, {out}+88(%rip)
-    mov %r13, {out}+96(%rip)
-    mov %r14, {out}+104(%rip)
-    mov %r15, {out}+112(%rip)
+    "#,
+    store_gprs!(out),
+    r#"
     mov %rsp, {out}+120(%rip)
     mov {saved}(%rip), %rsp
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    "#,
+    pop_callee_saved!(),
+    r#"
     ret
 
     /* __tg_regs_iret(_): the iret hypercall to the label below, with every register holding
        its pattern and the frame's rax/r11/rcx holding other values. */
     .globl __tg_regs_iret
 __tg_regs_iret:
-    push %rbx
-    push %rbp
-    push %r12
-    push %r13
-    push %r14
-    push %r15
+    "#,
+    push_callee_saved!(),
+    r#"
     mov %rsp, {saved}(%rip)
     mov %rsp, %rax
     pushq ${kss}
@@ -146,29 +125,15 @@ __tg_regs_iret:
     movabs ${p13}, %r14
     movabs ${p14}, %r15
     jmp hypercall_page + {iret} * 32
-1:  mov %rax, {out}+0(%rip)
-    mov %rbx, {out}+8(%rip)
-    mov %rcx, {out}+16(%rip)
-    mov %rdx, {out}+24(%rip)
-    mov %rsi, {out}+32(%rip)
-    mov %rdi, {out}+40(%rip)
-    mov %rbp, {out}+48(%rip)
-    mov %r8, {out}+56(%rip)
-    mov %r9, {out}+64(%rip)
-    mov %r10, {out}+72(%rip)
-    mov %r11, {out}+80(%rip)
-    mov %r12, {out}+88(%rip)
-    mov %r13, {out}+96(%rip)
-    mov %r14, {out}+104(%rip)
-    mov %r15, {out}+112(%rip)
+1:
+    "#,
+    store_gprs!(out),
+    r#"
     mov %rsp, {out}+120(%rip)
     mov {saved}(%rip), %rsp
-    pop %r15
-    pop %r14
-    pop %r13
-    pop %r12
-    pop %rbp
-    pop %rbx
+    "#,
+    pop_callee_saved!(),
+    r#"
     ret
     .popsection
     "#,
