@@ -5,9 +5,10 @@
 
 use crate::arch::x86_64::cpu_local::CpuLocal;
 use crate::arch::x86_64::entry::Live;
-use crate::arch::x86_64::{apic, cpu, entry, paging::DirectMap, serial};
+use crate::arch::x86_64::{apic, cpu, entry, guest_copy, paging::DirectMap, serial};
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use hypercall_abi::{Errno, Mfn};
 use microvisor::hv::{exit_code, Hypervisor, Resume};
 use microvisor::platform::Platform;
 use microvisor::traps;
@@ -44,6 +45,14 @@ impl Platform for Machine {
     }
     fn wbinvd(&mut self) {
         cpu::wbinvd();
+    }
+    #[inline]
+    fn copy_from_guest(&self, l4: Mfn, va: u64, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+        guest_copy::loaded(l4).then(|| guest_copy::read(va, buf))
+    }
+    #[inline]
+    fn copy_to_guest(&self, l4: Mfn, va: u64, data: &[u8]) -> Option<Result<(), Errno>> {
+        guest_copy::loaded(l4).then(|| guest_copy::write(va, data))
     }
     fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
         cpu::fxsave(area);
@@ -200,6 +209,7 @@ pub fn trap_in_hypervisor(f: &mut GuestFrame) {
             TIMER_FIRED.store(true, Ordering::Release);
         }
         vector::DB => debug_in_hypervisor(f),
+        _ if guest_copy::fixup(f) => {}
         _ if crate::arch::x86_64::probe::recover(f) => {}
         _ => fatal(f, "fault in the hypervisor"),
     }
@@ -228,6 +238,7 @@ fn exit_path(hv: &mut Hv, mut live: Live) {
             }
             Resume::Idle => idle(hv),
             Resume::Halt(code) => {
+                let _ = writeln!(SerialWriter, "(XEN) guest-copy faults={}", guest_copy::faults());
                 if let Some(trace) = hv.finish_trace() {
                     serial::write_raw(serial::COM2, trace);
                 }

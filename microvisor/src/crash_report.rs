@@ -4,7 +4,6 @@
 //! for people debugging a guest they did not write.
 
 use crate::emulate;
-use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use crate::vcpu::GuestFrame;
@@ -62,7 +61,7 @@ pub fn crash_with_report<P: Platform>(
         None => hv.log(format_args!("Guest code at rip: {line}(not a valid instruction)")),
     }
     hv.log(format_args!("Guest stack at rsp {:016x}:", frame.rsp));
-    let space = GuestSpace::new(hv.mem(), hv.cur_vcpu().current_l4());
+    let space = hv.guest();
     let words: alloc::vec::Vec<Option<u64>> =
         (0..STACK_WORDS).map(|i| space.read_obj::<u64>(frame.rsp.wrapping_add(8 * i)).ok()).collect();
     for chunk in words.chunks(4) {

@@ -10,7 +10,6 @@
 //! #DB, and `traps::check_return_rip` keeps any result off the non-canonical range.
 
 use crate::cpu_state::{self, Cr4Policy};
-use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
@@ -80,7 +79,7 @@ pub enum Outcome {
 /// Fetches the instruction bytes at `rip` (as many of the 15 as are readable).
 pub fn fetch<P: Platform>(hv: &Hypervisor<P>, rip: u64) -> ([u8; MAX_INSN], usize) {
     let mut bytes = [0u8; MAX_INSN];
-    let space = GuestSpace::new(hv.mem(), hv.cur_vcpu().current_l4());
+    let space = hv.guest();
     let mut n = 0;
     while n < MAX_INSN && space.read(rip.wrapping_add(n as u64), &mut bytes[n..n + 1]).is_ok() {
         n += 1;

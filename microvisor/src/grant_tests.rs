@@ -82,7 +82,7 @@ fn copy(hv: &mut TestHv, me: DomId, c: GnttabCopy) -> i16 {
 /// The frame domain `d` maps at `va` (in its kernel page tables).
 fn mfn_at(hv: &TestHv, d: DomId, va: u64) -> Mfn {
     let l4 = hv.domains[&d].vcpus[0].kernel_l4;
-    Mfn::containing(GuestSpace::new(hv.mem(), l4).translate(va, Access::Read).unwrap())
+    Mfn::containing(GuestSpace::new(hv.platform(), l4).translate(va, Access::Read).unwrap())
 }
 
 /// The L1 entry `d` uses for `va` (0 if a level above is missing).

@@ -597,8 +597,19 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// The running vCPU's address space, for copying arguments.
-    pub(crate) fn guest(&self) -> GuestSpace<'_, P::Mem> {
-        GuestSpace::new(self.mem(), self.cur_vcpu().current_l4())
+    #[inline]
+    pub(crate) fn guest(&self) -> GuestSpace<'_, P> {
+        self.guest_space(self.cur_vcpu().current_l4())
+    }
+
+    /// The address space at `l4`, for copying. The copy goes through the MMU when `l4` is
+    /// loaded, unless a TLB flush is owed: until it happens the CPU may still hold
+    /// translations the guest has given up (an unmapped page, a frame that changed type or
+    /// owner), which the guest cannot use before the flush and neither may the hypervisor.
+    #[inline]
+    pub(crate) fn guest_space(&self, l4: Mfn) -> GuestSpace<'_, P> {
+        let flush_owed = self.exit.flush != Flush::None || self.frames.flush_pending();
+        GuestSpace::with_mmu(&self.plat, l4, !flush_owed)
     }
 
     /// The running vCPU's validated guest GDT entries (see [`HwState::gdt_generation`]).
@@ -854,7 +865,7 @@ impl<P: Platform> Hypervisor<P> {
         let Some(d) = self.domains.get(&r.domid) else { return };
         let Some(v) = d.vcpu(r.vcpu) else { return };
         let Some(va) = v.runstate_area else { return };
-        let space = GuestSpace::new(self.mem(), v.kernel_l4);
+        let space = self.guest_space(v.kernel_l4);
         let info = runstate_info(&v.runstate);
         let at_entry = va.wrapping_add(core::mem::offset_of!(VcpuRunstateInfo, state_entry_time) as u64);
         let flagged = d.vm_assist & (1 << vmasst::TYPE_RUNSTATE_UPDATE_FLAG) != 0;
@@ -876,7 +887,7 @@ impl<P: Platform> Hypervisor<P> {
     pub(crate) fn publish_time_area(&self, r: VcpuRef, tsc: u64) {
         let Some(v) = self.domains.get(&r.domid).and_then(|d| d.vcpu(r.vcpu)) else { return };
         if let Some(va) = v.time_area {
-            time::write_guest_pvclock(&GuestSpace::new(self.mem(), v.kernel_l4), va, &self.time, tsc);
+            time::write_guest_pvclock(&self.guest_space(v.kernel_l4), va, &self.time, tsc);
         }
     }
 

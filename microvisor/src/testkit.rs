@@ -11,7 +11,7 @@ use crate::platform::Platform;
 use crate::sched::VcpuRef;
 use crate::time::TimeBase;
 use crate::vcpu::{FpuArea, GuestFrame};
-use hypercall_abi::{DomId, Mfn};
+use hypercall_abi::{DomId, Errno, Mfn};
 use std::cell::Cell;
 use std::rc::Rc;
 
@@ -25,6 +25,8 @@ pub struct FakePlatform {
     /// The segment bases "in the CPU" (FS, active GS) and whose they are, for tests of the
     /// rule that the CPU's bases are the truth while a vCPU runs.
     pub live_bases: Cell<Option<(VcpuRef, u64, u64)>>,
+    /// Copies the core handed to the platform (the kernel's MMU copy; here the software walk).
+    pub mmu_copies: Cell<u64>,
 }
 
 impl Platform for FakePlatform {
@@ -49,6 +51,16 @@ impl Platform for FakePlatform {
     }
     fn wbinvd(&mut self) {
         self.wbinvds += 1;
+    }
+    /// The fake MMU is the software walk: the copy the kernel makes with the guest's page
+    /// tables loaded enforces the same rules on the same entries (see `guest_mem`).
+    fn copy_from_guest(&self, l4: Mfn, va: u64, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+        self.mmu_copies.set(self.mmu_copies.get() + 1);
+        Some(crate::guest_mem::soft_read(&*self.mem, l4, va, buf))
+    }
+    fn copy_to_guest(&self, l4: Mfn, va: u64, data: &[u8]) -> Option<Result<(), Errno>> {
+        self.mmu_copies.set(self.mmu_copies.get() + 1);
+        Some(crate::guest_mem::soft_write(&*self.mem, l4, va, data))
     }
     fn fpu_save(&mut self, _area: &mut FpuArea) {}
     fn fpu_restore(&mut self, _area: &FpuArea) {}
@@ -78,8 +90,14 @@ pub fn two_domains() -> TestHv {
     for f in 8..16 {
         ft.share_xen_frame(Mfn(f), DomId::XEN, false).unwrap();
     }
-    let plat =
-        FakePlatform { mem, tsc: Cell::new(1_000), out: Vec::new(), wbinvds: 0, live_bases: Cell::new(None) };
+    let plat = FakePlatform {
+        mem,
+        tsc: Cell::new(1_000),
+        out: Vec::new(),
+        wbinvds: 0,
+        live_bases: Cell::new(None),
+        mmu_copies: Cell::new(0),
+    };
     let mut hv = Hypervisor::new(plat, ft, m2p_base, TimeBase::new(0, TSC_HZ));
     let image = testelf::TestElf::kernel().build();
     for (name, is_dom0) in [("dom0", true), ("domU", false)] {

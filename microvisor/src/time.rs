@@ -105,7 +105,12 @@ pub fn write_pvclock(mem: &impl MachineMemory, ma: u64, tb: &TimeBase, tsc: u64)
 
 /// Writes the PV clock into guest memory at `va` (a registered secondary time area), with
 /// the same version protocol. A fault leaves the area as it was; the guest asked for it.
-pub fn write_guest_pvclock<M: MachineMemory>(space: &GuestSpace<'_, M>, va: u64, tb: &TimeBase, tsc: u64) {
+pub fn write_guest_pvclock<P: crate::platform::Platform>(
+    space: &GuestSpace<'_, P>,
+    va: u64,
+    tb: &TimeBase,
+    tsc: u64,
+) {
     let Ok(old) = space.read_obj::<VcpuTimeInfo>(va) else { return };
     let v_odd = old.version.wrapping_add(1) | 1;
     let mut t: VcpuTimeInfo = tb.pvclock(tsc);

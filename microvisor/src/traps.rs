@@ -10,7 +10,6 @@
 //! tell (they find the frame at their stack pointer) and kernels built without
 //! `-mno-red-zone` discipline stay correct.
 
-use crate::guest_mem::GuestSpace;
 use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
@@ -118,10 +117,7 @@ pub fn bounce<P: Platform>(
     for (i, w) in words.iter().enumerate() {
         bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
     }
-    let l4 = hv.cur_vcpu().current_l4();
-    GuestSpace::new(hv.mem(), l4)
-        .write(new_sp, &bytes[..words.len() * 8])
-        .map_err(|_| BounceError::StackFault(new_sp))?;
+    hv.guest().write(new_sp, &bytes[..words.len() * 8]).map_err(|_| BounceError::StackFault(new_sp))?;
     frame.rsp = new_sp;
     frame.rip = handler;
     frame.cs = u64::from(FLAT_KERNEL_CS);
@@ -175,9 +171,7 @@ pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// The `iret` hypercall: return from a bounce frame (`struct iret_context` at the guest's
 /// stack pointer). Returns `Err` with a reason when the guest must be crashed.
 pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), &'static str> {
-    let l4 = hv.cur_vcpu().current_l4();
-    let ctx: IretContext =
-        GuestSpace::new(hv.mem(), l4).read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
+    let ctx: IretContext = hv.guest().read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
     let to_user = ctx.cs & 3 == 3;
     let gdt = &hv.cur_vcpu().gdt;
     let cs = check_selector(gdt, ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
@@ -420,8 +414,7 @@ const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
 /// are not that sequence.
 fn emulate_forced_cpuid<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> bool {
     let mut insn = [0u8; 7];
-    let l4 = hv.cur_vcpu().current_l4();
-    if GuestSpace::new(hv.mem(), l4).read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
+    if hv.guest().read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
         return false;
     }
     let real = hv.plat.cpuid(frame.rax as u32, frame.rcx as u32);

@@ -175,7 +175,7 @@ fn the_runstate_area_follows_every_switch() {
     assert!(matches!(hv.resume(&mut frame), Resume::Guest(_)));
     assert_eq!(hv.current().domid, DomId::DOM0);
     let l4 = hv.domains[&DU].vcpus[0].kernel_l4;
-    let r: VcpuRunstateInfo = GuestSpace::new(hv.mem(), l4).read_obj(area).unwrap();
+    let r: VcpuRunstateInfo = GuestSpace::new(hv.platform(), l4).read_obj(area).unwrap();
     assert_eq!(r.state, runstate::BLOCKED);
     assert!(r.time[runstate::RUNNING as usize] >= 1_000_000, "{r:?}");
     assert!(r.state_entry_time > t0);

@@ -56,6 +56,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("unmapped", "tests/tests/hostile.rs", |_| hostile::unmapped()),
     sc("hvspace", "tests/tests/hostile.rs", |_| hostile::hvspace()),
     sc("badargs", "tests/tests/hostile.rs", |_| badargs::badargs()),
+    sc("guest-copy", "tests/tests/hostile.rs", |c| guest_copy::run(c.si)),
     // Traps.
     sc("trap-pf", "tests/tests/traps.rs", |_| traps::trap_pf()),
     sc("trap-ud", "tests/tests/traps.rs", |_| traps::trap_ud()),
@@ -281,6 +282,8 @@ mod fuzz_disk;
 mod fuzz_exec;
 #[path = "testguest/fuzz_mem.rs"]
 mod fuzz_mem;
+#[path = "testguest/guest_copy.rs"]
+mod guest_copy;
 #[path = "testguest/hostile.rs"]
 mod hostile;
 #[path = "testguest/hv_limits.rs"]

@@ -84,8 +84,8 @@ pub fn smap_enabled() -> bool {
 /// Turns SMAP off (QEMU TCG's far-return quirk, see `machine::smap_quirk`). The entry stub's
 /// `clac` stays valid: it needs only CPUID's SMAP.
 pub fn disable_smap() {
-    // SAFETY: clearing SMAP only lifts a protection; ring 0 still never touches guest pages
-    // (it reaches them through the supervisor-only direct map), and SMEP is kept.
+    // SAFETY: clearing SMAP only lifts a protection; ring 0 still touches guest pages only in
+    // the guest copies (guest_copy.rs, whose stac/clac stay valid), and SMEP is kept.
     unsafe { write_cr4(read_cr4() & !cr4::SMAP) };
 }
 

@@ -11,6 +11,7 @@ pub mod cpu_local;
 pub mod entry;
 pub mod floor;
 pub mod gdt;
+pub mod guest_copy;
 pub mod idt;
 pub mod ioapic;
 pub mod paging;

@@ -1,0 +1,142 @@
+//! Copying to and from guest virtual memory through the MMU, with the guest's page tables
+//! loaded (they are in CR3 during a hypercall from that guest), as Xen's `copy_from_guest`
+//! does: no software page walk, so a copy costs what the bytes cost.
+//!
+//! A guest pointer may be bad in every way the MMU can report (not present, read-only for a
+//! write), so the copy instructions are listed in a fixup table: a fault on one of them in
+//! ring 0 resumes at the copy's error exit instead of reaching the fatal-fault report
+//! ([`fixup`], called by the ring-0 trap handler). With SMAP on, ring 0 may touch the
+//! guest's (user) pages only between `stac` and `clac`, which bracket the copy and nothing
+//! else. The core checked the range first (`microvisor::guest_mem::check_range`: canonical,
+//! outside the hypervisor hole); these functions check it again, since they are safe to call.
+
+use super::cpu;
+use super::entry::SMAP_ON;
+use core::arch::global_asm;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hypercall_abi::{Errno, Mfn};
+use microvisor::guest_mem::check_range;
+use microvisor::mm::pte;
+use microvisor::vcpu::GuestFrame;
+use microvisor::x86::vector;
+
+global_asm!(
+    r#"
+    .section .text.guest_copy, "ax"
+    /* guest_copy(rdi = dst, rsi = src, rdx = len) -> rax = 0 when copied, 1 when a fault on
+       the guest's side stopped it (some bytes may have been copied). Eight bytes at a time,
+       then the tail. DF is clear in the hypervisor. */
+    .balign 16
+    .globl guest_copy
+guest_copy:
+    testb $1, {smap_on}(%rip)
+    jz 1f
+    stac
+1:  mov %rdx, %rcx
+    shr $3, %rcx
+2:  rep movsq
+    mov %edx, %ecx
+    and $7, %ecx
+3:  rep movsb
+    xor %eax, %eax
+4:  testb $1, {smap_on}(%rip)
+    jz 5f
+    clac
+5:  ret
+6:  /* A fault at 2 or 3 resumes here (see the table below and `fixup`). */
+    mov $1, %eax
+    jmp 4b
+
+    .pushsection .rodata.guest_copy_fixups, "a"
+    .balign 8
+    /* (faulting instruction, where to resume) */
+    .globl guest_copy_fixups
+guest_copy_fixups:
+    .quad 2b, 6b
+    .quad 3b, 6b
+    .globl guest_copy_fixups_end
+guest_copy_fixups_end:
+    .popsection
+    "#,
+    smap_on = sym SMAP_ON,
+    options(att_syntax)
+);
+
+/// One entry of the fixup table.
+#[repr(C)]
+struct Fixup {
+    insn: u64,
+    resume: u64,
+}
+
+extern "C" {
+    fn guest_copy(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    static guest_copy_fixups: Fixup;
+    static guest_copy_fixups_end: Fixup;
+}
+
+/// Guest-side faults recovered so far (published when the machine stops).
+static FAULTS: AtomicU64 = AtomicU64::new(0);
+
+/// Number of faults on guest addresses the copies have recovered from.
+pub fn faults() -> u64 {
+    FAULTS.load(Ordering::Relaxed)
+}
+
+/// True if the page tables at `l4` are the ones loaded on this CPU.
+#[inline(always)]
+pub fn loaded(l4: Mfn) -> bool {
+    cpu::read_cr3() & pte::ADDR_MASK == l4.addr()
+}
+
+/// Copies `buf.len()` bytes from guest virtual address `va` with the loaded page tables.
+#[inline]
+pub fn read(va: u64, buf: &mut [u8]) -> Result<(), Errno> {
+    check_range(va, buf.len())?;
+    // SAFETY: `buf` is ours and writable for its length. The source lies in the guest's part
+    // of the address space (checked above), which maps nothing of the hypervisor's, so the
+    // copy reads only what the guest may read itself; a fault on it is recovered (`fixup`).
+    match unsafe { guest_copy(buf.as_mut_ptr(), va as *const u8, buf.len()) } {
+        0 => Ok(()),
+        _ => Err(Errno::EFAULT),
+    }
+}
+
+/// Copies `data` to guest virtual address `va` with the loaded page tables.
+#[inline]
+pub fn write(va: u64, data: &[u8]) -> Result<(), Errno> {
+    check_range(va, data.len())?;
+    // SAFETY: `data` is ours and readable for its length. The destination lies in the guest's
+    // part of the address space (checked above): it maps only memory the guest may write
+    // itself, which the hypervisor reaches only as shared memory (`MachineMemory`), and with
+    // CR0.WP a read-only mapping at any level faults (recovered, `fixup`) instead of being
+    // written through.
+    match unsafe { guest_copy(va as *mut u8, data.as_ptr(), data.len()) } {
+        0 => Ok(()),
+        _ => Err(Errno::EFAULT),
+    }
+}
+
+/// Called for a fault in ring 0: if a copy instruction faulted on a guest address (#PF; #GP
+/// for a non-canonical one, which the range check already refuses), resumes the copy at its
+/// error exit and returns true.
+pub fn fixup(f: &mut GuestFrame) -> bool {
+    if f.vector != u64::from(vector::PF) && f.vector != u64::from(vector::GP) {
+        return false;
+    }
+    // SAFETY: the two symbols bound the table the assembly above lays out: whole `Fixup`
+    // entries, 8-byte aligned, in read-only data.
+    let table = unsafe {
+        let start = &guest_copy_fixups as *const Fixup;
+        let end = &guest_copy_fixups_end as *const Fixup;
+        core::slice::from_raw_parts(start, end.offset_from(start) as usize)
+    };
+    match table.iter().find(|e| e.insn == f.rip) {
+        Some(e) => {
+            f.rip = e.resume;
+            FAULTS.fetch_add(1, Ordering::Relaxed);
+            true
+        }
+        None => false,
+    }
+}
