@@ -9,6 +9,7 @@ use crate::arch::x86_64::{apic, cpu, entry, guest_copy, paging::DirectMap, seria
 use core::fmt::Write;
 use core::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use hypercall_abi::{Errno, Mfn};
+use microvisor::guest_mem::GuestRange;
 use microvisor::hv::{exit_code, Hypervisor, Resume};
 use microvisor::platform::Platform;
 use microvisor::traps;
@@ -46,12 +47,12 @@ impl Platform for Machine {
     fn wbinvd(&mut self) {
         cpu::wbinvd();
     }
-    #[inline]
-    fn copy_from_guest(&self, l4: Mfn, va: u64, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+    #[inline(always)]
+    fn copy_from_guest(&self, l4: Mfn, va: GuestRange, buf: &mut [u8]) -> Option<Result<(), Errno>> {
         guest_copy::loaded(l4).then(|| guest_copy::read(va, buf))
     }
-    #[inline]
-    fn copy_to_guest(&self, l4: Mfn, va: u64, data: &[u8]) -> Option<Result<(), Errno>> {
+    #[inline(always)]
+    fn copy_to_guest(&self, l4: Mfn, va: GuestRange, data: &[u8]) -> Option<Result<(), Errno>> {
         guest_copy::loaded(l4).then(|| guest_copy::write(va, data))
     }
     fn fpu_save(&mut self, area: &mut microvisor::vcpu::FpuArea) {
@@ -101,11 +102,18 @@ fn with_hv<R>(f: impl FnOnce(&mut Hv) -> R) -> R {
 }
 
 /// A hypercall from guest kernel mode (see entry.rs): arguments in registers; returns the
-/// result for `%rax` and whether the exit path must run.
+/// result for `%rax` and whether the exit path must run. A flush the hypercall asked for
+/// without needing the exit path is carried out here.
 #[inline(always)]
 pub fn hypercall_general(hv: &mut Hv, args: &[u64; 5], nr: u64) -> entry::FastRet {
-    let (rax, slow) = hv.hypercall_general(nr, args);
-    entry::FastRet { rax, slow: u64::from(slow) }
+    let r = hv.hypercall_general(nr, args);
+    if r.straight() {
+        return entry::FastRet { rax: r.rax, slow: 0 };
+    }
+    if !r.slow() {
+        crate::arch::x86_64::sync::flush_now(hv, r.flush());
+    }
+    entry::FastRet { rax: r.rax, slow: u64::from(r.slow()) }
 }
 
 /// A fast hypercall that needs the exit path; the live frame holds what it built.

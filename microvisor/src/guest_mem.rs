@@ -41,18 +41,41 @@ pub enum Access {
 /// One past the last canonical address of the lower half (48-bit virtual addresses).
 const LOWER_HALF_END: u64 = 1 << 47;
 
+/// A range of guest virtual addresses that passed [`check_range`], the only way to make one:
+/// so the platform's copy can rely on it without checking again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestRange {
+    va: u64,
+    len: usize,
+}
+
+impl GuestRange {
+    /// First address.
+    pub fn va(&self) -> u64 {
+        self.va
+    }
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// True for an empty range.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 /// Checks that the `len` bytes at `va` all lie in the guest's part of the address space:
 /// canonical, not wrapping, and outside the hypervisor hole. The upper half's guest part
 /// starts at the hole's end, so a range is either wholly below the non-canonical gap or
 /// wholly above the hole.
-#[inline]
-pub fn check_range(va: u64, len: usize) -> Result<(), Errno> {
+#[inline(always)]
+pub fn check_range(va: u64, len: usize) -> Result<GuestRange, Errno> {
     if len == 0 {
-        return Ok(());
+        return Ok(GuestRange { va, len });
     }
     let last = va.checked_add(len as u64 - 1).ok_or(Errno::EFAULT)?;
     if last < LOWER_HALF_END || va >= HYPERVISOR_VIRT_END {
-        Ok(())
+        Ok(GuestRange { va, len })
     } else {
         Err(Errno::EFAULT)
     }
@@ -86,11 +109,11 @@ impl<'p, P: Platform> GuestSpace<'p, P> {
     }
 
     /// Copies `buf.len()` bytes from guest address `va`.
-    #[inline]
+    #[inline(always)]
     pub fn read(&self, va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-        check_range(va, buf.len())?;
+        let range = check_range(va, buf.len())?;
         if self.mmu {
-            if let Some(r) = self.plat.copy_from_guest(self.l4, va, buf) {
+            if let Some(r) = self.plat.copy_from_guest(self.l4, range, buf) {
                 return r;
             }
         }
@@ -98,11 +121,11 @@ impl<'p, P: Platform> GuestSpace<'p, P> {
     }
 
     /// Copies `data` to guest address `va`.
-    #[inline]
+    #[inline(always)]
     pub fn write(&self, va: u64, data: &[u8]) -> Result<(), Errno> {
-        check_range(va, data.len())?;
+        let range = check_range(va, data.len())?;
         if self.mmu {
-            if let Some(r) = self.plat.copy_to_guest(self.l4, va, data) {
+            if let Some(r) = self.plat.copy_to_guest(self.l4, range, data) {
                 return r;
             }
         }
@@ -110,7 +133,7 @@ impl<'p, P: Platform> GuestSpace<'p, P> {
     }
 
     /// Copies a plain-old-data value in from guest address `va`.
-    #[inline]
+    #[inline(always)]
     pub fn read_obj<T: FromBytes + IntoBytes>(&self, va: u64) -> Result<T, Errno> {
         let mut v = T::new_zeroed();
         self.read(va, v.as_mut_bytes())?;
@@ -118,7 +141,7 @@ impl<'p, P: Platform> GuestSpace<'p, P> {
     }
 
     /// Copies a plain-old-data value out to guest address `va`.
-    #[inline]
+    #[inline(always)]
     pub fn write_obj<T: IntoBytes + Immutable>(&self, va: u64, v: &T) -> Result<(), Errno> {
         self.write(va, v.as_bytes())
     }
@@ -237,11 +260,11 @@ mod tests {
     #[test]
     fn ranges_a_guest_may_name() {
         let page = PAGE_SIZE;
-        assert_eq!(check_range(0x1000, 8), Ok(()));
-        assert_eq!(check_range(0, 0), Ok(()));
-        assert_eq!(check_range(u64::MAX, 0), Ok(()));
+        assert!(check_range(0x1000, 8).is_ok());
+        assert!(check_range(0, 0).is_ok());
+        assert!(check_range(u64::MAX, 0).is_ok());
         // The last bytes of the lower half, and one byte over.
-        assert_eq!(check_range(LOWER_HALF_END - 8, 8), Ok(()));
+        assert!(check_range(LOWER_HALF_END - 8, 8).is_ok());
         assert_eq!(check_range(LOWER_HALF_END - 8, 9), Err(Errno::EFAULT));
         // Non-canonical.
         assert_eq!(check_range(0x8000_0000_0000_0000, 1), Err(Errno::EFAULT));
@@ -250,9 +273,9 @@ mod tests {
         assert_eq!(check_range(HYPERVISOR_VIRT_START, 8), Err(Errno::EFAULT));
         assert_eq!(check_range(HYPERVISOR_VIRT_END - 1, 1), Err(Errno::EFAULT));
         assert_eq!(check_range(HYPERVISOR_VIRT_END - 4, 8), Err(Errno::EFAULT));
-        assert_eq!(check_range(HYPERVISOR_VIRT_END, page), Ok(()));
+        assert!(check_range(HYPERVISOR_VIRT_END, page).is_ok());
         // The top of the upper half, and wrapping past it.
-        assert_eq!(check_range(u64::MAX - 7, 8), Ok(()));
+        assert!(check_range(u64::MAX - 7, 8).is_ok());
         assert_eq!(check_range(u64::MAX - 7, 9), Err(Errno::EFAULT));
         // From the lower half across the gap and the hole into the guest's upper half.
         assert_eq!(check_range(0x1000, (HYPERVISOR_VIRT_END) as usize), Err(Errno::EFAULT));
@@ -271,6 +294,9 @@ mod tests {
             len in prop_oneof![0usize..0x2_0000, any::<usize>()],
         ) {
             prop_assert_eq!(check_range(va, len).is_ok(), every_byte_ok(va, len));
+            if let Ok(r) = check_range(va, len) {
+                prop_assert_eq!((r.va(), r.len()), (va, len));
+            }
         }
     }
 

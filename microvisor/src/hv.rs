@@ -92,9 +92,63 @@ pub struct HwState {
     pub tsc_aux: u32,
 }
 
+/// What a hypercall made with nothing but registers hands back to the arch layer
+/// ([`Hypervisor::hypercall_general`]): the value for `%rax`, and whether to return straight
+/// to the guest, run the exit path, or carry out a TLB flush first (a local flush or `invlpg`
+/// costs the instruction, not an exit path). Two words, so it comes back in registers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HypercallReturn {
+    pub rax: u64,
+    /// [`HypercallReturn::STRAIGHT`], [`HypercallReturn::SLOW`], or the flush encoded
+    /// ([`HypercallReturn::flush`]).
+    exit: u64,
+}
+
+impl HypercallReturn {
+    const STRAIGHT: u64 = 0;
+    const SLOW: u64 = 1;
+    const FLUSH_ALL: u64 = 2;
+    /// A page flush: the page's address with these low bits (any address in the page is the
+    /// same `invlpg`).
+    const FLUSH_PAGE: u64 = 3;
+
+    fn new(rax: u64, slow: bool, flush: Flush) -> HypercallReturn {
+        let exit = match (slow, flush) {
+            (true, _) => Self::SLOW,
+            (false, Flush::None) => Self::STRAIGHT,
+            (false, Flush::All) => Self::FLUSH_ALL,
+            (false, Flush::Page(va)) => (va & !(hypercall_abi::PAGE_SIZE as u64 - 1)) | Self::FLUSH_PAGE,
+        };
+        HypercallReturn { rax, exit }
+    }
+
+    /// The exit path must run: the arch layer builds the live frame and calls `resume`.
+    #[inline(always)]
+    pub fn slow(&self) -> bool {
+        self.exit == Self::SLOW
+    }
+
+    /// Nothing to do but return (the common case, one compare).
+    #[inline(always)]
+    pub fn straight(&self) -> bool {
+        self.exit == Self::STRAIGHT
+    }
+
+    /// The flush to carry out before returning straight to the guest.
+    #[inline(always)]
+    pub fn flush(&self) -> Flush {
+        match self.exit {
+            Self::STRAIGHT | Self::SLOW => Flush::None,
+            Self::FLUSH_ALL => Flush::All,
+            page => Flush::Page(page & !Self::FLUSH_PAGE),
+        }
+    }
+}
+
 /// What the exit path owes, accumulated by handlers until [`Hypervisor::resume`] applies it
-/// or hands it to the arch layer. Only the methods below change it, and each sets `pending`,
-/// the one flag the hypercall return path tests.
+/// or hands it to the arch layer. Only the methods below change it, and each but
+/// [`Hypervisor::request_flush`] sets `pending`, the one flag the hypercall return path
+/// tests; a flush alone is handed back by that path ([`HypercallReturn::flush`]).
 #[derive(Clone, Copy, Debug, Default)]
 struct ExitWork {
     /// Anything below is owed, or the guest's FPU registers were saved (formatting) and must
@@ -339,12 +393,11 @@ impl<P: Platform> Hypervisor<P> {
         self.exit.pending = true;
     }
 
-    /// Records a TLB flush the guest must not run without.
+    /// Records a TLB flush the guest must not run without. It needs no exit path of its own:
+    /// the register-only hypercall return carries it out (see [`HypercallReturn`]); every
+    /// other return to a guest goes through `resume`, which hands it over.
     pub(crate) fn request_flush(&mut self, f: Flush) {
-        if f != Flush::None {
-            self.exit.flush = self.exit.flush.merge(f);
-            self.exit.pending = true;
-        }
+        self.exit.flush = self.exit.flush.merge(f);
     }
 
     /// Queues an interrupt-controller change (applied before the next return to a guest).
@@ -597,7 +650,7 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// The running vCPU's address space, for copying arguments.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn guest(&self) -> GuestSpace<'_, P> {
         self.guest_space(self.cur_vcpu().current_l4())
     }
@@ -606,7 +659,7 @@ impl<P: Platform> Hypervisor<P> {
     /// loaded, unless a TLB flush is owed: until it happens the CPU may still hold
     /// translations the guest has given up (an unmapped page, a frame that changed type or
     /// owner), which the guest cannot use before the flush and neither may the hypervisor.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn guest_space(&self, l4: Mfn) -> GuestSpace<'_, P> {
         let flush_owed = self.exit.flush != Flush::None || self.frames.flush_pending();
         GuestSpace::with_mmu(&self.plat, l4, !flush_owed)
@@ -663,28 +716,36 @@ impl<P: Platform> Hypervisor<P> {
     /// A hypercall from guest kernel mode with nothing but registers (`%rax` and the five
     /// argument registers) — every hypercall but the one the arch layer's fast path answers
     /// (`xen_version(XENVER_version)`, see `arch/x86_64/entry.rs`). Returns the value for
-    /// `%rax` and whether the exit path must run.
+    /// `%rax`, whether the exit path must run and, if not, the TLB flush to carry out.
     ///
-    /// The contract with the assembly: when the flag is false, the core owes nothing and the
-    /// arch layer may `sysretq` after its own test of the running vCPU's `vcpu_info` word
-    /// (an event to deliver). The exit path leaves nothing owed either ([`Resume::Guest`]
-    /// hands everything over), which is what lets the register-only fast path answer without
-    /// asking the core at all.
+    /// The contract with the assembly: when `slow` is false, the core owes nothing but the
+    /// returned flush, and the arch layer may carry it out and `sysretq` after its own test of
+    /// the running vCPU's `vcpu_info` word (an event to deliver). The exit path leaves nothing
+    /// owed either ([`Resume::Guest`] hands everything over), which is what lets the
+    /// register-only fast path answer without asking the core at all.
     #[inline(never)]
-    pub fn hypercall_general(&mut self, nr: u64, args: &[u64; 5]) -> (u64, bool) {
+    pub fn hypercall_general(&mut self, nr: u64, args: &[u64; 5]) -> HypercallReturn {
         self.trace_hypercall(nr, args[0]);
         let hc = hypercall::dispatch(self, nr, *args, None);
         self.trace_hypercall_done(nr, &hc);
         self.after_hypercall(nr, &hc);
-        match hc {
-            Hc::Ret(r) => (r as u64, self.exit.pending),
+        let rax = match hc {
+            Hc::Ret(r) => r as u64,
             Hc::Continue(a) => {
                 self.exit.continuation = Some(a);
                 self.exit.pending = true;
                 // `%rax` must still hold the number when the `syscall` re-executes.
-                (nr, true)
+                nr
             }
-            Hc::FrameDone => (Errno::ENOSYS.to_ret() as u64, true),
+            Hc::FrameDone => {
+                self.exit.pending = true;
+                Errno::ENOSYS.to_ret() as u64
+            }
+        };
+        if self.exit.pending {
+            HypercallReturn::new(rax, true, Flush::None)
+        } else {
+            HypercallReturn::new(rax, false, core::mem::take(&mut self.exit.flush))
         }
     }
 
@@ -714,24 +775,35 @@ impl<P: Platform> Hypervisor<P> {
         }
     }
 
-    #[inline]
+    /// Tracing off costs every hypercall one flag test here; the record is out of line.
+    #[inline(always)]
     fn trace_hypercall(&mut self, nr: u64, a1: u64) {
         if self.trace.is_on() {
-            let (tsc, r) = (self.plat.tsc(), self.current());
-            self.trace.record(&Record::Hypercall { tsc, vcpu: (r.domid.0, r.vcpu), nr, a1 });
+            self.record_hypercall(nr, a1);
         }
     }
 
-    #[inline]
+    #[inline(never)]
+    fn record_hypercall(&mut self, nr: u64, a1: u64) {
+        let (tsc, r) = (self.plat.tsc(), self.current());
+        self.trace.record(&Record::Hypercall { tsc, vcpu: (r.domid.0, r.vcpu), nr, a1 });
+    }
+
+    #[inline(always)]
     fn trace_hypercall_done(&mut self, nr: u64, hc: &Hc) {
         if self.trace.is_on() {
-            let ret = match *hc {
-                Hc::Ret(r) => r,
-                Hc::Continue(_) | Hc::FrameDone => nr as i64,
-            };
-            let (tsc, r) = (self.plat.tsc(), self.current());
-            self.trace.record(&Record::HypercallDone { tsc, vcpu: (r.domid.0, r.vcpu), nr, ret });
+            self.record_hypercall_done(nr, hc);
         }
+    }
+
+    #[inline(never)]
+    fn record_hypercall_done(&mut self, nr: u64, hc: &Hc) {
+        let ret = match *hc {
+            Hc::Ret(r) => r,
+            Hc::Continue(_) | Hc::FrameDone => nr as i64,
+        };
+        let (tsc, r) = (self.plat.tsc(), self.current());
+        self.trace.record(&Record::HypercallDone { tsc, vcpu: (r.domid.0, r.vcpu), nr, ret });
     }
 
     /// Flushes the frame table owes (a frame changed type or owner) must happen before the

@@ -688,3 +688,80 @@ fn stack_switch_and_user_gs_selector_take_linuxs_selectors() {
         assert_eq!(load(&mut hv, sel), (0, 0), "selector {sel:#x}");
     }
 }
+
+/// A local flush needs no exit path: the register-only return hands it to the arch layer
+/// (which carries it out before `sysretq`) and the core owes nothing afterwards; anything
+/// else the exit path must do still takes it, and the flush rides along in `resume`.
+#[test]
+fn local_flushes_return_straight_with_the_flush_and_owe_nothing() {
+    use crate::mm::tlb::Flush;
+    use hypercall_abi::xen::{mmuext, MmuextOp};
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let ext = |hv: &mut TestHv, cmd: u32, arg1: u64| {
+        let op = MmuextOp { cmd, _pad: 0, arg1, arg2: 0 };
+        let p = put(hv, &op);
+        hv.hypercall_general(nr::MMUEXT_OP, &[p, 1, 0, u64::from(DomId::SELF.0), 0])
+    };
+    let r = ext(&mut hv, mmuext::TLB_FLUSH_LOCAL, 0);
+    assert_eq!((r.rax, r.slow(), r.straight(), r.flush()), (0, false, false, Flush::All));
+    let va = SCRATCH_VA + 0x123;
+    let r = ext(&mut hv, mmuext::INVLPG_LOCAL, va);
+    assert_eq!((r.rax, r.slow(), r.flush()), (0, false, Flush::Page(va & !0xfff)));
+    // Nothing owed now: a plain hypercall returns straight.
+    let r = hv.hypercall_general(nr::XEN_VERSION, &[0, 0, 0, 0, 0]);
+    assert!(r.straight(), "{r:?}");
+    // With other exit work the flush goes through `resume`.
+    hv.resched();
+    let r = ext(&mut hv, mmuext::TLB_FLUSH_LOCAL, 0);
+    assert!(r.slow() && r.flush() == Flush::None, "{r:?}");
+    let mut frame = GuestFrame::default();
+    match hv.resume(&mut frame) {
+        crate::hv::Resume::Guest(exit) => assert_eq!(exit.flush, Flush::All),
+        other => panic!("{other:?}"),
+    }
+}
+
+/// A lone TLB command takes the short path in `hypercall::mm`; the same command in a batch
+/// takes the frame table's. Both give the same result, `*pdone` and flush.
+#[test]
+fn a_lone_tlb_command_answers_as_the_batch_does() {
+    use crate::mm::tlb::Flush;
+    use hypercall_abi::xen::{mmuext, MmuextOp};
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let pdone = SCRATCH_VA + 0x800;
+    let cases = [
+        (mmuext::TLB_FLUSH_LOCAL, 0, Ok(Flush::All)),
+        (mmuext::TLB_FLUSH_ALL, 0, Ok(Flush::All)),
+        (mmuext::INVLPG_LOCAL, 0x4000, Ok(Flush::Page(0x4000))),
+        (mmuext::INVLPG_MULTI, 0xffff_c000_0000_1000, Ok(Flush::Page(0xffff_c000_0000_1000))),
+        (mmuext::INVLPG_LOCAL, 0x0000_8000_0000_0000, Err(Errno::EINVAL)),
+    ];
+    for (cmd, arg1, want) in cases {
+        let op = MmuextOp { cmd, _pad: 0, arg1, arg2: 0 };
+        for n in [1u64, 2] {
+            hv.guest().write_obj(SCRATCH_VA, &[op, op]).unwrap();
+            hv.guest().write_obj(pdone, &0xffu32).unwrap();
+            let r = hv.hypercall_general(nr::MMUEXT_OP, &[SCRATCH_VA, n, pdone, u64::from(DomId::SELF.0), 0]);
+            let done: u32 = hv.guest().read_obj(pdone).unwrap();
+            match want {
+                Ok(f) => {
+                    assert_eq!((r.rax, done, r.flush()), (0, n as u32, f), "cmd {cmd} x{n}");
+                }
+                Err(e) => {
+                    assert_eq!(
+                        (r.rax as i64, done, r.flush()),
+                        (e.to_ret(), 0, Flush::None),
+                        "cmd {cmd} x{n}"
+                    );
+                }
+            }
+        }
+    }
+    // Not on our own behalf: the batch's rules (a domain naming itself is ESRCH, as on Xen).
+    let op = MmuextOp { cmd: mmuext::TLB_FLUSH_LOCAL, _pad: 0, arg1: 0, arg2: 0 };
+    hv.guest().write_obj(SCRATCH_VA, &op).unwrap();
+    let r = hv.hypercall_general(nr::MMUEXT_OP, &[SCRATCH_VA, 1, 0, 1, 0]);
+    assert_eq!(r.rax as i64, Errno::ESRCH.to_ret());
+}

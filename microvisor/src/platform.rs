@@ -2,6 +2,7 @@
 //! The kernel binary implements it over the real hardware; host tests implement it over fake
 //! memory, a settable clock and a byte buffer.
 
+use crate::guest_mem::GuestRange;
 use crate::mm::MachineMemory;
 use hypercall_abi::{Errno, Mfn};
 
@@ -35,15 +36,15 @@ pub trait Platform {
     fn live_segment_bases(&self, _vcpu: crate::sched::VcpuRef) -> Option<(u64, u64)> {
         None
     }
-    /// Copies `buf.len()` bytes from guest virtual address `va` through the MMU, if the page
-    /// tables at `l4` are the ones loaded on the CPU; `None` if they are not (the caller then
-    /// walks them in software). The caller checked that the range lies in the guest's part of
-    /// the address space and that no TLB flush is owed (see [`crate::guest_mem`]); a fault
-    /// on the guest's side is `Some(Err(EFAULT))`, with part of `buf` possibly written.
-    fn copy_from_guest(&self, l4: Mfn, va: u64, buf: &mut [u8]) -> Option<Result<(), Errno>>;
+    /// Copies `buf` from the guest range `va` (checked: in the guest's part of the address
+    /// space; the same length as `buf`) through the MMU, if the page tables at `l4` are the
+    /// ones loaded on the CPU; `None` if they are not (the caller then walks them in
+    /// software). The caller has made sure no TLB flush is owed (see [`crate::guest_mem`]); a
+    /// fault on the guest's side is `Some(Err(EFAULT))`, with part of `buf` possibly written.
+    fn copy_from_guest(&self, l4: Mfn, va: GuestRange, buf: &mut [u8]) -> Option<Result<(), Errno>>;
     /// Copies `data` to guest virtual address `va` through the MMU, as
     /// [`Platform::copy_from_guest`]; a read-only mapping at any level faults.
-    fn copy_to_guest(&self, l4: Mfn, va: u64, data: &[u8]) -> Option<Result<(), Errno>>;
+    fn copy_to_guest(&self, l4: Mfn, va: GuestRange, data: &[u8]) -> Option<Result<(), Errno>>;
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

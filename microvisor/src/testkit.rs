@@ -3,6 +3,7 @@
 //! can be exercised on the host exactly as guests would call them.
 
 use crate::domain_build::DomainSpec;
+use crate::guest_mem::GuestRange;
 use crate::hv::Hypervisor;
 use crate::loader::elf::testelf;
 use crate::mm::fake::FakeMemory;
@@ -54,13 +55,13 @@ impl Platform for FakePlatform {
     }
     /// The fake MMU is the software walk: the copy the kernel makes with the guest's page
     /// tables loaded enforces the same rules on the same entries (see `guest_mem`).
-    fn copy_from_guest(&self, l4: Mfn, va: u64, buf: &mut [u8]) -> Option<Result<(), Errno>> {
+    fn copy_from_guest(&self, l4: Mfn, va: GuestRange, buf: &mut [u8]) -> Option<Result<(), Errno>> {
         self.mmu_copies.set(self.mmu_copies.get() + 1);
-        Some(crate::guest_mem::soft_read(&*self.mem, l4, va, buf))
+        Some(crate::guest_mem::soft_read(&*self.mem, l4, va.va(), buf))
     }
-    fn copy_to_guest(&self, l4: Mfn, va: u64, data: &[u8]) -> Option<Result<(), Errno>> {
+    fn copy_to_guest(&self, l4: Mfn, va: GuestRange, data: &[u8]) -> Option<Result<(), Errno>> {
         self.mmu_copies.set(self.mmu_copies.get() + 1);
-        Some(crate::guest_mem::soft_write(&*self.mem, l4, va, data))
+        Some(crate::guest_mem::soft_write(&*self.mem, l4, va.va(), data))
     }
     fn fpu_save(&mut self, _area: &mut FpuArea) {}
     fn fpu_restore(&mut self, _area: &FpuArea) {}

@@ -64,7 +64,9 @@ pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64)
             Ok(0)
         }
         op::STATUS => {
-            let mut st: EvtchnStatus = hv.guest().read_obj(arg)?;
+            // One address space for the copy in and out (nothing between changes it).
+            let guest = hv.guest();
+            let mut st: EvtchnStatus = guest.read_obj(arg)?;
             let (state, vcpu) = event::status(hv, resolve_domid(st.dom, me), st.port)?;
             st.vcpu = vcpu;
             st.u = [0; 8];
@@ -77,7 +79,7 @@ pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64)
                 PortState::Ipi => st.status = evtchnstat::IPI,
                 PortState::Pirq(p) => st.set_pirq(p),
             }
-            hv.guest().write_obj(arg, &st)?;
+            guest.write_obj(arg, &st)?;
             Ok(0)
         }
         op::UNMASK => {

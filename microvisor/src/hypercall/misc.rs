@@ -200,12 +200,14 @@ pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
             Ok(0)
         }
         xenver::GET_FEATURES => {
-            let mut fi: XenFeatureInfo = hv.guest().read_obj(arg)?;
+            // One address space for the copy in and out (nothing between changes it).
+            let guest = hv.guest();
+            let mut fi: XenFeatureInfo = guest.read_obj(arg)?;
             fi.submap = match fi.submap_idx {
                 0 => crate::loader::elf::reported_features(hv.cur_dom().privileged),
                 _ => 0,
             };
-            hv.guest().write_obj(arg, &fi)?;
+            guest.write_obj(arg, &fi)?;
             Ok(0)
         }
         xenver::PAGESIZE => Ok(4096),

@@ -14,6 +14,7 @@ use alloc::vec::Vec;
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::xen::{MmuUpdate, MmuextOp, MulticallEntry};
 use hypercall_abi::{DomId, Errno};
+use zerocopy::IntoBytes;
 
 /// Bit of `count` that marks a continuation (`MMU_UPDATE_PREEMPTED`).
 pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
@@ -137,11 +138,16 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         done = read_done(hv, pdone);
     }
     let want = count.min(BATCH) as usize;
-    // Short batches (the common single update) are copied onto the stack; longer ones into
-    // the heap, where a failed allocation is the guest's -ENOMEM, never a panic.
-    let mut small: [T; INLINE_BATCH] = core::array::from_fn(|_| T::new_zeroed());
+    // Short batches are copied onto the stack (the common single request into one value,
+    // so nothing larger is zeroed for it); longer ones into the heap, where a failed
+    // allocation is the guest's -ENOMEM, never a panic.
+    let mut one = T::new_zeroed();
+    let mut small: [T; INLINE_BATCH];
     let mut heap: Vec<T> = Vec::new();
-    let buf: &mut [T] = if want <= INLINE_BATCH {
+    let buf: &mut [T] = if want <= 1 {
+        &mut core::slice::from_mut(&mut one)[..want]
+    } else if want <= INLINE_BATCH {
+        small = core::array::from_fn(|_| T::new_zeroed());
         &mut small[..want]
     } else {
         if heap.try_reserve_exact(want).is_err() {
@@ -150,17 +156,21 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         heap.resize_with(want, T::new_zeroed);
         &mut heap[..]
     };
-    let mut got = 0;
-    let mut fault = false;
-    for (i, slot) in buf.iter_mut().enumerate() {
-        match hv.guest().read_elem::<T>(ureqs, i as u64) {
-            Ok(r) => {
-                *slot = r;
-                got += 1;
-            }
-            Err(_) => {
-                fault = true;
-                break;
+    // One copy for the whole batch; only if it faults, one request at a time to find where
+    // the good ones end (those are still carried out, as Xen's per-request copies do).
+    let (mut got, mut fault) = (want, false);
+    if hv.guest().read(ureqs, buf.as_mut_bytes()).is_err() {
+        got = 0;
+        for (i, slot) in buf.iter_mut().enumerate() {
+            match hv.guest().read_elem::<T>(ureqs, i as u64) {
+                Ok(r) => {
+                    *slot = r;
+                    got += 1;
+                }
+                Err(_) => {
+                    fault = true;
+                    break;
+                }
             }
         }
     }
@@ -208,6 +218,24 @@ pub fn mmu_update<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
 /// `mmuext_op(ops, count, pdone, foreigndom)`.
 pub fn mmuext_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     let foreigndom = DomId(a[3] as u16);
+    // One TLB command on the caller's own behalf, what kernels issue most, needs neither the
+    // batch nor the frame table: its flush goes straight to the exit work (and from there to
+    // the hypercall's return), with `*pdone` and the result as the batch would give them.
+    // Not while a preempted teardown waits: every page-table call finishes that first.
+    let [ops, count, pdone, ..] = a;
+    if count == 1 && foreigndom == DomId::SELF && hv.frames.deferred_len() == 0 {
+        if let Ok(op) = hv.guest().read_obj::<MmuextOp>(ops) {
+            if let Some(flush) = mmu::tlb_op_flush(&op, true) {
+                if let Ok(f) = flush {
+                    hv.request_flush(f);
+                }
+                if pdone != 0 && hv.guest().write_obj(pdone, &u32::from(flush.is_ok())).is_err() {
+                    return Hc::Ret(Errno::EFAULT.to_ret());
+                }
+                return Hc::Ret(flush.map_or_else(|e| e.to_ret(), |_| 0));
+            }
+        }
+    }
     batch::<P, MmuextOp>(hv, a, |ft, mem, ctx, ops| {
         mmu::mmuext_op(ft, mem, ctx, ops, foreigndom, BATCH as usize)
     })
@@ -241,6 +269,14 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
             Err(e) => (Err(e), Flush::None),
         }
     })
+}
+
+/// Address of the `result` field of multicall entry `i` at `entries`, an entry just read
+/// from there (so its address does not wrap).
+fn result_addr(entries: u64, i: u64) -> u64 {
+    entries
+        .wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64)
+        .wrapping_add(core::mem::offset_of!(MulticallEntry, result) as u64)
 }
 
 /// `multicall(entries, nr)`: each entry's call runs as if made directly; its result goes into
@@ -281,7 +317,8 @@ fn multicall_entries<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u
                 Hc::FrameDone => e.result = Errno::EINVAL.to_ret() as u64,
             },
         }
-        if let Err(err) = hv.guest().write_elem(entries, i, &e) {
+        // Only the result goes back, as Xen copies only that field.
+        if let Err(err) = hv.guest().write_obj(result_addr(entries, i), &e.result) {
             return Hc::Ret(err.to_ret());
         }
         if hv.halting() || !hv.cur_dom().is_alive() {

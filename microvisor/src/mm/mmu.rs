@@ -261,6 +261,23 @@ pub fn mmuext_op<M: MachineMemory>(
     out.finish(ft)
 }
 
+/// The flush a TLB command of `mmuext_op` asks for (`local`: on the caller's own behalf), or
+/// `None` for every other command. One CPU runs every vCPU: the local, multi and all forms
+/// are the same flush. The hypercall layer also answers a lone TLB command with it directly.
+pub fn tlb_op_flush(op: &MmuextOp, local: bool) -> Option<Result<Flush, Errno>> {
+    let flush = match op.cmd {
+        mmuext::TLB_FLUSH_LOCAL | mmuext::TLB_FLUSH_MULTI | mmuext::TLB_FLUSH_ALL => Flush::All,
+        mmuext::INVLPG_LOCAL | mmuext::INVLPG_MULTI | mmuext::INVLPG_ALL => {
+            if local && !is_canonical(op.arg1) {
+                return Some(Err(Errno::EINVAL));
+            }
+            Flush::Page(op.arg1)
+        }
+        _ => return None,
+    };
+    Some(if local { Ok(flush) } else { Err(Errno::EPERM) })
+}
+
 fn mmuext_one<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
@@ -271,6 +288,10 @@ fn mmuext_one<M: MachineMemory>(
 ) -> Result<(), Errno> {
     let local = pg_owner == ctx.domid;
     let mfn = Mfn(op.arg1);
+    if let Some(flush) = tlb_op_flush(op, local) {
+        out.flush = out.flush.merge(flush?);
+        return Ok(());
+    }
     match op.cmd {
         mmuext::PIN_L1_TABLE | mmuext::PIN_L2_TABLE | mmuext::PIN_L3_TABLE | mmuext::PIN_L4_TABLE => {
             ft.pin(mem, mfn, pg_owner, op.cmd - mmuext::PIN_L1_TABLE + 1)
@@ -287,25 +308,6 @@ fn mmuext_one<M: MachineMemory>(
                 return Err(Errno::EPERM);
             }
             new_user_baseptr(ft, mem, ctx, mfn)
-        }
-        mmuext::TLB_FLUSH_LOCAL | mmuext::TLB_FLUSH_MULTI | mmuext::TLB_FLUSH_ALL => {
-            if !local {
-                return Err(Errno::EPERM);
-            }
-            // One CPU runs every vCPU: the local, multi and all forms are the same flush.
-            out.flush = out.flush.merge(Flush::All);
-            Ok(())
-        }
-        mmuext::INVLPG_LOCAL | mmuext::INVLPG_MULTI | mmuext::INVLPG_ALL => {
-            if !local {
-                return Err(Errno::EPERM);
-            }
-            let va = op.arg1;
-            if !is_canonical(va) {
-                return Err(Errno::EINVAL);
-            }
-            out.flush = out.flush.merge(Flush::Page(va));
-            Ok(())
         }
         mmuext::FLUSH_CACHE | mmuext::FLUSH_CACHE_GLOBAL => {
             if !local {

@@ -8,14 +8,14 @@
 //! ([`fixup`], called by the ring-0 trap handler). With SMAP on, ring 0 may touch the
 //! guest's (user) pages only between `stac` and `clac`, which bracket the copy and nothing
 //! else. The core checked the range first (`microvisor::guest_mem::check_range`: canonical,
-//! outside the hypervisor hole); these functions check it again, since they are safe to call.
+//! outside the hypervisor hole), which is the only way to make the `GuestRange` these take.
 
 use super::cpu;
 use super::entry::SMAP_ON;
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::{Errno, Mfn};
-use microvisor::guest_mem::check_range;
+use microvisor::guest_mem::GuestRange;
 use microvisor::mm::pte;
 use microvisor::vcpu::GuestFrame;
 use microvisor::x86::vector;
@@ -89,29 +89,34 @@ pub fn loaded(l4: Mfn) -> bool {
     cpu::read_cr3() & pte::ADDR_MASK == l4.addr()
 }
 
-/// Copies `buf.len()` bytes from guest virtual address `va` with the loaded page tables.
-#[inline]
-pub fn read(va: u64, buf: &mut [u8]) -> Result<(), Errno> {
-    check_range(va, buf.len())?;
-    // SAFETY: `buf` is ours and writable for its length. The source lies in the guest's part
-    // of the address space (checked above), which maps nothing of the hypervisor's, so the
-    // copy reads only what the guest may read itself; a fault on it is recovered (`fixup`).
-    match unsafe { guest_copy(buf.as_mut_ptr(), va as *const u8, buf.len()) } {
+/// Copies `buf` from the guest range `va` with the loaded page tables.
+#[inline(always)]
+pub fn read(va: GuestRange, buf: &mut [u8]) -> Result<(), Errno> {
+    if va.len() != buf.len() {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: `buf` is ours and writable for its length. The source, as long, lies in the
+    // guest's part of the address space (a `GuestRange` passed `check_range`), which maps
+    // nothing of the hypervisor's, so the copy reads only what the guest may read itself; a
+    // fault on it is recovered (`fixup`).
+    match unsafe { guest_copy(buf.as_mut_ptr(), va.va() as *const u8, buf.len()) } {
         0 => Ok(()),
         _ => Err(Errno::EFAULT),
     }
 }
 
-/// Copies `data` to guest virtual address `va` with the loaded page tables.
-#[inline]
-pub fn write(va: u64, data: &[u8]) -> Result<(), Errno> {
-    check_range(va, data.len())?;
-    // SAFETY: `data` is ours and readable for its length. The destination lies in the guest's
-    // part of the address space (checked above): it maps only memory the guest may write
+/// Copies `data` to the guest range `va` with the loaded page tables.
+#[inline(always)]
+pub fn write(va: GuestRange, data: &[u8]) -> Result<(), Errno> {
+    if va.len() != data.len() {
+        return Err(Errno::EFAULT);
+    }
+    // SAFETY: `data` is ours and readable for its length. The destination, as long, lies in
+    // the guest's part of the address space (a `GuestRange`): it maps only memory the guest may write
     // itself, which the hypervisor reaches only as shared memory (`MachineMemory`), and with
     // CR0.WP a read-only mapping at any level faults (recovered, `fixup`) instead of being
     // written through.
-    match unsafe { guest_copy(va as *mut u8, data.as_ptr(), data.len()) } {
+    match unsafe { guest_copy(va.va() as *mut u8, data.as_ptr(), data.len()) } {
         0 => Ok(()),
         _ => Err(Errno::EFAULT),
     }

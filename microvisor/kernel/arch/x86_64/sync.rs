@@ -27,6 +27,15 @@ impl tlb::TlbOps for HwTlb {
     }
 }
 
+/// Carries out a flush on the hypercall return path, with the loaded page tables unchanged
+/// (the core hands one over only when nothing else must change).
+#[inline(always)]
+pub fn flush_now(hv: &mut Hv, flush: Flush) {
+    if tlb::switch_and_flush(&mut HwTlb, None, flush) {
+        hv.tlb_flushed();
+    }
+}
+
 /// What the CPU was last set to, so the exit path only writes what changed.
 struct Loaded {
     vcpu: Option<microvisor::sched::VcpuRef>,
