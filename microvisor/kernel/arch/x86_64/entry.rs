@@ -144,8 +144,10 @@ const _: () = assert!(offset_of!(VcpuInfo, evtchn_upcall_mask) == UPCALL_WORD + 
 pub const NONCANONICAL_RETURN: u64 = 1 << 47;
 const _: () = assert!(!hypercall_abi::xen::is_canonical(NONCANONICAL_RETURN));
 
-/// 1 once CR4.SMAP is on: the exception stub then executes `clac` (which faults without SMAP),
-/// and the guest copies bracket themselves with `stac`/`clac` (guest_copy.rs).
+/// 1 when the CPU has SMAP (CPUID) and the hypervisor turned it on: the exception stub then
+/// executes `clac` (which faults without SMAP), and the guest copies bracket themselves with
+/// `stac`/`clac` (guest_copy.rs). It stays 1 after `cpu::disable_smap` (the TCG quirk): both
+/// instructions need only CPUID's SMAP, not CR4.SMAP.
 pub(super) static SMAP_ON: AtomicU8 = AtomicU8::new(0);
 
 /// Tells the exception stub that SMAP is on (so it clears a guest's AC on entry).
