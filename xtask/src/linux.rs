@@ -168,12 +168,16 @@ pub struct Kernel {
     pub modules: PathBuf,
 }
 
-/// Fetches Debian's cloud kernel (the metapackage, then the image package it depends on) and
-/// extracts its vmlinux (once per checkout).
-pub fn kernel() -> Result<Kernel, Unavailable> {
-    // One extraction at a time in this process; across processes the rename is atomic.
-    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+/// Fetches the Debian packages a Linux guest is made of: the cloud kernel's metapackage, the
+/// image package it depends on, and busybox. Only this step may fail for want of apt or a
+/// network; tests skip (loudly) on its error and treat any later failure as a defect.
+pub fn packages() -> Result<(), Unavailable> {
+    kernel_package()?;
+    busybox().map(drop)
+}
+
+/// Fetches the cloud kernel's metapackage and the versioned image package it depends on.
+fn kernel_package() -> Result<(String, debian::Package), Unavailable> {
     let meta = debian::fetch(KERNEL_PACKAGE)?;
     let unavailable = |what: String, command: String, reason: String| Unavailable { what, command, reason };
     let depends = debian::control_field(&meta.deb, "Depends").map_err(|r| {
@@ -191,6 +195,17 @@ pub fn kernel() -> Result<Kernel, Unavailable> {
         )
     })?;
     let pkg = debian::fetch(&image)?;
+    Ok((image, pkg))
+}
+
+/// Fetches Debian's cloud kernel (the metapackage, then the image package it depends on) and
+/// extracts its vmlinux (once per checkout).
+pub fn kernel() -> Result<Kernel, Unavailable> {
+    // One extraction at a time in this process; across processes the rename is atomic.
+    static ONE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE.lock().unwrap_or_else(|e| e.into_inner());
+    let unavailable = |what: String, command: String, reason: String| Unavailable { what, command, reason };
+    let (image, pkg) = kernel_package()?;
     let release = image.trim_start_matches("linux-image-").to_string();
     let bz = pkg.root.join(format!("boot/vmlinuz-{release}"));
     let vmlinux = pkg.root.join(format!("boot/vmlinux-{release}"));
