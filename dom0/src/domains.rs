@@ -5,7 +5,7 @@
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
-use hypercall_abi::domctl::{dominf, XenDomctlGetdomaininfo};
+use hypercall_abi::domctl::{dominf, XenDomctlGetdomaininfo, XEN_INVALID_MAX_VCPU_ID};
 use hypercall_abi::sched::shutdown;
 use hypercall_abi::DomId;
 
@@ -35,6 +35,18 @@ pub fn domus<E>(
     first_at: impl FnMut(DomId) -> Result<Option<XenDomctlGetdomaininfo>, E>,
 ) -> Result<Vec<XenDomctlGetdomaininfo>, E> {
     walk(first_at).collect()
+}
+
+/// How many vCPUs the domain has (`max_vcpu_id + 1`; none for [`XEN_INVALID_MAX_VCPU_ID`]),
+/// for the toolstack's `cpu/<n>/availability` nodes. Bounded by
+/// [`XEN_LEGACY_MAX_VCPUS`](hypercall_abi::xen::XEN_LEGACY_MAX_VCPUS) (far above what
+/// microvisor builds), so a confused answer cannot make dom0 fill the store.
+pub fn vcpu_count(info: &XenDomctlGetdomaininfo) -> u32 {
+    let max = hypercall_abi::xen::XEN_LEGACY_MAX_VCPUS as u32;
+    match info.max_vcpu_id {
+        XEN_INVALID_MAX_VCPU_ID => 0,
+        id => id.saturating_add(1).min(max),
+    }
 }
 
 /// True once the domain has shut down or is being destroyed.
@@ -123,6 +135,15 @@ mod tests {
         assert_eq!(describe(dominf::DYING), "dying");
         assert_eq!(describe(0), "still running");
         assert!(names("tg", "tg", DomId(3)) && names("3", "tg", DomId(3)) && !names("4", "tg", DomId(3)));
+    }
+
+    #[test]
+    fn vcpu_counts() {
+        let with = |max_vcpu_id| XenDomctlGetdomaininfo { max_vcpu_id, ..info(1, 0) };
+        assert_eq!(vcpu_count(&with(0)), 1);
+        assert_eq!(vcpu_count(&with(3)), 4);
+        assert_eq!(vcpu_count(&with(XEN_INVALID_MAX_VCPU_ID)), 0);
+        assert_eq!(vcpu_count(&with(XEN_INVALID_MAX_VCPU_ID - 1)), 32, "bounded");
     }
 
     #[test]

@@ -280,8 +280,14 @@ mod tests {
     fn setup() -> (Rc<RefCell<Xenstore>>, Xenbus<local_xs::LocalTransport>, Xenbus<local_xs::LocalTransport>)
     {
         let xs = Rc::new(RefCell::new(Xenstore::default()));
-        let cfg =
-            DomainConfig { domid: DomId(1), name: "tg".into(), memory_kb: 32768, store: None, console: None };
+        let cfg = DomainConfig {
+            domid: DomId(1),
+            name: "tg".into(),
+            memory_kb: 32768,
+            vcpus: 1,
+            store: None,
+            console: None,
+        };
         xs.borrow_mut().create_domain_nodes(&cfg).unwrap();
         let d0 = local_xs::client(&xs, DomId::DOM0);
         let mut du = local_xs::client(&xs, DomId(1));

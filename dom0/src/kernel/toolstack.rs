@@ -25,7 +25,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dom0::domains::{describe, domain_name, gone};
+use dom0::domains::{describe, domain_name, gone, vcpu_count};
 use dom0::xenstore::toolstack::{Console, DomainConfig, StoreRing};
 use dom0::xenstore::{Caller, Request, Xenstore};
 use hypercall_abi::domctl::XenDomctlGetdomaininfo;
@@ -109,6 +109,7 @@ impl Toolstack {
             domid: id,
             name: name.clone(),
             memory_kb: info.tot_pages.saturating_mul(4),
+            vcpus: vcpu_count(info),
             store: store.map(|r| StoreRing { gfn: r.mfn.0, port: r.port }),
             console: console.map(|r| Console {
                 gfn: r.mfn.0,

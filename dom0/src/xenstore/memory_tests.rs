@@ -37,6 +37,7 @@ impl Rig {
             domid: DOM,
             name: "guest1".into(),
             memory_kb: 65536,
+            vcpus: 1,
             store: Some(StoreRing { gfn: 0x100, port: Port(1) }),
             console: None,
         };

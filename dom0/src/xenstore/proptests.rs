@@ -166,6 +166,7 @@ fn cfg(domid: u16) -> DomainConfig {
         domid: DomId(domid),
         name: alloc::format!("g{domid}"),
         memory_kb: 1,
+        vcpus: 1,
         store: None,
         console: None,
     }

@@ -193,6 +193,7 @@ fn domain_cfg(domid: u16) -> DomainConfig {
         domid: DomId(domid),
         name: alloc::format!("guest{domid}"),
         memory_kb: 65536,
+        vcpus: 2,
         store: Some(StoreRing { gfn: 0x100, port: Port(1) }),
         console: Some(Console {
             gfn: 0x101,
@@ -1162,6 +1163,14 @@ fn toolstack_domain_nodes() {
     let dom = "/local/domain/1";
     assert_eq!(t.read(a, "domid"), val("1"));
     assert_eq!(t.read(a, "memory/target"), val("65536"));
+    // One availability node per vCPU, as libxl writes them; the guest reads but cannot
+    // take a vCPU offline (or invent one) by writing them.
+    assert_eq!(t.read(a, "cpu/0/availability"), val("online"));
+    assert_eq!(t.read(a, "cpu/1/availability"), val("online"));
+    assert_eq!(t.read(a, "cpu/2/availability"), err(Errno::ENOENT));
+    assert_eq!(t.write(a, "cpu/0/availability", "offline"), err(Errno::EACCES));
+    assert_eq!(t.write(a, "cpu/2/availability", "online"), err(Errno::EACCES));
+    assert_eq!(t.get_perms(d0, &alloc::format!("{dom}/cpu/1/availability")), Ok(strs(&["n0", "r1"])));
     assert_eq!(t.read(a, "store/ring-ref"), val("256"));
     assert_eq!(t.read(a, "store/port"), val("1"));
     assert_eq!(t.read(a, "console/ring-ref"), val("257"));

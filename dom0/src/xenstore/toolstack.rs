@@ -3,7 +3,8 @@
 //! must not:
 //!
 //! * `/local/domain/<id>`, `cpu`, `memory`: owned by dom0, readable by the domain (`n0`,
-//!   `r<id>`); `name`, `domid`, `memory/target`, `store/*` inherit that.
+//!   `r<id>`); `name`, `domid`, `cpu/<n>/availability`, `memory/target`, `store/*` inherit
+//!   that.
 //! * `device`, `control` (and its `shutdown`, `feature-*`, `sysrq`), `data`, `drivers`,
 //!   `feature`, `attr`, `error`: owned by the domain (`n<id>`), where it writes.
 //! * A device pair: the frontend `/local/domain/<fe>/device/<kind>/<devid>` owned by the
@@ -62,6 +63,9 @@ pub struct DomainConfig {
     pub name: String,
     /// `memory/target` and `memory/static-max`, in KiB.
     pub memory_kb: u64,
+    /// The domain's vCPUs: `cpu/<n>/availability` is `online` for each (libxl writes it for
+    /// every vCPU; Linux's xen cpu_hotplug reads it at boot and for each hotplug watch).
+    pub vcpus: u32,
     /// `store/ring-ref` and `store/port`.
     pub store: Option<StoreRing>,
     /// `console/...` plus the console backend's nodes.
@@ -149,6 +153,9 @@ impl Xenstore {
         self.ts_write(&format!("{dom}/domid"), &format!("{}", id.0))?;
         self.ts_write(&format!("{dom}/memory/static-max"), &format!("{}", cfg.memory_kb))?;
         self.ts_write(&format!("{dom}/memory/target"), &format!("{}", cfg.memory_kb))?;
+        for n in 0..cfg.vcpus {
+            self.ts_write(&format!("{dom}/cpu/{n}/availability"), "online")?;
+        }
         if let Some(s) = cfg.store {
             self.ts_write(&format!("{dom}/store/ring-ref"), &format!("{}", s.gfn))?;
             self.ts_write(&format!("{dom}/store/port"), &format!("{}", s.port.0))?;
