@@ -298,6 +298,23 @@ impl core::fmt::Display for CrashReason {
     }
 }
 
+/// The #PF error code the guest sees for a fault the CPU reported with `error_code` at
+/// `addr`. The CPU saw ring 3 either way; the guest must see which of its own modes faulted
+/// (Xen's `pv_inject_event` adjusts PFEC_user_mode the same way). And the hypervisor's hole is
+/// not the guest's to see: its mappings there are the hypervisor's own, so a guest access
+/// reads as not present, as under Xen 4.17, whose hole is unmapped while a PV guest runs
+/// (XPTI): `xen_conformance::noncanonical_rip` compares `iret.hypervisor_hole.error_code`.
+pub fn guest_pf_error_code(error_code: u64, addr: u64, kernel_mode: bool) -> u64 {
+    use crate::mm::ptwr::pfec;
+    let user = if kernel_mode { 0 } else { pfec::USER };
+    let mut e = (error_code & !pfec::USER) | user;
+    if in_hypervisor_hole(addr) {
+        // A not-present fault has no reserved-bit cause either.
+        e &= !(pfec::PRESENT | pfec::RSVD);
+    }
+    e
+}
+
 /// Handles an exception raised by a guest (in ring 3): emulate the privileged instructions PV
 /// kernels use, bounce everything else to the guest's trap table. `info` is what the CPU
 /// reported beside the frame: CR2 for a #PF, DR6 for a #DB.
@@ -358,11 +375,8 @@ pub fn guest_exception<P: Platform>(
         vector::PF if crate::emulate::ptwr_write(hv, frame, info) => Ok(()),
         vector::PF => {
             hv.mem().write_u64(vcpu_cr2_addr(hv), info);
-            // The CPU saw ring 3 either way; the guest must see which of its own modes
-            // faulted (Xen's pv_inject_event adjusts PFEC_user_mode the same way).
-            const PFEC_USER: u64 = 1 << 2;
-            let user = if hv.cur_vcpu().kernel_mode { 0 } else { PFEC_USER };
-            let err = err.map(|e| (e & !PFEC_USER) | user);
+            let kernel_mode = hv.cur_vcpu().kernel_mode;
+            let err = err.map(|e| guest_pf_error_code(e, info, kernel_mode));
             bounce_exception(hv, frame, vector::PF, err).map_err(|e| match e {
                 BounceError::NoHandler { rip, .. } => BounceError::NoHandler { vector: "#PF", rip },
                 other => other,

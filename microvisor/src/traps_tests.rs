@@ -161,3 +161,31 @@ fn iret_selectors_from_the_guests_gdt() {
         assert_eq!(data(sel), None, "stack selector {sel:#x}");
     }
 }
+
+/// The #PF error code a guest sees: its own mode in PFEC_user_mode, and the hypervisor's hole
+/// never present (Xen 4.17 reports a fetch at its text, 0xffff82d080200000, as 0x10).
+#[test]
+fn page_fault_error_code_as_the_guest_sees_it() {
+    use crate::mm::ptwr::pfec::{INSN_FETCH, PRESENT, RSVD, USER, WRITE};
+    const XEN_TEXT: u64 = 0xffff_82d0_8020_0000;
+    const GUEST: u64 = 0x40_0000;
+    // The CPU always reports ring 3: the guest kernel sees a supervisor fault.
+    assert_eq!(traps::guest_pf_error_code(PRESENT | USER | WRITE, GUEST, true), PRESENT | WRITE);
+    assert_eq!(traps::guest_pf_error_code(PRESENT | WRITE, GUEST, false), PRESENT | USER | WRITE);
+    assert_eq!(traps::guest_pf_error_code(PRESENT | USER | INSN_FETCH, XEN_TEXT, true), INSN_FETCH);
+    assert_eq!(traps::guest_pf_error_code(PRESENT | USER | RSVD | WRITE, XEN_TEXT, false), USER | WRITE);
+}
+
+proptest! {
+    /// Whatever the CPU reported, a fault in the hole reads as not present, and only the
+    /// present, user and reserved bits ever change.
+    #[test]
+    fn hole_faults_read_as_not_present(ec in 0u64..0x10000, off in 0u64..(1 << 43), kernel in any::<bool>()) {
+        use crate::mm::ptwr::pfec::{PRESENT, RSVD, USER};
+        let addr = 0xffff_8000_0000_0000 + off;
+        let e = traps::guest_pf_error_code(ec, addr, kernel);
+        prop_assert_eq!(e & (PRESENT | RSVD), 0);
+        prop_assert_eq!(e & USER != 0, !kernel);
+        prop_assert_eq!(e & !(PRESENT | RSVD | USER), ec & !(PRESENT | RSVD | USER));
+    }
+}

@@ -366,11 +366,12 @@ const TOP_PAGE: u64 = 0x7fff_ffff_f000;
 /// The address after it: the only non-canonical value an instruction's end can give.
 const NONCANONICAL: u64 = 1 << 47;
 const MSR_FS_BASE: u64 = 0xc000_0100;
-/// Xen's text, in the hypervisor's hole (mapped, supervisor-only).
+/// Xen's text, in the hypervisor's hole.
 const HYPERVISOR_TEXT: u64 = 0xffff_82d0_8020_0000;
-/// #PF error code of an instruction fetch from a present supervisor page, as a guest kernel
-/// sees it (Xen clears the user bit for the guest kernel).
-const PFEC_PRESENT_FETCH: u64 = 0x11;
+/// #PF error code of an instruction fetch from a page that is not present, as a guest kernel
+/// sees it (Xen clears the user bit for the guest kernel). Xen 4.17 reports the hole so: it is
+/// unmapped while a PV guest runs, and microvisor shows it the same way.
+const PFEC_NOT_PRESENT_FETCH: u64 = 0x10;
 
 const STACK2_SIZE: usize = 8192;
 #[repr(C, align(16))]
@@ -501,7 +502,7 @@ pub fn noncanonical_rip() {
     let l = unsafe { landing::catch(landing::__tg_iret_to, &iret) };
     let pf = landing::VECTOR_BASE + u64::from(PF);
     if let Some(l) = expect(&mut r, "iret.hypervisor_hole", l, pf, HYPERVISOR_TEXT, KERNEL_CS_RPL0) {
-        r.eq("iret.hypervisor_hole.error_code", l.error_code().unwrap_or(u64::MAX), PFEC_PRESENT_FETCH);
+        r.eq("iret.hypervisor_hole.error_code", l.error_code().unwrap_or(u64::MAX), PFEC_NOT_PRESENT_FETCH);
         r.eq("iret.hypervisor_hole.cr2", traps::cr2(), HYPERVISOR_TEXT);
     }
     drop(guard);
