@@ -424,6 +424,19 @@ pub fn legacy_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFram
 /// Xen's forced-emulation prefix: `ud2; .ascii "xen"; cpuid`.
 const FORCED_CPUID: [u8; 7] = [0x0f, 0x0b, b'x', b'e', b'n', 0x0f, 0xa2];
 
+/// What the hypervisor CPUID leaves report about this machine.
+fn hypervisor_facts<P: Platform>(hv: &Hypervisor<P>) -> crate::cpuid::HvFacts {
+    use crate::cpuid::{pv_cpuid, EXT1_EDX_RDTSCP, PWR_EDX_INVARIANT_TSC};
+    crate::cpuid::HvFacts {
+        tsc_khz: u32::try_from(hv.time.tsc_hz / 1000).unwrap_or(u32::MAX),
+        tsc_to_ns: hv.time.scale,
+        max_page: hv.frames.max_mfn().0,
+        paddr_bits: hv.plat.cpuid(0x8000_0008, 0)[0] & 0xff,
+        tsc_reliable: hv.plat.cpuid(0x8000_0007, 0)[3] & PWR_EDX_INVARIANT_TSC != 0,
+        rdtscp: pv_cpuid(0x8000_0001, hv.plat.cpuid(0x8000_0001, 0))[3] & EXT1_EDX_RDTSCP != 0,
+    }
+}
+
 /// Emulates `cpuid` behind Xen's forced-emulation prefix. Returns false if the bytes at RIP
 /// are not that sequence.
 fn emulate_forced_cpuid<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> bool {
@@ -431,8 +444,12 @@ fn emulate_forced_cpuid<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFr
     if hv.guest().read(frame.rip, &mut insn).is_err() || insn != FORCED_CPUID {
         return false;
     }
-    let real = hv.plat.cpuid(frame.rax as u32, frame.rcx as u32);
-    let [a, b, c, d] = crate::cpuid::pv_cpuid(frame.rax as u32, real);
+    let (leaf, subleaf) = (frame.rax as u32, frame.rcx as u32);
+    let [a, b, c, d] = if (crate::cpuid::HV_LEAVES_FIRST..=crate::cpuid::HV_LEAVES_END).contains(&leaf) {
+        crate::cpuid::hypervisor_leaf(leaf, subleaf, &hypervisor_facts(hv))
+    } else {
+        crate::cpuid::pv_cpuid(leaf, hv.plat.cpuid(leaf, subleaf))
+    };
     frame.rax = u64::from(a);
     frame.rbx = u64::from(b);
     frame.rcx = u64::from(c);

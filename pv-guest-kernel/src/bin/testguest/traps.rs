@@ -157,6 +157,11 @@ pub fn execute_ud2() {
 
 /// CPUID through Xen's forced-emulation prefix (`ud2; .ascii "xen"; cpuid`).
 fn forced_cpuid(leaf: u32) -> [u32; 4] {
+    forced_cpuid_sub(leaf, 0)
+}
+
+/// [`forced_cpuid`] of `leaf`'s sub-leaf `subleaf`.
+fn forced_cpuid_sub(leaf: u32, subleaf: u32) -> [u32; 4] {
     let (a, b, c, d): (u32, u64, u32, u32);
     // SAFETY: the prefix raises #UD, which the hypervisor decodes and emulates as CPUID;
     // rbx (reserved by LLVM) is swapped out and back around it.
@@ -169,7 +174,7 @@ fn forced_cpuid(leaf: u32) -> [u32; 4] {
             "xchg {b}, %rbx",
             b = inout(reg) 0u64 => b,
             inout("eax") leaf => a,
-            inout("ecx") 0u32 => c,
+            inout("ecx") subleaf => c,
             out("edx") d,
             options(att_syntax, nostack),
         );
@@ -201,10 +206,63 @@ pub fn trap_ud() {
     results::emit("forced-cpuid.0x40000000.eax", results::Value::Hex(u64::from(r[0])));
     results::yes("forced-cpuid.reached-ud-handler", after != n);
     check!(fails, sig == "XenVMMXenVMM", "forced cpuid signature \"{sig}\"");
-    check!(fails, r[0] >= 0x4000_0002, "forced cpuid max leaf {:#x} below 0x40000002", r[0]);
+    check!(
+        fails,
+        r[0] == XEN_LAST_LEAF,
+        "forced cpuid max leaf {:#x}, Xen 4.17's is {XEN_LAST_LEAF:#x}",
+        r[0]
+    );
     check!(fails, after == n, "the forced-emulation prefix reached the #UD handler");
+    hypervisor_leaves(&mut fails);
     traps::set_handler(6, None);
     report("trap-ud", &fails, format_args!("#UD at the right rip, forced cpuid \"{sig}\""));
+}
+
+/// Xen 4.17's last hypervisor leaf for a PV guest: 0x40000005 (PV features).
+const XEN_LAST_LEAF: u32 = 0x4000_0005;
+
+/// Xen's hypervisor leaves 2-5 as a PV guest sees them (Xen's `cpuid_hypervisor_leaves`),
+/// each word reported; words that depend on the machine (TSC frequency, scale) as whether they
+/// are plausible, the rest as values.
+fn hypervisor_leaves(fails: &mut Vec<alloc::string::String>) {
+    let hex = |v: u32| results::Value::Hex(u64::from(v));
+    let l2 = forced_cpuid(0x4000_0002);
+    for (i, w) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
+        results::emit(&alloc::format!("forced-cpuid.0x40000002.{w}"), hex(l2[i]));
+    }
+    // eax: one hypercall page; ebx: the MSR that places it; ecx: MMU_PT_UPDATE_PRESERVE_AD.
+    check!(fails, l2 == [1, 0x4000_0000, 1, 0], "leaf 0x40000002 {l2:x?}, Xen gives [1, 40000000, 1, 0]");
+    // Time leaf. Sub-leaf 2: the host's TSC kHz (Xen's own calibration, so only whether
+    // there is one). Sub-leaf 0: eax's flags, ebx the TSC mode, ecx the guest's TSC kHz (the
+    // host's when the guest runs on the real TSC), edx the incarnation. Sub-leaf 1: the TSC
+    // offset and the scale from TSC ticks to ns (reported: does it turn a millisecond of the
+    // host's ticks into 1 ms?).
+    let khz = forced_cpuid_sub(0x4000_0003, 2)[0];
+    results::yes("forced-cpuid.0x40000003.2.eax-nonzero", khz != 0);
+    let t0 = forced_cpuid_sub(0x4000_0003, 0);
+    results::emit("forced-cpuid.0x40000003.0.eax", hex(t0[0]));
+    results::emit("forced-cpuid.0x40000003.0.ebx", hex(t0[1]));
+    results::yes("forced-cpuid.0x40000003.0.ecx-is-host-khz", t0[2] == khz);
+    results::emit("forced-cpuid.0x40000003.0.edx", hex(t0[3]));
+    let t1 = forced_cpuid_sub(0x4000_0003, 1);
+    results::emit("forced-cpuid.0x40000003.1.eax", hex(t1[0]));
+    results::emit("forced-cpuid.0x40000003.1.ebx", hex(t1[1]));
+    let ms = pv_guest_kernel::time::scale_delta(u64::from(khz), t1[2], t1[3] as i8);
+    results::yes("forced-cpuid.0x40000003.1.scale-is-host-khz", ms.abs_diff(1_000_000) < 1_000);
+    results::emit("forced-cpuid.0x40000003.3.eax", hex(forced_cpuid_sub(0x4000_0003, 3)[0]));
+    // HVM features: nothing for a PV guest.
+    let l4 = forced_cpuid(0x4000_0004);
+    results::emit("forced-cpuid.0x40000004.eax", hex(l4[0]));
+    check!(fails, l4 == [0; 4], "leaf 0x40000004 {l4:x?}: a PV guest gets zeros");
+    // PV features: ebx the machine address width.
+    let l5 = forced_cpuid(0x4000_0005);
+    for (i, w) in ["eax", "ebx", "ecx", "edx"].iter().enumerate() {
+        results::emit(&alloc::format!("forced-cpuid.0x40000005.{w}"), hex(l5[i]));
+    }
+    check!(fails, (20..=52).contains(&l5[1]), "leaf 0x40000005 ebx {} is no address width", l5[1]);
+    let past = forced_cpuid(XEN_LAST_LEAF + 1);
+    results::emit("forced-cpuid.0x40000006.eax", hex(past[0]));
+    check!(fails, past == [0; 4], "leaf 0x40000006 {past:x?}: past the last leaf, zeros");
 }
 
 /// Recurses until the boot stack runs into its guard page: the domain must be crashed with a
