@@ -9,6 +9,7 @@ use crate::loader::elf::testelf::BASE;
 use crate::mm::MachineMemory;
 use crate::sched::VcpuRef;
 use crate::testkit::{console, exit_work, run_as, two_domains, TestHv, SCRATCH_VA, TSC_HZ};
+use crate::vcpu::RunState;
 use hypercall_abi::event_channel::{op as evtop, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnSend};
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::vcpu::{
@@ -220,4 +221,101 @@ fn the_periodic_timer_ticks_while_its_vcpu_runs() {
     hv.plat.tsc.set(hv.plat.tsc.get() + 10_000_000);
     hv.timer_tick();
     assert!(!bm.is_pending(hv.mem(), port));
+}
+
+/// The fuzzer's block (issue 9's stall): upcalls masked, a one-shot timer armed, then
+/// `SCHEDOP_block`. As in Xen 4.17 (`vcpu_block_enable_events`, `set_timer`): the block
+/// unmasks upcalls and sleeps only if nothing is pending; the timer's expiry wakes it; a
+/// deadline already past fires at once, so the block returns at once; a stopped timer never
+/// fires, so a block with no other wake-up sleeps on, which is the guest's choice, not a stall.
+/// What stalled the fuzzer was its own `vcpu_info` moved into the shared_info frame (accepted,
+/// as Xen accepts it: the page is the domain's): from then on the events go there, and the
+/// runtime, still reading the old slot, never sees its timer.
+#[test]
+fn a_block_with_upcalls_masked_wakes_when_the_timer_fires() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DU);
+    let b = hypercall_abi::event_channel::EvtchnBindVirq { virq: virq::TIMER, vcpu: 0, port: Port(0) };
+    hv.guest().write_obj(SCRATCH_VA, &b).unwrap();
+    assert_eq!(call(&mut hv, nr::EVENT_CHANNEL_OP, [u64::from(evtop::BIND_VIRQ), SCRATCH_VA, 0, 0, 0]), 0);
+    let port = read::<hypercall_abi::event_channel::EvtchnBindVirq>(&hv, SCRATCH_VA).port;
+    // The default periodic timer off, as the runtime does at boot.
+    assert_eq!(call(&mut hv, nr::VCPU_OP, [u64::from(op::STOP_PERIODIC_TIMER), 0, 0, 0, 0]), 0);
+    let bm = hv.domains[&DU].bitmaps();
+    let vi = hv.cur_vcpu().info();
+    let quiet = |hv: &mut TestHv| {
+        bm.clear_pending(hv.mem(), port);
+        hv.mem().write_u64(vi.ma, 0);
+        hv.mem().write_u64(vi.ma + 8, 0);
+    };
+    let block = |hv: &mut TestHv| {
+        // The fuzzer's sequence: mask, arm, block.
+        vi.set_upcall_mask(hv.mem(), true);
+        call(hv, nr::SCHED_OP, [u64::from(hypercall_abi::sched::op::BLOCK), 0, 0, 0, 0])
+    };
+    let ahead = |hv: &mut TestHv, ns: u64| {
+        hv.plat.tsc.set(hv.plat.tsc.get() + ns * TSC_HZ / 1_000_000_000);
+    };
+
+    // A deadline 100 µs ahead: the block sleeps with upcalls unmasked, the expiry wakes it.
+    quiet(&mut hv);
+    vi.set_upcall_mask(hv.mem(), true);
+    let now = hv.now_ns();
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [now + 100_000, 0, 0, 0, 0]), 0);
+    assert_eq!(block(&mut hv), 0);
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Blocked);
+    assert_eq!(vi.upcall_state(hv.mem()), (false, false), "the block unmasks upcalls");
+    ahead(&mut hv, 50_000);
+    hv.timer_tick();
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Blocked, "not yet");
+    ahead(&mut hv, 50_000);
+    hv.timer_tick();
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Runnable);
+    assert!(bm.is_pending(hv.mem(), port) && vi.upcall_state(hv.mem()).0);
+
+    // The timer fired before the block (upcalls masked, so it stayed pending): the block
+    // returns at once.
+    run_as(&mut hv, DU);
+    quiet(&mut hv);
+    let now = hv.now_ns();
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [now + 10_000, 0, 0, 0, 0]), 0);
+    ahead(&mut hv, 20_000);
+    hv.timer_tick();
+    assert_eq!(block(&mut hv), 0);
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Runnable);
+
+    // A deadline already past fires at once: the block returns at once.
+    quiet(&mut hv);
+    let now = hv.now_ns();
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [now - 1, 0, 0, 0, 0]), 0);
+    assert!(bm.is_pending(hv.mem(), port));
+    assert_eq!(block(&mut hv), 0);
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Runnable);
+
+    // A stopped timer never fires: with nothing else to wake it the vCPU sleeps on.
+    quiet(&mut hv);
+    let now = hv.now_ns();
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [now + 10_000, 0, 0, 0, 0]), 0);
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [0, 0, 0, 0, 0]), 0);
+    assert_eq!(block(&mut hv), 0);
+    ahead(&mut hv, 1_000_000_000);
+    hv.timer_tick();
+    assert_eq!(hv.domains[&DU].vcpus[0].state, RunState::Blocked);
+    hv.kick_vcpu(VcpuRef { domid: DU, vcpu: 0 });
+
+    // The fuzzer's own wound: its vcpu_info moved into the shared_info frame, elsewhere than
+    // its slot. The timer then marks the new place; the old slot stays quiet.
+    run_as(&mut hv, DU);
+    quiet(&mut hv);
+    let si = hv.domains[&DU].shared_info;
+    let reg = VcpuRegisterVcpuInfo { mfn: si.0, offset: 0x800, rsvd: 0 };
+    assert_eq!(vcpu_op(&mut hv, op::REGISTER_VCPU_INFO, 0, &reg), 0);
+    let moved = hv.cur_vcpu().info();
+    hv.mem().write_u64(moved.ma, 0);
+    hv.mem().write_u64(moved.ma + 8, 0);
+    let now = hv.now_ns();
+    assert_eq!(call(&mut hv, nr::SET_TIMER_OP, [now - 1, 0, 0, 0, 0]), 0);
+    assert!(moved.upcall_state(hv.mem()).0);
+    assert!(!vi.upcall_state(hv.mem()).0, "the old slot no longer hears of events");
+    hv.audit_frames().unwrap();
 }

@@ -70,6 +70,11 @@ impl Campaign {
     pub fn machine(&self, k: &Kernels, image: &Path) -> Machine {
         let mut m = Machine::standard(k);
         m.hv_cmdline = format!("audit={}", self.audit);
+        if self.log_from.is_some() {
+            // A replay prints every call: more than a domU's console allowance, and a
+            // dropped line would hide the call that did it.
+            m.hv_cmdline += " guest_loglvl=all";
+        }
         m.memory_mib = 256;
         let mut log = self.log_from.map(|n| format!(" log-from={n}")).unwrap_or_default();
         if let Some(s) = &self.skip {

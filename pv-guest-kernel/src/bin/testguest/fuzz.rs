@@ -50,6 +50,12 @@ const RESET_EVERY: u64 = 2_000;
 const RING: usize = 40;
 /// How much of a direct call's struct argument the oracles keep from before the call.
 pub const PRE_BYTES: usize = 64;
+/// The fuzzer's own console writes may use this many bytes per second of campaign, and save
+/// up at most [`CONSOLE_SAVED`]: well under the hypervisor's allowance for a domU (2 KiB/s,
+/// 64 KiB at once), so the allowance never runs dry and our own lines (progress, the call
+/// tallies, the verdict) are never the ones refused, however long the campaign.
+const CONSOLE_BYTES_PER_S: u64 = 512;
+const CONSOLE_SAVED: u64 = 8 << 10;
 
 /// splitmix64: tiny, fast, and every seed gives a full-period stream.
 pub(super) struct Rng(u64);
@@ -229,6 +235,9 @@ pub(super) struct Fuzzer {
     pub precious_ports: [u32; 2],
     /// A console write was generated: end the line after the operation.
     pub console_dirty: bool,
+    /// Console bytes the fuzzer's writes may still use, as of `console_at` (system time).
+    console_credit: u64,
+    console_at: u64,
     /// The snippet being generated has its `syscall`.
     pub syscall_emitted: bool,
     /// The first bytes (at most [`PRE_BYTES`]) of a direct call's struct argument as they were
@@ -350,6 +359,25 @@ impl Fuzzer {
             _ => self.baseptr_excursion(),
         }
         self.put_back();
+    }
+
+    /// How many of the `want` bytes a generated console write may print: all of them while
+    /// the fuzzer's share lasts (the line ending the operation adds to it), else none.
+    pub fn console_budget(&mut self, want: u64) -> u64 {
+        let now = time::now_ns();
+        let earned = now.saturating_sub(self.console_at).saturating_mul(CONSOLE_BYTES_PER_S) / 1_000_000_000;
+        if earned > 0 {
+            self.console_credit = self.console_credit.saturating_add(earned).min(CONSOLE_SAVED);
+            self.console_at = now;
+        }
+        // The prefix and the newline the hypervisor adds, and ours that ends the line.
+        let cost = want + 16;
+        if self.console_credit >= cost {
+            self.console_credit -= cost;
+            want
+        } else {
+            0
+        }
     }
 
     /// Puts back what the operation may have changed (see [`restore`]).
@@ -496,6 +524,8 @@ impl Fuzzer {
             handles: Default::default(),
             precious_ports: [si.store_evtchn.0, si.console.evtchn.0],
             console_dirty: false,
+            console_credit: CONSOLE_SAVED,
+            console_at: time::now_ns(),
             syscall_emitted: false,
             pre: Vec::new(),
             me,

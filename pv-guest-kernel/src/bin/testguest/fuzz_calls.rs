@@ -791,6 +791,9 @@ impl Fuzzer {
                 let cmd = self.rng.pick(&[consoleio::WRITE, consoleio::WRITE, consoleio::READ, e]);
                 let count =
                     if self.rng.chance(9, 10) { self.rng.below(24) } else { self.rng.range(200, 600) };
+                // Within our share of the console (see Fuzzer::console_budget); beyond it the
+                // write is an empty one.
+                let count = if cmd == consoleio::WRITE { self.console_budget(count) } else { count };
                 let text = b"fuzz console write   \n";
                 let at = self.mem.scratch(text.len() as u64);
                 put_bytes(at, text);
@@ -1055,9 +1058,14 @@ impl Fuzzer {
             }
             vop::REGISTER_VCPU_INFO => {
                 // Only frames that are not ours: moving our vcpu_info would leave the runtime
-                // reading the old one.
+                // reading the old one. The frames the hypervisor shares with us (shared_info,
+                // the grant table) are ours too, as in Xen, whatever the M2P says of them.
                 let m = self.frame(Use::ReadOnly);
-                let m = if self.mem.is_ours(m) { Mfn(self.mem.max_mfn + 7) } else { m };
+                let m = if self.mem.is_ours(m) || self.mem.is_shared_with_us(m) {
+                    Mfn(self.mem.max_mfn + 7)
+                } else {
+                    m
+                };
                 let v = [m.0, self.rng.edgy() & 0xffff_ffff];
                 self.arg_or_bad(&v, false)
             }
