@@ -410,6 +410,44 @@ fn mmu_update_batches_continue_and_stop_at_a_fault() {
     let _ = MMU_UPDATE_PREEMPTED;
 }
 
+/// Found by the fuzzer (seed 20240601, operation 71244: `mmu_update` of no requests naming
+/// domain 12 answered 0). Xen's `do_mmu_update` and `do_mmuext_op` look the owner domain up
+/// before they read a request: one that does not exist, or the caller naming itself, is
+/// `-ESRCH` even in an empty batch. The right to use an existing domain's pages is checked
+/// with each request for `mmu_update` (an empty batch is no error) and up front for
+/// `mmuext_op` (`xsm_mmuext_op`: `-EPERM`).
+#[test]
+fn an_empty_page_table_batch_still_checks_the_owner_domain() {
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let done_va = SCRATCH_VA + 0x800;
+    let ret = |hv: &mut TestHv, n: u64, count: u64, dom: u64| match dispatch(
+        hv,
+        n,
+        [SCRATCH_VA, count, done_va, dom, 0],
+        None,
+    ) {
+        Hc::Ret(r) => r,
+        other => panic!("unexpected {other:?}"),
+    };
+    for n in [nr::MMU_UPDATE, nr::MMUEXT_OP] {
+        assert_eq!(ret(&mut hv, n, 0, 12), Errno::ESRCH.to_ret(), "no domain 12 ({n})");
+        assert_eq!(ret(&mut hv, n, 0, 1), Errno::ESRCH.to_ret(), "naming itself ({n})");
+        assert_eq!(ret(&mut hv, n, 0, u64::from(DomId::SELF.0)), 0);
+    }
+    assert_eq!(ret(&mut hv, nr::MMU_UPDATE, 0, 0), 0, "dom0 exists; no request to refuse");
+    assert_eq!(ret(&mut hv, nr::MMUEXT_OP, 0, 0), Errno::EPERM.to_ret());
+    // The owner is checked before the requests are read.
+    assert_eq!(
+        match dispatch(&mut hv, nr::MMU_UPDATE, [0xffff_8000_0000_0000, 1, 0, 12, 0], None) {
+            Hc::Ret(r) => r,
+            other => panic!("unexpected {other:?}"),
+        },
+        Errno::ESRCH.to_ret()
+    );
+    hv.audit_frames().unwrap();
+}
+
 #[test]
 fn gdt_frames_must_be_read_only_and_descriptors_are_checked() {
     use crate::mm::pte;

@@ -176,7 +176,9 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
     }
     let reqs = &buf[..got];
     let outcome = with_mmu(hv, |ft, mem, ctx| {
-        let o = if reqs.is_empty() { None } else { Some(op(ft, mem, ctx, reqs)) };
+        // Called with no requests too: Xen checks the owner domain before it reads any
+        // (`-ESRCH` for one that does not exist, even in an empty batch).
+        let o = Some(op(ft, mem, ctx, reqs));
         let flush = o.map_or(Flush::None, |o| o.flush);
         (o, flush)
     });

@@ -1276,6 +1276,15 @@ impl Fuzzer {
             }
             nr::DOMCTL if r >= 0 => self.fail(format!("domctl succeeded for a domU ({r})")),
             _ if !intact => {}
+            nr::VCPU_OP if r == 0 && a[0] as u32 == vop::REGISTER_VCPU_INFO => {
+                // Only frames that are not ours are offered (see vcpu_op_args): a success moved
+                // our vcpu_info where the runtime does not look, and the campaign would stall
+                // at the next wait for an event. Say so now, with the frame.
+                // (The struct is the third argument; nothing writes it.)
+                let mfn = self.mem.get_bytes(a[2], 8);
+                let mfn = mfn.try_into().map_or(0, u64::from_le_bytes);
+                self.fail(format!("VCPUOP_register_vcpu_info on frame {mfn:#x}, not ours, succeeded"));
+            }
             nr::GRANT_TABLE_OP if r == 0 && a[0] as u32 == gop::SETUP_TABLE => {
                 // The request as it was made (the frame list the hypervisor writes may have
                 // pointed into it); the status, unless the frame list covered it.

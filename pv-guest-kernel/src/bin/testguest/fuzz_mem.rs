@@ -629,7 +629,11 @@ impl Fuzzer {
         let fd = if self.rng.chance(4, 5) { u64::from(DomId::SELF.0) } else { u64::from(self.domid().0) };
         let r = self.call("mmu_update", nr::MMU_UPDATE, [at, count, pdone, fd, 0]);
         let mine = [DomId::SELF, self.me, DomId::IO].map(|d| u64::from(d.0));
-        if r == 0 && !mine.contains(&fd) && !reqs.is_empty() {
+        // Requests the call was asked to do (count as the hypervisor reads it: 32 bits, the
+        // continuation flag aside): with none, naming an existing domain is no error (Xen
+        // checks the right to its pages with each request).
+        let asked = (count as u32 & !(MMU_UPDATE_PREEMPTED as u32)) != 0;
+        if r == 0 && !mine.contains(&fd) && !reqs.is_empty() && asked {
             // Only dom0 may update with another domain's frames. Naming DOMID_IO is allowed
             // (Xen's get_pg_owner; the XSM default exempts it): it only lets I/O frames be
             // mapped, which a domU without I/O permission has none of.
