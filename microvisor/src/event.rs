@@ -76,6 +76,7 @@ impl EventChannels {
     }
 
     /// The channel at `port`, if the port number is valid and allocated.
+    #[inline]
     pub fn get(&self, port: Port) -> Result<&Channel, Errno> {
         match self.ports.get(port.0 as usize) {
             Some(c) if c.state != PortState::Free => Ok(c),
@@ -186,17 +187,33 @@ impl EventChannels {
 
 /// Marks `port` of `domid` pending and wakes the vCPU it notifies (Xen's `evtchn_set_pending`).
 pub fn set_pending<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port) {
+    raise(hv, domid, port, false);
+}
+
+/// [`set_pending`], doing nothing if `domid` is not running (`live_only`; an interdomain send
+/// to a dying peer), with one lookup of the domain for both.
+#[inline(always)]
+fn raise<P: Platform>(hv: &mut Hypervisor<P>, domid: DomId, port: Port, live_only: bool) {
     let Some(d) = hv.domains.get(&domid) else { return };
+    if live_only && !d.is_alive() {
+        return;
+    }
     let Ok(ch) = d.evtchn.get(port) else { return };
     let vcpu = ch.notify_vcpu;
     if hv.trace.is_on() {
-        let tsc = hv.plat.tsc();
-        hv.trace.record(&Record::EventSend { tsc, dom: domid.0, port: port.0 });
+        record_send(&mut hv.trace, hv.plat.tsc(), domid, port);
     }
     let Some(vi) = d.vcpu(vcpu).map(|v| v.info()) else { return };
     if d.bitmaps().set_pending(hv.plat.mem(), vi, port) {
         hv.kick_vcpu(VcpuRef { domid, vcpu });
     }
+}
+
+/// Out of line: the trace's encoder would cost every send a larger frame.
+#[cold]
+#[inline(never)]
+fn record_send(trace: &mut crate::trace::Tracer, tsc: u64, domid: DomId, port: Port) {
+    trace.record(&Record::EventSend { tsc, dom: domid.0, port: port.0 });
 }
 
 /// Raises per-vCPU VIRQ `v` on `r`, if the guest bound it.
@@ -339,9 +356,7 @@ pub fn send<P: Platform>(hv: &mut Hypervisor<P>, port: Port) -> Result<(), Errno
     let ch = *hv.cur_dom().evtchn.get(port)?;
     match ch.state {
         PortState::Interdomain { remote, remote_port } => {
-            if hv.domains.get(&remote).is_some_and(|d| d.is_alive()) {
-                set_pending(hv, remote, remote_port);
-            }
+            raise(hv, remote, remote_port, true);
             Ok(())
         }
         PortState::Ipi => {

@@ -411,6 +411,17 @@ impl<P: Platform> Hypervisor<P> {
         self.halt.is_some()
     }
 
+    /// True while the running vCPU's domain may go on with a batch of calls: it is alive and
+    /// the machine is not stopping. With no exit work owed the answer needs no look: the exit
+    /// path (the only place that clears exit work) returns only to a live domain with the
+    /// machine running, and everything that ends either asks for the exit path (a shutdown or
+    /// the destruction of the running domain reschedules, a halt sets it; no other domain can
+    /// pause the running one).
+    #[inline(always)]
+    pub(crate) fn caller_alive(&self) -> bool {
+        !self.exit.pending || (!self.halting() && self.cur_dom().is_alive())
+    }
+
     /// Saves the guest FPU state the registers hold, so code that may use SSE can run.
     pub fn fpu_save_live(&mut self) {
         if let Some(r) = self.fpu_loaded.take() {
@@ -723,10 +734,13 @@ impl<P: Platform> Hypervisor<P> {
     /// the running vCPU's `vcpu_info` word (an event to deliver). The exit path leaves nothing
     /// owed either ([`Resume::Guest`] hands everything over), which is what lets the
     /// register-only fast path answer without asking the core at all.
-    #[inline(never)]
+    ///
+    /// Inlined into the arch layer's one caller: a call here cost every hypercall its own
+    /// prologue, epilogue and register moves.
+    #[inline(always)]
     pub fn hypercall_general(&mut self, nr: u64, args: &[u64; 5]) -> HypercallReturn {
         self.trace_hypercall(nr, args[0]);
-        let hc = hypercall::dispatch(self, nr, *args, None);
+        let hc = hypercall::dispatch_in_place(self, nr, args, None);
         self.trace_hypercall_done(nr, &hc);
         self.after_hypercall(nr, &hc);
         let rax = match hc {

@@ -803,3 +803,45 @@ fn a_lone_tlb_command_answers_as_the_batch_does() {
     let r = hv.hypercall_general(nr::MMUEXT_OP, &[SCRATCH_VA, 1, 0, 1, 0]);
     assert_eq!(r.rax as i64, Errno::ESRCH.to_ret());
 }
+
+/// A multicall stops at the entry that ended its caller (here `SCHEDOP_shutdown(crash)`):
+/// nothing after it runs or is written, although the caller owed no exit work when the batch
+/// began (the check `Hypervisor::caller_alive` makes without a look then).
+#[test]
+fn a_multicall_stops_after_the_call_that_ended_its_caller() {
+    use hypercall_abi::sched::{op as schedop, shutdown, SchedShutdown};
+    use hypercall_abi::version::op as verop;
+    use hypercall_abi::xen::MulticallEntry;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let why = SCRATCH_VA + 0x400;
+    hv.guest().write_obj(why, &SchedShutdown { reason: shutdown::CRASH }).unwrap();
+    let version = |result| MulticallEntry {
+        op: nr::XEN_VERSION,
+        result,
+        args: [u64::from(verop::VERSION), 0, 0, 0, 0, 0],
+    };
+    let entries = [
+        version(0x1111),
+        MulticallEntry {
+            op: nr::SCHED_OP,
+            result: 0x2222,
+            args: [u64::from(schedop::SHUTDOWN), why, 0, 0, 0, 0],
+        },
+        version(0x3333),
+    ];
+    put(&hv, &entries);
+    assert_eq!(call(&mut hv, nr::MULTICALL, [SCRATCH_VA, 3, 0, 0, 0]), 0);
+    let after: [MulticallEntry; 3] = get(&hv);
+    assert_eq!(after[0].result, u64::from(crate::version::XEN_VERSION), "the first call ran");
+    assert_eq!(after[1].result, 0, "the shutdown ran and its result was written");
+    assert_eq!(after[2].result, 0x3333, "nothing ran after the caller ended");
+    assert!(!hv.domains[&DomId(1)].is_alive());
+
+    // And a batch of a live caller runs to its end.
+    run_as(&mut hv, DomId(0));
+    put(&hv, &[version(1), version(2)]);
+    assert_eq!(call(&mut hv, nr::MULTICALL, [SCRATCH_VA, 2, 0, 0, 0]), 0);
+    let after: [MulticallEntry; 2] = get(&hv);
+    assert!(after.iter().all(|e| e.result == u64::from(crate::version::XEN_VERSION)));
+}

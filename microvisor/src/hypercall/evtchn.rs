@@ -13,7 +13,48 @@ use hypercall_abi::event_channel::{
 use hypercall_abi::xen::resolve_domid;
 use hypercall_abi::Errno;
 
+/// The commands a running kernel issues all the time (send, status, unmask) are decoded
+/// here; setting channels up and tearing them down, out of line, so that they do not make
+/// the hot ones pay for their larger frame.
 pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+    match cmd as u32 {
+        op::SEND => {
+            let s: EvtchnSend = hv.guest().read_obj(arg)?;
+            event::send(hv, s.port)?;
+            Ok(0)
+        }
+        op::STATUS => {
+            // One address space for the copy in and out (nothing between changes it).
+            let me = hv.current().domid;
+            let guest = hv.guest();
+            let mut st: EvtchnStatus = guest.read_obj(arg)?;
+            let (state, vcpu) = event::status(hv, resolve_domid(st.dom, me), st.port)?;
+            st.vcpu = vcpu;
+            st.u = [0; 8];
+            st.status = evtchnstat::CLOSED;
+            match state {
+                PortState::Free => {}
+                PortState::Unbound { remote } => st.set_unbound(remote),
+                PortState::Interdomain { remote, remote_port } => st.set_interdomain(remote, remote_port),
+                PortState::Virq(v) => st.set_virq(v),
+                PortState::Ipi => st.status = evtchnstat::IPI,
+                PortState::Pirq(p) => st.set_pirq(p),
+            }
+            guest.write_obj(arg, &st)?;
+            Ok(0)
+        }
+        op::UNMASK => {
+            let u: EvtchnUnmask = hv.guest().read_obj(arg)?;
+            event::unmask(hv, u.port)?;
+            Ok(0)
+        }
+        _ => event_channel_setup(hv, cmd, arg),
+    }
+}
+
+/// The other commands of [`event_channel_op`].
+#[inline(never)]
+fn event_channel_setup<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     let me = hv.current().domid;
     match cmd as u32 {
         op::ALLOC_UNBOUND => {
@@ -56,35 +97,6 @@ pub fn event_channel_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64)
         op::CLOSE => {
             let c: EvtchnClose = hv.guest().read_obj(arg)?;
             event::close(hv, me, c.port)?;
-            Ok(0)
-        }
-        op::SEND => {
-            let s: EvtchnSend = hv.guest().read_obj(arg)?;
-            event::send(hv, s.port)?;
-            Ok(0)
-        }
-        op::STATUS => {
-            // One address space for the copy in and out (nothing between changes it).
-            let guest = hv.guest();
-            let mut st: EvtchnStatus = guest.read_obj(arg)?;
-            let (state, vcpu) = event::status(hv, resolve_domid(st.dom, me), st.port)?;
-            st.vcpu = vcpu;
-            st.u = [0; 8];
-            st.status = evtchnstat::CLOSED;
-            match state {
-                PortState::Free => {}
-                PortState::Unbound { remote } => st.set_unbound(remote),
-                PortState::Interdomain { remote, remote_port } => st.set_interdomain(remote, remote_port),
-                PortState::Virq(v) => st.set_virq(v),
-                PortState::Ipi => st.status = evtchnstat::IPI,
-                PortState::Pirq(p) => st.set_pirq(p),
-            }
-            guest.write_obj(arg, &st)?;
-            Ok(0)
-        }
-        op::UNMASK => {
-            let u: EvtchnUnmask = hv.guest().read_obj(arg)?;
-            event::unmask(hv, u.port)?;
             Ok(0)
         }
         op::BIND_VCPU => {

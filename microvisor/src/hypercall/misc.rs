@@ -178,9 +178,31 @@ fn put_string<P: Platform, const N: usize>(hv: &Hypervisor<P>, arg: u64, s: &str
     Ok(0)
 }
 
+/// `xen_version(cmd, arg)`. The two commands kernels issue at run time are answered inline (a multicall of
+/// `XENVER_version` calls, `get_features`); the rest, with their string buffers, out of line.
+#[inline(always)]
 pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     match cmd as u32 {
         xenver::VERSION => Ok(i64::from(version::XEN_VERSION)),
+        xenver::GET_FEATURES => {
+            // One address space for the copy in and out (nothing between changes it).
+            let guest = hv.guest();
+            let mut fi: XenFeatureInfo = guest.read_obj(arg)?;
+            fi.submap = match fi.submap_idx {
+                0 => crate::loader::elf::reported_features(hv.cur_dom().privileged),
+                _ => 0,
+            };
+            guest.write_obj(arg, &fi)?;
+            Ok(0)
+        }
+        _ => xen_version_info(hv, cmd, arg),
+    }
+}
+
+/// The other `xen_version` commands.
+#[inline(never)]
+fn xen_version_info<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
+    match cmd as u32 {
         xenver::EXTRAVERSION => put_string::<P, 16>(hv, arg, version::EXTRAVERSION),
         xenver::COMPILE_INFO => {
             let mut ci = [0u8; 64 + 16 + 32 + 32];
@@ -197,17 +219,6 @@ pub fn xen_version<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
         xenver::CHANGESET => put_string::<P, 64>(hv, arg, "microvisor"),
         xenver::PLATFORM_PARAMETERS => {
             hv.guest().write_obj(arg, &XenPlatformParameters { virt_start: HYPERVISOR_VIRT_START })?;
-            Ok(0)
-        }
-        xenver::GET_FEATURES => {
-            // One address space for the copy in and out (nothing between changes it).
-            let guest = hv.guest();
-            let mut fi: XenFeatureInfo = guest.read_obj(arg)?;
-            fi.submap = match fi.submap_idx {
-                0 => crate::loader::elf::reported_features(hv.cur_dom().privileged),
-                _ => 0,
-            };
-            guest.write_obj(arg, &fi)?;
             Ok(0)
         }
         xenver::PAGESIZE => Ok(4096),

@@ -3,7 +3,8 @@
 //! table's validator (`mm::mmu`), and long batches continue themselves with Xen's encoding
 //! (`count | MMU_UPDATE_PREEMPTED`, progress in `*pdone`), so one guest cannot hold the CPU.
 
-use super::{dispatch, Hc};
+use super::{dispatch_in_place, Hc};
+use crate::guest_mem::elem_addr;
 use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::frame_table::FrameTable;
 use crate::mm::mmu::{self, MmuCtx};
@@ -14,7 +15,7 @@ use alloc::vec::Vec;
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::xen::{MmuUpdate, MmuextOp, MulticallEntry};
 use hypercall_abi::{DomId, Errno};
-use zerocopy::IntoBytes;
+use zerocopy::{FromZeros, IntoBytes};
 
 /// Bit of `count` that marks a continuation (`MMU_UPDATE_PREEMPTED`).
 pub const MMU_UPDATE_PREEMPTED: u32 = 1 << 31;
@@ -296,39 +297,59 @@ pub fn multicall<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) 
 }
 
 fn multicall_entries<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u64) -> Hc {
-    for i in 0..count.min(MULTICALL_BATCH) {
-        let mut e: MulticallEntry = match hv.guest().read_elem(entries, i) {
-            Ok(e) => e,
-            Err(err) => return Hc::Ret(err.to_ret()),
-        };
-        let args = [e.args[0], e.args[1], e.args[2], e.args[3], e.args[4]];
-        match e.op {
-            nr::MULTICALL | nr::IRET => {
-                e.result = Errno::EINVAL.to_ret() as u64;
-            }
-            op => match dispatch(hv, op, args, None) {
-                Hc::Ret(r) => e.result = r as u64,
-                Hc::Continue(newargs) => {
-                    e.args[..5].copy_from_slice(&newargs);
-                    if let Err(err) = hv.guest().write_elem(entries, i, &e) {
-                        return Hc::Ret(err.to_ret());
+    let n = count.min(MULTICALL_BATCH);
+    if n == 0 {
+        return Hc::Ret(0);
+    }
+    // Each entry is copied in just before it runs (an earlier call may have changed it, as
+    // under Xen), into the one buffer, and only its result goes back.
+    let mut e = MulticallEntry::new_zeroed();
+    if let Err(err) = hv.guest().read(entries, e.as_mut_bytes()) {
+        return Hc::Ret(err.to_ret());
+    }
+    let mut i = 0;
+    loop {
+        let result = match e.op {
+            nr::MULTICALL | nr::IRET => Errno::EINVAL.to_ret(),
+            op => {
+                let args = e.args.first_chunk::<5>().expect("six arguments");
+                match dispatch_in_place(hv, op, args, None) {
+                    Hc::Ret(r) => r,
+                    Hc::Continue(newargs) => {
+                        e.args[..5].copy_from_slice(&newargs);
+                        if let Err(err) = hv.guest().write_elem(entries, i, &e) {
+                            return Hc::Ret(err.to_ret());
+                        }
+                        let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
+                        return Hc::Continue([at, count - i, 0, 0, 0]);
                     }
-                    let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
-                    return Hc::Continue([at, count - i, 0, 0, 0]);
+                    Hc::FrameDone => Errno::EINVAL.to_ret(),
                 }
-                Hc::FrameDone => e.result = Errno::EINVAL.to_ret() as u64,
-            },
-        }
-        // Only the result goes back, as Xen copies only that field.
-        if let Err(err) = hv.guest().write_obj(result_addr(entries, i), &e.result) {
+            }
+        };
+        // The call may have changed the address space (or owe a flush): one look at it serves
+        // this result and the next entry, between which nothing else runs.
+        let guest = hv.guest();
+        if let Err(err) = guest.write_obj(result_addr(entries, i), &result) {
             return Hc::Ret(err.to_ret());
         }
-        if hv.halting() || !hv.cur_dom().is_alive() {
+        if !hv.caller_alive() {
             return Hc::Ret(0);
         }
-        if hv.frames.preempt_pending() && i + 1 < count {
-            let at = entries.wrapping_add((i + 1) * core::mem::size_of::<MulticallEntry>() as u64);
-            return Hc::Continue([at, count - i - 1, 0, 0, 0]);
+        i += 1;
+        if i == n {
+            break;
+        }
+        if hv.frames.preempt_pending() {
+            let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
+            return Hc::Continue([at, count - i, 0, 0, 0]);
+        }
+        let at = match elem_addr::<MulticallEntry>(entries, i) {
+            Ok(at) => at,
+            Err(err) => return Hc::Ret(err.to_ret()),
+        };
+        if let Err(err) = guest.read(at, e.as_mut_bytes()) {
+            return Hc::Ret(err.to_ret());
         }
     }
     if count > MULTICALL_BATCH {

@@ -16,7 +16,6 @@ use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hypercall_abi::{Errno, Mfn};
 use microvisor::guest_mem::GuestRange;
-use microvisor::mm::pte;
 use microvisor::vcpu::GuestFrame;
 use microvisor::x86::vector;
 
@@ -83,10 +82,13 @@ pub fn faults() -> u64 {
     FAULTS.load(Ordering::Relaxed)
 }
 
-/// True if the page tables at `l4` are the ones loaded on this CPU.
+/// True if the page tables at `l4` are the ones loaded on this CPU. CR3 is compared whole:
+/// the hypervisor loads a guest's L4 address with no flag or PCID bits (`sync::HwTlb`), and
+/// were any set, the answer would only be a false "not loaded", which the software walk
+/// serves.
 #[inline(always)]
 pub fn loaded(l4: Mfn) -> bool {
-    cpu::read_cr3() & pte::ADDR_MASK == l4.addr()
+    cpu::read_cr3() == l4.addr()
 }
 
 /// Copies `buf` from the guest range `va` with the loaded page tables.
