@@ -676,6 +676,19 @@ impl<P: Platform> Hypervisor<P> {
         GuestSpace::with_mmu(&self.plat, l4, !flush_owed)
     }
 
+    /// The running vCPU's current page tables, given what they were (`last`) before the calls
+    /// made since: looked up again only if exit work is owed. Every change to them asks for
+    /// the exit path (the CPU must load them there), which is what the register-only return
+    /// relies on too; for loops of calls (multicall) that copy between them.
+    #[inline(always)]
+    pub(crate) fn current_l4_since(&self, last: Mfn) -> Mfn {
+        if self.exit.pending {
+            self.cur_vcpu().current_l4()
+        } else {
+            last
+        }
+    }
+
     /// The running vCPU's validated guest GDT entries (see [`HwState::gdt_generation`]).
     pub fn running_gdt(&self) -> &[u64] {
         &self.cur_vcpu().gdt
@@ -740,7 +753,7 @@ impl<P: Platform> Hypervisor<P> {
     #[inline(always)]
     pub fn hypercall_general(&mut self, nr: u64, args: &[u64; 5]) -> HypercallReturn {
         self.trace_hypercall(nr, args[0]);
-        let hc = hypercall::dispatch_in_place(self, nr, args, None);
+        let hc = hypercall::dispatch_in_place::<P, false>(self, nr, args, None);
         self.trace_hypercall_done(nr, &hc);
         self.after_hypercall(nr, &hc);
         let rax = match hc {

@@ -4,7 +4,6 @@
 //! (`count | MMU_UPDATE_PREEMPTED`, progress in `*pdone`), so one guest cannot hold the CPU.
 
 use super::{dispatch_in_place, Hc};
-use crate::guest_mem::elem_addr;
 use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::frame_table::FrameTable;
 use crate::mm::mmu::{self, MmuCtx};
@@ -12,7 +11,6 @@ use crate::mm::ptwr;
 use crate::mm::tlb::Flush;
 use crate::platform::Platform;
 use alloc::vec::Vec;
-use hypercall_abi::hypercall::nr;
 use hypercall_abi::xen::{MmuUpdate, MmuextOp, MulticallEntry};
 use hypercall_abi::{DomId, Errno};
 use zerocopy::{FromZeros, IntoBytes};
@@ -274,14 +272,6 @@ pub fn update_va_mapping_otherdomain<P: Platform>(hv: &mut Hypervisor<P>, a: [u6
     })
 }
 
-/// Address of the `result` field of multicall entry `i` at `entries`, an entry just read
-/// from there (so its address does not wrap).
-fn result_addr(entries: u64, i: u64) -> u64 {
-    entries
-        .wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64)
-        .wrapping_add(core::mem::offset_of!(MulticallEntry, result) as u64)
-}
-
 /// `multicall(entries, nr)`: each entry's call runs as if made directly; its result goes into
 /// the entry. Nested multicalls and `iret` are refused (XSA-213: `iret` would rewrite the
 /// frame of the whole batch). A call that continues itself suspends the batch at that entry
@@ -304,33 +294,34 @@ fn multicall_entries<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u
     // Each entry is copied in just before it runs (an earlier call may have changed it, as
     // under Xen), into the one buffer, and only its result goes back.
     let mut e = MulticallEntry::new_zeroed();
-    if let Err(err) = hv.guest().read(entries, e.as_mut_bytes()) {
+    let mut l4 = hv.cur_vcpu().current_l4();
+    // `at`: the entry being run, a range the copy accepted (so nothing within it wraps).
+    let mut at = entries;
+    if let Err(err) = hv.guest_space(l4).read(at, e.as_mut_bytes()) {
         return Hc::Ret(err.to_ret());
     }
     let mut i = 0;
     loop {
-        let result = match e.op {
-            nr::MULTICALL | nr::IRET => Errno::EINVAL.to_ret(),
-            op => {
-                let args = e.args.first_chunk::<5>().expect("six arguments");
-                match dispatch_in_place(hv, op, args, None) {
-                    Hc::Ret(r) => r,
-                    Hc::Continue(newargs) => {
-                        e.args[..5].copy_from_slice(&newargs);
-                        if let Err(err) = hv.guest().write_elem(entries, i, &e) {
-                            return Hc::Ret(err.to_ret());
-                        }
-                        let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
-                        return Hc::Continue([at, count - i, 0, 0, 0]);
-                    }
-                    Hc::FrameDone => Errno::EINVAL.to_ret(),
+        let args = e.args.first_chunk::<5>().expect("six arguments");
+        // Nested multicalls and `iret` are refused by the dispatcher (`IN_MULTICALL`).
+        let result = match dispatch_in_place::<P, true>(hv, e.op, args, None) {
+            Hc::Ret(r) => r,
+            Hc::Continue(newargs) => {
+                e.args[..5].copy_from_slice(&newargs);
+                if let Err(err) = hv.guest().write_elem(entries, i, &e) {
+                    return Hc::Ret(err.to_ret());
                 }
+                let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
+                return Hc::Continue([at, count - i, 0, 0, 0]);
             }
+            Hc::FrameDone => Errno::EINVAL.to_ret(),
         };
         // The call may have changed the address space (or owe a flush): one look at it serves
         // this result and the next entry, between which nothing else runs.
-        let guest = hv.guest();
-        if let Err(err) = guest.write_obj(result_addr(entries, i), &result) {
+        l4 = hv.current_l4_since(l4);
+        let guest = hv.guest_space(l4);
+        let result_at = at.wrapping_add(core::mem::offset_of!(MulticallEntry, result) as u64);
+        if let Err(err) = guest.write_obj(result_at, &result) {
             return Hc::Ret(err.to_ret());
         }
         if !hv.caller_alive() {
@@ -344,9 +335,9 @@ fn multicall_entries<P: Platform>(hv: &mut Hypervisor<P>, entries: u64, count: u
             let at = entries.wrapping_add(i * core::mem::size_of::<MulticallEntry>() as u64);
             return Hc::Continue([at, count - i, 0, 0, 0]);
         }
-        let at = match elem_addr::<MulticallEntry>(entries, i) {
-            Ok(at) => at,
-            Err(err) => return Hc::Ret(err.to_ret()),
+        at = match at.checked_add(core::mem::size_of::<MulticallEntry>() as u64) {
+            Some(next) => next,
+            None => return Hc::Ret(Errno::EFAULT.to_ret()),
         };
         if let Err(err) = guest.read(at, e.as_mut_bytes()) {
             return Hc::Ret(err.to_ret());

@@ -50,14 +50,17 @@ pub fn dispatch<P: Platform>(
     a: [u64; 5],
     frame: Option<&mut GuestFrame>,
 ) -> Hc {
-    dispatch_in_place(hv, nr, &a, frame)
+    dispatch_in_place::<P, false>(hv, nr, &a, frame)
 }
 
 /// [`dispatch`], reading the arguments where they are (the entry stub's saved registers, a
 /// multicall entry): each handler loads the ones it takes, instead of all five being copied
 /// first on every hypercall. Inlined so that the fast path keeps the result in registers.
+/// `IN_MULTICALL`: an entry of a multicall, where `multicall` and `iret` are refused with
+/// `-EINVAL` (XSA-213: `iret` would rewrite the frame of the whole batch), decided in the one
+/// jump on `nr`.
 #[inline(always)]
-pub fn dispatch_in_place<P: Platform>(
+pub fn dispatch_in_place<P: Platform, const IN_MULTICALL: bool>(
     hv: &mut Hypervisor<P>,
     nr: u64,
     a: &[u64; 5],
@@ -71,6 +74,7 @@ pub fn dispatch_in_place<P: Platform>(
         nr::MMUEXT_OP => mm::mmuext_op(hv, *a),
         nr::UPDATE_VA_MAPPING => mm::update_va_mapping(hv, a[0], a[1], a[2]).into(),
         nr::UPDATE_VA_MAPPING_OTHERDOMAIN => mm::update_va_mapping_otherdomain(hv, *a).into(),
+        nr::MULTICALL if IN_MULTICALL => Hc::Ret(Errno::EINVAL.to_ret()),
         nr::MULTICALL => mm::multicall(hv, a[0], a[1]),
         nr::MEMORY_OP => memory::memory_op(hv, a[0], a[1]),
         nr::STACK_SWITCH => misc::stack_switch(hv, a[0], a[1]).into(),
@@ -85,6 +89,7 @@ pub fn dispatch_in_place<P: Platform>(
         nr::GET_DEBUGREG => crate::cpu_state::get_debugreg(&hv.cur_vcpu().arch, u64::from(a[0] as u32))
             .map(|v| v as i64)
             .into(),
+        nr::IRET if IN_MULTICALL => Hc::Ret(Errno::EINVAL.to_ret()),
         nr::IRET => match frame {
             Some(f) => match traps::do_iret(hv, f) {
                 Ok(()) => Hc::FrameDone,

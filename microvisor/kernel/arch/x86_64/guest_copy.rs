@@ -33,26 +33,49 @@ guest_copy:
     stac
 1:  mov %rdx, %rcx
     shr $3, %rcx
-2:  rep movsq
+.Lcopy_quads:
+    rep movsq
     mov %edx, %ecx
     and $7, %ecx
-3:  rep movsb
+.Lcopy_tail:
+    rep movsb
     xor %eax, %eax
-4:  testb $1, {smap_on}(%rip)
-    jz 5f
+.Lcopy_done:
+    testb $1, {smap_on}(%rip)
+    jz 1f
     clac
-5:  ret
-6:  /* A fault at 2 or 3 resumes here (see the table below and `fixup`). */
+1:  ret
+.Lcopy_fault:
+    /* A fault on a copy instruction resumes here (see the table below and `fixup`). */
     mov $1, %eax
-    jmp 4b
+    jmp .Lcopy_done
+
+    /* guest_copy8(rdi = dst, rsi = src) -> rax as guest_copy's: the 8-byte copies most
+       hypercalls make (a result, a feature word, a port), without the string instructions'
+       set-up. */
+    .balign 16
+    .globl guest_copy8
+guest_copy8:
+    testb $1, {smap_on}(%rip)
+    jz 1f
+    stac
+1:
+.Lcopy8_load:
+    mov (%rsi), %rax
+.Lcopy8_store:
+    mov %rax, (%rdi)
+    xor %eax, %eax
+    jmp .Lcopy_done
 
     .pushsection .rodata.guest_copy_fixups, "a"
     .balign 8
     /* (faulting instruction, where to resume) */
     .globl guest_copy_fixups
 guest_copy_fixups:
-    .quad 2b, 6b
-    .quad 3b, 6b
+    .quad .Lcopy_quads, .Lcopy_fault
+    .quad .Lcopy_tail, .Lcopy_fault
+    .quad .Lcopy8_load, .Lcopy_fault
+    .quad .Lcopy8_store, .Lcopy_fault
     .globl guest_copy_fixups_end
 guest_copy_fixups_end:
     .popsection
@@ -70,6 +93,7 @@ struct Fixup {
 
 extern "C" {
     fn guest_copy(dst: *mut u8, src: *const u8, len: usize) -> u64;
+    fn guest_copy8(dst: *mut u8, src: *const u8) -> u64;
     static guest_copy_fixups: Fixup;
     static guest_copy_fixups_end: Fixup;
 }
@@ -91,6 +115,23 @@ pub fn loaded(l4: Mfn) -> bool {
     cpu::read_cr3() == l4.addr()
 }
 
+/// The copy for `len` bytes: `guest_copy8` for the common 8 (the length is a constant
+/// wherever a typed value is copied, so the choice costs nothing), `guest_copy` otherwise.
+///
+/// # Safety
+/// `dst` and `src` are valid for `len` bytes, as the callers below establish.
+#[inline(always)]
+unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> u64 {
+    // SAFETY: the caller's guarantee; both routines copy exactly `len` bytes.
+    unsafe {
+        if len == 8 {
+            guest_copy8(dst, src)
+        } else {
+            guest_copy(dst, src, len)
+        }
+    }
+}
+
 /// Copies `buf` from the guest range `va` with the loaded page tables.
 #[inline(always)]
 pub fn read(va: GuestRange, buf: &mut [u8]) -> Result<(), Errno> {
@@ -101,7 +142,7 @@ pub fn read(va: GuestRange, buf: &mut [u8]) -> Result<(), Errno> {
     // guest's part of the address space (a `GuestRange` passed `check_range`), which maps
     // nothing of the hypervisor's, so the copy reads only what the guest may read itself; a
     // fault on it is recovered (`fixup`).
-    match unsafe { guest_copy(buf.as_mut_ptr(), va.va() as *const u8, buf.len()) } {
+    match unsafe { copy(buf.as_mut_ptr(), va.va() as *const u8, buf.len()) } {
         0 => Ok(()),
         _ => Err(Errno::EFAULT),
     }
@@ -118,7 +159,7 @@ pub fn write(va: GuestRange, data: &[u8]) -> Result<(), Errno> {
     // itself, which the hypervisor reaches only as shared memory (`MachineMemory`), and with
     // CR0.WP a read-only mapping at any level faults (recovered, `fixup`) instead of being
     // written through.
-    match unsafe { guest_copy(va.va() as *mut u8, data.as_ptr(), data.len()) } {
+    match unsafe { copy(va.va() as *mut u8, data.as_ptr(), data.len()) } {
         0 => Ok(()),
         _ => Err(Errno::EFAULT),
     }
