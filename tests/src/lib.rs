@@ -127,3 +127,13 @@ pub fn check_pattern(run: &Run, img: &Path, seed: u64) -> (Vec<u8>, Vec<u64>) {
     }
     (data, chunks)
 }
+
+/// The number in the first `key=N` of the log (a structured figure a guest or dom0 printed).
+pub fn kv(run: &Run, key: &str) -> Option<u64> {
+    let pat = format!("{key}=");
+    let found = run.lines_with(&pat).find_map(|l| {
+        let v = &l[l.find(&pat)? + pat.len()..];
+        v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    });
+    found
+}

@@ -4,7 +4,7 @@
 //! in flight and a domU reaching for devices are each their own boot.
 
 use std::path::Path;
-use tests::{boot, check_pattern, kernels, read_words, Machine, Outcome, Run, RunExt};
+use tests::{boot, check_pattern, kernels, kv, read_words, Machine, Outcome, Run, RunExt};
 use xtask::disk::{self, SECTOR};
 
 const MIB: u64 = 1 << 20;
@@ -79,6 +79,46 @@ fn hostile_frontend_gets_errors_and_the_backend_survives() {
         .expect_no_line(" FAIL ")
         .expect_order("frontend broke the ring", "Domain 0 (dom0) shut down: poweroff");
     clean_teardown(&run);
+}
+
+#[test]
+fn indirect_requests_land_in_the_image_and_hostile_ones_fail_alone() {
+    let img = scratch("indirect", 64 * MIB);
+    let seed = 0x1d1_u64;
+    let run = boot(&machine(&format!("blk-indirect seed={seed}"), &img));
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-indirect PASS").expect_no_line(" FAIL ");
+    clean_teardown(&run);
+    // The backend offered indirect segments and served the domU's as such.
+    let offered = kv(&run, "max-indirect-segments").expect("dom0's connect line");
+    assert!(offered > 11, "max-indirect-segments={offered}");
+    let served: u64 = run
+        .lines_with("disconnected (")
+        .find_map(|l| l.split(" indirect, ").next()?.rsplit(' ').next()?.parse().ok())
+        .expect("disconnect line with the indirect count");
+    assert!(served >= 4 + 8, "{served} indirect requests served");
+    // What the domU wrote with indirect requests is in the image, sector by sector.
+    let writes: Vec<(u64, u64)> = run
+        .lines_with("blk-indirect: seed")
+        .map(|l| {
+            let w: Vec<u64> =
+                l[l.find(" write ").unwrap() + 7..].split_whitespace().map(|x| x.parse().unwrap()).collect();
+            (w[0], w[1])
+        })
+        .collect();
+    assert_eq!(writes.len(), 2, "{}", run.text());
+    let data = std::fs::read(&img).unwrap();
+    for (start, count) in writes {
+        assert!(count > 11 * 8 || start % 1024 == 5, "a request of more than 11 pages, or the partial one");
+        for s in start..start + count {
+            for (i, w) in read_words(&data, s).enumerate() {
+                assert_eq!(w, disk::pattern_word(seed, s, i as u64), "sector {s} word {i} in the image");
+            }
+        }
+        // The sectors just before and after stay as they were (zero).
+        assert!(
+            read_words(&data, start - 1).all(|w| w == 0) && read_words(&data, start + count).all(|w| w == 0)
+        );
+    }
 }
 
 #[test]

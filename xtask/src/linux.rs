@@ -466,9 +466,13 @@ pub fn init_script(plan: &InitPlan) -> String {
         s += "exec >/dev/kmsg 2>&1\n";
     }
     s += "echo LINUXINIT start\n";
+    // A module's parameters come from the kernel's command line as `<module>.<param>=<value>`,
+    // as modprobe takes them (busybox's insmod does not look there itself).
+    s += "modparams() { for a in $(cat /proc/cmdline); do case \"$a\" in \"$1\".*) echo \"${a#*.}\";; esac; done; }\n";
     for m in &plan.modules {
-        let file = module_name(&m.to_string_lossy()) + ".ko";
-        s += &format!("insmod /lib/modules/{file} && echo LINUXINIT insmod {file} ok || echo LINUXINIT insmod {file} FAILED\n");
+        let name = module_name(&m.to_string_lossy());
+        let file = format!("{name}.ko");
+        s += &format!("insmod /lib/modules/{file} $(modparams {name}) && echo LINUXINIT insmod {file} ok || echo LINUXINIT insmod {file} FAILED\n");
     }
     for (path, _) in &plan.files {
         s += &format!("echo \"LINUXINIT cat /{p}: $(cat /{p})\"\n", p = path.trim_start_matches('/'));
@@ -814,7 +818,9 @@ mod tests {
         let s = init_script(&plan);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
         assert!(
-            s.contains("insmod /lib/modules/xen_blkfront.ko && echo LINUXINIT insmod xen_blkfront.ko ok"),
+            s.contains(
+                "insmod /lib/modules/xen_blkfront.ko $(modparams xen_blkfront) && echo LINUXINIT insmod xen_blkfront.ko ok"
+            ),
             "{s}"
         );
         assert!(s.contains("LINUXINIT cat /etc/hello.txt: $(cat /etc/hello.txt)"), "{s}");

@@ -6,14 +6,20 @@
 //! ring ahead (or moving backwards) breaks the connection, everything else gets a response:
 //! * READ/WRITE with 0 or more than 11 segments, a segment with `first_sect > last_sect` or
 //!   past the page, a sector range past the disk's end or overflowing: `BLKIF_RSP_ERROR`;
+//! * INDIRECT (when offered: [`DiskInfo::max_indirect_segments`]) whose `indirect_op` is not
+//!   READ/WRITE, with 0 or more segments than offered, whose indirect pages cannot be copied
+//!   (bad grant), or whose segments (copied into private memory before anything looks at
+//!   them) fail the checks above: `ERROR`, answered with the `indirect_op` as Linux expects;
 //! * WRITE to a read-only disk: `ERROR`;
 //! * a grant that cannot be mapped: `ERROR` (the segments mapped before it are released);
 //! * an `id` equal to one still in flight: `ERROR` (the first request is not disturbed);
-//! * an operation not advertised (barrier, discard, indirect) or unknown: `EOPNOTSUPP`.
+//! * an operation not advertised (barrier, discard, indirect when not offered) or unknown:
+//!   `EOPNOTSUPP`.
 //!
 //! Responses are built whole from zeroed values, so no padding byte carries old memory
-//! (XSA-216). Requests in flight are bounded by the ring size, so nothing here grows with
-//! what the frontend sends.
+//! (XSA-216). Requests in flight are bounded by the ring size (`2^ring-page-order` pages'
+//! worth) and segments per request by what was offered, so nothing here grows with what the
+//! frontend sends beyond those bounds.
 //!
 //! How a granted page reaches the disk is the [`DataPath`]'s business: dom0 maps grants for
 //! device access only (`GNTMAP_device_map`, which yields the frame's machine address and
@@ -25,11 +31,12 @@ use alloc::collections::VecDeque;
 use alloc::vec;
 use alloc::vec::Vec;
 use hypercall_abi::io::blkif::{
-    op, rsp, BlkifBackRing, BlkifRequest, BlkifResponse, BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE,
-    BLK_RING_SIZE,
+    check_segments, op, rsp, BlkifBackRing, BlkifRequest, BlkifRequestSegment, BlkifResponse,
+    BLKIF_MAX_SEGMENTS_PER_REQUEST, BLKIF_SECTOR_SIZE, SEGS_PER_INDIRECT_FRAME,
 };
 use hypercall_abi::io::ring::{RingError, RingMemory};
-use hypercall_abi::{DomId, GrantRef};
+use hypercall_abi::{DomId, GrantRef, PAGE_SIZE};
+use zerocopy::IntoBytes;
 
 pub mod keys;
 #[cfg(test)]
@@ -81,6 +88,10 @@ pub trait DataPath {
     ) -> Result<(), i16>;
     /// Carries out deferred releases (one batch per service round).
     fn flush(&mut self) {}
+    /// Copies the first `out.len()` bytes of the page `dom` granted as `gref` (an indirect
+    /// request's segment descriptors) into `out`, dom0's private memory. On failure the
+    /// `GNTST_*` status is returned.
+    fn read_granted(&mut self, dom: DomId, gref: GrantRef, out: &mut [u8]) -> Result<(), i16>;
 }
 
 /// Operations a [`Disk`] performs.
@@ -117,6 +128,16 @@ pub struct DiskInfo {
     pub readonly: bool,
     /// The disk has a write cache to flush (`feature-flush-cache`).
     pub flush: bool,
+    /// Segments an indirect request may carry (`feature-max-indirect-segments`); 0: indirect
+    /// requests are not offered.
+    pub max_indirect_segments: u16,
+}
+
+impl DiskInfo {
+    /// Segments a request of this backend carries at most.
+    pub fn max_segments(&self) -> usize {
+        BLKIF_MAX_SEGMENTS_PER_REQUEST.max(self.max_indirect_segments as usize)
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -138,39 +159,48 @@ enum Stage {
     Flush,
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 struct Slot {
     phase: Phase,
     stage: Stage,
     id: u64,
+    /// The operation as answered: READ/WRITE/FLUSH_DISKCACHE, an indirect request's
+    /// `indirect_op`.
     operation: u8,
     sector: u64,
-    nsegs: u8,
-    segs: [SegReq; BLKIF_MAX_SEGMENTS_PER_REQUEST],
-    mas: [u64; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    /// The checked segments (kept allocated across requests: at most the offered maximum).
+    segs: Vec<SegReq>,
+    /// Machine address of each segment's data.
+    mas: Vec<u64>,
     status: i16,
 }
 
-const EMPTY_SEG: SegReq = SegReq { gref: GrantRef(0), first_sect: 0, last_sect: 0 };
 const EMPTY_SLOT: Slot = Slot {
     phase: Phase::Free,
     stage: Stage::Data,
     id: 0,
     operation: 0,
     sector: 0,
-    nsegs: 0,
-    segs: [EMPTY_SEG; BLKIF_MAX_SEGMENTS_PER_REQUEST],
-    mas: [0; BLKIF_MAX_SEGMENTS_PER_REQUEST],
+    segs: Vec::new(),
+    mas: Vec::new(),
     status: rsp::OKAY,
 };
 
 impl Slot {
-    fn segs(&self) -> &[SegReq] {
-        &self.segs[..self.nsegs as usize]
-    }
     /// The disk reads the pages (data goes to disk).
     fn disk_reads(&self) -> bool {
         self.operation != op::READ
+    }
+    /// Back to free, keeping the segment storage.
+    fn reset(&mut self) {
+        self.phase = Phase::Free;
+        self.stage = Stage::Data;
+        self.id = 0;
+        self.operation = 0;
+        self.sector = 0;
+        self.segs.clear();
+        self.mas.clear();
+        self.status = rsp::OKAY;
     }
 }
 
@@ -178,6 +208,8 @@ impl Slot {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     pub requests: u64,
+    /// Indirect requests accepted.
+    pub indirect: u64,
     pub errors: u64,
     pub unsupported: u64,
     pub sectors_read: u64,
@@ -217,6 +249,11 @@ pub struct Blkback<M: RingMemory> {
     closing: bool,
     /// Added to slot numbers to make the disk cookies of this backend.
     cookie_base: u64,
+    /// The private copy of an indirect request's segment descriptors (reused; at most the
+    /// offered maximum).
+    indirect_segs: Vec<BlkifRequestSegment>,
+    /// Disk pieces of the request being submitted (reused).
+    pieces: Vec<(u64, u32)>,
     pub stats: Stats,
 }
 
@@ -231,12 +268,40 @@ impl<M: RingMemory> core::fmt::Debug for Blkback<M> {
 }
 
 impl<M: RingMemory> Blkback<M> {
-    /// A backend for `frontend` on the ring in `mem` (already mapped), serving `info`. Disk
-    /// cookies are `cookie_base + slot`.
+    /// A backend for `frontend` on the one-page ring in `mem` (already mapped), serving
+    /// `info`. Disk cookies are `cookie_base + slot`.
     pub fn new(mem: M, frontend: DomId, info: DiskInfo, cookie_base: u64) -> Blkback<M> {
-        let n = BLK_RING_SIZE as usize;
+        Self::with_ring(mem, BlkifBackRing::new(), frontend, info, cookie_base)
+    }
+
+    /// A backend on a ring of `2^order` pages mapped as `mem` (in ring order: the ring's
+    /// byte `i` at `mem` offset `i`). `Err` hands `mem` back if the order is too large for a
+    /// ring.
+    pub fn multi_page(
+        mem: M,
+        order: u32,
+        frontend: DomId,
+        info: DiskInfo,
+        cookie_base: u64,
+    ) -> Result<Blkback<M>, M> {
+        let ring = match PAGE_SIZE.checked_shl(order).filter(|&b| b != 0).map(|b| BlkifBackRing::attach(b, 0))
+        {
+            Some(Ok(r)) => r,
+            _ => return Err(mem),
+        };
+        Ok(Self::with_ring(mem, ring, frontend, info, cookie_base))
+    }
+
+    fn with_ring(
+        mem: M,
+        ring: BlkifBackRing,
+        frontend: DomId,
+        info: DiskInfo,
+        cookie_base: u64,
+    ) -> Blkback<M> {
+        let n = ring.size() as usize;
         Blkback {
-            ring: BlkifBackRing::new(),
+            ring,
             mem,
             frontend,
             info,
@@ -248,8 +313,15 @@ impl<M: RingMemory> Blkback<M> {
             broken: None,
             closing: false,
             cookie_base,
+            indirect_segs: Vec::with_capacity(info.max_indirect_segments as usize),
+            pieces: Vec::with_capacity(info.max_segments()),
             stats: Stats::default(),
         }
+    }
+
+    /// Slots of the ring (`RING_SIZE`): the most requests in flight.
+    pub fn ring_size(&self) -> u32 {
+        self.ring.size()
     }
 
     pub fn frontend(&self) -> DomId {
@@ -311,11 +383,11 @@ impl<M: RingMemory> Blkback<M> {
     fn finish_stage<P: DataPath>(&mut self, data: &mut P, slot: u16, ok: bool) {
         let frontend = self.frontend;
         let s = &mut self.slots[slot as usize];
-        if s.stage == Stage::Data && s.nsegs > 0 {
-            let (disk_reads, segs, n) = (s.disk_reads(), s.segs, s.nsegs as usize);
-            if data.finish(frontend, slot, disk_reads, &segs[..n], ok).is_err() {
-                s.status = rsp::ERROR;
-            }
+        if s.stage == Stage::Data
+            && !s.segs.is_empty()
+            && data.finish(frontend, slot, s.disk_reads(), &s.segs, ok).is_err()
+        {
+            s.status = rsp::ERROR;
         }
         if !ok {
             s.status = rsp::ERROR;
@@ -380,7 +452,7 @@ impl<M: RingMemory> Blkback<M> {
                     } else {
                         self.stats.errors += 1;
                     }
-                    self.immediate.push((req.id, req.operation, status));
+                    self.immediate.push((req.id, answered_op(&req, self.info), status));
                 }
             }
         }
@@ -392,50 +464,74 @@ impl<M: RingMemory> Blkback<M> {
 
     /// Checks a request copy and, if it is good, gives it a slot with its pages prepared.
     fn accept<P: DataPath>(&mut self, data: &mut P, req: &BlkifRequest) -> Result<(), i16> {
-        let operation = req.operation;
-        let with_data = match operation {
-            op::READ | op::WRITE => true,
+        let (operation, with_data) = match req.operation {
+            op::READ | op::WRITE => (req.operation, true),
             op::FLUSH_DISKCACHE if !self.info.flush => return Err(rsp::EOPNOTSUPP),
-            op::FLUSH_DISKCACHE => req.nr_segments > 0,
+            op::FLUSH_DISKCACHE => (req.operation, req.nr_segments > 0),
+            op::INDIRECT if self.info.max_indirect_segments > 0 => (req.as_indirect().indirect_op, true),
             // Not advertised (no feature-barrier, feature-discard, max-indirect-segments), or
             // unknown: blkback answers EOPNOTSUPP.
             _ => return Err(rsp::EOPNOTSUPP),
         };
-        if with_data {
+        // The segments, checked, into `self.indirect_segs` (indirect) or straight from the
+        // request copy.
+        if req.operation == op::INDIRECT {
+            self.copy_indirect(data, req)?;
+        } else if with_data {
             req.check_rw(self.info.capacity).map_err(|_| rsp::ERROR)?;
-            if operation != op::READ && self.info.readonly {
-                return Err(rsp::ERROR);
-            }
+        }
+        if with_data && operation != op::READ && self.info.readonly {
+            return Err(rsp::ERROR);
         }
         if self.slots.iter().any(|s| s.phase != Phase::Free && s.id == req.id) {
             return Err(rsp::ERROR);
         }
         let slot = self.free.pop().ok_or(rsp::ERROR)?;
-        let mut s = Slot {
-            phase: Phase::Ready,
-            stage: if with_data { Stage::Data } else { Stage::Flush },
-            id: req.id,
-            operation,
-            sector: req.sector_number,
-            nsegs: 0,
-            segs: [EMPTY_SEG; BLKIF_MAX_SEGMENTS_PER_REQUEST],
-            mas: [0; BLKIF_MAX_SEGMENTS_PER_REQUEST],
-            status: rsp::OKAY,
+        let s = &mut self.slots[slot as usize];
+        s.reset();
+        let segs: &[BlkifRequestSegment] = match (with_data, req.operation) {
+            (false, _) => &[],
+            (true, op::INDIRECT) => &self.indirect_segs,
+            (true, _) => req.segments().unwrap_or(&[]),
         };
-        if with_data {
-            let segs = req.segments().unwrap_or(&[]);
-            for (d, src) in s.segs.iter_mut().zip(segs) {
-                *d = SegReq { gref: src.gref, first_sect: src.first_sect, last_sect: src.last_sect };
-            }
-            s.nsegs = segs.len() as u8;
-            let n = s.nsegs as usize;
-            if data.prepare(self.frontend, slot, s.disk_reads(), &s.segs[..n], &mut s.mas[..n]).is_err() {
-                self.free.push(slot);
-                return Err(rsp::ERROR);
-            }
+        s.segs.extend(segs.iter().map(|g| SegReq {
+            gref: g.gref,
+            first_sect: g.first_sect,
+            last_sect: g.last_sect,
+        }));
+        s.mas.resize(s.segs.len(), 0);
+        s.operation = operation;
+        if !s.segs.is_empty()
+            && data.prepare(self.frontend, slot, s.disk_reads(), &s.segs, &mut s.mas).is_err()
+        {
+            s.reset();
+            self.free.push(slot);
+            return Err(rsp::ERROR);
         }
-        self.slots[slot as usize] = s;
+        if req.operation == op::INDIRECT {
+            self.stats.indirect += 1;
+        }
+        s.phase = Phase::Ready;
+        s.stage = if with_data { Stage::Data } else { Stage::Flush };
+        s.id = req.id;
+        s.sector = req.sector_number;
         self.ready.push_back(slot);
+        Ok(())
+    }
+
+    /// Copies an indirect request's descriptor pages into private memory, then checks the
+    /// copy: the header against what was offered, every segment, the sector range. The good
+    /// segments are left in `self.indirect_segs`.
+    fn copy_indirect<P: DataPath>(&mut self, data: &mut P, req: &BlkifRequest) -> Result<(), i16> {
+        let ind = req.as_indirect();
+        let pages = ind.check(self.info.max_indirect_segments).map_err(|_| rsp::ERROR)?;
+        self.indirect_segs.clear();
+        self.indirect_segs.resize(pages.nr_segments, BlkifRequestSegment::default());
+        for (i, chunk) in self.indirect_segs.chunks_mut(SEGS_PER_INDIRECT_FRAME).enumerate() {
+            let gref = *pages.grefs.get(i).ok_or(rsp::ERROR)?;
+            data.read_granted(self.frontend, gref, chunk.as_mut_bytes()).map_err(|_| rsp::ERROR)?;
+        }
+        check_segments(&self.indirect_segs, ind.sector_number, self.info.capacity).map_err(|_| rsp::ERROR)?;
         Ok(())
     }
 
@@ -449,21 +545,20 @@ impl<M: RingMemory> Blkback<M> {
                 (Stage::Data, op::READ) => DiskOp::Read,
                 (Stage::Data, _) => DiskOp::Write,
             };
-            let mut pieces: heapless::Vec<(u64, u32), BLKIF_MAX_SEGMENTS_PER_REQUEST> = heapless::Vec::new();
+            let pieces = &mut self.pieces;
+            pieces.clear();
             if s.stage == Stage::Data {
-                for (seg, &ma) in s.segs().iter().zip(&s.mas) {
+                for (seg, &ma) in s.segs.iter().zip(&s.mas) {
                     let len = seg.bytes();
                     // Pieces that continue each other in machine memory go as one.
                     match pieces.last_mut() {
                         Some(last) if last.0.checked_add(u64::from(last.1)) == Some(ma) => last.1 += len,
-                        _ => {
-                            let _ = pieces.push((ma, len));
-                        }
+                        _ => pieces.push((ma, len)),
                     }
                 }
             }
             let sector = if dop == DiskOp::Flush { 0 } else { s.sector };
-            match disk.submit(dop, sector, &pieces, self.cookie_base + u64::from(i)) {
+            match disk.submit(dop, sector, pieces, self.cookie_base + u64::from(i)) {
                 Ok(()) => {
                     any = true;
                     self.ready.pop_front();
@@ -493,7 +588,7 @@ impl<M: RingMemory> Blkback<M> {
         if self.broken.is_some() {
             // The ring is not trusted any more: free the slots without touching it.
             for slot in self.done.drain(..) {
-                self.slots[slot as usize] = EMPTY_SLOT;
+                self.slots[slot as usize].reset();
                 self.free.push(slot);
             }
             self.immediate.clear();
@@ -510,7 +605,7 @@ impl<M: RingMemory> Blkback<M> {
             let s = &mut self.slots[slot as usize];
             let r =
                 BlkifResponse { id: s.id, operation: s.operation, status: s.status, ..Default::default() };
-            *s = EMPTY_SLOT;
+            s.reset();
             self.free.push(slot);
             if self.ring.push_response(&self.mem, &r).is_ok() {
                 pushed += 1;
@@ -520,5 +615,73 @@ impl<M: RingMemory> Blkback<M> {
             round.answered += pushed;
             round.notify |= self.ring.push_responses_and_check_notify(&self.mem);
         }
+    }
+}
+
+/// The `operation` a response to `req` carries: the request's, or for an indirect request
+/// (when offered) its `indirect_op` — Linux's blkfront checks this and gives up the device on
+/// a mismatch.
+fn answered_op(req: &BlkifRequest, info: DiskInfo) -> u8 {
+    if req.operation == op::INDIRECT && info.max_indirect_segments > 0 {
+        req.as_indirect().indirect_op
+    } else {
+        req.operation
+    }
+}
+
+/// A multi-page ring's memory: its pages, each mapped on its own (not necessarily adjacent),
+/// seen as one area — ring byte `i` is byte `i % PAGE_SIZE` of page `i / PAGE_SIZE`. A slot may
+/// straddle two pages; the header is in the first.
+#[derive(Debug)]
+pub struct RingPages<M> {
+    pages: Vec<M>,
+}
+
+impl<M: RingMemory> RingPages<M> {
+    /// The ring over `pages`, in ring order (`ring-ref0` first). `Err` hands them back if
+    /// there are none.
+    pub fn new(pages: Vec<M>) -> Result<RingPages<M>, Vec<M>> {
+        if pages.is_empty() {
+            return Err(pages);
+        }
+        Ok(RingPages { pages })
+    }
+    pub fn pages(&self) -> &[M] {
+        &self.pages
+    }
+    /// The pages back (for unmapping).
+    pub fn into_pages(self) -> Vec<M> {
+        self.pages
+    }
+    /// Calls `f(page, offset in it, range of the buffer)` for each page piece of `len` bytes
+    /// at ring offset `off`. Offsets past the last page are a bug of the ring code (which only
+    /// uses offsets inside the area it was given) and panic like an out-of-range index.
+    fn pieces(&self, off: usize, len: usize, mut f: impl FnMut(&M, usize, core::ops::Range<usize>)) {
+        let mut done = 0;
+        while done < len {
+            let at = off + done;
+            let (page, in_page) = (at / PAGE_SIZE, at % PAGE_SIZE);
+            let n = (PAGE_SIZE - in_page).min(len - done);
+            f(&self.pages[page], in_page, done..done + n);
+            done += n;
+        }
+    }
+}
+
+impl<M: RingMemory> RingMemory for RingPages<M> {
+    fn load_u32_acquire(&self, off: usize) -> u32 {
+        self.pages[off / PAGE_SIZE].load_u32_acquire(off % PAGE_SIZE)
+    }
+    fn store_u32_release(&self, off: usize, v: u32) {
+        self.pages[off / PAGE_SIZE].store_u32_release(off % PAGE_SIZE, v)
+    }
+    fn fence(&self) {
+        self.pages[0].fence()
+    }
+    fn read_bytes(&self, off: usize, buf: &mut [u8]) {
+        self.pieces(off, buf.len(), |p, at, r| p.read_bytes(at, &mut buf[r]));
+    }
+    fn write_bytes(&self, off: usize, data: &[u8]) {
+        self.pieces(off, data.len(), |p, at, r| p.write_bytes(at, &data[r]));
     }
 }

@@ -1,14 +1,14 @@
 //! Host tests of blkback's engine: a frontend on a real ring page, grants and a disk modelled
 //! over one fake machine memory, so data written by the "domU" is checked on the "disk" and
 //! back; then every hostile request class, and a property test feeding arbitrary request
-//! bytes.
+//! bytes. Indirect requests and multi-page rings get the same treatment.
 
 use super::*;
 use hypercall_abi::grant_table::gntst;
 use hypercall_abi::io::blkif::{BlkifFrontRing, BlkifRequestSegment};
-use hypercall_abi::io::ring::{AtomicPage, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
+use hypercall_abi::io::ring::{AtomicPage, SharedRing, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
 use proptest::prelude::*;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use zerocopy::{FromBytes, IntoBytes};
 
 const FE: DomId = DomId(3);
@@ -40,12 +40,28 @@ impl Machine {
 struct Grants {
     /// gref → (mfn, readonly) granted to dom0.
     table: BTreeMap<u32, (u64, bool)>,
-    /// Live device mappings: (slot, gref).
-    mapped: BTreeSet<(u16, u32)>,
+    /// Live device mappings: (slot, gref) → how many (a request may name a grant twice, and
+    /// Xen maps it twice).
+    mapped: BTreeMap<(u16, u32), u32>,
     /// Releases deferred to `flush`.
     deferred: Vec<(u16, u32)>,
     map_calls: u32,
     flushes: u32,
+    /// Pages copied by `read_granted` (indirect descriptor pages).
+    copies: u32,
+    /// Machine memory `read_granted` copies from (the frames of the rig's `Machine`, shared
+    /// by handing the rig's frames over before each service).
+    frames: BTreeMap<u64, Vec<u8>>,
+}
+
+impl Grants {
+    fn unmap(&mut self, m: (u16, u32)) {
+        let n = self.mapped.get_mut(&m).unwrap_or_else(|| panic!("released something not mapped: {m:?}"));
+        *n -= 1;
+        if *n == 0 {
+            self.mapped.remove(&m);
+        }
+    }
 }
 
 impl DataPath for Grants {
@@ -67,12 +83,12 @@ impl DataPath for Grants {
             };
             match ok {
                 Ok(mfn) => {
-                    assert!(self.mapped.insert((slot, s.gref.0)), "mapped twice");
+                    *self.mapped.entry((slot, s.gref.0)).or_default() += 1;
                     out[i] = mfn * PAGE as u64 + s.offset();
                 }
                 Err(st) => {
                     for p in &segs[..i] {
-                        self.mapped.remove(&(slot, p.gref.0));
+                        self.unmap((slot, p.gref.0));
                     }
                     return Err(st);
                 }
@@ -95,9 +111,18 @@ impl DataPath for Grants {
     }
     fn flush(&mut self) {
         self.flushes += 1;
-        for m in self.deferred.drain(..) {
-            assert!(self.mapped.remove(&m), "released something not mapped: {m:?}");
+        for m in core::mem::take(&mut self.deferred) {
+            self.unmap(m);
         }
+    }
+    fn read_granted(&mut self, dom: DomId, gref: GrantRef, out: &mut [u8]) -> Result<(), i16> {
+        assert_eq!(dom, FE);
+        assert!(out.len() <= PAGE);
+        let &(mfn, _) = self.table.get(&gref.0).ok_or(gntst::BAD_GNTREF)?;
+        self.copies += 1;
+        let frame = self.frames.get(&mfn).cloned().unwrap_or_else(|| vec![0; PAGE]);
+        out.copy_from_slice(&frame[..out.len()]);
+        Ok(())
     }
 }
 
@@ -195,7 +220,7 @@ impl Disk for FakeDisk {
 
 struct Rig {
     front: BlkifFrontRing,
-    back: Blkback<&'static AtomicPage>,
+    back: Blkback<RingPages<&'static AtomicPage>>,
     grants: Grants,
     disk: FakeDisk,
     m: Machine,
@@ -207,7 +232,21 @@ impl Rig {
     fn new(info: DiskInfo) -> Rig {
         let page: &'static AtomicPage = Box::leak(Box::new(AtomicPage::new()));
         let front = BlkifFrontRing::init(page);
-        let back = Blkback::new(page, FE, info, 1000);
+        let back = Blkback::new(RingPages::new(vec![page]).unwrap(), FE, info, 1000);
+        Rig::around(front, back)
+    }
+    /// A rig whose ring has `2^order` pages.
+    fn multi_page(info: DiskInfo, order: u32) -> Rig {
+        let pages: Vec<&'static AtomicPage> =
+            (0..1 << order).map(|_| &*Box::leak(Box::new(AtomicPage::new()))).collect();
+        let mem = RingPages::new(pages).unwrap();
+        SharedRing::init(&mem);
+        let front = BlkifFrontRing::attach(PAGE << order, 0).unwrap();
+        let back = Blkback::multi_page(mem, order, FE, info, 1000).map_err(|_| ()).unwrap();
+        Rig::around(front, back)
+    }
+    fn around(front: BlkifFrontRing, back: Blkback<RingPages<&'static AtomicPage>>) -> Rig {
+        let info = back.info();
         Rig {
             front,
             back,
@@ -219,11 +258,15 @@ impl Rig {
         }
     }
     fn standard() -> Rig {
-        Rig::new(DiskInfo { capacity: 2048, readonly: false, flush: true })
+        Rig::new(DiskInfo { capacity: 2048, readonly: false, flush: true, max_indirect_segments: 0 })
     }
-    fn ring(&self) -> &'static AtomicPage {
-        // The backend holds the same leaked page.
+    fn ring(&self) -> &RingPages<&'static AtomicPage> {
+        // The backend holds the same leaked pages.
         self.back.memory()
+    }
+    /// The ring's first page (the whole ring of a one-page rig).
+    fn page(&self) -> &'static AtomicPage {
+        self.back.memory().pages()[0]
     }
     /// A fresh page granted to dom0, filled with `fill`.
     fn grant(&mut self, readonly: bool, fill: u8) -> (GrantRef, u64) {
@@ -235,14 +278,19 @@ impl Rig {
         (GrantRef(g), mfn)
     }
     fn push(&mut self, r: &BlkifRequest) {
-        let ring = self.ring();
+        let ring = self.back.memory();
         self.front.push_request(ring, r).unwrap();
         self.front.push_requests(ring);
+    }
+    /// One service round with the machine's current frames visible to `read_granted`.
+    fn service(&mut self) -> Round {
+        self.grants.frames = self.m.frames.clone();
+        self.back.service(&mut self.grants, &mut self.disk)
     }
     /// Services, runs the disk, feeds completions back, until nothing moves.
     fn pump(&mut self) -> Vec<BlkifResponse> {
         for _ in 0..50 {
-            let r = self.back.service(&mut self.grants, &mut self.disk);
+            let r = self.service();
             let done = self.disk.run(&mut self.m);
             for &(c, ok) in &done {
                 assert!(self.back.owns(c));
@@ -252,7 +300,7 @@ impl Rig {
                 break;
             }
         }
-        let ring = self.ring();
+        let ring = self.back.memory();
         let mut out = Vec::new();
         while let Some(rsp) = self.front.take_response(ring).unwrap() {
             out.push(rsp);
@@ -332,7 +380,8 @@ fn contiguous_segments_become_one_disk_piece() {
 
 #[test]
 fn every_hostile_request_gets_an_error_and_the_backend_keeps_serving() {
-    let mut rig = Rig::new(DiskInfo { capacity: 1000, readonly: false, flush: true });
+    let mut rig =
+        Rig::new(DiskInfo { capacity: 1000, readonly: false, flush: true, max_indirect_segments: 0 });
     let (g, _) = rig.grant(false, 0);
     let good = |id| rw(op::READ, id, 0, &[(g, 0, 7)]);
     let mut bad = vec![
@@ -403,7 +452,7 @@ fn the_same_id_twice_in_flight_fails_only_the_second() {
 
 #[test]
 fn writes_to_a_read_only_disk_fail() {
-    let mut rig = Rig::new(DiskInfo { capacity: 64, readonly: true, flush: false });
+    let mut rig = Rig::new(DiskInfo { capacity: 64, readonly: true, flush: false, max_indirect_segments: 0 });
     let (g, _) = rig.grant(true, 9);
     rig.push(&rw(op::WRITE, 1, 0, &[(g, 0, 7)]));
     rig.push(&rw(op::FLUSH_DISKCACHE, 2, 0, &[]));
@@ -458,7 +507,7 @@ fn a_producer_running_ahead_breaks_the_connection() {
     rig.push(&rw(op::READ, 1, 0, &[(g, 0, 7)]));
     rig.back.service(&mut rig.grants, &mut rig.disk);
     // The frontend claims 33 more requests than responses: more than the ring holds.
-    let ring = rig.ring();
+    let ring = rig.page();
     let rsp_prod = ring.load_u32_acquire(RSP_PROD_OFFSET);
     ring.store_u32_release(REQ_PROD_OFFSET, rsp_prod.wrapping_add(33));
     let r = rig.back.service(&mut rig.grants, &mut rig.disk);
@@ -477,7 +526,7 @@ fn a_producer_running_ahead_breaks_the_connection() {
     assert!(rig.grants.mapped.is_empty());
     // A producer index moving backwards is caught the same way.
     let mut rig = Rig::standard();
-    let ring = rig.ring();
+    let ring = rig.page();
     ring.store_u32_release(REQ_PROD_OFFSET, u32::MAX);
     rig.back.service(&mut rig.grants, &mut rig.disk);
     assert_eq!(rig.back.broken(), Some(RingError::Overflow));
@@ -512,6 +561,210 @@ fn stray_and_foreign_cookies_are_ignored() {
     assert!(rig.pump().is_empty());
 }
 
+// ---------------------------------------------------------------------------------------------
+// Indirect requests
+
+/// Offering 64 indirect segments.
+fn indirect_info(capacity: u64) -> DiskInfo {
+    DiskInfo { capacity, readonly: false, flush: true, max_indirect_segments: 64 }
+}
+
+impl Rig {
+    /// A page granted to dom0 holding `segs` as indirect descriptors (the rest zero).
+    fn indirect_page(&mut self, segs: &[(GrantRef, u8, u8)]) -> (GrantRef, u64) {
+        let (g, mfn) = self.grant(true, 0);
+        let frame = self.m.frame(mfn);
+        for (i, &(gref, first_sect, last_sect)) in segs.iter().enumerate() {
+            let d = BlkifRequestSegment { gref, first_sect, last_sect, _pad: 0 };
+            frame[i * 8..i * 8 + 8].copy_from_slice(d.as_bytes());
+        }
+        (g, mfn)
+    }
+}
+
+fn response(id: u64, operation: u8, status: i16) -> BlkifResponse {
+    BlkifResponse { id, operation, status, ..Default::default() }
+}
+
+#[test]
+fn indirect_requests_carry_many_segments_to_the_disk_and_back() {
+    let mut rig = Rig::new(indirect_info(4096));
+    // 40 pages, page i full of byte i+1, except the last: only sectors 2..=4.
+    let mut segs = Vec::new();
+    for i in 0..40u8 {
+        let (g, _) = rig.grant(true, i + 1);
+        segs.push(if i == 39 { (g, 2, 4) } else { (g, 0, 7) });
+    }
+    let (ind, _) = rig.indirect_page(&segs);
+    rig.push(&BlkifRequest::indirect(op::WRITE, 5, 16, 40, &[ind]));
+    assert_eq!(rig.pump(), [response(5, op::WRITE, rsp::OKAY)], "answered with the indirect_op");
+    let d = &rig.disk.data;
+    for i in 0..39usize {
+        let at = (16 + i * 8) * 512;
+        assert!(d[at..at + 4096].iter().all(|&b| b == i as u8 + 1), "page {i}");
+    }
+    let end = (16 + 39 * 8) * 512;
+    assert!(d[end..end + 3 * 512].iter().all(|&b| b == 40) && d[end + 3 * 512..].iter().all(|&b| b == 0));
+    assert_eq!(rig.back.stats.sectors_written, 39 * 8 + 3);
+    assert_eq!(rig.grants.copies, 1, "one descriptor page copied");
+    // Read the same range back into fresh pages, 12 to a request of 2 indirect segments...
+    let mut got = Vec::new();
+    let mut rsegs = Vec::new();
+    for _ in 0..40 {
+        let (g, mfn) = rig.grant(false, 0);
+        rsegs.push((g, 0, 7));
+        got.push(mfn);
+    }
+    rsegs[39].2 = 2; // 3 sectors
+    let (ind, _) = rig.indirect_page(&rsegs);
+    rig.push(&BlkifRequest::indirect(op::READ, 6, 16, 40, &[ind]));
+    assert_eq!(rig.pump(), [response(6, op::READ, rsp::OKAY)]);
+    for (i, &mfn) in got.iter().enumerate().take(39) {
+        assert!(rig.m.read(mfn * 4096, 4096).iter().all(|&b| b == i as u8 + 1), "page {i} read back");
+    }
+    assert!(rig.m.read(got[39] * 4096, 3 * 512).iter().all(|&b| b == 40));
+    assert!(rig.grants.mapped.is_empty(), "every grant released");
+}
+
+#[test]
+fn indirect_descriptors_are_copied_once_before_they_are_checked() {
+    let mut rig = Rig::new(indirect_info(4096));
+    let (g, _) = rig.grant(true, 0x77);
+    let (ind, ind_mfn) = rig.indirect_page(&[(g, 0, 7), (g, 0, 7)]);
+    rig.disk.limit = 0; // the disk holds on to the request
+    rig.push(&BlkifRequest::indirect(op::WRITE, 1, 8, 2, &[ind]));
+    rig.service();
+    // The frontend rewrites its descriptors after the backend took the request: a bad
+    // gref and a range past the page. Nothing reads the page again.
+    rig.m.frame(ind_mfn).fill(0xff);
+    rig.disk.limit = 64;
+    assert_eq!(rig.pump(), [response(1, op::WRITE, rsp::OKAY)]);
+    assert!(rig.disk.data[8 * 512..24 * 512].iter().all(|&b| b == 0x77));
+    assert_eq!(rig.grants.copies, 1);
+}
+
+#[test]
+fn every_hostile_indirect_request_gets_an_error_with_its_operation() {
+    let mut rig = Rig::new(indirect_info(1000));
+    let (g, _) = rig.grant(false, 0);
+    let (ro, _) = rig.grant(true, 0);
+    let good = |id| rw(op::READ, id, 0, &[(g, 0, 7)]);
+    let (ok_page, _) = rig.indirect_page(&[(g, 0, 7)]);
+    let (first_gt_last, _) = rig.indirect_page(&[(g, 0, 7), (g, 5, 4)]);
+    let (past_page, _) = rig.indirect_page(&[(g, 0, 8)]);
+    let (unknown_seg, _) = rig.indirect_page(&[(g, 0, 7), (GrantRef(4000), 0, 7)]);
+    let (ro_seg, _) = rig.indirect_page(&[(ro, 0, 7)]);
+    let cases = [
+        (1, BlkifRequest::indirect(op::READ, 1, 0, 0, &[ok_page]), op::READ), // no segment
+        (2, BlkifRequest::indirect(op::READ, 2, 0, 65, &[ok_page]), op::READ), // more than offered
+        (3, BlkifRequest::indirect(op::READ, 3, 0, u16::MAX, &[ok_page]), op::READ), // far more
+        (4, BlkifRequest::indirect(op::FLUSH_DISKCACHE, 4, 0, 1, &[ok_page]), op::FLUSH_DISKCACHE), // bad op
+        (5, BlkifRequest::indirect(op::INDIRECT, 5, 0, 1, &[ok_page]), op::INDIRECT), // nested
+        (6, BlkifRequest::indirect(0x77, 6, 0, 1, &[ok_page]), 0x77),         // unknown op
+        (7, BlkifRequest::indirect(op::READ, 7, 0, 1, &[GrantRef(4000)]), op::READ), // page not granted
+        (8, BlkifRequest::indirect(op::READ, 8, 0, 2, &[first_gt_last]), op::READ),
+        (9, BlkifRequest::indirect(op::READ, 9, 0, 1, &[past_page]), op::READ),
+        (10, BlkifRequest::indirect(op::READ, 10, 0, 2, &[unknown_seg]), op::READ), // segment not granted
+        (11, BlkifRequest::indirect(op::READ, 11, 0, 1, &[ro_seg]), op::READ),      // read into a r/o page
+        (12, BlkifRequest::indirect(op::READ, 12, 993, 1, &[ok_page]), op::READ),   // past the end
+        (13, BlkifRequest::indirect(op::WRITE, 13, u64::MAX - 3, 1, &[ok_page]), op::WRITE), // overflowing
+        // Two segments claimed, the page holds one good descriptor and a zeroed one
+        // (first_sect 0, last_sect 0 of gref 0, which is not granted).
+        (14, BlkifRequest::indirect(op::READ, 14, 0, 2, &[ok_page]), op::READ),
+    ];
+    for (id, req, answered) in &cases {
+        rig.push(req);
+        rig.push(&good(100 + id));
+        let rsps = rig.pump();
+        assert_eq!(
+            rsps.iter().find(|r| r.id == *id),
+            Some(&response(*id, *answered, rsp::ERROR)),
+            "request {id}"
+        );
+        assert_eq!(status_of(&rsps, 100 + id), [rsp::OKAY], "good request after {id}");
+    }
+    assert!(rig.grants.mapped.is_empty());
+    assert!(rig.back.broken().is_none());
+    assert_eq!(rig.back.stats.errors, cases.len() as u64);
+    // A good indirect request still works afterwards.
+    rig.push(&BlkifRequest::indirect(op::READ, 50, 0, 1, &[ok_page]));
+    assert_eq!(rig.pump(), [response(50, op::READ, rsp::OKAY)]);
+    // On a read-only disk an indirect write fails.
+    let mut rig = Rig::new(DiskInfo { readonly: true, ..indirect_info(64) });
+    let (g, _) = rig.grant(true, 1);
+    let (p, _) = rig.indirect_page(&[(g, 0, 7)]);
+    rig.push(&BlkifRequest::indirect(op::WRITE, 1, 0, 1, &[p]));
+    assert_eq!(rig.pump(), [response(1, op::WRITE, rsp::ERROR)]);
+    assert!(rig.disk.data.iter().all(|&b| b == 0));
+}
+
+#[test]
+fn indirect_requests_are_refused_when_not_offered() {
+    let mut rig = Rig::standard();
+    let (g, _) = rig.grant(false, 0);
+    let (p, _) = rig.indirect_page(&[(g, 0, 7)]);
+    rig.push(&BlkifRequest::indirect(op::READ, 1, 0, 1, &[p]));
+    assert_eq!(rig.pump(), [response(1, op::INDIRECT, rsp::EOPNOTSUPP)]);
+    assert_eq!(rig.grants.copies, 0, "nothing read from the frontend");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Multi-page rings
+
+#[test]
+fn a_four_page_ring_holds_128_requests_in_flight() {
+    let mut rig = Rig::multi_page(indirect_info(4096), 2);
+    assert_eq!(rig.back.ring_size(), 128);
+    rig.disk.limit = 1000;
+    let mut mfns = Vec::new();
+    for id in 0..128u64 {
+        let (g, mfn) = rig.grant(true, id as u8);
+        mfns.push(mfn);
+        let mut r = rw(op::WRITE, id, id * 8, &[(g, 0, 7)]);
+        if id % 2 == 1 {
+            // Every other one indirect, so indirect requests sit in slots straddling pages.
+            let (p, _) = rig.indirect_page(&[(g, 0, 7)]);
+            r = BlkifRequest::indirect(op::WRITE, id, id * 8, 1, &[p]);
+        }
+        rig.push(&r);
+    }
+    let r = rig.service();
+    assert_eq!(r.taken, 128, "a whole four-page ring taken in one round");
+    assert_eq!(rig.back.in_flight(), 128);
+    let rsps = rig.pump();
+    let mut ids: Vec<u64> = rsps.iter().filter(|r| r.status == rsp::OKAY).map(|r| r.id).collect();
+    ids.sort();
+    assert_eq!(ids, (0..128).collect::<Vec<_>>());
+    for id in 0..128usize {
+        assert!(rig.disk.data[id * 4096..(id + 1) * 4096].iter().all(|&b| b == id as u8), "request {id}");
+    }
+    // The frontend cannot claim more than the 128 slots.
+    let ring = rig.ring();
+    let rsp_prod = ring.load_u32_acquire(RSP_PROD_OFFSET);
+    ring.store_u32_release(REQ_PROD_OFFSET, rsp_prod.wrapping_add(129));
+    rig.service();
+    assert_eq!(rig.back.broken(), Some(RingError::Overflow));
+}
+
+#[test]
+fn ring_pages_join_pages_into_one_area() {
+    let pages: Vec<&'static AtomicPage> = (0..2).map(|_| &*Box::leak(Box::new(AtomicPage::new()))).collect();
+    let mem = RingPages::new(pages.clone()).unwrap();
+    let data: Vec<u8> = (0..200u8).collect();
+    mem.write_bytes(4096 - 100, &data);
+    assert_eq!(&pages[0].snapshot()[4096 - 100..], &data[..100]);
+    assert_eq!(&pages[1].snapshot()[..100], &data[100..]);
+    let mut back = vec![0u8; 200];
+    mem.read_bytes(4096 - 100, &mut back);
+    assert_eq!(back, data);
+    mem.store_u32_release(4096 + 8, 0xdead_beef);
+    assert_eq!(pages[1].load_u32_acquire(8), 0xdead_beef);
+    assert!(RingPages::<&AtomicPage>::new(Vec::new()).is_err());
+    // An order that cannot be a ring is refused.
+    let mem = RingPages::new(vec![pages[0]]).unwrap();
+    assert!(Blkback::multi_page(mem, 64, FE, indirect_info(8), 0).is_err());
+}
+
 proptest! {
     /// A frontend rewriting its ring page at will between services (indexes, requests with any
     /// grant references, sectors and operations, responses): blkback never panics, never
@@ -524,11 +777,11 @@ proptest! {
         use hypercall_abi::io::blkif::BLK_RING_SIZE;
         use hypercall_abi::io::ring::slot_size;
         use pv_guest_kernel::split::fuzz::{apply, check_backend_writes, Scribble};
-        let mut rig = Rig::new(DiskInfo { capacity: 256, readonly: false, flush: true });
+        let mut rig = Rig::new(DiskInfo { capacity: 256, readonly: false, flush: true, max_indirect_segments: 0 });
         for i in 0..16 {
             rig.grant(i % 3 == 0, i as u8);
         }
-        let ring = rig.ring();
+        let ring = rig.page();
         let slot = slot_size::<BlkifRequest, BlkifResponse>();
         for s in &raw.iter().map(Scribble::from_raw).collect::<Vec<_>>() {
             if !matches!(s, Scribble::Service) {
@@ -569,7 +822,7 @@ proptest! {
     #[test]
     fn arbitrary_requests(reqs in proptest::collection::vec(
         (proptest::collection::vec(any::<u8>(), 112), any::<bool>(), 0u64..300), 1..80)) {
-        let mut rig = Rig::new(DiskInfo { capacity: 256, readonly: false, flush: true });
+        let mut rig = Rig::new(DiskInfo { capacity: 256, readonly: false, flush: true, max_indirect_segments: 0 });
         let mut grefs = Vec::new();
         for i in 0..16 {
             grefs.push(rig.grant(i % 3 == 0, i as u8).0);
@@ -607,6 +860,54 @@ proptest! {
         }
         answered += rig.pump().len() as u64;
         prop_assert_eq!(answered, sent);
+        prop_assert!(rig.grants.mapped.is_empty());
+        prop_assert_eq!(rig.back.in_flight(), 0);
+        prop_assert!(rig.back.broken().is_none());
+    }
+
+    /// Indirect requests with arbitrary headers and arbitrary descriptor pages: each gets one
+    /// response (with the operation Linux expects), nothing past the disk, nothing left
+    /// mapped, the ring never broken.
+    #[test]
+    fn arbitrary_indirect_requests(reqs in proptest::collection::vec(
+        (any::<u8>(), 0u16..80, 0u64..300, proptest::collection::vec((0u32..24, any::<u8>(), any::<u8>()), 0..80), any::<bool>()), 1..40)) {
+        let mut rig = Rig::new(indirect_info(256));
+        let mut grefs = Vec::new();
+        for i in 0..16 {
+            grefs.push(rig.grant(i % 3 == 0, i as u8).0);
+        }
+        let mut sent = 0u64;
+        let mut answered = Vec::new();
+        for (n, (op_, nr, sector, descs, sane)) in reqs.iter().enumerate() {
+            // Descriptors naming our grants (index < 16) or not; sane ones within the page.
+            let segs: Vec<(GrantRef, u8, u8)> = descs
+                .iter()
+                .map(|&(g, f, l)| {
+                    let gref = grefs.get(g as usize).copied().unwrap_or(GrantRef(9000 + g));
+                    if *sane { (gref, f % 8, (f % 8).max(l % 8)) } else { (gref, f, l) }
+                })
+                .collect();
+            let (page, _) = rig.indirect_page(&segs);
+            let indirect_op = if *sane { op_ % 2 } else { *op_ };
+            let r = BlkifRequest::indirect(indirect_op, n as u64, *sector, *nr, &[page, GrantRef(u32::from(*op_))]);
+            if rig.front.is_full() {
+                answered.extend(rig.pump());
+            }
+            rig.push(&r);
+            sent += 1;
+            if n % 5 == 0 {
+                answered.extend(rig.pump());
+            }
+        }
+        answered.extend(rig.pump());
+        prop_assert_eq!(answered.len() as u64, sent);
+        for r in &answered {
+            let (op_, _, _, _, sane) = &reqs[r.id as usize];
+            let want = if *sane { op_ % 2 } else { *op_ };
+            prop_assert_eq!(r.operation, want);
+            let b = r.as_bytes();
+            prop_assert_eq!((b[9], &b[12..16]), (0, &[0u8; 4][..]));
+        }
         prop_assert!(rig.grants.mapped.is_empty());
         prop_assert_eq!(rig.back.in_flight(), 0);
         prop_assert!(rig.back.broken().is_none());

@@ -1,11 +1,13 @@
-//! The PV block protocol (`public/io/blkif.h`): requests and responses on a one-page ring of
-//! 32 slots, data passed through granted pages in 512-byte sector units.
+//! The PV block protocol (`public/io/blkif.h`): requests and responses on a ring of
+//! 32 slots per page (a multi-page ring of `2^ring-page-order` pages holds more), data passed
+//! through granted pages in 512-byte sector units, directly in the request (up to 11
+//! segments) or, for `BLKIF_OP_INDIRECT`, in granted pages of segment descriptors.
 //!
 //! Requests come from an untrusted frontend, so besides the layouts this module has the pure
 //! checks a backend applies to its private copy of a request: segment count, sector bounds
 //! within a page, and the sector range against the disk size without overflow.
 
-use super::ring::{ring_size, slot_size, BackRing, FrontRing};
+use super::ring::{ring_size, ring_size_for, slot_size, BackRing, FrontRing};
 use crate::types::GrantRef;
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -45,6 +47,12 @@ pub mod keys {
     pub const FEATURE_PERSISTENT: &str = "feature-persistent";
     /// `max-ring-page-order` (backend): the largest multi-page ring offered.
     pub const MAX_RING_PAGE_ORDER: &str = "max-ring-page-order";
+    /// `ring-page-order` (frontend): the ring has `2^order` pages, granted as `ring-ref0`,
+    /// `ring-ref1`, ... (without it, one page as `ring-ref`).
+    pub const RING_PAGE_ORDER: &str = "ring-page-order";
+    /// `feature-max-indirect-segments` (backend): `BLKIF_OP_INDIRECT` works with up to this
+    /// many segments.
+    pub const FEATURE_MAX_INDIRECT_SEGMENTS: &str = "feature-max-indirect-segments";
     /// `sectors` (backend): the disk's size in 512-byte sectors.
     pub const SECTORS: &str = "sectors";
     /// `sector-size` (backend): the logical sector size.
@@ -153,6 +161,30 @@ pub enum BlkifRequestError {
     BadSegment(usize),
     /// The sector range overflows or ends past the disk.
     OutOfRange,
+    /// An indirect request whose `indirect_op` is neither READ nor WRITE.
+    BadIndirectOp,
+}
+
+/// Checks the segments of a read/write request (direct or indirect) starting at `sector`
+/// against a disk of `capacity` 512-byte sectors and returns the number of sectors they
+/// transfer. Every segment must cover a non-empty range within its page.
+pub fn check_segments(
+    segs: &[BlkifRequestSegment],
+    sector: u64,
+    capacity: u64,
+) -> Result<u64, BlkifRequestError> {
+    if segs.is_empty() {
+        return Err(BlkifRequestError::BadSegmentCount);
+    }
+    let mut total = 0u64;
+    for (i, s) in segs.iter().enumerate() {
+        // At most 8 sectors per segment and at most u16::MAX segments: no overflow.
+        total += s.sectors().ok_or(BlkifRequestError::BadSegment(i))?;
+    }
+    match sector.checked_add(total) {
+        Some(end) if end <= capacity => Ok(total),
+        _ => Err(BlkifRequestError::OutOfRange),
+    }
 }
 
 impl BlkifRequest {
@@ -164,17 +196,9 @@ impl BlkifRequest {
     /// Checks a read/write request against a disk of `capacity` 512-byte sectors and returns
     /// the number of sectors it transfers.
     pub fn check_rw(&self, capacity: u64) -> Result<u64, BlkifRequestError> {
-        let segs = match self.segments() {
-            Some(s) if !s.is_empty() => s,
-            _ => return Err(BlkifRequestError::BadSegmentCount),
-        };
-        let mut total = 0u64;
-        for (i, s) in segs.iter().enumerate() {
-            total += s.sectors().ok_or(BlkifRequestError::BadSegment(i))?;
-        }
-        match self.sector_number.checked_add(total) {
-            Some(end) if end <= capacity => Ok(total),
-            _ => Err(BlkifRequestError::OutOfRange),
+        match self.segments() {
+            Some(s) if !s.is_empty() => check_segments(s, self.sector_number, capacity),
+            _ => Err(BlkifRequestError::BadSegmentCount),
         }
     }
 
@@ -197,6 +221,30 @@ impl BlkifRequest {
     /// A ring slot carrying `r`, the rest zeroed.
     pub fn from_indirect(r: &BlkifRequestIndirect) -> BlkifRequest {
         Self::from_prefix_bytes(r.as_bytes())
+    }
+
+    /// A ring slot carrying an indirect `indirect_op` request of `nr_segments` segments from
+    /// `sector_number`, described in the pages `indirect_grefs` (at most
+    /// [`BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST`]; more are left out).
+    pub fn indirect(
+        indirect_op: u8,
+        id: u64,
+        sector_number: u64,
+        nr_segments: u16,
+        indirect_grefs: &[GrantRef],
+    ) -> BlkifRequest {
+        let mut r = BlkifRequestIndirect {
+            operation: op::INDIRECT,
+            indirect_op,
+            nr_segments,
+            id,
+            sector_number,
+            ..Default::default()
+        };
+        for (d, g) in r.indirect_grefs.iter_mut().zip(indirect_grefs) {
+            *d = *g;
+        }
+        Self::from_indirect(&r)
     }
 
     fn from_prefix_bytes(b: &[u8]) -> BlkifRequest {
@@ -279,6 +327,42 @@ impl BlkifRequestIndirect {
             None
         }
     }
+
+    /// Checks the header of an indirect request against a backend offering `max_segments`
+    /// (`feature-max-indirect-segments`): the operation is READ or WRITE and the segment
+    /// count is 1..=`max_segments` (and fits the indirect pages a request can name). Returns
+    /// the grants of the indirect pages that hold the segments, each with the bytes of it
+    /// that do; the segments themselves are checked with [`check_segments`] once copied.
+    pub fn check(&self, max_segments: u16) -> Result<IndirectPages, BlkifRequestError> {
+        if self.indirect_op != op::READ && self.indirect_op != op::WRITE {
+            return Err(BlkifRequestError::BadIndirectOp);
+        }
+        let n = self.nr_segments as usize;
+        let pages = match self.indirect_pages() {
+            Some(p) if n > 0 && self.nr_segments <= max_segments => p,
+            _ => return Err(BlkifRequestError::BadSegmentCount),
+        };
+        Ok(IndirectPages { grefs: self.indirect_grefs, pages, nr_segments: n })
+    }
+}
+
+/// Where the segments of a checked indirect request are: page `i` of `pages` is granted as
+/// `grefs[i]` and holds [`bytes`](Self::bytes)`(i)` bytes of descriptors from offset 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IndirectPages {
+    pub grefs: [GrantRef; BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST],
+    pub pages: usize,
+    pub nr_segments: usize,
+}
+
+impl IndirectPages {
+    /// Bytes of segment descriptors in page `i`.
+    pub const fn bytes(&self, i: usize) -> usize {
+        let before = i * SEGS_PER_INDIRECT_FRAME;
+        let left = self.nr_segments.saturating_sub(before);
+        let n = if left < SEGS_PER_INDIRECT_FRAME { left } else { SEGS_PER_INDIRECT_FRAME };
+        n * core::mem::size_of::<BlkifRequestSegment>()
+    }
 }
 
 /// `struct blkif_response`.
@@ -299,6 +383,15 @@ assert_layout!(BlkifResponse, size = 16, id = 0, operation = 8, status = 10);
 /// `BLK_RING_SIZE` for one page.
 pub const BLK_RING_SIZE: u32 = ring_size(slot_size::<BlkifRequest, BlkifResponse>());
 const _: () = assert!(BLK_RING_SIZE == 32 && slot_size::<BlkifRequest, BlkifResponse>() == 112);
+
+/// `BLK_RING_SIZE` of a ring of `2^order` pages (`__CONST_RING_SIZE(blkif, PAGE_SIZE << order)`).
+pub const fn blk_ring_size(order: u32) -> u32 {
+    ring_size_for(slot_size::<BlkifRequest, BlkifResponse>(), crate::PAGE_SIZE << order)
+}
+const _: () = assert!(blk_ring_size(0) == 32 && blk_ring_size(1) == 64 && blk_ring_size(4) == 512);
+
+/// The largest ring Linux's xenbus grants (`XENBUS_MAX_RING_GRANT_ORDER`: 16 pages).
+pub const XENBUS_MAX_RING_GRANT_ORDER: u32 = 4;
 
 /// `blkif_front_ring_t`.
 pub type BlkifFrontRing = FrontRing<BlkifRequest, BlkifResponse>;
@@ -371,7 +464,46 @@ mod tests {
         assert_eq!(BlkifRequestIndirect { nr_segments: 4097, ..ind }.indirect_pages(), None);
     }
 
+    #[test]
+    fn indirect_header_checks() {
+        let ind = |indirect_op, nr_segments| BlkifRequestIndirect {
+            operation: op::INDIRECT,
+            indirect_op,
+            nr_segments,
+            ..Default::default()
+        };
+        assert_eq!(ind(op::READ, 0).check(32), Err(BlkifRequestError::BadSegmentCount));
+        assert_eq!(ind(op::READ, 33).check(32), Err(BlkifRequestError::BadSegmentCount));
+        assert_eq!(ind(op::FLUSH_DISKCACHE, 8).check(32), Err(BlkifRequestError::BadIndirectOp));
+        assert_eq!(ind(op::INDIRECT, 8).check(32), Err(BlkifRequestError::BadIndirectOp));
+        let p = ind(op::WRITE, 32).check(32).unwrap();
+        assert_eq!((p.pages, p.bytes(0), p.bytes(1)), (1, 256, 0));
+        let p = ind(op::READ, 513).check(u16::MAX).unwrap();
+        assert_eq!((p.pages, p.bytes(0), p.bytes(1)), (2, 4096, 8));
+        assert_eq!(ind(op::READ, 4097).check(u16::MAX), Err(BlkifRequestError::BadSegmentCount));
+        assert_eq!(ind(op::READ, 4096).check(u16::MAX).map(|p| p.pages), Ok(8));
+    }
+
+    #[test]
+    fn ring_sizes_follow_the_order() {
+        // Xen's __RING_SIZE: (bytes - 64) / 112 rounded down to a power of two.
+        assert_eq!([0, 1, 2, 3, 4].map(blk_ring_size), [32, 64, 128, 256, 512]);
+    }
+
     proptest! {
+        #[test]
+        fn indirect_checks_bound_everything(bytes in proptest::collection::vec(any::<u8>(), 64), max in 0u16..5000) {
+            let r = BlkifRequestIndirect::read_from_bytes(&bytes[..]).unwrap();
+            if let Ok(p) = r.check(max) {
+                prop_assert!(r.indirect_op == op::READ || r.indirect_op == op::WRITE);
+                prop_assert!(p.nr_segments >= 1 && p.nr_segments <= max as usize);
+                prop_assert!(p.pages >= 1 && p.pages <= BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST);
+                let total: usize = (0..p.pages).map(|i| p.bytes(i)).sum();
+                prop_assert_eq!(total, p.nr_segments * 8);
+                prop_assert!((0..p.pages).all(|i| p.bytes(i) > 0 && p.bytes(i) <= crate::PAGE_SIZE));
+            }
+        }
+
         #[test]
         fn check_rw_never_overflows(bytes in proptest::collection::vec(any::<u8>(), 112), cap: u64) {
             let r = BlkifRequest::read_from_bytes(&bytes[..]).unwrap();

@@ -101,6 +101,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("blk-pattern", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::pattern)),
     sc("blk-image", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::image)),
     sc("blk-hostile", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::hostile)),
+    sc("blk-indirect", "tests/tests/blk.rs", |c| blk::with_disk(c, blk_indirect::run)),
     sc("blk-destroy", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::destroy)),
     sc("blk-noio", "tests/tests/blk.rs", |_| blk::noio()),
     sc("blk-bench", "tests/tests/blk.rs", |c| blk::with_disk(c, blk::bench)),
@@ -264,6 +265,8 @@ mod bench_pingpong;
 mod bench_switch;
 #[path = "testguest/blk.rs"]
 mod blk;
+#[path = "testguest/blk_indirect.rs"]
+mod blk_indirect;
 #[path = "testguest/cases.rs"]
 mod cases;
 #[path = "testguest/checks.rs"]

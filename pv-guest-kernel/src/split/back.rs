@@ -11,7 +11,10 @@
 //! unmapped — and only after that does the backend publish Closing, so a frontend that sees
 //! it may revoke the ring grant at once.
 
-use super::{parse_ring_keys, parse_ring_ref, BackendOps, Keys, SplitError, Store, XsOps, ONE_RING};
+use super::{
+    parse_ring_keys, parse_ring_page_order, parse_ring_ref, BackendOps, Keys, SplitError, Store, XsOps,
+    ONE_RING,
+};
 use crate::xenbus::state::{Role, Step, XenbusDevice};
 use alloc::format;
 use alloc::string::String;
@@ -49,6 +52,13 @@ pub trait BackendDriver<M: RingMemory> {
     /// Keys published at InitWait, before the frontend sets its side up.
     fn features(&mut self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+    /// The largest `ring-page-order` accepted (the driver advertises it, as blkif's
+    /// `max-ring-page-order`, in its [`features`](Self::features)). With a frontend's
+    /// `ring-page-order` n > 0, a single-ring driver's [`connect`](Self::connect) receives the
+    /// `2^n` pages `ring-ref0`, `ring-ref1`, ... mapped, in that order.
+    fn max_ring_page_order(&self) -> u32 {
+        0
     }
     /// The frontend published its rings, now mapped as `rings` (one per [`RINGS`](Self::RINGS)
     /// key, in that order): check its other keys and build the connection, with the keys to
@@ -230,11 +240,20 @@ impl<M: RingMemory, D: BackendDriver<M>> BackDevice<M, D> {
         let fdir = self.dev.other_dir.clone();
         let mut keys = Keys::new(s, &fdir);
         let first = D::RINGS.first().copied().unwrap_or(ONE_RING[0]);
-        let (rr, ec, proto, order) =
-            (keys.raw(first), keys.raw("event-channel"), keys.raw("protocol"), keys.raw("ring-page-order"));
-        let rk = parse_ring_keys(rr.as_deref(), ec.as_deref(), proto.as_deref(), order.as_deref())
+        let order = keys.raw("ring-page-order");
+        let max_order = if D::RINGS.len() == 1 { self.driver.max_ring_page_order() } else { 0 };
+        let order = parse_ring_page_order(order.as_deref(), max_order).map_err(SplitError::Keys)?;
+        // A multi-page ring's pages are `ring-ref0`, `ring-ref1`, ... (blkif.h).
+        let first = if order > 0 { String::from("ring-ref0") } else { String::from(first) };
+        let (rr, ec, proto) = (keys.raw(&first), keys.raw("event-channel"), keys.raw("protocol"));
+        let rk = parse_ring_keys(rr.as_deref(), ec.as_deref(), proto.as_deref(), None)
             .map_err(SplitError::Keys)?;
         let mut grefs = alloc::vec![rk.ring_ref];
+        for i in 1..1u32 << order {
+            grefs.push(
+                parse_ring_ref(keys.raw(&format!("ring-ref{i}")).as_deref()).map_err(SplitError::Keys)?,
+            );
+        }
         for k in D::RINGS.iter().skip(1) {
             grefs.push(parse_ring_ref(keys.raw(k).as_deref()).map_err(SplitError::Keys)?);
         }

@@ -160,7 +160,8 @@ pub enum KeyError {
     BadEventChannel,
     /// A `protocol` other than the native x86_64 one.
     UnsupportedProtocol,
-    /// Multi-page rings (`ring-page-order` > 0) are not offered.
+    /// `ring-page-order` not a number, or larger than the backend offered
+    /// ([`BackendDriver::max_ring_page_order`]).
     MultiPageRing,
 }
 
@@ -170,7 +171,7 @@ impl KeyError {
             KeyError::BadRingRef => "bad ring-ref",
             KeyError::BadEventChannel => "bad event-channel",
             KeyError::UnsupportedProtocol => "unsupported protocol",
-            KeyError::MultiPageRing => "multi-page ring not supported",
+            KeyError::MultiPageRing => "ring-page-order larger than offered",
         }
     }
 }
@@ -180,8 +181,20 @@ pub fn parse_ring_ref(v: Option<&[u8]>) -> Result<GrantRef, KeyError> {
     v.and_then(parse_decimal).and_then(|v| u32::try_from(v).ok()).map(GrantRef).ok_or(KeyError::BadRingRef)
 }
 
+/// A frontend's `ring-page-order` (`None`: absent, a one-page ring): a decimal no larger than
+/// `max`.
+pub fn parse_ring_page_order(v: Option<&[u8]>, max: u32) -> Result<u32, KeyError> {
+    match v {
+        None => Ok(0),
+        Some(v) => match parse_decimal(v) {
+            Some(n) if n <= u64::from(max) => Ok(n as u32),
+            _ => Err(KeyError::MultiPageRing),
+        },
+    }
+}
+
 /// Checks a frontend's ring nodes (`None` = node absent). Only single-page rings and the
-/// native protocol are accepted.
+/// native protocol are accepted here; multi-page rings are [`parse_ring_page_order`]'s.
 pub fn parse_ring_keys(
     ring_ref: Option<&[u8]>,
     event_channel: Option<&[u8]>,

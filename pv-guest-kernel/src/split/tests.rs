@@ -41,6 +41,8 @@ impl FrontendDriver for TestFront {
 
 struct EchoConn {
     chan: BackChannel<ModelPage, Entry, Entry>,
+    /// A multi-page ring's other pages (the echo uses the first).
+    more_pages: Vec<ModelPage>,
     /// Work "with a device": the connection is not quiescent while it is non-zero.
     busy: u32,
 }
@@ -50,6 +52,9 @@ struct TestBack {
     refuse: Option<&'static str>,
     connects: u32,
     disconnects: u32,
+    /// `max_ring_page_order` offered, and the ring pages the last connection got.
+    max_order: u32,
+    last_pages: usize,
 }
 
 impl BackendDriver<ModelPage> for TestBack {
@@ -69,9 +74,22 @@ impl BackendDriver<ModelPage> for TestBack {
         if !keys.flag("feature-x") {
             return Err((rings, "frontend lacks feature-x"));
         }
-        let ring = back::one_ring(rings).map_err(|r| (r, "one ring"))?;
+        self.last_pages = rings.len();
+        let (ring, more_pages) = if self.max_order > 0 {
+            let mut rings = rings;
+            let first = rings.remove(0);
+            (first, rings)
+        } else {
+            (back::one_ring(rings).map_err(|r| (r, "one ring"))?, Vec::new())
+        };
         self.connects += 1;
-        Ok((EchoConn { chan: BackChannel::new(ring), busy: 0 }, vec![("magic", String::from("42"))]))
+        Ok((
+            EchoConn { chan: BackChannel::new(ring), more_pages, busy: 0 },
+            vec![("magic", String::from("42"))],
+        ))
+    }
+    fn max_ring_page_order(&self) -> u32 {
+        self.max_order
     }
     fn service(&mut self, c: &mut EchoConn) -> Served {
         c.chan.serve(4, |r| [r[0].wrapping_add(1), r[1], r[2], r[3]])
@@ -87,7 +105,9 @@ impl BackendDriver<ModelPage> for TestBack {
     }
     fn disconnect(&mut self, c: EchoConn) -> Vec<ModelPage> {
         self.disconnects += 1;
-        vec![c.chan.into_mem()]
+        let mut pages = vec![c.chan.into_mem()];
+        pages.extend(c.more_pages);
+        pages
     }
 }
 
@@ -329,6 +349,59 @@ fn a_ring_ref_naming_someone_elses_grant_or_a_read_only_one_is_refused() {
         r.settle();
         r.nothing_held();
     }
+}
+
+#[test]
+fn a_multi_page_ring_is_mapped_page_by_page_up_to_the_offered_order() {
+    for (order, offered) in [(1u32, 2u32), (2, 2), (3, 2), (1, 0)] {
+        let mut r = rig_with(TestFront::default(), TestBack { max_order: offered, ..Default::default() });
+        r.fe.step(&mut r.s, &mut r.fo).unwrap();
+        // The frontend's ring page is ring-ref0; the others are fresh pages granted to dom0.
+        let g0 = r.s.get(&format!("{FE_DIR}/ring-ref")).unwrap().to_string();
+        r.s.nodes.remove(&format!("{FE_DIR}/ring-ref"));
+        r.s.set(&format!("{FE_DIR}/ring-page-order"), &format!("{order}"));
+        r.s.set(&format!("{FE_DIR}/ring-ref0"), &g0);
+        let mut extra = Vec::new();
+        for i in 1..1u32 << order {
+            let (page, mfn) = r.fo.alloc_page().unwrap();
+            let g = r.fo.grant(DomId(0), mfn, false).unwrap();
+            r.s.set(&format!("{FE_DIR}/ring-ref{i}"), &format!("{}", g.0));
+            extra.push((page, g));
+        }
+        r.be.on_watch(&mut r.s, &mut r.bo);
+        if order <= offered {
+            assert!(matches!(r.notices()[..], [Notice::Connected { .. }]), "order {order}");
+            assert_eq!(r.be.driver.last_pages, 1 << order);
+            assert_eq!(r.bo.held().maps, 1 << order, "every page mapped");
+            // The echo still works over the first page.
+            assert_eq!(r.round_trip(3).len(), 3);
+        } else {
+            assert_eq!(r.notices(), [Notice::ConnectFailed(SplitError::Keys(KeyError::MultiPageRing))]);
+            assert_eq!(r.bo.held(), Held::default(), "nothing mapped for a refused order");
+        }
+        r.fe.close(&mut r.s);
+        r.settle();
+        assert_eq!(r.bo.held(), Held::default(), "order {order}: every page unmapped");
+        for (page, g) in extra {
+            r.fo.end_grant(g).unwrap();
+            r.fo.free_page(page);
+        }
+        r.nothing_held();
+    }
+    // A missing page of the set is a bad ring-ref.
+    let mut r = rig_with(TestFront::default(), TestBack { max_order: 2, ..Default::default() });
+    r.fe.step(&mut r.s, &mut r.fo).unwrap();
+    let g0 = r.s.get(&format!("{FE_DIR}/ring-ref")).unwrap().to_string();
+    r.s.set(&format!("{FE_DIR}/ring-page-order"), "1");
+    r.s.set(&format!("{FE_DIR}/ring-ref0"), &g0);
+    r.be.on_watch(&mut r.s, &mut r.bo);
+    assert_eq!(r.notices(), [Notice::ConnectFailed(SplitError::Keys(KeyError::BadRingRef))]);
+    assert_eq!(r.bo.held(), Held::default());
+    for bad in [&b"x"[..], b"-1", b"99999999999999999999999"] {
+        assert_eq!(parse_ring_page_order(Some(bad), 4), Err(KeyError::MultiPageRing));
+    }
+    assert_eq!(parse_ring_page_order(None, 0), Ok(0));
+    assert_eq!(parse_ring_page_order(Some(b"4"), 4), Ok(4));
 }
 
 #[test]

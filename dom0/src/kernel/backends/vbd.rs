@@ -9,6 +9,12 @@
 //! request engine ([`Blkback`]) between the ring and the disk, and how granted pages reach
 //! the disk.
 //!
+//! Linux's blkfront gets what it negotiates: `feature-max-indirect-segments` (as many as one
+//! virtio request can carry, at most [`MAX_INDIRECT_SEGMENTS`]; the descriptor pages are
+//! copied into a dom0 page with `GNTTABOP_copy` before the engine looks at them) and
+//! `max-ring-page-order` ([`MAX_RING_PAGE_ORDER`]: each ring page is grant-mapped on its own
+//! and the engine sees them as one ring).
+//!
 //! Data never passes through dom0's memory: each segment's grant is mapped for device access
 //! only (`GNTMAP_device_map`: the hypervisor returns the frame's machine address and writes
 //! no page table, so there is no TLB flush either) and the virtio request points at the
@@ -43,14 +49,16 @@ use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use dom0::blkback::keys::{self, XVDA};
-use dom0::blkback::{Blkback, DataPath, Disk, DiskError, DiskInfo, DiskOp, SegReq};
+use dom0::blkback::{Blkback, DataPath, Disk, DiskError, DiskInfo, DiskOp, RingPages, SegReq};
 use dom0::xenstore::toolstack::DeviceConfig;
 use dom0::xenstore::Xenstore;
-use hypercall_abi::grant_table::{gntmap, gntst, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantTableOp};
-use hypercall_abi::io::blkif::{keys as blkif_keys, BLKIF_MAX_SEGMENTS_PER_REQUEST};
+use hypercall_abi::grant_table::{
+    gntcopy, gntmap, gntst, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabUnmapGrantRef, GrantTableOp,
+};
+use hypercall_abi::io::blkif::{keys as blkif_keys, XENBUS_MAX_RING_GRANT_ORDER};
 use hypercall_abi::io::ring::RingError;
-use hypercall_abi::{DomId, Errno};
-use pv_guest_kernel::split::back::one_ring;
+use hypercall_abi::{DomId, Errno, GrantRef, PAGE_SIZE};
+use pv_guest_kernel::mm;
 use pv_guest_kernel::split::kernel::GrantMapping;
 use pv_guest_kernel::split::{BackendDriver, Keys, Served, Store};
 use pv_guest_kernel::{cmdline, hypercall, println};
@@ -84,9 +92,18 @@ fn grant_table_op<T: GrantTableOp>(ops: &mut [T]) -> Result<(), Errno> {
     hypercall::grant_table_op(ops)
 }
 
-/// Persistent grants kept mapped at most (a ring's worth of segments: what blkif.h says a
-/// frontend needs at most).
-pub const MAX_PERSISTENT: usize = 32 * BLKIF_MAX_SEGMENTS_PER_REQUEST;
+/// Persistent grants kept mapped at most per connection: Linux's blkback default
+/// (`max_persistent_grants`), which is what Linux's blkfront keeps for a one-page ring with
+/// its default 32 indirect segments (32 × (32 + 1)). Others are mapped per request.
+pub const MAX_PERSISTENT: usize = 1056;
+
+/// Indirect segments offered at most (Linux's blkback offers the same, `MAX_INDIRECT_SEGMENTS`);
+/// fewer if the disk cannot take that many pieces in one request.
+pub const MAX_INDIRECT_SEGMENTS: u16 = 256;
+
+/// The largest ring offered (`max-ring-page-order`): 16 pages, 512 requests, as Linux's
+/// blkback.
+pub const MAX_RING_PAGE_ORDER: u32 = XENBUS_MAX_RING_GRANT_ORDER;
 
 /// Grants mapped for device access only: the disk gets the frames' machine addresses.
 ///
@@ -94,43 +111,51 @@ pub const MAX_PERSISTENT: usize = 32 * BLKIF_MAX_SEGMENTS_PER_REQUEST;
 /// first [`MAX_PERSISTENT`] distinct ones stay mapped until the connection ends (mapped
 /// writable, as blkif.h allows for persistent grants) and a request naming only those costs
 /// no grant operation at all; any other grant is mapped for its request and unmapped after.
+/// Indirect descriptor pages are not mapped at all: they are copied into `staging`.
 struct DeviceMaps {
     /// Persistent mappings by grant reference: (handle, machine address); `None` when the
     /// frontend did not ask for persistent grants.
     persistent: Option<BTreeMap<u32, (u32, u64)>>,
-    /// Per slot: the request's temporary mappings (handle, machine address). Boxed (5.5 KiB)
-    /// to keep it off dom0's small stack when a connection moves.
-    temps: Box<[[(u32, u64); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32]>,
-    ntemps: [u8; 32],
+    /// Per slot: the request's temporary mappings (handle, machine address).
+    temps: Vec<Vec<(u32, u64)>>,
+    /// The map operations of one request (kept to avoid an allocation per request), and
+    /// which segment each is for.
+    ops: Vec<GnttabMapGrantRef>,
+    which: Vec<usize>,
     /// Unmaps deferred to the end of the round.
     deferred: Vec<GnttabUnmapGrantRef>,
     /// Unmaps the hypervisor refused (should stay 0).
     unmap_failures: u64,
+    /// dom0's page that indirect descriptor pages are copied into.
+    staging: mm::Page,
 }
 
 impl DeviceMaps {
-    fn new(persistent: bool) -> DeviceMaps {
+    fn new(persistent: bool, slots: usize, staging: mm::Page) -> DeviceMaps {
         DeviceMaps {
             persistent: persistent.then(BTreeMap::new),
-            temps: Box::new([[(0, 0); BLKIF_MAX_SEGMENTS_PER_REQUEST]; 32]),
-            ntemps: [0; 32],
+            temps: (0..slots).map(|_| Vec::new()).collect(),
+            ops: Vec::new(),
+            which: Vec::new(),
             deferred: Vec::with_capacity(MAX_PERSISTENT),
             unmap_failures: 0,
+            staging,
         }
     }
 
-    /// Unmaps the persistent grants (the connection is over); returns how many there were.
-    fn release_persistent(&mut self) -> usize {
-        let Some(p) = self.persistent.take() else { return 0 };
-        let n = p.len();
-        self.deferred.extend(p.values().map(|&(handle, ma)| GnttabUnmapGrantRef {
-            host_addr: 0,
-            dev_bus_addr: ma,
-            handle,
-            ..Default::default()
-        }));
+    /// Unmaps the persistent grants and frees the staging page (the connection is over);
+    /// returns how many grants there were.
+    fn release(mut self) -> (usize, u64) {
+        let n = match self.persistent.take() {
+            Some(p) => {
+                self.deferred.extend(p.values().map(|&(handle, ma)| unmap_op(handle, ma)));
+                p.len()
+            }
+            None => 0,
+        };
         self.flush();
-        n
+        let _ = mm::free_page(self.staging.pfn);
+        (n, self.unmap_failures)
     }
 }
 
@@ -148,43 +173,47 @@ impl DataPath for DeviceMaps {
         out: &mut [u64],
     ) -> Result<(), i16> {
         let slot = slot as usize;
-        if slot >= self.temps.len() || segs.len() > BLKIF_MAX_SEGMENTS_PER_REQUEST {
+        if slot >= self.temps.len() || out.len() < segs.len() {
             return Err(gntst::GENERAL_ERROR);
         }
         // Persistent grants are mapped writable whatever the request (blkif.h note 8).
         let readonly = disk_reads && self.persistent.is_none();
         let flags = gntmap::DEVICE_MAP | if readonly { gntmap::READONLY } else { 0 };
-        let mut ops = [GnttabMapGrantRef::default(); BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        let mut which = [0usize; BLKIF_MAX_SEGMENTS_PER_REQUEST];
-        let mut n = 0;
+        self.ops.clear();
+        self.which.clear();
         for (i, s) in segs.iter().enumerate() {
             match self.persistent.as_ref().and_then(|p| p.get(&s.gref.0)) {
                 Some(&(_, ma)) => out[i] = ma + s.offset(),
                 None => {
-                    ops[n] =
-                        GnttabMapGrantRef { host_addr: 0, flags, ref_: s.gref, dom, ..Default::default() };
-                    which[n] = i;
-                    n += 1;
+                    self.ops.push(GnttabMapGrantRef {
+                        host_addr: 0,
+                        flags,
+                        ref_: s.gref,
+                        dom,
+                        ..Default::default()
+                    });
+                    self.which.push(i);
                 }
             }
         }
-        self.ntemps[slot] = 0;
-        if n == 0 {
+        self.temps[slot].clear();
+        if self.ops.is_empty() {
             return Ok(());
         }
-        if timed(&T_MAP, || grant_table_op(&mut ops[..n])).is_err() {
+        if timed(&T_MAP, || grant_table_op(&mut self.ops)).is_err() {
             return Err(gntst::GENERAL_ERROR);
         }
-        if let Some(bad) = ops[..n].iter().find(|o| o.status != gntst::OKAY).map(|o| o.status) {
-            let mut undo: heapless::Vec<GnttabUnmapGrantRef, BLKIF_MAX_SEGMENTS_PER_REQUEST> =
-                heapless::Vec::new();
-            for o in ops[..n].iter().filter(|o| o.status == gntst::OKAY) {
-                let _ = undo.push(unmap_op(o.handle, o.dev_bus_addr));
-            }
+        if let Some(bad) = self.ops.iter().find(|o| o.status != gntst::OKAY).map(|o| o.status) {
+            let mut undo: Vec<GnttabUnmapGrantRef> = self
+                .ops
+                .iter()
+                .filter(|o| o.status == gntst::OKAY)
+                .map(|o| unmap_op(o.handle, o.dev_bus_addr))
+                .collect();
             let _ = grant_table_op(&mut undo[..]);
             return Err(bad);
         }
-        for (o, &i) in ops[..n].iter().zip(&which[..n]) {
+        for (o, &i) in self.ops.iter().zip(&self.which) {
             out[i] = o.dev_bus_addr + segs[i].offset();
             let kept = match self.persistent.as_mut() {
                 Some(p) if p.len() < MAX_PERSISTENT && !p.contains_key(&o.ref_.0) => {
@@ -194,9 +223,7 @@ impl DataPath for DeviceMaps {
                 _ => false,
             };
             if !kept {
-                let k = self.ntemps[slot] as usize;
-                self.temps[slot][k] = (o.handle, o.dev_bus_addr);
-                self.ntemps[slot] += 1;
+                self.temps[slot].push((o.handle, o.dev_bus_addr));
             }
         }
         Ok(())
@@ -210,11 +237,8 @@ impl DataPath for DeviceMaps {
         _segs: &[SegReq],
         _ok: bool,
     ) -> Result<(), i16> {
-        let slot = slot as usize;
-        let Some(temps) = self.temps.get(slot) else { return Err(gntst::GENERAL_ERROR) };
-        let n = self.ntemps[slot] as usize;
-        self.deferred.extend(temps[..n].iter().map(|&(handle, ma)| unmap_op(handle, ma)));
-        self.ntemps[slot] = 0;
+        let Some(temps) = self.temps.get_mut(slot as usize) else { return Err(gntst::GENERAL_ERROR) };
+        self.deferred.extend(temps.drain(..).map(|(handle, ma)| unmap_op(handle, ma)));
         Ok(())
     }
 
@@ -225,6 +249,31 @@ impl DataPath for DeviceMaps {
         let _ = timed(&T_UNMAP, || grant_table_op(&mut self.deferred[..]));
         self.unmap_failures += self.deferred.iter().filter(|u| u.status != gntst::OKAY).count() as u64;
         self.deferred.clear();
+    }
+
+    fn read_granted(&mut self, dom: DomId, gref: GrantRef, out: &mut [u8]) -> Result<(), i16> {
+        if out.len() > PAGE_SIZE {
+            return Err(gntst::BAD_COPY_ARG);
+        }
+        // The hypervisor copies from the frontend's page into dom0's staging page, so the
+        // frontend never shares memory with what is read here.
+        let mut op = GnttabCopy {
+            source: GnttabCopyPtr::gref(gref, dom, 0),
+            dest: GnttabCopyPtr::gmfn(self.staging.mfn.0, DomId::SELF, 0),
+            len: out.len() as u16,
+            flags: gntcopy::SOURCE_GREF,
+            ..Default::default()
+        };
+        match grant_table_op(core::slice::from_mut(&mut op)) {
+            Ok(()) if op.status == gntst::OKAY => {}
+            Ok(()) => return Err(op.status),
+            Err(_) => return Err(gntst::GENERAL_ERROR),
+        }
+        // SAFETY: `staging` is a page of dom0's own, in the direct map, allocated for this
+        // connection and used by nothing else; `out.len()` is at most a page.
+        let src = unsafe { core::slice::from_raw_parts(self.staging.va as *const u8, out.len()) };
+        out.copy_from_slice(src);
+        Ok(())
     }
 }
 
@@ -264,7 +313,7 @@ pub struct VbdDriver {
 
 /// A connected ring: the request engine and the grant mappings of its requests.
 pub struct VbdConn {
-    back: Blkback<GrantMapping>,
+    back: Blkback<RingPages<GrantMapping>>,
     data: DeviceMaps,
 }
 
@@ -280,7 +329,11 @@ impl BackendDriver<GrantMapping> for VbdDriver {
     type Conn = VbdConn;
 
     fn features(&mut self) -> Vec<(&'static str, String)> {
-        keys::announce_keys(&self.info)
+        keys::announce_keys(&self.info, MAX_RING_PAGE_ORDER)
+    }
+
+    fn max_ring_page_order(&self) -> u32 {
+        MAX_RING_PAGE_ORDER
     }
 
     fn connect<S: Store + ?Sized>(
@@ -289,10 +342,29 @@ impl BackendDriver<GrantMapping> for VbdDriver {
         rings: Vec<GrantMapping>,
         keys: &mut Keys<'_, S>,
     ) -> Result<(VbdConn, Vec<(&'static str, String)>), (Vec<GrantMapping>, &'static str)> {
-        let ring = one_ring(rings).map_err(|r| (r, "one ring expected"))?;
+        // The framework maps 2^ring-page-order pages, ring-ref0 first.
+        let order = rings.len().trailing_zeros();
+        if !rings.len().is_power_of_two() {
+            return Err((rings, "ring pages not a power of two"));
+        }
+        let mem = RingPages::new(rings).map_err(|r| (r, "no ring page"))?;
         let persistent = keys.flag("feature-persistent");
-        let back = Blkback::new(ring, frontend, self.info, 0);
-        Ok((VbdConn { back, data: DeviceMaps::new(persistent) }, keys::connect_keys(&self.info)))
+        let back = Blkback::multi_page(mem, order, frontend, self.info, 0)
+            .map_err(|mem| (mem.into_pages(), "bad ring order"))?;
+        let staging = match mm::alloc_page() {
+            Ok(p) => p,
+            Err(_) => return Err((back.into_memory().into_pages(), "no memory")),
+        };
+        println!(
+            "dom0: vbd for domain {}: ring-pages={} ring-slots={} persistent={} max-indirect-segments={}",
+            frontend.0,
+            1u32 << order,
+            back.ring_size(),
+            u8::from(persistent),
+            self.info.max_indirect_segments
+        );
+        let data = DeviceMaps::new(persistent, back.ring_size() as usize, staging);
+        Ok((VbdConn { back, data }, keys::connect_keys(&self.info)))
     }
 
     /// Disk completions and ring requests in turn until neither moves (the frontend gets
@@ -341,10 +413,10 @@ impl BackendDriver<GrantMapping> for VbdDriver {
         c.back.broken()
     }
 
-    fn disconnect(&mut self, mut c: VbdConn) -> Vec<GrantMapping> {
-        let kept = c.data.release_persistent();
-        self.last = Some((c.back.stats, kept, c.data.unmap_failures));
-        alloc::vec![c.back.into_memory()]
+    fn disconnect(&mut self, c: VbdConn) -> Vec<GrantMapping> {
+        let (kept, unmap_failures) = c.data.release();
+        self.last = Some((c.back.stats, kept, unmap_failures));
+        c.back.into_memory().into_pages()
     }
 }
 
@@ -369,7 +441,14 @@ impl BackendKind for Vbds {
     fn driver_for(&mut self, domid: DomId, name: &str) -> Option<VbdDriver> {
         let index = self.wanted.iter().position(|w| dom0::domains::names(w, name, domid))?;
         let disk = self.disks.get_mut(index)?.take()?;
-        let info = DiskInfo { capacity: disk.capacity, readonly: disk.readonly, flush: disk.flush };
+        // An indirect request becomes one virtio request: no more segments than it can carry.
+        let pieces = u16::try_from(disk.max_pieces()).unwrap_or(u16::MAX);
+        let info = DiskInfo {
+            capacity: disk.capacity,
+            readonly: disk.readonly,
+            flush: disk.flush,
+            max_indirect_segments: MAX_INDIRECT_SEGMENTS.min(pieces),
+        };
         Some(VbdDriver {
             disk,
             index,
@@ -427,9 +506,10 @@ impl BackendKind for Vbds {
         // Totals of every vbd so far (where dom0's time went, for profiling).
         let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) / 1_000_000;
         format!(
-            "dom0: {label}: disconnected ({} requests, {} errors, {} unsupported, {} sectors read, {} written, {} flushes; {kept} persistent grants; ring unmapped: {}, grant unmap failures: {unmap_failures})\n\
+            "dom0: {label}: disconnected ({} requests, {} indirect, {} errors, {} unsupported, {} sectors read, {} written, {} flushes; {kept} persistent grants; ring unmapped: {}, grant unmap failures: {unmap_failures})\n\
              dom0: blkback totals: {} ms in {} polls (rings {} ms, grant maps {} ms, unmaps {} ms, disk completions {} ms), {} grant calls for {} operations; disk {}: {} requests, {} notifies, {} interrupts",
             s.requests,
+            s.indirect,
             s.errors,
             s.unsupported,
             s.sectors_read,

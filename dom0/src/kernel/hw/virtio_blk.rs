@@ -314,6 +314,12 @@ impl VirtioBlk {
         self.irq.as_ref()
     }
 
+    /// Data pieces one request can carry: the device's `seg_max`, and what fits the queue
+    /// next to the header and status descriptors.
+    pub fn max_pieces(&self) -> usize {
+        (self.seg_max as usize).min(usize::from(self.q.size()).saturating_sub(2))
+    }
+
     /// Requests in flight.
     pub fn in_flight(&self) -> usize {
         MAX_REQUESTS - self.free_slots.len()
