@@ -48,6 +48,11 @@ pub mod feature {
     pub const ARM_SMCCC_SUPPORTED: u32 = 14;
     pub const LINUX_RSDP_UNRESTRICTED: u32 = 15;
     pub const DM_MSI_SUPPORTED: u32 = 16;
+    /// Xen 4.15+: the domain's frames are not 1:1 (gfn != mfn); shares bit 16 with the name
+    /// above, which older headers used.
+    pub const NOT_DIRECT_MAPPED: u32 = 16;
+    /// Xen 4.15+: the domain is direct-mapped (gfn == mfn), as every non-translated PV domain.
+    pub const DIRECT_MAPPED: u32 = 17;
     pub const NR_SUBMAPS: u32 = 1;
 
     /// Feature names as they appear in the FEATURES note, with their bit numbers.

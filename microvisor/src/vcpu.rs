@@ -443,8 +443,9 @@ pub fn register_vcpu_info<P: Platform>(
 ) -> Result<(), Errno> {
     let me = hv.current();
     let offset = u64::from(offset);
+    // Past the page or misaligned: -ENXIO, as Xen 4.17.7's map_vcpu_info.
     if offset > PAGE_SIZE as u64 - VCPU_INFO_SIZE || !offset.is_multiple_of(VCPU_INFO_ALIGN) {
-        return Err(Errno::EINVAL);
+        return Err(Errno::ENXIO);
     }
     let v = hv.cur_dom().vcpu(vcpu).ok_or(Errno::ENOENT)?;
     if v.vcpu_info_frame.is_some() {

@@ -84,10 +84,9 @@ pub fn grant_table_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
         }
         op::SETUP_TABLE => setup_table(hv, uop, count).into(),
         op::QUERY_SIZE => query_size(hv, uop, count).into(),
-        // Xen's one-operation commands take exactly one.
-        op::SET_VERSION | op::GET_VERSION | op::GET_STATUS_FRAMES if count != 1 => {
-            Hc::Ret(Errno::EINVAL.to_ret())
-        }
+        // get_status_frames takes exactly one; set_version and get_version ignore the count
+        // and do one, as Xen 4.17's do_grant_table_op.
+        op::GET_STATUS_FRAMES if count != 1 => Hc::Ret(Errno::EINVAL.to_ret()),
         op::SET_VERSION => set_version(hv, uop).into(),
         op::GET_VERSION => get_version(hv, uop).into(),
         op::GET_STATUS_FRAMES => get_status_frames(hv, uop).into(),

@@ -45,17 +45,26 @@ pub const HYPERVISOR_FEATURES: u32 = (1 << feature::WRITABLE_PAGE_TABLES)
     | (1 << feature::WRITABLE_DESCRIPTOR_TABLES)
     | (1 << feature::PAE_PGDIR_ABOVE_4GB)
     | (1 << feature::MMU_PT_UPDATE_PRESERVE_AD)
+    | (1 << feature::HIGHMEM_ASSIST)
     | (1 << feature::GNTTAB_MAP_AVAIL_BITS)
-    | (1 << feature::DOM0);
+    | (1 << feature::DOM0)
+    | (1 << feature::DIRECT_MAPPED);
 
 /// What `XENVER_get_features` reports (submap 0) to a 64-bit PV domain: what microvisor
-/// really does, in the bits Xen 4.17 reports for PV (`MMU_PT_UPDATE_PRESERVE_AD`,
-/// `GNTTAB_MAP_AVAIL_BITS`, and `DOM0` for the hardware domain). Xen also reports
-/// `memory_op_vnode_supported` and `highmem_assist`; microvisor has no vNUMA and no 32-bit
-/// guests, so it does not claim them. (Writable page tables, which a PV kernel may require in
-/// its notes, Xen turns on with `VMASST_TYPE_writable_pagetables`, not with this bitmap.)
+/// really does, in the bits Xen 4.17 reports for PV: `PAE_PGDIR_ABOVE_4GB` (any CR3 works;
+/// Xen sets it through the `pae_extended_cr3` assist its builders turn on for these kernels),
+/// `MMU_PT_UPDATE_PRESERVE_AD`, `HIGHMEM_ASSIST` (`MMUEXT_CLEAR_PAGE`/`COPY_PAGE`, provided
+/// by `mm::mmu`), `GNTTAB_MAP_AVAIL_BITS`, `DIRECT_MAPPED` (a PV domain sees machine frames),
+/// and `DOM0` for the hardware domain. Xen also reports `memory_op_vnode_supported`;
+/// microvisor has no vNUMA (`XENMEM_get_vnumainfo` is ENOSYS), so it does not claim it.
+/// (Writable page tables, which a PV kernel may require in its notes, Xen turns on with
+/// `VMASST_TYPE_writable_pagetables`, not with this bitmap.)
 pub const fn reported_features(hardware_domain: bool) -> u32 {
-    let pv = (1 << feature::MMU_PT_UPDATE_PRESERVE_AD) | (1 << feature::GNTTAB_MAP_AVAIL_BITS);
+    let pv = (1 << feature::PAE_PGDIR_ABOVE_4GB)
+        | (1 << feature::MMU_PT_UPDATE_PRESERVE_AD)
+        | (1 << feature::HIGHMEM_ASSIST)
+        | (1 << feature::GNTTAB_MAP_AVAIL_BITS)
+        | (1 << feature::DIRECT_MAPPED);
     if hardware_domain {
         pv | (1 << feature::DOM0)
     } else {
