@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tests::{kernels, Machine, Module, Outcome, Run, RunExt, DEADLINE};
-use xtask::net::{domu_ip, get_when_up, http, pattern_hash, Fnv1a, DOM0_IP};
+use xtask::net::{domu_ip, get_when_up, http, pattern_hash, unpredictable_bytes, Fnv1a, DOM0_IP};
 
 /// What the host did while the machine ran: one line per step, or the first failure.
 type Steps = Arc<Mutex<Vec<Result<String, String>>>>;
@@ -91,15 +91,7 @@ fn converse(port: u16, who: &'static str) -> Vec<Result<String, String>> {
         return out;
     }
     // An upload of bytes the guest cannot predict: the host's own pseudo-random stream.
-    let mut x = 0x2545_f491_4f6c_dd1du64 ^ u64::from(port);
-    let body: Vec<u8> = (0..256 * 1024)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect();
+    let body = unpredictable_bytes(0x2545_f491_4f6c_dd1d ^ u64::from(port), 256 * 1024);
     let mut h = Fnv1a::new();
     h.update(&body);
     let want = format!("{} {:016x}", body.len(), h.finish());

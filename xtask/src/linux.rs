@@ -421,6 +421,103 @@ pub struct InitPlan {
     pub output: InitOutput,
     /// End at a shell on the console instead of powering off.
     pub shell: bool,
+    /// The network steps, if any (after the modules, before the disk).
+    pub net: Option<NetPlan>,
+}
+
+/// The network part of an [`InitPlan`]: `eth0` (xen-netfront on the domain's vif) gets a
+/// static address on QEMU's user network, pings each peer, fetches a URL, serves files over
+/// HTTP, and takes one upload on a TCP port. Each step prints one `LINUXNET` line with
+/// `key=value` fields ([`NET_PREFIX`]); `bytes` and `crc32` (zlib's CRC-32, busybox `crc32`)
+/// let the host check what crossed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NetPlan {
+    /// `eth0`'s address with its prefix length (`10.0.2.15/24`).
+    pub address: String,
+    /// The default route's gateway (QEMU's `10.0.2.2`).
+    pub gateway: String,
+    /// Peers to `ping -c 3`: `LINUXNET ping peer=<ip> transmitted=<n> received=<n>`.
+    pub ping: Vec<String>,
+    /// A URL to fetch with `wget`: `LINUXNET fetched url=<url> bytes=<n> crc32=<hex>`.
+    pub fetch: Option<String>,
+    /// Files under `/www` (name, contents) that busybox `httpd` serves on port 80.
+    pub serve: Vec<(String, Vec<u8>)>,
+    /// A TCP port where `nc -l` takes one connection's bytes (within [`NET_WAIT_S`]):
+    /// `LINUXNET sink port=<port> bytes=<n> crc32=<hex>` once the sender closes.
+    pub sink_port: Option<u16>,
+}
+
+/// The prefix of the init's network lines.
+pub const NET_PREFIX: &str = "LINUXNET";
+/// The init's line once its HTTP server and TCP sink listen: the host starts talking then.
+pub const NET_READY: &str = "LINUXNET listening";
+/// How long the init waits for the host's upload before it goes on.
+pub const NET_WAIT_S: u32 = 240;
+
+/// zlib's CRC-32 of `data`, as busybox `crc32` prints it (`{:08x}`).
+pub fn crc32(data: &[u8]) -> u32 {
+    let mut c = flate2::Crc::new();
+    c.update(data);
+    c.sum()
+}
+
+/// The value of `key=` in a `key=value` line, up to the next space.
+pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+}
+
+/// The init script's network steps.
+fn net_script(n: &NetPlan) -> String {
+    let p = NET_PREFIX;
+    let (addr, gw) = (&n.address, &n.gateway);
+    let mut lines = vec![
+        "ip link set lo up".to_string(),
+        "i=0".into(),
+        "while [ ! -e /sys/class/net/eth0 ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done".into(),
+        format!(
+            "if ip link set eth0 up && ip addr add {addr} dev eth0 && ip route add default via {gw}; then"
+        ),
+        format!("    echo \"{p} eth0 up mac=$(cat /sys/class/net/eth0/address) address={addr}\""),
+        "else".into(),
+        format!("    echo {p} eth0 FAILED"),
+        "fi".into(),
+    ];
+    for peer in &n.ping {
+        lines.push(format!("ping -c 3 -W 10 {peer} >/tmp/ping 2>&1"));
+        lines.push(format!(
+            "echo \"{p} ping peer={peer} $(sed -n 's/^\\([0-9]*\\) packets transmitted, \\([0-9]*\\) packets received.*/transmitted=\\1 received=\\2/p' /tmp/ping)\""
+        ));
+    }
+    if let Some(url) = &n.fetch {
+        lines.extend([
+            format!("if wget -q -O /tmp/fetched {url}; then"),
+            format!(
+                "    echo \"{p} fetched url={url} bytes=$(stat -c %s /tmp/fetched) crc32=$(crc32 </tmp/fetched)\""
+            ),
+            "else".into(),
+            format!("    echo {p} fetched url={url} FAILED"),
+            "fi".into(),
+            "rm -f /tmp/fetched".into(),
+        ]);
+    }
+    if !n.serve.is_empty() {
+        lines.push("httpd -p 80 -h /www".into());
+    }
+    lines.push(format!("echo {NET_READY}"));
+    if let Some(port) = n.sink_port {
+        lines.extend([
+            format!("if timeout {NET_WAIT_S} nc -l -p {port} </dev/null >/tmp/sink; then"),
+            format!(
+                "    echo \"{p} sink port={port} bytes=$(stat -c %s /tmp/sink) crc32=$(crc32 </tmp/sink)\""
+            ),
+            "else".into(),
+            format!("    echo {p} sink port={port} FAILED"),
+            "fi".into(),
+            "rm -f /tmp/sink".into(),
+        ]);
+    }
+    lines.push(format!("echo {p} done"));
+    lines.join("\n") + "\n"
 }
 
 /// The disk part of an [`InitPlan`].
@@ -473,6 +570,9 @@ pub fn init_script(plan: &InitPlan) -> String {
         let name = module_name(&m.to_string_lossy());
         let file = format!("{name}.ko");
         s += &format!("insmod /lib/modules/{file} $(modparams {name}) && echo LINUXINIT insmod {file} ok || echo LINUXINIT insmod {file} FAILED\n");
+    }
+    if let Some(n) = &plan.net {
+        s += &net_script(n);
     }
     for (path, _) in &plan.files {
         s += &format!("echo \"LINUXINIT cat /{p}: $(cat /{p})\"\n", p = path.trim_start_matches('/'));
@@ -529,6 +629,17 @@ pub fn initramfs(busybox: &Path, plan: &InitPlan) -> Result<Vec<u8>, String> {
             mode: 0o644,
             data: data.clone(),
         });
+    }
+    if let Some(n) = &plan.net {
+        entries.push(CpioEntry::Dir("www".into()));
+        entries.push(CpioEntry::Dir("tmp".into()));
+        for (name, data) in &n.serve {
+            entries.push(CpioEntry::File {
+                path: format!("www/{}", name.trim_start_matches('/')),
+                mode: 0o644,
+                data: data.clone(),
+            });
+        }
     }
     entries.push(CpioEntry::File { path: "init".into(), mode: 0o755, data: init_script(plan).into_bytes() });
     cpio_newc(&entries).map_err(|e| format!("initramfs: {e}"))
@@ -638,6 +749,7 @@ pub fn prepare(name: &str, role: Role) -> Result<LinuxGuest, Unavailable> {
                 }),
                 output: InitOutput::Console,
                 shell,
+                net: None,
             };
             (plan, Some(disk), "console=hvc0".to_string())
         }
@@ -648,16 +760,35 @@ pub fn prepare(name: &str, role: Role) -> Result<LinuxGuest, Unavailable> {
                 disk: None,
                 output: InitOutput::Kmsg,
                 shell: false,
+                net: None,
             };
             (plan, None, "console=hvc0 earlyprintk=xen keep_bootcon".to_string())
         }
     };
-    let initramfs = dir.join("initramfs.cpio");
-    let bytes =
-        crate::linux::initramfs(&busybox, &plan).map_err(|e| fail("build the initramfs".into(), e))?;
-    std::fs::write(&initramfs, bytes)
-        .map_err(|e| fail(format!("write {}", initramfs.display()), e.to_string()))?;
-    Ok(LinuxGuest { kernel, initramfs, disk, cmdline, plan })
+    let g = LinuxGuest { kernel, initramfs: dir.join("initramfs.cpio"), disk, cmdline, plan };
+    g.write_initramfs(&busybox).map_err(|(command, reason)| fail(command, reason))?;
+    Ok(g)
+}
+
+impl LinuxGuest {
+    /// (Re)writes [`LinuxGuest::initramfs`] from the plan; on failure, the step and why.
+    fn write_initramfs(&self, busybox: &Path) -> Result<(), (String, String)> {
+        let bytes = initramfs(busybox, &self.plan).map_err(|e| ("build the initramfs".to_string(), e))?;
+        std::fs::write(&self.initramfs, bytes)
+            .map_err(|e| (format!("write {}", self.initramfs.display()), e.to_string()))
+    }
+
+    /// This guest with `net`'s steps in its init (its initramfs rebuilt).
+    pub fn with_net(mut self, net: NetPlan) -> Result<LinuxGuest, Unavailable> {
+        self.plan.net = Some(net);
+        let busybox = busybox()?;
+        self.write_initramfs(&busybox).map_err(|(command, reason)| Unavailable {
+            what: format!("the initramfs {}", self.initramfs.display()),
+            command,
+            reason,
+        })?;
+        Ok(self)
+    }
 }
 
 impl crate::qemu::Machine {
@@ -814,6 +945,7 @@ mod tests {
             }),
             output: InitOutput::Console,
             shell: false,
+            net: None,
         };
         let s = init_script(&plan);
         assert!(s.starts_with("#!/bin/busybox sh\n"));
@@ -839,6 +971,61 @@ mod tests {
         );
         assert!(!s.contains("mount -t ext4"));
         assert_eq!(module_name("kernel/drivers/net/xen-netfront.ko.zst"), "xen_netfront");
+    }
+
+    #[test]
+    fn network_steps_print_structured_lines_and_serve_their_files() {
+        let net = NetPlan {
+            address: "10.0.2.15/24".into(),
+            gateway: "10.0.2.2".into(),
+            ping: vec!["10.0.2.10".into()],
+            fetch: Some("http://10.0.2.10/bytes/5".into()),
+            serve: vec![("f.bin".into(), vec![1, 2, 3])],
+            sink_port: Some(9000),
+        };
+        let plan = InitPlan {
+            modules: vec![PathBuf::from("/m/xen-netfront.ko")],
+            files: vec![],
+            disk: None,
+            output: InitOutput::Console,
+            shell: false,
+            net: Some(net),
+        };
+        let s = init_script(&plan);
+        let at = |needle: &str| s.find(needle).unwrap_or_else(|| panic!("no {needle:?} in\n{s}"));
+        assert!(at("insmod /lib/modules/xen_netfront.ko") < at("ip link set eth0 up"));
+        assert!(s.contains("ip addr add 10.0.2.15/24 dev eth0 && ip route add default via 10.0.2.2"), "{s}");
+        assert!(s.contains("ping -c 3 -W 10 10.0.2.10"), "{s}");
+        assert!(s.contains("LINUXNET ping peer=10.0.2.10 $(sed -n"), "{s}");
+        assert!(s.contains("wget -q -O /tmp/fetched http://10.0.2.10/bytes/5"), "{s}");
+        assert!(s.contains("crc32=$(crc32 </tmp/fetched)"), "{s}");
+        assert!(at("httpd -p 80 -h /www") < at(NET_READY));
+        assert!(at(NET_READY) < at("nc -l -p 9000"));
+        assert!(at("nc -l -p 9000") < at("LINUXNET done") && at("LINUXNET done") < at("poweroff -f"));
+        let summary = "3 packets transmitted, 2 packets received, 33% packet loss";
+        let line = format!("LINUXNET ping peer=x transmitted=3 received=2 ({summary})");
+        assert_eq!((field(&line, "transmitted"), field(&line, "received")), (Some("3"), Some("2")));
+        assert_eq!(field("LINUXNET sink port=9000 bytes=12", "port"), Some("9000"));
+        assert_eq!(field("LINUXNET sink xport=1", "port"), None);
+        // What busybox `crc32` printed for this line on the host.
+        assert_eq!(format!("{:08x}", crc32(b"hello world\n")), "af083b2d");
+        let files = cpio_entries(&initramfs_entries_only(&plan)).unwrap();
+        assert!(files.iter().any(|e| e.0 == "www/f.bin" && e.3 == [1, 2, 3]));
+    }
+
+    /// The initramfs of `plan` with a stand-in busybox.
+    fn initramfs_entries_only(plan: &InitPlan) -> Vec<u8> {
+        let dir = std::env::temp_dir().join(format!("mv-bb-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let bb = dir.join("busybox");
+        std::fs::write(&bb, b"\x7fELF").unwrap();
+        let ko = dir.join("xen-netfront.ko");
+        std::fs::write(&ko, b"\x7fELF module").unwrap();
+        let mut plan = plan.clone();
+        plan.modules = vec![ko];
+        let out = initramfs(&bb, &plan).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        out
     }
 
     #[test]
@@ -903,6 +1090,7 @@ mod tests {
                 disk: None,
                 output: InitOutput::Console,
                 shell: false,
+                net: None,
             },
         };
         let m = m.with_linux_domu(&g, "linux", "256M");

@@ -18,7 +18,7 @@ pub struct Forward {
     pub guest_port: u16,
 }
 
-pub use hypercall_abi::microvisor::netdemo::{domu_ip, pattern_hash, Fnv1a, DOM0_IP};
+pub use hypercall_abi::microvisor::netdemo::{domu_ip, fill_pattern, pattern_hash, Fnv1a, DOM0_IP, GATEWAY};
 
 fn dotted(ip: [u8; 4]) -> String {
     format!("{}.{}.{}.{}", ip[0], ip[1], ip[2], ip[3])
@@ -34,6 +34,20 @@ pub fn netdev_arg(fw: &[Forward]) -> Option<String> {
         s += &format!(",hostfwd=tcp:127.0.0.1:{}-{}:{}", f.host_port, dotted(f.guest), f.guest_port);
     }
     Some(s)
+}
+
+/// `n` bytes of a xorshift64 stream from `seed`: an upload the guest cannot predict (unlike
+/// the pattern), that the host checks against the guest's report of it.
+pub fn unpredictable_bytes(seed: u64, n: usize) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
 }
 
 /// A TCP port of 127.0.0.1 nothing listens on now (the OS's pick).
