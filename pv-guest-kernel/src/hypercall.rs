@@ -148,6 +148,19 @@ pub fn console_write(bytes: &[u8]) -> i64 {
     )
 }
 
+/// `console_io(CONSOLEIO_read)`: the bytes waiting on the hypervisor's console (dom0 only),
+/// at most `buf.len()`; how many were read.
+pub fn console_read(buf: &mut [u8]) -> Result<usize, Errno> {
+    let ret = call5::<{ nr::CONSOLE_IO }>(
+        hypercall_abi::xen::consoleio::READ,
+        buf.len() as u64,
+        buf.as_mut_ptr() as u64,
+        0,
+        0,
+    );
+    check(ret).map(|n| (n as usize).min(buf.len()))
+}
+
 /// `xen_version(cmd, arg)`.
 pub fn xen_version(cmd: u32, arg: u64) -> i64 {
     call2::<{ nr::XEN_VERSION }>(u64::from(cmd), arg)

@@ -19,11 +19,16 @@ const DEADLINE: Duration = Duration::from_secs(300);
 /// apt cannot fetch Debian's packages. Once they are fetched, failing to build the guest
 /// (vmlinux, initramfs, disk) is a failure of the test, not a skip.
 fn guest_or_skip(test: &str, name: &str) -> Option<linux::LinuxGuest> {
+    guest_as_or_skip(test, name, Role::DomU { shell: false })
+}
+
+/// [`guest_or_skip`] for any role.
+fn guest_as_or_skip(test: &str, name: &str, role: Role) -> Option<linux::LinuxGuest> {
     if let Err(u) = linux::packages() {
         xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
         return None;
     }
-    Some(linux::prepare(name, Role::DomU { shell: false }).unwrap_or_else(|u| panic!("{u}")))
+    Some(linux::prepare(name, role).unwrap_or_else(|u| panic!("{u}")))
 }
 
 /// dom0 and the Linux domU `linux` (256 MiB, its disk as xvda).
@@ -213,4 +218,38 @@ fn debian_linux_netfront_pings_and_moves_checked_bytes_through_our_netback() {
         vif.contains(" 0 refused") && vif.contains(" 0 errors") && vif.contains("rings unmapped: yes"),
         "{vif}"
     );
+}
+
+/// What the test types at Linux's shell, and the line only the shell's arithmetic can print.
+const TYPED: &[u8] = b"echo shell-says-$((6*7)) on $(uname -r)\n";
+const ANSWER: &str = "[linux] shell-says-42 on ";
+
+#[test]
+fn debian_linux_leaves_a_shell_on_the_serial_console_that_takes_typed_commands() {
+    let test = "linux::debian_linux_leaves_a_shell_on_the_serial_console";
+    let Some(g) = guest_as_or_skip(test, "shell-test", Role::DomU { shell: true }) else { return };
+    // As `cargo xtask run --linux` builds it: dom0 gives Linux the serial line's input.
+    let m = linux_machine(&g).with_console_input("linux");
+    let mut step = 0;
+    let run = m
+        .run_typing(DEADLINE, |line| match step {
+            0 if line.contains(linux::SHELL_READY) => {
+                step = 1;
+                Some(TYPED.to_vec())
+            }
+            1 if line.contains(ANSWER) => {
+                step = 2;
+                Some(b"poweroff -f\n".to_vec())
+            }
+            _ => None,
+        })
+        .unwrap_or_else(|e| panic!("cannot run QEMU: {e}"));
+    run.expect_order("dom0: d1 (linux) takes the serial console's input", linux::SHELL_READY)
+        .expect_order(linux::SHELL_READY, ANSWER)
+        .expect_order(ANSWER, "Domain 1 (linux) shut down: poweroff")
+        .expect_outcome(Outcome::Poweroff)
+        .expect_no_line("d1v0 crashed");
+    // The shell ran the command on the kernel it booted.
+    let answer = run.lines_with(ANSWER).next().unwrap_or_else(|| panic!("{}", run.text()));
+    assert!(answer.ends_with(&g.kernel.release), "{answer}");
 }

@@ -543,6 +543,9 @@ pub enum InitOutput {
     Kmsg,
 }
 
+/// The init's line just before it leaves a shell on the console.
+pub const SHELL_READY: &str = "LINUXINIT shell";
+
 /// What the init writes into [`DiskPlan::write`].
 pub const WRITTEN: &str = "written by Linux inside the guest\n";
 
@@ -597,7 +600,7 @@ pub fn init_script(plan: &InitPlan) -> String {
         );
     }
     if plan.shell {
-        s += "echo LINUXINIT shell: type 'poweroff -f' to end\nexec setsid cttyhack sh\n";
+        s += &format!("echo '{SHELL_READY}: type poweroff -f to end'\nexec setsid cttyhack sh\n");
     } else {
         s += "echo LINUXINIT poweroff\npoweroff -f\n";
     }
@@ -805,6 +808,16 @@ impl crate::qemu::Machine {
             Some(disk) => self.with_vbd(disk, name),
             None => self,
         }
+    }
+
+    /// Gives domain `name` what is typed on the serial line (dom0's `console-input=`, as
+    /// `xl console` would): dom0 must be the first module.
+    pub fn with_console_input(mut self, name: &str) -> crate::qemu::Machine {
+        if let Some(dom0) = self.modules.first_mut() {
+            let sep = if dom0.args.contains(" -- ") { " " } else { " -- " };
+            dom0.args = format!("{}{sep}console-input={name}", dom0.args);
+        }
+        self
     }
 }
 
@@ -1101,6 +1114,11 @@ mod tests {
             "/k/dom0 name=dom0 mem=64M -- vbd=linux,/l/vmlinux name=linux mem=256M -- console=hvc0,/l/initramfs.cpio ramdisk=linux"
         );
         assert!(args.iter().any(|a| a.starts_with("file=/l/disk.img,format=raw")));
+        // dom0's options gain console-input=, after its " -- " (added if it had none).
+        let mut m = m.with_console_input("linux");
+        assert_eq!(m.modules[0].args, "name=dom0 mem=64M -- vbd=linux console-input=linux");
+        m.modules[0].args = "name=dom0 mem=64M".into();
+        assert_eq!(m.with_console_input("2").modules[0].args, "name=dom0 mem=64M -- console-input=2");
     }
 
     proptest::proptest! {

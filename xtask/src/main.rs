@@ -77,7 +77,7 @@ fn run(args: &[String]) -> Result<ExitCode> {
                 // Debian's cloud kernel with our initramfs and a disk of its own, next to the
                 // demo domU; its init leaves a busybox shell on its console.
                 let guest = xtask::linux::prepare("run", xtask::linux::Role::DomU { shell: true })?;
-                m = m.with_linux_domu(&guest, "linux", "256M");
+                m = m.with_linux_domu(&guest, "linux", "256M").with_console_input("linux");
                 println!(
                     "Linux domU: {} ({}), disk {}",
                     guest.kernel.release,

@@ -3,7 +3,7 @@
 
 use crate::kernels::Kernels;
 use crate::Result;
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -254,32 +254,48 @@ impl Machine {
 
     /// Runs the machine to its end or `deadline`, collecting the serial log.
     pub fn run(&self, deadline: Duration) -> Result<Run> {
-        self.run_inner(deadline, None, |_| {})
+        self.run_inner(deadline, None, false, |_| None)
     }
 
     /// As [`Machine::run`], and with `watch = Some((needle, quiet))` also stops the machine
     /// (as a timeout) once `quiet` has passed without a line containing `needle` since the
     /// start or the last such line; the log then ends with [`STALL_LINE`] and the needle.
     pub fn run_watched(&self, deadline: Duration, watch: Option<(&str, Duration)>) -> Result<Run> {
-        self.run_inner(deadline, watch, |_| {})
+        self.run_inner(deadline, watch, false, |_| None)
     }
 
     /// [`run`](Self::run), handing each serial line to `on_line` as it arrives (so a test can
     /// start talking to a guest once it says it is ready).
-    pub fn run_watching(&self, deadline: Duration, on_line: impl FnMut(&str)) -> Result<Run> {
-        self.run_inner(deadline, None, on_line)
+    pub fn run_watching(&self, deadline: Duration, mut on_line: impl FnMut(&str)) -> Result<Run> {
+        self.run_inner(deadline, None, false, |l| {
+            on_line(l);
+            None
+        })
+    }
+
+    /// [`run_watching`](Self::run_watching) where `on_line` may answer a line with bytes to
+    /// type on the serial line (QEMU's stdin), as a person at the console would.
+    pub fn run_typing(
+        &self,
+        deadline: Duration,
+        on_line: impl FnMut(&str) -> Option<Vec<u8>>,
+    ) -> Result<Run> {
+        self.run_inner(deadline, None, true, on_line)
     }
 
     fn run_inner(
         &self,
         deadline: Duration,
         watch: Option<(&str, Duration)>,
-        mut on_line: impl FnMut(&str),
+        typing: bool,
+        mut on_line: impl FnMut(&str) -> Option<Vec<u8>>,
     ) -> Result<Run> {
         ensure_qemu()?;
         let mut cmd = self.command();
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(if typing { Stdio::piped() } else { Stdio::null() });
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
         let mut child = cmd.spawn().map_err(|e| format!("cannot start {QEMU}: {e}"))?;
+        let mut stdin = child.stdin.take();
         let (tx, rx) = mpsc::channel();
         let stdout = child.stdout.take().expect("stdout is piped");
         let reader = std::thread::spawn(move || {
@@ -310,7 +326,12 @@ impl Machine {
                             let _ = child.kill();
                         }
                     }
-                    on_line(&line);
+                    if let Some(typed) = on_line(&line) {
+                        // A QEMU that stopped reading has ended: its status says how.
+                        if let Some(i) = stdin.as_mut() {
+                            let _ = i.write_all(&typed).and_then(|_| i.flush());
+                        }
+                    }
                     log.push(line);
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,

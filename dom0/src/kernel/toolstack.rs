@@ -189,7 +189,8 @@ impl Toolstack {
                 }
                 return;
             }
-            let deadline = time::now_ns().saturating_add(RECHECK_NS);
+            let wait = self.services.poll_every_ns().map_or(RECHECK_NS, |p| p.min(RECHECK_NS));
+            let deadline = time::now_ns().saturating_add(wait);
             let woke = events::block_until(
                 || EXC.load(Ordering::SeqCst) || self.services.has_work(),
                 Some(deadline),

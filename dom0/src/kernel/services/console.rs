@@ -4,8 +4,10 @@
 //! safe and bounds each drain), and the backend walks the XenBus handshake with the domain's
 //! console frontend (InitWait → frontend Connected → backend Connected).
 //!
-//! Option: `conin=<domid>:<text>` pushes `<text>` (underscores as spaces) and a newline into
-//! that domain's console input once its ring is served.
+//! Options: `conin=<domid>:<text>` pushes `<text>` (underscores as spaces) and a newline into
+//! that domain's console input once its ring is served. `console-input=<name|id>` gives that
+//! domain what is typed on the machine's serial line, as `xl console` would (dom0 reads it
+//! with `CONSOLEIO_read` every [`INPUT_POLL_NS`]; the hypervisor raises no event for it).
 
 use super::xenstored::served;
 use super::{BuiltRing, DomainInfo, Service};
@@ -27,7 +29,7 @@ use pv_guest_kernel::split;
 use pv_guest_kernel::split::kernel::{KernelOps, PENDING};
 use pv_guest_kernel::split::EventOps;
 use pv_guest_kernel::xenbus::state::{Role, XenbusDevice};
-use pv_guest_kernel::{cmdline, events, println};
+use pv_guest_kernel::{cmdline, events, hypercall, println};
 
 /// One domain's console.
 struct Console {
@@ -46,7 +48,16 @@ pub struct ConsoleBackend {
     ports: BTreeMap<Port, DomId>,
     /// `conin=`: console input for one domain.
     input: Option<(DomId, Vec<u8>)>,
+    /// `console-input=`: the domain (name or id) the serial line's input goes to, once it
+    /// is served, and bytes read for it that its ring had no room for yet.
+    live: Option<String>,
+    live_id: Option<DomId>,
+    live_pending: Vec<u8>,
 }
+
+/// How often the serial line is read while a domain takes its input (typing feels immediate,
+/// and an idle dom0 wakes 50 times a second only when asked to).
+pub const INPUT_POLL_NS: u64 = 20_000_000;
 
 fn print_line(name: &str) -> impl Fn(&str) + '_ {
     move |line: &str| println!("[{name}] {line}")
@@ -59,6 +70,9 @@ impl ConsoleBackend {
             consoles: BTreeMap::new(),
             ports: BTreeMap::new(),
             input: cmdline::get(cmd, "conin").and_then(console_backend::parse_console_input),
+            live: cmdline::get(cmd, "console-input").map(String::from),
+            live_id: None,
+            live_pending: Vec::new(),
         }
     }
 
@@ -90,6 +104,29 @@ impl ConsoleBackend {
             }
         }
         Ok(c)
+    }
+
+    /// Moves what was typed on the serial line into the live domain's console input; true
+    /// if anything moved. Bytes its ring has no room for wait here (the serial line's FIFO
+    /// then holds the rest: nothing typed is dropped).
+    fn forward_input(&mut self) -> bool {
+        let Some(c) = self.live_id.and_then(|id| self.consoles.get(&id)) else { return false };
+        if self.live_pending.is_empty() {
+            let mut buf = [0u8; 256];
+            match hypercall::console_read(&mut buf) {
+                Ok(n) => self.live_pending.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+        if self.live_pending.is_empty() {
+            return false;
+        }
+        let n = console_backend::push_input(&c.page.page(), &self.live_pending);
+        self.live_pending.drain(..n);
+        if n > 0 {
+            let _ = events::send(c.port);
+        }
+        n > 0
     }
 
     /// Drains a console's output; true if anything was taken.
@@ -129,6 +166,14 @@ impl Service for ConsoleBackend {
             Some(ring) => match self.attach(d, ring) {
                 Ok(c) => {
                     let how = c.page.how;
+                    if self.live.as_deref().is_some_and(|w| dom0::domains::names(w, &d.name, d.id)) {
+                        self.live_id = Some(d.id);
+                        self.live_pending.clear();
+                        println!(
+                            "dom0: d{} ({}) takes the serial console's input (leave it with `poweroff -f` in the guest, or end QEMU with Ctrl-C)",
+                            d.id.0, d.name
+                        );
+                    }
                     self.ports.insert(c.port, d.id);
                     self.consoles.insert(d.id, c);
                     Some(how)
@@ -146,6 +191,9 @@ impl Service for ConsoleBackend {
     /// Its last words first (they were written before it shut down), then the ring goes.
     fn domain_gone(&mut self, id: DomId) {
         let Some(mut c) = self.consoles.remove(&id) else { return };
+        if self.live_id == Some(id) {
+            self.live_id = None;
+        }
         let emit = print_line(&c.name);
         // The ring holds at most 2 KiB, so one drain empties it; the bound is for safety.
         for _ in 0..4 {
@@ -174,6 +222,10 @@ impl Service for ConsoleBackend {
             moved = true;
             self.handshake(id);
         }
-        moved
+        moved | self.forward_input()
+    }
+
+    fn poll_every_ns(&self) -> Option<u64> {
+        self.live_id.map(|_| INPUT_POLL_NS)
     }
 }

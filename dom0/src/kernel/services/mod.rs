@@ -88,6 +88,11 @@ pub trait Service {
     fn report(&self) -> Option<String> {
         None
     }
+    /// How often the service must be polled though no event came (work the hypervisor
+    /// raises no event for), if at all.
+    fn poll_every_ns(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Every service, in the order they were added (news reaches them in that order).
@@ -135,6 +140,11 @@ impl Services {
     /// True if something waits without an event.
     pub fn has_work(&self) -> bool {
         PENDING.any() || self.list.iter().any(|s| s.has_work())
+    }
+
+    /// The shortest interval a service must be polled at, if any needs it.
+    pub fn poll_every_ns(&self) -> Option<u64> {
+        self.list.iter().filter_map(|s| s.poll_every_ns()).min()
     }
 
     /// The services' closing figures.
