@@ -83,7 +83,9 @@ pub fn set_ldt<P: Platform>(hv: &mut Hypervisor<P>, base: u64, entries: u32) {
     let nr_frames = (entries as usize).div_ceil(ENTRIES_PER_FRAME);
     let mut frames = GdtFrames::new();
     for i in 0..nr_frames as u64 {
-        let va = base + i * PAGE_SIZE as u64;
+        // An LDT may start in the last page of the address space (Xen checks only the base):
+        // it ends where the address space does.
+        let Some(va) = base.checked_add(i * PAGE_SIZE as u64) else { break };
         let Ok(ma) = hv.guest().translate(va, crate::guest_mem::Access::Read) else { break };
         let f = Mfn::containing(ma);
         if frames.is_full() || get_seg_desc_frame(hv, f).is_err() {

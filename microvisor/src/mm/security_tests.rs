@@ -406,6 +406,44 @@ fn a_pin_storm_multicall_continues_in_bounded_steps() {
     audit(&hv);
 }
 
+/// An LDT whose base is the last page of the address space (Xen checks only the base's
+/// alignment and range), mapped, with more than one page of entries: computing the second page's
+/// address overflowed, which stopped the machine (`overflow-checks`). It ends where the address
+/// space does: one page of descriptors is loaded.
+#[test]
+fn an_ldt_at_the_top_of_the_address_space_ends_there() {
+    use crate::guest_mem::Access;
+    use crate::loader::elf::testelf::BASE;
+    use crate::mm::pte::{make, PRESENT, RW, USER};
+    const TOP: u64 = 0xffff_ffff_ffff_f000;
+    let mut hv = two_domains();
+    run_as(&mut hv, DOMU);
+    // Three of the domain's frames: an L2 and an L1 mapping the third, read-only, at TOP,
+    // hooked into the kernel's L3 (which maps the kernel, at BASE, in L4 slot 511 too).
+    let vas: Vec<u64> = (0..3).map(|i| BASE + 0x31_0000 + i * 0x1000).collect();
+    let frames: Vec<Mfn> =
+        vas.iter().map(|&va| Mfn::containing(hv.guest().translate(va, Access::Write).unwrap())).collect();
+    for &va in &vas {
+        hv.guest().write(va, &[0u8; 4096]).unwrap();
+    }
+    hv.guest().write_obj(vas[0] + 511 * 8, &make(frames[1], PRESENT | RW | USER)).unwrap();
+    hv.guest().write_obj(vas[1] + 511 * 8, &make(frames[2], PRESENT | USER)).unwrap();
+    for (&va, &f) in vas.iter().zip(&frames) {
+        assert_eq!(call(&mut hv, nr::UPDATE_VA_MAPPING, [va, make(f, PRESENT | USER), 2, 0, 0]), 0);
+    }
+    let l4 = hv.cur_vcpu().kernel_l4;
+    let l3 = crate::mm::pte::mfn(hv.mem().read_pte(l4, 511));
+    assert_eq!(hv.mem().read_pte(l3, 511), 0, "the test kernel leaves the last 1 GiB empty");
+    assert_eq!(mmu_update(&mut hv, l3, 511, make(frames[0], PRESENT | RW | USER)), 0);
+    assert_eq!(Mfn::containing(hv.guest().translate(TOP, Access::Read).unwrap()), frames[2]);
+    let op = MmuextOp { cmd: mmuext::SET_LDT, _pad: 0, arg1: TOP, arg2: 8192 };
+    hv.guest().write_obj(SCRATCH_VA, &op).unwrap();
+    assert_eq!(call(&mut hv, nr::MMUEXT_OP, [SCRATCH_VA, 1, 0, u64::from(DomId::SELF.0), 0]), 0);
+    assert_eq!(hv.cur_vcpu().ldt.len(), 512);
+    assert_eq!(hv.cur_vcpu().ldt_frames[..], [frames[2]]);
+    audit(&hv);
+}
+
 /// `MMUEXT_SET_LDT` loads a real LDT (it used to return success and do nothing): the pages
 /// become descriptor pages whose descriptors are checked as Xen's `check_descriptor` (DPL
 /// raised to 3, gates refused), `update_descriptor` refreshes the loaded copy, an LDT page
