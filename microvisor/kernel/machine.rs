@@ -38,6 +38,9 @@ impl Platform for Machine {
     fn live_segment_bases(&self, vcpu: microvisor::sched::VcpuRef) -> Option<(u64, u64)> {
         crate::arch::x86_64::sync::live_segment_bases(vcpu)
     }
+    fn live_data_selectors(&self, vcpu: microvisor::sched::VcpuRef) -> Option<[u16; 4]> {
+        crate::arch::x86_64::sync::live_data_selectors(vcpu)
+    }
     fn rdmsr_safe(&self, msr: u32) -> Option<u64> {
         crate::arch::x86_64::probe::rdmsr_safe(msr)
     }

@@ -90,6 +90,10 @@ pub struct HwState {
     pub debug_generation: u64,
     /// The vCPU's `MSR_TSC_AUX` (loaded where the CPU has one).
     pub tsc_aux: u32,
+    /// The `%ds`, `%es`, `%fs`, `%gs` selectors to load when the vCPU comes onto the CPU (its
+    /// saved ones; 0 for any its descriptor tables no longer let ring 0 load, see
+    /// `traps::data_selector_loads`). The FS and GS bases are written after them.
+    pub data_sels: [u16; 4],
 }
 
 /// What a hypercall made with nothing but registers hands back to the arch layer
@@ -731,6 +735,7 @@ impl<P: Platform> Hypervisor<P> {
             dr7: if v.arch.debug.active() { v.arch.debug.dr7 } else { 0 },
             debug_generation: v.arch.debug_generation,
             tsc_aux: v.arch.tsc_aux,
+            data_sels: v.data_sels.map(|s| if traps::data_selector_loads(&v.gdt, &v.ldt, s) { s } else { 0 }),
         }
     }
 
@@ -914,8 +919,12 @@ impl<P: Platform> Hypervisor<P> {
     fn switch_to(&mut self, frame: &mut GuestFrame, prev: Option<VcpuRef>, next: Option<VcpuRef>, now: u64) {
         if let Some(p) = prev {
             self.refresh_segment_bases(p);
+            let sels = self.plat.live_data_selectors(p);
             if let Some(v) = self.domains.get_mut(&p.domid).and_then(|d| d.vcpu_mut(p.vcpu)) {
                 v.frame = *frame;
+                if let Some(s) = sels {
+                    v.data_sels = s;
+                }
                 v.runstate.leave_cpu(v.state, now);
                 if v.runstate_area.is_some() {
                     self.publish_runstate(p);

@@ -45,6 +45,11 @@ pub trait Platform {
     /// Copies `data` to guest virtual address `va` through the MMU, as
     /// [`Platform::copy_from_guest`]; a read-only mapping at any level faults.
     fn copy_to_guest(&self, l4: Mfn, va: GuestRange, data: &[u8]) -> Option<Result<(), Errno>>;
+    /// The `%ds`, `%es`, `%fs` and `%gs` selectors in the CPU, if it holds `vcpu`'s (None
+    /// otherwise, or where there is no CPU): the guest loads them itself.
+    fn live_data_selectors(&self, _vcpu: crate::sched::VcpuRef) -> Option<[u16; 4]> {
+        None
+    }
     /// A byte typed on the hypervisor console, if any.
     fn console_read(&mut self) -> Option<u8> {
         None

@@ -206,20 +206,47 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     Ok(())
 }
 
+/// Descriptor bits the selector checks read.
+mod desc {
+    pub const TI_LDT: u16 = 1 << 2;
+    pub const PRESENT: u64 = 1 << 47;
+    pub const S: u64 = 1 << 44;
+    pub const EXEC: u64 = 1 << 43;
+    pub const WRITABLE: u64 = 1 << 41;
+    pub const L: u64 = 1 << 53;
+    pub const DB: u64 = 1 << 54;
+    pub const G: u64 = 1 << 55;
+}
+
+/// The descriptor `sel` names in the vCPU's validated GDT copy `gdt` or LDT copy `ldt` (what
+/// the arch layer loads; entries beyond them are not present), `None` for a null selector or
+/// one beyond the table.
+fn descriptor(gdt: &[u64], ldt: &[u64], sel: u16) -> Option<u64> {
+    let idx = usize::from(sel >> 3);
+    if sel & desc::TI_LDT != 0 {
+        ldt.get(idx).copied()
+    } else if idx != 0 {
+        gdt.get(idx).copied()
+    } else {
+        None
+    }
+}
+
+/// True if `iretq` to ring 3 accepts guest descriptor `d` (DPL already 3) as a code segment
+/// (`code`: present, executable, not L and D together) or as a stack (present writable data).
+fn usable(d: u64, code: bool) -> bool {
+    use desc::*;
+    d & (PRESENT | S) == PRESENT | S
+        && if code { d & EXEC != 0 && d & (L | DB) != L | DB } else { d & (EXEC | WRITABLE) == WRITABLE }
+}
+
 /// Accepts the selectors an `iretq` can load without faulting (RPL already forced to 3): Xen's
 /// flat ones, and those of the vCPU's own validated GDT (`gdt`, DPL already 3) that name a
 /// present code segment (64-bit or 32-bit) for `code`, or a present writable data segment for
 /// a stack. Linux returns to user mode on its own `__USER_CS`/`__USER_DS` (0x33/0x2b). Xen
 /// lets the hardware `iretq` decide and fixes up the fault; here nothing may fault in ring 0,
-/// so LDT selectors (not loaded for guests) and anything else are refused.
+/// so LDT selectors and anything else are refused.
 pub(crate) fn check_selector(gdt: &[u64], sel: u16, code: bool) -> Option<u16> {
-    const TI_LDT: u16 = 1 << 2;
-    const PRESENT: u64 = 1 << 47;
-    const S: u64 = 1 << 44;
-    const EXEC: u64 = 1 << 43;
-    const WRITABLE: u64 = 1 << 41;
-    const L: u64 = 1 << 53;
-    const DB: u64 = 1 << 54;
     let flat = if code {
         sel == FLAT_RING3_CS64 || sel == FLAT_RING3_CS32
     } else {
@@ -228,13 +255,54 @@ pub(crate) fn check_selector(gdt: &[u64], sel: u16, code: bool) -> Option<u16> {
     if flat {
         return Some(if sel == 3 { FLAT_RING3_DS32 } else { sel });
     }
-    let d = match gdt.get(usize::from(sel >> 3)) {
-        Some(&d) if sel & TI_LDT == 0 && sel >> 3 != 0 => d,
-        _ => return None,
-    };
-    let ok = d & (PRESENT | S) == PRESENT | S
-        && if code { d & EXEC != 0 && d & (L | DB) != L | DB } else { d & (EXEC | WRITABLE) == WRITABLE };
+    let ok = sel & desc::TI_LDT == 0 && descriptor(gdt, &[], sel).is_some_and(|d| usable(d, code));
     ok.then_some(sel)
+}
+
+/// True if ring 0 can load `sel` into a data segment register (`%ds`, `%es`, `%fs`, `%gs`)
+/// without faulting, with the vCPU's descriptor tables (`gdt`, `ldt`, DPL already 3) loaded: a
+/// null selector, Xen's flat ones, or a present data or readable code segment in either
+/// table. A selector the guest loaded may have stopped loading since (a sibling vCPU's
+/// `update_descriptor`, its own `set_gdt`); it is then loaded as null, where Xen would call the
+/// failsafe callback.
+pub fn data_selector_loads(gdt: &[u64], ldt: &[u64], sel: u16) -> bool {
+    const READABLE: u64 = 1 << 41;
+    if sel & !3 == 0 || [FLAT_RING3_CS32, FLAT_RING3_DS32, FLAT_RING3_CS64].contains(&(sel | 3)) {
+        return true;
+    }
+    descriptor(gdt, ldt, sel).is_some_and(|d| {
+        d & (desc::PRESENT | desc::S) == desc::PRESENT | desc::S && (d & desc::EXEC == 0 || d & READABLE != 0)
+    })
+}
+
+/// True if the `iretq` that returns to `frame` cannot fault in ring 0 with the descriptor
+/// tables the vCPU will run on (`gdt`, `ldt`): a canonical RIP, a code selector and a stack
+/// selector of ring 3 that load (flat, or present and of the right kind in either table — a
+/// sibling vCPU's `update_descriptor` may have changed the one a preempted vCPU runs on), and
+/// a RIP within the code segment's limit when it is not 64-bit code (the CPU checks it there).
+pub(crate) fn frame_returnable(gdt: &[u64], ldt: &[u64], frame: &GuestFrame) -> bool {
+    let (cs, ss) = (frame.cs as u16, frame.ss as u16);
+    if cs & 3 != 3 || ss & 3 != 3 || !is_canonical(frame.rip) {
+        return false;
+    }
+    let limit = match cs {
+        FLAT_RING3_CS64 => u64::MAX,
+        FLAT_RING3_CS32 => u64::from(u32::MAX),
+        _ => match descriptor(gdt, ldt, cs) {
+            Some(d) if usable(d, true) && d & desc::L != 0 => u64::MAX,
+            Some(d) if usable(d, true) => {
+                let raw = (d & 0xffff) | ((d >> 32) & 0xf_0000);
+                if d & desc::G != 0 {
+                    (raw << 12) | 0xfff
+                } else {
+                    raw
+                }
+            }
+            _ => return false,
+        },
+    };
+    let stack = ss == FLAT_RING3_DS32 || descriptor(gdt, ldt, ss).is_some_and(|d| usable(d, false));
+    frame.rip <= limit && stack
 }
 
 /// A `syscall` that is not a hypercall (Xen's `switch_to_kernel`): one from guest user mode,
@@ -263,11 +331,16 @@ pub fn guest_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// the guest gets the same #GP(0) without the ring-0 fault. Every path that sets a guest's RIP
 /// (emulation advancing past an instruction, `iret`, a `syscall` at the top of the lower half,
 /// a vCPU's saved frame) therefore ends here rather than checking on its own.
+///
+/// The same holds for the selectors and, in 32-bit code, the segment limit: an `iretq` whose
+/// code or stack selector no longer loads, or whose RIP is beyond its code segment's limit,
+/// faults in ring 0 too, and the guest gets the same #GP(0) instead ([`frame_returnable`]).
 pub fn check_return_rip<P: Platform>(
     hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
 ) -> Result<(), BounceError> {
-    if is_canonical(frame.rip) {
+    let v = hv.cur_vcpu();
+    if frame_returnable(&v.gdt, &v.ldt, frame) {
         return Ok(());
     }
     bounce_exception(hv, frame, vector::GP, Some(0))

@@ -80,6 +80,75 @@ proptest! {
     }
 }
 
+/// The `iretq` back to a guest faults in ring 0 (and stopped the machine) when its RIP is
+/// beyond a 32-bit code segment's limit, or when its code or stack selector no longer loads:
+/// a sibling vCPU's `update_descriptor` rewrites the GDT entry a preempted vCPU runs on (the
+/// copy every vCPU of the domain loads). The guest gets #GP(0) there instead, as Xen's fixup
+/// of a faulting `iretq` gives it.
+#[test]
+fn a_frame_iretq_would_fault_on_is_the_guests_gp() {
+    use hypercall_abi::xen::FLAT_RING3_DS32;
+    let returns = |hv: &mut TestHv, f: &mut GuestFrame| {
+        let rip = f.rip;
+        assert!(matches!(hv.resume(f), Resume::Guest(_)));
+        (f.rip != GP_HANDLER).then_some(rip)
+    };
+    let mut hv = two_domains();
+    set_trap(&mut hv, vector::GP, GP_HANDLER);
+    let frame32 = |rip, cs, ss| GuestFrame { cs, ss, ..kernel_frame(rip) };
+    // The flat 32-bit code segment ends at 4 GiB.
+    let flat = u64::from(FLAT_RING3_CS32);
+    let ds = u64::from(FLAT_RING3_DS32);
+    assert_eq!(returns(&mut hv, &mut frame32(0xffff_fff0, flat, ds)), Some(0xffff_fff0));
+    let mut f = frame32(1 << 32, flat, ds);
+    assert_eq!(returns(&mut hv, &mut f), None, "beyond 4 GiB in 32-bit code");
+    assert_eq!(bounce_words(&hv, &f, 8)[2..4], [0, 1 << 32], "#GP(0) at that RIP");
+    // The guest's own 32-bit code segment (limit 0xfff, byte granular) and stack segment.
+    hv.cur_vcpu_mut().gdt = vec![0, 0x0000_fb00_0000_0fff, 0x00cf_f300_0000_ffff];
+    assert_eq!(returns(&mut hv, &mut frame32(0xfff, 0x0b, 0x13)), Some(0xfff));
+    assert_eq!(returns(&mut hv, &mut frame32(0x1000, 0x0b, 0x13)), None, "beyond its limit");
+    // A sibling made the code segment not present, the stack read-only, or the table shorter.
+    hv.cur_vcpu_mut().gdt[1] &= !(1 << 47);
+    assert_eq!(returns(&mut hv, &mut frame32(0x10, 0x0b, 0x13)), None, "code not present");
+    hv.cur_vcpu_mut().gdt = vec![0, 0x0000_fb00_0000_0fff, 0x00cf_f100_0000_ffff];
+    assert_eq!(returns(&mut hv, &mut frame32(0x10, 0x0b, 0x13)), None, "read-only stack");
+    hv.cur_vcpu_mut().gdt.truncate(2);
+    assert_eq!(returns(&mut hv, &mut frame32(0x10, 0x0b, 0x13)), None, "stack beyond the GDT");
+    // Code and stack segments of the vCPU's LDT load too.
+    hv.cur_vcpu_mut().ldt = vec![0x00af_fb00_0000_ffff, 0x00cf_f300_0000_ffff];
+    assert_eq!(returns(&mut hv, &mut frame32(0x40_0000, 0x07, 0x0f)), Some(0x40_0000));
+    hv.cur_vcpu_mut().ldt.clear();
+    assert_eq!(returns(&mut hv, &mut frame32(0x40_0000, 0x07, 0x0f)), None, "LDT gone");
+}
+
+/// The selectors a vCPU takes back onto the CPU are the ones it left with, as long as ring 0
+/// can still load them with its descriptor tables; any other (its descriptor made not present,
+/// a system descriptor, execute-only code, beyond the table) goes in as null.
+#[test]
+fn a_vcpu_gets_its_own_data_selectors_back_when_they_still_load() {
+    use hypercall_abi::xen::FLAT_RING3_DS32;
+    let gdt = [
+        0,
+        0x00cf_fb00_0000_ffff, // 0x0b: readable 32-bit code
+        0x00cf_f300_0000_ffff, // 0x13: data
+        0x00cf_f800_0000_ffff, // 0x1b: execute-only code
+        0x00cf_7300_0000_ffff, // 0x23: data, not present
+        0x0000_e900_0000_0067, // 0x2b: a system descriptor
+    ];
+    let ldt = [0x00cf_f300_0000_ffff];
+    let loads = |sel| traps::data_selector_loads(&gdt, &ldt, sel);
+    for sel in [0, 1, 3, 0x0b, 0x13, 0x10, 0x07, FLAT_RING3_DS32, FLAT_RING3_CS32, 0xe030] {
+        assert!(loads(sel), "{sel:#x} loads");
+    }
+    for sel in [0x1b, 0x23, 0x2b, 0x33, 0x0f, 0xe008, 0xe010, 0xe040, 0xe02f] {
+        assert!(!loads(sel), "{sel:#x} must not be loaded");
+    }
+    let mut hv = two_domains();
+    hv.cur_vcpu_mut().gdt = gdt.to_vec();
+    hv.cur_vcpu_mut().data_sels = [0x13, 0x23, FLAT_RING3_DS32, 0x1b];
+    assert_eq!(crate::testkit::exit_work(&mut hv).hw.data_sels, [0x13, 0, FLAT_RING3_DS32, 0]);
+}
+
 fn compat_syscall_frame(rip_after: u64) -> GuestFrame {
     GuestFrame {
         rip: rip_after,

@@ -258,6 +258,10 @@ pub struct Vcpu {
     pub fs_base: u64,
     pub gs_base_kernel: u64,
     pub gs_base_user: u64,
+    /// The guest's `%ds`, `%es`, `%fs` and `%gs` selectors as the CPU held them when the vCPU
+    /// last left it (Xen's `save_segments`); loaded again when it returns, so no domain sees
+    /// another's selectors or their hidden descriptors (bases and limits in 32-bit code).
+    pub data_sels: [u16; 4],
     /// Absolute system time (ns) of the `set_timer_op` / singleshot timer, if armed. Changed
     /// only through `Hypervisor::set_vcpu_timer`, which keeps the earliest deadline cached.
     timer_deadline: Option<u64>,
@@ -316,6 +320,7 @@ impl Vcpu {
             fs_base: 0,
             gs_base_kernel: 0,
             gs_base_user: 0,
+            data_sels: [0; 4],
             timer_deadline: None,
             virq_timer_port: None,
             fpu_ts: false,

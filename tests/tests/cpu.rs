@@ -3,7 +3,7 @@
 //! crash report. Each guest check is a structured `RESULT <scenario> <check>=<value>` line,
 //! compared in the guest with Xen 4.17's value.
 
-use tests::{all_results_ok, boot, kernels, Machine, Outcome, RunExt};
+use tests::{all_results_ok, boot, kernels, Machine, Module, Outcome, RunExt};
 
 fn scenario_agrees_with_xen(scenario: &str) {
     let k = kernels();
@@ -56,6 +56,20 @@ fn cli_sti_and_port_io_follow_the_virtual_iopl_as_on_xen() {
 #[test]
 fn segment_bases_the_guest_zeroed_by_loading_a_selector_are_written_again_as_on_xen() {
     scenario_agrees_with_xen("segbase");
+}
+
+/// Two domains taking turns on the CPU each keep their own `%ds`/`%es` (the hypervisor left
+/// them in the CPU across vCPU switches, so each ran with the other's, hidden descriptor and
+/// all); Xen saves and reloads them with the vCPU.
+#[test]
+fn data_segment_selectors_stay_with_their_vcpu_across_domain_switches() {
+    let k = kernels();
+    let mut m = Machine::scenario(&k, "segsel role=a");
+    m.modules.push(Module::new(&k.testguest, "name=tg2 mem=32M -- scenario=segsel role=b"));
+    let run = boot(&m);
+    run.expect_outcome(Outcome::Poweroff).expect_no_line("FATAL").expect_no_line("crashed");
+    assert_eq!(run.lines_with("TEST segsel PASS").count(), 2, "{}", run.text());
+    all_results_ok(&run, "segsel");
 }
 
 #[test]

@@ -83,6 +83,7 @@ pub const SCENARIOS: &[Scenario] = &[
     sc("debugreg", "tests/tests/cpu.rs", |_| vcpu_state::debugreg()),
     sc("iopl", "tests/tests/cpu.rs", |_| vcpu_state::iopl()),
     sc("segbase", "tests/tests/cpu.rs", |_| vcpu_state::segbase()),
+    sc("segsel", "tests/tests/cpu.rs", |c| segsel::run(c.cmd)),
     sc("iret-to-self", "tests/tests/cpu.rs", |_| vcpu_state::iret_to_self()),
     sc("ptwr", "tests/tests/cpu.rs", |_| vcpu_state::ptwr()),
     sc("balloon", "tests/tests/balloon.rs", |c| balloon::run(c.si)),
@@ -317,6 +318,8 @@ mod results;
 mod ring_scribble;
 #[path = "testguest/rng.rs"]
 mod rng;
+#[path = "testguest/segsel.rs"]
+mod segsel;
 #[path = "testguest/softint.rs"]
 mod softint;
 #[path = "testguest/timing.rs"]

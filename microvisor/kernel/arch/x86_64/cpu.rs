@@ -160,6 +160,54 @@ pub unsafe fn write_cr4(v: u64) {
     unsafe { asm!("mov cr4, {}", in(reg) v, options(nostack, preserves_flags)) }
 }
 
+/// The data segment selectors in the CPU: `[%ds, %es, %fs, %gs]`.
+pub fn data_selectors() -> [u16; 4] {
+    let (ds, es, fs, gs): (u16, u16, u16, u16);
+    // SAFETY: reading segment selectors has no side effects.
+    unsafe {
+        asm!(
+            "mov {0:x}, ds",
+            "mov {1:x}, es",
+            "mov {2:x}, fs",
+            "mov {3:x}, gs",
+            out(reg) ds,
+            out(reg) es,
+            out(reg) fs,
+            out(reg) gs,
+            options(nomem, nostack, preserves_flags)
+        )
+    };
+    [ds, es, fs, gs]
+}
+
+/// Loads `sels` into `[%ds, %es, %fs, %gs]`, skipping a register whose selector is null both in
+/// the CPU (`now`) and in `sels` (its hidden part then matters to no one). Returns true if
+/// `%fs` or `%gs` was loaded, which replaced its base.
+///
+/// # Safety
+/// Each selector must load in ring 0 with the descriptor tables in the CPU: null, or a present
+/// data or readable code segment (`microvisor::traps::data_selector_loads`).
+pub unsafe fn load_data_selectors(sels: [u16; 4], now: [u16; 4]) -> bool {
+    let load = |i: usize| sels[i] & !3 != 0 || now[i] & !3 != 0;
+    // SAFETY: the caller guarantees each selector loads; 64-bit ring-0 code does not use the
+    // data segments (and its FS/GS bases are written again by the caller).
+    unsafe {
+        if load(0) {
+            asm!("mov ds, {0:x}", in(reg) sels[0], options(nostack, preserves_flags));
+        }
+        if load(1) {
+            asm!("mov es, {0:x}", in(reg) sels[1], options(nostack, preserves_flags));
+        }
+        if load(2) {
+            asm!("mov fs, {0:x}", in(reg) sels[2], options(nostack, preserves_flags));
+        }
+        if load(3) {
+            asm!("mov gs, {0:x}", in(reg) sels[3], options(nostack, preserves_flags));
+        }
+    }
+    load(2) || load(3)
+}
+
 /// Sets the guest-owned CR4 bits (`microvisor::cpu_state::HARDWARE_CR4_MASK`) to `bits`,
 /// keeping every other bit.
 pub fn set_guest_cr4(bits: u64) {

@@ -92,7 +92,8 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     let l = unsafe { LOADED.get_unchecked() };
     let hw = exit.hw;
     let mut flush = exit.flush;
-    if l.vcpu != Some(hw.vcpu) {
+    let switched = l.vcpu != Some(hw.vcpu);
+    if switched {
         if l.vcpu.map(|p| p.domid) != Some(hw.vcpu.domid) {
             // Guest user mappings are global (Xen's rule); none may leak to another domain.
             flush = Flush::All;
@@ -117,6 +118,17 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         l.ldt_len = entries.len();
     }
     l.gdt = gdt;
+    if switched {
+        // The outgoing vCPU's selectors were saved (`live_data_selectors`); the incoming
+        // one's go in after its GDT and LDT, and with them its FS and GS bases.
+        // SAFETY: the core keeps only selectors that load with these tables (null otherwise).
+        if unsafe { cpu::load_data_selectors(hw.data_sels, cpu::data_selectors()) } {
+            cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
+            cpu::wrmsr(cpu::msr::GS_BASE, hw.gs_base);
+            l.fs_base = hw.fs_base;
+            l.gs_base = hw.gs_base;
+        }
+    }
     if l.vcpu_info != hw.vcpu_info {
         // The fast path reads this word in place; make sure it is RAM.
         assert!(hw.vcpu_info >> 12 < hv.platform().mem.max_mfn.0 && hw.vcpu_info.is_multiple_of(8));
@@ -192,4 +204,10 @@ pub fn live_segment_bases(vcpu: microvisor::sched::VcpuRef) -> Option<(u64, u64)
         l.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
         Some((l.fs_base, l.gs_base))
     })
+}
+
+/// The data segment selectors in the CPU if it holds `vcpu`'s (the last exit synced it): the
+/// guest loads them itself, so the CPU is the truth until another vCPU comes on.
+pub fn live_data_selectors(vcpu: microvisor::sched::VcpuRef) -> Option<[u16; 4]> {
+    LOADED.with(|l| (l.vcpu == Some(vcpu)).then(cpu::data_selectors))
 }
