@@ -5,7 +5,7 @@
 use super::cpu_local::CpuLocal;
 use super::{apic, cpu, entry, paging::DirectMap};
 use crate::machine::Hv;
-use microvisor::hv::GuestExit;
+use microvisor::hv::{GuestExit, HwState};
 use microvisor::irq::IrqOp;
 use microvisor::mm::tlb::{self, Flush};
 
@@ -58,6 +58,10 @@ struct Loaded {
     dr7_armed: bool,
     /// The `MSR_TSC_AUX` in the CPU (0 after reset).
     tsc_aux: u32,
+    /// The hardware state of the last exit, once everything above was synced from it; `None`
+    /// when something since was read back from the CPU (the segment bases, which a guest
+    /// changes without the hypervisor seeing it), so the next exit compares field by field.
+    synced: Option<HwState>,
 }
 
 static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
@@ -77,6 +81,7 @@ static LOADED: CpuLocal<Loaded> = CpuLocal::new(Loaded {
     debug: None,
     dr7_armed: false,
     tsc_aux: 0,
+    synced: None,
 });
 
 /// Makes the CPU match the running vCPU and applies what the core handed over: page tables,
@@ -91,6 +96,15 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     // CPU: nothing else holds a reference to `LOADED`. (Unchecked: this runs on every slow exit.)
     let l = unsafe { LOADED.get_unchecked() };
     let hw = exit.hw;
+    // The common slow exit (an upcall, an `iret`, a trap) back to the vCPU it came from,
+    // with nothing changed: one comparison instead of one per piece of state.
+    if l.synced == Some(hw)
+        && exit.flush == Flush::None
+        && exit.irq.is_empty()
+        && exit.timer_deadline_ns == l.timer_deadline
+    {
+        return;
+    }
     let mut flush = exit.flush;
     let switched = l.vcpu != Some(hw.vcpu);
     if switched {
@@ -190,6 +204,7 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
         }
         l.timer_deadline = exit.timer_deadline_ns;
     }
+    l.synced = Some(hw);
 }
 
 /// The FS base and active GS base in the CPU if it holds `vcpu`'s (the last exit synced it),
@@ -202,6 +217,7 @@ pub fn live_segment_bases(vcpu: microvisor::sched::VcpuRef) -> Option<(u64, u64)
         }
         l.fs_base = cpu::rdmsr(cpu::msr::FS_BASE);
         l.gs_base = cpu::rdmsr(cpu::msr::GS_BASE);
+        l.synced = None;
         Some((l.fs_base, l.gs_base))
     })
 }
