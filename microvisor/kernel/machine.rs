@@ -242,13 +242,14 @@ fn debug_in_hypervisor(f: &mut GuestFrame) {
 /// Decides what runs next and returns once the live frame holds a guest to return to.
 fn exit_path(hv: &mut Hv, mut live: Live) {
     loop {
-        match hv.resume(live.frame()) {
+        // Matched by reference: the exit is read where `resume` wrote it, not moved out first.
+        match &hv.resume(live.frame()) {
             Resume::Guest(exit) => {
-                crate::arch::x86_64::sync::sync_hardware(hv, &exit);
+                crate::arch::x86_64::sync::sync_hardware(hv, exit);
                 return;
             }
             Resume::Idle => idle(hv),
-            Resume::Halt(code) => {
+            &Resume::Halt(code) => {
                 let _ = writeln!(SerialWriter, "(XEN) guest-copy faults={}", guest_copy::faults());
                 if let Some(trace) = hv.finish_trace() {
                     serial::write_raw(serial::COM2, trace);

@@ -874,11 +874,18 @@ impl<P: Platform> Hypervisor<P> {
                     frame.rip = frame.rip.wrapping_sub(2);
                 }
             }
-            let now = self.now_ns();
-            if core::mem::take(&mut self.exit.resched) || self.sched.must_pick(now) {
-                let next = self.sched.pick(now);
-                if next != prev {
-                    self.switch_to(frame, prev, next, now);
+            // The clock is read only when a pick may be due: asked for, the current vCPU
+            // stopped, or others wait (whose turn comes when the slice ends). Otherwise
+            // `must_pick` is false at any time, and the common exit (an upcall, an `iret` with
+            // nothing else to run) saves the TSC read and its scaling.
+            let resched = core::mem::take(&mut self.exit.resched);
+            if resched || !self.sched.current_runnable() || self.sched.queued() > 0 {
+                let now = self.now_ns();
+                if resched || self.sched.must_pick(now) {
+                    let next = self.sched.pick(now);
+                    if next != prev {
+                        self.switch_to(frame, prev, next, now);
+                    }
                 }
             }
             let Some(r) = self.sched.current() else { return Resume::Idle };
