@@ -171,19 +171,23 @@ pub fn deliver_event<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// The `iret` hypercall: return from a bounce frame (`struct iret_context` at the guest's
 /// stack pointer). Returns `Err` with a reason when the guest must be crashed.
 pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), &'static str> {
-    let ctx: IretContext = hv.guest().read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
+    // One look at the running vCPU for everything read before anything changes.
+    let v = hv.cur_vcpu();
+    let ctx: IretContext =
+        hv.guest_space(v.current_l4()).read_obj(frame.rsp).map_err(|_| "iret frame is not readable")?;
     let to_user = ctx.cs & 3 == 3;
-    let gdt = &hv.cur_vcpu().gdt;
-    let cs = check_selector(gdt, ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
-    let ss = check_selector(gdt, ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
+    let cs = check_selector(&v.gdt, ctx.cs as u16 | 3, true).ok_or("iret to a bad code selector")?;
+    let ss = check_selector(&v.gdt, ctx.ss as u16 | 3, false).ok_or("iret to a bad stack selector")?;
     // No check of the RIP here, as in Xen: a non-canonical one gets the guest #GP(0) on the
     // way out (`check_return_rip`), one in the hypervisor's hole a #PF when fetched in ring 3.
-    if to_user && hv.cur_vcpu().kernel_mode {
-        // As Xen: user mode runs only on a user base the guest installed, which holds its own
-        // references (aliasing the kernel base without one let the guest unpin a live L4).
-        if hv.cur_vcpu().user_l4.is_none() {
-            return Err("guest switching to user mode with no user page tables");
-        }
+    let toggle = to_user && v.kernel_mode;
+    // As Xen: user mode runs only on a user base the guest installed, which holds its own
+    // references (aliasing the kernel base without one let the guest unpin a live L4).
+    if toggle && v.user_l4.is_none() {
+        return Err("guest switching to user mode with no user page tables");
+    }
+    let info = v.info();
+    if toggle {
         toggle_guest_mode(hv);
     }
     if architectural_iopl(hv) {
@@ -202,7 +206,8 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     frame.rsp = ctx.rsp;
     frame.ss = u64::from(ss);
     let masked = ctx.rflags & rflags::IF == 0;
-    hv.cur_vcpu().info().set_upcall_mask(hv.mem(), masked);
+    // (The vCPU's `vcpu_info` is where it was before the mode toggle.)
+    info.set_upcall_mask(hv.mem(), masked);
     Ok(())
 }
 
