@@ -31,21 +31,25 @@ fn with_mmu<P: Platform, R>(
     f: impl FnOnce(&mut FrameTable, &P::Mem, &mut MmuCtx<'_>) -> (R, Flush),
 ) -> R {
     let r = hv.current();
-    let privileged = hv.cur_dom().privileged;
-    let (k, u) = (hv.cur_vcpu().kernel_l4, hv.cur_vcpu().user_l4);
-    let (m2p_base, max_mfn) = (hv.m2p_base, hv.frames.max_mfn());
-    let mem = hv.plat.mem();
+    // One look at the running domain and vCPU for the context and the write-back: the frame
+    // table, memory and domains are separate fields, borrowed side by side.
+    let Hypervisor { frames, plat, domains, m2p_base, .. } = &mut *hv;
+    let d = domains.get_mut(&r.domid).expect("running domain exists");
+    let privileged = d.privileged;
+    let v = d.vcpu_mut(r.vcpu).expect("running vCPU exists");
+    let (k, u) = (v.kernel_l4, v.user_l4);
+    let (m2p_base, max_mfn) = (*m2p_base, frames.max_mfn());
+    let mem = plat.mem();
     let mut m2p = |mfn, pfn| set_m2p(mem, m2p_base, max_mfn, mfn, pfn);
     let mut ctx = MmuCtx { domid: r.domid, privileged, kernel_l4: Some(k), user_l4: u, set_m2p: &mut m2p };
     // Page-table work is preemptible (XSA-45): bounded per call, inside a multicall per
     // multicall.
-    let started = hv.frames.begin_preemptible_at(|| hv.plat.tsc());
-    let (out, flush) = f(&mut hv.frames, mem, &mut ctx);
+    let started = frames.begin_preemptible_at(|| plat.tsc());
+    let (out, flush) = f(frames, mem, &mut ctx);
     if started {
-        hv.frames.end_preemptible_at(|| hv.plat.tsc());
+        frames.end_preemptible_at(|| plat.tsc());
     }
     let (nk, nu) = (ctx.kernel_l4, ctx.user_l4);
-    let v = hv.cur_vcpu_mut();
     if let Some(nk) = nk {
         v.kernel_l4 = nk;
     }
