@@ -46,6 +46,8 @@ use super::fuzz_mem::Mem;
 const PROGRESS: u64 = 10_000;
 /// Operations between resets of the page pool (unpin, unhook, writable again).
 const RESET_EVERY: u64 = 2_000;
+/// Operations between checks that the runtime's timer port is intact.
+const PORT_CHECK_EVERY: u64 = 50;
 /// Calls kept for the failure report.
 const RING: usize = 40;
 /// How much of a direct call's struct argument the oracles keep from before the call.
@@ -454,6 +456,12 @@ pub fn run(si: &StartInfo) {
         done += 1;
         if !f.fails.is_empty() {
             break;
+        }
+        if done % PORT_CHECK_EVERY == 0 {
+            f.check_timer_port(done - PORT_CHECK_EVERY);
+            if !f.fails.is_empty() {
+                break;
+            }
         }
         if done % RESET_EVERY == 0 {
             f.seq = done;

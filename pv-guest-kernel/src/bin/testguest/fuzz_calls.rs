@@ -9,14 +9,14 @@
 //! our own event channels, no watchdog) or with their effect put back afterwards.
 
 use super::fuzz::{restore, Fuzzer, PRE_BYTES};
-use super::fuzz_mem::{put_bytes, Use, AREA_VA, ARG_END, ARG_VA, PLAY_VA, RO_VA};
+use super::fuzz_mem::{put_bytes, Use, AREA_VA, ARG_END, ARG_VA, NO_L1_VA, PLAY_VA, RO_VA};
 use alloc::format;
 use alloc::vec::Vec;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
 use hypercall_abi::domctl::XenDomctl;
 use hypercall_abi::event_channel::{
-    op as evop, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindPirq, EvtchnBindVcpu,
-    EvtchnBindVirq, EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask,
+    evtchnstat, op as evop, EvtchnAllocUnbound, EvtchnBindInterdomain, EvtchnBindIpi, EvtchnBindPirq,
+    EvtchnBindVcpu, EvtchnBindVirq, EvtchnClose, EvtchnReset, EvtchnSend, EvtchnStatus, EvtchnUnmask,
 };
 use hypercall_abi::grant_table::{
     gntcopy, gntmap, gntst, gtf, op as gop, GnttabCopy, GnttabCopyPtr, GnttabMapGrantRef, GnttabQuerySize,
@@ -27,7 +27,7 @@ use hypercall_abi::memory::{op as memop, XenMemoryMap, XenMemoryReservation};
 use hypercall_abi::sched::{op as sop, SchedPoll, SchedRemoteShutdown, SchedShutdown};
 use hypercall_abi::vcpu::{op as vop, VcpuSetPeriodicTimer, VcpuSetSingleshotTimer};
 use hypercall_abi::xen::{
-    consoleio, segbase, vmasst, MulticallEntry, TrapInfo, FLAT_KERNEL_SS, FLAT_RING3_DS32,
+    consoleio, segbase, virq, vmasst, MulticallEntry, TrapInfo, FLAT_KERNEL_SS, FLAT_RING3_DS32,
 };
 use hypercall_abi::{DomId, GrantRef, Mfn, Port};
 use pv_guest_kernel::gnttab::GNTTAB_VA;
@@ -91,6 +91,37 @@ impl Fuzzer {
                 at
             }
             _ => self.arg(v),
+        }
+    }
+
+    /// The struct of a call that destroys what it names (a port closed, a domain's ports
+    /// reset): exactly `v`, or a pointer the hypervisor cannot read. Never a flipped byte or
+    /// readable memory of unknown contents (stale scratch, the M2P table): either can name
+    /// one of the runtime's ports (seed 20240601 closed our timer port through a stale
+    /// struct, and its next block never woke).
+    fn destructive_arg<T: IntoBytes + Immutable>(&mut self, v: &T) -> u64 {
+        let n = core::mem::size_of::<T>() as u64;
+        match self.rng.below(12) {
+            0 => self.unreadable_ptr(),
+            1 => {
+                // Straddling the end of the scratch pages: the read faults.
+                let at = ARG_END - self.rng.range(1, n.saturating_sub(1).max(1));
+                put_bytes(at, v.as_bytes());
+                at
+            }
+            _ => self.mem.put(v),
+        }
+    }
+
+    /// An address the hypervisor cannot read from: unmapped, non-canonical, or its own.
+    fn unreadable_ptr(&mut self) -> u64 {
+        match self.rng.below(4) {
+            0 => {
+                let unmapped = NO_L1_VA + self.rng.below(1 << 20);
+                self.rng.pick(&[0, 8, 0x1000, unmapped])
+            }
+            1 => self.rng.pick(&[1 << 63, 1 << 47, 0x8000_0000_0000 - 2, u64::MAX - 2]),
+            _ => self.rng.pick(&[0xffff_82d0_8020_0000, 0xffff_8300_0000_0000]) + self.rng.below(1 << 20),
         }
     }
 
@@ -170,8 +201,8 @@ impl Fuzzer {
                 self.arg_or_bad(&EvtchnBindIpi { vcpu, port: Port(0) }, true)
             }
             evop::CLOSE => match self.closable_port() {
-                Some(port) => self.arg_or_bad(&EvtchnClose { port }, false),
-                None => self.ptr_out(4),
+                Some(port) => self.destructive_arg(&EvtchnClose { port }),
+                None => self.unreadable_ptr(),
             },
             evop::SEND => {
                 let port = self.port();
@@ -197,7 +228,7 @@ impl Fuzzer {
                     d if d == DomId::SELF || d == self.me => DomId::DOM0,
                     d => d,
                 };
-                self.arg_or_bad(&EvtchnReset { dom }, false)
+                self.destructive_arg(&EvtchnReset { dom })
             }
             _ => self.ptr_out(16),
         };
@@ -1091,6 +1122,21 @@ impl Fuzzer {
         [u64::from(cmd), vcpu, arg, 0, 0]
     }
 
+    /// Oracle of our own restraint: the runtime's timer port is still bound to VIRQ_TIMER on
+    /// vCPU 0 (every wait for an event depends on it; a campaign that lost it would stall at
+    /// its next block, far from the call that did it).
+    pub fn check_timer_port(&mut self, since: u64) {
+        let Some(p) = pv_guest_kernel::time::timer_port() else { return };
+        let mut st = EvtchnStatus { dom: DomId::SELF, port: p, ..Default::default() };
+        let r = pv_guest_kernel::hypercall::event_channel_op(evop::STATUS, &mut st);
+        if r != 0 || st.status != evtchnstat::VIRQ || st.vcpu != 0 || st.u[..4] != virq::TIMER.to_le_bytes() {
+            self.fail(format!(
+                "the runtime's timer port {} is no longer VIRQ_TIMER (status {r}: {} vcpu {} {:?}) after operations {since}..={}",
+                p.0, st.status, st.vcpu, st.u, self.seq
+            ));
+        }
+    }
+
     fn sched_op_args(&mut self, ctx: Ctx) -> [u64; 5] {
         let e = self.rng.edgy();
         match self.rng.below(20) {
@@ -1194,6 +1240,8 @@ impl Fuzzer {
             1 => self.rng.range(60, 70),
             _ => self.rng.range(1, 8),
         };
+        let sz = core::mem::size_of::<MulticallEntry>() as u64;
+        let (array, floor) = self.mem.reserve(n * sz);
         let mut entries = Vec::new();
         for _ in 0..n {
             let (_, op, args) = if depth < 2 && self.rng.chance(1, 16) {
@@ -1207,6 +1255,7 @@ impl Fuzzer {
             e.args[5] = self.rng.edgy();
             entries.push(e);
         }
+        self.mem.release(floor);
         match self.rng.below(12) {
             0 => (self.rng.pick(&[0, 1 << 63, 0xffff_82d0_8020_0000, RO_VA]), n.max(1)),
             1 if !entries.is_empty() => {
@@ -1217,7 +1266,12 @@ impl Fuzzer {
                 (at, n)
             }
             _ => {
-                let at = if entries.is_empty() { RO_VA } else { self.put_slice(&entries) };
+                let at = if entries.is_empty() {
+                    RO_VA
+                } else {
+                    put_bytes(array, entries.as_bytes());
+                    array
+                };
                 let count = if self.rng.chance(1, 20) { n + self.rng.range(1, 4) } else { n };
                 (at, count)
             }
@@ -1235,7 +1289,12 @@ impl Fuzzer {
             for k in 0..count.min(70) {
                 if at + (k + 1) * sz <= ARG_END {
                     let e: MulticallEntry = self.mem.get(at + k * sz);
-                    pv_guest_kernel::println!("fuzz:    entry {k}: {}({:x?})", nr::name(e.op), &e.args[..5]);
+                    pv_guest_kernel::println!(
+                        "fuzz:    entry {k}: {}({:x?}) result {:#x}",
+                        nr::name(e.op),
+                        &e.args[..5],
+                        e.result
+                    );
                 }
             }
         }

@@ -79,6 +79,9 @@ pub(super) struct Mem {
     pub top: mm::Page,
     /// Bump allocator over the scratch pages, reset per operation.
     scratch_at: u64,
+    /// Where the scratch pages wrap to: above a multicall's entry array while its entries are
+    /// generated ([`Mem::reserve`]).
+    scratch_floor: u64,
 }
 
 /// Kinds of frame a generator asks for.
@@ -128,6 +131,7 @@ impl Mem {
             exec_data,
             top,
             scratch_at: 0,
+            scratch_floor: 0,
         };
         m.grant_frames = m.query_frames_again();
         Ok(m)
@@ -216,17 +220,37 @@ impl Mem {
     /// Starts a new operation's scratch allocations.
     pub fn scratch_reset(&mut self) {
         self.scratch_at = 0;
+        self.scratch_floor = 0;
     }
 
-    /// Room for `size` bytes in the scratch pages (wrapping when they are full).
+    /// Room for `size` bytes in the scratch pages (wrapping when they are full, to the floor
+    /// when there is room above it).
     pub fn scratch(&mut self, size: u64) -> u64 {
         let size = size.min(ARG_PAGES * 4096);
         if self.scratch_at + size > ARG_PAGES * 4096 {
-            self.scratch_at = 0;
+            self.scratch_at =
+                if self.scratch_floor + size <= ARG_PAGES * 4096 { self.scratch_floor } else { 0 };
         }
         let at = ARG_VA + self.scratch_at;
         self.scratch_at = (self.scratch_at + size + 15) & !15;
         at
+    }
+
+    /// Room for `size` bytes that later scratch allocations leave alone until
+    /// [`Mem::release`] with the returned floor: what a multicall's entries point the
+    /// hypervisor at (and it writes back through) must not land in the entry array itself.
+    /// Seed 20240601: an entry's `pdone` overlapped the next entry's address, which became
+    /// our scratch page's, and the multicall remapped the page holding its own entries.
+    pub fn reserve(&mut self, size: u64) -> (u64, u64) {
+        let at = self.scratch(size);
+        let old = self.scratch_floor;
+        self.scratch_floor = self.scratch_at;
+        (at, old)
+    }
+
+    /// Ends a [`Mem::reserve`].
+    pub fn release(&mut self, floor: u64) {
+        self.scratch_floor = floor;
     }
 
     /// Copies `v` into the scratch pages; returns its address.
