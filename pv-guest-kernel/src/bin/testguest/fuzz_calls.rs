@@ -1241,7 +1241,7 @@ impl Fuzzer {
             _ => self.rng.range(1, 8),
         };
         let sz = core::mem::size_of::<MulticallEntry>() as u64;
-        let (array, floor) = self.mem.reserve(n * sz);
+        let (array, no_wrap) = self.mem.reserve(n * sz);
         let mut entries = Vec::new();
         for _ in 0..n {
             let (_, op, args) = if depth < 2 && self.rng.chance(1, 16) {
@@ -1255,7 +1255,7 @@ impl Fuzzer {
             e.args[5] = self.rng.edgy();
             entries.push(e);
         }
-        self.mem.release(floor);
+        self.mem.release(no_wrap);
         match self.rng.below(12) {
             0 => (self.rng.pick(&[0, 1 << 63, 0xffff_82d0_8020_0000, RO_VA]), n.max(1)),
             1 if !entries.is_empty() => {

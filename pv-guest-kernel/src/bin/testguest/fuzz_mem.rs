@@ -79,9 +79,9 @@ pub(super) struct Mem {
     pub top: mm::Page,
     /// Bump allocator over the scratch pages, reset per operation.
     scratch_at: u64,
-    /// Where the scratch pages wrap to: above a multicall's entry array while its entries are
-    /// generated ([`Mem::reserve`]).
-    scratch_floor: u64,
+    /// While a multicall's entries are generated ([`Mem::reserve`]) the scratch pages do not
+    /// wrap: once they are full, the room handed out is past their end (unmapped).
+    no_wrap: bool,
 }
 
 /// Kinds of frame a generator asks for.
@@ -131,7 +131,7 @@ impl Mem {
             exec_data,
             top,
             scratch_at: 0,
-            scratch_floor: 0,
+            no_wrap: false,
         };
         m.grant_frames = m.query_frames_again();
         Ok(m)
@@ -220,37 +220,40 @@ impl Mem {
     /// Starts a new operation's scratch allocations.
     pub fn scratch_reset(&mut self) {
         self.scratch_at = 0;
-        self.scratch_floor = 0;
+        self.no_wrap = false;
     }
 
-    /// Room for `size` bytes in the scratch pages (wrapping when they are full, to the floor
-    /// when there is room above it).
+    /// Room for `size` bytes in the scratch pages (wrapping when they are full, unless a
+    /// multicall is being generated).
     pub fn scratch(&mut self, size: u64) -> u64 {
         let size = size.min(ARG_PAGES * 4096);
         if self.scratch_at + size > ARG_PAGES * 4096 {
-            self.scratch_at =
-                if self.scratch_floor + size <= ARG_PAGES * 4096 { self.scratch_floor } else { 0 };
+            if self.no_wrap {
+                return ARG_END;
+            }
+            self.scratch_at = 0;
         }
         let at = ARG_VA + self.scratch_at;
         self.scratch_at = (self.scratch_at + size + 15) & !15;
         at
     }
 
-    /// Room for `size` bytes that later scratch allocations leave alone until
-    /// [`Mem::release`] with the returned floor: what a multicall's entries point the
-    /// hypervisor at (and it writes back through) must not land in the entry array itself.
-    /// Seed 20240601: an entry's `pdone` overlapped the next entry's address, which became
-    /// our scratch page's, and the multicall remapped the page holding its own entries.
-    pub fn reserve(&mut self, size: u64) -> (u64, u64) {
+    /// Room for a multicall's entry array of `size` bytes, taken before its entries are
+    /// generated; until [`Mem::release`] the scratch pages do not wrap. The entries run one
+    /// after the other, so no entry may point the hypervisor (which writes back through the
+    /// pointers) at the array or at another entry's argument: with wrapping, seed 20240601
+    /// had an entry's `pdone` rewrite the next entry's address into our scratch page's, whose
+    /// `update_va_mapping` then remapped the page holding the entries, and trap tables
+    /// rewritten before their `set_trap_table` ran. Returns the array's place and the mode
+    /// to give back to `release`.
+    pub fn reserve(&mut self, size: u64) -> (u64, bool) {
         let at = self.scratch(size);
-        let old = self.scratch_floor;
-        self.scratch_floor = self.scratch_at;
-        (at, old)
+        (at, core::mem::replace(&mut self.no_wrap, true))
     }
 
     /// Ends a [`Mem::reserve`].
-    pub fn release(&mut self, floor: u64) {
-        self.scratch_floor = floor;
+    pub fn release(&mut self, no_wrap: bool) {
+        self.no_wrap = no_wrap;
     }
 
     /// Copies `v` into the scratch pages; returns its address.
