@@ -845,3 +845,29 @@ fn a_multicall_stops_after_the_call_that_ended_its_caller() {
     let after: [MulticallEntry; 2] = get(&hv);
     assert!(after.iter().all(|e| e.result == u64::from(crate::version::XEN_VERSION)));
 }
+
+/// Xen's register_guest_callback refuses a non-canonical address (`-EINVAL` from
+/// `CALLBACKOP_register`, of any type); `set_callbacks` ignores that answer, so the call
+/// succeeds and the callback keeps its old address. Found by the fuzzer (seed 103): the
+/// address was recorded, and the domain crashed at the first event.
+#[test]
+fn callbacks_at_non_canonical_addresses_are_refused() {
+    use hypercall_abi::callback::{callback_type, op as cbop, CallbackRegister};
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId(1));
+    let good = crate::loader::elf::testelf::BASE + 0x100;
+    let bad = 0xa900_3986_50ae_735c;
+    assert_eq!(call(&mut hv, nr::SET_CALLBACKS, [good, good + 0x10, good + 0x20, 0, 0]), 0);
+    assert_eq!(call(&mut hv, nr::SET_CALLBACKS, [bad, 1 << 63, good + 0x30, 0, 0]), 0);
+    let cb = hv.cur_vcpu().callbacks;
+    assert_eq!((cb.event, cb.failsafe, cb.syscall), (good, good + 0x10, good + 0x30));
+    for type_ in [callback_type::EVENT, callback_type::NMI, callback_type::SYSCALL, 77] {
+        let r = CallbackRegister { type_, flags: 0, _pad: 0, address: bad };
+        let p = put(&hv, &r);
+        assert_eq!(
+            call(&mut hv, nr::CALLBACK_OP, [u64::from(cbop::REGISTER), p, 0, 0, 0]),
+            Errno::EINVAL.to_ret()
+        );
+    }
+    assert_eq!(hv.cur_vcpu().callbacks.event, good);
+}

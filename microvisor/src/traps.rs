@@ -76,8 +76,9 @@ pub fn bounce<P: Platform>(
     error_code: Option<u64>,
     mask_events: bool,
 ) -> Result<(), BounceError> {
-    // Guests may register any address (Xen checks nothing); a non-canonical one must not
-    // reach `iretq`, where it would fault in ring 0.
+    // Registration refuses non-canonical callbacks and trap handlers (as Xen), but this is
+    // the last line: a non-canonical handler must never reach `iretq`, where it would fault
+    // in ring 0.
     if !is_canonical(handler) {
         return Err(BounceError::BadHandler(handler));
     }

@@ -52,12 +52,15 @@ pub fn set_callbacks<P: Platform>(
     failsafe: u64,
     syscall: u64,
 ) -> Result<i64, Errno> {
-    // As Xen: the addresses are recorded as given (a bad one crashes the domain when it is
-    // used) and the call always succeeds.
+    // As Xen's do_set_callbacks: each address goes through register_guest_callback, which
+    // refuses a non-canonical one (that callback keeps its old address), and the call always
+    // succeeds.
     let cb = &mut hv.cur_vcpu_mut().callbacks;
-    cb.event = event;
-    cb.failsafe = failsafe;
-    cb.syscall = syscall;
+    for (slot, a) in [(&mut cb.event, event), (&mut cb.failsafe, failsafe), (&mut cb.syscall, syscall)] {
+        if is_canonical(a) {
+            *slot = a;
+        }
+    }
     Ok(0)
 }
 
@@ -65,6 +68,12 @@ pub fn callback_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> R
     match cmd as u32 {
         cbop::REGISTER => {
             let r: CallbackRegister = hv.guest().read_obj(arg)?;
+            // Xen's register_guest_callback, before it looks at the type (found by the fuzzer,
+            // seed 103: a non-canonical handler was accepted and crashed the domain at its
+            // first use).
+            if !is_canonical(r.address) {
+                return Err(Errno::EINVAL);
+            }
             let mask = r.flags & callbackf::MASK_EVENTS != 0;
             let cb = &mut hv.cur_vcpu_mut().callbacks;
             match r.type_ {

@@ -314,8 +314,24 @@ impl Fuzzer {
         } else {
             hypercall::raw_syscall(n, a[0], a[1], a[2], a[3], a[4])
         };
+        self.calm_cpu();
         self.noted(r);
         r
+    }
+
+    /// Right after a call that may have set the virtual TS or armed debug registers, before
+    /// any of our code runs: clears both. Until [`Fuzzer::put_back`] the trap table may be the
+    /// call's, and the #NM of our next SSE instruction (or a breakpoint's #DB) would go to
+    /// whatever address it named (seed 20240601: multicalls of set_trap_table and
+    /// fpu_taskswitch, then a jump to 0xb_0000_0002 from the oracle's copy of the entries).
+    /// Plain hypercalls: no SSE, no memory of ours touched.
+    fn calm_cpu(&mut self) {
+        if self.restore & restore::FPU != 0 {
+            hypercall::hypercall5(nr::FPU_TASKSWITCH, 0, 0, 0, 0, 0);
+        }
+        if self.restore & restore::CPU != 0 {
+            hypercall::hypercall5(nr::SET_DEBUGREG, 7, 0, 0, 0, 0);
+        }
     }
 
     /// While a call may point our callbacks, trap table or kernel stack somewhere else
