@@ -1390,8 +1390,8 @@ impl Fuzzer {
                             "decrease_reservation of frames that are not ours succeeded ({r}, from extent {start}): {list:#x?}"
                         ));
                     } else {
-                        // We were given frames: give them straight back.
-                        self.give_back(first, done.min(512));
+                        // We were given frames: give them straight back, whole extents.
+                        self.give_back(first, done.min(512), v.extent_order);
                     }
                 }
             }
@@ -1405,8 +1405,14 @@ impl Fuzzer {
         }
     }
 
-    /// Returns frames the hypervisor just gave us (their list is in the scratch pages).
-    fn give_back(&mut self, list: u64, n: u64) {
+    /// Returns extents of `2^order` frames the hypervisor just gave us (the list of their
+    /// first frames is in the scratch pages). Every frame of an extent is ours: one kept would
+    /// be ours with an M2P entry that does not say so, and the oracles would take it for a
+    /// frame of someone else's (seed 110: 'the hypervisor let a domU map frame ..., which is
+    /// not its own'), or hand it to a decrease of "someone else's" frames whose extent then
+    /// frees pool pages behind our back (seeds 101, 106, 116: 'cannot put back the M2P
+    /// entry of pool frame').
+    pub(super) fn give_back(&mut self, list: u64, n: u64, order: u32) {
         if !(ARG_VA..ARG_END).contains(&list) || n == 0 {
             return;
         }
@@ -1415,6 +1421,7 @@ impl Fuzzer {
         let v = XenMemoryReservation {
             extent_start: at,
             nr_extents: n,
+            extent_order: order,
             domid: DomId::SELF,
             ..Default::default()
         };
