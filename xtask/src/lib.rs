@@ -10,6 +10,7 @@ pub mod disk;
 pub mod fuzz;
 pub mod kernels;
 pub mod linux;
+pub mod linuxbench;
 pub mod net;
 pub mod netbench;
 pub mod plot;

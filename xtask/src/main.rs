@@ -25,8 +25,9 @@ commands:
                         that reproduces it and the last calls; --skip leaves operations out
                         (each draws from its own stream) to narrow a failure down
   bench [--mode wall|insns] [--accel kvm] [--iters N] [--compare OLD.json] [--no-net|--net-only]
-        [--peer xen [--xen-args A]]
-                        boot the bench configuration (and the network one), print the
+        [--no-linux|--linux-only] [--peer xen [--xen-args A]]
+                        boot the bench configuration (and the network one, and Linux's disk
+                        benchmark next to dom0's: xtask/src/linuxbench.rs), print the
                         figures, write target/bench/results.json; with --peer xen, also run
                         the standalone benchmarks under Xen 4.17 and print both side by side
                         (--xen-args <options> adds to Xen's command line, e.g. spec-ctrl=no)
@@ -129,6 +130,8 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     let mut xen_args = String::new();
     let mut net = true;
     let mut only_net = false;
+    let mut linux = true;
+    let mut only_linux = false;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = || it.next().cloned().ok_or_else(|| format!("bench: `{a}` needs a value"));
@@ -136,6 +139,8 @@ fn bench(args: &[String]) -> Result<ExitCode> {
             "--mode" => mode = value()?,
             "--no-net" => net = false,
             "--net-only" => only_net = true,
+            "--no-linux" => linux = false,
+            "--linux-only" => only_linux = true,
             "--iters" => iters = value()?.parse().map_err(|_| "bench: --iters needs a number".to_string())?,
             "--compare" => compare = Some(value()?),
             "--accel" => kvm = value()? == "kvm",
@@ -159,7 +164,7 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     m.icount = mode == "insns";
     m.kvm = kvm;
     let (mut results, mut log) = (Vec::new(), Vec::new());
-    if !only_net {
+    if !only_net && !only_linux {
         let run = m.run(Duration::from_secs(600))?;
         results = bench::parse(&run.log, &mode);
         if run.outcome != Outcome::Poweroff || results.is_empty() {
@@ -170,13 +175,22 @@ fn bench(args: &[String]) -> Result<ExitCode> {
     }
     // The network in a boot of its own (wall mode only: under -icount the host's side of
     // every transfer runs in real time, so the figures would mean nothing).
-    if (net || only_net) && mode == "wall" && !kvm {
+    if (net && !only_linux || only_net) && mode == "wall" && !kvm {
         let (net_results, run) = xtask::netbench::run(&k, xtask::netbench::Plan::FULL)?;
         results.extend(net_results);
         log.extend(run.log);
     }
+    // Linux's disk figures next to dom0's in a boot of their own (wall mode only, as the
+    // disks').
+    if (linux && !only_net || only_linux) && mode == "wall" && !kvm {
+        if let Some((linux_results, run)) = xtask::linuxbench::run(&k)? {
+            results.extend(linux_results);
+            log.extend(run.log);
+        }
+    }
     print!("{}", bench::table(&results));
     print!("{}", xtask::disk::blk_ratios(&results));
+    print!("{}", xtask::linuxbench::summary(&results));
     print!("{}", xtask::netbench::summary(&results));
     let mut hists: Vec<(&str, xtask::plot::Hist)> =
         xtask::plot::parse_hists(&log).into_iter().map(|h| ("microvisor", h)).collect();
