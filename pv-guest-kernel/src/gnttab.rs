@@ -90,6 +90,24 @@ mod kernel {
         GNTTAB_VA + u64::from(r.0) * 8
     }
 
+    /// `GNTTABOP_setup_table` for our own domain: grows the table to `list.len()` frames and
+    /// fills `list` with their machine frames. `Err` holds the hypercall's errno, or `EINVAL`
+    /// for a refusal in the op's status (too many frames for the hypervisor's limit).
+    pub fn setup_table(list: &mut [u64]) -> Result<(), Errno> {
+        let mut st = GnttabSetupTable {
+            dom: DomId::SELF,
+            nr_frames: u32::try_from(list.len()).map_err(|_| Errno::EINVAL)?,
+            frame_list: list.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        hypercall::grant_table_op(core::slice::from_mut(&mut st))?;
+        if st.status == gntst::OKAY {
+            Ok(())
+        } else {
+            Err(Errno::EINVAL)
+        }
+    }
+
     /// Sets the table up with `frames` frames (fewer if the hypervisor's limit is lower) and
     /// maps them; idempotent.
     pub fn init(frames: u32) -> Result<u32, Errno> {
@@ -99,22 +117,13 @@ mod kernel {
         }
         let mut list = [0u64; 32];
         let mut n = frames.clamp(1, list.len() as u32);
-        let mut st;
         loop {
-            st = GnttabSetupTable {
-                dom: DomId::SELF,
-                nr_frames: n,
-                frame_list: list.as_mut_ptr() as u64,
-                ..Default::default()
-            };
-            hypercall::grant_table_op(core::slice::from_mut(&mut st))?;
-            if st.status == gntst::OKAY || n == 1 {
-                break;
+            match setup_table(&mut list[..n as usize]) {
+                Ok(()) => break,
+                Err(Errno::EINVAL) if n > 1 => n /= 2,
+                Err(Errno::EINVAL) => return Err(Errno::ENOSPC),
+                Err(e) => return Err(e),
             }
-            n /= 2;
-        }
-        if st.status != gntst::OKAY {
-            return Err(Errno::ENOSPC);
         }
         for (i, &mfn) in list.iter().take(n as usize).enumerate() {
             mm::map_page(GNTTAB_VA + i as u64 * 4096, Mfn(mfn), pt::PAGE_KERNEL | pt::NX)?;

@@ -139,39 +139,17 @@ impl Mem {
 
     /// The frames of our grant table, as `setup_table` with the current size reports them.
     pub fn query_frames_again(&self) -> Vec<Mfn> {
-        use hypercall_abi::grant_table::{gntst, op, GnttabQuerySize, GnttabSetupTable};
+        use hypercall_abi::grant_table::{gntst, GnttabQuerySize};
         let mut q = GnttabQuerySize { dom: DomId::SELF, ..Default::default() };
-        let r = hypercall::hypercall5(
-            nr::GRANT_TABLE_OP,
-            u64::from(op::QUERY_SIZE),
-            hypercall::ptr_mut(&mut q),
-            1,
-            0,
-            0,
-        );
-        if r != 0 || q.status != gntst::OKAY {
+        if hypercall::grant_table_op(core::slice::from_mut(&mut q)).is_err() || q.status != gntst::OKAY {
             return Vec::new();
         }
         let mut list = [0u64; 64];
-        let n = q.nr_frames.min(list.len() as u32);
-        let mut st = GnttabSetupTable {
-            dom: DomId::SELF,
-            nr_frames: n,
-            frame_list: list.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        let r = hypercall::hypercall5(
-            nr::GRANT_TABLE_OP,
-            u64::from(op::SETUP_TABLE),
-            hypercall::ptr_mut(&mut st),
-            1,
-            0,
-            0,
-        );
-        if r != 0 || st.status != gntst::OKAY {
-            return Vec::new();
+        let n = (q.nr_frames as usize).min(list.len());
+        match pv_guest_kernel::gnttab::setup_table(&mut list[..n]) {
+            Ok(()) => list[..n].iter().map(|&m| Mfn(m)).collect(),
+            Err(_) => Vec::new(),
         }
-        list[..n as usize].iter().map(|&m| Mfn(m)).collect()
     }
 
     /// True if `mfn` is one of our frames (the M2P and our P2M agree on it).

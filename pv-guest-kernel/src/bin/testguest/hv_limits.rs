@@ -12,7 +12,7 @@
 //! Results are `<scenario>: <key>=<value>` lines.
 
 use hypercall_abi::event_channel::{op as evtop, EvtchnAllocUnbound, EvtchnStatus};
-use hypercall_abi::grant_table::{gntmap, gntst, op as gntop, GnttabMapGrantRef, GnttabSetupTable};
+use hypercall_abi::grant_table::{gntmap, gntst, op as gntop, GnttabMapGrantRef};
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::{DomId, Port};
 use pv_guest_kernel::{gnttab, hypercall, mm, println, time};
@@ -81,27 +81,7 @@ pub fn hv_mem_hostile() {
     }
     // The largest grant table (GNTTABOP_setup_table asks for frames; 32 is Xen's default max).
     let mut list = [0u64; 32];
-    let mut frames = 0;
-    for n in (1..=32u32).rev() {
-        let mut st = GnttabSetupTable {
-            dom: DomId::SELF,
-            nr_frames: n,
-            frame_list: list.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        let r = hypercall::hypercall5(
-            nr::GRANT_TABLE_OP,
-            u64::from(gntop::SETUP_TABLE),
-            hypercall::ptr_mut(&mut st),
-            1,
-            0,
-            0,
-        );
-        if r == 0 && st.status == gntst::OKAY {
-            frames = n;
-            break;
-        }
-    }
+    let frames = (1..=list.len()).rev().find(|&n| gnttab::setup_table(&mut list[..n]).is_ok()).unwrap_or(0);
     println!("hv-mem: grant_frames={frames}");
     // A page of ours granted to ourselves, mapped (device mappings: no page table needed)
     // until the hypervisor refuses.
