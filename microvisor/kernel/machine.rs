@@ -271,6 +271,7 @@ fn idle(hv: &mut Hv) {
                 return;
             }
             apic::arm_after_tsc_ticks(hv.time().scale.ns_to_ticks(t - now));
+            crate::arch::x86_64::sync::timer_armed_in_idle(t);
         }
         None => {
             hv.log(format_args!("no domain can run and no timer is pending: stopping"));

@@ -207,6 +207,15 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     l.synced = Some(hw);
 }
 
+/// Records that the APIC timer was armed for `deadline_ns` outside the exit path (the idle
+/// loop arms it for the next deadline of any vCPU), so the next exit compares its deadline
+/// with what the APIC really holds: otherwise an exit whose deadline equals the one recorded
+/// before idling skips the arming while the APIC, having fired in idle, is disarmed, and that
+/// deadline never fires.
+pub fn timer_armed_in_idle(deadline_ns: u64) {
+    LOADED.with(|l| l.timer_deadline = Some(deadline_ns));
+}
+
 /// The FS base and active GS base in the CPU if it holds `vcpu`'s (the last exit synced it),
 /// read from the CPU, which also refreshes what `sync_hardware` believes is loaded: a guest
 /// loading `%fs`/`%gs` changes the bases without the hypervisor seeing it.
