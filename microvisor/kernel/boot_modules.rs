@@ -4,6 +4,8 @@
 //! pre-allocated with dom0 as the remote end, as Xen's toolstack does before handing a
 //! domain to xenstored and the console daemon (see `Hypervisor::create_domain`).
 
+#![forbid(unsafe_code)]
+
 use crate::arch::x86_64::bootmem::{self, BootInfo};
 use crate::machine::Hv;
 use hypercall_abi::Mfn;

@@ -1,7 +1,10 @@
 //! The kernel's glue between the architecture layer and the core: the one `Hypervisor`
 //! instance, the `Platform` it runs on, what each entry path does (called by entry.rs's Rust
-//! ends), the exit path and idle loop, and the fatal-fault report. Safe code: the hardware
-//! access and `unsafe` it needs live under `arch/`.
+//! ends), the exit path and idle loop, and the fatal-fault report. Safe code, and the
+//! compiler holds it to that (`forbid(unsafe_code)`): the hardware access and `unsafe` it
+//! needs live under `arch/`.
+
+#![forbid(unsafe_code)]
 
 use crate::arch::x86_64::cpu_local::CpuLocal;
 use crate::arch::x86_64::entry::Live;

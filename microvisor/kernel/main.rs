@@ -122,7 +122,7 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     let [_, b, c, d] = cpu::cpuid(0, 0);
     const L7_EDX_ARCH_CAPS: u32 = 1 << 29;
     let arch_caps = (cpu::cpuid(7, 0)[3] & L7_EDX_ARCH_CAPS != 0)
-        .then(|| arch::x86_64::probe::rdmsr_safe(microvisor::mm::frame_table::MSR_ARCH_CAPABILITIES))
+        .then(|| arch::x86_64::probe::rdmsr_safe(microvisor::x86::msr::ARCH_CAPABILITIES))
         .flatten();
     let l1tf_bug = microvisor::mm::frame_table::cpu_has_bug_l1tf([b, d, c], arch_caps);
     frames.set_l1tf_policy(microvisor::mm::frame_table::L1tfPolicy::from_cmdline(options, l1tf_bug));

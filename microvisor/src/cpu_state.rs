@@ -6,7 +6,6 @@
 //! hands what the CPU must hold to the arch layer.
 
 use crate::x86::{cr4, dr};
-use hypercall_abi::xen::HYPERVISOR_VIRT_END;
 use hypercall_abi::Errno;
 
 /// The virtual CPU state of one vCPU (see the module documentation).
@@ -116,10 +115,10 @@ impl Cr4Policy {
 }
 
 /// True if `va` may be a breakpoint address: not in the hypervisor's range or the
-/// non-canonical hole (Xen's `breakpoint_addr_ok`), so no breakpoint can match the
-/// hypervisor's own code or data.
+/// non-canonical hole (Xen's `breakpoint_addr_ok`, which is its `__addr_ok` as for guest
+/// handles), so no breakpoint can match the hypervisor's own code or data.
 fn breakpoint_addr_ok(va: u64) -> bool {
-    !((1 << 47)..HYPERVISOR_VIRT_END).contains(&va)
+    crate::vcpu::handle_okay(va)
 }
 
 /// Xen's `x86_adj_dr6_rsvd` for a CPU without RTM or bus-lock detection (a PV CPUID has

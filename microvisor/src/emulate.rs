@@ -14,7 +14,7 @@ use crate::hv::Hypervisor;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::vcpu::GuestFrame;
-use crate::x86::{cr0, dr, efer, msr, rflags};
+use crate::x86::{apic_base, cr0, dr, efer, misc_enable, msr, rflags};
 use hypercall_abi::xen::is_canonical;
 use hypercall_abi::Errno;
 use iced_x86::{Code, Decoder, DecoderOptions, Instruction, Register};
@@ -24,39 +24,15 @@ pub const GUEST_CR0: u64 = cr0::PG | cr0::AM | cr0::WP | cr0::NE | cr0::ET | cr0
 /// Xen 4.17's PAT (`XEN_MSR_PAT`: WB, WT, UC-, UC, WC, WP, UC, UC, Linux's own layout), what
 /// a PV guest reads.
 pub const XEN_MSR_PAT: u64 = 0x0000_0501_0007_0406;
-/// MSR numbers emulated here beyond `x86::msr`.
-pub mod more_msr {
-    pub const TSC: u32 = 0x10;
-    pub const APIC_BASE: u32 = 0x1b;
-    pub const PLATFORM_INFO: u32 = 0xce;
-    pub const MISC_ENABLE: u32 = 0x1a0;
-    pub const PAT: u32 = 0x277;
-    pub const PERF_CAPABILITIES: u32 = 0x345;
-    /// The hypervisor leaves (0x4000_xxxx), never faked as 0 (Xen's `(reg >> 16) != 0x4000`).
-    pub const HYPERVISOR_BLOCK: u32 = 0x4000;
-}
-
-/// `MSR_IA32_MISC_ENABLE` bits Xen adjusts in the host's value (`guest_misc_enable`).
-pub mod misc_enable {
-    pub const PERF_AVAIL: u64 = 1 << 7;
-    pub const BTS_UNAVAIL: u64 = 1 << 11;
-    pub const PEBS_UNAVAIL: u64 = 1 << 12;
-    pub const MONITOR_ENABLE: u64 = 1 << 18;
-    pub const XTPR_DISABLE: u64 = 1 << 23;
-}
+/// MSR numbers in the hypervisor leaves (0x4000_xxxx): never faked as 0 (Xen's
+/// `(reg >> 16) != 0x4000`).
+const HYPERVISOR_MSR_BLOCK: u32 = 0x4000;
 
 /// `MSR_IA32_MISC_ENABLE` as Xen shows the host's `host` to a PV guest: no performance
 /// monitoring, BTS or PEBS, no MONITOR/MWAIT, xTPR messages disabled.
 pub fn guest_misc_enable(host: u64) -> u64 {
     use misc_enable::*;
     (host & !(PERF_AVAIL | MONITOR_ENABLE)) | BTS_UNAVAIL | PEBS_UNAVAIL | XTPR_DISABLE
-}
-
-/// APIC base bits a PV guest reads (Xen: "Linux PV guests will attempt to read APIC_BASE").
-pub mod apic_base {
-    pub const BSP: u64 = 1 << 8;
-    pub const ENABLE: u64 = 1 << 11;
-    pub const DEFAULT_PHYS_BASE: u64 = 0xfee0_0000;
 }
 
 /// Longest x86 instruction.
@@ -359,7 +335,7 @@ fn rdmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
     let val = match read_msr(hv, which) {
         Some(v) => v,
         None if hv.cur_vcpu().traps[usize::from(crate::x86::vector::GP)].address == 0
-            && which >> 16 != more_msr::HYPERVISOR_BLOCK
+            && which >> 16 != HYPERVISOR_MSR_BLOCK
             && hv.plat.rdmsr_safe(which).is_some() =>
         {
             0
@@ -380,14 +356,14 @@ fn read_msr<P: Platform>(hv: &Hypervisor<P>, which: u32) -> Option<u64> {
         msr::GS_BASE => v.gs_base_kernel,
         msr::SHADOW_GS_BASE => v.gs_base_user,
         msr::TSC_AUX if tsc_aux_visible(hv) => u64::from(v.arch.tsc_aux),
-        more_msr::TSC => hv.plat.tsc(),
-        more_msr::APIC_BASE => {
+        msr::TSC => hv.plat.tsc(),
+        msr::APIC_BASE => {
             let bsp = if hv.current().vcpu == 0 { apic_base::BSP } else { 0 };
             apic_base::ENABLE | apic_base::DEFAULT_PHYS_BASE | bsp
         }
-        more_msr::PAT => XEN_MSR_PAT,
-        more_msr::MISC_ENABLE => guest_misc_enable(hv.plat.rdmsr_safe(which)?),
-        more_msr::PLATFORM_INFO | more_msr::PERF_CAPABILITIES => 0,
+        msr::PAT => XEN_MSR_PAT,
+        msr::MISC_ENABLE => guest_misc_enable(hv.plat.rdmsr_safe(which)?),
+        msr::PLATFORM_INFO | msr::PERF_CAPABILITIES => 0,
         // The MTRRs (CPUID shows no MTRR to PV guests) and anything unknown.
         _ => return None,
     })
@@ -429,7 +405,7 @@ fn wrmsr<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Outcome
             Err(_) => Outcome::Gp,
         },
         msr::EFER if read_msr(hv, which) == Some(val) => Outcome::Done,
-        more_msr::MISC_ENABLE if hv.plat.rdmsr_safe(which).is_some() => Outcome::Done,
+        msr::MISC_ENABLE if hv.plat.rdmsr_safe(which).is_some() => Outcome::Done,
         _ => Outcome::Gp,
     }
 }

@@ -213,16 +213,7 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
 }
 
 /// Descriptor bits the selector checks read.
-mod desc {
-    pub const TI_LDT: u16 = 1 << 2;
-    pub const PRESENT: u64 = 1 << 47;
-    pub const S: u64 = 1 << 44;
-    pub const EXEC: u64 = 1 << 43;
-    pub const WRITABLE: u64 = 1 << 41;
-    pub const L: u64 = 1 << 53;
-    pub const DB: u64 = 1 << 54;
-    pub const G: u64 = 1 << 55;
-}
+use crate::x86::seg as desc;
 
 /// The descriptor `sel` names in the vCPU's validated GDT copy `gdt` or LDT copy `ldt` (what
 /// the arch layer loads; entries beyond them are not present), `None` for a null selector or
@@ -272,7 +263,8 @@ pub(crate) fn check_selector(gdt: &[u64], sel: u16, code: bool) -> Option<u16> {
 /// `update_descriptor`, its own `set_gdt`); it is then loaded as null, where Xen would call the
 /// failsafe callback.
 pub fn data_selector_loads(gdt: &[u64], ldt: &[u64], sel: u16) -> bool {
-    const READABLE: u64 = 1 << 41;
+    // Bit 41 of a code segment.
+    const READABLE: u64 = desc::WRITABLE;
     if sel & !3 == 0 || [FLAT_RING3_CS32, FLAT_RING3_DS32, FLAT_RING3_CS64].contains(&(sel | 3)) {
         return true;
     }

@@ -60,7 +60,14 @@ pub mod vector {
 
 /// Model-specific registers.
 pub mod msr {
+    pub const TSC: u32 = 0x10;
     pub const APIC_BASE: u32 = 0x1b;
+    pub const PLATFORM_INFO: u32 = 0xce;
+    /// `IA32_ARCH_CAPABILITIES`, present when CPUID.(7,0):EDX bit 29 is set.
+    pub const ARCH_CAPABILITIES: u32 = 0x10a;
+    pub const MISC_ENABLE: u32 = 0x1a0;
+    pub const PAT: u32 = 0x277;
+    pub const PERF_CAPABILITIES: u32 = 0x345;
     pub const EFER: u32 = 0xc000_0080;
     pub const STAR: u32 = 0xc000_0081;
     pub const LSTAR: u32 = 0xc000_0082;
@@ -72,6 +79,55 @@ pub mod msr {
     pub const SHADOW_GS_BASE: u32 = 0xc000_0102;
     /// The value `rdtscp` returns in `%ecx`.
     pub const TSC_AUX: u32 = 0xc000_0103;
+}
+
+/// `IA32_APIC_BASE` bits.
+pub mod apic_base {
+    /// This CPU is the bootstrap processor.
+    pub const BSP: u64 = 1 << 8;
+    /// The local APIC is enabled.
+    pub const ENABLE: u64 = 1 << 11;
+    /// The architectural default base of the local APIC's registers.
+    pub const DEFAULT_PHYS_BASE: u64 = 0xfee0_0000;
+}
+
+/// `IA32_MISC_ENABLE` bits.
+pub mod misc_enable {
+    pub const PERF_AVAIL: u64 = 1 << 7;
+    pub const BTS_UNAVAIL: u64 = 1 << 11;
+    pub const PEBS_UNAVAIL: u64 = 1 << 12;
+    pub const MONITOR_ENABLE: u64 = 1 << 18;
+    pub const XTPR_DISABLE: u64 = 1 << 23;
+}
+
+/// `IA32_ARCH_CAPABILITIES` bits.
+pub mod arch_caps {
+    /// RDCL_NO: the CPU does not speculate through not-present entries (no L1TF, no
+    /// Meltdown).
+    pub const RDCL_NO: u64 = 1 << 0;
+}
+
+/// Segment descriptors (a GDT or LDT entry, as one `u64`) and selectors.
+pub mod seg {
+    /// Data segment: writable (code segment: readable).
+    pub const WRITABLE: u64 = 1 << 41;
+    /// Code segment (clear: data).
+    pub const EXEC: u64 = 1 << 43;
+    /// The type field: bits 40-43.
+    pub const TYPE_MASK: u64 = 0xf << 40;
+    /// Code or data segment (clear: a system descriptor).
+    pub const S: u64 = 1 << 44;
+    /// The descriptor privilege level: bits 45-46.
+    pub const DPL_SHIFT: u32 = 45;
+    pub const PRESENT: u64 = 1 << 47;
+    /// 64-bit code segment.
+    pub const L: u64 = 1 << 53;
+    /// 32-bit default operand size (must be clear with `L`).
+    pub const DB: u64 = 1 << 54;
+    /// Granularity: the limit counts 4 KiB units.
+    pub const G: u64 = 1 << 55;
+    /// Selector bit: the entry is in the LDT, not the GDT.
+    pub const TI_LDT: u16 = 1 << 2;
 }
 
 /// EFER bits.

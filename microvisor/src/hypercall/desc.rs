@@ -10,19 +10,16 @@ use crate::mm::frame_table::PageType;
 use crate::mm::MachineMemory;
 use crate::platform::Platform;
 use crate::vcpu::GdtFrames;
+use crate::x86::seg::{DPL_SHIFT, PRESENT, S, TYPE_MASK};
 use alloc::vec::Vec;
 use hypercall_abi::xen::{FIRST_RESERVED_GDT_ENTRY, MAX_GUEST_GDT_FRAMES};
 use hypercall_abi::{Errno, Mfn, PAGE_SIZE};
 
-const P: u64 = 1 << 47;
-const DPL_SHIFT: u32 = 45;
-const S: u64 = 1 << 44;
-const TYPE_MASK: u64 = 0xf << 40;
 const ENTRIES_PER_FRAME: usize = PAGE_SIZE / 8;
 
 /// Checks (and fixes up) one descriptor; `None` if a 64-bit PV guest may not have it.
 pub fn check_descriptor(d: u64) -> Option<u64> {
-    if d & P == 0 {
+    if d & PRESENT == 0 {
         // A not-present descriptor always faults when loaded: harmless.
         return Some(d);
     }

@@ -153,8 +153,7 @@ pub fn set_segment_base<P: Platform>(hv: &mut Hypervisor<P>, which: u64, base: u
 /// a present GDT entry, 0 for a null selector, an LDT selector or one the GDT does not hold
 /// (Xen's reserved flat selectors included, whose base is 0).
 fn user_selector_base(gdt: &[u64], sel: u16) -> u64 {
-    const TI_LDT: u16 = 1 << 2;
-    const PRESENT: u64 = 1 << 47;
+    use crate::x86::seg::{PRESENT, TI_LDT};
     if sel & TI_LDT != 0 {
         return 0;
     }

@@ -223,19 +223,13 @@ pub struct L1tfPolicy {
     pub domu: bool,
 }
 
-/// `IA32_ARCH_CAPABILITIES`, present when CPUID.(7,0):EDX bit 29 is set.
-pub const MSR_ARCH_CAPABILITIES: u32 = 0x10a;
-/// Its bit RDCL_NO: the CPU does not speculate through not-present entries (no L1TF, no
-/// Meltdown).
-pub const ARCH_CAPS_RDCL_NO: u64 = 1 << 0;
-
 /// Whether the CPU is treated as vulnerable to L1TF: an Intel CPU (CPUID 0's vendor in EBX,
 /// EDX, ECX) that does not say RDCL_NO in `arch_caps`. Xen also exempts a list of Intel models
 /// (Atoms, Xeon Phi); microvisor errs on the checking side for them. Other vendors' CPUs are
 /// not vulnerable; QEMU's TCG CPU says AuthenticAMD.
 pub fn cpu_has_bug_l1tf(vendor: [u32; 3], arch_caps: Option<u64>) -> bool {
     const GENUINE_INTEL: [u32; 3] = [0x756e_6547, 0x4965_6e69, 0x6c65_746e];
-    vendor == GENUINE_INTEL && arch_caps.is_none_or(|c| c & ARCH_CAPS_RDCL_NO == 0)
+    vendor == GENUINE_INTEL && arch_caps.is_none_or(|c| c & crate::x86::arch_caps::RDCL_NO == 0)
 }
 
 impl L1tfPolicy {
@@ -1662,7 +1656,7 @@ mod tests {
         let intel = [0x756e_6547, 0x4965_6e69, 0x6c65_746e]; // "GenuineIntel"
         let amd = [0x6874_7541, 0x6974_6e65, 0x444d_4163]; // "AuthenticAMD"
         assert!(cpu_has_bug_l1tf(intel, None) && cpu_has_bug_l1tf(intel, Some(0)));
-        assert!(!cpu_has_bug_l1tf(intel, Some(ARCH_CAPS_RDCL_NO)));
+        assert!(!cpu_has_bug_l1tf(intel, Some(crate::x86::arch_caps::RDCL_NO)));
         assert!(!cpu_has_bug_l1tf(amd, None));
     }
     use crate::mm::mmu;
