@@ -124,7 +124,9 @@ mod tests {
         assert_eq!(got, [1, 2, 5]);
         // A hypervisor answering the same domain again, or a reserved id, ends the walk.
         assert_eq!(domus(|_| -> Result<_, ()> { Ok(Some(info(1, 0))) }).unwrap().len(), 1);
-        assert!(domus(|_| -> Result<_, ()> { Ok(Some(info(0x7ff0, 0))) }).unwrap().is_empty());
+        assert!(domus(|_| -> Result<_, ()> { Ok(Some(info(DomId::FIRST_RESERVED.0, 0))) })
+            .unwrap()
+            .is_empty());
         assert_eq!(domus(|_| -> Result<Option<XenDomctlGetdomaininfo>, u8> { Err(7) }), Err(7));
     }
 

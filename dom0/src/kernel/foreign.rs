@@ -11,8 +11,7 @@
 //! mapping must be removed before the domain is destroyed (or its frames stay allocated).
 
 use core::sync::atomic::{AtomicBool, Ordering};
-use hypercall_abi::grant_table::{gntmap, op as gntop, GnttabMapGrantRef, GnttabUnmapGrantRef};
-use hypercall_abi::hypercall::nr;
+use hypercall_abi::grant_table::{gntmap, GnttabMapGrantRef, GnttabUnmapGrantRef};
 use hypercall_abi::xen::{mmu, MmuUpdate};
 use hypercall_abi::{DomId, Errno, GrantRef, Mfn};
 use pv_guest_kernel::hypercall;
@@ -66,10 +65,6 @@ impl ForeignPage {
     }
 }
 
-fn grant_table_op<T>(cmd: u32, op: &mut T) -> i64 {
-    hypercall::hypercall5(nr::GRANT_TABLE_OP, u64::from(cmd), hypercall::ptr_mut(op), 1, 0, 0)
-}
-
 fn map_grant(va: u64, domid: DomId, gref: GrantRef) -> Result<u32, Errno> {
     let mut op = GnttabMapGrantRef {
         host_addr: va,
@@ -80,7 +75,7 @@ fn map_grant(va: u64, domid: DomId, gref: GrantRef) -> Result<u32, Errno> {
         handle: 0,
         dev_bus_addr: 0,
     };
-    hypercall::check(grant_table_op(gntop::MAP_GRANT_REF, &mut op))?;
+    hypercall::grant_table_op(core::slice::from_mut(&mut op))?;
     if op.status != 0 {
         return Err(Errno::EACCES);
     }
@@ -129,9 +124,9 @@ pub fn unmap(p: ForeignPage) -> Result<(), Errno> {
         How::Grant(handle) => {
             let mut op =
                 GnttabUnmapGrantRef { host_addr: p.va(), dev_bus_addr: 0, handle, status: 0, _pad: 0 };
-            match hypercall::check(grant_table_op(gntop::UNMAP_GRANT_REF, &mut op)) {
-                Ok(_) if op.status != 0 => Err(Errno::EINVAL),
-                r => r.map(drop),
+            match hypercall::grant_table_op(core::slice::from_mut(&mut op)) {
+                Ok(()) if op.status != 0 => Err(Errno::EINVAL),
+                r => r,
             }
         }
         How::Foreign => mm::unmap_page(p.va()),

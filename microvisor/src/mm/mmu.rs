@@ -751,12 +751,12 @@ mod tests {
         let mut other = m.guest(2, false, 8);
         let foreign = m.alloc(&other);
         let req = |mfn: Mfn, pfn| MmuUpdate { ptr: mfn.addr() | mmu::MACHPHYS_UPDATE, val: pfn };
-        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req(s.data[0], 7)], 0x7ff0, 4));
+        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req(s.data[0], 7)], SELF, 4));
         assert_eq!((r.done, r.result), (1, Ok(())));
         assert_eq!(m.m2p.get(&s.data[0].0), Some(&7));
         // XSA-251: another domain's frame, a hypervisor frame, a frame beyond RAM.
         for bad in [foreign, Mfn(0), Mfn(M2P_FRAMES.start), Mfn(IO_FRAMES.start), Mfn(1 << 30)] {
-            let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req(bad, 9)], 0x7ff0, 4));
+            let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req(bad, 9)], SELF, 4));
             assert_eq!((r.done, r.result), (0, Err(Errno::EINVAL)), "{bad:?}");
             assert_eq!(m.m2p.get(&bad.0), None);
         }
@@ -781,7 +781,7 @@ mod tests {
         // Naming oneself explicitly is refused by Xen; unknown domains are ESRCH.
         assert_eq!(m.update(&mut g, s.l1, 9, val, 1), Err(Errno::ESRCH));
         assert_eq!(m.update(&mut g, s.l1, 9, val, 77), Err(Errno::ESRCH));
-        assert_eq!(m.update(&mut g, s.l1, 9, val, (78 << 16) | 0x7ff0), Err(Errno::ESRCH));
+        assert_eq!(m.update(&mut g, s.l1, 9, val, (78 << 16) | SELF), Err(Errno::ESRCH));
         // DOMID_XEN needs privilege.
         assert_eq!(m.update(&mut g, s.l1, 9, val, u32::from(DomId::XEN.0)), Err(Errno::EPERM));
         // DOMID_IO is allowed, but RAM frames are not its.
@@ -863,16 +863,16 @@ mod tests {
         let (mut m, mut g, s) = one_guest();
         let reqs: Vec<MmuUpdate> =
             (0..5).map(|i| MmuUpdate { ptr: s.l1.addr() + (16 + i) * 8, val: make(s.data[0], RO) }).collect();
-        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &reqs, 0x7ff0, 2));
+        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &reqs, SELF, 2));
         assert_eq!((r.done, r.result), (2, Ok(())));
-        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &reqs[2..], 0x7ff0, 0));
+        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &reqs[2..], SELF, 0));
         assert_eq!((r.done, r.result), (1, Ok(())), "a zero budget still makes progress");
         let mut bad = reqs.clone();
         bad[3].val = make(s.l2, RWF);
-        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &bad, 0x7ff0, 100));
+        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &bad, SELF, 100));
         assert_eq!((r.done, r.result), (3, Err(Errno::EBUSY)));
         let unknown = [MmuUpdate { ptr: s.l1.addr() | 5, val: 0 }];
-        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &unknown, 0x7ff0, 1));
+        let r = m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &unknown, SELF, 1));
         assert_eq!(r.result, Err(Errno::ENOSYS));
         let ops = [
             MmuextOp { cmd: mmuext::TLB_FLUSH_LOCAL, _pad: 0, arg1: 0, arg2: 0 },
@@ -888,19 +888,19 @@ mod tests {
     fn writes_to_data_frames_and_refusals() {
         let (mut m, mut g, s) = one_guest();
         // A data frame that is mapped writable takes plain stores.
-        assert_eq!(m.update(&mut g, s.data[1], 3, 0xdead_beef, 0x7ff0), Ok(()));
+        assert_eq!(m.update(&mut g, s.data[1], 3, 0xdead_beef, SELF), Ok(()));
         assert_eq!(m.mem.read_pte(s.data[1], 3), 0xdead_beef);
         // An unreferenced frame becomes writable for the store and stays untyped after.
         let f = m.alloc(&g);
-        assert_eq!(m.update(&mut g, f, 0, 0x1234, 0x7ff0), Ok(()));
+        assert_eq!(m.update(&mut g, f, 0, 0x1234, SELF), Ok(()));
         assert_eq!(m.mem.read_pte(f, 0), 0x1234);
         assert_eq!(m.info(f).type_count, 0);
         // Another domain's table, a hypervisor frame: EINVAL.
         let mut other = m.guest(2, false, 8);
         let os = m.alloc(&other);
-        assert_eq!(m.update(&mut g, os, 0, 1, 0x7ff0), Err(Errno::EINVAL));
-        assert_eq!(m.update(&mut g, Mfn(M2P_FRAMES.start), 0, 1, 0x7ff0), Err(Errno::EINVAL));
-        assert_eq!(m.update(&mut other, s.l1, 0, 0, 0x7ff0), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut g, os, 0, 1, SELF), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut g, Mfn(M2P_FRAMES.start), 0, 1, SELF), Err(Errno::EINVAL));
+        assert_eq!(m.update(&mut other, s.l1, 0, 0, SELF), Err(Errno::EINVAL));
         m.audit(&[&g]);
     }
 
@@ -963,7 +963,7 @@ mod tests {
         let r = m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, va, make(s.l2, RWF), 0));
         assert_eq!(r, Err(Errno::EBUSY));
         // A linear L2 entry makes the walk end at an L2: not an L1.
-        assert_eq!(m.update(&mut g, s.l2, 1, make(s.l2, RO), 0x7ff0), Ok(()));
+        assert_eq!(m.update(&mut g, s.l2, 1, make(s.l2, RO), SELF), Ok(()));
         let r = m.run(&mut g, |ft, mem, ctx| update_va_mapping(ft, mem, ctx, (1 << 21) | 0x3000, 0, 0));
         assert_eq!(r, Err(Errno::EINVAL));
         // No kernel base at all.
@@ -1018,7 +1018,7 @@ mod tests {
         assert_eq!(m.ft.owner(s.data[0]), Some(Owner::Domain(g.domid)));
         assert!(!m.info(s.data[0]).allocated);
         m.audit(&[&g]);
-        assert_eq!(m.update(&mut g, s.l1, 0, 0, 0x7ff0), Ok(()));
+        assert_eq!(m.update(&mut g, s.l1, 0, 0, SELF), Ok(()));
         assert_eq!(m.ft.owner(s.data[0]), Some(Owner::Free));
         assert_eq!(m.ft.nr_free(), before + 1);
         m.audit(&[&g]);
@@ -1216,7 +1216,7 @@ mod proptests {
                     let other = 1 - dom;
                     let target = self.pick(if foreign { other } else { dom }, target);
                     let val = make(target, FLAGS[flags as usize % FLAGS.len()]);
-                    let fd = if foreign { other as u32 } else { 0x7ff0 };
+                    let fd = if foreign { other as u32 } else { SELF };
                     let _ = self.m.update(&mut g, table, slot, val, fd);
                 }
                 Op::Link { table, slot, target, how, .. } => {
@@ -1230,13 +1230,13 @@ mod proptests {
                         _ => (Some(self.pick_fresh(dom, target)), RWF),
                     };
                     let Some(target) = target else { return };
-                    let _ = self.m.update(&mut g, t, slot, make(target, flags), 0x7ff0);
+                    let _ = self.m.update(&mut g, t, slot, make(target, flags), SELF);
                 }
                 Op::Map { l1, slot, target, rw, foreign, .. } => {
                     let Some(t) = self.live_table(g.domid, l1, 1..=1) else { return };
                     let other = 1 - dom;
                     let target = self.pick(if foreign { other } else { dom }, target);
-                    let fd = if foreign { other as u32 } else { 0x7ff0 };
+                    let fd = if foreign { other as u32 } else { SELF };
                     let val = make(target, if rw { RWF } else { RO });
                     let _ = self.m.update(&mut g, t, 8 + slot as usize % 8, val, fd);
                 }
@@ -1277,7 +1277,7 @@ mod proptests {
                 Op::Machphys { mfn, .. } => {
                     let mfn = self.pick(dom, mfn);
                     let req = MmuUpdate { ptr: mfn.addr() | mmu::MACHPHYS_UPDATE, val: 5 };
-                    let r = self.m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req], 0x7ff0, 1));
+                    let r = self.m.run(&mut g, |ft, mem, ctx| mmu_update(ft, mem, ctx, &[req], SELF, 1));
                     let owns = self.m.ft.owner(mfn) == Some(Owner::Domain(g.domid))
                         && self.m.ft.info(mfn).is_some_and(|i| i.count > 0);
                     // Unless preempted while finishing a deferred teardown first.

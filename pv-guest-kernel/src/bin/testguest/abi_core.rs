@@ -328,7 +328,7 @@ pub fn evtchn_ops() {
 // gnttab-ops
 
 /// Where `gnttab-ops` maps (the test guest's grant-probe window).
-const PROBE_VA: u64 = 0xffff_cc00_0000_0000;
+const PROBE_VA: u64 = pv_guest_kernel::va::TEST_PROBES;
 
 fn gnttab<T>(cmd: u32, ops: &mut [T]) -> i64 {
     hypercall::hypercall5(nr::GRANT_TABLE_OP, u64::from(cmd), ops.as_mut_ptr() as u64, ops.len() as u64, 0, 0)
