@@ -34,6 +34,12 @@ pub fn guest_value(run: &Run, d: u16, scenario: &str, key: &str) -> i64 {
     v.parse().unwrap_or_else(|_| fail(run, &format!("{prefix}{v} is not a number")))
 }
 
+/// The number in the ` key=<n>` field of `line` (a `key=value` line of dom0's or the
+/// hypervisor's); panics with the log when there is none.
+pub fn field(run: &Run, line: &str, key: &str) -> u64 {
+    xtask::fuzz::field(line, key).unwrap_or_else(|| fail(run, &format!("no numeric {key}= in {line:?}")))
+}
+
 /// Assertions on a finished run.
 /// `scenario` reported its checks as `RESULT <scenario> <check>=<value>` lines and passed: the
 /// guest compares each value with Xen 4.17's and fails the scenario on a mismatch, naming both.

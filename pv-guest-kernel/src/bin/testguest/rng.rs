@@ -72,6 +72,8 @@ pub fn read(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
         Ok(()) => {}
         Err(e) => fails.push(format!("reading 4998 bytes: {e}")),
     }
+    // What the host checks dom0's count against.
+    println!("rng-read: bytes={}", buf.len() + odd.len() - 3);
     if let Err(e) = rng.disconnect(xb, 10_000_000_000) {
         fails.push(format!("disconnect: {e}"));
     }
@@ -172,6 +174,7 @@ pub fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
     if let Err(e) = rng.disconnect(xb, 10_000_000_000) {
         fails.push(format!("disconnect: {e}"));
     }
+    println!("rng-hostile: refused={}", cases.len());
     report(
         "rng-hostile",
         &fails,
