@@ -421,10 +421,11 @@ pub fn is_tcg_smap_quirk<P: Platform>(
     error_code: u64,
     cr2: u64,
 ) -> bool {
-    const PFEC_PRESENT: u64 = 1;
     /// The frame a 64-bit `iretq` pops: RIP, CS, RFLAGS, RSP, SS.
     const IRET_FRAME: u64 = 5 * 8;
-    if error_code != PFEC_PRESENT || !(frame.rsp..frame.rsp.saturating_add(IRET_FRAME)).contains(&cr2) {
+    if error_code != crate::x86::pfec::PRESENT
+        || !(frame.rsp..frame.rsp.saturating_add(IRET_FRAME)).contains(&cr2)
+    {
         return false;
     }
     let (bytes, n) = fetch(hv, frame.rip);

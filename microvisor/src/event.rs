@@ -440,7 +440,7 @@ pub struct VcpuInfoRef {
     pub ma: u64,
 }
 
-const UPCALL_PENDING: u64 = core::mem::offset_of!(VcpuInfo, evtchn_upcall_pending) as u64;
+pub(crate) const UPCALL_PENDING: u64 = core::mem::offset_of!(VcpuInfo, evtchn_upcall_pending) as u64;
 const UPCALL_MASK: u64 = core::mem::offset_of!(VcpuInfo, evtchn_upcall_mask) as u64;
 const PENDING_SEL: u64 = core::mem::offset_of!(VcpuInfo, evtchn_pending_sel) as u64;
 /// Where a bounced #PF's address goes (`arch.cr2`).

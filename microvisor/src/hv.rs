@@ -713,7 +713,7 @@ impl<P: Platform> Hypervisor<P> {
     /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
     #[inline]
     fn upcall_deliverable(&self, v: &Vcpu) -> bool {
-        self.mem().read_u64(v.vcpu_info) & 0xffff == 1
+        self.mem().read_u64(v.vcpu_info + crate::event::UPCALL_PENDING) & 0xffff == 1
     }
 
     /// What the hardware must be set to for the running vCPU.

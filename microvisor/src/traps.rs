@@ -376,7 +376,7 @@ impl core::fmt::Display for CrashReason {
 /// reads as not present, as under Xen 4.17, whose hole is unmapped while a PV guest runs
 /// (XPTI): `xen_conformance::noncanonical_rip` compares `iret.hypervisor_hole.error_code`.
 pub fn guest_pf_error_code(error_code: u64, addr: u64, kernel_mode: bool) -> u64 {
-    use crate::mm::ptwr::pfec;
+    use crate::x86::pfec;
     let user = if kernel_mode { 0 } else { pfec::USER };
     let mut e = (error_code & !pfec::USER) | user;
     if in_hypervisor_hole(addr) {

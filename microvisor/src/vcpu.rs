@@ -50,25 +50,7 @@ const _: () = {
     assert!(core::mem::offset_of!(GuestFrame, cs) == 18 * 8);
 };
 
-/// RFLAGS bits the hypervisor cares about.
-pub mod rflags {
-    pub const CF: u64 = 1 << 0;
-    pub const FIXED: u64 = 1 << 1;
-    pub const TF: u64 = 1 << 8;
-    pub const IF: u64 = 1 << 9;
-    pub const DF: u64 = 1 << 10;
-    pub const IOPL: u64 = 3 << 12;
-    pub const NT: u64 = 1 << 14;
-    pub const RF: u64 = 1 << 16;
-    pub const VM: u64 = 1 << 17;
-    pub const AC: u64 = 1 << 18;
-    pub const VIF: u64 = 1 << 19;
-    pub const VIP: u64 = 1 << 20;
-    pub const ID: u64 = 1 << 21;
-    /// Flags a guest may set in its real RFLAGS (everything else is forced).
-    pub const GUEST_SETTABLE: u64 =
-        CF | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 7) | TF | DF | (1 << 11) | AC | ID;
-}
+pub use crate::x86::rflags;
 
 impl GuestFrame {
     /// The general registers as `[rax, rbx, rcx, rdx, rsp, rbp, rsi, rdi, r8..r15]`, the
@@ -223,9 +205,10 @@ impl FpuArea {
     /// The state after `fninit` with MXCSR at its reset value (all SIMD exceptions masked).
     pub fn initial() -> FpuArea {
         let mut a = FpuArea([0; 512]);
-        a.0[0..2].copy_from_slice(&0x037fu16.to_le_bytes());
-        a.0[24..28].copy_from_slice(&0x1f80u32.to_le_bytes());
-        a.0[28..32].copy_from_slice(&0xffffu32.to_le_bytes());
+        use crate::x86::fxsave::*;
+        a.0[FCW..FCW + 2].copy_from_slice(&FCW_DEFAULT.to_le_bytes());
+        a.0[MXCSR..MXCSR + 4].copy_from_slice(&MXCSR_DEFAULT.to_le_bytes());
+        a.0[MXCSR_MASK..MXCSR_MASK + 4].copy_from_slice(&MXCSR_MASK_DEFAULT.to_le_bytes());
         a
     }
 }

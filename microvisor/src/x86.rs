@@ -203,4 +203,57 @@ pub mod dr {
     pub const RW_IO: u64 = 0b10;
 }
 
-pub use crate::vcpu::rflags;
+/// RFLAGS bits.
+pub mod rflags {
+    pub const CF: u64 = 1 << 0;
+    /// Reads as 1.
+    pub const FIXED: u64 = 1 << 1;
+    pub const PF: u64 = 1 << 2;
+    pub const AF: u64 = 1 << 4;
+    pub const ZF: u64 = 1 << 6;
+    pub const SF: u64 = 1 << 7;
+    pub const TF: u64 = 1 << 8;
+    pub const IF: u64 = 1 << 9;
+    pub const DF: u64 = 1 << 10;
+    pub const OF: u64 = 1 << 11;
+    pub const IOPL: u64 = 3 << 12;
+    pub const NT: u64 = 1 << 14;
+    pub const RF: u64 = 1 << 16;
+    pub const VM: u64 = 1 << 17;
+    pub const AC: u64 = 1 << 18;
+    pub const VIF: u64 = 1 << 19;
+    pub const VIP: u64 = 1 << 20;
+    pub const ID: u64 = 1 << 21;
+    /// Flags a guest may set in its real RFLAGS (everything else is forced).
+    pub const GUEST_SETTABLE: u64 = CF | PF | AF | ZF | SF | TF | DF | OF | AC | ID;
+    // The value it had as bit numbers.
+    const _: () = assert!(
+        GUEST_SETTABLE == CF | (1 << 2) | (1 << 4) | (1 << 6) | (1 << 7) | TF | DF | (1 << 11) | AC | ID
+    );
+}
+
+/// Page-fault error-code bits (Intel SDM 4.7).
+pub mod pfec {
+    pub const PRESENT: u64 = 1 << 0;
+    pub const WRITE: u64 = 1 << 1;
+    /// The access was made in user mode (ring 3).
+    pub const USER: u64 = 1 << 2;
+    pub const RSVD: u64 = 1 << 3;
+    pub const INSN_FETCH: u64 = 1 << 4;
+}
+
+/// The FXSAVE area's fields the hypervisor initialises, and their reset values.
+pub mod fxsave {
+    /// Byte offset of FCW, the x87 control word.
+    pub const FCW: usize = 0;
+    /// Byte offset of MXCSR.
+    pub const MXCSR: usize = 24;
+    /// Byte offset of MXCSR_MASK.
+    pub const MXCSR_MASK: usize = 28;
+    /// FCW after `fninit`: every x87 exception masked, 64-bit precision, round to nearest.
+    pub const FCW_DEFAULT: u16 = 0x037f;
+    /// MXCSR at reset: every SIMD exception masked.
+    pub const MXCSR_DEFAULT: u32 = 0x1f80;
+    /// MXCSR_MASK as written for a guest: every MXCSR bit writable.
+    pub const MXCSR_MASK_DEFAULT: u32 = 0xffff;
+}

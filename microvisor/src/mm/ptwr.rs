@@ -12,14 +12,7 @@ use super::pagetable::{self, EntryRef, L1Owners};
 use super::{pte, MachineMemory};
 use hypercall_abi::{DomId, Errno, Mfn, PAGE_SIZE};
 
-/// Page-fault error-code bits (Intel SDM 4.7).
-pub mod pfec {
-    pub const PRESENT: u64 = 1 << 0;
-    pub const WRITE: u64 = 1 << 1;
-    pub const USER: u64 = 1 << 2;
-    pub const RSVD: u64 = 1 << 3;
-    pub const INSN_FETCH: u64 = 1 << 4;
-}
+pub use crate::x86::pfec;
 
 /// Where a faulting write lands: the L1 table being written and the byte offset in it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
