@@ -120,8 +120,7 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     frames.set_phys_addr_bits(phys_addr_bits);
     // L1TF checks of PV domains' non-present entries where the CPU needs them (Xen's pv-l1tf).
     let [_, b, c, d] = cpu::cpuid(0, 0);
-    const L7_EDX_ARCH_CAPS: u32 = 1 << 29;
-    let arch_caps = (cpu::cpuid(7, 0)[3] & L7_EDX_ARCH_CAPS != 0)
+    let arch_caps = (cpu::cpuid(7, 0)[3] & microvisor::x86::cpuid::l7_edx::ARCH_CAPABILITIES != 0)
         .then(|| arch::x86_64::probe::rdmsr_safe(microvisor::x86::msr::ARCH_CAPABILITIES))
         .flatten();
     let l1tf_bug = microvisor::mm::frame_table::cpu_has_bug_l1tf([b, d, c], arch_caps);

@@ -91,14 +91,15 @@ impl Cr4Policy {
     /// TSD with TSC, DE with DE, FSGSBASE with FSGSBASE, OSXSAVE with XSAVE; MCE is seen with
     /// MCE (Xen turns it on where the CPU has it), PAE and the SSE bits always.
     pub fn from_cpuid(leaf1: [u32; 4], leaf7: [u32; 4]) -> Cr4Policy {
+        use crate::x86::cpuid::{l1_ecx, l1_edx, l7_ebx};
         let edx1 = leaf1[3];
-        let bit = |word: u32, n: u32, v: u64| if word & (1 << n) != 0 { v } else { 0 };
+        let bit = |word: u32, feature: u32, v: u64| if word & feature != 0 { v } else { 0 };
         Cr4Policy {
-            settable: bit(edx1, 4, cr4::TSD)
-                | bit(edx1, 2, cr4::DE)
-                | bit(leaf7[1], 0, cr4::FSGSBASE)
-                | bit(leaf1[2], 26, cr4::OSXSAVE),
-            visible: cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | bit(edx1, 7, cr4::MCE),
+            settable: bit(edx1, l1_edx::TSC, cr4::TSD)
+                | bit(edx1, l1_edx::DE, cr4::DE)
+                | bit(leaf7[1], l7_ebx::FSGSBASE, cr4::FSGSBASE)
+                | bit(leaf1[2], l1_ecx::XSAVE, cr4::OSXSAVE),
+            visible: cr4::PAE | cr4::OSFXSR | cr4::OSXMMEXCPT | bit(edx1, l1_edx::MCE, cr4::MCE),
         }
     }
 

@@ -2,13 +2,15 @@
 //! use hidden (virtualization, monitor/mwait, XSAVE/AVX — the hypervisor switches FPU state
 //! with FXSAVE only — and the local APIC), plus Xen's hypervisor leaves at 0x40000000.
 
+use crate::x86::cpuid::{ext1_ecx, ext1_edx, ext7_edx, l1_ecx, l1_edx, l7_ebx, l7_ecx, l7_edx};
+
 /// Leaf 0x8000_0001, EDX: RDTSCP.
-pub const EXT1_EDX_RDTSCP: u32 = 1 << 27;
+pub const EXT1_EDX_RDTSCP: u32 = ext1_edx::RDTSCP;
 /// Leaf 7, subleaf 0, ECX: RDPID.
-pub const L7_ECX_RDPID: u32 = 1 << 22;
+pub const L7_ECX_RDPID: u32 = l7_ecx::RDPID;
 
 /// Leaf 0x8000_0007, EDX: invariant TSC (Xen's TSC_RELIABLE follows it).
-pub const PWR_EDX_INVARIANT_TSC: u32 = 1 << 8;
+pub const PWR_EDX_INVARIANT_TSC: u32 = ext7_edx::INVARIANT_TSC;
 
 /// Xen's hypervisor leaves: 0x40000000 up to [`HV_LAST_LEAF`], then zeros up to
 /// [`HV_LEAVES_END`] (Xen answers the range 0x40000000-0x400001ff itself, for its Viridian
@@ -86,9 +88,90 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
     let [mut a, mut b, mut c, mut d] = real;
     match leaf {
         1 => {
-            // ecx: MONITOR 3, VMX 5, SMX 6, EST 7, TM2 8, SDBG 11, FMA 12, PDCM 15, PCID 17,
-            // x2APIC 21, TSC-deadline 24, XSAVE 26, OSXSAVE 27, AVX 28, F16C 29; set hypervisor 31.
-            const ECX_HIDE: u32 = (1 << 3)
+            c = (c & !L1_ECX_HIDE) | l1_ecx::HYPERVISOR;
+            d &= !L1_EDX_HIDE;
+            // Only one logical CPU is visible.
+            b &= 0x0000_ffff;
+        }
+        7 => {
+            b &= !L7_EBX_HIDE;
+            c &= !L7_ECX_HIDE;
+            d &= !L7_EDX_HIDE;
+        }
+        0xd => return [0; 4],
+        HV_LEAVES_FIRST..=HV_LEAVES_END => return [0; 4],
+        0x8000_0001 => {
+            // NX, LM and SYSCALL in edx stay.
+            c &= !EXT1_ECX_HIDE;
+        }
+        _ => {}
+    }
+    let _ = &mut a;
+    [a, b, c, d]
+}
+
+/// Leaf 1, ECX: what a PV guest cannot use (the hypervisor switches FPU state with FXSAVE
+/// only, so no XSAVE/AVX; no virtualization, MONITOR/MWAIT, PCID or local-APIC features).
+const L1_ECX_HIDE: u32 = {
+    use l1_ecx::*;
+    MONITOR
+        | VMX
+        | SMX
+        | EST
+        | TM2
+        | SDBG
+        | FMA
+        | PDCM
+        | PCID
+        | X2APIC
+        | TSC_DEADLINE
+        | XSAVE
+        | OSXSAVE
+        | AVX
+        | F16C
+};
+/// Leaf 1, EDX. DE stays, as on Xen: CR4.DE and I/O breakpoints are emulated (`cpu_state`).
+const L1_EDX_HIDE: u32 = {
+    use l1_edx::*;
+    VME | PSE | APIC | MTRR | PGE | MCA | DS | ACPI | TM | PBE
+};
+/// Leaf 7, EBX. SMEP and SMAP are HVM-only in Xen's policy (`/*S*/` in cpufeatureset.h): a
+/// PV kernel runs in ring 3, where `stac`/`clac` raise #UD, and Linux patches them into every
+/// entry path when it sees SMAP. FSGSBASE stays visible, as on Xen: a guest's CR4.FSGSBASE
+/// write reaches the CPU (`cpu_state::HARDWARE_CR4_MASK`), and Linux, which sets the bit once
+/// it sees the feature, then uses `rdfsbase`.
+const L7_EBX_HIDE: u32 = {
+    use l7_ebx::*;
+    AVX2 | SMEP
+        | INVPCID
+        | AVX512F
+        | AVX512DQ
+        | SMAP
+        | AVX512_IFMA
+        | AVX512PF
+        | AVX512ER
+        | AVX512CD
+        | AVX512BW
+        | AVX512VL
+};
+/// Leaf 7, ECX: the AVX-512 extensions, UMIP, PKU and OSPKE.
+const L7_ECX_HIDE: u32 = {
+    use l7_ecx::*;
+    AVX512_VBMI | UMIP | PKU | OSPKE | AVX512_VBMI2 | AVX512_VNNI | AVX512_BITALG | AVX512_VPOPCNTDQ
+};
+/// Leaf 7, EDX: the AVX-512 extensions.
+const L7_EDX_HIDE: u32 = {
+    use l7_edx::*;
+    AVX512_4VNNIW | AVX512_4FMAPS | AVX512_VP2INTERSECT | AVX512_FP16
+};
+/// Leaf 0x8000_0001, ECX: SVM and MONITORX.
+const EXT1_ECX_HIDE: u32 = ext1_ecx::SVM | ext1_ecx::MONITORX;
+
+// The masks as they were written with bit numbers, so the names change nothing.
+const _: () = {
+    assert!(
+        L1_ECX_HIDE
+            == (1 << 3)
                 | (1 << 5)
                 | (1 << 6)
                 | (1 << 7)
@@ -102,11 +185,11 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
                 | (1 << 26)
                 | (1 << 27)
                 | (1 << 28)
-                | (1 << 29);
-            c = (c & !ECX_HIDE) | (1 << 31);
-            // edx: VME 1, PSE 3, MTRR 12, PGE 13, MCA 14, APIC 9, ACPI 22, DS 21, TM 29, PBE 31.
-            // DE stays, as on Xen: CR4.DE and I/O breakpoints are emulated (`cpu_state`).
-            const EDX_HIDE: u32 = (1 << 1)
+                | (1 << 29)
+    );
+    assert!(
+        L1_EDX_HIDE
+            == (1 << 1)
                 | (1 << 3)
                 | (1 << 9)
                 | (1 << 12)
@@ -115,20 +198,11 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
                 | (1 << 21)
                 | (1 << 22)
                 | (1 << 29)
-                | (1 << 31);
-            d &= !EDX_HIDE;
-            // Only one logical CPU is visible.
-            b &= 0x0000_ffff;
-        }
-        7 => {
-            // ebx: AVX2 5, SMEP 7, INVPCID 10, AVX-512 (16, 17, 21, 26-28, 30, 31), SMAP 20;
-            // ecx: AVX-512 bits, PKU 3, OSPKE 4, UMIP 2; edx: AVX-512 bits. SMEP and SMAP are
-            // HVM-only in Xen's policy (`/*S*/` in cpufeatureset.h): a PV kernel runs in ring 3,
-            // where `stac`/`clac` raise #UD, and Linux patches them into every entry path when
-            // it sees SMAP. FSGSBASE (0) stays visible, as on Xen: a guest's CR4.FSGSBASE write
-            // reaches the CPU (`cpu_state::HARDWARE_CR4_MASK`), and Linux, which sets the bit
-            // once it sees the feature, then uses `rdfsbase`.
-            const EBX_HIDE: u32 = (1 << 5)
+                | (1 << 31)
+    );
+    assert!(
+        L7_EBX_HIDE
+            == (1 << 5)
                 | (1 << 7)
                 | (1 << 10)
                 | (1 << 16)
@@ -136,22 +210,16 @@ pub fn pv_cpuid(leaf: u32, real: [u32; 4]) -> [u32; 4] {
                 | (1 << 20)
                 | (1 << 21)
                 | (0x7 << 26)
-                | (0x3 << 30);
-            b &= !EBX_HIDE;
-            c &= !((1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14));
-            d &= !((1 << 2) | (1 << 3) | (1 << 8) | (1 << 23));
-        }
-        0xd => return [0; 4],
-        HV_LEAVES_FIRST..=HV_LEAVES_END => return [0; 4],
-        0x8000_0001 => {
-            // ecx: SVM 2, MONITORX 29; keep NX, LM and SYSCALL in edx.
-            c &= !((1 << 2) | (1 << 29));
-        }
-        _ => {}
-    }
-    let _ = &mut a;
-    [a, b, c, d]
-}
+                | (0x3 << 30)
+    );
+    assert!(
+        L7_ECX_HIDE
+            == (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 6) | (1 << 11) | (1 << 12) | (1 << 14)
+    );
+    assert!(L7_EDX_HIDE == (1 << 2) | (1 << 3) | (1 << 8) | (1 << 23));
+    assert!(EXT1_ECX_HIDE == (1 << 2) | (1 << 29));
+    assert!(l1_ecx::HYPERVISOR == 1 << 31);
+};
 
 #[cfg(test)]
 mod tests {

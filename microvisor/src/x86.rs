@@ -203,6 +203,97 @@ pub mod dr {
     pub const RW_IO: u64 = 0b10;
 }
 
+/// CPUID feature bits, by leaf and register.
+pub mod cpuid {
+    /// Leaf 1, ECX.
+    pub mod l1_ecx {
+        pub const MONITOR: u32 = 1 << 3;
+        pub const VMX: u32 = 1 << 5;
+        pub const SMX: u32 = 1 << 6;
+        pub const EST: u32 = 1 << 7;
+        pub const TM2: u32 = 1 << 8;
+        pub const SDBG: u32 = 1 << 11;
+        pub const FMA: u32 = 1 << 12;
+        pub const PDCM: u32 = 1 << 15;
+        pub const PCID: u32 = 1 << 17;
+        pub const X2APIC: u32 = 1 << 21;
+        pub const TSC_DEADLINE: u32 = 1 << 24;
+        pub const XSAVE: u32 = 1 << 26;
+        pub const OSXSAVE: u32 = 1 << 27;
+        pub const AVX: u32 = 1 << 28;
+        pub const F16C: u32 = 1 << 29;
+        /// Running under a hypervisor.
+        pub const HYPERVISOR: u32 = 1 << 31;
+    }
+    /// Leaf 1, EDX.
+    pub mod l1_edx {
+        pub const VME: u32 = 1 << 1;
+        pub const DE: u32 = 1 << 2;
+        pub const PSE: u32 = 1 << 3;
+        pub const TSC: u32 = 1 << 4;
+        pub const MCE: u32 = 1 << 7;
+        pub const APIC: u32 = 1 << 9;
+        pub const MTRR: u32 = 1 << 12;
+        pub const PGE: u32 = 1 << 13;
+        pub const MCA: u32 = 1 << 14;
+        pub const DS: u32 = 1 << 21;
+        pub const ACPI: u32 = 1 << 22;
+        pub const TM: u32 = 1 << 29;
+        pub const PBE: u32 = 1 << 31;
+    }
+    /// Leaf 7 subleaf 0, EBX.
+    pub mod l7_ebx {
+        pub const FSGSBASE: u32 = 1 << 0;
+        pub const AVX2: u32 = 1 << 5;
+        pub const SMEP: u32 = 1 << 7;
+        pub const INVPCID: u32 = 1 << 10;
+        pub const AVX512F: u32 = 1 << 16;
+        pub const AVX512DQ: u32 = 1 << 17;
+        pub const SMAP: u32 = 1 << 20;
+        pub const AVX512_IFMA: u32 = 1 << 21;
+        pub const AVX512PF: u32 = 1 << 26;
+        pub const AVX512ER: u32 = 1 << 27;
+        pub const AVX512CD: u32 = 1 << 28;
+        pub const AVX512BW: u32 = 1 << 30;
+        pub const AVX512VL: u32 = 1 << 31;
+    }
+    /// Leaf 7 subleaf 0, ECX.
+    pub mod l7_ecx {
+        pub const AVX512_VBMI: u32 = 1 << 1;
+        pub const UMIP: u32 = 1 << 2;
+        pub const PKU: u32 = 1 << 3;
+        pub const OSPKE: u32 = 1 << 4;
+        pub const AVX512_VBMI2: u32 = 1 << 6;
+        pub const AVX512_VNNI: u32 = 1 << 11;
+        pub const AVX512_BITALG: u32 = 1 << 12;
+        pub const AVX512_VPOPCNTDQ: u32 = 1 << 14;
+        pub const RDPID: u32 = 1 << 22;
+    }
+    /// Leaf 7 subleaf 0, EDX.
+    pub mod l7_edx {
+        pub const AVX512_4VNNIW: u32 = 1 << 2;
+        pub const AVX512_4FMAPS: u32 = 1 << 3;
+        pub const AVX512_VP2INTERSECT: u32 = 1 << 8;
+        pub const AVX512_FP16: u32 = 1 << 23;
+        /// `IA32_ARCH_CAPABILITIES` exists.
+        pub const ARCH_CAPABILITIES: u32 = 1 << 29;
+    }
+    /// Leaf 0x8000_0001, ECX.
+    pub mod ext1_ecx {
+        pub const SVM: u32 = 1 << 2;
+        pub const MONITORX: u32 = 1 << 29;
+    }
+    /// Leaf 0x8000_0001, EDX.
+    pub mod ext1_edx {
+        pub const RDTSCP: u32 = 1 << 27;
+    }
+    /// Leaf 0x8000_0007, EDX.
+    pub mod ext7_edx {
+        /// The TSC runs at a constant rate in every power state.
+        pub const INVARIANT_TSC: u32 = 1 << 8;
+    }
+}
+
 /// RFLAGS bits.
 pub mod rflags {
     pub const CF: u64 = 1 << 0;

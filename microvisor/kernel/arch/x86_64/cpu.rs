@@ -26,12 +26,7 @@ pub fn outl(port: u16, val: u32) {
 pub use microvisor::x86::{cr0, cr4, msr};
 
 /// CPUID feature bits the hypervisor uses.
-pub mod feature {
-    /// Leaf 7, subleaf 0, EBX: SMEP.
-    pub const L7_EBX_SMEP: u32 = 1 << 7;
-    /// Leaf 7, subleaf 0, EBX: SMAP.
-    pub const L7_EBX_SMAP: u32 = 1 << 20;
-}
+pub use microvisor::x86::cpuid as feature;
 
 /// 1 if the CPU has `MSR_TSC_AUX` (it has `rdtscp` or `rdpid`), set once at boot.
 static HAS_TSC_AUX: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
@@ -62,7 +57,7 @@ pub struct Protections {
 pub fn enable_protections() -> Protections {
     let has_leaf7 = cpuid(0, 0)[0] >= 7;
     let ebx = if has_leaf7 { cpuid(7, 0)[1] } else { 0 };
-    let p = Protections { smep: ebx & feature::L7_EBX_SMEP != 0, smap: ebx & feature::L7_EBX_SMAP != 0 };
+    let p = Protections { smep: ebx & feature::l7_ebx::SMEP != 0, smap: ebx & feature::l7_ebx::SMAP != 0 };
     let mut bits = 0;
     if p.smep {
         bits |= cr4::SMEP;
