@@ -227,8 +227,11 @@ pub fn check_hypervisor_image(path: &Path) -> Result<()> {
 }
 
 /// Mangled-name fragments of the precompiled routines allowed to use SSE: formatting, string
-/// handling and the panic path (which never returns to a guest).
-const SSE_ALLOWED: &[&str] = &["4core3fmt", "5alloc3fmt", "4core3str", "5alloc6string", "4core5panic"];
+/// handling and the panic path (which never returns to a guest). Only the fallback target's
+/// precompiled libraries have any (`alloc::str`'s case mapping among them); the bare-metal
+/// target's are soft-float.
+const SSE_ALLOWED: &[&str] =
+    &["4core3fmt", "5alloc3fmt", "4core3str", "5alloc3str", "5alloc6string", "4core5panic"];
 
 /// A loadable ELF segment.
 #[derive(Debug)]
