@@ -16,7 +16,7 @@
 //! `iters=<n>` (default 100 000) sets the sample count of the single updates; the batch and
 //! pin figures take at most 10 000 samples (`mm_iters=<n>` overrides).
 
-use super::timing::{measure, print, timed4, Failure, WARMUP};
+use super::timing::{print, samples, timed4, Failure};
 use alloc::vec::Vec;
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::xen::{mmuext, uvmf, MmuUpdate, MmuextOp};
@@ -27,6 +27,24 @@ use pv_guest_kernel::{cmdline, events, hypercall, println};
 /// Benchmark virtual addresses (each the start of its own L1).
 const ONE_VA: u64 = pv_guest_kernel::va::TEST_PAGE_TABLES;
 const BATCH_VA: u64 = ONE_VA + (2 << 20);
+const WARMUP: usize = 100;
+
+/// Runs `f` `WARMUP + iters` times, keeping the last `iters` timings; any non-zero result
+/// stops the benchmark.
+fn measure(name: &str, iters: usize, mut f: impl FnMut(usize) -> (u32, i64)) -> Result<Vec<u32>, Failure> {
+    let mut s = samples(iters)?;
+    for i in 0..WARMUP + iters {
+        let (t, r) = f(i);
+        if r != 0 {
+            return Err(alloc::format!("{name}: iteration {i} returned {r}"));
+        }
+        if i >= WARMUP {
+            s.push(t);
+        }
+    }
+    Ok(s)
+}
+
 fn update_one(iters: usize, l1e: u64, on: u64) -> Result<(), Failure> {
     let reqs = [MmuUpdate { ptr: l1e, val: on }, MmuUpdate { ptr: l1e, val: 0 }];
     let self_ = u64::from(DomId::SELF.0);

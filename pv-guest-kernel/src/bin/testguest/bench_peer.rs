@@ -13,7 +13,7 @@
 //! * `sched.set_timer_op` — arming the one-shot timer 10 s ahead;
 //! * `sched.yield` — `SCHEDOP_yield` with nothing else to run.
 
-use super::timing::{self, print, samples, timed4, Failure, WARMUP};
+use super::timing::{print, samples, timed4, Failure};
 use alloc::vec::Vec;
 use hypercall_abi::event_channel::{op as evtop, EvtchnStatus};
 use hypercall_abi::hypercall::nr;
@@ -23,9 +23,22 @@ use hypercall_abi::{sched, DomId};
 use pv_guest_kernel::mm::{self, pt};
 use pv_guest_kernel::{cmdline, events, hypercall, println, time};
 
-/// Times `f` (see [`timing::measure`]) and prints the figures.
-fn bench(name: &str, iters: usize, f: impl FnMut(usize) -> (u32, i64)) -> Result<(), Failure> {
-    print(name, &mut timing::measure(name, iters, f)?).map(drop)
+const WARMUP: usize = 100;
+
+/// Times `f` over `WARMUP + iters` calls, keeps the last `iters`, and prints the figures;
+/// any result but 0 stops the benchmark.
+fn bench(name: &str, iters: usize, mut f: impl FnMut(usize) -> (u32, i64)) -> Result<(), Failure> {
+    let mut s = samples(iters)?;
+    for i in 0..WARMUP + iters {
+        let (t, r) = f(i);
+        if r != 0 {
+            return Err(alloc::format!("{name}: iteration {i} returned {r}"));
+        }
+        if i >= WARMUP {
+            s.push(t);
+        }
+    }
+    print(name, &mut s).map(drop)
 }
 
 pub fn run(cmd: &str) {

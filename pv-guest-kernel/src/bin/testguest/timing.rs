@@ -56,29 +56,6 @@ pub fn samples(n: usize) -> Result<Vec<u32>, Failure> {
     Ok(v)
 }
 
-/// Untimed runs before a benchmark's samples are kept.
-pub const WARMUP: usize = 100;
-
-/// Runs `f` `WARMUP + iters` times, keeping the last `iters` timings; any non-zero result
-/// stops the benchmark.
-pub fn measure(
-    name: &str,
-    iters: usize,
-    mut f: impl FnMut(usize) -> (u32, i64),
-) -> Result<Vec<u32>, Failure> {
-    let mut s = samples(iters)?;
-    for i in 0..WARMUP + iters {
-        let (t, r) = f(i);
-        if r != 0 {
-            return Err(alloc::format!("{name}: iteration {i} returned {r}"));
-        }
-        if i >= WARMUP {
-            s.push(t);
-        }
-    }
-    Ok(s)
-}
-
 /// Prints the `BENCH` and `BENCHHIST` lines of `s` (in TSC cycles).
 pub fn print(name: &str, s: &mut [u32]) -> Result<Stats, Failure> {
     let stats = Stats::compute(s).ok_or_else(|| alloc::format!("{name}: no samples"))?;
