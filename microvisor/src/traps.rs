@@ -212,7 +212,7 @@ pub fn do_iret<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> R
     Ok(())
 }
 
-/// Descriptor bits the selector checks read.
+// Descriptor bits the selector checks read.
 use crate::x86::seg as desc;
 
 /// The descriptor `sel` names in the vCPU's validated GDT copy `gdt` or LDT copy `ldt` (what
