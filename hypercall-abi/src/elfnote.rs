@@ -47,9 +47,7 @@ pub mod feature {
     pub const MEMORY_OP_VNODE_SUPPORTED: u32 = 13;
     pub const ARM_SMCCC_SUPPORTED: u32 = 14;
     pub const LINUX_RSDP_UNRESTRICTED: u32 = 15;
-    pub const DM_MSI_SUPPORTED: u32 = 16;
-    /// Xen 4.15+: the domain's frames are not 1:1 (gfn != mfn); shares bit 16 with the name
-    /// above, which older headers used.
+    /// Xen 4.15+: the domain's frames are not 1:1 (gfn != mfn).
     pub const NOT_DIRECT_MAPPED: u32 = 16;
     /// Xen 4.15+: the domain is direct-mapped (gfn == mfn), as every non-translated PV domain.
     pub const DIRECT_MAPPED: u32 = 17;
