@@ -49,7 +49,11 @@ pub const ALL: &[Window] = &[
     Window { base: TEST_PROBES, who: "test guest", what: "grant-map and device-memory probes" },
     Window { base: TEST_HOSTILE_MAPS, who: "test guest", what: "hostile grant maps (`ipc-hostile`)" },
     Window { base: TEST_PAGE_TABLES, who: "test guest", what: "page-table benchmarks (`bench-mm`)" },
-    Window { base: TEST_ALIAS, who: "test guest", what: "`mm`'s alias of its own page" },
+    Window {
+        base: TEST_ALIAS,
+        who: "test guest",
+        what: "`mm`'s alias of its own page; the fuzzer's argument pages",
+    },
     Window { base: FOREIGN_RINGS, who: "dom0", what: "other domains' xenstore and console rings" },
 ];
 

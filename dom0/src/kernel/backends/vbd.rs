@@ -348,7 +348,7 @@ impl BackendDriver<GrantMapping> for VbdDriver {
             return Err((rings, "ring pages not a power of two"));
         }
         let mem = RingPages::new(rings).map_err(|r| (r, "no ring page"))?;
-        let persistent = keys.flag("feature-persistent");
+        let persistent = keys.flag(blkif_keys::FEATURE_PERSISTENT);
         let back = Blkback::multi_page(mem, order, frontend, self.info, 0)
             .map_err(|mem| (mem.into_pages(), "bad ring order"))?;
         let staging = match mm::alloc_page() {

@@ -27,7 +27,8 @@ const POOL: usize = 160;
 /// Xen's continuation bit in `mmu_update`/`mmuext_op` counts.
 const MMU_UPDATE_PREEMPTED: u64 = 1 << 31;
 /// Scratch pages for hypercall arguments, followed by an unmapped guard page.
-pub(super) const ARG_VA: u64 = 0xffff_cf00_0000_0000;
+/// The `va::TEST_ALIAS` window: the fuzzer runs alone in its domain, never beside `mm`.
+pub(super) const ARG_VA: u64 = pv_guest_kernel::va::TEST_ALIAS;
 pub(super) const ARG_PAGES: u64 = 4;
 pub(super) const ARG_END: u64 = ARG_VA + ARG_PAGES * 4096;
 /// A scratch page mapped read-only.
