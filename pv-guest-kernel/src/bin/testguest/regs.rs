@@ -82,6 +82,8 @@ __tg_regs_call:
     mov %r8, {inp}+56(%rip)
     mov %rsp, {inp}+120(%rip)
     call *{target}(%rip)
+    /* Both probes end here: OUT gets every register, then the caller's frame is restored. */
+__tg_regs_record:
     "#,
     store_gprs!(out),
     r#"
@@ -125,16 +127,7 @@ __tg_regs_iret:
     movabs ${p13}, %r14
     movabs ${p14}, %r15
     jmp hypercall_page + {iret} * 32
-1:
-    "#,
-    store_gprs!(out),
-    r#"
-    mov %rsp, {out}+120(%rip)
-    mov {saved}(%rip), %rsp
-    "#,
-    pop_callee_saved!(),
-    r#"
-    ret
+1:  jmp __tg_regs_record
     .popsection
     "#,
     saved = sym SAVED_RSP,
