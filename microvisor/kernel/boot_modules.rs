@@ -9,7 +9,7 @@
 use crate::arch::x86_64::bootmem::{self, BootInfo};
 use crate::machine::Hv;
 use hypercall_abi::Mfn;
-use microvisor::domain_build::DomainSpec;
+use microvisor::domain_lifecycle::DomainSpec;
 
 /// Builds every module's domain; a module that cannot be built is reported and skipped,
 /// except dom0, without which the machine cannot run.

@@ -764,7 +764,7 @@ fn destroying_the_grantee_releases_its_mappings() {
     audit(&hv);
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU);
     run_as(&mut hv, D0);
-    crate::domain_build::destroy_domain(&mut hv, DU);
+    crate::domain_lifecycle::destroy_domain(&mut hv, DU);
     assert!(!hv.domains.contains_key(&DU));
     assert_eq!(hv.frames.nr_free(), expect_free);
     assert_eq!(flags(&hv, D0, 10), gtf::PERMIT_ACCESS);
@@ -788,7 +788,7 @@ fn destroying_the_granter_keeps_mapped_frames_until_unmapped() {
     assert_eq!((m.status, t.status), (gntst::OKAY, gntst::OKAY));
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU);
     run_as(&mut hv, D0);
-    crate::domain_build::destroy_domain(&mut hv, DU);
+    crate::domain_lifecycle::destroy_domain(&mut hv, DU);
     // Only what dom0 still maps survives; the domain lingers, dying, until it goes.
     assert_eq!(hv.domains[&DU].state, DomainState::Dying);
     assert_eq!(hv.frames.tot_pages(DU), 1);
@@ -821,8 +821,8 @@ fn destroying_both_sides_returns_all_memory() {
     assert_eq!(map(&mut hv, D0, DU, 10, host_va(0), RW_HOST).status, gntst::OKAY);
     assert_eq!(map(&mut hv, DU, D0, 10, host_va(0), RW_HOST).status, gntst::OKAY);
     let expect_free = hv.frames.nr_free() + frames_of(&hv, DU) + frames_of(&hv, D0);
-    crate::domain_build::destroy_domain(&mut hv, DU);
-    crate::domain_build::destroy_domain(&mut hv, D0);
+    crate::domain_lifecycle::destroy_domain(&mut hv, DU);
+    crate::domain_lifecycle::destroy_domain(&mut hv, D0);
     assert!(hv.domains.is_empty());
     assert_eq!(hv.frames.nr_free(), expect_free);
     hv.frames.audit(hv.mem(), &[]).unwrap();
@@ -941,7 +941,7 @@ fn a_domus_grant_state_is_bounded_by_its_heap_quota() {
     assert_eq!(m.status, gntst::OKAY);
     // The domU's commitment goes back to the pool once it is gone for good.
     let (before, commitment) = (hv.hv_mem_pool.used(), hv.domains[&DU].hv_commitment);
-    crate::domain_build::destroy_domain(&mut hv, DU);
+    crate::domain_lifecycle::destroy_domain(&mut hv, DU);
     assert!(hv.domains.contains_key(&DU), "dom0 still maps one of its frames");
     assert_eq!(hv.hv_mem_pool.used(), before);
     assert_eq!(unmap(&mut hv, D0, m.handle, 0, f.addr()), gntst::OKAY);
@@ -1395,7 +1395,7 @@ mod proptests {
                 Op::Destroy { d } => {
                     let d = dom(d);
                     if self.alive(d) {
-                        crate::domain_build::destroy_domain(&mut self.hv, d);
+                        crate::domain_lifecycle::destroy_domain(&mut self.hv, d);
                     }
                 }
             }
@@ -1447,7 +1447,7 @@ mod proptests {
             let order = if first_down { [DU, D0] } else { [D0, DU] };
             for d in order {
                 if w.alive(d) {
-                    crate::domain_build::destroy_domain(&mut w.hv, d);
+                    crate::domain_lifecycle::destroy_domain(&mut w.hv, d);
                 }
                 w.check();
             }

@@ -9,7 +9,7 @@
 //! The arch layer writes no core state: it calls entry points and reads views.
 
 use crate::domain::{Domain, DomainState, Domains, MemQuota, ShutdownReason};
-use crate::domain_build::DomainSpec;
+use crate::domain_lifecycle::DomainSpec;
 use crate::event;
 use crate::guest_mem::GuestSpace;
 use crate::hypercall::{self, Hc};
@@ -471,9 +471,9 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// Builds a PV domain from a Xen ELF image and makes its boot vCPU runnable (see
-    /// [`crate::domain_build::create_domain`]).
+    /// [`crate::domain_lifecycle::create_domain`]).
     pub fn create_domain(&mut self, spec: &DomainSpec<'_>, image: &[u8]) -> Result<DomId, String> {
-        crate::domain_build::create_domain(self, spec, image)
+        crate::domain_lifecycle::create_domain(self, spec, image)
     }
 
     /// Makes a domain's vCPUs that are set up runnable.

@@ -656,7 +656,7 @@ fn a_domain_whose_heap_does_not_fit_the_pool_is_refused() {
     // Room for one more domU, not two.
     hv.hv_mem_pool.set_limit(used + per_domu + per_domu / 2);
     let image = crate::loader::elf::testelf::TestElf::kernel().build();
-    let spec = crate::domain_build::DomainSpec {
+    let spec = crate::domain_lifecycle::DomainSpec {
         name: "more",
         is_dom0: false,
         mem_bytes: 4 << 20,

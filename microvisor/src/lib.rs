@@ -13,7 +13,7 @@ pub mod cpu_state;
 pub mod cpuid;
 pub mod crash_report;
 pub mod domain;
-pub mod domain_build;
+pub mod domain_lifecycle;
 pub mod emulate;
 pub mod event;
 pub mod grant;

@@ -2,7 +2,7 @@
 //! built by the real domain builder in fake memory, so hypercalls, traps and the exit path
 //! can be exercised on the host exactly as guests would call them.
 
-use crate::domain_build::DomainSpec;
+use crate::domain_lifecycle::DomainSpec;
 use crate::guest_mem::GuestRange;
 use crate::hv::Hypervisor;
 use crate::loader::elf::testelf;

@@ -151,7 +151,7 @@ fn a_registered_vcpu_info_carries_events_and_the_upcall_test() {
     assert_eq!(hv.mem().read_u8(si), 0, "shared_info's slot is no longer used");
     // Destroying the domain releases the frame.
     run_as(&mut hv, DomId::DOM0);
-    crate::domain_build::destroy_domain(&mut hv, DU);
+    crate::domain_lifecycle::destroy_domain(&mut hv, DU);
     assert!(!hv.domains.contains_key(&DU));
     hv.audit_frames().unwrap();
 }

@@ -36,7 +36,7 @@ pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errn
             if !hv.domains.contains_key(&id) {
                 return Err(Errno::ESRCH);
             }
-            let released = crate::domain_build::destroy_domain(hv, id);
+            let released = crate::domain_lifecycle::destroy_domain(hv, id);
             let left = hv.frames.tot_pages(id);
             hv.log(format_args!(
                 "Domain {} destroyed: {released} frames released, {left} still referenced",

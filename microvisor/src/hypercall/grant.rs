@@ -56,7 +56,7 @@ pub fn grant_table_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
                 hv.request_flush(done.flush);
                 // The last mapping of a destroyed granter's frame lets it go.
                 if let Some(g) = done.granter.filter(|&g| g != me) {
-                    crate::domain_build::reap_if_dead(hv, g);
+                    crate::domain_lifecycle::reap_if_dead(hv, g);
                 }
             })
         }
@@ -78,7 +78,7 @@ pub fn grant_table_op<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
                     .unmap_and_replace(me, l4, u);
                 hv.request_flush(done.flush);
                 if let Some(g) = done.granter.filter(|&g| g != me) {
-                    crate::domain_build::reap_if_dead(hv, g);
+                    crate::domain_lifecycle::reap_if_dead(hv, g);
                 }
             })
         }
