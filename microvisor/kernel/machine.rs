@@ -142,6 +142,7 @@ pub fn syscall_slow(mut live: Live) {
 #[inline(always)]
 pub fn trap_from_guest(mut live: Live) {
     let vector = live.frame().vector as u8;
+    #[cfg(feature = "test-aids")]
     if crate::arch::x86_64::floor::active() {
         if vector != 13 {
             fatal(live.frame(), "unexpected exception in the floor benchmark");
@@ -351,9 +352,16 @@ pub fn running() -> Option<(u32, u32)> {
 
 /// Leaves boot: runs the scheduler for the first time and enters the chosen guest. With
 /// `floor_iters`, the ring-3 latency floor is measured first (its end starts the guests).
+#[cfg(feature = "test-aids")]
 pub fn start(floor_iters: Option<u64>, hv_slots: &[u64; crate::arch::x86_64::paging::NR_HV_SLOTS]) -> ! {
     entry::enter_first_guest(|mut live| match floor_iters {
         Some(n) => with_hv(|hv| crate::arch::x86_64::floor::prepare(hv, n, hv_slots, live.frame())),
         None => with_hv(|hv| exit_path(hv, live)),
     })
+}
+
+/// Leaves boot: runs the scheduler for the first time and enters the chosen guest.
+#[cfg(not(feature = "test-aids"))]
+pub fn start() -> ! {
+    entry::enter_first_guest(|live| with_hv(|hv| exit_path(hv, live)))
 }

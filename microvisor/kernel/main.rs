@@ -138,7 +138,9 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
     );
     hv.set_cmdline(options);
     boot_modules::build_all(&mut hv, &bi);
+    #[cfg(feature = "test-aids")]
     let floor = floor_iterations(hv.cmdline());
+    #[cfg(feature = "test-aids")]
     if hv.cmdline().split_whitespace().any(|o| o == "selftest=fault") {
         // Proves the ring-0 fault report.
         cpu::fault_on_purpose();
@@ -156,10 +158,14 @@ pub extern "C" fn kmain(mb_magic: u32, mb_info: u32) -> ! {
         Err(e) => hv.log(format_args!("{e}: no audit")),
     }
     machine::install(hv);
-    machine::start(floor, &aspace.hv_slots)
+    #[cfg(feature = "test-aids")]
+    machine::start(floor, &aspace.hv_slots);
+    #[cfg(not(feature = "test-aids"))]
+    machine::start()
 }
 
 /// `floor=<iterations>` on the command line asks for the ring-3 latency floor.
+#[cfg(feature = "test-aids")]
 fn floor_iterations(cmdline: &str) -> Option<u64> {
     cmdline
         .split_whitespace()

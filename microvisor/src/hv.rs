@@ -550,6 +550,7 @@ impl<P: Platform> Hypervisor<P> {
     }
 
     /// Prints the frame accounting: free frames and each domain's.
+    #[cfg(feature = "test-aids")]
     pub(crate) fn dump_memory(&mut self) {
         self.fpu_save_live();
         xen_line(&mut self.plat, format_args!("memory: {} frames free", self.frames.nr_free()));

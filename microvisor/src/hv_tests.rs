@@ -617,6 +617,7 @@ fn domu_console_output_is_rate_limited_and_dom0_is_not() {
 
 /// The debug hypercall is dom0's: a domU may count only its own frames (issue 9), unless the
 /// hypervisor was booted with `arch_debug=domu`.
+#[cfg(feature = "test-aids")]
 #[test]
 fn the_debug_hypercall_is_dom0s() {
     use hypercall_abi::hypercall::debug;
@@ -641,6 +642,20 @@ fn the_debug_hypercall_is_dom0s() {
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::FREE_FRAMES, 0, 0, 0, 0]) as u64, hv.frames.nr_free());
     assert!(call(&mut hv, nr::ARCH_DEBUG, [debug::LONGEST_MM_OP, 0, 0, 0, 0]) >= 0);
     assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [debug::DUMP_MEMORY, 0, 0, 0, 0]), eperm);
+}
+
+/// A production hypervisor (without `test-aids`) has no debug hypercall, for dom0 either.
+#[cfg(not(feature = "test-aids"))]
+#[test]
+fn a_production_hypervisor_has_no_debug_hypercall() {
+    use hypercall_abi::hypercall::debug;
+    let mut hv = two_domains();
+    run_as(&mut hv, DomId::DOM0);
+    let before = console(&hv);
+    for cmd in [debug::FREE_FRAMES, debug::DOMAIN_FRAMES, debug::LONGEST_MM_OP, debug::DUMP_MEMORY] {
+        assert_eq!(call(&mut hv, nr::ARCH_DEBUG, [cmd, 0, 0, 0, 0]), Errno::ENOSYS.to_ret(), "cmd {cmd}");
+    }
+    assert_eq!(console(&hv), before, "nothing printed");
 }
 
 /// The hypervisor commits each domain's heap (fixed part and quota) from a fixed pool when it

@@ -369,8 +369,9 @@ fn lint() -> Result<()> {
             return Err(format!("lint: clippy found problems in `{package}`"));
         }
     }
-    // Configurations no test boots but that must stay warning-free: the production dom0,
-    // without its test aids.
+    // Configurations no test boots but that must stay warning-free: the production dom0 and
+    // hypervisor, without their test aids (linted on the host, then compiled for the kernel
+    // target with the kernels' `-D warnings`).
     for (package, flags) in LINTED_VARIANTS {
         let mut args = vec!["clippy", "-q", "-p", package];
         args.extend_from_slice(flags);
@@ -379,11 +380,14 @@ fn lint() -> Result<()> {
             return Err(format!("lint: clippy found problems in `{package}` with {}", flags.join(" ")));
         }
     }
-    Ok(())
+    xtask::kernels::check_production().map_err(|e| format!("lint: the production kernels: {e}"))
 }
 
 /// Feature sets linted besides each package's defaults.
-const LINTED_VARIANTS: &[(&str, &[&str])] = &[("dom0", &["--no-default-features"])];
+/// `--no-default-features` is the production configuration (no test aids) of dom0 and of the
+/// hypervisor.
+const LINTED_VARIANTS: &[(&str, &[&str])] =
+    &[("dom0", &["--no-default-features"]), ("microvisor", &["--no-default-features"])];
 
 /// rustfmt and clippy are rustup components a minimal toolchain may lack: add them where
 /// rustup can, otherwise say exactly what to run.

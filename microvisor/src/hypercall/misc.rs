@@ -6,6 +6,7 @@ use crate::hv::Hypervisor;
 use crate::platform::Platform;
 use crate::version;
 use hypercall_abi::callback::{callback_type, callbackf, op as cbop, CallbackRegister, CallbackUnregister};
+#[cfg(feature = "test-aids")]
 use hypercall_abi::hypercall::debug;
 use hypercall_abi::version::{op as xenver, XenFeatureInfo, XenPlatformParameters};
 use hypercall_abi::xen::{consoleio, is_canonical, segbase, vmasst, TrapInfo, HYPERVISOR_VIRT_START};
@@ -297,7 +298,9 @@ pub fn console_io<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
 /// exposes other domains' and the machine's accounting and prints on the console, so it is
 /// dom0's; any domain may count its own frames (what `XENMEM_current_reservation` tells it
 /// anyway). The hypervisor option `arch_debug=domu` lets domUs read the counts too (tests
-/// that check the hypervisor's accounting from a domU); the console dump stays dom0's.
+/// that check the hypervisor's accounting from a domU); the console dump stays dom0's. A test
+/// aid: without the `test-aids` feature the hypercall is `-ENOSYS`, as in Xen.
+#[cfg(feature = "test-aids")]
 pub fn debug_op<P: Platform>(hv: &mut Hypervisor<P>, cmd: u64, arg: u64) -> Result<i64, Errno> {
     let me = hv.current().domid;
     let privileged = hv.cur_dom().privileged;

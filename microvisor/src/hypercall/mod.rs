@@ -110,6 +110,7 @@ pub fn dispatch_in_place<P: Platform, const IN_MULTICALL: bool>(
         nr::PHYSDEV_OP => physdev::physdev_op(hv, a[0], a[1]).into(),
         nr::HVM_OP => hvm::hvm_op(hv, a[0], a[1]).into(),
         nr::GRANT_TABLE_OP => grant::grant_table_op(hv, *a),
+        #[cfg(feature = "test-aids")]
         nr::ARCH_DEBUG => misc::debug_op(hv, a[0], a[1]).into(),
         _ => Hc::Ret(Errno::ENOSYS.to_ret()),
     }

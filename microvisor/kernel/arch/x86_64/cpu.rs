@@ -344,6 +344,7 @@ pub fn set_cr0_ts(on: bool) {
 
 /// Reads a non-canonical address, which raises #GP in ring 0 (`selftest=fault`: the fatal
 /// report then stops the machine).
+#[cfg(feature = "test-aids")]
 pub fn fault_on_purpose() {
     // SAFETY: deliberately faulting; the fault handler reports and stops the machine, so the
     // read never completes.

@@ -9,6 +9,7 @@ pub mod bootmem;
 pub mod cpu;
 pub mod cpu_local;
 pub mod entry;
+#[cfg(feature = "test-aids")]
 pub mod floor;
 pub mod gdt;
 pub mod guest_copy;
