@@ -255,7 +255,7 @@ pub fn verdict(run: &Run, image: &Path) -> std::result::Result<Outcomes, String>
 }
 
 /// The neighbour's last round is in the image file, where it said it wrote it.
-fn check_image(run: &Run, image: &Path) -> std::result::Result<(), String> {
+pub fn check_image(run: &Run, image: &Path) -> std::result::Result<(), String> {
     let chunks: Vec<u64> = run
         .lines_with("fuzz-disk: chunks ")
         .next()

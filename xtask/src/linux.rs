@@ -529,7 +529,30 @@ pub struct DiskPlan {
     pub read: String,
     /// A file the init creates at the root with [`WRITTEN`] as its contents.
     pub write: String,
+    /// What else the init does when it runs beside another domU, if it does.
+    pub beside: Option<Beside>,
 }
+
+/// The init beside another domU (tests/tests/linux_beside.rs): it touches its disk only once
+/// [`GO`] is typed on its console (the host types it when the neighbour says its own disk is
+/// busy, so the order of the two is cause and effect), then does the usual file steps and
+/// ends as the variant says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Beside {
+    /// Mounts the disk again, writes a big file in the background and, once the disk has
+    /// writes in flight (`/sys/block/<dev>/inflight`), crashes the kernel (`echo c >
+    /// /proc/sysrq-trigger`; Linux's Xen panic notifier sends SCHEDOP_shutdown(crash)), so
+    /// dom0 destroys it with its blkfront's requests outstanding. Prints [`CRASH_LINE`] with
+    /// `inflight_writes=<n>` first.
+    CrashInFlight,
+}
+
+/// What the host types to let a [`Beside`] init go on.
+pub const GO: &str = "go";
+/// The line a [`Beside`] init prints while it waits for [`GO`].
+pub const WAITING: &str = "LINUXINIT waiting for go";
+/// The line [`Beside::CrashInFlight`] prints just before the crash.
+pub const CRASH_LINE: &str = "LINUXINIT crashing";
 
 /// Where `/init` writes its progress lines.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -580,6 +603,9 @@ pub fn init_script(plan: &InitPlan) -> String {
     for (path, _) in &plan.files {
         s += &format!("echo \"LINUXINIT cat /{p}: $(cat /{p})\"\n", p = path.trim_start_matches('/'));
     }
+    if plan.disk.as_ref().is_some_and(|d| d.beside.is_some()) {
+        s += &format!("echo {WAITING}\nwhile read -r line && [ \"$line\" != {GO} ]; do :; done\necho LINUXINIT going on\n");
+    }
     if let Some(d) = &plan.disk {
         s += &format!(
             "i=0\n\
@@ -598,6 +624,19 @@ pub fn init_script(plan: &InitPlan) -> String {
             write = d.write,
             written = WRITTEN.replace('\n', "\\n"),
         );
+        if d.beside == Some(Beside::CrashInFlight) {
+            let blk = d.device.trim_start_matches("/dev/");
+            s += &format!(
+                "mount -t ext4 {dev} /mnt && echo LINUXINIT mounted {dev} again\n\
+                 dd if=/dev/zero of=/mnt/inflight bs=64k count=512 conv=fsync 2>/dev/null &\n\
+                 i=0\n\
+                 set -- 0 0\n\
+                 while [ \"$2\" -eq 0 ] && [ $i -lt 100000 ]; do set -- $(cat /sys/block/{blk}/inflight); i=$((i+1)); done\n\
+                 echo \"{CRASH_LINE} inflight_reads=$1 inflight_writes=$2\"\n\
+                 echo c > /proc/sysrq-trigger\n",
+                dev = d.device,
+            );
+        }
     }
     if plan.shell {
         s += &format!("echo '{SHELL_READY}: type poweroff -f to end'\nexec setsid cttyhack sh\n");
@@ -749,6 +788,7 @@ pub fn prepare(name: &str, role: Role) -> Result<LinuxGuest, Unavailable> {
                     device: "/dev/xvda".into(),
                     read: KNOWN_FILE.into(),
                     write: NEW_FILE.into(),
+                    beside: None,
                 }),
                 output: InitOutput::Console,
                 shell,
@@ -781,9 +821,22 @@ impl LinuxGuest {
             .map_err(|e| (format!("write {}", self.initramfs.display()), e.to_string()))
     }
 
+    /// This guest's init as it runs beside another domU (its initramfs rebuilt).
+    pub fn beside(mut self, b: Beside) -> Result<LinuxGuest, Unavailable> {
+        if let Some(d) = self.plan.disk.as_mut() {
+            d.beside = Some(b);
+        }
+        self.rebuilt()
+    }
+
     /// This guest with `net`'s steps in its init (its initramfs rebuilt).
     pub fn with_net(mut self, net: NetPlan) -> Result<LinuxGuest, Unavailable> {
         self.plan.net = Some(net);
+        self.rebuilt()
+    }
+
+    /// Writes the initramfs again from the (changed) plan.
+    fn rebuilt(self) -> Result<LinuxGuest, Unavailable> {
         let busybox = busybox()?;
         self.write_initramfs(&busybox).map_err(|(command, reason)| Unavailable {
             what: format!("the initramfs {}", self.initramfs.display()),
@@ -955,6 +1008,7 @@ mod tests {
                 device: "/dev/xvda".into(),
                 read: "hello.txt".into(),
                 write: "new.txt".into(),
+                beside: None,
             }),
             output: InitOutput::Console,
             shell: false,
@@ -974,6 +1028,17 @@ mod tests {
         assert!(s.find("sync").unwrap() < s.find("umount").unwrap());
         assert!(s.trim_end().ends_with("poweroff -f"), "{s}");
         assert!(!s.contains("/dev/kmsg"));
+        assert!(!s.contains(WAITING) && !s.contains("sysrq-trigger"), "{s}");
+        // Beside another domU: nothing touches the disk before `go`; the crash comes after the
+        // clean unmount, once writes are in flight, and before the poweroff it replaces.
+        plan.disk.as_mut().unwrap().beside = Some(Beside::CrashInFlight);
+        let s = init_script(&plan);
+        let at = |what: &str| s.find(what).unwrap_or_else(|| panic!("no {what:?} in {s}"));
+        assert!(at(WAITING) < at("mount -t ext4"), "{s}");
+        assert!(at("umount /mnt") < at("/sys/block/xvda/inflight"), "{s}");
+        assert!(at(CRASH_LINE) < at("echo c > /proc/sysrq-trigger"), "{s}");
+        assert!(at("echo c > /proc/sysrq-trigger") < at("poweroff -f"), "{s}");
+        plan.disk.as_mut().unwrap().beside = None;
         plan.output = InitOutput::Kmsg;
         plan.shell = true;
         plan.disk = None;

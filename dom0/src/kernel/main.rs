@@ -86,7 +86,7 @@ fn main(si: &StartInfo) {
     for a in aids::services(cmd, &xs) {
         all.add(a);
     }
-    let mut ts = toolstack::Toolstack::start(xs, all, domus);
+    let mut ts = toolstack::Toolstack::start(xs, all, domus, cmd);
 
     let mut acc = 0u64;
     for step in 1..=steps {

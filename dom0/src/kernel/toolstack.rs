@@ -9,12 +9,18 @@
 //! release what it holds for it ([`Service::domain_gone`]: its console's last words, its
 //! xenstore RELEASE, which fires `@releaseDomain` for the backends) and it is destroyed.
 //!
+//! `release-watch=<name|id>[,...]` on dom0's command line lets those domUs watch
+//! `@releaseDomain` ([`Xenstore::grant_release_watch`], what `xenstore-chmod` gives a driver
+//! domain under Xen): a domU beside others learns that one was released without reading
+//! directories it may not read (tests/tests/linux_beside.rs).
+//!
 //! The loop ([`Toolstack::run`]) polls the services ([`Services::poll`]) and blocks in
 //! `SCHEDOP_block` between events, so an idle dom0 costs no CPU.
 //!
 //! [`Service`]: crate::services::Service
 //! [`Service::domain_added`]: crate::services::Service::domain_added
 //! [`Service::domain_gone`]: crate::services::Service::domain_gone
+//! [`Xenstore::grant_release_watch`]: dom0::xenstore::Xenstore::grant_release_watch
 
 use crate::domctl;
 use crate::services::{BuiltRing, DomainInfo, Services};
@@ -25,13 +31,13 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::cell::RefCell;
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use dom0::domains::{describe, domain_name, gone, vcpu_count};
+use dom0::domains::{describe, domain_name, gone, names, parse_domain_list, vcpu_count};
 use dom0::xenstore::toolstack::{Console, DomainConfig, StoreRing};
 use dom0::xenstore::{Caller, Request, Xenstore};
 use hypercall_abi::domctl::XenDomctlGetdomaininfo;
 use hypercall_abi::hvm::param;
 use hypercall_abi::{DomId, Errno, Mfn, Port};
-use pv_guest_kernel::{events, hypercall, println, time};
+use pv_guest_kernel::{cmdline, events, hypercall, println, time};
 
 /// How long [`Toolstack::run`] sleeps at most before re-checking the domains anyway.
 const RECHECK_NS: u64 = 200_000_000;
@@ -53,12 +59,20 @@ pub struct Toolstack {
     /// Adopted domUs still alive, by name.
     doms: BTreeMap<DomId, String>,
     services: Services,
+    /// `release-watch=`: the domUs (names or ids) that may watch `@releaseDomain`.
+    release_watchers: Vec<String>,
 }
 
 impl Toolstack {
     /// Writes dom0's own nodes and adopts every domU the hypervisor built (`domus`).
-    pub fn start(xs: Rc<RefCell<Xenstore>>, services: Services, domus: Vec<XenDomctlGetdomaininfo>) -> Self {
-        let mut t = Toolstack { xs, doms: BTreeMap::new(), services };
+    pub fn start(
+        xs: Rc<RefCell<Xenstore>>,
+        services: Services,
+        domus: Vec<XenDomctlGetdomaininfo>,
+        cmd: &str,
+    ) -> Self {
+        let release_watchers = parse_domain_list(cmdline::get(cmd, "release-watch")).unwrap_or_default();
+        let mut t = Toolstack { xs, doms: BTreeMap::new(), services, release_watchers };
         {
             let mut xs = t.xs.borrow_mut();
             for (k, v) in [("name", "Domain-0"), ("domid", "0")] {
@@ -121,6 +135,13 @@ impl Toolstack {
         };
         if let Err(e) = self.xs.borrow_mut().create_domain_nodes(&cfg) {
             println!("dom0: d{} ({name}): writing its nodes failed: {e}", id.0);
+        }
+        // Before INTRODUCE: the grant's own watch event is nobody's business yet.
+        if self.release_watchers.iter().any(|w| names(w, &name, id)) {
+            match self.xs.borrow_mut().grant_release_watch(id) {
+                Ok(()) => println!("dom0: d{} ({name}) may watch @releaseDomain", id.0),
+                Err(e) => println!("dom0: d{} ({name}): granting @releaseDomain failed: {e}", id.0),
+            }
         }
         if let Some(r) = store {
             if let Err(e) = self.xs.borrow_mut().introduce_domain(id, r.mfn.0, r.port) {

@@ -18,10 +18,8 @@ use super::wire::{ABS_PATH_MAX, REL_PATH_MAX};
 
 /// The root node.
 pub const ROOT: &str = "/";
-/// Special node fired when a domain is introduced.
-pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
-/// Special node fired when a domain is released.
-pub const RELEASE_DOMAIN: &str = "@releaseDomain";
+/// The special nodes fired when a domain is introduced and released (the wire's names).
+pub use hypercall_abi::io::xs_wire::{INTRODUCE_DOMAIN, RELEASE_DOMAIN};
 
 fn valid_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'/' | b'_' | b'@')

@@ -938,6 +938,36 @@ fn special_watches() {
     assert_eq!(t.events(d0), [ev(RELEASE_DOMAIN, "r")]);
 }
 
+/// The toolstack's grant (dom0's `release-watch=`): a domU that may read `@releaseDomain`
+/// hears every release and nothing more; another domU still hears none; the grant goes
+/// with the watcher.
+#[test]
+fn release_watch_grant() {
+    let (mut t, a, b) = two_guests();
+    t.watch(a, RELEASE_DOMAIN, "rel").unwrap();
+    t.watch(b, RELEASE_DOMAIN, "rel").unwrap();
+    t.events(a);
+    t.events(b);
+    t.xs.grant_release_watch(DomId(1)).unwrap();
+    t.xs.grant_release_watch(DomId(1)).unwrap();
+    assert_eq!(t.get_perms(t.dom0, RELEASE_DOMAIN), Ok(strs(&["n0", "r1"])), "granted once");
+    t.events(a);
+    assert_eq!(t.events(b), []);
+    t.xs.create_domain_nodes(&domain_cfg(3)).unwrap();
+    t.introduce(3);
+    assert_eq!(t.events(a), [], "an introduction is not a release");
+    t.xs.release_domain(DomId(3)).unwrap();
+    assert_eq!(t.events(a), [ev(RELEASE_DOMAIN, "rel")]);
+    assert_eq!(t.events(b), [], "domain 2 was not granted @releaseDomain");
+    // Reading a released domain's directory still tells domain 1 nothing (EACCES either
+    // way, as under Xen: /local/domain is not readable by domUs).
+    assert_eq!(t.read(a, "/local/domain/2/name"), err(Errno::EACCES));
+    t.xs.remove_domain_nodes(DomId(3)).unwrap();
+    assert_eq!(t.read(a, "/local/domain/3"), err(Errno::EACCES));
+    t.xs.release_domain(DomId(1)).unwrap();
+    assert_eq!(t.get_perms(t.dom0, RELEASE_DOMAIN), Ok(strs(&["n0"])), "the grant goes with domain 1");
+}
+
 #[test]
 fn transaction_commit_fires_watches() {
     let (mut t, a, _) = two_guests();

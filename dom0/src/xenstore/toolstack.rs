@@ -22,7 +22,7 @@ use alloc::vec::Vec;
 
 use hypercall_abi::{DomId, Errno, Port};
 
-use super::path::domain_path;
+use super::path::{domain_path, RELEASE_DOMAIN};
 use super::perms::{Access, Caller, Perms};
 use super::request::Request;
 use super::Xenstore;
@@ -247,6 +247,20 @@ impl Xenstore {
     ) -> Result<(), Errno> {
         self.ts_rm(&frontend_path(frontend, kind, devid))?;
         self.ts_rm(&backend_path(backend, kind, frontend, devid))
+    }
+
+    /// Lets `watcher` see `@releaseDomain` fire: read permission on the special node, which
+    /// since XSA-115 (Xen 4.15+, the C and OCaml xenstored alike) is what a domain other than
+    /// dom0 needs for the event, and what `xenstore-chmod @releaseDomain` gives a
+    /// disaggregated driver domain under Xen. The event names no domain, as under Xen.
+    pub fn grant_release_watch(&mut self, watcher: DomId) -> Result<(), Errno> {
+        let path = String::from(RELEASE_DOMAIN);
+        let perms = self.store().get(RELEASE_DOMAIN).map(|n| n.perms.clone()).ok_or(Errno::ENOENT)?;
+        if perms.entries().iter().any(|e| e.domid == watcher) {
+            return Ok(());
+        }
+        let perms = perms.with(watcher, Access::READ);
+        self.execute(Caller::DOM0, Request::SetPerms { path, perms }).map(drop)
     }
 
     /// Removes what the toolstack wrote for a destroyed domain: its `/local/domain/<id>` and

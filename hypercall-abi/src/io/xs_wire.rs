@@ -15,6 +15,11 @@ pub const XENSTORE_PAYLOAD_MAX: u32 = 4096;
 pub const XENSTORE_ABS_PATH_MAX: usize = 3072;
 /// Longest relative path.
 pub const XENSTORE_REL_PATH_MAX: usize = 2048;
+/// The special watch paths (xenstore.txt): fired when a domain is introduced, and when one
+/// is released (or shuts down). Since XSA-115 only dom0 and domains granted read on the
+/// special node hear them.
+pub const INTRODUCE_DOMAIN: &str = "@introduceDomain";
+pub const RELEASE_DOMAIN: &str = "@releaseDomain";
 
 /// `server_features` bits.
 pub mod server_feature {

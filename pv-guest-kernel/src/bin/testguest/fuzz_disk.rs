@@ -6,16 +6,24 @@
 //! busy throughout the campaign; it stops when the fuzzer has published `data/fuzz-done` or
 //! its domain is gone (its `data/fuzz-running` with it). At the end it prints the last round's seed and the places it
 //! wrote, so the host can check the image file itself.
+//!
+//! Next to a guest that knows none of these hand-shakes (Linux, tests/tests/linux_beside.rs),
+//! `until-released=<n>` replaces them: the neighbour watches `@releaseDomain` (dom0's
+//! toolstack must grant it, `release-watch=`), does its rounds until the event fires and then
+//! `n` more, so its disk is shown working after the other domain is gone. The peer's own
+//! nodes cannot tell: a domU may not read `/local/domain`, so xenstored answers `EACCES` for
+//! a missing `/local/domain/<peer>` just as for one that is there (as Xen's xenstored does).
 
 use super::blk;
 use super::report;
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
+use hypercall_abi::io::xs_wire::RELEASE_DOMAIN;
 use hypercall_abi::{DomId, Errno};
 use pv_guest_kernel::blkfront::{Blkfront, SectorBuf};
 use pv_guest_kernel::start_info::StartInfo;
-use pv_guest_kernel::xenbus::TxId;
+use pv_guest_kernel::xenbus::{RingTransport, TxId, Xenbus};
 use pv_guest_kernel::{cmdline, println, time};
 
 /// Sectors per chunk (8 KiB) and chunks per round.
@@ -30,6 +38,8 @@ const RUNNING_NODE: &str = "data/fuzz-running";
 const WATCHING_NODE: &str = "data/fuzz-disk-watching";
 /// The neighbour's answer to `data/fuzz-done`: it has seen it (so the fuzzer may go).
 const FINISHED_NODE: &str = "data/fuzz-disk-finished";
+/// The token of the neighbour's `@releaseDomain` watch.
+const RELEASED_TOKEN: &str = "fuzz-disk-released";
 /// How long either side waits for the other at the start.
 const SETUP_NS: u64 = 120_000_000_000;
 /// How long the neighbour keeps going without hearing that the fuzzer is done.
@@ -103,6 +113,23 @@ pub fn run(si: &StartInfo) {
     let t0 = time::now_ns();
     let done_path = format!("/local/domain/{peer}/{DONE_NODE}");
     let running_path = format!("/local/domain/{peer}/{RUNNING_NODE}");
+    let until_released = cmdline::get(cmd, "until-released")
+        .map(|_| cmdline::get_u64(cmd, "until-released", 0, 0, 1 << 20).unwrap_or(0));
+    if until_released.is_some() {
+        // The watch fires once at once (after any event queued for the disk's own watches);
+        // later events are releases.
+        let first = xb.watch(RELEASE_DOMAIN, RELEASED_TOKEN).and_then(|()| loop {
+            if xb.wait_watch_event()?.token == RELEASED_TOKEN {
+                break Ok(());
+            }
+        });
+        if let Err(e) = first {
+            println!("TEST fuzz-disk FAIL cannot watch {RELEASE_DOMAIN}: {e}");
+            return;
+        }
+    }
+    // The round after which a release was seen.
+    let mut released_at = None;
     let mut round = 0u64;
     let mut peer_done = "";
     loop {
@@ -130,6 +157,21 @@ pub fn run(si: &StartInfo) {
         round += 1;
         if !fails.is_empty() {
             break;
+        }
+        if let Some(more) = until_released {
+            if round == 1 {
+                println!("fuzz-disk: busy (round 1 done), watching {RELEASE_DOMAIN}");
+            }
+            if released_at.is_none() && released(&mut xb) {
+                released_at = Some(round);
+                peer_done = "gone";
+                println!("fuzz-disk: {RELEASE_DOMAIN} fired after {round} rounds: d{peer} gone");
+            }
+            let ends = released_at.is_some_and(|r| round >= r + more);
+            if ends || time::now_ns() - t0 > MAX_NS {
+                break;
+            }
+            continue;
         }
         if round == 1 {
             // The hand-shake: we are busy; the fuzzer answers that it runs (a node of its own,
@@ -179,9 +221,19 @@ pub fn run(si: &StartInfo) {
         fails.push(format!("stopped after {secs} s without hearing from d{peer}"));
     }
     let _ = disk.disconnect(&mut xb, 10_000_000_000);
+    let released = released_at.map_or(String::new(), |r| format!(" released_at={r}"));
     report(
         "fuzz-disk",
         &fails,
-        format_args!("rounds={round} mib={} secs={secs}", round * CHUNKS as u64 * CHUNK / 2048),
+        format_args!("rounds={round} mib={} secs={secs}{released}", round * CHUNKS as u64 * CHUNK / 2048),
     );
+}
+
+/// Whether `@releaseDomain` fired since the last look (other watches' events are not ours).
+fn released(xb: &mut Xenbus<RingTransport>) -> bool {
+    let mut seen = false;
+    while let Ok(Some(e)) = xb.next_watch_event() {
+        seen |= e.token == RELEASED_TOKEN;
+    }
+    seen
 }
