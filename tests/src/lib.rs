@@ -22,22 +22,31 @@ pub fn boot(m: &Machine) -> Run {
     m.run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"))
 }
 
-/// The number domain `d` printed as `<scenario>: <key>=<n>` (the test guest's `key=value`
-/// results); panics with the log when there is none.
+/// The number domain `d` printed as the `key=<n>` field of its `<scenario>: ` line (the test
+/// guest's `key=value` results); panics with the log when there is none.
 pub fn guest_value(run: &Run, d: u16, scenario: &str, key: &str) -> i64 {
-    let prefix = format!("(d{d}) {scenario}: {key}=");
-    let v = run
-        .text()
-        .lines()
-        .find_map(|l| l.split_once(&prefix).map(|(_, v)| v.trim().to_string()))
-        .unwrap_or_else(|| fail(run, &format!("no line contains {prefix:?}")));
-    v.parse().unwrap_or_else(|_| fail(run, &format!("{prefix}{v} is not a number")))
+    let prefix = format!("(d{d}) {scenario}: ");
+    let line = run
+        .log
+        .iter()
+        .filter_map(|l| xtask::kv::after(l, &prefix))
+        .find(|l| xtask::kv::get(l, key).is_some())
+        .unwrap_or_else(|| fail(run, &format!("no {prefix:?} line has {key}=")));
+    field(run, line, key)
 }
 
-/// The number in the ` key=<n>` field of `line` (a `key=value` line of dom0's or the
-/// hypervisor's); panics with the log when there is none.
-pub fn field(run: &Run, line: &str, key: &str) -> u64 {
-    xtask::fuzz::field(line, key).unwrap_or_else(|| fail(run, &format!("no numeric {key}= in {line:?}")))
+/// The number in the `key=<n>` field of `line` (a `key=value` line of dom0's, a guest's or the
+/// hypervisor's, read by [`xtask::kv`]); panics with the log when there is none.
+pub fn field<T: std::str::FromStr>(run: &Run, line: &str, key: &str) -> T {
+    xtask::kv::num(line, key).unwrap_or_else(|| fail(run, &format!("no numeric {key}= in {line:?}")))
+}
+
+/// The first line of the log that contains `needle`; panics with the log when there is none.
+pub fn line<'a>(run: &'a Run, needle: &str) -> &'a str {
+    run.log
+        .iter()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| fail(run, &format!("no line contains {needle:?}")))
 }
 
 /// Assertions on a finished run.
@@ -134,12 +143,8 @@ pub fn check_pattern(run: &Run, img: &Path, seed: u64) -> (Vec<u8>, Vec<u64>) {
     (data, chunks)
 }
 
-/// The number in the first `key=N` of the log (a structured figure a guest or dom0 printed).
+/// The number in the first `key=<n>` field of the log (a structured figure a guest or dom0
+/// printed).
 pub fn kv(run: &Run, key: &str) -> Option<u64> {
-    let pat = format!("{key}=");
-    let found = run.lines_with(&pat).find_map(|l| {
-        let v = &l[l.find(&pat)? + pat.len()..];
-        v.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
-    });
-    found
+    run.log.iter().find_map(|l| xtask::kv::num(l, key))
 }

@@ -3,27 +3,11 @@
 //! moves meanwhile), ballooning back up reverses both; with
 //! the target set by dom0 through xenstore (`mem-set=`) as well as by a boot option.
 
-use tests::{boot, kernels, Machine, Outcome, Run, RunExt};
+use tests::{boot, field, kernels, Machine, Outcome, Run, RunExt};
 
-/// The `key=value` fields of the first line starting with `BALLOON <dir> `.
-fn figures(run: &Run, dir: &str) -> Vec<(String, String)> {
-    let prefix = format!("BALLOON {dir} ");
-    let line = run
-        .log
-        .iter()
-        .find_map(|l| l.find(&prefix).map(|i| &l[i + prefix.len()..]))
-        .unwrap_or_else(|| panic!("no {prefix:?} line:\n{}", run.text()));
-    line.split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect()
-}
-
-fn field(f: &[(String, String)], key: &str) -> i64 {
-    f.iter()
-        .find(|(k, _)| k == key)
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or_else(|| panic!("no numeric {key} in {f:?}"))
+/// The fields (`key=value`) of the first line that contains `BALLOON <dir> `.
+fn figures<'a>(run: &'a Run, dir: &str) -> &'a str {
+    tests::line(run, &format!("BALLOON {dir} "))
 }
 
 /// The machine-wide free-frame count follows our domain's to within what dom0 and the
@@ -42,15 +26,15 @@ fn balloon_down_and_up(target: u64, want_pages: i64) {
     run.expect_outcome(Outcome::Poweroff).expect_no_line("crashed");
     let down = figures(&run, "down");
     let up = figures(&run, "up");
-    assert_eq!(field(&down, "pages"), want_pages, "{}", run.text());
-    assert_free_moved(field(&down, "free_delta"), want_pages, &run.text());
-    assert_eq!(field(&down, "domain_delta"), -want_pages, "{}", run.text());
-    assert_eq!(field(&up, "pages"), want_pages, "{}", run.text());
-    assert_free_moved(field(&up, "free_delta"), -want_pages, &run.text());
-    assert_eq!(field(&up, "domain_delta"), want_pages, "{}", run.text());
+    assert_eq!(field::<i64>(&run, down, "pages"), want_pages, "{}", run.text());
+    assert_free_moved(field::<i64>(&run, down, "free_delta"), want_pages, &run.text());
+    assert_eq!(field::<i64>(&run, down, "domain_delta"), -want_pages, "{}", run.text());
+    assert_eq!(field::<i64>(&run, up, "pages"), want_pages, "{}", run.text());
+    assert_free_moved(field::<i64>(&run, up, "free_delta"), -want_pages, &run.text());
+    assert_eq!(field::<i64>(&run, up, "domain_delta"), want_pages, "{}", run.text());
     // The domain's reservation follows: 8192 pages at boot.
-    assert_eq!(field(&down, "reservation"), 8192 - want_pages, "{}", run.text());
-    assert_eq!(field(&up, "reservation"), 8192, "{}", run.text());
+    assert_eq!(field::<i64>(&run, down, "reservation"), 8192 - want_pages, "{}", run.text());
+    assert_eq!(field::<i64>(&run, up, "reservation"), 8192, "{}", run.text());
     run.expect_line("TEST balloon PASS");
 }
 
@@ -88,19 +72,23 @@ fn the_balloon_follows_memory_target_set_by_dom0() {
     let down = figures(&run, "down");
     let up = figures(&run, "up");
     for (f, dir, sign) in [(&down, "down", 1), (&up, "up", -1)] {
-        assert_eq!(field(f, "pages"), 1024, "{dir}\n{}", run.text());
-        assert_free_moved(field(f, "free_delta"), sign * 1024, &format!("{dir}\n{}", run.text()));
-        assert_eq!(field(f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
+        assert_eq!(field::<i64>(&run, f, "pages"), 1024, "{dir}\n{}", run.text());
+        assert_free_moved(
+            field::<i64>(&run, f, "free_delta"),
+            sign * 1024,
+            &format!("{dir}\n{}", run.text()),
+        );
+        assert_eq!(field::<i64>(&run, f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
     }
-    assert_eq!(field(&down, "target_kib"), 28672, "{}", run.text());
-    assert_eq!(field(&down, "reservation"), 7168, "{}", run.text());
-    assert_eq!(field(&up, "target_kib"), 32768, "{}", run.text());
-    assert_eq!(field(&up, "reservation"), 8192, "{}", run.text());
+    assert_eq!(field::<i64>(&run, down, "target_kib"), 28672, "{}", run.text());
+    assert_eq!(field::<i64>(&run, down, "reservation"), 7168, "{}", run.text());
+    assert_eq!(field::<i64>(&run, up, "target_kib"), 32768, "{}", run.text());
+    assert_eq!(field::<i64>(&run, up, "reservation"), 8192, "{}", run.text());
     // Back where it started: the free count after going up is the one before going down.
-    let free = |f: &[(String, String)]| -> (i64, i64) {
-        let v = &f.iter().find(|(k, _)| k == "free").unwrap().1;
-        let (a, b) = v.split_once("->").unwrap();
+    let free = |f: &str| -> (i64, i64) {
+        let v = xtask::kv::get(f, "free").unwrap_or_else(|| panic!("no free= in {f}"));
+        let (a, b) = v.split_once("->").unwrap_or_else(|| panic!("free={v} is not <before>-><after>"));
         (a.parse().unwrap(), b.parse().unwrap())
     };
-    assert_free_moved(free(&up).1 - free(&down).0, 0, &run.text());
+    assert_free_moved(free(up).1 - free(down).0, 0, &run.text());
 }

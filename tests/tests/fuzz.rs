@@ -4,7 +4,7 @@
 //! check right, and the neighbour (`fuzz-disk`) reading back and leaving on its disk exactly
 //! what it wrote. Also the run-time audit the campaigns rely on.
 
-use tests::{boot, kernels, Machine, Outcome, RunExt};
+use tests::{boot, field, kernels, Machine, Outcome, RunExt};
 use xtask::fuzz::{run_campaign, Campaign};
 
 /// Hypercall families every campaign must have called directly.
@@ -138,11 +138,6 @@ fn audit_after_every_hypercall_is_clean_through_a_demo_boot() {
         .expect_no_line("AUDIT FAILED");
     let line = run.lines_with("audit: clean passed=").next().unwrap();
     // One audit after each hypercall and one when the machine stopped.
-    let (passed, calls) = (field(line, "passed"), field(line, "hypercalls"));
+    let (passed, calls): (u64, u64) = (field(&run, line, "passed"), field(&run, line, "hypercalls"));
     assert!(calls > 100 && passed == calls + 1, "{line}");
-}
-
-/// `key=<u64>` in `line`.
-fn field(line: &str, key: &str) -> u64 {
-    xtask::fuzz::field(line, key).unwrap_or_else(|| panic!("no {key}= in {line}"))
 }

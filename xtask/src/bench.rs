@@ -40,7 +40,7 @@ pub fn parse_system(log: &[String], mode: &str, system: crate::qemu::System) -> 
 
 /// Parses one `BENCH` line.
 pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
-    let rest = &line[line.find("BENCH ")? + 6..];
+    let rest = crate::kv::after(line, "BENCH ")?;
     let mut r = BenchResult {
         name: String::new(),
         unit: String::new(),
@@ -52,8 +52,7 @@ pub fn parse_line(line: &str, mode: &str) -> Option<BenchResult> {
         system: microvisor(),
     };
     let mut seen = 0u8;
-    for kv in rest.split_whitespace() {
-        let (k, v) = kv.split_once('=')?;
+    for (k, v) in crate::kv::pairs(rest) {
         match k {
             "name" => (r.name, seen) = (v.to_string(), seen | 1),
             "unit" => (r.unit, seen) = (v.to_string(), seen | 2),

@@ -124,12 +124,9 @@ pub struct Outcomes {
 pub fn tally(log: &[String], marker: &str) -> BTreeMap<String, u64> {
     let mut t = BTreeMap::new();
     for l in log.iter().filter(|l| l.contains(marker)) {
-        let rest = &l[l.find(marker).unwrap() + marker.len()..];
-        for kv in rest.split_whitespace() {
-            if let Some((k, v)) = kv.split_once('=') {
-                if let Ok(v) = v.parse::<u64>() {
-                    *t.entry(k.to_string()).or_insert(0) += v;
-                }
+        for (k, v) in crate::kv::pairs(crate::kv::after(l, marker).unwrap_or_default()) {
+            if let Ok(v) = v.parse::<u64>() {
+                *t.entry(k.to_string()).or_insert(0) += v;
             }
         }
     }
@@ -198,9 +195,8 @@ impl std::fmt::Display for Failure {
 }
 
 /// `key=<u64>` in `line`.
-pub fn field(line: &str, key: &str) -> Option<u64> {
-    let at = line.find(&format!(" {key}="))?;
-    line[at + key.len() + 2..].split_whitespace().next()?.parse().ok()
+fn field(line: &str, key: &str) -> Option<u64> {
+    crate::kv::num(line, key)
 }
 
 /// The host's verdict on a finished campaign.

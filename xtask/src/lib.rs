@@ -9,6 +9,7 @@ pub mod debian;
 pub mod disk;
 pub mod fuzz;
 pub mod kernels;
+pub mod kv;
 pub mod linux;
 pub mod linuxbench;
 pub mod net;

@@ -463,7 +463,7 @@ pub fn crc32(data: &[u8]) -> u32 {
 
 /// The value of `key=` in a `key=value` line, up to the next space.
 pub fn field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    line.split_whitespace().find_map(|w| w.strip_prefix(key).and_then(|v| v.strip_prefix('=')))
+    crate::kv::get(line, key)
 }
 
 /// The init script's network steps.

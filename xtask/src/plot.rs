@@ -21,10 +21,9 @@ pub fn parse_hists(log: &[String]) -> Vec<Hist> {
 }
 
 fn parse_hist(line: &str) -> Option<Hist> {
-    let rest = &line[line.find("BENCHHIST ")? + 10..];
+    let rest = crate::kv::after(line, "BENCHHIST ")?;
     let (mut name, mut lo, mut width, mut counts) = (None, None, None, None);
-    for kv in rest.split_whitespace() {
-        let (k, v) = kv.split_once('=')?;
+    for (k, v) in crate::kv::pairs(rest) {
         match k {
             "name" => name = Some(v.to_string()),
             "lo" => lo = v.parse().ok(),
