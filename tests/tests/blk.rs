@@ -4,7 +4,9 @@
 //! in flight and a domU reaching for devices are each their own boot.
 
 use std::path::Path;
-use tests::{boot, check_pattern, kernels, kv, read_words, Machine, Outcome, Run, RunExt};
+use tests::{
+    boot, check_pattern, field, guest_value, kernels, kv, read_words, Machine, Outcome, Run, RunExt,
+};
 use xtask::disk::{self, SECTOR};
 
 const MIB: u64 = 1 << 20;
@@ -18,8 +20,33 @@ fn machine(scenario: &str, image: &Path) -> Machine {
     Machine::scenario(&kernels(), scenario).with_vbd(image, "tg")
 }
 
-fn clean_teardown(run: &Run) {
-    run.expect_line("ring unmapped: yes, grant unmap failures: 0").expect_no_line("ring unmapped: NO");
+/// dom0's line for domain `d`'s vbd going away (its figures as `key=value`).
+fn vbd_line(run: &Run, d: u16) -> &str {
+    let prefix = format!("dom0: d{d}/vbd");
+    run.log
+        .iter()
+        .find(|l| l.contains(&prefix) && l.contains(": disconnected (virtio-blk "))
+        .unwrap_or_else(|| panic!("no vbd of d{d} disconnected:\n{}", run.text()))
+}
+
+/// Every vbd's ring and persistent grants were unmapped without a failure; returns how many
+/// vbds went away.
+fn clean_teardown(run: &Run) -> usize {
+    let lines: Vec<&String> = run.lines_with(": disconnected (virtio-blk ").collect();
+    assert!(!lines.is_empty(), "no vbd disconnected:\n{}", run.text());
+    for l in &lines {
+        let got: (u64, u64) = (field(run, l, "ring_unmapped"), field(run, l, "grant_unmap_failures"));
+        assert_eq!(got, (1, 0), "{l}");
+    }
+    lines.len()
+}
+
+/// dom0's figures for domain `d`'s vbd are the ones the guest counted for `scenario`.
+fn dom0_agrees(run: &Run, d: u16, scenario: &str, keys: &[&str]) {
+    let line = vbd_line(run, d);
+    for key in keys {
+        assert_eq!(field::<i64>(run, line, key), guest_value(run, d, scenario, key), "{key}: {line}");
+    }
 }
 
 #[test]
@@ -51,7 +78,11 @@ fn domu_pattern_over_16_mib_lands_in_the_image() {
     let seed = 0x5eed_u64;
     let run = boot(&machine(&format!("blk-pattern seed={seed}"), &img));
     run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-pattern PASS").expect_no_line(" FAIL ");
-    clean_teardown(&run);
+    assert_eq!(clean_teardown(&run), 1);
+    // dom0 served exactly what the guest asked for, and refused nothing.
+    dom0_agrees(&run, 1, "blk-pattern", &["requests", "sectors_written", "sectors_read", "flushes"]);
+    let line = vbd_line(&run, 1);
+    assert_eq!((field(&run, line, "errors"), field(&run, line, "unsupported")), (0, 0), "{line}");
     let (data, chunks) = check_pattern(&run, &img, seed);
     // Somewhere nobody wrote stays zero.
     let untouched =
@@ -64,9 +95,14 @@ fn domu_reads_a_prepared_image() {
     let img = scratch("image", 0);
     disk::prepared_image(&img, 8 * MIB / SECTOR).unwrap();
     let run = boot(&machine("blk-image", &img));
-    run.expect_outcome(Outcome::Poweroff)
-        .expect_line("TEST blk-image PASS 4160 sectors")
-        .expect_no_line(" FAIL ");
+    run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-image PASS").expect_no_line(" FAIL ");
+    // The guest checked every sector dom0 read for it: the image's first 4096 and its last 64.
+    dom0_agrees(&run, 1, "blk-image", &["sectors_read"]);
+    assert_eq!(guest_value(&run, 1, "blk-image", "checked"), 4096 + 64);
+    assert_eq!(
+        guest_value(&run, 1, "blk-image", "checked"),
+        guest_value(&run, 1, "blk-image", "sectors_read")
+    );
 }
 
 #[test]
@@ -78,7 +114,9 @@ fn hostile_frontend_gets_errors_and_the_backend_survives() {
         .expect_line("frontend broke the ring")
         .expect_no_line(" FAIL ")
         .expect_order("frontend broke the ring", "Domain 0 (dom0) shut down: poweroff");
-    clean_teardown(&run);
+    assert_eq!(clean_teardown(&run), 1);
+    // dom0 counted every request and every refusal the guest saw.
+    dom0_agrees(&run, 1, "blk-hostile", &["requests", "errors", "unsupported"]);
 }
 
 #[test]
@@ -87,14 +125,12 @@ fn indirect_requests_land_in_the_image_and_hostile_ones_fail_alone() {
     let seed = 0x1d1_u64;
     let run = boot(&machine(&format!("blk-indirect seed={seed}"), &img));
     run.expect_outcome(Outcome::Poweroff).expect_line("TEST blk-indirect PASS").expect_no_line(" FAIL ");
-    clean_teardown(&run);
+    assert_eq!(clean_teardown(&run), 1);
     // The backend offered indirect segments and served the domU's as such.
     let offered = kv(&run, "max-indirect-segments").expect("dom0's connect line");
     assert!(offered > 11, "max-indirect-segments={offered}");
-    let served: u64 = run
-        .lines_with("disconnected (")
-        .find_map(|l| l.split(" indirect, ").next()?.rsplit(' ').next()?.parse().ok())
-        .expect("disconnect line with the indirect count");
+    dom0_agrees(&run, 1, "blk-indirect", &["indirect", "errors"]);
+    let served: u64 = field(&run, vbd_line(&run, 1), "indirect");
     assert!(served >= 4 + 8, "{served} indirect requests served");
     // What the domU wrote with indirect requests is in the image, sector by sector.
     let writes: Vec<(u64, u64)> = run
@@ -143,7 +179,7 @@ fn domain_destroyed_with_requests_in_flight_is_released() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("unexpected destroy line: {destroyed}"));
     assert!(held > 0, "dom0 held none of the domain's frames when it was destroyed: {destroyed}");
-    clean_teardown(&run);
+    assert_eq!(clean_teardown(&run), 1);
 }
 
 #[test]
@@ -206,8 +242,11 @@ fn a_hostile_frontend_does_not_stop_another_domains_disk() {
         .expect_no_line(" FAIL ")
         // The neighbour is still served after the hostile ring was closed.
         .expect_order("frontend broke the ring", "TEST blk-pattern PASS");
-    // Both rings are torn down cleanly and the neighbour's data really is on its disk.
-    assert_eq!(run.lines_with("ring unmapped: yes, grant unmap failures: 0").count(), 2, "{}", run.text());
+    // Both rings are torn down cleanly, dom0 served the neighbour what it asked for, and the
+    // neighbour's data really is on its disk.
+    assert_eq!(clean_teardown(&run), 2);
+    dom0_agrees(&run, 1, "blk-hostile", &["requests", "errors", "unsupported"]);
+    dom0_agrees(&run, 2, "blk-pattern", &["requests", "sectors_written", "sectors_read", "flushes"]);
     check_pattern(&run, &good_img, seed);
 }
 
@@ -235,8 +274,9 @@ fn a_frontend_scribbling_over_its_rings_does_not_stop_another_domains_disk() {
         // The neighbour ran while the rings were being scribbled over.
         .expect_order("ring-scribble: scribbling over", "TEST blk-pattern PASS")
         .expect_order("TEST blk-pattern PASS", "ring-scribble: the neighbour is done")
-        .expect_no_line("ring unmapped: NO");
-    assert_eq!(run.lines_with("ring unmapped: yes, grant unmap failures: 0").count(), 2, "{}", run.text());
-    run.expect_line("dom0: d1/vrng0: disconnected (").expect_no_line("ring_unmapped=0");
+        .expect_no_line("ring_unmapped=0");
+    assert_eq!(clean_teardown(&run), 2);
+    dom0_agrees(&run, 2, "blk-pattern", &["requests", "sectors_written", "sectors_read", "flushes"]);
+    run.expect_line("dom0: d1/vrng0: disconnected (");
     check_pattern(&run, &good_img, seed);
 }

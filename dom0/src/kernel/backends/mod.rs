@@ -79,7 +79,7 @@ pub trait BackendKind {
     /// The log line of a released connection (`unmapped`: the ring unmap succeeded).
     fn disconnected(&self, driver: &mut Self::Driver, label: &str, unmapped: bool) -> String {
         let _ = driver;
-        format!("dom0: {label}: disconnected (ring unmapped: {})", if unmapped { "yes" } else { "NO" })
+        format!("dom0: {label}: disconnected ring_unmapped={}", u8::from(unmapped))
     }
     /// The device is gone for good: take back what its driver held.
     fn retire(&mut self, _driver: Self::Driver) {}

@@ -505,9 +505,11 @@ impl BackendKind for Vbds {
         let (s, kept, unmap_failures) = d.last.take().unwrap_or_default();
         // Totals of every vbd so far (where dom0's time went, for profiling).
         let ms = |a: &AtomicU64| a.load(Ordering::Relaxed) / 1_000_000;
+        // The figures as `key=value` fields, which the host tests read (xtask::kv).
         format!(
-            "dom0: {label}: disconnected ({} requests, {} indirect, {} errors, {} unsupported, {} sectors read, {} written, {} flushes; {kept} persistent grants; ring unmapped: {}, grant unmap failures: {unmap_failures})\n\
-             dom0: blkback totals: {} ms in {} polls (rings {} ms, grant maps {} ms, unmaps {} ms, disk completions {} ms), {} grant calls for {} operations; disk {}: {} requests, {} notifies, {} interrupts",
+            "dom0: {label}: disconnected (virtio-blk {}) requests={} indirect={} errors={} unsupported={} sectors_read={} sectors_written={} flushes={} persistent_grants={kept} ring_unmapped={} grant_unmap_failures={unmap_failures}\n\
+             dom0: blkback totals: poll_ms={} polls={} ring_ms={} map_ms={} unmap_ms={} disk_ms={} grant_calls={} grant_ops={} disk={} disk_requests={} disk_notifies={} disk_interrupts={}",
+            d.disk.bdf,
             s.requests,
             s.indirect,
             s.errors,
@@ -515,7 +517,7 @@ impl BackendKind for Vbds {
             s.sectors_read,
             s.sectors_written,
             s.flushes,
-            if unmapped { "yes" } else { "NO" },
+            u8::from(unmapped),
             ms(&T_POLL),
             N_POLL.load(Ordering::Relaxed),
             ms(&T_SERVICE),

@@ -130,17 +130,24 @@ pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         return;
     };
     let t0 = time::now_ns();
+    // What the backend served, as it counts it (the host test compares the two).
+    let (mut written, mut read) = (0u64, 0u64);
     for (n, &slot) in chosen.iter().enumerate() {
         let off = if n % 2 == 1 { 3 * 512 } else { 0 };
         let b = &mut buf[off..off + CHUNK as usize * 512];
         fill(b, seed, slot * CHUNK);
-        if let Err(e) = disk.write(slot * CHUNK, b) {
-            fails.push(format!("write of chunk at sector {}: {e}", slot * CHUNK));
+        match disk.write(slot * CHUNK, b) {
+            Ok(()) => written += CHUNK,
+            Err(e) => fails.push(format!("write of chunk at sector {}: {e}", slot * CHUNK)),
         }
     }
-    if let Err(e) = disk.flush() {
-        fails.push(format!("flush: {e}"));
-    }
+    let flushes = match disk.flush() {
+        Ok(()) => 1,
+        Err(e) => {
+            fails.push(format!("flush: {e}"));
+            0
+        }
+    };
     let mut want = alloc::vec![0u8; CHUNK as usize * 512];
     for (n, &slot) in chosen.iter().enumerate() {
         let off = if n % 2 == 0 { 3 * 512 } else { 0 };
@@ -150,6 +157,7 @@ pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
             fails.push(format!("read of chunk at sector {}: {e}", slot * CHUNK));
             continue;
         }
+        read += CHUNK;
         fill(&mut want, seed, slot * CHUNK);
         if *b != want[..] {
             let bad = b.chunks(512).zip(want.chunks(512)).position(|(x, y)| x != y).unwrap_or(0);
@@ -162,6 +170,10 @@ pub fn pattern(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     }
     let ms = time::now_ns().saturating_sub(t0) / 1_000_000;
     let st = disk.stats;
+    println!(
+        "blk-pattern: requests={} sectors_written={written} sectors_read={read} flushes={flushes}",
+        st.requests
+    );
     let r = disk.disconnect(xb, 10_000_000_000);
     if let Err(e) = r {
         fails.push(format!("disconnect: {e}"));
@@ -194,7 +206,7 @@ pub fn image(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let n = disk.info.sectors;
     let Some(mut buf) = SectorBuf::new(128 * 1024) else { return };
     let mut want = [0u8; 512];
-    let mut checked = 0u64;
+    let (mut checked, mut read) = (0u64, 0u64);
     let mut ranges = alloc::vec![(0u64, 4096u64.min(n))];
     if n > 4096 {
         ranges.push((n - 64, n));
@@ -208,6 +220,7 @@ pub fn image(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
                 fails.push(format!("read at sector {s}: {e}"));
                 break;
             }
+            read += cnt;
             for (k, got) in b.chunks(512).enumerate() {
                 image_sector(s + k as u64, &mut want);
                 if got != want && fails.len() < 4 {
@@ -218,6 +231,7 @@ pub fn image(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
             s += cnt;
         }
     }
+    println!("blk-image: checked={checked} sectors_read={read}");
     let _ = disk.disconnect(xb, 10_000_000_000);
     report("blk-image", &fails, format_args!("{checked} sectors of the prepared image read and checked"));
 }
@@ -297,11 +311,19 @@ pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         ("discard (not offered)", req(op::DISCARD, 1012, 0, &[]), rsp::EOPNOTSUPP),
     ];
     let mut good_id = 3000u64;
+    // Every request and how it was answered, as dom0 counts them (the host test compares).
+    let (mut sent, mut errors, mut unsupported) = (0u64, 0u64, 0u64);
+    let mut tally = |rsps: &[BlkifResponse]| {
+        sent += rsps.len() as u64;
+        errors += rsps.iter().filter(|r| r.status == rsp::ERROR).count() as u64;
+        unsupported += rsps.iter().filter(|r| r.status == rsp::EOPNOTSUPP).count() as u64;
+    };
     for (what, bad, want) in &cases {
         good_id += 1;
         let good = req(op::READ, good_id, 8, &[seg(w[1], 0, 7)]);
         match exchange(&mut disk, &[*bad, good]) {
             Ok(rsps) => {
+                tally(&rsps);
                 for r in &rsps {
                     if r._pad0 != 0 || r._pad1 != 0 {
                         fails.push(format!("{what}: response padding not zero: {r:?}"));
@@ -324,6 +346,7 @@ pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     let dup = [req(op::READ, 2000, 64, &big), req(op::READ, 2000, 256, &[seg(w[13], 0, 7)])];
     match exchange(&mut disk, &dup) {
         Ok(rsps) => {
+            tally(&rsps);
             let mut st: Vec<i16> = rsps.iter().map(|r| r.status).collect();
             st.sort();
             if st != [rsp::ERROR, rsp::OKAY] {
@@ -332,6 +355,7 @@ pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         }
         Err(e) => fails.push(format!("same id twice: {e}")),
     }
+    println!("blk-hostile: requests={sent} errors={errors} unsupported={unsupported}");
     // Finally a producer index more than a ring ahead: the backend must give up the ring.
     let state_path = format!("/local/domain/0/backend/vbd/{}/{}/state", my_domid(xb), disk.devid);
     {

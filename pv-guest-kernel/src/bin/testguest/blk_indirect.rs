@@ -47,11 +47,27 @@ fn describe(p: &Page, segs: &[BlkifRequestSegment]) {
     b[..segs.len() * 8].copy_from_slice(segs.as_bytes());
 }
 
+/// What the backend answered, counted as dom0 counts it (the test compares the two).
+#[derive(Default)]
+struct Tally {
+    /// Indirect requests served.
+    indirect: u64,
+    /// Requests answered with an error.
+    errors: u64,
+}
+
 /// Sends one request and returns its (operation, status).
-fn one(disk: &mut Blkfront, r: &BlkifRequest) -> Result<(u8, i16), String> {
+fn one(disk: &mut Blkfront, r: &BlkifRequest, t: &mut Tally) -> Result<(u8, i16), String> {
     let rsps = exchange(disk, core::slice::from_ref(r))?;
     match rsps.first() {
-        Some(x) if x.id == r.id && x._pad0 == 0 && x._pad1 == 0 => Ok((x.operation, x.status)),
+        Some(x) if x.id == r.id && x._pad0 == 0 && x._pad1 == 0 => {
+            match x.status {
+                rsp::OKAY if r.operation == op::INDIRECT => t.indirect += 1,
+                rsp::ERROR => t.errors += 1,
+                _ => {}
+            }
+            Ok((x.operation, x.status))
+        }
         other => Err(format!("bad response {other:?}")),
     }
 }
@@ -100,6 +116,7 @@ pub fn run(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         [(&big_segs, at[0] * 1024, &data[..big]), (&part_segs, at[1] * 1024 + 5, &data[big..])];
 
     let mut id = 1u64;
+    let mut tally = Tally::default();
     for (segs, sector, pages) in reqs.iter() {
         // The pattern goes where each segment's sectors are in its page.
         let mut s = *sector;
@@ -112,8 +129,11 @@ pub fn run(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         describe(&desc[0], segs);
         let n = sectors(segs);
         println!("{name}: seed {seed} write {sector} {n}");
-        match one(&mut disk, &BlkifRequest::indirect(op::WRITE, id, *sector, segs.len() as u16, &[dgrefs[0]]))
-        {
+        match one(
+            &mut disk,
+            &BlkifRequest::indirect(op::WRITE, id, *sector, segs.len() as u16, &[dgrefs[0]]),
+            &mut tally,
+        ) {
             Ok((op::WRITE, rsp::OKAY)) => {}
             other => fails.push(format!("indirect write of {} segments: {other:?}", segs.len())),
         }
@@ -129,8 +149,11 @@ pub fn run(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
             bytes(p).fill(0x5a);
         }
         describe(&desc[1], segs);
-        match one(&mut disk, &BlkifRequest::indirect(op::READ, id, *sector, segs.len() as u16, &[dgrefs[1]]))
-        {
+        match one(
+            &mut disk,
+            &BlkifRequest::indirect(op::READ, id, *sector, segs.len() as u16, &[dgrefs[1]]),
+            &mut tally,
+        ) {
             Ok((op::READ, rsp::OKAY)) => {}
             other => fails.push(format!("indirect read of {} segments: {other:?}", segs.len())),
         }
@@ -168,18 +191,19 @@ pub fn run(c: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     ];
     for (what, segs, iop, sector, nr, page) in cases {
         describe(d, segs);
-        match one(&mut disk, &BlkifRequest::indirect(iop, id, sector, nr, &[page])) {
+        match one(&mut disk, &BlkifRequest::indirect(iop, id, sector, nr, &[page]), &mut tally) {
             Ok(got) if got == (iop, rsp::ERROR) => {}
             other => fails.push(format!("{what}: got {other:?}, want ({iop}, {})", rsp::ERROR)),
         }
         id += 1;
         describe(d, &good_desc);
-        match one(&mut disk, &BlkifRequest::indirect(op::READ, id, 8, 1, &[dgrefs[0]])) {
+        match one(&mut disk, &BlkifRequest::indirect(op::READ, id, 8, 1, &[dgrefs[0]]), &mut tally) {
             Ok((op::READ, rsp::OKAY)) => {}
             other => fails.push(format!("{what}: the good request after it got {other:?}")),
         }
         id += 1;
     }
+    println!("{name}: indirect={} errors={}", tally.indirect, tally.errors);
     if let Err(e) = disk.disconnect(xb, 10_000_000_000) {
         fails.push(format!("disconnect: {e}"));
     }

@@ -69,8 +69,9 @@ pub fn with_stack(c: &Ctx, body: Body) {
     let stack = Stack::new(nf, mac, addr, time::rdtsc() ^ u64::from(domid), time::now_ns());
     if let Some(stack) = body(stack, &mut xb, c) {
         let s = stack.dev.stats();
+        // The frontend's figures as `key=value` fields; the host tests compare them with dom0's.
         println!(
-            "{scenario}: netfront sent {} frames/{} bytes ({} errors), received {} frames/{} bytes ({} empty)",
+            "{scenario}: netfront tx_packets={} tx_bytes={} tx_errors={} rx_packets={} rx_bytes={} rx_errors={}",
             s.tx_packets, s.tx_bytes, s.tx_errors, s.rx_packets, s.rx_bytes, s.rx_errors
         );
         if let Err(e) = stack.dev.disconnect(&mut xb) {
@@ -242,6 +243,8 @@ pub fn hostile(
         ("extra-info", alloc::vec![r(64, 0, nettxf::EXTRA_INFO, good_gref), extra]),
     ];
     let mut id = 1000u16;
+    // Packets the backend refused (answered with an error), as dom0 counts them.
+    let mut refused = 0u64;
     for (what, slots) in &cases {
         let mut ids = Vec::new();
         for s in slots.iter().chain(core::iter::once(&r(64, 0, 0, good_gref))) {
@@ -274,6 +277,7 @@ pub fn hostile(
         let want_errors = slots.len() - usize::from(*what == "extra-info");
         let errors = rsps.iter().filter(|x| x.status == netif_rsp::ERROR).count();
         let nulls = rsps.iter().filter(|x| x.status == netif_rsp::NULL).count();
+        refused += u64::from(errors > 0);
         let last_ok = rsps.last().is_some_and(|x| x.status == netif_rsp::OKAY && Some(&x.id) == ids.last());
         if rsps.len() != slots.len() + 1
             || errors != want_errors
@@ -283,7 +287,7 @@ pub fn hostile(
             fails.push(format!("{what}: responses {:?}", rsps.iter().map(|x| x.status).collect::<Vec<_>>()));
         }
     }
-    println!("net-hostile: {} malformed packets refused, a good one after each", cases.len());
+    println!("net-hostile: {} malformed packets sent, a good one after each: refused={refused}", cases.len());
     // A flood: spoofed and broadcast frames as fast as the ring takes them.
     let secs = cmdline::get_u64(cmd, "flood", 3, 0, 600).unwrap_or(3);
     println!("net-hostile: flooding for {secs} s");
