@@ -49,6 +49,12 @@ pub fn line<'a>(run: &'a Run, needle: &str) -> &'a str {
         .unwrap_or_else(|| fail(run, &format!("no line contains {needle:?}")))
 }
 
+/// The hypervisor's `Domain <d> destroyed: released=<frames> referenced=<frames>` line (frames
+/// freed at once, frames others still hold); panics with the log when there is none.
+pub fn destroyed_line(run: &Run, d: u16) -> &str {
+    line(run, &format!("Domain {d} destroyed: "))
+}
+
 /// Assertions on a finished run.
 /// `scenario` reported its checks as `RESULT <scenario> <check>=<value>` lines and passed: the
 /// guest compares each value with Xen 4.17's and fails the scenario on a mismatch, naming both.

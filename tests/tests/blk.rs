@@ -171,13 +171,8 @@ fn domain_destroyed_with_requests_in_flight_is_released() {
     // The domain was destroyed while dom0 still mapped its ring and persistent grants (the
     // hypervisor counts those frames as still referenced); "fully released" is dom0 asking the
     // hypervisor afterwards (DOMAIN_FRAMES → ESRCH: no frame of the domain is left).
-    let destroyed = run.lines_with("Domain 1 destroyed:").next().unwrap_or_else(|| panic!("{}", run.text()));
-    let held: u64 = destroyed
-        .rsplit(", ")
-        .next()
-        .and_then(|s| s.strip_suffix(" still referenced"))
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("unexpected destroy line: {destroyed}"));
+    let destroyed = tests::destroyed_line(&run, 1);
+    let held: u64 = field(&run, destroyed, "referenced");
     assert!(held > 0, "dom0 held none of the domain's frames when it was destroyed: {destroyed}");
     assert_eq!(clean_teardown(&run), 1);
 }

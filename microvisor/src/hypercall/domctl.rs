@@ -38,10 +38,7 @@ pub fn domctl<P: Platform>(hv: &mut Hypervisor<P>, arg: u64) -> Result<i64, Errn
             }
             let released = crate::domain_lifecycle::destroy_domain(hv, id);
             let left = hv.frames.tot_pages(id);
-            hv.log(format_args!(
-                "Domain {} destroyed: {released} frames released, {left} still referenced",
-                id.0
-            ));
+            hv.log(format_args!("Domain {} destroyed: released={released} referenced={left}", id.0));
             Ok(0)
         }
         cmd::PAUSEDOMAIN | cmd::UNPAUSEDOMAIN => {

@@ -87,11 +87,12 @@ fn verdict(samples: &[Sample]) -> String {
     let mut what = String::new();
     let mut why = None;
     for s in samples {
+        // Per domain: the frames it held besides shared_info, and its grant-table frames.
         what.push_str(&alloc::format!(
-            "d{}: {} frames + shared_info + {} grant frame(s); ",
-            s.domid.0,
+            "d{d}_frames={} d{d}_grant_frames={} ",
             s.frames,
-            s.grant_frames
+            s.grant_frames,
+            d = s.domid.0
         ));
         if s.frames < 0 || s.free < 0 {
             why = Some(alloc::format!("d{} sampled after its destruction ({})", s.domid.0, s.frames));
@@ -103,11 +104,8 @@ fn verdict(samples: &[Sample]) -> String {
                 why.or(Some(alloc::format!("the hypervisor still counts {left} frames for d{}", s.domid.0)));
         }
     }
-    let figures = alloc::format!(
-        "{what}free {} -> {free_after} (+{}), want {want}",
-        first.free,
-        free_after - first.free
-    );
+    // The figures as `key=value` fields, which the host tests read (xtask::kv).
+    let figures = alloc::format!("{what}free_before={} free_after={free_after} want={want}", first.free);
     if free_after != want {
         why = why.or(Some(alloc::format!("free count off by {}", free_after - want)));
     }
