@@ -9,9 +9,10 @@ fn a_domu_reads_64_kib_from_dom0s_virtio_rng() {
     let run = boot(&Machine::scenario(&kernels(), "rng-read"));
     run.expect_outcome(Outcome::Poweroff)
         .expect_line("dom0: virtio-rng 00:")
-        .expect_line("TEST rng-read PASS 65536 bytes")
-        .expect_line("256 distinct byte values")
+        .expect_line("TEST rng-read PASS")
         .expect_no_line(" FAIL ");
+    // Every byte value turned up in the first 64 KiB.
+    assert_eq!(guest_value(&run, 1, "rng-read", "distinct"), 256);
     // dom0 says where the bytes came from, and served exactly the bytes the guest read.
     let line = disconnect_line(&run, 1);
     assert!(line.contains("(virtio-rng 00:"), "{line}");
@@ -28,7 +29,7 @@ fn a_hostile_frontend_gets_errors_and_the_backend_keeps_serving() {
     m.modules.push(Module::new(&k.testguest, "name=tg2 mem=32M -- scenario=rng-read"));
     let run = boot(&m);
     run.expect_outcome(Outcome::Poweroff)
-        .expect_line("TEST rng-hostile PASS 7 bad requests refused")
+        .expect_line("TEST rng-hostile PASS")
         .expect_line("TEST rng-read PASS")
         .expect_line("dom0: d1/vrng0: frontend broke the ring")
         .expect_no_line(" FAIL ");

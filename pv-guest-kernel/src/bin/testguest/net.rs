@@ -172,6 +172,8 @@ pub fn fetch(
                 fails.push(format!("status {} with {} bytes (pattern {})", f.status, f.len, f.pattern));
             }
             let kib_s = f.len * 1_000_000_000 / 1024 / ns.max(1);
+            // What the host checks against the pattern it knows.
+            println!("net-fetch: bytes={} fnv={:016x}", f.len, f.hash);
             format!(
                 "{} bytes from {} fnv={:016x} in {} ms ({kib_s} KiB/s)",
                 f.len,

@@ -73,7 +73,7 @@ pub fn read(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
         Err(e) => fails.push(format!("reading 4998 bytes: {e}")),
     }
     // What the host checks dom0's count against.
-    println!("rng-read: bytes={}", buf.len() + odd.len() - 3);
+    println!("rng-read: bytes={} distinct={distinct}", buf.len() + odd.len() - 3);
     if let Err(e) = rng.disconnect(xb, 10_000_000_000) {
         fails.push(format!("disconnect: {e}"));
     }
