@@ -119,15 +119,16 @@ impl fmt::Display for Note {
             Note::ListFailed(e) => write!(f, "cannot list domains: {e}"),
             Note::NoSuchDomain(Who::Id(id)) => write!(f, "no domain d{}, nothing done", id.0),
             Note::NoSuchDomain(Who::Name(n)) => write!(f, "no domain named {n}, nothing done"),
-            Note::Wrote { domid, name, kib } => write!(f, "d{} ({name}) target {kib} KiB", domid.0),
+            // Figures as `key=value` fields, which the host tests read (xtask::kv).
+            Note::Wrote { domid, name, kib } => write!(f, "d{} ({name}) target kib={kib}", domid.0),
             Note::WriteFailed { domid, name, kib, err } => {
                 write!(f, "d{} ({name}) writing target {kib} KiB failed: {err}", domid.0)
             }
             Note::Reached { domid, name, kib, pages } => {
-                write!(f, "d{} ({name}) reached {kib} KiB ({pages} pages)", domid.0)
+                write!(f, "d{} ({name}) reached kib={kib} pages={pages}", domid.0)
             }
             Note::GaveUp { domid, name, kib, pages } => {
-                write!(f, "d{} ({name}) stays at {pages} pages, short of {kib} KiB; going on", domid.0)
+                write!(f, "d{} ({name}) short of its target, going on: kib={kib} pages={pages}", domid.0)
             }
             Note::Gone { domid, name } => write!(f, "d{} ({name}) is gone, plan dropped", domid.0),
             Note::Finished { domid, name } => write!(f, "d{} ({name}) done", domid.0),
