@@ -32,12 +32,21 @@ pub fn guest_value(run: &Run, d: u16, scenario: &str, key: &str) -> i64 {
         .filter_map(|l| xtask::kv::after(l, &prefix))
         .find(|l| xtask::kv::get(l, key).is_some())
         .unwrap_or_else(|| fail(run, &format!("no {prefix:?} line has {key}=")));
-    field(run, line, key)
+    field_i64(run, line, key)
 }
 
 /// The number in the `key=<n>` field of `line` (a `key=value` line of dom0's, a guest's or the
 /// hypervisor's, read by [`xtask::kv`]); panics with the log when there is none.
-pub fn field<T: std::str::FromStr>(run: &Run, line: &str, key: &str) -> T {
+pub fn field(run: &Run, line: &str, key: &str) -> u64 {
+    number(run, line, key)
+}
+
+/// [`field`] for a figure that may be negative.
+pub fn field_i64(run: &Run, line: &str, key: &str) -> i64 {
+    number(run, line, key)
+}
+
+fn number<T: std::str::FromStr>(run: &Run, line: &str, key: &str) -> T {
     xtask::kv::num(line, key).unwrap_or_else(|| fail(run, &format!("no numeric {key}= in {line:?}")))
 }
 

@@ -3,7 +3,7 @@
 //! moves meanwhile), ballooning back up reverses both; with
 //! the target set by dom0 through xenstore (`mem-set=`) as well as by a boot option.
 
-use tests::{boot, field, kernels, Machine, Outcome, Run, RunExt};
+use tests::{boot, field_i64, kernels, Machine, Outcome, Run, RunExt};
 
 /// The fields (`key=value`) of the first line that contains `BALLOON <dir> `.
 fn figures<'a>(run: &'a Run, dir: &str) -> &'a str {
@@ -26,15 +26,15 @@ fn balloon_down_and_up(target: u64, want_pages: i64) {
     run.expect_outcome(Outcome::Poweroff).expect_no_line("crashed");
     let down = figures(&run, "down");
     let up = figures(&run, "up");
-    assert_eq!(field::<i64>(&run, down, "pages"), want_pages, "{}", run.text());
-    assert_free_moved(field::<i64>(&run, down, "free_delta"), want_pages, &run.text());
-    assert_eq!(field::<i64>(&run, down, "domain_delta"), -want_pages, "{}", run.text());
-    assert_eq!(field::<i64>(&run, up, "pages"), want_pages, "{}", run.text());
-    assert_free_moved(field::<i64>(&run, up, "free_delta"), -want_pages, &run.text());
-    assert_eq!(field::<i64>(&run, up, "domain_delta"), want_pages, "{}", run.text());
+    assert_eq!(field_i64(&run, down, "pages"), want_pages, "{}", run.text());
+    assert_free_moved(field_i64(&run, down, "free_delta"), want_pages, &run.text());
+    assert_eq!(field_i64(&run, down, "domain_delta"), -want_pages, "{}", run.text());
+    assert_eq!(field_i64(&run, up, "pages"), want_pages, "{}", run.text());
+    assert_free_moved(field_i64(&run, up, "free_delta"), -want_pages, &run.text());
+    assert_eq!(field_i64(&run, up, "domain_delta"), want_pages, "{}", run.text());
     // The domain's reservation follows: 8192 pages at boot.
-    assert_eq!(field::<i64>(&run, down, "reservation"), 8192 - want_pages, "{}", run.text());
-    assert_eq!(field::<i64>(&run, up, "reservation"), 8192, "{}", run.text());
+    assert_eq!(field_i64(&run, down, "reservation"), 8192 - want_pages, "{}", run.text());
+    assert_eq!(field_i64(&run, up, "reservation"), 8192, "{}", run.text());
     run.expect_line("TEST balloon PASS");
 }
 
@@ -68,22 +68,18 @@ fn the_balloon_follows_memory_target_set_by_dom0() {
     let down = figures(&run, "down");
     let up = figures(&run, "up");
     for (f, dir, sign) in [(&down, "down", 1), (&up, "up", -1)] {
-        assert_eq!(field::<i64>(&run, f, "pages"), 1024, "{dir}\n{}", run.text());
-        assert_free_moved(
-            field::<i64>(&run, f, "free_delta"),
-            sign * 1024,
-            &format!("{dir}\n{}", run.text()),
-        );
-        assert_eq!(field::<i64>(&run, f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
+        assert_eq!(field_i64(&run, f, "pages"), 1024, "{dir}\n{}", run.text());
+        assert_free_moved(field_i64(&run, f, "free_delta"), sign * 1024, &format!("{dir}\n{}", run.text()));
+        assert_eq!(field_i64(&run, f, "domain_delta"), -sign * 1024, "{dir}\n{}", run.text());
     }
-    assert_eq!(field::<i64>(&run, down, "target_kib"), 28672, "{}", run.text());
-    assert_eq!(field::<i64>(&run, down, "reservation"), 7168, "{}", run.text());
-    assert_eq!(field::<i64>(&run, up, "target_kib"), 32768, "{}", run.text());
-    assert_eq!(field::<i64>(&run, up, "reservation"), 8192, "{}", run.text());
+    assert_eq!(field_i64(&run, down, "target_kib"), 28672, "{}", run.text());
+    assert_eq!(field_i64(&run, down, "reservation"), 7168, "{}", run.text());
+    assert_eq!(field_i64(&run, up, "target_kib"), 32768, "{}", run.text());
+    assert_eq!(field_i64(&run, up, "reservation"), 8192, "{}", run.text());
     // dom0 saw the domain reach each target holding what its balloon says it reserved.
     for (kib, f) in [(28672, down), (32768, up)] {
         let reached = tests::line(&run, &format!("dom0: mem-set: d1 (tg) reached kib={kib} "));
-        assert_eq!(field::<i64>(&run, reached, "pages"), field::<i64>(&run, f, "reservation"), "{reached}");
+        assert_eq!(field_i64(&run, reached, "pages"), field_i64(&run, f, "reservation"), "{reached}");
     }
     // Back where it started: the free count after going up is the one before going down.
     let free = |f: &str| -> (i64, i64) {

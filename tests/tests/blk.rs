@@ -5,7 +5,8 @@
 
 use std::path::Path;
 use tests::{
-    boot, check_pattern, field, guest_value, kernels, kv, read_words, Machine, Outcome, Run, RunExt,
+    boot, check_pattern, field, field_i64, guest_value, kernels, kv, read_words, Machine, Outcome, Run,
+    RunExt,
 };
 use xtask::disk::{self, SECTOR};
 
@@ -45,7 +46,7 @@ fn clean_teardown(run: &Run) -> usize {
 fn dom0_agrees(run: &Run, d: u16, scenario: &str, keys: &[&str]) {
     let line = vbd_line(run, d);
     for key in keys {
-        assert_eq!(field::<i64>(run, line, key), guest_value(run, d, scenario, key), "{key}: {line}");
+        assert_eq!(field_i64(run, line, key), guest_value(run, d, scenario, key), "{key}: {line}");
     }
 }
 

@@ -73,5 +73,5 @@ fn shut_down_domu_is_released_and_destroyed_without_leaks() {
         .expect_order("Domain 1 destroyed: ", "Domain 0 (dom0) shut down: poweroff")
         .expect_line("dom0: no domUs left");
     let line = tests::destroyed_line(&run, 1);
-    assert_eq!(tests::field::<u64>(&run, line, "referenced"), 0, "{line}");
+    assert_eq!(tests::field(&run, line, "referenced"), 0, "{line}");
 }

@@ -6,7 +6,7 @@
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tests::{field, guest_value, kernels, Machine, Module, Outcome, Run, RunExt, DEADLINE};
+use tests::{field, field_i64, guest_value, kernels, Machine, Module, Outcome, Run, RunExt, DEADLINE};
 use xtask::net::{domu_ip, get_when_up, http, pattern_hash, unpredictable_bytes, Fnv1a, DOM0_IP};
 
 /// What the host did while the machine ran: one line per step, or the first failure.
@@ -127,9 +127,9 @@ fn the_host_fetches_from_and_uploads_to_a_domus_http_server() {
     // dom0's counters agree with the frontend's and with what crossed: at least the 1 MiB out
     // and the 256 KiB in.
     let line = vif_agrees(&run, 1, "net-serve");
-    assert!(field::<u64>(&run, line, "tx_bytes") >= 1 << 20, "{line}");
-    assert!(field::<u64>(&run, line, "rx_bytes") >= 256 << 10, "{line}");
-    assert_eq!(field::<u64>(&run, line, "refused"), 0, "{line}");
+    assert!(field(&run, line, "tx_bytes") >= 1 << 20, "{line}");
+    assert!(field(&run, line, "rx_bytes") >= 256 << 10, "{line}");
+    assert_eq!(field(&run, line, "refused"), 0, "{line}");
 }
 
 /// dom0's line for domain `d`'s vif going away (its figures as `key=value`).
@@ -144,7 +144,7 @@ fn vif_line(run: &Run, d: u16) -> &str {
 /// rings were unmapped. Returns dom0's line.
 fn vif_agrees<'a>(run: &'a Run, d: u16, scenario: &str) -> &'a str {
     let line = vif_line(run, d);
-    let dom0 = |key| field::<i64>(run, line, key);
+    let dom0 = |key| field_i64(run, line, key);
     let guest = |key| guest_value(run, d, scenario, key);
     assert_eq!(dom0("tx_packets") + dom0("refused") + dom0("dropped"), guest("tx_packets"), "{line}");
     match dom0("dropped") {
@@ -228,8 +228,8 @@ fn a_hostile_frontend_is_refused_and_flooding_does_not_stop_a_neighbours_traffic
     // (all 8 it sent), and tore the broken rings down.
     let line = vif_line(&run, 1);
     let refused = guest_value(&run, 1, "net-hostile", "refused");
-    assert_eq!((field::<i64>(&run, line, "refused"), refused), (8, 8), "{line}");
-    assert_eq!(field::<u64>(&run, line, "ring_unmapped"), 1, "{line}");
+    assert_eq!((field_i64(&run, line, "refused"), refused), (8, 8), "{line}");
+    assert_eq!(field(&run, line, "ring_unmapped"), 1, "{line}");
     // The neighbour's traffic was all accounted for.
     vif_agrees(&run, 2, "net-serve");
 }

@@ -2,7 +2,7 @@
 //! through its `vrng` backend; a domU reads through the frontend; a hostile frontend gets
 //! its errors and the backend keeps serving.
 
-use tests::{boot, field, guest_value, kernels, Machine, Module, Outcome, Run, RunExt};
+use tests::{boot, field, field_i64, guest_value, kernels, Machine, Module, Outcome, Run, RunExt};
 
 #[test]
 fn a_domu_reads_64_kib_from_dom0s_virtio_rng() {
@@ -17,7 +17,7 @@ fn a_domu_reads_64_kib_from_dom0s_virtio_rng() {
     let line = disconnect_line(&run, 1);
     assert!(line.contains("(virtio-rng 00:"), "{line}");
     let read = guest_value(&run, 1, "rng-read", "bytes");
-    assert_eq!(field::<i64>(&run, line, "bytes"), read, "{line}");
+    assert_eq!(field_i64(&run, line, "bytes"), read, "{line}");
     assert_eq!((field(&run, line, "errors"), field(&run, line, "ring_unmapped")), (0, 1), "{line}");
 }
 
@@ -37,11 +37,11 @@ fn a_hostile_frontend_gets_errors_and_the_backend_keeps_serving() {
     // connections down cleanly; the neighbour got every byte it read and no error.
     let hostile = disconnect_line(&run, 1);
     let refused = guest_value(&run, 1, "rng-hostile", "refused");
-    assert_eq!(field::<i64>(&run, hostile, "errors"), refused, "{hostile}");
-    assert_eq!(field::<u64>(&run, hostile, "ring_unmapped"), 1, "{hostile}");
+    assert_eq!(field_i64(&run, hostile, "errors"), refused, "{hostile}");
+    assert_eq!(field(&run, hostile, "ring_unmapped"), 1, "{hostile}");
     let neighbour = disconnect_line(&run, 2);
     let read = guest_value(&run, 2, "rng-read", "bytes");
-    assert_eq!(field::<i64>(&run, neighbour, "bytes"), read, "{neighbour}");
+    assert_eq!(field_i64(&run, neighbour, "bytes"), read, "{neighbour}");
     assert_eq!(
         (field(&run, neighbour, "errors"), field(&run, neighbour, "ring_unmapped")),
         (0, 1),

@@ -99,7 +99,7 @@ fn rings_work_foreign_mapped_too() {
 /// The domU's frames were all free when it was destroyed: dom0 had unmapped its rings.
 fn nothing_left_referenced(run: &Run) {
     let line = tests::destroyed_line(run, 1);
-    assert_eq!(tests::field::<u64>(run, line, "referenced"), 0, "{line}");
+    assert_eq!(tests::field(run, line, "referenced"), 0, "{line}");
 }
 
 #[test]
