@@ -96,10 +96,11 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         .expect_no_line("Domain 2 (disk) shut down: crash");
     // Linux crashed with its blkfront's writes outstanding.
     let crash = run.lines_with(linux::CRASH_LINE).next().unwrap_or_else(|| panic!("{}", run.text()));
-    assert!(field(&run, crash, "inflight_writes") > 0, "no write in flight at the crash: {crash}");
+    let in_flight: u64 = field(&run, crash, "inflight_writes");
+    assert!(in_flight > 0, "no write in flight at the crash: {crash}");
     // The neighbour kept its disk working for AFTER_GONE verified rounds once Linux was gone.
     let pass = run.lines_with("TEST fuzz-disk PASS").next().unwrap_or_else(|| panic!("{}", run.text()));
-    let (released_at, rounds) = (field(&run, pass, "released_at"), field(&run, pass, "rounds"));
+    let (released_at, rounds): (u64, u64) = (field(&run, pass, "released_at"), field(&run, pass, "rounds"));
     assert!(released_at >= 1, "{pass}");
     assert_eq!(rounds, released_at + AFTER_GONE, "{pass}");
     // What each guest claims, checked on the host: Linux's file (written, synced and
