@@ -1,5 +1,7 @@
 //! Debian's Linux as a domU beside one of our own domUs, each with its own disk served by
-//! dom0's blkback (issue 12 item 5): destroying one leaves the other's disk working.
+//! dom0's blkback (issue 12 item 5): destroying one leaves the other's disk working. One test
+//! per direction: Linux crashes itself with writes in flight and our domU goes on; our domU
+//! crashes itself with writes in flight and Linux goes on.
 //!
 //! The neighbour is the test guest's `fuzz-disk` rather than the demo domU: it writes, reads
 //! back and compares a pattern on its own disk round after round and says where it wrote
@@ -7,11 +9,12 @@
 //!
 //! Order comes from hand-shakes, not timing: the host types [`linux::GO`] on Linux's console
 //! only once the neighbour says its disk is busy, so Linux touches its disk after that; the
-//! neighbour learns that Linux is gone from `@releaseDomain`, which dom0's toolstack fires when
-//! it retires Linux (it grants the neighbour the watch, `release-watch=`: a domU may not read
-//! `/local/domain`, so Linux's directory reads `EACCES` to it whether there or gone, as under
-//! Xen). Both images are checked on the host afterwards. Skips loudly where apt cannot fetch
-//! the Debian packages.
+//! survivor learns that the other is gone from `@releaseDomain`, which dom0's toolstack fires
+//! when it retires a domain (it grants the survivor the watch, `release-watch=`: a domU may not
+//! read `/local/domain`, so another's directory reads `EACCES` to it whether there or gone, as
+//! under Xen); our domU crashes only once Linux, after a verified round, made a node of its
+//! own readable to it. The images are checked on the host afterwards. Skips loudly where apt
+//! cannot fetch the Debian packages.
 
 use std::time::Duration;
 use tests::{field, kernels, Machine, Module, Outcome, RunExt};
@@ -26,14 +29,32 @@ const NEIGHBOUR: u16 = 2;
 const AFTER_GONE: u64 = 3;
 
 /// dom0, Linux (`linux`, its disk as xvda, the serial line's input) and the neighbour (`disk`,
-/// its own scratch disk) watching `@releaseDomain`.
-fn beside_machine(g: &linux::LinuxGuest, ours: &std::path::Path, neighbour_args: &str) -> Machine {
+/// its own scratch disk); `watchers` may watch `@releaseDomain`.
+fn beside_machine(
+    g: &linux::LinuxGuest,
+    ours: &std::path::Path,
+    watchers: &str,
+    neighbour_args: &str,
+) -> Machine {
     let k = kernels();
     let mut m = Machine::with_hypervisor(&k.microvisor, "");
-    m.modules = vec![Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0 release-watch=disk")];
+    m.modules = vec![Module::new(&k.dom0, &format!("name=dom0 mem=64M -- steps=0 release-watch={watchers}"))];
     let mut m = m.with_linux_domu(g, "linux", "256M").with_console_input("linux");
     m.modules.push(Module::new(&k.testguest, &format!("name=disk mem=32M -- {neighbour_args}")));
     m.with_vbd(ours, "disk")
+}
+
+/// Runs `m`, typing [`linux::GO`] on Linux's console once both the neighbour has said `busy`
+/// and Linux waits for it.
+fn run_with_go(m: &Machine, busy: &str) -> xtask::qemu::Run {
+    let (mut busy_seen, mut waiting_seen, mut typed) = (false, false, false);
+    m.run_typing(DEADLINE, |line| {
+        busy_seen |= line.contains(busy);
+        waiting_seen |= line.contains(linux::WAITING);
+        (busy_seen && waiting_seen && !std::mem::replace(&mut typed, true))
+            .then(|| format!("{}\n", linux::GO).into_bytes())
+    })
+    .unwrap_or_else(|e| panic!("cannot run QEMU: {e}"))
 }
 
 #[test]
@@ -51,18 +72,11 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
     let m = beside_machine(
         &g,
         &ours,
+        "disk",
         &format!("scenario=fuzz-disk peer={LINUX} until-released={AFTER_GONE} seed=4242"),
     );
     let busy = format!("(d{NEIGHBOUR}) fuzz-disk: busy (round 1 done), watching @releaseDomain");
-    let (mut busy_seen, mut waiting_seen, mut typed) = (false, false, false);
-    let run = m
-        .run_typing(DEADLINE, |line| {
-            busy_seen |= line.contains(&busy);
-            waiting_seen |= line.contains(linux::WAITING);
-            (busy_seen && waiting_seen && !std::mem::replace(&mut typed, true))
-                .then(|| format!("{}\n", linux::GO).into_bytes())
-        })
-        .unwrap_or_else(|e| panic!("cannot run QEMU: {e}"));
+    let run = run_with_go(&m, &busy);
 
     let wrote = format!("LINUXINIT wrote {}", linux::NEW_FILE);
     let released = format!("(d{NEIGHBOUR}) fuzz-disk: @releaseDomain fired after ");
@@ -77,7 +91,7 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         "LINUXINIT unmounted /dev/xvda",
         "LINUXINIT mounted /dev/xvda again",
         linux::CRASH_LINE,
-        "Domain 1 (linux) shut down: crash",
+        "dom0: d1 (linux) shut down (crash",
         "dom0: d1 released and destroyed",
         &released,
         "TEST fuzz-disk PASS",
@@ -87,6 +101,7 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         run.expect_order(w[0], w[1]);
     }
     run.expect_order(linux::WAITING, "(d0) [linux] LINUXINIT going on")
+        .expect_line("Domain 1 (linux) shut down: crash")
         .expect_line("dom0: d2 (disk) may watch @releaseDomain")
         .expect_outcome(Outcome::Poweroff)
         .expect_no_line("FAILED")
@@ -110,4 +125,96 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
     assert_eq!(back, linux::WRITTEN.as_bytes());
     xtask::fuzz::check_image(&run, &ours).unwrap_or_else(|e| panic!("{e}\n{}", run.text()));
+}
+
+/// Verified rounds Linux does once the neighbour is gone.
+const LINUX_AFTER: u32 = 3;
+
+#[test]
+fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
+    let test = "linux_beside::our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working";
+    if let Err(u) = linux::packages() {
+        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
+        return;
+    }
+    let beside = Beside::OutlivesNeighbour { me: LINUX, neighbour: NEIGHBOUR, after: LINUX_AFTER };
+    let g = linux::prepare("beside-outlive", Role::DomU { shell: false })
+        .and_then(|g| g.beside(beside))
+        .unwrap_or_else(|u| panic!("{u}"));
+    let linux_disk = g.disk.clone().expect("a domU has a disk");
+    // 64 MiB: the neighbour's writes in flight at its crash go past its chunks.
+    let ours = xtask::disk::scratch_image("linux-beside-crash", 64 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let told = format!("/local/domain/{LINUX}/{}", linux::TOLD_NODE);
+    let m = beside_machine(
+        &g,
+        &ours,
+        "linux",
+        &format!("scenario=fuzz-disk peer={LINUX} until-released=0 crash-on={told} seed=77"),
+    );
+    let busy = format!("(d{NEIGHBOUR}) fuzz-disk: busy (round 1 done), watching @releaseDomain");
+    let run = run_with_go(&m, &busy);
+
+    // The neighbour is busy before Linux goes on; Linux does a verified round and makes its
+    // node readable to the neighbour, which only then crashes itself with writes in flight;
+    // dom0 destroys it; only then does Linux hear @releaseDomain, and it does its last
+    // rounds after that.
+    // Linux's lines reach the log through dom0's console relay, the others' directly, so
+    // Linux's are ordered against dom0's own lines (the relay drains a console before dom0
+    // acts on what that domain did next).
+    let linux_side = [
+        busy.as_str(),
+        "(d0) [linux] LINUXINIT going on",
+        "LINUXINIT mounted /dev/xvda again",
+        "LINUXINIT round n=1 ",
+        "dom0: d2 (disk) shut down (crash",
+        "dom0: d2 released and destroyed",
+        "LINUXINIT @releaseDomain fired before round ",
+        linux::ROUNDS_LINE,
+        "LINUXINIT unmounted /dev/xvda again",
+        "dom0: d1 (linux) shut down (poweroff",
+    ];
+    let neighbour_side = [
+        busy.as_str(),
+        &format!("(d{NEIGHBOUR}) fuzz-disk: {told} readable after "),
+        &format!("(d{NEIGHBOUR}) fuzz-disk: crashing with "),
+        "Domain 2 (disk) shut down: crash",
+        "dom0: d2 (disk) shut down (crash",
+    ];
+    for w in linux_side.windows(2).chain(neighbour_side.windows(2)) {
+        run.expect_order(w[0], w[1]);
+    }
+    run.expect_order("LINUXINIT watching @releaseDomain", "(d0) [linux] LINUXINIT going on")
+        .expect_line("dom0: d1 (linux) may watch @releaseDomain")
+        .expect_line("dom0: d2/vbd51712: domain fully released")
+        .expect_outcome(Outcome::Poweroff)
+        .expect_no_line("FAILED")
+        .expect_no_line("TEST fuzz-disk")
+        .expect_no_line("d1v0 crashed")
+        .expect_no_line("d2v0 crashed")
+        .expect_no_line("Domain 1 (linux) shut down: crash");
+    // The neighbour crashed with requests outstanding.
+    let crashing =
+        run.lines_with("fuzz-disk: crashing with ").next().unwrap_or_else(|| panic!("{}", run.text()));
+    let outstanding: u64 = crashing
+        .split("crashing with ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{crashing}"));
+    assert!(outstanding > 0, "{crashing}");
+    // Linux did LINUX_AFTER verified rounds once the neighbour was gone, each read back as
+    // written (a mismatch prints FAILED), and the last is in its image.
+    let end = run.lines_with(linux::ROUNDS_LINE).next().unwrap_or_else(|| panic!("{}", run.text()));
+    let (after, rounds): (u64, u64) = (field(&run, end, "after_release"), field(&run, end, "rounds"));
+    assert_eq!(after, u64::from(LINUX_AFTER), "{end}");
+    assert!(rounds > u64::from(LINUX_AFTER), "{end}");
+    assert_eq!(run.lines_with("LINUXINIT round n=").count() as u64, rounds, "{end}");
+    let last_crc = linux::field(end, "last_crc32").unwrap_or_else(|| panic!("{end}"));
+    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::ROUND_FILE))
+        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::ROUND_FILE, run.text()));
+    assert_eq!(back.len(), 1 << 20);
+    assert_eq!(format!("{:08x}", linux::crc32(&back)), last_crc, "{end}");
+    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
+        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
+    assert_eq!(back, linux::WRITTEN.as_bytes());
 }

@@ -12,6 +12,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use hypercall_abi::io::xs_wire::{XsdSockmsgType, RELEASE_DOMAIN};
+
 /// Decompresses a gzip stream.
 pub fn gunzip(bytes: &[u8]) -> Result<Vec<u8>, String> {
     let mut out = Vec::new();
@@ -545,6 +547,78 @@ pub enum Beside {
     /// dom0 destroys it with its blkfront's requests outstanding. Prints [`CRASH_LINE`] with
     /// `inflight_writes=<n>` first.
     CrashInFlight,
+    /// Outlives the `neighbour` domain (Linux is domain `me`): watches `@releaseDomain` through `/dev/xen/xenbus`
+    /// (dom0 must grant it, `release-watch=`), mounts its disk again and does verified rounds
+    /// (1 MiB of random bytes written, synced, the page cache dropped, read back, CRC-32
+    /// compared; [`ROUND_FILE`] holds the last) until the watch fires, then `after` more.
+    /// After its first round it makes [`TOLD_NODE`] readable to the neighbour, which the
+    /// neighbour waits for before it crashes itself. Prints [`ROUNDS_LINE`] at the end.
+    OutlivesNeighbour { me: u16, neighbour: u16, after: u32 },
+}
+
+/// The node (relative to Linux's home) [`Beside::OutlivesNeighbour`] makes readable to the
+/// neighbour after its first round.
+pub const TOLD_NODE: &str = "data/beside-round-1";
+/// The file each round of [`Beside::OutlivesNeighbour`] writes (at the disk's root).
+pub const ROUND_FILE: &str = "round.bin";
+/// [`Beside::OutlivesNeighbour`]'s last line: `rounds=`, `after_release=`, `last_crc32=`.
+pub const ROUNDS_LINE: &str = "LINUXINIT rounds";
+/// The watch token of [`Beside::OutlivesNeighbour`]'s `@releaseDomain` watch.
+const RELEASE_TOKEN: &str = "b";
+
+/// One xenstore wire message (header, then `payload`) as `printf` octal escapes, for an init
+/// that talks to xenstored through `/dev/xen/xenbus` (busybox has no xenstore client).
+fn xs_printf(ty: XsdSockmsgType, payload: &[u8]) -> String {
+    let len = u32::try_from(payload.len()).expect("a short payload");
+    [ty as u32, 0, 0, len]
+        .iter()
+        .flat_map(|w| w.to_le_bytes())
+        .chain(payload.iter().copied())
+        .map(|b| format!("\\{b:03o}"))
+        .collect()
+}
+
+/// The script lines of [`Beside::OutlivesNeighbour`] that come before anything else touches
+/// the disk: the watch, and a reader that touches `/released` once the event after the
+/// initial one has come (the reply and the two events are of known lengths).
+fn release_watch_script() -> String {
+    let watch = [RELEASE_DOMAIN.as_bytes(), b"\0", RELEASE_TOKEN.as_bytes(), b"\0"].concat();
+    let event = 16 + RELEASE_DOMAIN.len() + 1 + RELEASE_TOKEN.len() + 1;
+    let reply = 16 + "OK".len() + 1;
+    format!(
+        "exec 4<>/dev/xen/xenbus && printf '{}' >&4 && echo LINUXINIT watching {RELEASE_DOMAIN}\n\
+         (dd bs=1 count={} <&4 >/dev/null 2>&1 && touch /released) &\n",
+        xs_printf(XsdSockmsgType::Watch, &watch),
+        reply + 2 * event,
+    )
+}
+
+/// [`Beside::OutlivesNeighbour`]'s rounds.
+fn rounds_script(dev: &str, me: u16, neighbour: u16, after: u32) -> String {
+    let write = [TOLD_NODE.as_bytes(), b"\0", b"1"].concat();
+    let perms = [TOLD_NODE.as_bytes(), b"\0", format!("n{me}\0r{neighbour}\0").as_bytes()].concat();
+    format!(
+        "mount -t ext4 {dev} /mnt && echo LINUXINIT mounted {dev} again\n\
+         exec 3<>/dev/xen/xenbus\n\
+         n=0; after=-1\n\
+         while [ $n -lt 100000 ]; do\n\
+         \x20   if [ $after -lt 0 ] && [ -e /released ]; then after=0; echo \"LINUXINIT {RELEASE_DOMAIN} fired before round $((n+1))\"; fi\n\
+         \x20   [ $after -ge {after} ] && break\n\
+         \x20   n=$((n+1))\n\
+         \x20   dd if=/dev/urandom of=/round bs=64k count=16 2>/dev/null\n\
+         \x20   want=$(crc32 </round)\n\
+         \x20   cp /round /mnt/{ROUND_FILE} && sync && echo 3 > /proc/sys/vm/drop_caches\n\
+         \x20   got=$(crc32 </mnt/{ROUND_FILE})\n\
+         \x20   [ \"$want\" = \"$got\" ] && ok=ok || ok=FAILED\n\
+         \x20   echo \"LINUXINIT round n=$n crc32=$want read=$got $ok\"\n\
+         \x20   if [ $n -eq 1 ]; then printf '{}' >&3 && printf '{}' >&3 && echo LINUXINIT told d{neighbour}; fi\n\
+         \x20   [ $after -ge 0 ] && after=$((after+1))\n\
+         done\n\
+         echo \"{ROUNDS_LINE} rounds=$n after_release=$after last_crc32=$want\"\n\
+         umount /mnt && echo LINUXINIT unmounted {dev} again\n",
+        xs_printf(XsdSockmsgType::Write, &write),
+        xs_printf(XsdSockmsgType::SetPerms, &perms),
+    )
 }
 
 /// What the host types to let a [`Beside`] init go on.
@@ -603,6 +677,9 @@ pub fn init_script(plan: &InitPlan) -> String {
     for (path, _) in &plan.files {
         s += &format!("echo \"LINUXINIT cat /{p}: $(cat /{p})\"\n", p = path.trim_start_matches('/'));
     }
+    if let Some(Beside::OutlivesNeighbour { .. }) = plan.disk.as_ref().and_then(|d| d.beside) {
+        s += &release_watch_script();
+    }
     if plan.disk.as_ref().is_some_and(|d| d.beside.is_some()) {
         s += &format!("echo {WAITING}\nwhile read -r line && [ \"$line\" != {GO} ]; do :; done\necho LINUXINIT going on\n");
     }
@@ -624,6 +701,9 @@ pub fn init_script(plan: &InitPlan) -> String {
             write = d.write,
             written = WRITTEN.replace('\n', "\\n"),
         );
+        if let Some(Beside::OutlivesNeighbour { me, neighbour, after }) = d.beside {
+            s += &rounds_script(&d.device, me, neighbour, after);
+        }
         if d.beside == Some(Beside::CrashInFlight) {
             let blk = d.device.trim_start_matches("/dev/");
             s += &format!(
@@ -1049,6 +1129,44 @@ mod tests {
         );
         assert!(!s.contains("mount -t ext4"));
         assert_eq!(module_name("kernel/drivers/net/xen-netfront.ko.zst"), "xen_netfront");
+    }
+
+    /// The bytes a `printf` format of octal escapes writes.
+    fn printf_bytes(f: &str) -> Vec<u8> {
+        f.split('\\').skip(1).map(|o| u8::from_str_radix(o, 8).unwrap()).collect()
+    }
+
+    #[test]
+    fn xenstore_messages_for_the_init_are_whole_wire_messages() {
+        let m = printf_bytes(&xs_printf(XsdSockmsgType::Write, b"data/x\x001"));
+        assert_eq!(m[..16], [11, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 8, 0, 0, 0]);
+        assert_eq!(&m[16..], b"data/x\x001");
+        // Beside its neighbour: the watch before `go`, the neighbour's read permission on the
+        // told node after the first round, and the reader waits for the reply and two events.
+        let plan = InitPlan {
+            modules: Vec::new(),
+            files: Vec::new(),
+            disk: Some(DiskPlan {
+                device: "/dev/xvda".into(),
+                read: "a".into(),
+                write: "b".into(),
+                beside: Some(Beside::OutlivesNeighbour { me: 1, neighbour: 2, after: 3 }),
+            }),
+            output: InitOutput::Console,
+            shell: false,
+            net: None,
+        };
+        let s = init_script(&plan);
+        let at = |what: &str| s.find(what).unwrap_or_else(|| panic!("no {what:?} in {s}"));
+        assert!(at("LINUXINIT watching @releaseDomain") < at(WAITING), "{s}");
+        assert!(s.contains(&format!("dd bs=1 count={} <&4", 19 + 2 * (16 + 15 + 2))), "{s}");
+        let perms = s.lines().find(|l| l.contains("told d2")).unwrap();
+        let perms = perms.split('\'').nth(3).unwrap();
+        let m = printf_bytes(perms);
+        assert_eq!(m[0], XsdSockmsgType::SetPerms as u8);
+        assert_eq!(&m[16..], format!("{TOLD_NODE}\0n1\0r2\0").as_bytes());
+        assert!(s.contains("[ $after -ge 3 ] && break"), "{s}");
+        assert!(at(ROUNDS_LINE) < at("poweroff -f"), "{s}");
     }
 
     #[test]

@@ -398,17 +398,26 @@ pub(crate) fn my_domid(xb: &mut Xenbus<RingTransport>) -> String {
 // blk-destroy
 
 pub fn destroy(_: &Ctx, mut disk: Blkfront, _: &mut Xenbus<RingTransport>) {
+    if crash_with_writes_in_flight(&mut disk, 65536, "TEST blk-destroy RUNNING").is_err() {
+        println!("TEST blk-destroy FAIL no memory");
+    }
+}
+
+/// Submits 32 writes of 44 KiB each (11 pages, 88 sectors apart) from `first_sector` on, waits
+/// until the backend has taken them all and crashes the domain (`SCHEDOP_shutdown(crash)`)
+/// while the disk is still working on them, after printing `<who> crashing with <n> of <m>
+/// requests in flight`. Returns (`ENOMEM`) only when memory is short.
+pub fn crash_with_writes_in_flight(disk: &mut Blkfront, first_sector: u64, who: &str) -> Result<(), Errno> {
     let pages: Vec<Page> = (0..32 * 11).filter_map(|_| mm::alloc_page().ok()).collect();
     if pages.len() < 32 * 11 {
-        println!("TEST blk-destroy FAIL no memory");
-        return;
+        return Err(Errno::ENOMEM);
     }
     let mut n = 0;
     for (i, chunk) in pages.chunks(11).enumerate() {
         let segs: Vec<Segment> =
             chunk.iter().map(|p| Segment { mfn: p.mfn, first_sect: 0, last_sect: 7 }).collect();
         // Writes to a fresh stretch of the image keep the host busier than reads.
-        if disk.submit(Op::Write, 65536 + i as u64 * 88, &segs, i as u64).is_ok() {
+        if disk.submit(Op::Write, first_sector + i as u64 * 88, &segs, i as u64).is_ok() {
             n += 1;
         }
     }
@@ -424,8 +433,8 @@ pub fn destroy(_: &Ctx, mut disk: Blkfront, _: &mut Xenbus<RingTransport>) {
         }
         core::hint::spin_loop();
     }
-    println!("TEST blk-destroy RUNNING crashing with {} of {n} requests in flight", disk.in_flight());
-    hypercall::shutdown(sched::shutdown::CRASH);
+    println!("{who} crashing with {} of {n} requests in flight", disk.in_flight());
+    hypercall::shutdown(sched::shutdown::CRASH)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -13,6 +13,8 @@
 //! `n` more, so its disk is shown working after the other domain is gone. The peer's own
 //! nodes cannot tell: a domU may not read `/local/domain`, so xenstored answers `EACCES` for
 //! a missing `/local/domain/<peer>` just as for one that is there (as Xen's xenstored does).
+//! `crash-on=<path>` makes it the one that goes: once it can read `<path>` (a node the peer
+//! made readable to it), it crashes itself with writes in flight.
 
 use super::blk;
 use super::report;
@@ -38,6 +40,9 @@ const RUNNING_NODE: &str = "data/fuzz-running";
 const WATCHING_NODE: &str = "data/fuzz-disk-watching";
 /// The neighbour's answer to `data/fuzz-done`: it has seen it (so the fuzzer may go).
 const FINISHED_NODE: &str = "data/fuzz-disk-finished";
+/// Where `crash-on=` writes just before the crash (the image of a crashed neighbour is not
+/// checked, so these may land on its chunks; a disk of 64 MiB or more holds them all).
+const CRASH_SECTOR: u64 = 65536;
 /// The token of the neighbour's `@releaseDomain` watch.
 const RELEASED_TOKEN: &str = "fuzz-disk-released";
 /// How long either side waits for the other at the start.
@@ -128,6 +133,7 @@ pub fn run(si: &StartInfo) {
             return;
         }
     }
+    let crash_on = cmdline::get(cmd, "crash-on");
     // The round after which a release was seen.
     let mut released_at = None;
     let mut round = 0u64;
@@ -161,6 +167,14 @@ pub fn run(si: &StartInfo) {
         if let Some(more) = until_released {
             if round == 1 {
                 println!("fuzz-disk: busy (round 1 done), watching {RELEASE_DOMAIN}");
+            }
+            if let Some(path) = crash_on.filter(|p| xb.read(TxId::NONE, p).is_ok()) {
+                println!("fuzz-disk: {path} readable after {round} rounds");
+                let who = "fuzz-disk:";
+                if let Err(e) = blk::crash_with_writes_in_flight(&mut disk, CRASH_SECTOR, who) {
+                    fails.push(format!("cannot crash with writes in flight: {e}"));
+                    break;
+                }
             }
             if released_at.is_none() && released(&mut xb) {
                 released_at = Some(round);
