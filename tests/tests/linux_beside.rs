@@ -1,7 +1,8 @@
 //! Debian's Linux as a domU beside one of our own domUs, each with its own disk served by
 //! dom0's blkback (issue 12 item 5): destroying one leaves the other's disk working. One test
 //! per direction: Linux crashes itself with writes in flight and our domU goes on; our domU
-//! crashes itself with writes in flight and Linux goes on.
+//! crashes itself with writes in flight and Linux goes on. A third boots `cargo xtask run
+//! --linux`'s machine (the demo domU beside Linux) and checks both disks.
 //!
 //! The neighbour is the test guest's `fuzz-disk` rather than the demo domU: it writes, reads
 //! back and compares a pattern on its own disk round after round and says where it wrote
@@ -214,6 +215,44 @@ fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
         .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::ROUND_FILE, run.text()));
     assert_eq!(back.len(), 1 << 20);
     assert_eq!(format!("{:08x}", linux::crc32(&back)), last_crc, "{end}");
+    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
+        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
+    assert_eq!(back, linux::WRITTEN.as_bytes());
+}
+
+/// `cargo xtask run --linux`'s machine without its NIC and shell: the demo domU (its disk
+/// `target/disk.img` there, a scratch image here) and Linux, each with its own disk, both
+/// verified on the host. The demo domU does one round trip and powers off; Linux's disk steps
+/// run whether it is still there or already destroyed (no order is claimed here: the tests
+/// above prove each side outliving the other).
+#[test]
+fn the_run_linux_machine_has_linux_beside_the_demo_domu_each_with_a_verified_disk() {
+    let test = "linux_beside::the_run_linux_machine_has_linux_beside_the_demo_domu_each_with_a_verified_disk";
+    if let Err(u) = linux::packages() {
+        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
+        return;
+    }
+    let g = linux::prepare("beside-demo", Role::DomU { shell: false }).unwrap_or_else(|u| panic!("{u}"));
+    let linux_disk = g.disk.clone().expect("a domU has a disk");
+    let demo = xtask::disk::scratch_image("linux-beside-demo", 16 << 20).unwrap_or_else(|e| panic!("{e}"));
+    let m = Machine::standard(&kernels())
+        .with_vbd(&demo, "domU")
+        .dom0_options("steps=0")
+        .with_linux_domu(&g, "linux", "256M");
+    let run = m.run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"));
+    run.expect_outcome(Outcome::Poweroff)
+        .expect_line("vbd=domU,linux")
+        .expect_line("[domU] domU: wrote, flushed and read back sector 32767: ok")
+        .expect_line("[domU] domU: virtual disk disconnected")
+        .expect_line(&format!("[linux] LINUXINIT wrote {}", linux::NEW_FILE))
+        .expect_line("[linux] LINUXINIT unmounted /dev/xvda")
+        .expect_line("Domain 1 (domU) shut down: poweroff")
+        .expect_line("Domain 2 (linux) shut down: poweroff")
+        .expect_no_line("FAILED")
+        .expect_no_line("d1v0 crashed")
+        .expect_no_line("d2v0 crashed");
+    let data = std::fs::read(&demo).unwrap_or_else(|e| panic!("{}: {e}", demo.display()));
+    assert!(data[data.len() - 512..].starts_with(b"microvisor domU was here\n"));
     let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
         .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
     assert_eq!(back, linux::WRITTEN.as_bytes());
