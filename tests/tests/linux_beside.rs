@@ -45,6 +45,23 @@ fn beside_machine(
     m.with_vbd(ours, "disk")
 }
 
+/// dom0 answered no request of either vbd with an error: each disconnect line says `errors`
+/// and `unsupported` are 0 (read as `key=<n>` fields, or as dom0's older `<n> errors, <n>
+/// unsupported` words), and both vbds were disconnected.
+fn expect_no_vbd_errors(run: &xtask::qemu::Run) {
+    let lines: Vec<&String> = run.lines_with("/vbd51712: disconnected").collect();
+    assert_eq!(lines.len(), 2, "{}", run.text());
+    for l in lines {
+        for key in ["errors", "unsupported"] {
+            let n = linux::field(l, key).or_else(|| {
+                let words: Vec<&str> = l.split([',', '(']).map(str::trim).collect();
+                words.iter().find_map(|w| w.strip_suffix(&format!(" {key}")))
+            });
+            assert_eq!(n, Some("0"), "{key} in {l}");
+        }
+    }
+}
+
 /// Runs `m`, typing [`linux::GO`] on Linux's console once both the neighbour has said `busy`
 /// and Linux waits for it.
 fn run_with_go(m: &Machine, busy: &str) -> xtask::qemu::Run {
@@ -110,6 +127,7 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         .expect_no_line("d1v0 crashed")
         .expect_no_line("d2v0 crashed")
         .expect_no_line("Domain 2 (disk) shut down: crash");
+    expect_no_vbd_errors(&run);
     // Linux crashed with its blkfront's writes outstanding.
     let crash = run.lines_with(linux::CRASH_LINE).next().unwrap_or_else(|| panic!("{}", run.text()));
     let in_flight: u64 = field(&run, crash, "inflight_writes");
@@ -193,6 +211,7 @@ fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
         .expect_no_line("d1v0 crashed")
         .expect_no_line("d2v0 crashed")
         .expect_no_line("Domain 1 (linux) shut down: crash");
+    expect_no_vbd_errors(&run);
     // The neighbour crashed with requests outstanding.
     let crashing =
         run.lines_with("fuzz-disk: crashing with ").next().unwrap_or_else(|| panic!("{}", run.text()));

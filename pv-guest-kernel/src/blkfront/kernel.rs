@@ -246,7 +246,10 @@ impl Blkfront {
     }
 
     /// The grant for frame `mfn`: its persistent one (made now if there is room), or one for
-    /// this request only (`true`), read-only when the backend only reads the frame.
+    /// this request only (`true`), read-only when the backend only reads the frame — unless
+    /// persistent grants were negotiated: a backend then maps every grant writable (blkif.h
+    /// note 8; Linux's blkback and ours do), so a read-only one would fail its request once
+    /// the persistent set is full (as it did for 32 × 11-page writes after two cached pages).
     fn grant_for(&mut self, mfn: Mfn, backend_reads: bool) -> Result<(GrantRef, bool), Errno> {
         if self.info.persistent {
             if let Some(g) = self.cache.get(mfn) {
@@ -259,7 +262,8 @@ impl Blkfront {
                 return Ok((g, false));
             }
         }
-        gnttab::grant_access(self.backend_id, mfn, backend_reads).map(|g| (g, true))
+        let readonly = backend_reads && !self.info.persistent;
+        gnttab::grant_access(self.backend_id, mfn, readonly).map(|g| (g, true))
     }
 
     /// Revokes the request's per-request grants (persistent ones stay).
