@@ -147,11 +147,13 @@ impl<'p, P: Platform> GuestSpace<'p, P> {
     }
 
     /// Element `i` of an array of `T` at `base`, with overflow-checked addressing.
+    #[inline(always)]
     pub fn read_elem<T: FromBytes + IntoBytes>(&self, base: u64, i: u64) -> Result<T, Errno> {
         self.read_obj(elem_addr::<T>(base, i)?)
     }
 
     /// Writes element `i` of an array of `T` at `base`.
+    #[inline(always)]
     pub fn write_elem<T: IntoBytes + Immutable>(&self, base: u64, i: u64, v: &T) -> Result<(), Errno> {
         self.write_obj(elem_addr::<T>(base, i)?, v)
     }

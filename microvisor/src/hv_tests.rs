@@ -819,6 +819,84 @@ fn a_lone_tlb_command_answers_as_the_batch_does() {
     assert_eq!(r.rax as i64, Errno::ESRCH.to_ret());
 }
 
+/// A lone page-table update of the caller's own tables takes the short path in
+/// `hypercall::mm`; the same request as a continued batch (`count | MMU_UPDATE_PREEMPTED`,
+/// `*pdone` 0) takes the batch's. Run side by side over the same sequence — maps read-only
+/// and writable, a flag change, refusals, an L2 entry, a write into a data frame, a
+/// `MACHPHYS_UPDATE`, a `*pdone` that faults, and last an L1TF-unsafe entry — both give the
+/// same result, `*pdone`, exit work, entries, frame counts and domain state.
+#[test]
+fn a_lone_page_table_update_answers_as_the_batch_does() {
+    use crate::mm::pte::{make, mfn, table_index, PCD, PRESENT, RW, USER};
+    use hypercall_abi::xen::{mmu, MmuUpdate};
+    use hypercall_abi::Mfn;
+    const PREEMPTED: u64 = crate::hypercall::mm::MMU_UPDATE_PREEMPTED as u64;
+    let domu = DomId(1);
+    let setup = || {
+        let mut hv = two_domains();
+        run_as(&mut hv, domu);
+        hv
+    };
+    let (mut fast, mut batch) = (setup(), setup());
+    // The tables mapping the scratch page, a data page of the domain's and another's frame.
+    let mut tables = [Mfn(0); 5];
+    tables[4] = fast.cur_vcpu().kernel_l4;
+    for level in (1..=3).rev() {
+        let e = fast.mem().read_pte(tables[level + 1], table_index(SCRATCH_VA, level as u32 + 1));
+        tables[level] = mfn(e);
+    }
+    let (l1, l2) = (tables[1], tables[2]);
+    let data =
+        Mfn::containing(fast.guest().translate(SCRATCH_VA + 0x1000, crate::guest_mem::Access::Read).unwrap());
+    let dom0_l4 = fast.domains[&DomId::DOM0].vcpu(0).unwrap().kernel_l4;
+    let at = |t: Mfn, slot: u64| t.addr() + slot * 8;
+    let pdone = SCRATCH_VA + 0x800;
+    let reqs = [
+        (MmuUpdate { ptr: at(l1, 300), val: make(data, PRESENT | USER) }, pdone),
+        (MmuUpdate { ptr: at(l1, 300), val: make(data, PRESENT | RW | USER) }, pdone),
+        (MmuUpdate { ptr: at(l1, 300), val: make(data, PRESENT | RW | USER) | 1 << 63 }, 0),
+        (MmuUpdate { ptr: at(l1, 301), val: make(l1, PRESENT | RW | USER) }, pdone),
+        (MmuUpdate { ptr: at(l1, 301), val: make(data, PRESENT | PCD) }, pdone),
+        (MmuUpdate { ptr: at(l1, 302) | mmu::PT_UPDATE_PRESERVE_AD, val: make(data, PRESENT) }, pdone),
+        (MmuUpdate { ptr: at(dom0_l4, 3), val: 0 }, pdone),
+        (MmuUpdate { ptr: at(l2, 500), val: 0 }, pdone),
+        (MmuUpdate { ptr: at(l2, 500), val: make(l1, PRESENT | RW | USER) }, pdone),
+        (MmuUpdate { ptr: at(data, 7) | mmu::PT_UPDATE_NO_TRANSLATE, val: 0x1234 }, pdone),
+        (MmuUpdate { ptr: data.addr() | mmu::MACHPHYS_UPDATE, val: 5 }, pdone),
+        (MmuUpdate { ptr: at(l1, 300), val: 0 }, 0x0000_7000_0000_0000),
+        (MmuUpdate { ptr: at(l1, 300), val: 0 }, pdone),
+        (MmuUpdate { ptr: at(l1, 302), val: 0x5000 }, pdone),
+    ];
+    let words =
+        |hv: &TestHv, t: Mfn| (0..512).map(|i| hv.mem().read_pte(t, i)).collect::<alloc::vec::Vec<_>>();
+    for (i, (req, pdone)) in reqs.into_iter().enumerate() {
+        let outcome = |hv: &mut TestHv, count: u64| {
+            hv.guest().write_obj(SCRATCH_VA, &req).unwrap();
+            if pdone == SCRATCH_VA + 0x800 {
+                hv.guest().write_obj(pdone, &0u32).unwrap();
+            }
+            let r = hv
+                .hypercall_general(nr::MMU_UPDATE, &[SCRATCH_VA, count, pdone, u64::from(DomId::SELF.0), 0]);
+            let done: Option<u32> = hv.guest().read_obj(SCRATCH_VA + 0x800).ok();
+            (r, done, hv.domains[&domu].state, [l1, l2, data].map(|t| (words(hv, t), hv.frames.info(t))))
+        };
+        let a = outcome(&mut fast, 1);
+        let b = outcome(&mut batch, 1 | PREEMPTED);
+        assert_eq!(a.0.rax, b.0.rax, "request {i}: {req:?}");
+        assert_eq!(format!("{a:?}"), format!("{b:?}"), "request {i}: {req:?}");
+    }
+    assert_eq!(
+        fast.domains[&domu].state,
+        crate::domain::DomainState::Shutdown(crate::domain::ShutdownReason::Crash),
+        "the L1TF-unsafe entry crashed the domain"
+    );
+    for hv in [&fast, &batch] {
+        if let Err(e) = hv.audit_frames() {
+            panic!("audit: {e}");
+        }
+    }
+}
+
 /// A multicall stops at the entry that ended its caller (here `SCHEDOP_shutdown(crash)`):
 /// nothing after it runs or is written, although the caller owed no exit work when the batch
 /// began (the check `Hypervisor::caller_alive` makes without a look then).

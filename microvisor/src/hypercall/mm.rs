@@ -7,6 +7,7 @@ use super::{dispatch_in_place, Hc};
 use crate::hv::{set_m2p, Hypervisor};
 use crate::mm::frame_table::FrameTable;
 use crate::mm::mmu::{self, MmuCtx};
+use crate::mm::pagetable::L1Owners;
 use crate::mm::ptwr;
 use crate::mm::tlb::Flush;
 use crate::platform::Platform;
@@ -189,14 +190,31 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
         after_batch(hv, o);
     }
     let (i, result) = outcome.map_or((0, Ok(())), |o| (o.done, o.result));
-    done = done.wrapping_add(i as u32);
+    let fault = fault && i == reqs.len();
+    batch_end::<P, T>(hv, [ureqs, u64::from(count), pdone, foreigndom, a5], done, i, result, fault)
+}
+
+/// The end of a batch call (`a` with the request count left before it), `i` of its requests
+/// done, with `result`: `*pdone` becomes `done + i`, then the error, `-EFAULT` if the copy-in
+/// of the next request faulted (`fault`), or a continuation with the rest.
+fn batch_end<P: Platform, T>(
+    hv: &mut Hypervisor<P>,
+    a: [u64; 5],
+    done: u32,
+    i: usize,
+    result: Result<(), Errno>,
+    fault: bool,
+) -> Hc {
+    let [ureqs, count, pdone, foreigndom, a5] = a;
+    let count = count as u32;
+    let done = done.wrapping_add(i as u32);
     if pdone != 0 && hv.guest().write_obj(pdone, &done).is_err() {
         return Hc::Ret(Errno::EFAULT.to_ret());
     }
     if let Err(e) = result {
         return Hc::Ret(e.to_ret());
     }
-    if fault && i == reqs.len() {
+    if fault {
         return Hc::Ret(Errno::EFAULT.to_ret());
     }
     if (i as u32) < count {
@@ -215,9 +233,45 @@ fn batch<P: Platform, T: zerocopy::FromBytes + zerocopy::IntoBytes>(
 /// `mmu_update(reqs, count, pdone, foreigndom)`.
 pub fn mmu_update<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
     let foreigndom = a[3] as u32;
+    // One page-table update of the caller's own tables, what kernels issue most, needs
+    // neither the batch's buffer nor the MMU context (`pt_update` reads only the frame table
+    // and memory). Not while a preempted teardown waits: every page-table call finishes
+    // that first. A request that faults on its copy-in or is no page-table update goes to
+    // the batch, which gives the same results for it.
+    if a[1] as u32 == 1 && foreigndom == u32::from(DomId::SELF.0) && hv.frames.deferred_len() == 0 {
+        if let Ok(req) = hv.guest().read_obj::<MmuUpdate>(a[0]) {
+            if mmu::is_pt_update(&req) {
+                return update_own(hv, a, &req);
+            }
+        }
+    }
     batch::<P, MmuUpdate>(hv, a, |ft, mem, ctx, reqs| {
         mmu::mmu_update(ft, mem, ctx, reqs, foreigndom, BATCH as usize)
     })
+}
+
+/// [`mmu_update`] of the one page-table update `req` (the only request of `a`, on the
+/// caller's own tables with its own frames), with the batch's preemption, L1TF rule, result,
+/// `*pdone` and continuation ([`batch_end`]).
+fn update_own<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5], req: &MmuUpdate) -> Hc {
+    let owners = L1Owners::local(hv.current().domid);
+    let Hypervisor { frames, plat, .. } = &mut *hv;
+    let started = frames.begin_preemptible_at(|| plat.tsc());
+    let r = mmu::pt_update(frames, plat.mem(), req, owners);
+    if started {
+        frames.end_preemptible_at(|| plat.tsc());
+    }
+    // (A flush the frame table owes is requested after every hypercall.)
+    if hv.frames.l1tf_violation_pending() {
+        crash_l1tf_violator(hv);
+    }
+    let (i, result) = match r {
+        Ok(()) => (1, Ok(())),
+        // Preempted: the continuation redoes it, as the batch's would.
+        Err(Errno::ERESTART) => (0, Ok(())),
+        Err(e) => (0, Err(e)),
+    };
+    batch_end::<P, MmuUpdate>(hv, a, 0, i, result, false)
 }
 
 /// `mmuext_op(ops, count, pdone, foreigndom)`.

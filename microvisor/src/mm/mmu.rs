@@ -168,18 +168,10 @@ pub fn mmu_update_one<M: MachineMemory>(
     req: &MmuUpdate,
     owners: L1Owners,
 ) -> Result<(), Errno> {
-    let cmd = req.ptr & 7;
-    match cmd {
-        mmu::NORMAL_PT_UPDATE | mmu::PT_UPDATE_PRESERVE_AD | mmu::PT_UPDATE_NO_TRANSLATE => {
-            let ptr = req.ptr - cmd;
-            let table = Mfn::containing(ptr);
-            let idx = ((ptr & (PAGE_SIZE as u64 - 1)) / 8) as usize;
-            let pt_owner = owners.l1e_owner;
-            ft.get_page(table, pt_owner)?;
-            let r = update_entry_at(ft, mem, table, idx, req.val, cmd == mmu::PT_UPDATE_PRESERVE_AD, owners);
-            ft.put_page(table);
-            r
-        }
+    if is_pt_update(req) {
+        return pt_update(ft, mem, req, owners);
+    }
+    match req.ptr & 7 {
         mmu::MACHPHYS_UPDATE => {
             if owners.l1e_owner != ctx.domid {
                 return Err(Errno::EPERM);
@@ -195,9 +187,38 @@ pub fn mmu_update_one<M: MachineMemory>(
     }
 }
 
+/// True if `req` is one of `mmu_update`'s page-table commands (`NORMAL_PT_UPDATE`,
+/// `PT_UPDATE_PRESERVE_AD`, `PT_UPDATE_NO_TRANSLATE`), which need nothing of the calling
+/// vCPU's context but the owners ([`pt_update`]).
+pub fn is_pt_update(req: &MmuUpdate) -> bool {
+    matches!(req.ptr & 7, mmu::NORMAL_PT_UPDATE | mmu::PT_UPDATE_PRESERVE_AD | mmu::PT_UPDATE_NO_TRANSLATE)
+}
+
+/// One page-table command of `mmu_update` ([`is_pt_update`]): the entry `req.ptr` names, in a
+/// frame of the page-table owner, becomes `req.val`. (Inlined into the batch's loop.)
+#[inline(always)]
+pub fn pt_update<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    req: &MmuUpdate,
+    owners: L1Owners,
+) -> Result<(), Errno> {
+    debug_assert!(is_pt_update(req));
+    let cmd = req.ptr & 7;
+    let ptr = req.ptr - cmd;
+    let table = Mfn::containing(ptr);
+    let idx = ((ptr & (PAGE_SIZE as u64 - 1)) / 8) as usize;
+    ft.get_page(table, owners.l1e_owner)?;
+    let r = update_entry_at(ft, mem, table, idx, req.val, cmd == mmu::PT_UPDATE_PRESERVE_AD, owners);
+    ft.put_page(table);
+    r
+}
+
 /// Writes `val` into word `idx` of `table` (a frame of the page-table owner, referenced by
 /// the caller): validated as an entry if `table` is a page table in use, stored as plain data
-/// if it can be (or already is) writable, refused otherwise.
+/// if it can be (or already is) writable, refused otherwise. (Inlined into the batch's loop
+/// with [`pt_update`].)
+#[inline(always)]
 fn update_entry_at<M: MachineMemory>(
     ft: &mut FrameTable,
     mem: &M,
