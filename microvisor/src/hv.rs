@@ -90,10 +90,6 @@ pub struct HwState {
     pub debug_generation: u64,
     /// The vCPU's `MSR_TSC_AUX` (loaded where the CPU has one).
     pub tsc_aux: u32,
-    /// The `%ds`, `%es`, `%fs`, `%gs` selectors to load when the vCPU comes onto the CPU (its
-    /// saved ones; 0 for any its descriptor tables no longer let ring 0 load, see
-    /// `traps::data_selector_loads`). The FS and GS bases are written after them.
-    pub data_sels: [u16; 4],
 }
 
 /// What a hypercall made with nothing but registers hands back to the arch layer
@@ -710,6 +706,17 @@ impl<P: Platform> Hypervisor<P> {
         &self.cur_vcpu().ldt
     }
 
+    /// The `%ds`, `%es`, `%fs`, `%gs` selectors to load as the running vCPU comes onto the
+    /// CPU, after its GDT and LDT ([`Hypervisor::running_gdt`], [`Hypervisor::running_ldt`]):
+    /// the ones it left the CPU with, null for any those tables no longer let ring 0 load
+    /// (`traps::data_selector_loads`: a sibling's `update_descriptor`, its own `set_gdt` or
+    /// `SET_LDT` since). Checked here, when they are loaded, rather than on every exit: while
+    /// the vCPU stays on the CPU they are not loaded at all (the guest loads its own).
+    pub fn running_data_selectors(&self) -> [u16; 4] {
+        let v = self.cur_vcpu();
+        v.data_sels.map(|s| if traps::data_selector_loads(&v.gdt, &v.ldt, s) { s } else { 0 })
+    }
+
     /// True if the running vCPU has an event to deliver: `evtchn_upcall_pending` set and
     /// `evtchn_upcall_mask` clear, read as one word as Xen's exit path does.
     #[inline]
@@ -736,7 +743,6 @@ impl<P: Platform> Hypervisor<P> {
             dr7: if v.arch.debug.active() { v.arch.debug.dr7 } else { 0 },
             debug_generation: v.arch.debug_generation,
             tsc_aux: v.arch.tsc_aux,
-            data_sels: v.data_sels.map(|s| if traps::data_selector_loads(&v.gdt, &v.ldt, s) { s } else { 0 }),
         }
     }
 

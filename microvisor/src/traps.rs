@@ -274,11 +274,15 @@ pub fn data_selector_loads(gdt: &[u64], ldt: &[u64], sel: u16) -> bool {
 }
 
 /// True if the `iretq` that returns to `frame` cannot fault in ring 0 with the descriptor
-/// tables the vCPU will run on (`gdt`, `ldt`): a canonical RIP, a code selector and a stack
-/// selector of ring 3 that load (flat, or present and of the right kind in either table — a
-/// sibling vCPU's `update_descriptor` may have changed the one a preempted vCPU runs on), and
-/// a RIP within the code segment's limit when it is not 64-bit code (the CPU checks it there).
-pub(crate) fn frame_returnable(gdt: &[u64], ldt: &[u64], frame: &GuestFrame) -> bool {
+/// tables the vCPU will run on (`tables`: its GDT and LDT copies): a canonical RIP, a code
+/// selector and a stack selector of ring 3 that load (flat, or present and of the right kind
+/// in either table — a sibling vCPU's `update_descriptor` may have changed the one a preempted
+/// vCPU runs on), and a RIP within the code segment's limit when it is not 64-bit code (the CPU
+/// checks it there). The tables are asked for only for a selector that is not one of Xen's
+/// flat ones (those are the hypervisor's own GDT entries): a frame on those, every exit of a
+/// 64-bit guest kernel, needs no look at the vCPU.
+#[inline(always)]
+fn frame_returnable<'a>(frame: &GuestFrame, tables: impl Fn() -> (&'a [u64], &'a [u64])) -> bool {
     let (cs, ss) = (frame.cs as u16, frame.ss as u16);
     if cs & 3 != 3 || ss & 3 != 3 || !is_canonical(frame.rip) {
         return false;
@@ -286,7 +290,7 @@ pub(crate) fn frame_returnable(gdt: &[u64], ldt: &[u64], frame: &GuestFrame) -> 
     let limit = match cs {
         FLAT_RING3_CS64 => u64::MAX,
         FLAT_RING3_CS32 => u64::from(u32::MAX),
-        _ => match descriptor(gdt, ldt, cs) {
+        _ => match descriptor(tables().0, tables().1, cs) {
             Some(d) if usable(d, true) && d & desc::L != 0 => u64::MAX,
             Some(d) if usable(d, true) => {
                 let raw = (d & 0xffff) | ((d >> 32) & 0xf_0000);
@@ -299,7 +303,8 @@ pub(crate) fn frame_returnable(gdt: &[u64], ldt: &[u64], frame: &GuestFrame) -> 
             _ => return false,
         },
     };
-    let stack = ss == FLAT_RING3_DS32 || descriptor(gdt, ldt, ss).is_some_and(|d| usable(d, false));
+    let stack =
+        ss == FLAT_RING3_DS32 || descriptor(tables().0, tables().1, ss).is_some_and(|d| usable(d, false));
     frame.rip <= limit && stack
 }
 
@@ -333,14 +338,28 @@ pub fn guest_syscall<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame
 /// The same holds for the selectors and, in 32-bit code, the segment limit: an `iretq` whose
 /// code or stack selector no longer loads, or whose RIP is beyond its code segment's limit,
 /// faults in ring 0 too, and the guest gets the same #GP(0) instead ([`frame_returnable`]).
+///
+/// On every slow exit, so inlined there; the running vCPU's tables are looked up only for a
+/// selector that is not one of Xen's flat ones.
+#[inline(always)]
 pub fn check_return_rip<P: Platform>(
     hv: &mut Hypervisor<P>,
     frame: &mut GuestFrame,
 ) -> Result<(), BounceError> {
-    let v = hv.cur_vcpu();
-    if frame_returnable(&v.gdt, &v.ldt, frame) {
+    let ok = frame_returnable(frame, || {
+        let v = hv.cur_vcpu();
+        (&v.gdt[..], &v.ldt[..])
+    });
+    if ok {
         return Ok(());
     }
+    return_gp(hv, frame)
+}
+
+/// The guest's #GP(0) for a frame `iretq` would fault on ([`check_return_rip`]).
+#[cold]
+#[inline(never)]
+fn return_gp<P: Platform>(hv: &mut Hypervisor<P>, frame: &mut GuestFrame) -> Result<(), BounceError> {
     bounce_exception(hv, frame, vector::GP, Some(0))
 }
 

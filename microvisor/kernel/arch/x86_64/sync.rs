@@ -134,9 +134,12 @@ pub fn sync_hardware(hv: &mut Hv, exit: &GuestExit) {
     l.gdt = gdt;
     if switched {
         // The outgoing vCPU's selectors were saved (`live_data_selectors`); the incoming
-        // one's go in after its GDT and LDT, and with them its FS and GS bases.
-        // SAFETY: the core keeps only selectors that load with these tables (null otherwise).
-        if unsafe { cpu::load_data_selectors(hw.data_sels, cpu::data_selectors()) } {
+        // one's go in after its GDT and LDT, and with them its FS and GS bases. Only here:
+        // a vCPU that stays on the CPU keeps the selectors it loaded itself.
+        let sels = hv.running_data_selectors();
+        // SAFETY: the core hands over only selectors that load with the tables just loaded
+        // (null otherwise).
+        if unsafe { cpu::load_data_selectors(sels, cpu::data_selectors()) } {
             cpu::wrmsr(cpu::msr::FS_BASE, hw.fs_base);
             cpu::wrmsr(cpu::msr::GS_BASE, hw.gs_base);
             l.fs_base = hw.fs_base;
