@@ -724,11 +724,15 @@ impl<P: Platform> Hypervisor<P> {
         self.mem().read_u64(v.vcpu_info + crate::event::UPCALL_PENDING) & 0xffff == 1
     }
 
-    /// What the hardware must be set to for the running vCPU.
-    fn hw_state(&self) -> HwState {
+    /// What the hardware must be set to for the running vCPU, which the exit path is about to
+    /// load: from here on the CPU's segment bases are the truth (`bases_pending` cleared). One
+    /// look at the vCPU for both.
+    fn hw_state_to_load(&mut self) -> HwState {
         let r = self.current();
-        let d = &self.domains[&r.domid];
-        let v = d.vcpu(r.vcpu).expect("running vCPU exists");
+        let d = self.domains.get_mut(&r.domid).expect("running domain exists");
+        let io_ports = d.privileged;
+        let v = d.vcpu_mut(r.vcpu).expect("running vCPU exists");
+        v.arch.bases_pending = false;
         HwState {
             vcpu: r,
             cr3: v.current_l4().addr(),
@@ -737,7 +741,7 @@ impl<P: Platform> Hypervisor<P> {
             gs_base: v.active_gs_base(),
             fpu_ts: v.fpu_ts,
             gdt_generation: v.gdt_generation,
-            io_ports: d.privileged,
+            io_ports,
             vcpu_info: v.vcpu_info,
             guest_cr4: v.arch.cr4 & crate::cpu_state::HARDWARE_CR4_MASK,
             dr7: if v.arch.debug.active() { v.arch.debug.dr7 } else { 0 },
@@ -917,10 +921,8 @@ impl<P: Platform> Hypervisor<P> {
             self.fpu_load_running();
             let (flush, irq) = (self.exit.flush, self.exit.irq);
             self.exit = ExitWork::default();
-            // The exit path loads the bases now: from here on the CPU's are the truth.
-            self.cur_vcpu_mut().arch.bases_pending = false;
             return Resume::Guest(GuestExit {
-                hw: self.hw_state(),
+                hw: self.hw_state_to_load(),
                 flush,
                 irq,
                 timer_deadline_ns: self.next_deadline_ns(),

@@ -18,6 +18,7 @@ use hypercall_abi::xen::{
     in_hypervisor_hole, is_canonical, trap_flags, vgcf, vmasst, IretContext, FLAT_KERNEL_CS, FLAT_KERNEL_SS,
     FLAT_RING3_CS32, FLAT_RING3_CS64, FLAT_RING3_DS32,
 };
+use zerocopy::IntoBytes;
 
 pub use crate::x86::vector;
 /// Machine address of the running vCPU's `vcpu_info.arch.cr2` (where Xen reports a #PF
@@ -104,21 +105,16 @@ pub fn bounce<P: Platform>(
         // The guest sees its virtual IOPL in the frame, as Xen folds it in.
         rf |= u64::from(hv.cur_vcpu().arch.iopl) << 12;
     }
-    let mut words: heapless::Vec<u64, 8> = heapless::Vec::new();
-    let _ = words.push(frame.rcx);
-    let _ = words.push(frame.r11);
-    if let Some(e) = error_code {
-        let _ = words.push(e);
-    }
-    let _ =
-        words.extend_from_slice(&[frame.rip, cs | (u64::from(saved_mask) << 32), rf, frame.rsp, frame.ss]);
+    // Xen's frame, lowest address first: rcx, r11, [error code], rip, cs | saved mask << 32,
+    // rflags, rsp, ss. Built in place and written as it lies (x86 is little-endian).
+    let cs_mask = cs | (u64::from(saved_mask) << 32);
+    let (words, n) = match error_code {
+        Some(e) => ([frame.rcx, frame.r11, e, frame.rip, cs_mask, rf, frame.rsp, frame.ss], 8),
+        None => ([frame.rcx, frame.r11, frame.rip, cs_mask, rf, frame.rsp, frame.ss, 0], 7),
+    };
     // A guest-chosen stack near 0 wraps; the write below then faults and the domain crashes.
-    let new_sp = sp.wrapping_sub(8 * words.len() as u64);
-    let mut bytes = [0u8; 64];
-    for (i, w) in words.iter().enumerate() {
-        bytes[i * 8..i * 8 + 8].copy_from_slice(&w.to_le_bytes());
-    }
-    hv.guest().write(new_sp, &bytes[..words.len() * 8]).map_err(|_| BounceError::StackFault(new_sp))?;
+    let new_sp = sp.wrapping_sub(8 * n as u64);
+    hv.guest().write(new_sp, words[..n].as_bytes()).map_err(|_| BounceError::StackFault(new_sp))?;
     frame.rsp = new_sp;
     frame.rip = handler;
     frame.cs = u64::from(FLAT_KERNEL_CS);
