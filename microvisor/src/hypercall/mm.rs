@@ -65,6 +65,27 @@ fn with_mmu<P: Platform, R>(
     out
 }
 
+/// [`with_mmu`] for work on the caller's own tables that needs no MMU context (no M2P
+/// writer, no base pointer to change): `f` gets the frame table and memory inside the same
+/// preemptible operation, the flush it reports is requested and an L1TF-unsafe entry crashes
+/// the domain, as after `with_mmu`. The context and its write-back are what it saves.
+fn with_frames<P: Platform, R>(
+    hv: &mut Hypervisor<P>,
+    f: impl FnOnce(&mut FrameTable, &P::Mem) -> (R, Flush),
+) -> R {
+    let Hypervisor { frames, plat, .. } = &mut *hv;
+    let started = frames.begin_preemptible_at(|| plat.tsc());
+    let (out, flush) = f(frames, plat.mem());
+    if started {
+        frames.end_preemptible_at(|| plat.tsc());
+    }
+    hv.request_flush(flush);
+    if hv.frames.l1tf_violation_pending() {
+        crash_l1tf_violator(hv);
+    }
+    out
+}
+
 impl<P: Platform> Hypervisor<P> {
     /// Writable page tables (Xen's `ptwr`), for the page-fault path (`emulate::ptwr_write`):
     /// the L1 entry a write fault at `va` with `error_code`, taken by the running vCPU on its
@@ -255,16 +276,8 @@ pub fn mmu_update<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5]) -> Hc {
 /// `*pdone` and continuation ([`batch_end`]).
 fn update_own<P: Platform>(hv: &mut Hypervisor<P>, a: [u64; 5], req: &MmuUpdate) -> Hc {
     let owners = L1Owners::local(hv.current().domid);
-    let Hypervisor { frames, plat, .. } = &mut *hv;
-    let started = frames.begin_preemptible_at(|| plat.tsc());
-    let r = mmu::pt_update(frames, plat.mem(), req, owners);
-    if started {
-        frames.end_preemptible_at(|| plat.tsc());
-    }
     // (A flush the frame table owes is requested after every hypercall.)
-    if hv.frames.l1tf_violation_pending() {
-        crash_l1tf_violator(hv);
-    }
+    let r = with_frames(hv, |ft, mem| (mmu::pt_update(ft, mem, req, owners), Flush::None));
     let (i, result) = match r {
         Ok(()) => (1, Ok(())),
         // Preempted: the continuation redoes it, as the batch's would.
@@ -313,7 +326,11 @@ pub fn update_va_mapping<P: Platform>(
     val: u64,
     flags: u64,
 ) -> Result<i64, Errno> {
-    with_mmu(hv, |ft, mem, ctx| match mmu::update_va_mapping(ft, mem, ctx, va, val, flags) {
+    // On the caller's own behalf with its own frames: the entry, its owners and the kernel
+    // page tables are all it needs (`with_frames`, not the whole MMU context).
+    let owners = L1Owners::local(hv.current().domid);
+    let kernel_l4 = Some(hv.cur_vcpu().kernel_l4);
+    with_frames(hv, |ft, mem| match mmu::update_va_entry(ft, mem, kernel_l4, owners, va, val, flags) {
         Ok(f) => (Ok(0), f),
         Err(e) => (Err(e), Flush::None),
     })

@@ -456,8 +456,24 @@ pub fn update_va_mapping_otherdomain<M: MachineMemory>(
 ) -> Result<Flush, Errno> {
     let pg_owner = get_pg_owner(ft, ctx, domid)?;
     let owners = L1Owners { l1e_owner: ctx.domid, pg_owner, caller: ctx.domid };
-    let l1 = find_l1(ft, mem, ctx, va)?;
-    ft.get_page(l1, ctx.domid)?;
+    update_va_entry(ft, mem, ctx.kernel_l4, owners, va, val, flags)
+}
+
+/// `update_va_mapping` once the owners are known: the entry mapping `va` in the caller's
+/// kernel page tables (`kernel_l4`) becomes `val`, and the flush `flags` ask for. Needs
+/// nothing else of the calling vCPU (the hypercall's own-domain path calls it directly).
+#[inline(always)]
+pub fn update_va_entry<M: MachineMemory>(
+    ft: &mut FrameTable,
+    mem: &M,
+    kernel_l4: Option<Mfn>,
+    owners: L1Owners,
+    va: u64,
+    val: u64,
+    flags: u64,
+) -> Result<Flush, Errno> {
+    let l1 = find_l1(ft, mem, kernel_l4, va)?;
+    ft.get_page(l1, owners.l1e_owner)?;
     let r = if ft.is_live_type(l1, PageType::L1) {
         let at = EntryRef { table: l1, level: 1, idx: pte::table_index(va, 1) };
         pagetable::mod_entry(ft, mem, at, val, false, owners)
@@ -476,11 +492,16 @@ pub fn update_va_mapping_otherdomain<M: MachineMemory>(
 }
 
 /// The L1 table that maps `va` in the vCPU's kernel page tables (Xen's `map_guest_l1e`).
-fn find_l1<M: MachineMemory>(ft: &FrameTable, mem: &M, ctx: &MmuCtx<'_>, va: u64) -> Result<Mfn, Errno> {
+fn find_l1<M: MachineMemory>(
+    ft: &FrameTable,
+    mem: &M,
+    kernel_l4: Option<Mfn>,
+    va: u64,
+) -> Result<Mfn, Errno> {
     if !addr_ok(va) {
         return Err(Errno::EINVAL);
     }
-    let mut table = ctx.kernel_l4.ok_or(Errno::EINVAL)?;
+    let mut table = kernel_l4.ok_or(Errno::EINVAL)?;
     for level in (2..=4).rev() {
         if table >= ft.max_mfn() {
             return Err(Errno::EINVAL);
