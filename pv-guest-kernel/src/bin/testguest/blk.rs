@@ -22,6 +22,7 @@ use hypercall_abi::grant_table::GNTTAB_NR_RESERVED_ENTRIES;
 use hypercall_abi::hypercall::nr;
 use hypercall_abi::io::blkif::{op, rsp, BlkifRequest, BlkifRequestSegment, BlkifResponse};
 use hypercall_abi::io::ring::{RingMemory, REQ_EVENT_OFFSET, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
+use hypercall_abi::io::xenbus::XenbusState;
 use hypercall_abi::microvisor::bench::{Line, Stats};
 use hypercall_abi::physdev::{map_pirq_type, op as physop, PhysdevMapPirq};
 use hypercall_abi::xen::{mmu, MmuUpdate};
@@ -364,16 +365,7 @@ pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
         raw.ring.store_u32_release(REQ_PROD_OFFSET, rsp_prod.wrapping_add(40));
         raw.notify();
     }
-    let deadline = time::now_ns() + 10_000_000_000;
-    let mut closed = None;
-    while time::now_ns() < deadline {
-        let s = xb.read_string(TxId::NONE, &state_path).unwrap_or_default();
-        if s == "5" || s == "6" {
-            closed = Some(s);
-            break;
-        }
-        let _ = time::sleep(10_000_000);
-    }
+    let closed = wait_backend_closed(xb, &state_path);
     if closed.is_none() {
         fails.push(String::from("a producer index 40 ahead did not make the backend close"));
     }
@@ -386,8 +378,22 @@ pub fn hostile(_: &Ctx, mut disk: Blkfront, xb: &mut Xenbus<RingTransport>) {
     report(
         "blk-hostile",
         &fails,
-        format_args!("{} bad requests refused, good ones served, duplicate id refused, ring overrun closed the connection (state {})", cases.len(), closed.unwrap_or_default()),
+        format_args!("{} bad requests refused, good ones served, duplicate id refused, ring overrun closed the connection (state {})", cases.len(), closed.map_or("-", XenbusState::name)),
     );
+}
+
+/// Waits up to 10 s for a backend to go Closing or Closed (as it must once its frontend breaks
+/// the ring), reading its `state` node at `state_path`; the state it reached, if it did.
+pub(crate) fn wait_backend_closed(xb: &mut Xenbus<RingTransport>, state_path: &str) -> Option<XenbusState> {
+    let deadline = time::now_ns() + 10_000_000_000;
+    while time::now_ns() < deadline {
+        let s = xb.read_string(TxId::NONE, state_path).unwrap_or_default();
+        if let Some(st) = XenbusState::parse(&s).filter(|st| st.is_closing()) {
+            return Some(st);
+        }
+        let _ = time::sleep(10_000_000);
+    }
+    None
 }
 
 pub(crate) fn my_domid(xb: &mut Xenbus<RingTransport>) -> String {

@@ -8,16 +8,18 @@
 //!   another domain — each must get its `-errno` while a good request after it is served;
 //!   then a producer index more than a ring ahead must make the backend close the device.
 
+use super::blk::{my_domid, wait_backend_closed};
 use super::{report, Ctx};
 use alloc::format;
 use alloc::string::String;
 use alloc::vec::Vec;
 use hypercall_abi::io::ring::{RingMemory, REQ_PROD_OFFSET, RSP_PROD_OFFSET};
 use hypercall_abi::io::rngif::{RngRequest, RngResponse};
+use hypercall_abi::io::xenbus::XenbusState;
 use hypercall_abi::{DomId, Errno, GrantRef};
 use pv_guest_kernel::rngfront::Rng;
 use pv_guest_kernel::split::kernel::{wait_responses, KernelOps};
-use pv_guest_kernel::xenbus::{self, RingTransport, TxId, Xenbus};
+use pv_guest_kernel::xenbus::{self, RingTransport, Xenbus};
 use pv_guest_kernel::{gnttab, mm, println, time};
 
 /// How long a scenario waits for dom0 (xenstore, the device).
@@ -145,23 +147,13 @@ pub fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
         }
     }
     // Finally a producer index more than a ring ahead: the backend must give up the ring.
-    let domid = xb.read_string(TxId::NONE, "domid").unwrap_or_default();
-    let state_path = format!("/local/domain/0/backend/vrng/{domid}/0/state");
+    let state_path = format!("/local/domain/0/backend/vrng/{}/0/state", my_domid(xb));
     if let Some((chan, _)) = rng.raw() {
         let rsp_prod = chan.mem.load_u32_acquire(RSP_PROD_OFFSET);
         chan.mem.store_u32_release(REQ_PROD_OFFSET, rsp_prod.wrapping_add(1000));
         pv_guest_kernel::split::EventOps::notify(&mut KernelOps, chan.port());
     }
-    let deadline = time::now_ns() + 10_000_000_000;
-    let mut closed = None;
-    while time::now_ns() < deadline {
-        let s = xb.read_string(TxId::NONE, &state_path).unwrap_or_default();
-        if s == "5" || s == "6" {
-            closed = Some(s);
-            break;
-        }
-        let _ = time::sleep(10_000_000);
-    }
+    let closed = wait_backend_closed(xb, &state_path);
     if closed.is_none() {
         fails.push(String::from("a producer index 1000 ahead did not make the backend close"));
     }
@@ -181,7 +173,7 @@ pub fn hostile(mut rng: Rng, xb: &mut Xenbus<RingTransport>) {
         format_args!(
             "{} bad requests refused with their errno, good ones served, ring overrun closed the device (state {})",
             cases.len(),
-            closed.unwrap_or_default()
+            closed.map_or("-", XenbusState::name)
         ),
     );
 }
