@@ -9,12 +9,15 @@ const USAGE: &str = "\
 usage: cargo xtask <command> [options]
 
 commands:
-  build                 build the hypervisor and guest kernels
+  build [--fallback]    build the hypervisor and guest kernels (--fallback: for the fallback
+                        target x86_64-unknown-linux-gnu, in target/kernel-fallback, as
+                        `test` does)
   run [--gdb] [--kvm] [--icount] [--linux] [--serve <s>] [-- <qemu args>]
                         boot microvisor + dom0 + domU in QEMU (serial console here); the
                         domU serves HTTP on a host port for <s> seconds (default 15);
                         --linux adds Debian's Linux as a PV domU with a busybox shell
-  test                  run every test: lint, host unit/property tests and QEMU boot tests
+  test                  run every test: lint, the fallback target's kernel build, host
+                        unit/property tests and QEMU boot tests
   lint                  cargo fmt --check and clippy (warnings are errors) on every crate
   trace [--bench]        boot with the hypervisor's event trace on and print a decoded
                         timeline with per-hypercall counts and latencies
@@ -40,6 +43,9 @@ commands:
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
+        Some("build") if args.get(1).is_some_and(|a| a == "--fallback") => {
+            kernels::check_fallback().map(|_| ExitCode::SUCCESS)
+        }
         Some("build") => kernels::build().map(|_| ExitCode::SUCCESS),
         Some("run") => run(&args[1..]),
         Some("test") => test(),
@@ -288,6 +294,7 @@ fn test() -> Result<ExitCode> {
     ensure_qemu()?;
     lint()?;
     kernels::build()?;
+    kernels::check_fallback()?;
     let skips = xtask::debian::skip_log();
     let _ = std::fs::remove_file(&skips);
     // Every test file runs even after one fails, so a red run shows all that is wrong.
