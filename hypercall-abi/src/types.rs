@@ -3,100 +3,32 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-/// Machine frame number: an index of a 4 KiB frame of real RAM.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-)]
-#[repr(transparent)]
-pub struct Mfn(pub u64);
+/// The numbers below: each a `#[repr(transparent)]` newtype with the same derives (plain
+/// value semantics, ordering for maps, and zerocopy's so ABI structs can hold them).
+macro_rules! abi_numbers {
+    ($($(#[$doc:meta])* $name:ident($int:ty);)*) => {$(
+        $(#[$doc])*
+        #[derive(
+            Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default,
+            FromBytes, IntoBytes, Immutable, KnownLayout,
+        )]
+        #[repr(transparent)]
+        pub struct $name(pub $int);
+    )*};
+}
 
-/// Pseudo-physical frame number: an index into a guest's own contiguous view of its memory.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-)]
-#[repr(transparent)]
-pub struct Pfn(pub u64);
-
-/// Domain identifier (`domid_t`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-)]
-#[repr(transparent)]
-pub struct DomId(pub u16);
-
-/// Event-channel port (`evtchn_port_t`).
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-)]
-#[repr(transparent)]
-pub struct Port(pub u32);
-
-/// Grant reference (`grant_ref_t`): an index into a domain's grant table.
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    PartialEq,
-    Eq,
-    PartialOrd,
-    Ord,
-    Hash,
-    Default,
-    FromBytes,
-    IntoBytes,
-    Immutable,
-    KnownLayout,
-)]
-#[repr(transparent)]
-pub struct GrantRef(pub u32);
+abi_numbers! {
+    /// Machine frame number: an index of a 4 KiB frame of real RAM.
+    Mfn(u64);
+    /// Pseudo-physical frame number: an index into a guest's own contiguous view of its memory.
+    Pfn(u64);
+    /// Domain identifier (`domid_t`).
+    DomId(u16);
+    /// Event-channel port (`evtchn_port_t`).
+    Port(u32);
+    /// Grant reference (`grant_ref_t`): an index into a domain's grant table.
+    GrantRef(u32);
+}
 
 impl DomId {
     /// The first domain, the privileged control and device domain.
