@@ -8,6 +8,8 @@ use xtask::disk::{self, SECTOR};
 pub use xtask::kernels::Kernels;
 pub use xtask::qemu::{Machine, Module, Outcome, Run};
 
+pub mod linux_domu;
+
 /// Deadline for one boot. A full boot takes well under a second under TCG; the margin
 /// covers a loaded CI machine.
 pub const DEADLINE: Duration = Duration::from_secs(120);
@@ -20,6 +22,16 @@ pub fn kernels() -> Kernels {
 /// Boots `m` and returns its run.
 pub fn boot(m: &Machine) -> Run {
     m.run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"))
+}
+
+/// Boots the test guest with `scenario` (its command line: the name, then options) as domain 1
+/// beside dom0 and checks that it passed: the machine powered off, the guest printed
+/// `TEST <name> PASS`, no domain crashed. The run, for the scenario's own checks.
+pub fn scenario_passes(scenario: &str) -> Run {
+    let run = boot(&Machine::scenario(&kernels(), scenario));
+    let name = scenario.split_whitespace().next().unwrap_or(scenario);
+    run.expect_outcome(Outcome::Poweroff).expect_line(&format!("TEST {name} PASS")).expect_no_line("crashed");
+    run
 }
 
 /// The number domain `d` printed as the `key=<n>` field of its `<scenario>: ` line (the test
@@ -113,7 +125,7 @@ impl RunExt for Run {
     }
 }
 
-fn fail(run: &Run, why: &str) -> ! {
+pub(crate) fn fail(run: &Run, why: &str) -> ! {
     panic!(
         "{why}\n---- serial log ({:?}, {:.2?}) ----\n{}\n---- qemu stderr ----\n{}",
         run.outcome,

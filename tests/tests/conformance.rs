@@ -3,7 +3,7 @@
 //! checks against Xen 4.17's answers. They need no xenstore and no second domain, so the same
 //! scenarios run as dom0 under Xen for the differential run.
 
-use tests::{boot, guest_value, kernels, Machine, Outcome, RunExt};
+use tests::{guest_value, scenario_passes, RunExt};
 
 /// The value the test guest (domain 1) printed for `key` in `scenario`.
 fn value(run: &tests::Run, scenario: &str, key: &str) -> i64 {
@@ -12,13 +12,9 @@ fn value(run: &tests::Run, scenario: &str, key: &str) -> i64 {
 
 #[test]
 fn vcpu_ops_answer_as_xen() {
-    let k = kernels();
-    let run = boot(&Machine::scenario(&k, "vcpu-ops"));
-    run.expect_outcome(Outcome::Poweroff)
-        .expect_line("TEST vcpu-ops PASS")
-        .expect_no_line("crashed")
-        // VCPUOP_down on the only vCPU powers the domain off (the guest's last call).
-        .expect_order("TEST vcpu-ops PASS", "Domain 1 (tg) shut down: poweroff")
+    let run = scenario_passes("vcpu-ops");
+    // VCPUOP_down on the only vCPU powers the domain off (the guest's last call).
+    run.expect_order("TEST vcpu-ops PASS", "Domain 1 (tg) shut down: poweroff")
         .expect_no_line("TEST vcpu-ops FAIL");
     assert_eq!(value(&run, "vcpu-ops", "register_vcpu_info"), 0);
     assert_eq!(value(&run, "vcpu-ops", "moved_pending_sel_all"), 1);
@@ -28,18 +24,14 @@ fn vcpu_ops_answer_as_xen() {
 
 #[test]
 fn event_channel_ops_answer_as_xen() {
-    let k = kernels();
-    let run = boot(&Machine::scenario(&k, "evtchn-ops"));
-    run.expect_outcome(Outcome::Poweroff).expect_line("TEST evtchn-ops PASS").expect_no_line("crashed");
+    let run = scenario_passes("evtchn-ops");
     assert_eq!(value(&run, "evtchn-ops", "ipi_delivered"), 1);
     assert_eq!(value(&run, "evtchn-ops", "init_control_no_fifo"), -95);
 }
 
 #[test]
 fn grant_table_ops_answer_as_xen() {
-    let k = kernels();
-    let run = boot(&Machine::scenario(&k, "gnttab-ops"));
-    run.expect_outcome(Outcome::Poweroff).expect_line("TEST gnttab-ops PASS").expect_no_line("crashed");
+    let run = scenario_passes("gnttab-ops");
     assert_eq!(value(&run, "gnttab-ops", "replaced_reads_new_page"), 1);
     assert_eq!(value(&run, "gnttab-ops", "new_addr_unmapped"), 1);
 }

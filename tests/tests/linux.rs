@@ -8,45 +8,17 @@
 use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
-use tests::{kernels, Machine, Module, Outcome, RunExt};
+use tests::linux_domu::{self, DEADLINE};
+use tests::{Outcome, RunExt};
 use xtask::linux::{self, field, NetPlan, Role, NET_PREFIX, NET_READY};
 use xtask::net::{domu_ip, fill_pattern, http, unpredictable_bytes, DOM0_IP, GATEWAY};
 
-/// Boot to poweroff takes 10-40 s under TCG on the shared machine; the margin is for load.
-const DEADLINE: Duration = Duration::from_secs(300);
-
-/// The Linux domU's artefacts under `target/linux/<name>`, or `None` after a loud skip where
-/// apt cannot fetch Debian's packages. Once they are fetched, failing to build the guest
-/// (vmlinux, initramfs, disk) is a failure of the test, not a skip.
-fn guest_or_skip(test: &str, name: &str) -> Option<linux::LinuxGuest> {
-    guest_as_or_skip(test, name, Role::DomU { shell: false })
-}
-
-/// [`guest_or_skip`] for any role.
-fn guest_as_or_skip(test: &str, name: &str, role: Role) -> Option<linux::LinuxGuest> {
-    if let Err(u) = linux::packages() {
-        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
-        return None;
-    }
-    Some(linux::prepare(name, role).unwrap_or_else(|u| panic!("{u}")))
-}
-
-/// dom0 and the Linux domU `linux` (256 MiB, its disk as xvda).
-fn linux_machine(g: &linux::LinuxGuest) -> Machine {
-    let k = kernels();
-    let mut m = Machine::with_hypervisor(&k.microvisor, "");
-    m.modules = vec![Module::new(&k.dom0, "name=dom0 mem=64M -- steps=0")];
-    m.with_linux_domu(g, "linux", "256M")
-}
-
 #[test]
 fn debian_linux_boots_as_a_domu_and_uses_its_disk_through_blkback() {
-    let Some(g) = guest_or_skip("linux::debian_linux_boots_as_a_domu", "domu-test") else { return };
-    let disk = g.disk.clone().expect("a domU has a disk");
-    let run = linux_machine(&g).run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"));
+    let test = "linux::debian_linux_boots_as_a_domu";
+    let Some(g) = linux_domu::guest_or_skip(test, "domu-test", Role::DomU { shell: false }) else { return };
+    let run = linux_domu::machine(&g, "").run(DEADLINE).unwrap_or_else(|e| panic!("cannot run QEMU: {e}"));
     // Each marker is a step further; the first missing one says where Linux stopped.
-    let read = format!("LINUXINIT read {}: {}", linux::KNOWN_FILE, linux::KNOWN_TEXT.trim_end());
-    let wrote = format!("LINUXINIT wrote {}", linux::NEW_FILE);
     let markers = [
         "Linux version 6.",
         "Booting kernel on Xen",
@@ -56,26 +28,20 @@ fn debian_linux_boots_as_a_domu_and_uses_its_disk_through_blkback() {
         "LINUXINIT insmod xen_blkfront.ko ok",
         "LINUXINIT insmod xen_netfront.ko ok",
         "LINUXINIT mounted /dev/xvda",
-        &read,
-        &wrote,
-        "LINUXINIT unmounted /dev/xvda",
-        "LINUXINIT poweroff",
-        "Domain 1 (linux) shut down: poweroff",
     ];
     for w in markers.windows(2) {
         run.expect_order(w[0], w[1]);
     }
-    run.expect_outcome(Outcome::Poweroff)
+    linux_domu::expect_disk_round_trip(&run, &g);
+    run.expect_order("LINUXINIT unmounted /dev/xvda", "LINUXINIT poweroff")
+        .expect_order("LINUXINIT poweroff", "Domain 1 (linux) shut down: poweroff")
+        .expect_outcome(Outcome::Poweroff)
         .expect_line("blkfront: xvda:")
         .expect_no_line("FAILED")
         // dom0's toolstack writes cpu/<n>/availability as xl does; without it Linux's
         // xen cpu_hotplug complains at boot.
         .expect_no_line("Unable to read cpu state")
         .expect_no_line("d1v0 crashed");
-    // What the guest claims, checked on the host: the file is in the image.
-    let back = linux::read_ext_file(&disk, &format!("/{}", linux::NEW_FILE))
-        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
-    assert_eq!(back, linux::WRITTEN.as_bytes());
 }
 
 /// `a.b.c.d`.
@@ -135,7 +101,7 @@ fn talk_to_linux(http_port: u16, sink_port: u16, upload: Vec<u8>) -> Vec<Result<
 #[test]
 fn debian_linux_netfront_pings_and_moves_checked_bytes_through_our_netback() {
     let test = "linux::debian_linux_netfront_through_our_netback";
-    let Some(g) = guest_or_skip(test, "net-test") else { return };
+    let Some(g) = linux_domu::guest_or_skip(test, "net-test", Role::DomU { shell: false }) else { return };
     let me = domu_ip(1);
     let net = NetPlan {
         address: format!("{}/24", dotted(me)),
@@ -147,7 +113,7 @@ fn debian_linux_netfront_pings_and_moves_checked_bytes_through_our_netback() {
         sink_port: Some(SINK_PORT),
     };
     let g = g.with_net(net).unwrap_or_else(|u| panic!("{u}"));
-    let mut m = linux_machine(&g);
+    let mut m = linux_domu::machine(&g, "");
     let http_port = m.forward(me, 80);
     let sink_port = m.forward(me, SINK_PORT);
     // An upload Linux cannot predict: the host's own pseudo-random stream.
@@ -228,9 +194,9 @@ const ANSWER: &str = "[linux] shell-says-42 on ";
 #[test]
 fn debian_linux_leaves_a_shell_on_the_serial_console_that_takes_typed_commands() {
     let test = "linux::debian_linux_leaves_a_shell_on_the_serial_console";
-    let Some(g) = guest_as_or_skip(test, "shell-test", Role::DomU { shell: true }) else { return };
+    let Some(g) = linux_domu::guest_or_skip(test, "shell-test", Role::DomU { shell: true }) else { return };
     // As `cargo xtask run --linux` builds it: dom0 gives Linux the serial line's input.
-    let m = linux_machine(&g).with_console_input("linux");
+    let m = linux_domu::machine(&g, "").with_console_input("linux");
     let mut step = 0;
     let run = m
         .run_typing(DEADLINE, |line| match step {
