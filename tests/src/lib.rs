@@ -95,6 +95,14 @@ pub trait RunExt {
     fn expect_no_line(&self, needle: &str) -> &Self;
     /// Panics with the log unless the first line containing `a` comes before the first with `b`.
     fn expect_order(&self, a: &str, b: &str) -> &Self;
+    /// [`expect_order`](Self::expect_order) for each consecutive pair of `steps`: each is a
+    /// step further, so the first missing one says where the guest stopped.
+    fn expect_in_order(&self, steps: &[&str]) -> &Self {
+        for w in steps.windows(2) {
+            self.expect_order(w[0], w[1]);
+        }
+        self
+    }
 }
 
 impl RunExt for Run {

@@ -37,9 +37,7 @@ pub fn expect_disk_round_trip(run: &Run, g: &LinuxGuest) {
     let read = format!("LINUXINIT read {}: {}", linux::KNOWN_FILE, linux::KNOWN_TEXT.trim_end());
     let wrote = format!("LINUXINIT wrote {}", linux::NEW_FILE);
     let steps = ["LINUXINIT mounted /dev/xvda", &read, &wrote, "LINUXINIT unmounted /dev/xvda"];
-    for w in steps.windows(2) {
-        run.expect_order(w[0], w[1]);
-    }
+    run.expect_in_order(&steps);
     let Some(disk) = &g.disk else { fail(run, "the Linux domU has no disk") };
     let back = linux::read_ext_file(disk, &format!("/{}", linux::NEW_FILE))
         .unwrap_or_else(|e| fail(run, &format!("reading {} back: {e}", linux::NEW_FILE)));

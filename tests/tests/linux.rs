@@ -29,19 +29,20 @@ fn debian_linux_boots_as_a_domu_and_uses_its_disk_through_blkback() {
         "LINUXINIT insmod xen_netfront.ko ok",
         "LINUXINIT mounted /dev/xvda",
     ];
-    for w in markers.windows(2) {
-        run.expect_order(w[0], w[1]);
-    }
+    run.expect_in_order(&markers);
     linux_domu::expect_disk_round_trip(&run, &g);
-    run.expect_order("LINUXINIT unmounted /dev/xvda", "LINUXINIT poweroff")
-        .expect_order("LINUXINIT poweroff", "Domain 1 (linux) shut down: poweroff")
-        .expect_outcome(Outcome::Poweroff)
-        .expect_line("blkfront: xvda:")
-        .expect_no_line("FAILED")
-        // dom0's toolstack writes cpu/<n>/availability as xl does; without it Linux's
-        // xen cpu_hotplug complains at boot.
-        .expect_no_line("Unable to read cpu state")
-        .expect_no_line("d1v0 crashed");
+    run.expect_in_order(&[
+        "LINUXINIT unmounted /dev/xvda",
+        "LINUXINIT poweroff",
+        "Domain 1 (linux) shut down: poweroff",
+    ])
+    .expect_outcome(Outcome::Poweroff)
+    .expect_line("blkfront: xvda:")
+    .expect_no_line("FAILED")
+    // dom0's toolstack writes cpu/<n>/availability as xl does; without it Linux's
+    // xen cpu_hotplug complains at boot.
+    .expect_no_line("Unable to read cpu state")
+    .expect_no_line("d1v0 crashed");
 }
 
 /// `a.b.c.d`.
@@ -144,9 +145,7 @@ fn debian_linux_netfront_pings_and_moves_checked_bytes_through_our_netback() {
         "LINUXINIT poweroff",
         "Domain 1 (linux) shut down: poweroff",
     ];
-    for w in markers.windows(2) {
-        run.expect_order(w[0], w[1]);
-    }
+    run.expect_in_order(&markers);
     run.expect_outcome(Outcome::Poweroff).expect_no_line("FAILED").expect_no_line("d1v0 crashed");
     // Linux's own account of each step, against what the host knows.
     let net_line = |what: &str| -> String {

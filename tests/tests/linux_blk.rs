@@ -24,9 +24,7 @@ fn linux_blkfront_negotiates_indirect_segments_and_a_multi_page_ring() {
         "LINUXINIT insmod xen_blkfront.ko ok",
         "LINUXINIT mounted /dev/xvda",
     ];
-    for w in markers.windows(2) {
-        run.expect_order(w[0], w[1]);
-    }
+    run.expect_in_order(&markers);
     linux_domu::expect_disk_round_trip(&run, &g);
     run.expect_order("LINUXINIT unmounted /dev/xvda", "Domain 1 (linux) shut down: poweroff")
         .expect_outcome(Outcome::Poweroff)
