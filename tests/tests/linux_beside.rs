@@ -17,12 +17,11 @@
 //! own readable to it. The images are checked on the host afterwards. Skips loudly where apt
 //! cannot fetch the Debian packages.
 
-use std::time::Duration;
+use std::path::Path;
+use tests::linux_domu::{self, DEADLINE};
 use tests::{field, kernels, Machine, Module, Outcome, RunExt};
-use xtask::linux::{self, Beside, Role};
+use xtask::linux::{self, Beside, LinuxGuest, Role};
 
-/// Linux's boot to its end takes 10-40 s under TCG on the shared machine; the margin is for load.
-const DEADLINE: Duration = Duration::from_secs(300);
 /// Domain ids in boot order: dom0, Linux, our neighbour.
 const LINUX: u16 = 1;
 const NEIGHBOUR: u16 = 2;
@@ -31,33 +30,27 @@ const AFTER_GONE: u64 = 3;
 
 /// dom0, Linux (`linux`, its disk as xvda, the serial line's input) and the neighbour (`disk`,
 /// its own scratch disk); `watchers` may watch `@releaseDomain`.
-fn beside_machine(
-    g: &linux::LinuxGuest,
-    ours: &std::path::Path,
-    watchers: &str,
-    neighbour_args: &str,
-) -> Machine {
-    let k = kernels();
-    let mut m = Machine::with_hypervisor(&k.microvisor, "");
-    m.modules = vec![Module::new(&k.dom0, &format!("name=dom0 mem=64M -- steps=0 release-watch={watchers}"))];
-    let mut m = m.with_linux_domu(g, "linux", "256M").with_console_input("linux");
-    m.modules.push(Module::new(&k.testguest, &format!("name=disk mem=32M -- {neighbour_args}")));
+fn beside_machine(g: &LinuxGuest, ours: &Path, watchers: &str, neighbour_args: &str) -> Machine {
+    let mut m = linux_domu::machine(g, &format!("release-watch={watchers}")).with_console_input("linux");
+    m.modules.push(Module::new(&kernels().testguest, &format!("name=disk mem=32M -- {neighbour_args}")));
     m.with_vbd(ours, "disk")
 }
 
-/// dom0 answered no request of either vbd with an error: each disconnect line says `errors`
-/// and `unsupported` are 0 (read as `key=<n>` fields, or as dom0's older `<n> errors, <n>
-/// unsupported` words), and both vbds were disconnected.
+/// The file `name` (a path from the root) in Linux's disk image `g`, read on the host.
+fn linux_file(run: &xtask::qemu::Run, g: &LinuxGuest, name: &str) -> Vec<u8> {
+    let disk = g.disk.as_ref().expect("a domU has a disk");
+    linux::read_ext_file(disk, &format!("/{name}"))
+        .unwrap_or_else(|e| panic!("reading {name} back: {e}\n{}", run.text()))
+}
+
+/// dom0 answered no request of either vbd with an error: each disconnect line's `errors=` and
+/// `unsupported=` are 0, and both vbds were disconnected.
 fn expect_no_vbd_errors(run: &xtask::qemu::Run) {
     let lines: Vec<&String> = run.lines_with("/vbd51712: disconnected").collect();
     assert_eq!(lines.len(), 2, "{}", run.text());
     for l in lines {
         for key in ["errors", "unsupported"] {
-            let n = linux::field(l, key).or_else(|| {
-                let words: Vec<&str> = l.split([',', '(']).map(str::trim).collect();
-                words.iter().find_map(|w| w.strip_suffix(&format!(" {key}")))
-            });
-            assert_eq!(n, Some("0"), "{key} in {l}");
+            assert_eq!(field(run, l, key), 0, "{key} in {l}");
         }
     }
 }
@@ -78,14 +71,10 @@ fn run_with_go(m: &Machine, busy: &str) -> xtask::qemu::Run {
 #[test]
 fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
     let test = "linux_beside::linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working";
-    if let Err(u) = linux::packages() {
-        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
+    let Some(g) = linux_domu::guest_or_skip(test, "beside-crash", Role::DomU { shell: false }) else {
         return;
-    }
-    let g = linux::prepare("beside-crash", Role::DomU { shell: false })
-        .and_then(|g| g.beside(Beside::CrashInFlight))
-        .unwrap_or_else(|u| panic!("{u}"));
-    let linux_disk = g.disk.clone().expect("a domU has a disk");
+    };
+    let g = g.beside(Beside::CrashInFlight).unwrap_or_else(|u| panic!("{u}"));
     let ours = xtask::disk::scratch_image("linux-beside", 16 << 20).unwrap_or_else(|e| panic!("{e}"));
     let m = beside_machine(
         &g,
@@ -140,9 +129,7 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
     // What each guest claims, checked on the host: Linux's file (written, synced and
     // unmounted before the crash) in its image, and the neighbour's last round (written after
     // Linux was gone) in its own.
-    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
-        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
-    assert_eq!(back, linux::WRITTEN.as_bytes());
+    assert_eq!(linux_file(&run, &g, linux::NEW_FILE), linux::WRITTEN.as_bytes());
     xtask::fuzz::check_image(&run, &ours).unwrap_or_else(|e| panic!("{e}\n{}", run.text()));
 }
 
@@ -152,15 +139,11 @@ const LINUX_AFTER: u32 = 3;
 #[test]
 fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
     let test = "linux_beside::our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working";
-    if let Err(u) = linux::packages() {
-        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
+    let Some(g) = linux_domu::guest_or_skip(test, "beside-outlive", Role::DomU { shell: false }) else {
         return;
-    }
+    };
     let beside = Beside::OutlivesNeighbour { me: LINUX, neighbour: NEIGHBOUR, after: LINUX_AFTER };
-    let g = linux::prepare("beside-outlive", Role::DomU { shell: false })
-        .and_then(|g| g.beside(beside))
-        .unwrap_or_else(|u| panic!("{u}"));
-    let linux_disk = g.disk.clone().expect("a domU has a disk");
+    let g = g.beside(beside).unwrap_or_else(|u| panic!("{u}"));
     // 64 MiB: the neighbour's writes in flight at its crash go past its chunks.
     let ours = xtask::disk::scratch_image("linux-beside-crash", 64 << 20).unwrap_or_else(|e| panic!("{e}"));
     let told = format!("/local/domain/{LINUX}/{}", linux::TOLD_NODE);
@@ -230,13 +213,10 @@ fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
     assert!(rounds > u64::from(LINUX_AFTER), "{end}");
     assert_eq!(run.lines_with("LINUXINIT round n=").count() as u64, rounds, "{end}");
     let last_crc = linux::field(end, "last_crc32").unwrap_or_else(|| panic!("{end}"));
-    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::ROUND_FILE))
-        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::ROUND_FILE, run.text()));
+    let back = linux_file(&run, &g, linux::ROUND_FILE);
     assert_eq!(back.len(), 1 << 20);
     assert_eq!(format!("{:08x}", linux::crc32(&back)), last_crc, "{end}");
-    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
-        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
-    assert_eq!(back, linux::WRITTEN.as_bytes());
+    assert_eq!(linux_file(&run, &g, linux::NEW_FILE), linux::WRITTEN.as_bytes());
 }
 
 /// `cargo xtask run --linux`'s machine without its NIC and shell: the demo domU (its disk
@@ -247,12 +227,7 @@ fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
 #[test]
 fn the_run_linux_machine_has_linux_beside_the_demo_domu_each_with_a_verified_disk() {
     let test = "linux_beside::the_run_linux_machine_has_linux_beside_the_demo_domu_each_with_a_verified_disk";
-    if let Err(u) = linux::packages() {
-        xtask::debian::skip(test, "Debian's kernel and busybox packages", &u);
-        return;
-    }
-    let g = linux::prepare("beside-demo", Role::DomU { shell: false }).unwrap_or_else(|u| panic!("{u}"));
-    let linux_disk = g.disk.clone().expect("a domU has a disk");
+    let Some(g) = linux_domu::guest_or_skip(test, "beside-demo", Role::DomU { shell: false }) else { return };
     let demo = xtask::disk::scratch_image("linux-beside-demo", 16 << 20).unwrap_or_else(|e| panic!("{e}"));
     let m = Machine::standard(&kernels())
         .with_vbd(&demo, "domU")
@@ -272,7 +247,5 @@ fn the_run_linux_machine_has_linux_beside_the_demo_domu_each_with_a_verified_dis
         .expect_no_line("d2v0 crashed");
     let data = std::fs::read(&demo).unwrap_or_else(|e| panic!("{}: {e}", demo.display()));
     assert!(data[data.len() - 512..].starts_with(b"microvisor domU was here\n"));
-    let back = linux::read_ext_file(&linux_disk, &format!("/{}", linux::NEW_FILE))
-        .unwrap_or_else(|e| panic!("reading {} back: {e}\n{}", linux::NEW_FILE, run.text()));
-    assert_eq!(back, linux::WRITTEN.as_bytes());
+    assert_eq!(linux_file(&run, &g, linux::NEW_FILE), linux::WRITTEN.as_bytes());
 }
