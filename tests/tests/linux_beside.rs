@@ -104,10 +104,8 @@ fn linux_crashed_with_writes_in_flight_leaves_our_domu_and_its_disk_working() {
         "TEST fuzz-disk PASS",
         "Domain 2 (disk) shut down: poweroff",
     ];
-    for w in markers.windows(2) {
-        run.expect_order(w[0], w[1]);
-    }
-    run.expect_order(linux::WAITING, "(d0) [linux] LINUXINIT going on")
+    run.expect_in_order(&markers)
+        .expect_order(linux::WAITING, "(d0) [linux] LINUXINIT going on")
         .expect_line("Domain 1 (linux) shut down: crash")
         .expect_line("dom0: d2 (disk) may watch @releaseDomain")
         .expect_outcome(Outcome::Poweroff)
@@ -182,10 +180,9 @@ fn our_domu_crashed_with_writes_in_flight_leaves_linux_and_its_disk_working() {
         "Domain 2 (disk) shut down: crash",
         "dom0: d2 (disk) shut down (crash",
     ];
-    for w in linux_side.windows(2).chain(neighbour_side.windows(2)) {
-        run.expect_order(w[0], w[1]);
-    }
-    run.expect_order("LINUXINIT watching @releaseDomain", "(d0) [linux] LINUXINIT going on")
+    run.expect_in_order(&linux_side)
+        .expect_in_order(&neighbour_side)
+        .expect_order("LINUXINIT watching @releaseDomain", "(d0) [linux] LINUXINIT going on")
         .expect_line("dom0: d1 (linux) may watch @releaseDomain")
         .expect_line("dom0: d2/vbd51712: domain fully released")
         .expect_outcome(Outcome::Poweroff)
